@@ -1,0 +1,123 @@
+"""The op table mechanism: one OpDef per op holds everything the IR knows about it.
+
+An entry has the op's name, arity, attribute schema, shape/dtype rule (`infer`), numpy
+reference kernel (`reference`) and VJP rule (`vjp`). Native kernels live in runtime/,
+keyed by the same name. Tests walk the table and fail when any op lacks a piece.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import ShapeError
+from .types import TensorType
+
+REQUIRED = object()  # attribute default meaning "must be given"
+
+
+class _NoGradient:
+    """VJP marker for ops that have no gradient (integer/random outputs, backward and update ops)."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def __repr__(self):
+        return f"no_gradient({self.why!r})"
+
+
+def no_gradient(why: str) -> _NoGradient:
+    return _NoGradient(why)
+
+
+_ATTR_KINDS = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "ints": lambda v: isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+}
+
+
+@dataclass(frozen=True)
+class Attr:
+    kind: str  # int | float | bool | str | ints
+    default: Any = REQUIRED
+    choices: tuple | None = None
+
+
+@dataclass
+class OpDef:
+    name: str
+    arity: tuple[int, int]  # (min, max) number of inputs
+    infer: Callable[..., Any]  # infer(in_types: list[TensorType], **attrs) -> TensorType | tuple
+    reference: Callable[..., Any]  # reference(*arrays, **attrs) -> ndarray | tuple
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    vjp: Callable[..., Any] | _NoGradient | None = None  # set by the autodiff rules
+    doc: str = ""
+
+    # Decorators so an op's rule, reference kernel and VJP sit on adjacent lines.
+    def ref(self, fn):
+        self.reference = fn
+        return fn
+
+    def grad(self, fn):
+        self.vjp = fn
+        return fn
+
+    def normalize_attrs(self, given: dict) -> dict[str, Any]:
+        """Fill defaults, coerce lists to tuples and floats, reject unknown or ill-typed attributes."""
+        unknown = sorted(set(given) - set(self.attrs))
+        if unknown:
+            raise ShapeError(f"{self.name}: unknown attribute(s) {unknown}; expected {sorted(self.attrs)}")
+        out = {}
+        for key in sorted(self.attrs):
+            spec = self.attrs[key]
+            if key in given:
+                v = given[key]
+            elif spec.default is REQUIRED:
+                raise ShapeError(f"{self.name}: missing attribute {key!r} ({spec.kind})")
+            else:
+                v = spec.default
+            if isinstance(v, list):
+                v = tuple(v)
+            if spec.kind == "ints" and isinstance(v, tuple):
+                v = tuple(int(x) if hasattr(x, "__index__") else x for x in v)
+            if spec.kind == "float" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = float(v)
+            if not _ATTR_KINDS[spec.kind](v):
+                raise ShapeError(f"{self.name}: attribute {key}={v!r} should be {spec.kind}")
+            if spec.choices is not None and v not in spec.choices:
+                raise ShapeError(f"{self.name}: attribute {key}={v!r} should be one of {spec.choices}")
+            out[key] = v
+        return out
+
+    def infer_types(self, in_types: list[TensorType], attrs: dict) -> tuple[TensorType, ...]:
+        lo, hi = self.arity
+        if not lo <= len(in_types) <= hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}"
+            raise ShapeError(f"{self.name} takes {want} inputs, got {len(in_types)}")
+        t = self.infer(in_types, **attrs)
+        return tuple(t) if isinstance(t, (tuple, list)) else (t,)
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def defop(name: str, arity, attrs: dict | None = None, doc: str = ""):
+    """Decorator-style registration: `@defop(...)` on the infer rule, then `.reference` below it."""
+    arity = (arity, arity) if isinstance(arity, int) else tuple(arity)
+
+    def register(infer):
+        if name in OPS:
+            raise ValueError(f"op {name!r} is defined twice")
+        OPS[name] = OpDef(name, arity, infer, reference=None, attrs=dict(attrs or {}), doc=doc or (infer.__doc__ or ""))
+        return OPS[name]
+
+    return register
+
+
+def get_op(name: str) -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise ShapeError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}") from None

@@ -1,0 +1,451 @@
+"""The op table: every op graphc knows, one entry each.
+
+Each entry: the shape/dtype rule (the decorated function), the numpy reference kernel
+(`@op.ref`) and the VJP rule (`@op.grad`, see the autodiff section at the end).
+Native kernels live in runtime/kernels.py under the same names.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import rng
+from .errors import GraphcError, ShapeError
+from .opdef import OPS, Attr, defop, get_op, no_gradient  # noqa: F401  (re-exported)
+from .types import TensorType
+
+# ------------------------------------------------------------------ shape helpers
+
+
+def _fmt(shape) -> str:
+    return "[" + ",".join(str(s) for s in shape) + "]"
+
+
+def _same_dtype(op: str, *types: TensorType) -> str:
+    dts = {t.dtype for t in types}
+    if len(dts) != 1:
+        raise ShapeError(f"{op}: dtype mismatch: " + " vs ".join(str(t) for t in types) + " (graphc does not promote dtypes; convert one operand)")
+    return types[0].dtype
+
+
+def _float(op: str, t: TensorType, what: str = "input") -> None:
+    if not t.is_float:
+        raise ShapeError(f"{op}: {what} must be float (f32 or f64), got {t}")
+
+
+def broadcast_shape(op: str, *types: TensorType) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*(t.shape for t in types)))
+    except ValueError:
+        raise ShapeError(f"{op}: shapes " + " and ".join(_fmt(t.shape) for t in types) + " do not broadcast") from None
+
+
+def _check_dim(op: str, t: TensorType, dim: int) -> None:
+    if not 0 <= dim < t.rank:
+        raise ShapeError(f"{op}: dim {dim} is out of range for {t} (rank {t.rank})")
+
+
+def _reduced(shape, dims, keepdim):
+    return tuple((1 if keepdim else None) if i in dims else s for i, s in enumerate(shape) if keepdim or i not in dims)
+
+
+# ------------------------------------------------------------------ elementwise
+
+
+def _binary(name: str, fn):
+    @defop(name, 2, doc=f"elementwise {name} with numpy broadcasting")
+    def rule(t):
+        return TensorType(broadcast_shape(name, *t), _same_dtype(name, *t))
+
+    rule.ref(fn)
+    return rule
+
+
+add = _binary("add", lambda a, b: a + b)
+sub = _binary("sub", lambda a, b: a - b)
+mul = _binary("mul", lambda a, b: a * b)
+div = _binary("div", lambda a, b: a / b)
+
+
+def _unary(name: str, fn, doc: str):
+    @defop(name, 1, doc=doc)
+    def rule(t):
+        _float(name, t[0])
+        return t[0]
+
+    rule.ref(fn)
+    return rule
+
+
+def _sigmoid(x):
+    # exp of a non-positive number only: no overflow warnings for large |x|.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+
+
+neg = _unary("neg", lambda x: -x, "-x")
+exp = _unary("exp", np.exp, "e**x")
+log = _unary("log", np.log, "natural logarithm")
+relu = _unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype), "max(x, 0)")
+sigmoid = _unary("sigmoid", _sigmoid, "1 / (1 + e**-x)")
+tanh = _unary("tanh", np.tanh, "hyperbolic tangent")
+
+
+@defop("full", 0, {"shape": Attr("ints"), "value": Attr("float"), "dtype": Attr("str", "f32", ("f32", "f64", "i64"))},
+       doc="a constant tensor filled with one value (Python scalars in user code become these)")
+def full(t, shape, value, dtype):
+    return TensorType(shape, dtype)
+
+
+@full.ref
+def _(shape, value, dtype):
+    return np.full(shape, value, dtype=TensorType((), dtype).np_dtype)
+
+
+# ------------------------------------------------------------------ shapes
+
+
+@defop("transpose", 1, {"perm": Attr("ints")}, doc="permute dims (x.T reverses them)")
+def transpose(t, perm):
+    x = t[0]
+    if sorted(perm) != list(range(x.rank)):
+        raise ShapeError(f"transpose: perm {list(perm)} is not a permutation of the {x.rank} dims of {x}")
+    return x.with_shape(x.shape[p] for p in perm)
+
+
+@transpose.ref
+def _(x, perm):
+    return np.ascontiguousarray(np.transpose(x, perm))
+
+
+@defop("reshape", 1, {"shape": Attr("ints")}, doc="same elements, new shape (sizes must match)")
+def reshape(t, shape):
+    x = t[0]
+    if any(s < 0 for s in shape) or int(np.prod(shape, dtype=np.int64)) != x.size:
+        raise ShapeError(f"reshape: cannot reshape {x} ({x.size} elements) to {_fmt(shape)}")
+    return x.with_shape(shape)
+
+
+@reshape.ref
+def _(x, shape):
+    return np.reshape(x, shape).copy()
+
+
+def _reduction(name: str, fn, doc: str):
+    @defop(name, 1, {"dims": Attr("ints"), "keepdim": Attr("bool", False)}, doc=doc)
+    def rule(t, dims, keepdim):
+        x = t[0]
+        if name == "mean":
+            _float(name, x)
+        for d in dims:
+            _check_dim(name, x, d)
+        if list(dims) != sorted(set(dims)):
+            raise ShapeError(f"{name}: dims {list(dims)} must be sorted and distinct")
+        return x.with_shape(_reduced(x.shape, dims, keepdim))
+
+    rule.ref(lambda x, dims, keepdim: np.asarray(fn(x, axis=tuple(dims), keepdims=keepdim), dtype=x.dtype))
+    return rule
+
+
+sum_ = _reduction("sum", np.sum, "sum over dims (an empty dims list sums nothing)")
+mean = _reduction("mean", np.mean, "mean over dims")
+
+
+@defop("sum_to", 1, {"shape": Attr("ints")}, doc="sum a broadcast value back down to `shape` (gradients of broadcasting)")
+def sum_to(t, shape):
+    x = t[0]
+    try:
+        if tuple(np.broadcast_shapes(tuple(shape), x.shape)) != x.shape:
+            raise ValueError
+    except ValueError:
+        raise ShapeError(f"sum_to: {x} does not broadcast from {_fmt(shape)}") from None
+    return x.with_shape(shape)
+
+
+def sum_to_shape(x: np.ndarray, shape) -> np.ndarray:
+    shape = tuple(shape)
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and x.shape[lead + i] != 1)
+    return np.asarray(x.sum(axis=axes, keepdims=True).reshape(shape), dtype=x.dtype) if axes else x.copy()
+
+
+sum_to.ref(sum_to_shape)
+
+
+@defop("broadcast_to", 1, {"shape": Attr("ints")}, doc="repeat along broadcast dims (gradients of reductions)")
+def broadcast_to(t, shape):
+    x = t[0]
+    try:
+        if tuple(np.broadcast_shapes(tuple(shape), x.shape)) != tuple(shape):
+            raise ValueError
+    except ValueError:
+        raise ShapeError(f"broadcast_to: {x} does not broadcast to {_fmt(shape)}") from None
+    return x.with_shape(shape)
+
+
+broadcast_to.ref(lambda x, shape: np.broadcast_to(x, shape).copy())
+
+
+# ------------------------------------------------------------------ linear algebra
+
+
+@defop("matmul", 2, doc="2-D matrix product a @ b")
+def matmul(t):
+    a, b = t
+    dt = _same_dtype("matmul", a, b)
+    _float("matmul", a)
+    if a.rank != 2 or b.rank != 2:
+        raise ShapeError(f"matmul: graphc supports 2-D @ 2-D only, got {a} @ {b}")
+    if a.shape[1] != b.shape[0]:
+        raise ShapeError(f"matmul: inner dims differ: {a} @ {b} (expected a.shape[1] == b.shape[0], got {a.shape[1]} != {b.shape[0]})")
+    return TensorType((a.shape[0], b.shape[1]), dt)
+
+
+matmul.ref(lambda a, b: a @ b)
+
+
+def _linear_rule(op: str, t):
+    x, w = t[0], t[1]
+    dt = _same_dtype(op, *t)
+    _float(op, x)
+    if w.rank != 2:
+        raise ShapeError(f"{op}: weight must be 2-D (out_features, in_features), got {w}")
+    if x.rank != 2:
+        raise ShapeError(f"{op}: input must be 2-D (batch, in_features={w.shape[1]}), got {x}")
+    if x.shape[1] != w.shape[1]:
+        raise ShapeError(f"{op}: expected input with {w.shape[1]} features (last dim), got {x} for weight {w}")
+    if len(t) == 3 and t[2].shape != (w.shape[0],):
+        raise ShapeError(f"{op}: bias must be [{w.shape[0]}], got {t[2]}")
+    return TensorType((x.shape[0], w.shape[0]), dt)
+
+
+def _linear_ref(x, w, b=None):
+    y = x @ w.T
+    return y + b if b is not None else y
+
+
+@defop("linear", (2, 3), doc="y = x @ w.T + b (PyTorch's layout: w is [out, in])")
+def linear(t):
+    return _linear_rule("linear", t)
+
+
+linear.ref(_linear_ref)
+
+
+@defop("linear_relu", (2, 3), doc="fused relu(x @ w.T + b): one pass over the GEMM output")
+def linear_relu(t):
+    return _linear_rule("linear_relu", t)
+
+
+linear_relu.ref(lambda x, w, b=None: np.maximum(_linear_ref(x, w, b), 0).astype(x.dtype))
+
+
+# ------------------------------------------------------------------ softmax and losses
+
+
+def _softmax_rule(name):
+    @defop(name, 1, {"dim": Attr("int")}, doc=f"{name} along dim (numerically stable)")
+    def rule(t, dim):
+        _float(name, t[0])
+        _check_dim(name, t[0], dim)
+        return t[0]
+
+    return rule
+
+
+def _log_softmax(x, dim):
+    m = x.max(axis=dim, keepdims=True)
+    z = x - m
+    return z - np.log(np.exp(z).sum(axis=dim, keepdims=True))
+
+
+softmax = _softmax_rule("softmax")
+softmax.ref(lambda x, dim: np.exp(_log_softmax(x, dim)))
+log_softmax = _softmax_rule("log_softmax")
+log_softmax.ref(_log_softmax)
+
+_REDUCTION = Attr("str", "mean", ("mean", "sum"))
+
+
+@defop("mse_loss", 2, {"reduction": _REDUCTION}, doc="mean (or sum) of (input - target)**2")
+def mse_loss(t, reduction):
+    a, b = t
+    dt = _same_dtype("mse_loss", a, b)
+    _float("mse_loss", a)
+    if a.shape != b.shape:
+        raise ShapeError(f"mse_loss: target shape {_fmt(b.shape)} must equal input shape {_fmt(a.shape)}")
+    return TensorType((), dt)
+
+
+@mse_loss.ref
+def _(a, b, reduction):
+    d = (a - b) ** 2
+    return np.asarray(d.mean() if reduction == "mean" else d.sum(), dtype=a.dtype)
+
+
+def _class_rule(op: str, x: TensorType, labels: TensorType) -> None:
+    _float(op, x)
+    if x.rank != 2:
+        raise ShapeError(f"{op}: input must be [batch, classes], got {x}")
+    if labels.dtype != "i64" or labels.shape != (x.shape[0],):
+        raise ShapeError(f"{op}: target must be i64[{x.shape[0]}] class indices, got {labels}")
+
+
+def _check_labels(labels, classes):
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise GraphcError(f"class label out of range: labels must be in [0, {classes}), got min {labels.min()} max {labels.max()}")
+
+
+def _pick(x, labels):
+    return x[np.arange(x.shape[0]), labels]
+
+
+@defop("nll_loss", 2, {"reduction": _REDUCTION}, doc="-mean(logp[i, label_i])")
+def nll_loss(t, reduction):
+    _class_rule("nll_loss", *t)
+    return TensorType((), t[0].dtype)
+
+
+@nll_loss.ref
+def _(logp, labels, reduction):
+    _check_labels(labels, logp.shape[1])
+    v = -_pick(logp, labels)
+    return np.asarray(v.mean() if reduction == "mean" else v.sum(), dtype=logp.dtype)
+
+
+@defop("cross_entropy", 2, {"reduction": _REDUCTION}, doc="fused log_softmax + nll_loss via log-sum-exp")
+def cross_entropy(t, reduction):
+    _class_rule("cross_entropy", *t)
+    return TensorType((), t[0].dtype)
+
+
+@cross_entropy.ref
+def _(logits, labels, reduction):
+    _check_labels(labels, logits.shape[1])
+    v = -_pick(_log_softmax(logits, 1), labels)
+    return np.asarray(v.mean() if reduction == "mean" else v.sum(), dtype=logits.dtype)
+
+
+# ------------------------------------------------------------------ randomness
+
+
+@defop("dropout_mask", 1, {"p": Attr("float"), "shape": Attr("ints"), "dtype": Attr("str", "f32", ("f32", "f64")), "stream": Attr("int", 0)},
+       doc="keep-mask scaled by 1/(1-p): element i is 0 with probability p, from a counter-based RNG keyed by (seed, stream, i)")
+def dropout_mask(t, p, shape, dtype, stream):
+    seed = t[0]
+    if seed.dtype != "i64" or seed.shape != ():
+        raise ShapeError(f"dropout_mask: seed must be i64[], got {seed}")
+    if not 0.0 <= p < 1.0:
+        raise ShapeError(f"dropout_mask: p must be in [0, 1), got {p}")
+    return TensorType(shape, dtype)
+
+
+@dropout_mask.ref
+def _(seed, p, shape, dtype, stream):
+    n = int(np.prod(shape, dtype=np.int64))
+    keep = rng.uniform(int(seed), stream, n) >= p
+    return (keep * (1.0 / (1.0 - p))).astype(TensorType((), dtype).np_dtype).reshape(shape)
+
+
+# ------------------------------------------------------------------ backward ops
+# Emitted by VJP rules; fused so that the backward plan makes one pass where it can.
+
+
+def _like_first(name, n_in, doc, attrs=None):
+    @defop(name, n_in, attrs, doc=doc)
+    def rule(t, **_):
+        _same_dtype(name, *[x for x in t if x.is_float])
+        for x in t[1:]:
+            if x.is_float and x.shape != t[0].shape:
+                raise ShapeError(f"{name}: operand shapes differ: " + ", ".join(str(x) for x in t))
+        return t[0]
+
+    return rule
+
+
+relu_backward = _like_first("relu_backward", 2, "gy * (y > 0), y = relu output")
+relu_backward.ref(lambda gy, y: np.where(y > 0, gy, 0).astype(gy.dtype))
+sigmoid_backward = _like_first("sigmoid_backward", 2, "gy * y * (1 - y), y = sigmoid output")
+sigmoid_backward.ref(lambda gy, y: gy * y * (1 - y))
+tanh_backward = _like_first("tanh_backward", 2, "gy * (1 - y**2), y = tanh output")
+tanh_backward.ref(lambda gy, y: gy * (1 - y * y))
+softmax_backward = _like_first("softmax_backward", 2, "y * (gy - sum(gy * y, dim)), y = softmax output", {"dim": Attr("int")})
+softmax_backward.ref(lambda gy, y, dim: y * (gy - (gy * y).sum(axis=dim, keepdims=True)))
+log_softmax_backward = _like_first("log_softmax_backward", 2, "gy - exp(y) * sum(gy, dim), y = log_softmax output", {"dim": Attr("int")})
+log_softmax_backward.ref(lambda gy, y, dim: gy - np.exp(y) * gy.sum(axis=dim, keepdims=True))
+
+
+@defop("mse_loss_backward", 3, {"reduction": _REDUCTION}, doc="d mse / d input = gy * 2 (input - target) / N")
+def mse_loss_backward(t, reduction):
+    gy, a, b = t
+    if gy.shape != ():
+        raise ShapeError(f"mse_loss_backward: gy must be a scalar, got {gy}")
+    _same_dtype("mse_loss_backward", gy, a, b)
+    return a
+
+
+@mse_loss_backward.ref
+def _(gy, a, b, reduction):
+    scale = 2.0 / (a.size if reduction == "mean" else 1)
+    return ((a - b) * (gy * scale)).astype(a.dtype)
+
+
+@defop("cross_entropy_backward", 3, {"reduction": _REDUCTION}, doc="d ce / d logits = gy * (softmax(logits) - onehot(labels)) / N")
+def cross_entropy_backward(t, reduction):
+    gy, x, labels = t
+    _class_rule("cross_entropy_backward", x, labels)
+    if gy.shape != () or gy.dtype != x.dtype:
+        raise ShapeError(f"cross_entropy_backward: gy must be {x.dtype}[], got {gy}")
+    return x
+
+
+@cross_entropy_backward.ref
+def _(gy, x, labels, reduction):
+    g = np.exp(_log_softmax(x, 1))
+    g[np.arange(x.shape[0]), labels] -= 1
+    return (g * (gy / (x.shape[0] if reduction == "mean" else 1))).astype(x.dtype)
+
+
+@defop("nll_loss_backward", 2, {"reduction": _REDUCTION, "classes": Attr("int")}, doc="d nll / d logp = -gy / N at each label, 0 elsewhere")
+def nll_loss_backward(t, reduction, classes):
+    gy, labels = t
+    if gy.shape != () or not gy.is_float:
+        raise ShapeError(f"nll_loss_backward: gy must be a float scalar, got {gy}")
+    if labels.dtype != "i64" or labels.rank != 1:
+        raise ShapeError(f"nll_loss_backward: labels must be i64[batch], got {labels}")
+    return TensorType((labels.shape[0], classes), gy.dtype)
+
+
+@nll_loss_backward.ref
+def _(gy, labels, reduction, classes):
+    g = np.zeros((labels.shape[0], classes), dtype=gy.dtype)
+    g[np.arange(labels.shape[0]), labels] = -gy / (labels.shape[0] if reduction == "mean" else 1)
+    return g
+
+
+@defop("linear_backward", (3, 4), {"relu": Attr("bool", False), "input_grad": Attr("bool", True), "bias_grad": Attr("bool", True)},
+       doc="gradients of linear / linear_relu in one op. Inputs (gy, x, w[, y]); with relu=true the "
+           "mask y > 0 is applied to gy on the fly. Outputs: dx (if input_grad), dw, db (if bias_grad)")
+def linear_backward(t, relu, input_grad, bias_grad):
+    gy, x, w = t[:3]
+    _same_dtype("linear_backward", *t)
+    if relu != (len(t) == 4):
+        raise ShapeError(f"linear_backward: relu={relu} needs {'4' if relu else '3'} inputs (gy, x, w{', y' if relu else ''}), got {len(t)}")
+    if gy.shape != (x.shape[0], w.shape[0]) or x.rank != 2 or x.shape[1] != w.shape[1]:
+        raise ShapeError(f"linear_backward: inconsistent shapes gy {gy}, x {x}, w {w}")
+    if relu and t[3].shape != gy.shape:
+        raise ShapeError(f"linear_backward: y {t[3]} must match gy {gy}")
+    outs = [x] if input_grad else []
+    outs.append(w)
+    if bias_grad:
+        outs.append(w.with_shape((w.shape[0],)))
+    return tuple(outs)
+
+
+@linear_backward.ref
+def _(gy, x, w, y=None, *, relu, input_grad, bias_grad):
+    gz = np.where(y > 0, gy, 0).astype(gy.dtype) if relu else gy
+    outs = [gz @ w] if input_grad else []
+    outs.append(gz.T @ x)
+    if bias_grad:
+        outs.append(gz.sum(axis=0).astype(gy.dtype))
+    return tuple(outs)
