@@ -328,22 +328,27 @@ def _(logits, labels, reduction):
 # ------------------------------------------------------------------ randomness
 
 
-@defop("dropout_mask", 1, {"p": Attr("float"), "shape": Attr("ints"), "dtype": Attr("str", "f32", ("f32", "f64")), "stream": Attr("int", 0)},
-       doc="keep-mask scaled by 1/(1-p): element i is 0 with probability p, from a counter-based RNG keyed by (seed, stream, i)")
-def dropout_mask(t, p, shape, dtype, stream):
-    seed = t[0]
+@defop("dropout", 2, {"p": Attr("float"), "stream": Attr("int", 0)},
+       doc="x * keep / (1 - p), keep[i] = uniform(seed, stream, i) >= p. The mask is a pure function "
+           "of (seed, stream, i): backward recomputes it instead of saving it")
+def dropout(t, p, stream):
+    x, seed = t
+    _float("dropout", x)
     if seed.dtype != "i64" or seed.shape != ():
-        raise ShapeError(f"dropout_mask: seed must be i64[], got {seed}")
+        raise ShapeError(f"dropout: seed must be i64[], got {seed}")
     if not 0.0 <= p < 1.0:
-        raise ShapeError(f"dropout_mask: p must be in [0, 1), got {p}")
-    return TensorType(shape, dtype)
+        raise ShapeError(f"dropout: p must be in [0, 1), got {p}")
+    return x
 
 
-@dropout_mask.ref
-def _(seed, p, shape, dtype, stream):
+def dropout_mask(seed, p: float, stream: int, shape, dtype) -> np.ndarray:
+    """The scaled keep-mask (0 or 1/(1-p)) that dropout multiplies by."""
     n = int(np.prod(shape, dtype=np.int64))
     keep = rng.uniform(int(seed), stream, n) >= p
-    return (keep * (1.0 / (1.0 - p))).astype(TensorType((), dtype).np_dtype).reshape(shape)
+    return (keep * (1.0 / (1.0 - p))).astype(dtype).reshape(shape)
+
+
+dropout.ref(lambda x, seed, p, stream: x * dropout_mask(seed, p, stream, x.shape, x.dtype))
 
 
 # ------------------------------------------------------------------ backward ops

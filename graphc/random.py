@@ -1,0 +1,23 @@
+"""graphc's global random state: parameter initialisation, Dropout seeds and DataLoader shuffling.
+
+`manual_seed(n)` makes all three reproducible, as `torch.manual_seed` does.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_generator = np.random.default_rng()
+
+
+def manual_seed(seed: int) -> None:
+    global _generator
+    _generator = np.random.default_rng(seed)
+
+
+def generator() -> np.random.Generator:
+    return _generator
+
+
+def next_seed() -> int:
+    """A fresh 63-bit seed for one Dropout call (eager) or one compiled step."""
+    return int(_generator.integers(0, 2**63 - 1))

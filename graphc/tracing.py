@@ -1,0 +1,336 @@
+"""Tracing: run `forward` once on proxy values and record one IR node per operation.
+
+Every operation the front end offers goes through `dispatch(op, inputs, attrs)`: on proxies it
+emits a node (with the user's file:line), on numpy arrays it runs the op's reference kernel
+eagerly. Both paths check the op's shape rule, so eager and traced errors read the same.
+"""
+from __future__ import annotations
+
+import contextvars
+import inspect
+import linecache
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from .ir import GraphBuilder, GraphcError, Graph, ShapeError, TensorType, dtype_name, get_op
+from .ir.graph import Output
+
+_GRAPHC_DIR = os.path.dirname(os.path.abspath(__file__))
+_NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
+_active: contextvars.ContextVar["Tracer | None"] = contextvars.ContextVar("graphc_tracer", default=None)
+
+
+class TraceError(GraphcError):
+    """Tracing failed; the message names the operation, the shapes and the user's file:line."""
+
+
+# ------------------------------------------------------------------ source locations
+
+
+def user_frame():
+    """The innermost stack frame outside graphc and numpy: the user's line."""
+    f = sys._getframe(1)
+    while f is not None:
+        path = os.path.abspath(f.f_code.co_filename)
+        if not (path.startswith(_GRAPHC_DIR + os.sep) or path.startswith(_NUMPY_DIR + os.sep)):
+            return f
+        f = f.f_back
+    return None
+
+
+def user_location(full: bool = False) -> str | None:
+    f = user_frame()
+    if f is None:
+        return None
+    path = f.f_code.co_filename
+    return f"{path if full else os.path.basename(path)}:{f.f_lineno}"
+
+
+def _where() -> str:
+    f = user_frame()
+    if f is None:
+        return ""
+    code = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
+    return f"\n  at {f.f_code.co_filename}:{f.f_lineno}" + (f"\n    {code}" if code else "")
+
+
+def trace_error(msg: str) -> TraceError:
+    return TraceError(msg + _where())
+
+
+# ------------------------------------------------------------------ the tracer
+
+
+class Tracer:
+    def __init__(self, name: str):
+        self.builder = GraphBuilder(name)
+        self.params: dict[int, Proxy] = {}  # id(Parameter) -> its graph input
+        self._seed: Proxy | None = None
+        self._streams = 0
+
+    def input(self, name: str, type: TensorType, kind: str) -> "Proxy":
+        return Proxy(self, self.builder.add_input(name, type, kind), type)
+
+    def seed(self) -> "Proxy":
+        """The step's random seed (an `rng` input), created on first use by a Dropout."""
+        if self._seed is None:
+            self._seed = self.input("seed", TensorType((), "i64"), "rng")
+        return self._seed
+
+    def next_stream(self) -> int:
+        self._streams += 1
+        return self._streams - 1
+
+    def emit(self, op: str, inputs: list["Proxy"], attrs: dict) -> Any:
+        try:
+            out = self.builder.emit(op, [p.name for p in inputs], attrs, loc=user_location())
+        except ShapeError as e:
+            raise trace_error(str(e)) from None
+        outs = out if isinstance(out, tuple) else (out,)
+        proxies = tuple(Proxy(self, o, self.builder.types[o]) for o in outs)
+        return proxies if isinstance(out, tuple) else proxies[0]
+
+
+def current_tracer() -> Tracer | None:
+    return _active.get()
+
+
+# ------------------------------------------------------------------ dispatch
+
+
+def _as_proxy(tracer: Tracer, v, like: "Proxy | None"):
+    if isinstance(v, Proxy):
+        if v.tracer is not tracer:
+            raise trace_error("a traced value from another trace was used; values cannot cross traces")
+        return v
+    if id(v) in tracer.params:
+        return tracer.params[id(v)]
+    if isinstance(v, (bool, int, float, np.number)) and like is not None:
+        return tracer.emit("full", [], {"shape": (), "value": float(v), "dtype": like.type.dtype})
+    if isinstance(v, np.ndarray):
+        raise trace_error(f"a numpy array {v.dtype}{list(v.shape)} that is not a registered Parameter was used "
+                          "inside a traced forward; register it as an nn.Parameter or pass it as an input")
+    raise trace_error(f"unsupported operand of type {type(v).__name__} in a traced forward")
+
+
+def dispatch(op: str, inputs: Sequence[Any], attrs: dict | None = None):
+    """Apply op: emit a node when any input is traced (or a trace is active), else run eagerly."""
+    attrs = attrs or {}
+    tracer = next((v.tracer for v in inputs if isinstance(v, Proxy)), None) or current_tracer()
+    if tracer is not None:
+        like = next((v for v in inputs if isinstance(v, Proxy)), None)
+        if like is None:
+            like = next((tracer.params[id(v)] for v in inputs if id(v) in tracer.params), None)
+        return tracer.emit(op, [_as_proxy(tracer, v, like) for v in inputs], attrs)
+    return eager(op, inputs, attrs)
+
+
+def eager(op: str, inputs: Sequence[Any], attrs: dict):
+    """Run one op on numpy arrays with its reference kernel, after its shape rule."""
+    like = next((np.asarray(v) for v in inputs if isinstance(v, np.ndarray)), None)
+    arrays = []
+    for v in inputs:
+        if isinstance(v, (bool, int, float, np.number)) and not isinstance(v, np.ndarray):
+            v = np.asarray(v, dtype=like.dtype if like is not None and like.dtype.kind == "f" else np.float32)
+        arrays.append(np.asarray(v).view(np.ndarray))
+    opdef = get_op(op)
+    try:
+        full = opdef.normalize_attrs(attrs)
+        opdef.infer_types([TensorType(a.shape, dtype_name(a.dtype)) for a in arrays], full)
+    except ShapeError as e:
+        raise trace_error(str(e)) from None
+    return opdef.reference(*arrays, **full)
+
+
+# ------------------------------------------------------------------ traced values
+
+
+class Proxy:
+    """What `forward` sees instead of an array while tracing: a named, typed IR value."""
+
+    __slots__ = ("tracer", "name", "type")
+    __array_priority__ = 1000
+
+    def __init__(self, tracer: Tracer, name: str, type: TensorType):
+        self.tracer, self.name, self.type = tracer, name, type
+
+    shape = property(lambda self: self.type.shape)
+    ndim = property(lambda self: self.type.rank)
+    dtype = property(lambda self: self.type.np_dtype)
+
+    def size(self, dim: int | None = None):
+        return self.type.shape if dim is None else self.type.shape[dim]
+
+    def __repr__(self):
+        return f"<traced %{self.name}: {self.type}>"
+
+    # arithmetic (numpy broadcasting, Python scalars become constants of the same dtype)
+    def __add__(self, o): return dispatch("add", [self, o])
+    def __radd__(self, o): return dispatch("add", [o, self])
+    def __sub__(self, o): return dispatch("sub", [self, o])
+    def __rsub__(self, o): return dispatch("sub", [o, self])
+    def __mul__(self, o): return dispatch("mul", [self, o])
+    def __rmul__(self, o): return dispatch("mul", [o, self])
+    def __truediv__(self, o): return dispatch("div", [self, o])
+    def __rtruediv__(self, o): return dispatch("div", [o, self])
+    def __matmul__(self, o): return dispatch("matmul", [self, o])
+    def __rmatmul__(self, o): return dispatch("matmul", [o, self])
+    def __neg__(self): return dispatch("neg", [self])
+    def __pos__(self): return self
+
+    @property
+    def T(self):
+        return transpose(self)
+
+    def reshape(self, *shape):
+        return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+    view = reshape
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        return flatten(self, start_dim, end_dim)
+
+    def sum(self, dim=None, keepdim: bool = False):
+        return reduce("sum", self, dim, keepdim)
+
+    def mean(self, dim=None, keepdim: bool = False):
+        return reduce("mean", self, dim, keepdim)
+
+    def exp(self): return dispatch("exp", [self])
+    def log(self): return dispatch("log", [self])
+    def relu(self): return dispatch("relu", [self])
+    def sigmoid(self): return dispatch("sigmoid", [self])
+    def tanh(self): return dispatch("tanh", [self])
+
+    # what tracing cannot see: values only exist when the compiled graph runs
+    def _data_dependent(self, what: str):
+        raise trace_error(f"data-dependent Python control flow: {what} of traced value %{self.name} ({self.type}) "
+                          "is not known while tracing; keep Python `if`/`while`/`int()` on shapes and module "
+                          "attributes, not on tensor values")
+
+    def __bool__(self): self._data_dependent("the truth value (bool)")
+    def __float__(self): self._data_dependent("float()")
+    def __int__(self): self._data_dependent("int()")
+    def __index__(self): self._data_dependent("use as an index")
+    def __len__(self): return self.type.shape[0] if self.type.rank else self._data_dependent("len()")
+    def item(self): self._data_dependent(".item()")
+    def tolist(self): self._data_dependent(".tolist()")
+    def numpy(self): self._data_dependent(".numpy()")
+    def __iter__(self): self._data_dependent("iteration")
+    def __getitem__(self, k): raise trace_error(f"indexing a traced value (%{self.name}[{k!r}]) is not supported yet")
+    def __lt__(self, o): self._data_dependent("comparison <")
+    def __le__(self, o): self._data_dependent("comparison <=")
+    def __gt__(self, o): self._data_dependent("comparison >")
+    def __ge__(self, o): self._data_dependent("comparison >=")
+
+    def __array__(self, *a, **k):
+        raise trace_error(f"traced value %{self.name} ({self.type}) was converted to a numpy array; "
+                          "inside forward use graphc.nn.functional and tensor methods, not numpy")
+
+    _UFUNCS = {"add": "add", "subtract": "sub", "multiply": "mul", "true_divide": "div", "divide": "div",
+               "matmul": "matmul", "negative": "neg", "exp": "exp", "log": "log", "tanh": "tanh"}
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        op = self._UFUNCS.get(ufunc.__name__)
+        if op is None or method != "__call__" or kwargs:
+            raise trace_error(f"numpy function np.{ufunc.__name__} is not supported on traced value %{self.name}; "
+                              f"supported: {', '.join('np.' + k for k in sorted(self._UFUNCS))}, or use graphc.nn.functional")
+        return dispatch(op, list(inputs))
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise trace_error(f"numpy function np.{func.__name__} is not supported on traced value %{self.name}; "
+                          "use graphc.nn.functional or tensor methods instead")
+
+
+# ------------------------------------------------------------------ shape-level helpers (eager and traced)
+
+
+def _shape(x) -> tuple[int, ...]:
+    return tuple(x.shape) if isinstance(x, Proxy) else np.shape(x)
+
+
+def _norm_dim(d: int, rank: int, what: str = "dim") -> int:
+    if not -rank <= d < max(rank, 1):
+        raise trace_error(f"{what} {d} is out of range for a tensor of rank {rank}")
+    return d % rank if rank else 0
+
+
+def transpose(x):
+    return dispatch("transpose", [x], {"perm": tuple(reversed(range(len(_shape(x)))))})
+
+
+def reshape(x, shape):
+    shape = list(int(s) for s in shape)
+    size = int(np.prod(_shape(x), dtype=np.int64))
+    if shape.count(-1) > 1:
+        raise trace_error(f"reshape: only one dimension can be -1, got {shape}")
+    if -1 in shape:
+        rest = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+        if rest == 0 or size % rest:
+            raise trace_error(f"reshape: cannot reshape {list(_shape(x))} ({size} elements) to {shape}")
+        shape[shape.index(-1)] = size // rest
+    return dispatch("reshape", [x], {"shape": tuple(shape)})
+
+
+def flatten(x, start_dim: int = 0, end_dim: int = -1):
+    s = _shape(x)
+    if not s:
+        return reshape(x, (1,))
+    a, b = _norm_dim(start_dim, len(s), "start_dim"), _norm_dim(end_dim, len(s), "end_dim")
+    return reshape(x, s[:a] + (int(np.prod(s[a:b + 1], dtype=np.int64)),) + s[b + 1:])
+
+
+def reduce(op: str, x, dim=None, keepdim: bool = False):
+    rank = len(_shape(x))
+    if dim is None:
+        dims = tuple(range(rank))
+    else:
+        dims = tuple(sorted({_norm_dim(d, rank) for d in ((dim,) if isinstance(dim, int) else dim)}))
+    return dispatch(op, [x], {"dims": dims, "keepdim": bool(keepdim)})
+
+
+# ------------------------------------------------------------------ trace()
+
+
+def trace(model, *example_inputs, name: str | None = None) -> Graph:
+    """Trace `model.forward` on example inputs into a verified graphc.ir.Graph.
+
+    Example inputs are numpy arrays (or TensorTypes); only their shapes and dtypes matter.
+    Parameters become `param` inputs named as in `model.state_dict()`.
+    """
+    name = name or type(model).__name__
+    tracer = Tracer(name)
+    try:
+        arg_names = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        arg_names = []
+    proxies = []
+    for k, ex in enumerate(example_inputs):
+        if isinstance(ex, TensorType):
+            t = ex
+        else:
+            a = np.asarray(ex)
+            try:
+                t = TensorType(a.shape, dtype_name(a.dtype))
+            except ShapeError as e:
+                raise TraceError(f"example input {k}: {e}") from None
+        arg = arg_names[k] if k < len(arg_names) and arg_names[k].isidentifier() else f"input{k}"
+        proxies.append(tracer.input(arg, t, "input"))
+    for pname, p in model.named_parameters():
+        tracer.params[id(p)] = tracer.input(pname, TensorType(p.shape, dtype_name(p.dtype)), "param")
+
+    token = _active.set(tracer)
+    try:
+        result = model(*proxies)
+    finally:
+        _active.reset(token)
+
+    outs = result if isinstance(result, (tuple, list)) else (result,)
+    for k, o in enumerate(outs):
+        if not isinstance(o, Proxy):
+            raise TraceError(f"{name}.forward must return traced values computed from its inputs; output {k} is {type(o).__name__}")
+    graph = tracer.builder.build([Output(o.name) for o in outs], meta={"training": bool(getattr(model, "training", False))})
+    return graph.verify()
