@@ -1,0 +1,323 @@
+"""Steady-state train-step benchmark: graphc vs numpy eager vs PyTorch eager (and JAX jit if installed).
+
+One step = forward + loss + backward + SGD update, float32. Workloads (issue 4):
+  S: SimpleNet 10->20->ReLU->Dropout(0.5)->1, MSE, batch 64
+  M: 784->512->ReLU->512->ReLU->10, cross-entropy, batch 128
+  L: 784->2048->ReLU->2048->ReLU->10, cross-entropy, batch 512
+Also: "GEMMs alone" (the step's GEMMs through the same BLAS graphc uses), graphc's cold and
+cached compile times (fresh processes), and the plan's peak bytes.
+
+The machine is noisy in bursts, so implementations are interleaved round-robin and we report
+medians and ratios from the same run.
+
+    python benchmarks/bench_train_step.py [--workloads S,M,L] [--rounds 15] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOADS = {
+    "S": dict(sizes=(10, 20, 1), batch=64, loss="mse", dropout=0.5),
+    "M": dict(sizes=(784, 512, 512, 10), batch=128, loss="cross_entropy", dropout=0.0),
+    "L": dict(sizes=(784, 2048, 2048, 10), batch=512, loss="cross_entropy", dropout=0.0),
+}
+LR = 0.01
+
+
+def make_data(w, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((w["batch"], w["sizes"][0])).astype(np.float32)
+    if w["loss"] == "mse":
+        y = rng.standard_normal((w["batch"], w["sizes"][-1])).astype(np.float32)
+    else:
+        y = rng.integers(0, w["sizes"][-1], size=w["batch"]).astype(np.int64)
+    return x, y
+
+
+# ------------------------------------------------------------------ implementations
+
+
+def graphc_step(w):
+    import graphc
+    import graphc.nn as nn
+
+    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+    from models import SimpleNet, mlp
+
+    graphc.manual_seed(0)
+    model = SimpleNet() if w["dropout"] else mlp(w["sizes"])
+    loss_fn = nn.MSELoss() if w["loss"] == "mse" else nn.CrossEntropyLoss()
+    opt = graphc.optim.SGD(model.parameters(), lr=LR)
+    x, y = make_data(w)
+    step = graphc.compile_train_step(model, loss_fn, opt, x, y)
+    return (lambda: step(x, y)), step
+
+
+def torch_step(w):
+    import torch
+
+    torch.manual_seed(0)
+    layers = []
+    sizes = w["sizes"]
+    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if k < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+            if w["dropout"]:
+                layers.append(torch.nn.Dropout(w["dropout"]))
+    model = torch.nn.Sequential(*layers)
+    loss_fn = torch.nn.MSELoss() if w["loss"] == "mse" else torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    x, y = (torch.from_numpy(a) for a in make_data(w))
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def numpy_step(w):
+    """A hand-written numpy train step: what a careful user writes without a compiler."""
+    rng = np.random.default_rng(0)
+    sizes = w["sizes"]
+    params = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        bound = 1 / np.sqrt(a)
+        params.append([rng.uniform(-bound, bound, (b, a)).astype(np.float32), rng.uniform(-bound, bound, b).astype(np.float32)])
+    x, y = make_data(w)
+    p = w["dropout"]
+
+    def step():
+        acts, masks = [x], []
+        h = x
+        for k, (W, b) in enumerate(params):
+            h = h @ W.T + b
+            if k < len(params) - 1:
+                h = np.maximum(h, 0)
+                if p:
+                    m = (rng.random(h.shape) >= p).astype(np.float32) / (1 - p)
+                    masks.append(m)
+                    h = h * m
+                acts.append(h)
+        if w["loss"] == "mse":
+            d = h - y
+            loss = float((d * d).mean())
+            g = (2.0 / d.size) * d
+        else:
+            z = h - h.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            s = e.sum(axis=1, keepdims=True)
+            loss = float(-(z[np.arange(len(y)), y] - np.log(s[:, 0])).mean())
+            g = e / s
+            g[np.arange(len(y)), y] -= 1
+            g /= len(y)
+        for k in range(len(params) - 1, -1, -1):
+            W, b = params[k]
+            a = acts[k]
+            gW, gb = g.T @ a, g.sum(axis=0)
+            if k:
+                g = g @ W
+                if p:
+                    g = g * masks[k - 1]
+                g = g * (acts[k] > 0)
+            W -= LR * gW
+            b -= LR * gb
+        return loss
+
+    return step
+
+
+def gemm_only(w):
+    """The step's GEMMs alone, through numba's np.dot (the BLAS graphc's kernels call)."""
+    import numba
+
+    @numba.njit(cache=False)
+    def gemms(x, Ws, acts, gs, gWs, gxs):
+        n = len(Ws)
+        for k in range(n):
+            np.dot(acts[k], Ws[k].T, gs[k])  # forward: h = a @ W.T  (gs used as output scratch)
+        for k in range(n - 1, -1, -1):
+            np.dot(gs[k].T, acts[k], gWs[k])  # dW = g.T @ a
+            if k:
+                np.dot(gs[k], Ws[k], gxs[k])  # dx = g @ W
+
+    sizes, batch = w["sizes"], w["batch"]
+    rng = np.random.default_rng(0)
+    Ws = numba.typed.List([rng.standard_normal((b, a)).astype(np.float32) for a, b in zip(sizes[:-1], sizes[1:])])
+    acts = numba.typed.List([rng.standard_normal((batch, a)).astype(np.float32) for a in sizes[:-1]])
+    gs = numba.typed.List([np.zeros((batch, b), np.float32) for b in sizes[1:]])
+    gWs = numba.typed.List([np.zeros_like(W) for W in Ws])
+    gxs = numba.typed.List([np.zeros((batch, a), np.float32) for a in sizes[:-1]])
+    x = acts[0]
+    gemms(x, Ws, acts, gs, gWs, gxs)
+    return lambda: gemms(x, Ws, acts, gs, gWs, gxs)
+
+
+def jax_step(w):
+    import jax
+    import jax.numpy as jnp
+
+    sizes = w["sizes"]
+    key = jax.random.PRNGKey(0)
+    params = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        key, k1, k2 = jax.random.split(key, 3)
+        bound = 1 / np.sqrt(a)
+        params.append((jax.random.uniform(k1, (b, a), minval=-bound, maxval=bound), jax.random.uniform(k2, (b,), minval=-bound, maxval=bound)))
+    x, y = (jnp.asarray(a) for a in make_data(w))
+    p = w["dropout"]
+
+    def loss_fn(params, key):
+        h = x
+        for k, (W, b) in enumerate(params):
+            h = h @ W.T + b
+            if k < len(params) - 1:
+                h = jax.nn.relu(h)
+                if p:
+                    key, sub = jax.random.split(key)
+                    h = h * jax.random.bernoulli(sub, 1 - p, h.shape) / (1 - p)
+        if w["loss"] == "mse":
+            return jnp.mean((h - y) ** 2)
+        return -jnp.mean(jax.nn.log_softmax(h)[jnp.arange(len(y)), y])
+
+    @jax.jit
+    def update(params, key):
+        loss, g = jax.value_and_grad(loss_fn)(params, key)
+        return loss, jax.tree_util.tree_map(lambda a, b: a - LR * b, params, g)
+
+    state = {"params": params, "key": key}
+
+    def step():
+        state["key"], sub = jax.random.split(state["key"])
+        loss, state["params"] = update(state["params"], sub)
+        return float(loss)
+
+    return step
+
+
+# ------------------------------------------------------------------ measurement
+
+
+def per_step_times(fns: dict, rounds: int, steps_per_round: dict) -> dict:
+    """Interleave implementations round-robin; each round times `n` steps of each -> seconds/step."""
+    times = {k: [] for k in fns}
+    for f in fns.values():  # warm-up
+        for _ in range(3):
+            f()
+    for _ in range(rounds):
+        for k, f in fns.items():
+            n = steps_per_round[k]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            times[k].append((time.perf_counter() - t0) / n)
+    return times
+
+
+def compile_times(workload: str) -> dict:
+    """Cold compile in a fresh process with an empty cache, then a second process on that cache."""
+    code = textwrap.dedent(f"""
+        import time, json, sys
+        t0 = time.perf_counter()
+        sys.path.insert(0, {HERE!r})
+        from bench_train_step import graphc_step, WORKLOADS
+        fn, step = graphc_step(WORKLOADS[{workload!r}])
+        fn()
+        t1 = time.perf_counter()
+        info = getattr(step, "compile_info", None)
+        print(json.dumps({{"first_step_s": t1 - t0, "info": str(info)}}))
+    """)
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, GRAPHC_CACHE_DIR=d)
+        for label in ("cold", "cached"):
+            r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                out[label] = {"error": r.stderr.strip().splitlines()[-1:]}
+            else:
+                out[label] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+def import_time() -> float:
+    """Process start to `import graphc, numba` done: subtracted to isolate compile/load time."""
+    r = subprocess.run([sys.executable, "-c", "import time;t=time.perf_counter();import graphc, graphc.nn, numba, numpy;print(time.perf_counter()-t)"],
+                       capture_output=True, text=True)
+    return float(r.stdout.strip() or "nan")
+
+
+def fmt_us(s: float) -> str:
+    return f"{s * 1e6:9.1f}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workloads", default="S,M,L")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--quick", action="store_true", help="few rounds, for a smoke test")
+    ap.add_argument("--no-compile", action="store_true", help="skip the cold/cached compile measurement")
+    args = ap.parse_args(argv)
+    rounds = 3 if args.quick else args.rounds
+    import torch
+
+    print(f"# graphc train-step benchmark  {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
+    for name in args.workloads.split(","):
+        w = WORKLOADS[name]
+        fns = {"graphc": graphc_step(w)[0], "numpy eager": numpy_step(w), "torch eager": torch_step(w), "GEMMs alone": gemm_only(w)}
+        try:
+            fns["jax jit"] = jax_step(w)
+        except ImportError:
+            pass
+        # aim for ~20 ms of work per implementation per round
+        probe = {}
+        for k, f in fns.items():
+            f()
+            t0 = time.perf_counter()
+            f()
+            probe[k] = max(1, min(2000, int(0.02 / max(time.perf_counter() - t0, 1e-7))))
+        times = per_step_times(fns, rounds, probe)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"\n## {name}: {'->'.join(map(str, w['sizes']))}, {w['loss']}, batch {w['batch']}"
+              f"{', dropout ' + str(w['dropout']) if w['dropout'] else ''}; median of {rounds} interleaved rounds")
+        print(f"| {'implementation':14} | {'median us/step':>14} | {'spread (IQR) us':>16} | {'torch eager / this':>18} | {'this / GEMMs alone':>18} |")
+        print(f"|{'-' * 16}|{'-' * 16}:|{'-' * 18}:|{'-' * 20}:|{'-' * 20}:|")
+        for k, v in times.items():
+            q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0], v[0], v[0]]
+            print(f"| {k:14} | {fmt_us(med[k]):>14} | {fmt_us(q[2] - q[0]):>16} | {med['torch eager'] / med[k]:17.2f}x | {med[k] / med['GEMMs alone']:17.2f}x |")
+        _, step = graphc_step(w)
+        plan = getattr(step, "memory_plan", None)
+        if callable(plan):
+            text = str(plan())
+            peak = [ln for ln in text.splitlines() if "peak" in ln.lower()]
+            print(f"\ngraphc plan memory: {peak[0].strip() if peak else text.splitlines()[-1]}")
+        if not args.no_compile and name == "S":
+            base = import_time()
+            c = compile_times(name)
+            for label in ("cold", "cached"):
+                r = c[label]
+                if "error" in r:
+                    print(f"graphc {label} compile: failed: {r['error']}")
+                else:
+                    print(f"graphc {label}: process start to first step {r['first_step_s']:.2f} s "
+                          f"(of which import ~{base:.2f} s) -> compile/load {r['first_step_s'] - base:.2f} s; {r['info']}")
+
+
+if __name__ == "__main__":
+    main()
