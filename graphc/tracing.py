@@ -10,6 +10,7 @@ import contextvars
 import inspect
 import linecache
 import os
+import re
 import sys
 from typing import Any, Sequence
 
@@ -77,7 +78,11 @@ class Tracer:
     def seed(self) -> "Proxy":
         """The step's random seed (an `rng` input), created on first use by a Dropout."""
         if self._seed is None:
-            self._seed = self.input("seed", TensorType((), "i64"), "rng")
+            name, k = "seed", 0
+            while name in self.builder.types:  # a forward argument or parameter already named seed
+                k += 1
+                name = f"seed{k}"
+            self._seed = self.input(name, TensorType((), "i64"), "rng")
         return self._seed
 
     def next_stream(self) -> int:
@@ -135,37 +140,28 @@ def eager(op: str, inputs: Sequence[Any], attrs: dict):
     for v in inputs:
         if isinstance(v, (bool, int, float, np.number)) and not isinstance(v, np.ndarray):
             v = np.asarray(v, dtype=like.dtype if like is not None and like.dtype.kind == "f" else np.float32)
-        arrays.append(np.asarray(v).view(np.ndarray))
+        arrays.append(np.ndarray.view(np.asarray(v), np.ndarray))
     opdef = get_op(op)
     try:
         full = opdef.normalize_attrs(attrs)
         opdef.infer_types([TensorType(a.shape, dtype_name(a.dtype)) for a in arrays], full)
     except ShapeError as e:
         raise trace_error(str(e)) from None
-    return opdef.reference(*arrays, **full)
+    res = opdef.reference(*arrays, **full)
+    # Inside a Module's eager forward values stay EagerArrays (torch-style methods keep working).
+    return _wrap_eager(res) if any(isinstance(v, EagerArray) for v in inputs) else res
 
 
-# ------------------------------------------------------------------ traced values
+# ------------------------------------------------------------------ tensor methods (traced and eager)
 
 
-class Proxy:
-    """What `forward` sees instead of an array while tracing: a named, typed IR value."""
+class TensorMethods:
+    """PyTorch's tensor methods and operators, shared by Proxy (traced) and EagerArray (eager).
 
-    __slots__ = ("tracer", "name", "type")
-    __array_priority__ = 1000
+    Every one goes through `dispatch`, so the eager and traced paths apply the same op rule and
+    raise the same errors (graphc never promotes dtypes silently, numpy would)."""
 
-    def __init__(self, tracer: Tracer, name: str, type: TensorType):
-        self.tracer, self.name, self.type = tracer, name, type
-
-    shape = property(lambda self: self.type.shape)
-    ndim = property(lambda self: self.type.rank)
-    dtype = property(lambda self: self.type.np_dtype)
-
-    def size(self, dim: int | None = None):
-        return self.type.shape if dim is None else self.type.shape[dim]
-
-    def __repr__(self):
-        return f"<traced %{self.name}: {self.type}>"
+    __slots__ = ()
 
     # arithmetic (numpy broadcasting, Python scalars become constants of the same dtype)
     def __add__(self, o): return dispatch("add", [self, o])
@@ -185,25 +181,111 @@ class Proxy:
     def T(self):
         return transpose(self)
 
-    def reshape(self, *shape):
+    def reshape(self, *shape, order="C"):
+        if order != "C":
+            raise trace_error(f"reshape: only order='C' is supported, got {order!r}")
         return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 
-    view = reshape
+    def view(self, *shape):
+        return self.reshape(*shape)
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1):
         return flatten(self, start_dim, end_dim)
 
-    def sum(self, dim=None, keepdim: bool = False):
-        return reduce("sum", self, dim, keepdim)
+    # `axis`/`keepdims` are numpy's spellings: numpy's own functions (np.sum(a)) call these methods.
+    def sum(self, dim=None, keepdim: bool = False, *, axis=None, keepdims=None, dtype=None, out=None):
+        return reduce("sum", self, _pick_dim(dim, axis), keepdim if keepdims is None else keepdims, dtype, out)
 
-    def mean(self, dim=None, keepdim: bool = False):
-        return reduce("mean", self, dim, keepdim)
+    def mean(self, dim=None, keepdim: bool = False, *, axis=None, keepdims=None, dtype=None, out=None):
+        return reduce("mean", self, _pick_dim(dim, axis), keepdim if keepdims is None else keepdims, dtype, out)
 
     def exp(self): return dispatch("exp", [self])
     def log(self): return dispatch("log", [self])
     def relu(self): return dispatch("relu", [self])
     def sigmoid(self): return dispatch("sigmoid", [self])
     def tanh(self): return dispatch("tanh", [self])
+
+    # numpy ufuncs that are graphc ops go through dispatch; np.add(x, 1) == x + 1
+    _UFUNCS = {"add": "add", "subtract": "sub", "multiply": "mul", "true_divide": "div", "divide": "div",
+               "matmul": "matmul", "negative": "neg", "exp": "exp", "log": "log", "tanh": "tanh"}
+
+
+def _pick_dim(dim, axis):
+    if dim is not None and axis is not None:
+        raise trace_error("give either dim or axis, not both")
+    return dim if axis is None else axis
+
+
+class EagerArray(TensorMethods, np.ndarray):
+    """What `forward` sees in eager mode: a numpy array with PyTorch's tensor methods.
+
+    Module.__call__ wraps numpy inputs in it and unwraps the results, so users get plain
+    ndarrays back while `x.sum(dim=1, keepdim=True)` works the same eagerly and traced."""
+
+    __array_priority__ = 100  # above Parameter's, so mixed results stay EagerArray
+
+    def view(self, *args, **kwargs):
+        # torch's view(shape) vs numpy's view(dtype/type), which numpy itself relies on
+        if kwargs or (len(args) == 1 and not isinstance(args[0], (int, tuple, list))):
+            return np.ndarray.view(self, *args, **kwargs)
+        return self.reshape(*args)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        op = self._UFUNCS.get(ufunc.__name__)
+        if op is not None and method == "__call__" and not kwargs and ufunc.nin == len(inputs):
+            return dispatch(op, list(inputs))
+        # Not a graphc op: plain numpy semantics (eager mode is more permissive than tracing).
+        plain = [from_eager(v) for v in inputs]
+        if "out" in kwargs:
+            kwargs["out"] = tuple(from_eager(v) for v in kwargs["out"])
+        res = getattr(ufunc, method)(*plain, **kwargs)
+        return _wrap_eager(res)
+
+
+def _wrap_eager(res):
+    if isinstance(res, tuple):
+        return tuple(_wrap_eager(r) for r in res)
+    return np.ndarray.view(res, EagerArray) if type(res) is np.ndarray else res
+
+
+def to_eager(v):
+    """A numpy array as an EagerArray view (other values unchanged)."""
+    return np.ndarray.view(v, EagerArray) if isinstance(v, np.ndarray) and not isinstance(v, EagerArray) else v
+
+
+def from_eager(v):
+    """Undo to_eager on a result (recursing into tuples and lists)."""
+    if isinstance(v, EagerArray):
+        return np.ndarray.view(v, np.ndarray)
+    if isinstance(v, (tuple, list)):
+        return type(v)(from_eager(x) for x in v)
+    return v
+
+
+# ------------------------------------------------------------------ traced values
+
+
+class Proxy(TensorMethods):
+    """What `forward` sees instead of an array while tracing: a named, typed IR value."""
+
+    __slots__ = ("tracer", "name", "type")
+    __array_priority__ = 1000
+
+    def __init__(self, tracer: Tracer, name: str, type: TensorType):
+        self.tracer, self.name, self.type = tracer, name, type
+
+    shape = property(lambda self: self.type.shape)
+    ndim = property(lambda self: self.type.rank)
+    dtype = property(lambda self: self.type.np_dtype)
+
+    def size(self, dim: int | None = None):
+        return self.type.shape if dim is None else self.type.shape[dim]
+
+    def dim(self) -> int:
+        return self.type.rank
+
+    def __repr__(self):
+        return f"<traced %{self.name}: {self.type}>"
 
     # what tracing cannot see: values only exist when the compiled graph runs
     def _data_dependent(self, what: str):
@@ -220,29 +302,29 @@ class Proxy:
     def tolist(self): self._data_dependent(".tolist()")
     def numpy(self): self._data_dependent(".numpy()")
     def __iter__(self): self._data_dependent("iteration")
-    def __getitem__(self, k): raise trace_error(f"indexing a traced value (%{self.name}[{k!r}]) is not supported yet")
     def __lt__(self, o): self._data_dependent("comparison <")
     def __le__(self, o): self._data_dependent("comparison <=")
     def __gt__(self, o): self._data_dependent("comparison >")
     def __ge__(self, o): self._data_dependent("comparison >=")
 
+    def __getitem__(self, k):
+        raise trace_error(f"indexing a traced value (%{self.name}[{k!r}], {self.type}) is not supported yet")
+
     def __array__(self, *a, **k):
         raise trace_error(f"traced value %{self.name} ({self.type}) was converted to a numpy array; "
                           "inside forward use graphc.nn.functional and tensor methods, not numpy")
 
-    _UFUNCS = {"add": "add", "subtract": "sub", "multiply": "mul", "true_divide": "div", "divide": "div",
-               "matmul": "matmul", "negative": "neg", "exp": "exp", "log": "log", "tanh": "tanh"}
-
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         op = self._UFUNCS.get(ufunc.__name__)
         if op is None or method != "__call__" or kwargs:
-            raise trace_error(f"numpy function np.{ufunc.__name__} is not supported on traced value %{self.name}; "
-                              f"supported: {', '.join('np.' + k for k in sorted(self._UFUNCS))}, or use graphc.nn.functional")
+            raise trace_error(f"numpy function np.{ufunc.__name__} is not supported on traced value %{self.name} "
+                              f"({self.type}); supported: {', '.join('np.' + k for k in sorted(self._UFUNCS))}, "
+                              "or use graphc.nn.functional")
         return dispatch(op, list(inputs))
 
     def __array_function__(self, func, types, args, kwargs):
-        raise trace_error(f"numpy function np.{func.__name__} is not supported on traced value %{self.name}; "
-                          "use graphc.nn.functional or tensor methods instead")
+        raise trace_error(f"numpy function np.{func.__name__} is not supported on traced value %{self.name} "
+                          f"({self.type}); use graphc.nn.functional or tensor methods instead")
 
 
 # ------------------------------------------------------------------ shape-level helpers (eager and traced)
@@ -283,7 +365,9 @@ def flatten(x, start_dim: int = 0, end_dim: int = -1):
     return reshape(x, s[:a] + (int(np.prod(s[a:b + 1], dtype=np.int64)),) + s[b + 1:])
 
 
-def reduce(op: str, x, dim=None, keepdim: bool = False):
+def reduce(op: str, x, dim=None, keepdim: bool = False, dtype=None, out=None):
+    if out is not None or (dtype is not None and np.dtype(dtype) != np.dtype(x.dtype)):
+        raise trace_error(f"{op}: the dtype= and out= arguments are not supported (got dtype={dtype}, out={type(out).__name__})")
     rank = len(_shape(x))
     if dim is None:
         dims = tuple(range(rank))
@@ -302,9 +386,14 @@ def trace(model, *example_inputs, name: str | None = None) -> Graph:
     Parameters become `param` inputs named as in `model.state_dict()`.
     """
     name = name or type(model).__name__
+    if not re.fullmatch(r"[\w.<>-]+", name):
+        raise TraceError(f"graph name {name!r} must be letters, digits, _ . < > - (it is printed in the IR text)")
     tracer = Tracer(name)
+    params = list(model.named_parameters())
+    taken = {pname for pname, _ in params}
     try:
-        arg_names = list(inspect.signature(model.forward).parameters)
+        arg_names = [p.name for p in inspect.signature(model.forward).parameters.values()
+                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
         arg_names = []
     proxies = []
@@ -318,8 +407,11 @@ def trace(model, *example_inputs, name: str | None = None) -> Graph:
             except ShapeError as e:
                 raise TraceError(f"example input {k}: {e}") from None
         arg = arg_names[k] if k < len(arg_names) and arg_names[k].isidentifier() else f"input{k}"
+        while arg in taken:  # parameters keep their state_dict names; the argument yields
+            arg += "_"
+        taken.add(arg)
         proxies.append(tracer.input(arg, t, "input"))
-    for pname, p in model.named_parameters():
+    for pname, p in params:
         tracer.params[id(p)] = tracer.input(pname, TensorType(p.shape, dtype_name(p.dtype)), "param")
 
     token = _active.set(tracer)

@@ -20,7 +20,7 @@ import re
 
 from .errors import ParseError, ShapeError
 from .graph import INPUT_KINDS, Graph, Input, Node, Output
-from .opdef import get_op
+from .opdef import REQUIRED, get_op
 from .types import TensorType
 
 NAME = r"[\w.]+"
@@ -70,12 +70,15 @@ def format_node(node: Node, comment: bool = True) -> str:
     return line + (format_comment(node) if comment else "")
 
 
+def format_return(g: Graph) -> str:
+    return "return " + ", ".join(f"%{o.value}" + (f" as {o.label}" if o.label else "") for o in g.outputs)
+
+
 def print_graph(g: Graph) -> str:
     lines = [f"graph {g.name} {{"]
     lines += [f"  {i.kind} %{i.name}: {i.type}" for i in g.inputs]
     lines += [f"  {format_node(n)}" for n in g.nodes]
-    outs = ", ".join(f"%{o.value}" + (f" as {o.label}" if o.label else "") for o in g.outputs)
-    lines.append(f"  return {outs}")
+    lines.append(f"  {format_return(g)}")
     lines.append("}")
     return "\n".join(lines)
 
@@ -117,7 +120,10 @@ def _split_comment(line: str) -> tuple[str, str | None, str | None]:
 
 
 def parse(text: str, verify: bool = True) -> Graph:
-    """Read the IR text form back into a Graph (and verify it unless told not to)."""
+    """Read the IR text form back into a Graph (and verify it unless told not to).
+
+    With verify=False, well-formed text that breaks IR rules (bad attributes, wrong types, uses
+    before definitions) is read as written, so tests and tools can hand it to `verify()`."""
     name = None
     inputs: list[Input] = []
     nodes: list[Node] = []
@@ -144,7 +150,7 @@ def parse(text: str, verify: bool = True) -> Graph:
             elif (m := _INPUT.match(_split_comment(line)[0])):
                 inputs.append(Input(m.group(2), parse_type(m.group(3)), m.group(1)))
             else:
-                nodes.append(_parse_node(line))
+                nodes.append(_parse_node(line, strict=verify))
         except (ValueError, ShapeError) as e:
             raise ParseError(f"line {lineno}: {e}\n  {raw.strip()}") from None
     if name is None or outputs is None:
@@ -153,7 +159,7 @@ def parse(text: str, verify: bool = True) -> Graph:
     return g.verify() if verify else g
 
 
-def _parse_node(line: str) -> Node:
+def _parse_node(line: str, strict: bool = True) -> Node:
     code, grad_of, loc = _split_comment(line)
     m = _NODE.match(code)
     if not m:
@@ -172,5 +178,12 @@ def _parse_node(line: str) -> Node:
     for k, v in _ATTR.findall(m.group("attrs") or ""):
         spec = opdef.attrs.get(k)
         given[k] = _parse_attr(op, k, v, spec.kind if spec else None)
-    attrs = opdef.normalize_attrs(given)
+    try:
+        attrs = opdef.normalize_attrs(given)
+    except ShapeError:
+        if strict:
+            raise
+        # Keep what the text says (defaults filled in) so verify() can report it in context.
+        attrs = {k: given.get(k, spec.default) for k, spec in opdef.attrs.items() if k in given or spec.default is not REQUIRED}
+        attrs = dict(sorted({**attrs, **given}.items()))
     return Node(op, tuple(a[1:] for a in args), tuple(outs), tuple(types), tuple(attrs.items()), loc, grad_of)

@@ -1,53 +1,90 @@
 """The IR verifier: the invariants every graph must keep, checked after every pass in checked mode."""
 from __future__ import annotations
 
+import re
+
 from .errors import ShapeError, VerifyError
 from .graph import Graph
 from .opdef import OPS
 
+_NAME = re.compile(r"[\w.]+")  # what the text form can print and read back
+_LABEL = re.compile(r"[\w.:]+")
+
 
 def _context(g: Graph, index: int, radius: int = 3) -> str:
-    """The IR lines around node `index`, the offending one marked with `>>`."""
-    from .text import format_node
+    """The IR lines around node `index` (len(nodes) = the return line), the offending one marked `>>`."""
+    from .text import format_node, format_return
 
     lo, hi = max(0, index - radius), min(len(g.nodes), index + radius + 1)
     lines = [f"{'>>' if i == index else '  '} {format_node(g.nodes[i])}" for i in range(lo, hi)]
+    if index >= len(g.nodes) - radius:
+        lines.append(f"{'>>' if index == len(g.nodes) else '  '} {format_return(g)}")
     return "\n".join(lines)
+
+
+def _cycle(g: Graph, k: int, operand: str) -> list[str] | None:
+    """If node k reads `operand` and operand's producer depends on node k, the values on that cycle."""
+    producer = {o: j for j, n in enumerate(g.nodes) for o in n.outputs}
+    mine = set(g.nodes[k].outputs)
+    stack, seen = [(operand, [operand])], set()
+    while stack:
+        v, path = stack.pop()
+        if v in mine:
+            return path
+        if v in seen or v not in producer:
+            continue
+        seen.add(v)
+        stack.extend((i, path + [i]) for i in g.nodes[producer[v]].inputs)
+    return None
 
 
 def verify(g: Graph) -> None:
     """Raise VerifyError naming the first node that breaks an invariant.
 
-    Checked: every value defined once and before its use (so the graph is acyclic), every op
-    known, attributes valid and complete, output types equal to the op's rule, outputs defined.
+    Checked: every value defined once and before its use (so the graph is acyclic; a cycle is
+    reported as one), names printable, every op known, attributes valid and complete, output
+    types equal to the op's rule, graph outputs defined.
     """
     defined: dict[str, object] = {}
     for inp in g.inputs:
+        if not _NAME.fullmatch(inp.name):
+            raise VerifyError(f"graph {g.name}: input name {inp.name!r} is not a valid value name (letters, digits, _ and .)")
         if inp.name in defined:
             raise VerifyError(f"graph {g.name}: input %{inp.name} is defined twice")
         defined[inp.name] = inp.type
 
     for k, n in enumerate(g.nodes):
         def fail(msg: str):
-            raise VerifyError(f"graph {g.name}, node {k} ({n.op}): {msg}\n{_context(g, k)}")
+            raise VerifyError(f"graph {g.name}, node {k} ({n.op}, defining {', '.join('%' + o for o in n.outputs)}): "
+                              f"{msg}\n{_context(g, k)}")
 
         if n.op not in OPS:
             fail(f"unknown op {n.op!r}")
         opdef = OPS[n.op]
         for i in n.inputs:
-            if i not in defined:
-                fail(f"operand %{i} is used before it is defined" if any(i in m.outputs for m in g.nodes[k:])
-                     else f"operand %{i} is not defined anywhere")
+            if i in defined:
+                continue
+            if not any(i in m.outputs for m in g.nodes[k:]):
+                fail(f"operand %{i} is not defined anywhere")
+            cycle = _cycle(g, k, i)
+            if cycle:
+                fail(f"cycle: operand %{i} depends on this node's own output (" +
+                     " <- ".join("%" + v for v in [*n.outputs[:1], *cycle]) + ")")
+            fail(f"operand %{i} is used before it is defined (it is defined by a later node)")
+        for o in n.outputs:
+            if not _NAME.fullmatch(o):
+                fail(f"output name {o!r} is not a valid value name (letters, digits, _ and .)")
         try:
             attrs = opdef.normalize_attrs(dict(n.attrs))
         except ShapeError as e:
-            fail(str(e))
+            fail(f"invalid attributes: {e}")
         if tuple(attrs.items()) != tuple(n.attrs):
             fail(f"attributes {dict(n.attrs)} are not in normal form; expected {attrs}")
         try:
             expected = opdef.infer_types([defined[i] for i in n.inputs], attrs)
         except ShapeError as e:
-            fail(str(e))
+            fail(f"operand types {', '.join(f'%{i}: {defined[i]}' for i in n.inputs)} are rejected by the "
+                 f"{n.op} rule: {e}")
         if len(n.outputs) != len(expected) or len(n.types) != len(n.outputs):
             fail(f"expected {len(expected)} output(s), found {len(n.outputs)} with {len(n.types)} type(s)")
         for o, t, want in zip(n.outputs, n.types, expected):
@@ -59,4 +96,8 @@ def verify(g: Graph) -> None:
 
     for out in g.outputs:
         if out.value not in defined:
-            raise VerifyError(f"graph {g.name}: output %{out.value} is not defined")
+            raise VerifyError(f"graph {g.name}: output %{out.value} is not defined by any input or node\n"
+                              f"{_context(g, len(g.nodes))}")
+        if out.label is not None and not _LABEL.fullmatch(out.label):
+            raise VerifyError(f"graph {g.name}: output label {out.label!r} of %{out.value} is not printable "
+                              f"(letters, digits, _ . :)\n{_context(g, len(g.nodes))}")

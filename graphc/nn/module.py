@@ -6,7 +6,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..tracing import current_tracer
+from ..ir import GraphcError, ShapeError
+from ..tracing import EagerArray, current_tracer, from_eager, to_eager
 from .parameter import Parameter
 
 
@@ -66,7 +67,13 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        if current_tracer() is not None:
+            return self.forward(*args, **kwargs)
+        # Eager: forward sees EagerArrays (numpy with torch's tensor methods); the outermost
+        # call hands plain ndarrays back.
+        outermost = not any(isinstance(a, EagerArray) for a in (*args, *kwargs.values()))
+        out = self.forward(*map(to_eager, args), **{k: to_eager(v) for k, v in kwargs.items()})
+        return from_eager(out) if outermost else out
 
     # ---- traversal ----
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
@@ -105,14 +112,14 @@ class Module:
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise GraphcError(f"load_state_dict of {type(self).__name__}: missing keys {missing}, unexpected keys {unexpected}")
         for k, p in own.items():
             if k not in state:
                 continue
             v = state[k]
             v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
             if v.shape != p.shape:
-                raise ValueError(f"load_state_dict: {k} expected shape {list(p.shape)}, got {list(v.shape)}")
+                raise ShapeError(f"load_state_dict: {k} expected shape {list(p.shape)}, got {list(v.shape)}")
             p[...] = v
         return self
 
