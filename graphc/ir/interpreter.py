@@ -12,7 +12,13 @@ import numpy as np
 from .errors import ShapeError
 from .graph import Graph
 from .opdef import OPS
-from .types import TensorType
+from .types import DTYPES, TensorType
+
+
+def _describe(a: np.ndarray) -> str:
+    """`f32[8,11]` for dtypes graphc knows, `float16[8,11]` otherwise."""
+    name = next((k for k, v in DTYPES.items() if v == a.dtype), str(a.dtype))
+    return f"{name}[{','.join(str(s) for s in a.shape)}]"
 
 
 def bind_inputs(g: Graph, args: Sequence | Mapping) -> dict[str, np.ndarray]:
@@ -31,7 +37,7 @@ def bind_inputs(g: Graph, args: Sequence | Mapping) -> dict[str, np.ndarray]:
         a = np.asarray(v)
         got = TensorType(a.shape, inp.type.dtype) if a.dtype == inp.type.np_dtype else None
         if got != inp.type:
-            raise ShapeError(f"graph {g.name}: input %{inp.name} expected {inp.type}, got {a.dtype}{list(a.shape)}")
+            raise ShapeError(f"graph {g.name}: input %{inp.name} expected {inp.type}, got {_describe(a)}")
         env[inp.name] = a
     return env
 

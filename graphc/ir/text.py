@@ -20,7 +20,7 @@ import re
 
 from .errors import ParseError, ShapeError
 from .graph import INPUT_KINDS, Graph, Input, Node, Output
-from .opdef import REQUIRED, get_op
+from .opdef import OPS, REQUIRED, get_op
 from .types import TensorType
 
 NAME = r"[\w.]+"
@@ -49,7 +49,8 @@ def format_attr(value) -> str:
 
 def format_attrs(node: Node) -> str:
     """The `{k=v, ...}` block without attributes equal to their defaults ('' if none)."""
-    spec = get_op(node.op).attrs
+    # An unknown op prints every attribute, so the verifier can still show it in context.
+    spec = OPS[node.op].attrs if node.op in OPS else {}
     shown = [f"{k}={format_attr(v)}" for k, v in node.attrs if k not in spec or spec[k].default != v]
     return " {" + ", ".join(shown) + "}" if shown else ""
 
@@ -122,8 +123,9 @@ def _split_comment(line: str) -> tuple[str, str | None, str | None]:
 def parse(text: str, verify: bool = True) -> Graph:
     """Read the IR text form back into a Graph (and verify it unless told not to).
 
-    With verify=False, well-formed text that breaks IR rules (bad attributes, wrong types, uses
-    before definitions) is read as written, so tests and tools can hand it to `verify()`."""
+    Syntax errors raise ParseError naming the line. Well-formed text that breaks IR rules (bad
+    attributes, wrong types, uses before definitions) is read as written and left to `verify()`
+    (run here unless verify=False), whose VerifyError shows the IR around the culprit."""
     name = None
     inputs: list[Input] = []
     nodes: list[Node] = []
@@ -150,7 +152,7 @@ def parse(text: str, verify: bool = True) -> Graph:
             elif (m := _INPUT.match(_split_comment(line)[0])):
                 inputs.append(Input(m.group(2), parse_type(m.group(3)), m.group(1)))
             else:
-                nodes.append(_parse_node(line, strict=verify))
+                nodes.append(_parse_node(line))
         except (ValueError, ShapeError) as e:
             raise ParseError(f"line {lineno}: {e}\n  {raw.strip()}") from None
     if name is None or outputs is None:
@@ -159,7 +161,7 @@ def parse(text: str, verify: bool = True) -> Graph:
     return g.verify() if verify else g
 
 
-def _parse_node(line: str, strict: bool = True) -> Node:
+def _parse_node(line: str) -> Node:
     code, grad_of, loc = _split_comment(line)
     m = _NODE.match(code)
     if not m:
@@ -181,9 +183,7 @@ def _parse_node(line: str, strict: bool = True) -> Node:
     try:
         attrs = opdef.normalize_attrs(given)
     except ShapeError:
-        if strict:
-            raise
-        # Keep what the text says (defaults filled in) so verify() can report it in context.
+        # Keep what the text says (defaults filled in): verify() reports it with the IR around it.
         attrs = {k: given.get(k, spec.default) for k, spec in opdef.attrs.items() if k in given or spec.default is not REQUIRED}
         attrs = dict(sorted({**attrs, **given}.items()))
     return Node(op, tuple(a[1:] for a in args), tuple(outs), tuple(types), tuple(attrs.items()), loc, grad_of)
