@@ -454,3 +454,228 @@ def _(gy, x, w, y=None, *, relu, input_grad, bias_grad):
     if bias_grad:
         outs.append(gz.sum(axis=0).astype(gy.dtype))
     return tuple(outs)
+
+
+# ------------------------------------------------------------------ optimizer updates
+# The last nodes of a train-step graph. Each returns new values; the runtime writes them back
+# into the param and state buffers (outputs labelled "update:<name>"). Formulas are
+# torch.optim's, step for step, so one graphc step equals one torch step.
+
+
+def _check_update_operand(op: str, p: TensorType, what: str, t: TensorType) -> None:
+    if t != p:
+        raise ShapeError(f"{op}: {what} must have the param's type {p}, got {t}")
+
+
+def _check_step(op: str, t: TensorType) -> None:
+    if t.dtype != "i64" or t.shape != ():
+        raise ShapeError(f"{op}: step must be i64[] (steps already taken), got {t}")
+
+
+@defop("sgd_update", (2, 4), {"lr": Attr("float"), "momentum": Attr("float", 0.0), "dampening": Attr("float", 0.0),
+                              "weight_decay": Attr("float", 0.0), "nesterov": Attr("bool", False)},
+       doc="torch.optim.SGD for one param. Inputs (p, g), or (p, g, buf, step) with momentum; outputs p' "
+           "(and buf'). step = steps already taken: at step 0 the buffer starts as d_p, as torch's does")
+def sgd_update(t, lr, momentum, dampening, weight_decay, nesterov):
+    want = 4 if momentum != 0 else 2
+    if len(t) != want:
+        raise ShapeError(f"sgd_update: momentum={momentum} takes {want} inputs "
+                         f"({'p, g, buf, step' if momentum else 'p, g'}), got {len(t)}")
+    p = t[0]
+    _float("sgd_update", p, "param")
+    _check_update_operand("sgd_update", p, "grad", t[1])
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ShapeError(f"sgd_update: nesterov needs momentum > 0 and dampening == 0, got momentum={momentum}, dampening={dampening}")
+    if not momentum:
+        return p
+    _check_update_operand("sgd_update", p, "momentum buffer", t[2])
+    _check_step("sgd_update", t[3])
+    return p, p
+
+
+@sgd_update.ref
+def _(p, g, buf=None, step=None, *, lr, momentum, dampening, weight_decay, nesterov):
+    d_p = g + weight_decay * p if weight_decay else g
+    if not momentum:
+        return (p - lr * d_p).astype(p.dtype)
+    buf = d_p.copy() if int(step) == 0 else momentum * buf + (1 - dampening) * d_p
+    d_p = d_p + momentum * buf if nesterov else buf
+    return (p - lr * d_p).astype(p.dtype), buf.astype(p.dtype)
+
+
+@defop("adam_update", 5, {"lr": Attr("float"), "beta1": Attr("float", 0.9), "beta2": Attr("float", 0.999),
+                          "eps": Attr("float", 1e-8), "weight_decay": Attr("float", 0.0)},
+       doc="torch.optim.Adam (amsgrad=False) for one param. Inputs (p, g, exp_avg, exp_avg_sq, step); "
+           "outputs p', exp_avg', exp_avg_sq'. Bias correction uses t = step + 1")
+def adam_update(t, lr, beta1, beta2, eps, weight_decay):
+    p = t[0]
+    _float("adam_update", p, "param")
+    for what, x in zip(("grad", "exp_avg", "exp_avg_sq"), t[1:4]):
+        _check_update_operand("adam_update", p, what, x)
+    _check_step("adam_update", t[4])
+    return p, p, p
+
+
+@adam_update.ref
+def _(p, g, m, v, step, *, lr, beta1, beta2, eps, weight_decay):
+    if weight_decay:
+        g = g + weight_decay * p
+    w = 1 - beta1
+    # torch updates exp_avg with lerp, whose formula switches at weight 0.5; keep its rounding.
+    m = m + w * (g - m) if w < 0.5 else g - (g - m) * (1 - w)
+    v = beta2 * v + (1 - beta2) * (g * g)
+    t = int(step) + 1
+    bias1, bias2 = 1 - beta1 ** t, 1 - beta2 ** t
+    denom = np.sqrt(v) / bias2 ** 0.5 + eps
+    p = p - (lr / bias1) * (m / denom)
+    return p.astype(p.dtype), m.astype(p.dtype), v.astype(p.dtype)
+
+
+# ------------------------------------------------------------------ autodiff: VJP rules
+# vjp(b, node, gys, needs) -> one gradient value name per input (None where not needed).
+# `b` emits IR (b.emit(op, inputs, attrs); b.types[value] is a value's type); autodiff stamps
+# every emitted node with `grad of <node>` and the node's source line. `gys` has one entry per
+# output (None where no gradient flows); `needs[i]` says whether input i wants a gradient.
+
+
+def _sum_to(b, g, like):
+    """Undo broadcasting: reduce g to the shape of value `like` (no node when shapes agree)."""
+    shape = b.types[like].shape
+    return g if b.types[g].shape == shape else b.emit("sum_to", [g], {"shape": shape})
+
+
+def _broadcast_back(b, g, like):
+    shape = b.types[like].shape
+    return g if b.types[g].shape == shape else b.emit("broadcast_to", [g], {"shape": shape})
+
+
+def _scalar(b, value: float, like):
+    return b.emit("full", [], {"shape": (), "value": float(value), "dtype": b.types[like].dtype})
+
+
+@add.grad
+def _(b, node, gys, needs):
+    gy, (x, y) = gys[0], node.inputs
+    return [_sum_to(b, gy, x) if needs[0] else None, _sum_to(b, gy, y) if needs[1] else None]
+
+
+@sub.grad
+def _(b, node, gys, needs):
+    gy, (x, y) = gys[0], node.inputs
+    return [_sum_to(b, gy, x) if needs[0] else None, _sum_to(b, b.emit("neg", [gy]), y) if needs[1] else None]
+
+
+@mul.grad
+def _(b, node, gys, needs):
+    gy, (x, y) = gys[0], node.inputs
+    return [_sum_to(b, b.emit("mul", [gy, y]), x) if needs[0] else None,
+            _sum_to(b, b.emit("mul", [gy, x]), y) if needs[1] else None]
+
+
+@div.grad
+def _(b, node, gys, needs):
+    # d(x/y)/dy = -(x/y)/y: reuses the output instead of squaring y.
+    gy, (x, y), q = gys[0], node.inputs, node.out
+    return [_sum_to(b, b.emit("div", [gy, y]), x) if needs[0] else None,
+            _sum_to(b, b.emit("neg", [b.emit("div", [b.emit("mul", [gy, q]), y])]), y) if needs[1] else None]
+
+
+neg.grad(lambda b, node, gys, needs: [b.emit("neg", [gys[0]])])
+exp.grad(lambda b, node, gys, needs: [b.emit("mul", [gys[0], node.out])])
+log.grad(lambda b, node, gys, needs: [b.emit("div", [gys[0], node.inputs[0]])])
+# relu, sigmoid and tanh differentiate from their output: one saved value, not input and output.
+relu.grad(lambda b, node, gys, needs: [b.emit("relu_backward", [gys[0], node.out])])
+sigmoid.grad(lambda b, node, gys, needs: [b.emit("sigmoid_backward", [gys[0], node.out])])
+tanh.grad(lambda b, node, gys, needs: [b.emit("tanh_backward", [gys[0], node.out])])
+full.grad(no_gradient("a constant: it has no inputs"))
+
+
+@transpose.grad
+def _(b, node, gys, needs):
+    perm = node.attr["perm"]
+    inverse = tuple(sorted(range(len(perm)), key=lambda k: perm[k]))
+    return [b.emit("transpose", [gys[0]], {"perm": inverse})]
+
+
+reshape.grad(lambda b, node, gys, needs: [b.emit("reshape", [gys[0]], {"shape": b.types[node.inputs[0]].shape})])
+
+
+def _reduction_grad(b, node, gy):
+    """Broadcast gy back over the reduced dims (reinserting them first when keepdim=false)."""
+    x, dims = node.inputs[0], node.attr["dims"]
+    shape = b.types[x].shape
+    if not dims:
+        return gy
+    if not node.attr["keepdim"]:
+        gy = b.emit("reshape", [gy], {"shape": tuple(1 if k in dims else s for k, s in enumerate(shape))})
+    return b.emit("broadcast_to", [gy], {"shape": shape})
+
+
+sum_.grad(lambda b, node, gys, needs: [_reduction_grad(b, node, gys[0])])
+
+
+@mean.grad
+def _(b, node, gys, needs):
+    shape = b.types[node.inputs[0]].shape
+    n = int(np.prod([shape[d] for d in node.attr["dims"]], dtype=np.int64))
+    gy = gys[0] if n == 1 else b.emit("mul", [gys[0], _scalar(b, 1.0 / n, gys[0])])
+    return [_reduction_grad(b, node, gy)]
+
+
+sum_to.grad(lambda b, node, gys, needs: [_broadcast_back(b, gys[0], node.inputs[0])])
+broadcast_to.grad(lambda b, node, gys, needs: [_sum_to(b, gys[0], node.inputs[0])])
+
+
+
+@matmul.grad
+def _(b, node, gys, needs):
+    gy, (x, w) = gys[0], node.inputs
+    T = {"perm": (1, 0)}
+    return [b.emit("matmul", [gy, b.emit("transpose", [w], T)]) if needs[0] else None,
+            b.emit("matmul", [b.emit("transpose", [x], T), gy]) if needs[1] else None]
+
+
+def _linear_grad(b, node, gys, needs, relu: bool):
+    """One linear_backward node for dx, dw, db; a fused linear_relu passes its output as the relu mask."""
+    gy, x, w = gys[0], node.inputs[0], node.inputs[1]
+    has_bias = len(node.inputs) == 3
+    bias_grad = has_bias and needs[2]
+    outs = b.emit("linear_backward", [gy, x, w] + ([node.out] if relu else []),
+                  {"relu": relu, "input_grad": needs[0], "bias_grad": bias_grad})
+    outs = list(outs) if isinstance(outs, tuple) else [outs]
+    dx = outs.pop(0) if needs[0] else None
+    dw = outs.pop(0)
+    db = outs.pop(0) if bias_grad else None
+    return [dx, dw if needs[1] else None] + ([db] if has_bias else [])
+
+
+linear.grad(lambda b, node, gys, needs: _linear_grad(b, node, gys, needs, relu=False))
+linear_relu.grad(lambda b, node, gys, needs: _linear_grad(b, node, gys, needs, relu=True))
+softmax.grad(lambda b, node, gys, needs: [b.emit("softmax_backward", [gys[0], node.out], {"dim": node.attr["dim"]})])
+log_softmax.grad(lambda b, node, gys, needs: [b.emit("log_softmax_backward", [gys[0], node.out], {"dim": node.attr["dim"]})])
+
+
+@mse_loss.grad
+def _(b, node, gys, needs):
+    gx = b.emit("mse_loss_backward", [gys[0], *node.inputs], {"reduction": node.attr["reduction"]})
+    return [gx if needs[0] else None, b.emit("neg", [gx]) if needs[1] else None]
+
+
+@nll_loss.grad
+def _(b, node, gys, needs):
+    logp, labels = node.inputs
+    classes = b.types[logp].shape[1]
+    return [b.emit("nll_loss_backward", [gys[0], labels], {"reduction": node.attr["reduction"], "classes": classes}), None]
+
+
+cross_entropy.grad(lambda b, node, gys, needs: [
+    b.emit("cross_entropy_backward", [gys[0], *node.inputs], {"reduction": node.attr["reduction"]}), None])
+# The mask is recomputed from (seed, stream): dropout of gy with the same attributes.
+dropout.grad(lambda b, node, gys, needs: [b.emit("dropout", [gys[0], node.inputs[1]], dict(node.attrs)), None])
+
+for _op in (relu_backward, sigmoid_backward, tanh_backward, softmax_backward, log_softmax_backward,
+            mse_loss_backward, cross_entropy_backward, nll_loss_backward, linear_backward):
+    _op.grad(no_gradient("a backward op: graphc does not take second derivatives"))
+sgd_update.grad(no_gradient("an optimizer update: it runs after the gradients"))
+adam_update.grad(no_gradient("an optimizer update: it runs after the gradients"))
+del _op
