@@ -32,7 +32,6 @@ def configure(level: str | int = "warning", stream=None) -> logging.Logger:
         handler.setStream(stream)
     logger.setLevel(level)
     handler.setLevel(level)
-    logger.propagate = False  # one line per record, even when the application has a root handler
     return logger
 
 
