@@ -18,7 +18,7 @@ import os
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -320,15 +320,15 @@ def _tolerance(dtype) -> dict:
     return {"rtol": 1e-4, "atol": 1e-5} if np.dtype(dtype) == np.float32 else {"rtol": 1e-9, "atol": 1e-12}
 
 
-def compare_outputs(before: Graph, want: list, after: Graph, got: list) -> str | None:
-    """None if `after`'s leading outputs equal `before`'s, else a description of the first difference.
+def compare_outputs(before: Sequence[Output], want: list, after: Sequence[Output], got: list) -> str | None:
+    """None if the `after` outputs' leading values equal the `before` ones, else the first difference.
 
     A pass may append outputs (autodiff adds gradients) but not drop or reorder them."""
     if len(got) < len(want):
         return f"the graph had {len(want)} outputs before and has {len(got)} after"
     for k, (a, b) in enumerate(zip(want, got)):
-        label = before.outputs[k].label
-        what = f"output {k} (%{before.outputs[k].value}{' as ' + label if label else ''} -> %{after.outputs[k].value})"
+        label = before[k].label
+        what = f"output {k} (%{before[k].value}{' as ' + label if label else ''} -> %{after[k].value})"
         if a.shape != b.shape or a.dtype != b.dtype:
             return f"{what}: expected {a.dtype}{list(a.shape)}, got {b.dtype}{list(b.shape)}"
         if a.dtype.kind == "f":
@@ -353,9 +353,9 @@ class Checker:
     def __init__(self, graph: Graph):
         self.values: dict[str, np.ndarray] = {}
         self._last: tuple[Graph, list] | None = None
-        self._outputs(graph)
+        self.outputs(graph)
 
-    def _outputs(self, g: Graph) -> list:
+    def outputs(self, g: Graph) -> list:
         if self._last is not None and self._last[0] is g:
             return self._last[1]
         outs = run_reference(g, self.values)
@@ -367,12 +367,12 @@ class Checker:
         if not changed and after != before:
             return f"reported changed=False but changed the graph\nIR after the pass:\n{after}"
         oracle = info.reference(before) if info.reference else before
-        want = self._outputs(before) if oracle is before else run_reference(oracle, self.values)
+        want = self.outputs(before) if oracle is before else run_reference(oracle, self.values)
         try:
-            got = self._outputs(after)
+            got = self.outputs(after)
         except GraphcError as e:
             return f"produced a graph the reference interpreter fails on: {e}\nIR after the pass:\n{after}"
-        problem = compare_outputs(oracle, want, after, got)
+        problem = compare_outputs(oracle.outputs, want, after.outputs, got)
         if problem:
             return f"changed the results: {problem}\nIR before the pass:\n{before}\nIR after the pass:\n{after}"
         return None

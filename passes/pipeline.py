@@ -167,11 +167,29 @@ def _partition(plans: CompiledPlans, joint: Graph, checker: Checker | None, take
 
 
 def check_partition(joint: Graph, part, checker: Checker) -> str | None:
-    """Run forward then backward on the checker's inputs and compare with the joint graph.
+    """Run the forward plan, then the backward plan on its saved values, on the checker's inputs;
+    None if they give the joint graph's outputs and gradients, else what differs (with the IR)."""
+    want = checker.outputs(joint)
+    fwd_want = [(o, v) for o, v in zip(joint.outputs, want) if not _is_grad(o)]
+    grad_want = [(o, v) for o, v in zip(joint.outputs, want) if _is_grad(o)]
+    fwd_got = run_reference(part.forward, checker.values)
+    saved = {o.value: v for o, v in zip(part.forward.outputs, fwd_got) if o.label == "saved"}
+    problem = _compare(fwd_want, part.forward, fwd_got, "forward plan")
+    if problem:
+        return problem
+    values = {**checker.values, **saved}
+    bwd_got = run_reference(part.backward, values)
+    return _compare(grad_want, part.backward, bwd_got, "backward plan")
 
-    (Filled in against partition's calling convention below.)"""
-    return _check_partition_impl(joint, part, checker)
+
+def _is_grad(o) -> bool:
+    return bool(o.label) and o.label.startswith("grad:")
 
 
-def _check_partition_impl(joint, part, checker) -> str | None:
-    return None
+def _compare(want: list, plan: Graph, got: list, what: str) -> str | None:
+    """`want` (joint output, value) pairs against the plan's leading outputs, label by label."""
+    labels = [o.label for o, _ in want]
+    if [o.label for o in plan.outputs[:len(want)]] != labels:
+        return f"gives {what} outputs {[o.label for o in plan.outputs]}, expected {labels} first\n{plan}"
+    problem = compare_outputs([o for o, _ in want], [v for _, v in want], plan.outputs, got)
+    return f"changed the results of the {what}: {problem}\n{plan}" if problem else None
