@@ -304,7 +304,9 @@ def random_input(g: Graph, name: str) -> np.ndarray:
             return np.asarray(rng.integers(0, 2**62), dtype=np.int64).reshape(t.shape)
         classes = _class_count(g, name) or 2
         return rng.integers(0, classes, size=t.shape).astype(np.int64)
-    return rng.standard_normal(t.shape).astype(t.np_dtype)
+    x = rng.standard_normal(t.shape)
+    # Optimizer state is non-negative where it matters (Adam's exp_avg_sq goes under a sqrt).
+    return (np.abs(x) if inp.kind == "state" else x).astype(t.np_dtype)
 
 
 def run_reference(g: Graph, values: dict[str, np.ndarray]) -> list[np.ndarray]:
