@@ -162,8 +162,10 @@ def _entry(joint: Graph, backward: Graph, v: str, saved: set[str], recompute: se
 
 
 def _reason(joint: Graph, v: str, users, saved: set[str], recompute: set[str]) -> str:
+    # The backward's own uses first, then the recomputations that read it.
+    ordered = [u for u in users if u.outputs[0] not in recompute] + [u for u in users if u.outputs[0] in recompute]
     reasons: list[str] = []
-    for u in users:
+    for u in ordered:
         for pos, i in enumerate(u.inputs):
             if i == v:
                 reasons.append(_use_reason(u, pos, u.outputs[0] in recompute))

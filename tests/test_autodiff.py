@@ -153,7 +153,7 @@ def test_vjp_matches_finite_differences_f64(op, k):
 @pytest.mark.parametrize("op,k", CASES, ids=[f"{o}-{k}" for o, k in CASES])
 def test_vjp_matches_torch_f32(op, k):
     spec = SPECS[op][k]
-    rng = np.random.default_rng(100 + k)
+    rng = np.random.default_rng(k)  # the same inputs as the float64 check, rounded
     vals, gy, grads, _ = _vjp(op, spec, np.float32, rng)
     ts = []
     for (kind, *_), v in zip(spec.inputs, vals):
