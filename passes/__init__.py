@@ -7,11 +7,12 @@
 from .manager import (PASSES, Checker, FusionRecord, PassContext, PassError, PassInfo, PassManager, PipelineResult,
                       Snapshot, get_pass, known_passes, register_pass)
 from . import cleanup, fusion  # noqa: F401  (registers the passes)
-from .pipeline import (CLEANUP_PIPELINE, FUSION_PIPELINE, INFERENCE_PIPELINE, TRAINING_PIPELINE, CompiledPlans,
-                       compile_pipeline)
+from .pipeline import (CLEANUP_PIPELINE, FUSION_PIPELINE, INFERENCE_PIPELINE, PIPELINES, TRAIN_STEP_PIPELINE,
+                       TRAINING_PIPELINE, CompiledPlans, compile_pipeline, default_pipeline)
 
 __all__ = [
     "PASSES", "Checker", "FusionRecord", "PassContext", "PassError", "PassInfo", "PassManager", "PipelineResult",
     "Snapshot", "get_pass", "known_passes", "register_pass", "CLEANUP_PIPELINE", "FUSION_PIPELINE",
-    "INFERENCE_PIPELINE", "TRAINING_PIPELINE", "CompiledPlans", "compile_pipeline",
+    "INFERENCE_PIPELINE", "TRAINING_PIPELINE", "TRAIN_STEP_PIPELINE", "PIPELINES", "CompiledPlans",
+    "compile_pipeline", "default_pipeline",
 ]

@@ -132,7 +132,8 @@ def fold_constants(g: Graph, ctx: PassContext | None = None):
     replace them by `full` when every result is uniform (which a `full` can say exactly).
 
     Nodes with any non-constant operand are never folded; neither are results a `full` cannot
-    express exactly (non-uniform, non-finite) or ops whose reference kernel refuses the values."""
+    express exactly (non-uniform, non-finite), multi-output ops, or ops whose reference kernel
+    refuses the values (e.g. out-of-range labels: the error belongs to run time)."""
     def rule(n: Node, producers):
         if not n.inputs or len(n.outputs) != 1 or n.op == "full" or any(constant_value(producers, i) is None for i in n.inputs):
             return None
@@ -227,7 +228,7 @@ def remove_dropout(g: Graph, ctx: PassContext | None = None):
         if n.op != "dropout":
             return None
         if ctx is not None:
-            ctx.note(f"removed %{n.out} = dropout(%{n.inputs[0]}) {{p={n.attr['p']}}} (eval mode)")
+            ctx.note(f"removed %{n.out} = dropout(%{n.inputs[0]}, %{n.inputs[1]}) {{p={n.attr['p']}}} (eval mode)")
         return n.inputs[0]
 
     return rewrite(g, rule)

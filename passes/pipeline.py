@@ -11,7 +11,6 @@ Fusion runs before autodiff: the VJP of a fused `linear_relu` is one fused
 """
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -40,7 +39,9 @@ class CompiledPlans:
     forward: the inference graph (inference), the forward plan (training), or the optimized
     forward+loss graph the train step was built from (train_step).
     backward: the backward plan (training only); train_step: the one-graph train step
-    (train_step only); ledger: the saved values between forward and backward (training only)."""
+    (train_step only); ledger: the saved values between forward and backward, a list of
+    partition.SavedValue (training only); partition: the whole partition.Partition (training
+    only: also the recomputed values and `format_ledger()`)."""
 
     mode: str
     stages: list[Snapshot]
@@ -49,6 +50,7 @@ class CompiledPlans:
     train_step: Graph | None = None
     ledger: Any = None
     fusion_records: list[FusionRecord] = field(default_factory=list)
+    partition: Any = None
 
     @property
     def stage_names(self) -> list[str]:
@@ -159,7 +161,7 @@ def _partition(plans: CompiledPlans, joint: Graph, checker: Checker | None, take
         problem = check_partition(joint, part, checker)
         if problem:
             raise PassError(f"partition (after {' -> '.join(taken)}) {problem}", "partition", tuple(taken), part.forward)
-    plans.forward, plans.backward, plans.ledger = part.forward, part.backward, part.ledger
+    plans.forward, plans.backward, plans.ledger, plans.partition = part.forward, part.backward, part.ledger, part
     n = len(joint.nodes)
     fwd = snapshot(unique_name("forward_plan", taken), part.forward, True, n, seconds)
     bwd = snapshot(unique_name("backward_plan", taken), part.backward, True, n, 0.0)
