@@ -81,7 +81,8 @@ def partition(joint: Graph) -> Partition:
     boundary = [o for k in sorted(fwd) for o in joint.nodes[k].outputs if o in wanted]
     saved, recompute = _choose(joint, boundary, fwd_values)
 
-    recomputed_nodes = sorted({joint.producers[v] for v in recompute}, key=joint.nodes.index)
+    position = {n.outputs[0]: k for k, n in enumerate(joint.nodes)}
+    recomputed_nodes = sorted({joint.producers[v] for v in recompute}, key=lambda n: position[n.outputs[0]])
     bwd_nodes = recomputed_nodes + [joint.nodes[k] for k in sorted(bwd)]
 
     forward = _build_forward(joint, [joint.nodes[k] for k in sorted(fwd)], fwd_outs, saved)

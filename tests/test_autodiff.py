@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 import torch.nn.functional as TF
 
 import graphc
@@ -418,3 +419,46 @@ def test_ir_fused_linear_relu_with_dropout():
           %6: f32[6,4], %7: f32[6] = linear_backward(%5, %x, %w1, %0) {input_grad=false, relu=true}  # grad of %0, net.py:5
           return %2 as out, %6 as grad:w1, %7 as grad:b1, %4 as grad:w2
         }""")
+
+
+# ------------------------------------------------------------------ random expressions (reuse everywhere)
+
+_UNARY = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "neg": torch.neg, "exp": lambda t: torch.exp(t * 0.1)}
+_BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sorted(_UNARY) + sorted(_BINARY)), st.integers(0, 99), st.integers(0, 99)),
+                min_size=1, max_size=8))
+def test_random_expressions_with_reused_values_match_torch(program):
+    """Each step applies an op to earlier values (often the same one twice); the loss sums them all."""
+    b = GraphBuilder("expr")
+    vals = [b.add_input("a", TensorType((3,)), "param"), b.add_input("w", TensorType((2, 3)), "param")]
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.standard_normal(3).astype(np.float32), "w": rng.standard_normal((2, 3)).astype(np.float32)}
+    ts = [torch.tensor(arrays["a"], requires_grad=True), torch.tensor(arrays["w"], requires_grad=True)]
+    leaves = list(ts)
+    for op, i, j in program:
+        x, y = vals[i % len(vals)], vals[j % len(vals)]
+        tx, ty = ts[i % len(ts)], ts[j % len(ts)]
+        if op in _UNARY:
+            # exp(0.1 x) keeps values small over long chains
+            if op == "exp":
+                x = b.emit("mul", [x, b.emit("full", [], {"shape": (), "value": 0.1})])
+            vals.append(b.emit(op, [x]))
+            ts.append(_UNARY[op](tx))
+        else:
+            vals.append(b.emit(op, [x, y]))
+            ts.append(_BINARY[op](tx, ty))
+    total = None
+    for v in vals[2:]:
+        s = b.emit("sum", [v], {"dims": tuple(range(b.types[v].rank))})
+        total = s if total is None else b.emit("add", [total, s])
+    joint = grad_graph(b.build([total]))
+    got = {o.label[len("grad:"):]: r for o, r in zip(joint.outputs, interpret(joint, arrays)) if o.label}
+    sum(t.sum() for t in ts[2:]).backward()
+    for name, leaf in zip(["a", "w"], leaves):
+        if leaf.grad is None:  # the loss does not reach it: no gradient output, as in torch
+            assert name not in got
+        else:
+            np.testing.assert_allclose(got[name], leaf.grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
