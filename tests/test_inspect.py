@@ -220,7 +220,8 @@ def test_saved_report_adds_up_and_names_backward_users():
     total = sum(g.types[v].nbytes for v in gdot.saved_values(g))
     assert f"{total:,} B" in text
     assert "%0 = linear_relu" in text and "%10 = linear_backward" in text
-    assert len(text.splitlines()) == 2 + len(entries) + 1
+    assert len(text.splitlines()) == 2 + len(entries) + 2 + len(entries)
+    assert text.count("read by backward") == len(entries)
 
 
 def test_saved_report_without_saved_values():
@@ -281,6 +282,61 @@ def test_passes_report_has_one_row_per_stage(pipeline):
         assert ("yes" if snap.changed else "no") in row.split()
     changed = sum(s.changed for s in pipeline.stages[1:])
     assert f"{changed} changed the graph" in text.splitlines()[-1]
+
+
+class WithLoss(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = SimpleNet()
+
+    def forward(self, x, y):
+        return F.mse_loss(self.net(x), y)
+
+
+@pytest.fixture
+def training_plans():
+    passes = pytest.importorskip("graphc.passes")
+    g = graphc.trace(WithLoss(), np.zeros((8, 10), np.float32), np.zeros((8, 1), np.float32))
+    return passes.compile_pipeline(g, "training")
+
+
+def test_pipeline_ledger_report_matches_the_backward_plan(training_plans):
+    led = training_plans.ledger
+    assert led
+    bwd = training_plans.backward
+    text = reports.saved_report(training_plans)
+    assert f"{sum(e.nbytes for e in led):,} B" in text
+    for e in led:
+        assert e.nbytes == bwd.types[e.value].nbytes == e.type.nbytes
+        assert bwd.input_by_name[e.value].kind == "saved"
+        assert bwd.users[e.value], f"%{e.value} is saved but no backward node reads it"
+        assert f"%{e.value}" in text and e.reason in text
+    # the picture of the backward plan marks exactly the ledger's values as saved inputs
+    nodes = all_nodes(parsed(bwd))
+    marked = {i.name for k, i in enumerate(bwd.inputs) if nodes[f"in{k}"].get("peripheries") == "2"}
+    assert marked == {e.value for e in led}
+
+
+def test_train_step_plan_picture_has_three_phases():
+    passes = pytest.importorskip("graphc.passes")
+    from graphc.passes.train_step import OptimizerSpec
+
+    g = graphc.trace(WithLoss(), np.zeros((8, 10), np.float32), np.zeros((8, 1), np.float32))
+    plans = passes.compile_pipeline(g, "train_step", optimizer=OptimizerSpec("adam"))
+    step = plans.train_step
+    phase = gdot.phases(step)
+    for n in step.nodes:
+        want = ("optimizer" if n.op == "adam_update" else "backward" if n.grad_of else None)
+        if want:
+            assert phase[n.outputs[0]] == want, n
+    assert phase[next(n for n in step.nodes if n.op == "linear_relu").outputs[0]] == "forward"
+    d = parsed(step)
+    assert {s.get_name() for s in d.get_subgraphs()} == {"cluster_forward", "cluster_backward", "cluster_optimizer",
+                                                        "cluster_legend"}
+    nodes = all_nodes(d)
+    for k, i in enumerate(step.inputs):
+        if i.kind == "state":
+            assert nodes[f"in{k}"].get("shape") == gdot.STYLES["state"].shape
 
 
 def test_fusion_report_shows_fused_and_refused_candidates():

@@ -139,15 +139,21 @@ def saved_values(g: Graph) -> list[str]:
 # ------------------------------------------------------------------ labels
 
 
-def shorten(name: str, limit: int = 28) -> str:
-    """A readable short form of a long dotted name: middle parts abbreviated to their first
-    letter (numbers kept, they tell layers apart), the last two parts kept, then an ellipsis cut."""
+def shorten(name: str, limit: int = 32) -> str:
+    """A readable short form of a long dotted name: from the left, middle parts shrink to their
+    first letter and trailing digits (`linear1` -> `l1`; numbers stay whole, they tell layers
+    apart), the last two parts stay whole; if that is not enough, an ellipsis cuts the middle.
+    A `kind:` prefix (`update:`, `grad:`) is kept."""
     if len(name) <= limit:
         return name
+    prefix, sep, rest = name.rpartition(":")
+    if sep and len(prefix) < limit // 2:
+        return prefix + sep + shorten(rest, limit - len(prefix) - 1)
     parts = name.split(".")
     for k in range(max(0, len(parts) - 2)):
-        if not parts[k].isdigit():
-            parts[k] = parts[k][:1]
+        m = re.fullmatch(r"([^\d]?)[^\d]*(\d*)", parts[k])
+        if m and not parts[k].isdigit():
+            parts[k] = m.group(1) + m.group(2)
         if len(".".join(parts)) <= limit:
             return ".".join(parts)
     short = ".".join(parts)
@@ -174,7 +180,7 @@ def _constant_label(n: Node) -> str:
 
 
 def to_dot(g: Graph, *, title: str | None = None, fused: frozenset[str] | set[str] = frozenset(),
-           legend: bool = True, name_limit: int = 28, edge_labels: bool = True) -> pydot.Dot:
+           legend: bool = True, name_limit: int = 32, edge_labels: bool = True) -> pydot.Dot:
     """The picture of `g` as a pydot graph (left to right, clusters per phase when there are several).
 
     `fused`: extra output values to draw as fused ops (beyond FUSED_OPS).

@@ -9,6 +9,7 @@ or not fused and why (`fusion_report`).
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,14 +42,18 @@ def table(headers: list[str], rows: list[list[Any]], right: tuple[int, ...] = ()
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
 
 
+_IR_LINE = re.compile(r"^\s*%([\w.]+)\s*:[^=]*=\s*(\w+)\(")
+
+
 def describe(x: Any) -> str:
-    """A short name for a node, an input or a plain string in reports."""
+    """A short name for a node, an IR line, an input or a plain string in reports: `%3 = linear`."""
     if x is None:
         return "-"
     if isinstance(x, Node):
         return f"%{x.outputs[0]} = {x.op}"
     if isinstance(x, str):
-        return x
+        m = _IR_LINE.match(x)
+        return f"%{m.group(1)} = {m.group(2)}" if m else x
     op, out = field(x, "op"), field(x, "outputs", "name", "value")
     if op is not None:
         return f"%{out[0] if isinstance(out, (tuple, list)) else out} = {op}"
@@ -138,21 +143,34 @@ def saved_entries(obj) -> list:
     return derived_ledger(g) if g is not None else []
 
 
+def _where(e: Any) -> str:
+    """The producer's source line, from the entry or the `# ..., file.py:3` comment of its IR line."""
+    loc = field(e, "loc")
+    prod = field(e, "producer")
+    if loc is None and isinstance(prod, Node):
+        loc = prod.loc
+    if loc is None and isinstance(prod, str) and "#" in prod:
+        loc = prod.rsplit("#", 1)[1].split(",")[-1].strip() or None
+    return f" ({loc})" if loc else ""
+
+
 def saved_report(obj) -> str:
     """Every value kept from forward for backward: producer, shape, bytes, backward users, why; total bytes."""
     entries = saved_entries(obj)
     if not entries:
         return "no saved values: nothing is kept between forward and backward"
-    rows = []
+    rows, why = [], []
     total = 0
     for e in entries:
         nbytes = int(field(e, "nbytes", default=0) or 0)
         total += nbytes
         users = field(e, "users", default=()) or ()
-        rows.append([f"%{field(e, 'value', default='?')}", describe(field(e, "producer")), _shape_of(field(e, "type")),
-                     f"{nbytes:,}", ", ".join(describe(u) for u in users) or "-", field(e, "reason", default="")])
-    head = table(["value", "producer", "type", "bytes", "users in backward", "reason"], rows, right=(3,))
-    return f"{head}\n{len(entries)} saved values, {fmt_bytes(total)} in all"
+        value = f"%{field(e, 'value', default='?')}"
+        rows.append([value, describe(field(e, "producer")) + _where(e), _shape_of(field(e, "type")), f"{nbytes:,}",
+                     ", ".join(describe(u) for u in users) or "-"])
+        why.append(f"  {value}: {field(e, 'reason', default='(no reason given)')}")
+    head = table(["value", "producer", "type", "bytes", "users in backward"], rows, right=(3,))
+    return f"{head}\n{len(entries)} saved values, {fmt_bytes(total)} in all\nwhy saved:\n" + "\n".join(why)
 
 
 # ------------------------------------------------------------------ memory plans
