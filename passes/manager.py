@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from graphc.ir import Graph, GraphcError, interpret
-from graphc.ir.graph import GraphBuilder, Node, Output
+from graphc.ir.graph import Output
 
 log = logging.getLogger("graphc.passes")
 
@@ -366,8 +366,12 @@ class Checker:
 
     def check(self, info: PassInfo, before: Graph, after: Graph, changed: bool) -> str | None:
         """None if `after` is a faithful rewrite of `before`, else what is wrong (with both IRs)."""
-        if not changed and after != before:
-            return f"reported changed=False but changed the graph\nIR after the pass:\n{after}"
+        if not changed:
+            if after != before:
+                return f"reported changed=False but changed the graph\nIR after the pass:\n{after}"
+            if not info.reference:  # the same graph: the same results, no need to interpret it again
+                self._last = (after, self.outputs(before))
+                return None
         oracle = info.reference(before) if info.reference else before
         want = self.outputs(before) if oracle is before else run_reference(oracle, self.values)
         try:
@@ -378,23 +382,3 @@ class Checker:
         if problem:
             return f"changed the results: {problem}\nIR before the pass:\n{before}\nIR after the pass:\n{after}"
         return None
-
-
-# ------------------------------------------------------------------ helpers for writing passes
-
-
-def rebuild(g: Graph, nodes: Iterable[Node], alias: dict[str, str] | None = None) -> Graph:
-    """A copy of `g` with `nodes` (inputs renamed through `alias`, chased to the end) and outputs renamed."""
-    alias = alias or {}
-
-    def r(v: str) -> str:
-        while v in alias:
-            v = alias[v]
-        return v
-
-    b = GraphBuilder(g.name, like=g)
-    for i in g.inputs:
-        b.add_input(i.name, i.type, i.kind)
-    for n in nodes:
-        b.add_node(n.replace(inputs=tuple(r(i) for i in n.inputs)) if any(i in alias for i in n.inputs) else n)
-    return b.build([Output(r(o.value), o.label) for o in g.outputs], meta=dict(g.meta))
