@@ -100,6 +100,7 @@ _LAZY = {"autodiff": ("graphc.passes.autodiff", "autodiff")}
 
 
 def _takes_ctx(fn: Callable) -> bool:
+    """Whether fn wants the PassContext: a second positional parameter, a `ctx` one, or *args."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
