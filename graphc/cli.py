@@ -180,6 +180,10 @@ def build(args) -> Any:
     """Trace and compile what the arguments describe; return the compiled object (or plans)."""
     model = make_model(args.model)
     inputs = example_inputs(args)
+    if args.dtype != "f32":
+        import numpy as np
+
+        model.to(np.float64)
     name = type(model).__name__
     t0 = time.perf_counter()
     import graphc
@@ -311,7 +315,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
                    help="the model class to compile; it is created with no arguments")
     p.add_argument("--input", action="append", metavar="SHAPE",
                    help="an example input's shape, e.g. 64x10 (64x10:i64 for another dtype); repeat for several inputs")
-    p.add_argument("--dtype", default="f32", choices=DTYPES, help="dtype of the example inputs (default f32)")
+    p.add_argument("--dtype", default="f32", choices=("f32", "f64"),
+                   help="float dtype of the model's parameters and the example inputs (default f32)")
     t = p.add_argument_group("training (compile a whole train step)")
     t.add_argument("--train", action="store_true", help="compile forward + loss + backward + optimizer update")
     t.add_argument("--loss", default="mse", choices=LOSSES,
