@@ -315,6 +315,13 @@ def test_pipeline_ledger_report_matches_the_backward_plan(training_plans):
     nodes = all_nodes(parsed(bwd))
     marked = {i.name for k, i in enumerate(bwd.inputs) if nodes[f"in{k}"].get("peripheries") == "2"}
     assert marked == {e.value for e in led}
+    # forward ops in a backward plan are recomputations: in their own cluster, never marked saved
+    assert not any(nodes[f"n{k}"].get("peripheries") for k in range(len(bwd.nodes)))
+    recomputed = [k for k, n in enumerate(bwd.nodes) if gdot.phases(bwd)[n.outputs[0]] == "forward" and n.inputs]
+    if recomputed:
+        d = parsed(bwd)
+        cluster = next(c for c in d.get_subgraphs() if c.get_name() == "cluster_forward")
+        assert unquote(cluster.get("label")) == "recomputed forward"
 
 
 def test_train_step_plan_picture_has_three_phases():

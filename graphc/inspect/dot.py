@@ -124,8 +124,8 @@ def saved_values(g: Graph) -> list[str]:
     phase = phases(g)
     saved = {i.name for i in g.inputs if i.kind == "saved"}
     saved |= {o.value for o in g.outputs if o.label == "saved"}
-    has_backward = any(p == "backward" for p in phase.values())
-    if has_backward:
+    joint = any(p == "backward" for p in phase.values()) and not any(i.kind in ("saved", "grad") for i in g.inputs)
+    if joint:  # (in a backward plan, forward ops are recomputations, not saved values)
         for n in g.nodes:
             if phase[n.outputs[0]] != "backward":
                 continue
@@ -195,8 +195,11 @@ def to_dot(g: Graph, *, title: str | None = None, fused: frozenset[str] | set[st
     present = sorted(set(phase.values()), key=list(PHASE_TITLES).index)
     clusters = {}
     if len(present) > 1:
+        # in a backward plan (saved/grad inputs), forward ops are recomputations
+        recomputed = any(i.kind in ("saved", "grad") for i in g.inputs)
         for p in present:
-            c = pydot.Cluster(p, label=PHASE_TITLES[p], style="rounded,dashed", color="#999999", fontsize="11")
+            title = "recomputed forward" if p == "forward" and recomputed else PHASE_TITLES[p]
+            c = pydot.Cluster(p, label=_q(title), style="rounded,dashed", color="#999999", fontsize="11")
             clusters[p] = c
     saved = set(saved_values(g))
     used: list[str] = []  # style keys in first-use order, for the legend
@@ -290,7 +293,7 @@ def _legend(used: list[str], has_grad_links: bool) -> pydot.Cluster:
     column = pydot.Subgraph("legend_column", rank="same")
     for k in (k for k in STYLES if k in used):
         extra = SAVED_BORDER if k == "saved" else {}
-        column.add_node(_vertex(f"legend_{k}", k, STYLES[k].legend, **extra))
+        column.add_node(_vertex(f"legend_{k}", k, STYLES[k].legend, fontsize="9", height="0.3", **extra))
     c.add_subgraph(column)
     if has_grad_links:
         c.add_node(pydot.Node("legend_grad_of_a", label=_q("backward op"), shape="box", fontsize="9"))
