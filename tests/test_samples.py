@@ -1,0 +1,38 @@
+"""The samples run end to end (digits with fewer epochs than the README's full run)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_sample(name, *args, cwd):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "samples", name), *args], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_simple_net_sample_trains_and_dumps(tmp_path, cache_dir):
+    out = run_sample("simple_net.py", "--epochs", "8", "--out", str(tmp_path / "dumps"), cwd=tmp_path)
+    assert "linear_relu" in out and "= relu(" in out  # IR before fusion has relu, after has linear_relu
+    first, last = [float(v) for v in out.split("train loss: first epoch ")[1].split()[0:3:2]]
+    assert last < first
+    eval_mse = float(out.split("eval MSE on 512 held-out samples: ")[1].split()[0])
+    baseline = float(out.split("predicting the mean gives ")[1].rstrip(")\n").split(")")[0])
+    assert eval_mse < baseline
+    assert (tmp_path / "dumps" / "index.md").exists()
+
+
+def test_digits_sample_learns_and_reloads(tmp_path, cache_dir):
+    pytest.importorskip("sklearn")
+    out = run_sample("digits.py", "--epochs", "12", "--out", str(tmp_path), cwd=tmp_path)
+    acc = float(out.split("test accuracy ")[1].split("%")[0])
+    assert acc >= 93.0, out
+    assert "reloaded model scores" in out
+    assert (tmp_path / "digits_mlp.npz").exists()
+    if "no figure written" not in out:
+        assert (tmp_path / "digits_curves.png").stat().st_size > 1000
