@@ -1,0 +1,68 @@
+"""The floors of ARCHITECTURE.md hold: who may import whom is checked, not hoped for."""
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# folder -> graphc modules it may import (prefix match); everything else of graphc is forbidden.
+FLOORS = {
+    "graphc/ir": ("graphc.ir",),
+    "graphc/nn": ("graphc.ir", "graphc.nn", "graphc.tracing", "graphc.random"),
+    "passes": ("graphc.ir", "graphc.passes"),
+    "runtime": ("graphc.ir", "graphc.runtime"),
+}
+RELATIVE_BASE = {"graphc/ir": "graphc.ir", "graphc/nn": "graphc.nn", "passes": "graphc.passes", "runtime": "graphc.runtime"}
+
+
+def graphc_imports(path, package):
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in ("graphc", "passes", "runtime"):
+                    yield node.lineno, a.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1] if node.level > 1 else base
+                if node.module:
+                    yield node.lineno, ".".join(base + [node.module])
+                else:  # `from .. import random`: the names are modules
+                    for a in node.names:
+                        yield node.lineno, ".".join(base + [a.name])
+            elif node.module and node.module.split(".")[0] in ("graphc", "passes", "runtime"):
+                yield node.lineno, node.module
+
+
+def files(folder):
+    for dirpath, _, names in os.walk(os.path.join(ROOT, folder)):
+        for n in sorted(names):
+            if n.endswith(".py"):
+                yield os.path.join(dirpath, n)
+
+
+@pytest.mark.parametrize("folder", sorted(FLOORS))
+def test_floor_imports_only_what_it_may(folder):
+    allowed = FLOORS[folder]
+    bad = []
+    for path in files(folder):
+        rel = os.path.relpath(path, ROOT)
+        sub = os.path.dirname(os.path.relpath(path, os.path.join(ROOT, folder))).replace(os.sep, ".")
+        package = RELATIVE_BASE[folder] + (f".{sub}" if sub else "")
+        for line, mod in graphc_imports(path, package):
+            if mod.split(".")[0] in ("passes", "runtime"):
+                bad.append(f"{rel}:{line} imports top-level {mod!r}; use graphc.{mod}")
+            elif mod == "graphc" or not any(mod == a or mod.startswith(a + ".") for a in allowed):
+                bad.append(f"{rel}:{line} imports {mod}")
+    assert not bad, f"{folder} may import only {allowed}:\n" + "\n".join(bad)
+
+
+def test_import_graphc_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, graphc, graphc.nn; print('numba' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"], "import graphc must not pull in numba or torch"
