@@ -22,6 +22,8 @@ from .ir.graph import Output
 _GRAPHC_DIR = os.path.dirname(os.path.abspath(__file__))
 _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
 _active: contextvars.ContextVar["Tracer | None"] = contextvars.ContextVar("graphc_tracer", default=None)
+# How many Module.__call__s deep an eager forward is (0: user code outside any forward).
+_eager_depth: contextvars.ContextVar[int] = contextvars.ContextVar("graphc_eager_depth", default=0)
 
 
 class TraceError(GraphcError):
@@ -106,6 +108,19 @@ def current_tracer() -> Tracer | None:
 # ------------------------------------------------------------------ dispatch
 
 
+def _is_scalar(v) -> bool:
+    return isinstance(v, (bool, int, float, np.number)) and not isinstance(v, np.ndarray)
+
+
+def _scalar_value(v, like: TensorType) -> float:
+    """A Python scalar as a constant of `like`'s dtype (graphc does not promote; it never truncates)."""
+    value = float(v)
+    if not like.is_float and value != int(value):
+        raise trace_error(f"the scalar {v!r} cannot join an integer tensor ({like}) without truncation; "
+                          "convert one side to float first")
+    return value
+
+
 def _as_proxy(tracer: Tracer, v, like: "Proxy | None"):
     if isinstance(v, Proxy):
         if v.tracer is not tracer:
@@ -113,8 +128,8 @@ def _as_proxy(tracer: Tracer, v, like: "Proxy | None"):
         return v
     if id(v) in tracer.params:
         return tracer.params[id(v)]
-    if isinstance(v, (bool, int, float, np.number)) and like is not None:
-        return tracer.emit("full", [], {"shape": (), "value": float(v), "dtype": like.type.dtype})
+    if _is_scalar(v) and like is not None:
+        return tracer.emit("full", [], {"shape": (), "value": _scalar_value(v, like.type), "dtype": like.type.dtype})
     if isinstance(v, np.ndarray):
         raise trace_error(f"a numpy array {v.dtype}{list(v.shape)} that is not a registered Parameter was used "
                           "inside a traced forward; register it as an nn.Parameter or pass it as an input")
@@ -138,8 +153,9 @@ def eager(op: str, inputs: Sequence[Any], attrs: dict):
     like = next((np.asarray(v) for v in inputs if isinstance(v, np.ndarray)), None)
     arrays = []
     for v in inputs:
-        if isinstance(v, (bool, int, float, np.number)) and not isinstance(v, np.ndarray):
-            v = np.asarray(v, dtype=like.dtype if like is not None and like.dtype.kind == "f" else np.float32)
+        if _is_scalar(v):
+            like_type = TensorType(like.shape, dtype_name(like.dtype)) if like is not None else TensorType(())
+            v = np.asarray(_scalar_value(v, like_type), dtype=like_type.np_dtype)
         arrays.append(np.ndarray.view(np.asarray(v), np.ndarray))
     opdef = get_op(op)
     try:
@@ -149,7 +165,7 @@ def eager(op: str, inputs: Sequence[Any], attrs: dict):
         raise trace_error(str(e)) from None
     res = opdef.reference(*arrays, **full)
     # Inside a Module's eager forward values stay EagerArrays (torch-style methods keep working).
-    return _wrap_eager(res) if any(isinstance(v, EagerArray) for v in inputs) else res
+    return _wrap_eager(res) if _eager_depth.get() or any(isinstance(v, EagerArray) for v in inputs) else res
 
 
 # ------------------------------------------------------------------ tensor methods (traced and eager)
@@ -254,12 +270,30 @@ def to_eager(v):
 
 
 def from_eager(v):
-    """Undo to_eager on a result (recursing into tuples and lists)."""
+    """Undo to_eager on a result (recursing into tuples, lists and dicts)."""
     if isinstance(v, EagerArray):
         return np.ndarray.view(v, np.ndarray)
     if isinstance(v, (tuple, list)):
         return type(v)(from_eager(x) for x in v)
+    if isinstance(v, dict):
+        return {k: from_eager(x) for k, x in v.items()}
     return v
+
+
+def eager_forward(forward, args, kwargs):
+    """Run a Module's forward eagerly: it sees EagerArrays (numpy with torch's tensor methods, its
+    parameters included); the outermost call hands plain ndarrays back."""
+    depth = _eager_depth.get()
+    token = _eager_depth.set(depth + 1)
+    try:
+        out = forward(*map(to_eager, args), **{k: to_eager(v) for k, v in kwargs.items()})
+    finally:
+        _eager_depth.reset(token)
+    return from_eager(out) if depth == 0 else out
+
+
+def in_eager_forward() -> bool:
+    return _eager_depth.get() > 0
 
 
 # ------------------------------------------------------------------ traced values

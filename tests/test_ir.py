@@ -347,6 +347,8 @@ def test_verify_unknown_op_and_bad_names():
     bad = g.replace(inputs=(Input("x y", TensorType((4, 3))),) + g.inputs[1:])
     with pytest.raises(VerifyError, match="'x y' is not a valid value name"):
         bad.verify()
+    with pytest.raises(VerifyError, match="graph name 'my graph' is not printable"):
+        g.replace(name="my graph").verify()
     with pytest.raises(VerifyError, match="label 'a b'"):
         g.replace(outputs=(Output("2", "a b"),)).verify()
 

@@ -371,3 +371,36 @@ def test_labels_must_be_integers():
         F.cross_entropy(randn(3, 4), np.array([0.0, 1.0, 2.0]))
     with pytest.raises(graphc.GraphcError, match="class label out of range"):
         F.cross_entropy(randn(3, 4), np.array([0, 1, 4]))
+
+
+class UsesParams(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(np.random.randn(3, 4))
+
+    def forward(self, x, k):
+        colsum = F.relu(self.w).sum(dim=0, keepdim=True)  # parameters have torch's methods too
+        return {"y": x @ self.w.T + colsum.mean(dim=1), "k": k + 1}
+
+
+def test_parameters_inside_eager_forward_have_tensor_methods():
+    m = UsesParams()
+    x, k = randn(2, 4, dtype=np.float64), np.array([1, 2])
+    out = m(x, k)
+    assert type(out["y"]) is np.ndarray and type(out["k"]) is np.ndarray  # dict outputs are unwrapped too
+    want = x @ m.w.T + np.maximum(m.w, 0).sum(0).mean()
+    np.testing.assert_allclose(out["y"], want, rtol=1e-12)
+    assert out["k"].dtype == np.int64 and out["k"].tolist() == [2, 3]
+    assert type(m.w) is nn.Parameter  # outside forward it is the Parameter itself
+
+
+def test_float_scalars_never_truncate_integer_tensors():
+    class AddHalf(nn.Module):
+        def forward(self, k):
+            return k + 0.5
+
+    k = np.array([1, 2])
+    with pytest.raises(graphc.TraceError, match=r"scalar 0.5 cannot join an integer tensor \(i64\[2\]\)"):
+        AddHalf()(k)
+    with pytest.raises(graphc.TraceError, match=r"scalar 0.5 cannot join an integer tensor \(i64\[2\]\)"):
+        graphc.trace(AddHalf(), k)

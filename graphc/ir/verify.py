@@ -9,6 +9,7 @@ from .opdef import OPS
 
 _NAME = re.compile(r"[\w.]+")  # what the text form can print and read back
 _LABEL = re.compile(r"[\w.:]+")
+_GRAPH_NAME = re.compile(r"[\w.<>-]+")
 
 
 def _context(g: Graph, index: int, radius: int = 3) -> str:
@@ -45,6 +46,8 @@ def verify(g: Graph) -> None:
     reported as one), names printable, every op known, attributes valid and complete, output
     types equal to the op's rule, graph outputs defined.
     """
+    if not _GRAPH_NAME.fullmatch(g.name):
+        raise VerifyError(f"graph name {g.name!r} is not printable (letters, digits, _ . < > -)")
     defined: dict[str, object] = {}
     for inp in g.inputs:
         if not _NAME.fullmatch(inp.name):

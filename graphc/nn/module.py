@@ -7,7 +7,7 @@ from typing import Iterator
 import numpy as np
 
 from ..ir import GraphcError, ShapeError
-from ..tracing import EagerArray, current_tracer, from_eager, to_eager
+from ..tracing import current_tracer, eager_forward, in_eager_forward, to_eager
 from .parameter import Parameter
 
 
@@ -40,8 +40,11 @@ class Module:
         if name in d.get("_parameters", ()):
             p = d["_parameters"][name]
             tracer = current_tracer()
-            # While tracing, a parameter reads as its graph input so `self.weight.T` is traced.
-            return tracer.params.get(id(p), p) if tracer is not None else p
+            # Inside forward a parameter reads as its graph input (traced) or as an EagerArray view
+            # of itself (eager), so `self.weight.sum(dim=0)` means the same on both paths.
+            if tracer is not None:
+                return tracer.params.get(id(p), p)
+            return to_eager(p) if in_eager_forward() else p
         if name in d.get("_modules", ()):
             return d["_modules"][name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -69,11 +72,7 @@ class Module:
     def __call__(self, *args, **kwargs):
         if current_tracer() is not None:
             return self.forward(*args, **kwargs)
-        # Eager: forward sees EagerArrays (numpy with torch's tensor methods); the outermost
-        # call hands plain ndarrays back.
-        outermost = not any(isinstance(a, EagerArray) for a in (*args, *kwargs.values()))
-        out = self.forward(*map(to_eager, args), **{k: to_eager(v) for k, v in kwargs.items()})
-        return from_eager(out) if outermost else out
+        return eager_forward(self.forward, args, kwargs)
 
     # ---- traversal ----
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
