@@ -227,9 +227,12 @@ class TensorMethods:
 
 
 def _pick_dim(dim, axis):
+    """torch's dim=() reduces every dim; numpy's axis=() reduces none (numpy's own functions pass axis)."""
     if dim is not None and axis is not None:
         raise trace_error("give either dim or axis, not both")
-    return dim if axis is None else axis
+    if axis is not None:
+        return axis
+    return None if isinstance(dim, (tuple, list)) and not dim else dim
 
 
 class EagerArray(TensorMethods, np.ndarray):
@@ -406,7 +409,8 @@ def reduce(op: str, x, dim=None, keepdim: bool = False, dtype=None, out=None):
     if dim is None:
         dims = tuple(range(rank))
     else:
-        dims = tuple(sorted({_norm_dim(d, rank) for d in ((dim,) if isinstance(dim, int) else dim)}))
+        dims = tuple(sorted({_norm_dim(int(d), rank) for d in ((dim,) if isinstance(dim, (int, np.integer)) else dim)}))
+        dims = dims if rank else ()  # dim 0 / -1 of a 0-d tensor: nothing to reduce, as in torch
     return dispatch(op, [x], {"dims": dims, "keepdim": bool(keepdim)})
 
 

@@ -457,3 +457,13 @@ def test_every_op_has_a_rule_and_a_reference_kernel():
 def test_import_graphc_does_not_import_numba():
     code = "import sys, graphc, graphc.nn, graphc.ir; graphc.trace; assert 'numba' not in sys.modules, 'numba loaded'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_hash_inside_a_string_attribute_is_not_a_comment():
+    g = parse(GOOD)
+    odd = g.replace(nodes=(g.nodes[0], g.nodes[1].replace(attrs=(("note", 'a # "b"'),)), g.nodes[2]))
+    text = str(odd)
+    assert '{note="a # \\"b\\""}  # net.py:6' in text
+    assert parse(text, verify=False) == odd
+    with pytest.raises(VerifyError, match=r"unknown attribute\(s\) \['note'\]"):
+        odd.verify()

@@ -404,3 +404,42 @@ def test_float_scalars_never_truncate_integer_tensors():
         AddHalf()(k)
     with pytest.raises(graphc.TraceError, match=r"scalar 0.5 cannot join an integer tensor \(i64\[2\]\)"):
         graphc.trace(AddHalf(), k)
+
+
+def test_reduction_dim_conventions():
+    x = randn(2, 3)
+    tx = to_torch(x)
+    m = Fn(lambda a: (a.sum(dim=()), a.sum(dim=[0, 1]), a.sum(np.int64(1)), a.sum().sum(0), a.mean(dim=(-1,))))
+    for got, want in zip(m(x), (tx.sum(dim=()), tx.sum(dim=[0, 1]), tx.sum(1), tx.sum().sum(0), tx.mean(dim=(-1,)))):
+        check(got, want, np.float32, "reduction")
+    for got, want in zip(run_traced(m, x), (tx.sum(dim=()), tx.sum(dim=[0, 1]), tx.sum(1), tx.sum().sum(0), tx.mean(dim=(-1,)))):
+        check(got, want, np.float32, "traced reduction")
+    # numpy's own functions keep numpy's meaning of axis on eager values
+    e = Fn(lambda a: (np.sum(a, axis=()), np.mean(a, axis=0), np.sum(a)))(x)
+    check(e[0], x, np.float32, "np.sum axis=()")
+    check(e[1], x.mean(0), np.float32, "np.mean")
+    check(e[2], x.sum(), np.float32, "np.sum")
+
+
+def test_in_place_updates_keep_the_parameter():
+    lin = nn.Linear(2, 2)
+    for p in lin.parameters():
+        p.grad = np.ones_like(p)
+        before = p.copy()
+        q = p
+        q -= 0.5 * q.grad
+        assert q is p and isinstance(q, nn.Parameter) and q.grad is not None
+        np.testing.assert_allclose(p, before - 0.5)
+
+
+def test_sequential_slices_and_copies():
+    import copy
+    import pickle
+
+    seq = mlp((4, 3, 3, 2))
+    head = seq[:2]
+    assert isinstance(head, nn.Sequential) and [n for n, _ in head.named_parameters()] == ["0.weight", "0.bias"]
+    for clone in (copy.deepcopy(seq), pickle.loads(pickle.dumps(seq))):
+        x = randn(2, 4)
+        np.testing.assert_array_equal(clone(x), seq(x))
+        assert all(isinstance(p, nn.Parameter) and p is not q for p, q in zip(clone.parameters(), seq.parameters()))

@@ -109,9 +109,16 @@ def _parse_attr(op: str, key: str, text: str, kind: str | None):
 
 def _split_comment(line: str) -> tuple[str, str | None, str | None]:
     """Split `code  # grad of %4, file.py:3` into (code, grad_of, loc)."""
-    if "#" not in line:
+    cut, quoted = None, False
+    for k, c in enumerate(line):  # a `#` inside a quoted attribute is not a comment
+        if c == '"' and (k == 0 or line[k - 1] != "\\"):
+            quoted = not quoted
+        elif c == "#" and not quoted:
+            cut = k
+            break
+    if cut is None:
         return line.strip(), None, None
-    code, comment = line.split("#", 1)
+    code, comment = line[:cut], line[cut + 1:]
     comment = comment.strip()
     grad_of = None
     m = re.match(rf"grad of %({NAME})\s*(?:,\s*)?(.*)$", comment)

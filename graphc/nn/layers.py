@@ -117,6 +117,8 @@ class Sequential(Module):
                 self.add_module(str(i), m)
 
     def __getitem__(self, i):
+        if isinstance(i, slice):  # a slice is a Sequential of those layers, names kept (as in torch)
+            return Sequential(OrderedDict(list(self._modules.items())[i]))
         return list(self._modules.values())[i]
 
     def __len__(self):

@@ -25,6 +25,8 @@ class Parameter(np.ndarray):
         self.requires_grad = getattr(obj, "requires_grad", True)
 
     def __array_wrap__(self, arr, context=None, return_scalar=False):
+        if arr is self:  # in place (`p -= lr * p.grad`): p stays the Parameter
+            return self
         # Arithmetic on parameters gives plain arrays, not new "parameters".
         arr = np.asarray(arr).view(np.ndarray)
         return arr[()] if return_scalar else arr
