@@ -343,6 +343,9 @@ class Proxy(TensorMethods):
     def __le__(self, o): self._data_dependent("comparison <=")
     def __gt__(self, o): self._data_dependent("comparison >")
     def __ge__(self, o): self._data_dependent("comparison >=")
+    def __eq__(self, o): self._data_dependent("comparison ==")
+    def __ne__(self, o): self._data_dependent("comparison !=")
+    __hash__ = object.__hash__  # still usable as a dict key (by identity)
 
     def __getitem__(self, k):
         raise trace_error(f"indexing a traced value (%{self.name}[{k!r}], {self.type}) is not supported yet")

@@ -177,6 +177,8 @@ class DataDependent(nn.Module):
             return [r for r in x]
         elif self.how == "index":
             return x[0]
+        elif self.how == "eq":
+            return x if s == 0 else -x
         return x
 
 
@@ -188,6 +190,7 @@ class DataDependent(nn.Module):
     ("bool", "if s else", "the truth value (bool)"),
     ("iter", "for r in x", "iteration"),
     ("index", "x[0]", "indexing a traced value"),
+    ("eq", "if s == 0", "comparison =="),
 ])
 def test_data_dependent_python_is_a_trace_error(how, needle, what):
     with pytest.raises(TraceError) as e:
