@@ -455,7 +455,7 @@ def test_every_op_has_a_rule_and_a_reference_kernel():
 
 
 def test_import_graphc_does_not_import_numba():
-    code = "import sys, graphc, graphc.nn, graphc.ir; graphc.trace; assert 'numba' not in sys.modules, 'numba loaded'"
+    code = "import sys, graphc, graphc.nn, graphc.ir, graphc.optim, graphc.data; graphc.trace; assert 'numba' not in sys.modules, 'numba loaded'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -467,3 +467,21 @@ def test_hash_inside_a_string_attribute_is_not_a_comment():
     assert parse(text, verify=False) == odd
     with pytest.raises(VerifyError, match=r"unknown attribute\(s\) \['note'\]"):
         odd.verify()
+
+
+@settings(max_examples=15, deadline=None)
+@given(generated_models())
+def test_parse_of_print_is_identity_for_every_pipeline_stage(case):
+    """Not only traces: every graph the pass pipeline makes (joint, backward, plans, train steps)."""
+    passes = pytest.importorskip("graphc.passes")
+    from graphc.passes.train_step import OptimizerSpec
+
+    model, examples = case
+    g = graphc.trace(model, *examples)
+    runs = [dict(mode="inference")]
+    if len(examples) == 2:  # the model returns a loss
+        runs += [dict(mode="training"), dict(mode="train_step", optimizer=OptimizerSpec("adam", {"lr": 0.01})),
+                 dict(mode="train_step", optimizer=OptimizerSpec("sgd", {"lr": 0.1, "momentum": 0.9}))]
+    for run in runs:
+        for stage in passes.compile_pipeline(g, **run).stages:
+            assert parse(str(stage.graph)) == stage.graph, f"{run['mode']}: {stage.name}"
