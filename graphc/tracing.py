@@ -151,14 +151,14 @@ def dispatch(op: str, inputs: Sequence[Any], attrs: dict | None = None):
 def eager(op: str, inputs: Sequence[Any], attrs: dict):
     """Run one op on numpy arrays with its reference kernel, after its shape rule."""
     like = next((np.asarray(v) for v in inputs if isinstance(v, np.ndarray)), None)
-    arrays = []
-    for v in inputs:
-        if _is_scalar(v):
-            like_type = TensorType(like.shape, dtype_name(like.dtype)) if like is not None else TensorType(())
-            v = np.asarray(_scalar_value(v, like_type), dtype=like_type.np_dtype)
-        arrays.append(np.ndarray.view(np.asarray(v), np.ndarray))
     opdef = get_op(op)
     try:
+        arrays = []
+        for v in inputs:
+            if _is_scalar(v):
+                like_type = TensorType(like.shape, dtype_name(like.dtype)) if like is not None else TensorType(())
+                v = np.asarray(_scalar_value(v, like_type), dtype=like_type.np_dtype)
+            arrays.append(np.ndarray.view(np.asarray(v), np.ndarray))
         full = opdef.normalize_attrs(attrs)
         opdef.infer_types([TensorType(a.shape, dtype_name(a.dtype)) for a in arrays], full)
     except ShapeError as e:
