@@ -1,1 +1,25 @@
-"""(being built)"""
+"""graphc.runtime: executes plan graphs natively (imports graphc.ir only; never passes or the front end).
+
+    from graphc.runtime import Executable
+    exe = Executable(plan_graph, bound={"linear1.weight": w, ...}, mode="jit")
+    exe(x, seed); exe.outputs; print(exe.memory_plan); exe.compile_info; print(exe.source.text)
+
+kernels.py: one numba kernel per op (KERNELS registry); memory.py: buffer sharing by liveness;
+codegen.py: a plan -> one numba function; cache.py: the on-disk cache (GRAPHC_CACHE_DIR);
+executor.py: Executable, which ties them together.
+"""
+from .cache import CompileInfo, cache_root
+from .executor import MODES, Executable, InputError
+from .memory import Buffer, MemoryPlan, Slot, plan_memory
+
+__all__ = ["CompileInfo", "cache_root", "MODES", "Executable", "InputError", "Buffer", "MemoryPlan", "Slot",
+           "plan_memory"]
+
+
+def __getattr__(name):
+    # the kernel registry imports numba's kernels module; only load it when asked for
+    if name == "KERNELS":
+        from .kernels import KERNELS
+
+        return KERNELS
+    raise AttributeError(f"module 'graphc.runtime' has no attribute {name!r}")

@@ -1,0 +1,477 @@
+"""The face: `graphc.compile` and `graphc.compile_train_step` wire tracing, the pass pipeline and
+the runtime together.
+
+    cm = graphc.compile(model, x)            # forward (and, in training mode, backward) as native code
+    y = cm(x); cm.backward(gy)               # .grad of the Parameters accumulates, as in PyTorch
+    step = graphc.compile_train_step(model, loss_fn, opt, x, y)
+    loss = step(x, y)                        # forward + loss + backward + optimizer update, one native call
+
+The model's Parameters and the optimizer's state arrays are the single source of truth: plans
+read and update them in place. Each input signature (shapes and dtypes; only the batch dim may
+change) and mode gets its own traced, optimized and compiled specialisation, kept for reuse.
+
+Both compiled objects expose the pipeline for inspection: `.stages` (stage names in order),
+`.graph(stage)`, `.ir(stage)`, `.plans` (the passes' CompiledPlans), `.executables` (stage name
+-> graphc.runtime.Executable, each with `.memory_plan`, `.compile_info`, `.source`), and the
+reports of graphc.inspect.reports as methods: `.diff(a, b)`, `.passes_report()`,
+`.saved_report()`, `.memory_plan()`, `.fusion_report()`.
+"""
+from __future__ import annotations
+
+import inspect as _inspect
+import numpy as np
+
+from . import random as _random
+from .ir import GraphcError, TensorType, dtype_name
+from .nn.module import Module
+from .runtime import Executable, InputError
+from .tracing import trace
+
+GRAD = "grad:"
+Signature = tuple  # ((shape, dtype name), ...) of the call's arrays
+
+
+class _SignatureChanged(Exception):
+    """Raised by a runner's slow path when only the batch size changed: re-specialise."""
+
+
+def _signature(arrays) -> Signature:
+    return tuple((a.shape, a.dtype.str) for a in arrays)
+
+
+def _as_arrays(inputs, what: str) -> list[np.ndarray]:
+    out = []
+    for k, x in enumerate(inputs):
+        a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        if a.dtype.kind == "f" and a.dtype not in (np.float32, np.float64) or a.dtype.kind not in "fiu":
+            raise InputError(f"{what}: input {k} has dtype {a.dtype}; graphc takes float32, float64 or int64 arrays")
+        out.append(a)
+    return out
+
+
+def _check_like(example: list[TensorType], arrays: list[np.ndarray], what: str) -> None:
+    """Only the batch (first) dim may differ from the example inputs; say what else differs."""
+    if len(arrays) != len(example):
+        raise InputError(f"{what} takes {len(example)} inputs, got {len(arrays)}")
+    for k, (t, a) in enumerate(zip(example, arrays)):
+        got = f"{a.dtype}{list(a.shape)}"
+        if a.ndim != t.rank:
+            raise InputError(f"{what}: input {k} expected rank {t.rank} ({t}), got rank {a.ndim} ({got})")
+        if a.dtype != t.np_dtype:
+            raise InputError(f"{what}: input {k} expected dtype {t.np_dtype} ({t}), got {a.dtype} ({got})")
+        if a.shape[1:] != t.shape[1:]:
+            d = next(d for d in range(1, a.ndim) if a.shape[d] != t.shape[d])
+            raise InputError(f"{what}: input {k} expected size {t.shape[d]} in dim {d} (like {t}, any batch size), "
+                             f"got {a.shape[d]} ({got})")
+        if a.ndim and t.rank and a.shape[0] == 0:
+            raise InputError(f"{what}: input {k} has an empty batch ({got})")
+
+
+class _Specialisation:
+    """One traced, optimized and compiled signature of a compiled object."""
+
+    def __init__(self, sig: Signature, training: bool, plans, executables: dict[str, Executable]):
+        self.sig, self.training, self.plans, self.executables = sig, training, plans, executables
+
+
+class _Inspectable:
+    """What both compiled objects share: the current specialisation's stages and reports."""
+
+    _spec: _Specialisation
+
+    @property
+    def plans(self):
+        """The pass pipeline's CompiledPlans of the current specialisation."""
+        return self._spec.plans
+
+    @property
+    def executables(self) -> dict[str, Executable]:
+        """Stage name -> runtime Executable (with .memory_plan, .compile_info, .source)."""
+        return self._spec.executables
+
+    @property
+    def stages(self) -> list[str]:
+        return self.plans.stage_names
+
+    def graph(self, stage: str | int):
+        return self.plans.graph(self._stage_name(stage))
+
+    def ir(self, stage: str | int) -> str:
+        return self.plans.ir(self._stage_name(stage))
+
+    def _stage_name(self, stage) -> str:
+        names = self.stages
+        if isinstance(stage, int):
+            return names[stage]
+        if stage in names:
+            return stage
+        match = [n for n in names if n.startswith(str(stage))]
+        if len(match) == 1:
+            return match[0]
+        raise GraphcError(f"no stage {stage!r}" + (" (ambiguous)" if match else "") + f"; stages: {', '.join(names)}")
+
+    def _report(self, fn: str, *args):
+        from .inspect import reports
+
+        return getattr(reports, fn)(self, *args)
+
+    def diff(self, a, b) -> str:
+        return self._report("diff", a, b)
+
+    def passes_report(self) -> str:
+        return self._report("passes_report")
+
+    def saved_report(self) -> str:
+        return self._report("saved_report")
+
+    def memory_plan(self) -> str:
+        return self._report("memory_plan")
+
+    def fusion_report(self) -> str:
+        return self._report("fusion_report")
+
+
+# ------------------------------------------------------------------ compile
+
+
+class CompiledModule(_Inspectable):
+    """A module's forward (training mode: and backward) compiled for its input signature(s).
+
+    `cm(*inputs)` returns numpy arrays (fresh copies). In training mode the call keeps what the
+    backward needs, and `cm.backward(*grad_outputs)` (none when the output is a scalar loss)
+    accumulates `.grad` on the module's Parameters and returns the gradients of the inputs that
+    have one (None for the others; the default pipeline differentiates parameters only).
+    `cm.train()` / `cm.eval()` switch modes (Dropout on / off); the module's mode at compile
+    time is the initial one. `compile_info` maps each plan stage to how its code was obtained.
+    """
+
+    def __init__(self, module: Module, example_inputs, passes=None, mode: str = "jit", disable=()):
+        if not isinstance(module, Module):
+            raise GraphcError(f"graphc.compile expects a graphc.nn.Module, got {type(module).__name__}")
+        if not example_inputs:
+            raise GraphcError("graphc.compile needs example inputs (arrays of the shapes and dtypes to compile for)")
+        self.module, self.mode, self.passes, self.disable = module, mode, passes, tuple(disable)
+        arrays = _as_arrays(example_inputs, "graphc.compile")
+        self.example_types = [TensorType(a.shape, dtype_name(a.dtype)) for a in arrays]
+        self.training = bool(module.training)
+        self._specs: dict[tuple, _Specialisation] = {}
+        self._pending = None  # (spec, call args, seed) of the last training-mode forward
+        self._spec = self._specialise(_signature(arrays), self.training)
+
+    # ---- modes
+    def train(self, mode: bool = True) -> "CompiledModule":
+        self.training = bool(mode)
+        self.module.train(self.training)
+        self._pending = None
+        return self
+
+    def eval(self) -> "CompiledModule":
+        return self.train(False)
+
+    @property
+    def compile_info(self) -> dict:
+        return {name: exe.compile_info for name, exe in self.executables.items()}
+
+    # ---- building
+    def _specialise(self, sig: Signature, training: bool) -> _Specialisation:
+        from .passes import compile_pipeline
+
+        key = (sig, training)
+        if key in self._specs:
+            return self._specs[key]
+        was = self.module.training
+        self.module.train(training)
+        try:
+            graph = trace(self.module, *[TensorType(s, dtype_name(np.dtype(d))) for s, d in sig])
+        finally:
+            self.module.train(was)
+        plans = compile_pipeline(graph, "training" if training else "inference", passes=self.passes, disable=self.disable)
+        params = {n: p for n, p in self.module.named_parameters()}
+        fwd_stage = next(s for s in reversed(plans.stage_names) if s.startswith("forward_plan"))
+        fwd = Executable(plans.forward, _bind(plans.forward, params), self.mode, name=plans.forward.name)
+        exes = {fwd_stage: fwd}
+        bwd = None
+        if training:
+            saved = {o.value: a for o, a in zip(plans.forward.outputs, fwd.outputs) if o.label == "saved"}
+            bind = {**_bind(plans.backward, params), **{i.name: saved[i.name] for i in plans.backward.inputs if i.kind == "saved"}}
+            bwd_stage = next(s for s in reversed(plans.stage_names) if s.startswith("backward_plan"))
+            bwd = Executable(plans.backward, bind, self.mode, name=plans.backward.name)
+            exes[bwd_stage] = bwd
+        spec = _Specialisation(sig, training, plans, exes)
+        spec.fwd, spec.bwd = fwd, bwd
+        spec.input_names = [i.name for i in graph.inputs if i.kind == "input"]
+        spec.user_outputs = [k for k, o in enumerate(plans.forward.outputs) if o.label != "saved"]
+        spec.params = params
+        self._specs[key] = spec
+        return spec
+
+    # ---- running
+    def __call__(self, *inputs):
+        arrays = _as_arrays(inputs, "compiled module")
+        sig = _signature(arrays)
+        spec = self._spec
+        if sig != spec.sig or spec.training != self.training:
+            _check_like(self.example_types, arrays, f"compiled {type(self.module).__name__}")
+            spec = self._spec = self._specialise(sig, self.training)
+        by_name = dict(zip(spec.input_names, arrays))
+        seed = _random.next_seed() if any(i.kind == "rng" for i in spec.fwd.call_inputs) else None
+        args = [seed if i.kind == "rng" else by_name[i.name] for i in spec.fwd.call_inputs]
+        spec.fwd(*args)
+        outs = [spec.fwd.outputs[k].copy() for k in spec.user_outputs]
+        if spec.bwd is not None:
+            self._pending = (spec, by_name, seed)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def backward(self, *grad_outputs):
+        """Run the backward plan of the last forward: accumulate .grad of the Parameters (as
+        torch does) and return the gradients of the inputs (None where there is none)."""
+        if not self.training:
+            raise GraphcError("backward() in eval mode: call cm.train() and run the forward again")
+        if self._pending is None:
+            raise GraphcError("backward() needs a forward call first (in training mode), and runs once per forward")
+        spec, by_name, seed = self._pending
+        bwd = spec.bwd
+        grads = [i for i in bwd.call_inputs if i.kind == "grad"]
+        if not grad_outputs and grads:
+            shapes = ", ".join(str(i.type) for i in grads)
+            raise GraphcError(f"backward() needs the gradients of the outputs ({shapes}): the output is not a scalar loss")
+        if grad_outputs and len(grad_outputs) != len(grads):
+            raise GraphcError(f"backward() takes {len(grads)} output gradient(s) ({', '.join(str(i.type) for i in grads)}), "
+                              f"got {len(grad_outputs)}")
+        gmap = {i.name: np.asarray(g, dtype=i.type.np_dtype) for i, g in zip(grads, grad_outputs)}
+        args = [seed if i.kind == "rng" else gmap[i.name] if i.kind == "grad" else by_name[i.name] for i in bwd.call_inputs]
+        bwd(*args)
+        self._pending = None
+        input_grads = {}
+        for o, g in zip(bwd.graph.outputs, bwd.outputs):
+            if not (o.label and o.label.startswith(GRAD)):
+                continue
+            name = o.label[len(GRAD):]
+            p = spec.params.get(name)
+            if p is None:
+                input_grads[name] = g.copy()
+            elif p.grad is None:
+                p.grad = g.copy()
+            else:
+                p.grad += g
+        result = [input_grads.get(n) for n in spec.input_names]
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def __repr__(self):
+        return (f"<CompiledModule {type(self.module).__name__} ({'training' if self.training else 'eval'}, {self.mode}; "
+                f"{len(self._specs)} specialisation(s))>")
+
+
+def _bind(g, params: dict) -> dict:
+    """The graph's param inputs bound to the module's Parameters (plans read them in place)."""
+    out = {}
+    for i in g.inputs:
+        if i.kind == "param":
+            if i.name not in params:
+                raise GraphcError(f"plan {g.name} reads parameter %{i.name}, which the module does not have")
+            out[i.name] = params[i.name]
+    return out
+
+
+def compile(module: Module, *example_inputs, passes=None, mode: str = "jit", disable=()) -> CompiledModule:  # noqa: A001
+    """Compile `module.forward` for the example inputs' signature (other batch sizes compile on
+    first use). passes: a custom pass list; mode: "jit" (native) or "interpret" (numpy reference)."""
+    return CompiledModule(module, example_inputs, passes=passes, mode=mode, disable=disable)
+
+
+# ------------------------------------------------------------------ train steps
+
+
+class _LossModule(Module):
+    """model + loss_fn as one Module: forward(*model_inputs, target) -> loss. Its parameters are the
+    model's, under the model's own names, so the plan's inputs read `linear1.weight` etc."""
+
+    def __init__(self, model: Module, loss_fn):
+        super().__init__()
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_loss_fn", loss_fn)
+        names = []
+        try:
+            for p in _inspect.signature(model.forward).parameters.values():
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                    names.append(p.name)
+        except (TypeError, ValueError):
+            pass
+        object.__setattr__(self, "_input_names", names)
+
+    def named_parameters(self, prefix: str = ""):
+        yield from self._model.named_parameters(prefix)
+        if isinstance(self._loss_fn, Module):
+            yield from self._loss_fn.named_parameters(prefix + "loss_fn" if not prefix else f"{prefix}.loss_fn")
+
+    def named_for(self, n_inputs: int) -> list[str]:
+        names = [self._input_names[k] if k < len(self._input_names) else f"input{k}" for k in range(n_inputs - 1)]
+        target = "target"
+        while target in names:
+            target += "_"
+        return names + [target]
+
+    def forward_for(self, n_inputs: int):
+        """A forward whose signature names the inputs as the model does, plus the target."""
+        model, loss_fn = self._model, self._loss_fn
+
+        def forward(*args):
+            return loss_fn(model(*args[:-1]), args[-1])
+
+        forward.__signature__ = _inspect.Signature(
+            [_inspect.Parameter(n, _inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in self.named_for(n_inputs)])
+        return forward
+
+
+def _optimizer_spec(opt):
+    from .optim import SGD, Adam
+    from .passes.train_step import OptimizerSpec
+
+    h = opt.param_groups[0]
+    if isinstance(opt, SGD):
+        return OptimizerSpec("sgd", {k: h[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov")})
+    if isinstance(opt, Adam):
+        return OptimizerSpec("adam", {k: h[k] for k in ("lr", "betas", "eps", "weight_decay")})
+    raise GraphcError(f"compile_train_step: optimizer {type(opt).__name__} is not supported; use graphc.optim.SGD or Adam")
+
+
+class TrainStep(_Inspectable):
+    """`step(*model_inputs, target)` runs forward, loss, backward and the optimizer update as one
+    native call and returns the loss as a Python float.
+
+    The model's Parameters and the optimizer's state arrays are updated in place, and
+    `opt.count_step()` advances `opt.step_count` after each step, so `model.state_dict()`,
+    eager `model(x)` and eager optimizer steps all see the same state. A change of batch size,
+    of the model's train/eval mode or of the optimizer's hyperparameters (e.g. lr by a
+    scheduler) re-specialises the step. `compile_info` is the train-step plan's CompileInfo.
+    """
+
+    def __init__(self, model: Module, loss_fn, optimizer, example_inputs, passes=None, mode: str = "jit", disable=()):
+        if not isinstance(model, Module):
+            raise GraphcError(f"compile_train_step expects a graphc.nn.Module, got {type(model).__name__}")
+        if len(example_inputs) < 2:
+            raise GraphcError("compile_train_step needs example inputs: the model's inputs followed by the target")
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.mode, self.passes, self.disable = mode, passes, tuple(disable)
+        self._wrapper = _LossModule(model, loss_fn)
+        params = dict(self._wrapper.named_parameters())
+        theirs = {id(p) for p in optimizer.params}
+        missing = [n for n, p in params.items() if id(p) not in theirs]
+        extra = len(theirs - {id(p) for p in params.values()})
+        if missing or extra:
+            raise GraphcError(f"compile_train_step: the optimizer must hold exactly the model's parameters; "
+                              f"not in the optimizer: {missing}; {extra} optimizer parameter(s) not in the model")
+        arrays = _as_arrays(example_inputs, "compile_train_step")
+        self.example_types = [TensorType(a.shape, dtype_name(a.dtype)) for a in arrays]
+        self._specs: dict[tuple, _Specialisation] = {}
+        self._step = np.zeros((), np.int64)  # the plan's state.step, synced from opt.step_count
+        self._spec = self._specialise(_signature(arrays))
+
+    @property
+    def compile_info(self):
+        return self._spec.exe.compile_info
+
+    def _hyper_key(self):
+        h = self.optimizer.param_groups[0]
+        return tuple((k, v if not isinstance(v, list) else tuple(v)) for k, v in sorted(h.items()) if k != "params")
+
+    def _specialise(self, sig: Signature) -> _Specialisation:
+        from .passes import compile_pipeline
+
+        training = bool(self.model.training)
+        key = (sig, training, self._hyper_key())
+        if key in self._specs:
+            return self._specs[key]
+        spec_opt = _optimizer_spec(self.optimizer)
+        self.optimizer.ensure_state()
+        w = self._wrapper
+        object.__setattr__(w, "forward", w.forward_for(len(sig)))
+        types = [TensorType(s, dtype_name(np.dtype(d))) for s, d in sig]
+        graph = trace(w, *types, name=type(self.model).__name__)
+        plans = compile_pipeline(graph, "train_step", optimizer=spec_opt, passes=self.passes, disable=self.disable)
+        g = plans.train_step
+        params = dict(w.named_parameters())
+        bind = _bind(g, params)
+        for i in g.inputs:
+            if i.kind == "state":
+                bind[i.name] = self._state_array(i.name, params)
+        stage = next(s for s in reversed(plans.stage_names) if s.startswith("train_step_plan"))
+        exe = Executable(g, bind, self.mode, name=g.name + ".train_step", on_mismatch=self._mismatch)
+        spec = _Specialisation(sig, training, plans, {stage: exe})
+        spec.exe, spec.lr = exe, self.optimizer.param_groups[0]["lr"]
+        spec.hyper = key[2]
+        names = [i.name for i in graph.inputs if i.kind == "input"]
+        order = [i.name for i in exe.call_inputs]
+        spec.has_rng = any(i.kind == "rng" for i in exe.call_inputs)
+        if order != names + (["seed"] if spec.has_rng else []) or (spec.has_rng and exe.call_inputs[-1].kind != "rng"):
+            raise GraphcError(f"train step plan {g.name}: unexpected call inputs {order} (expected {names} then the rng seed)")
+        spec.run = exe.run
+        self._specs[key] = spec
+        return spec
+
+    def _state_array(self, name: str, params: dict) -> np.ndarray:
+        if name == "state.step":
+            return self._step
+        for pname, p in params.items():
+            prefix = f"state.{pname}."
+            if name.startswith(prefix) and name[len(prefix):] in self.optimizer.state_names:
+                return self.optimizer.state_of(p)[name[len(prefix):]]
+        raise GraphcError(f"train step plan reads optimizer state %{name}, which {type(self.optimizer).__name__} does not keep")
+
+    def _mismatch(self, k: int, inp, a: np.ndarray):
+        """A call array of another signature: a new batch size re-specialises, anything else is an error."""
+        _check_like(self.example_types, _as_arrays_at(self, k, a), "train step")
+        raise _SignatureChanged()
+
+    def __call__(self, *inputs) -> float:
+        spec = self._spec
+        if self.model.training is not spec.training or self.optimizer.param_groups[0]["lr"] is not spec.lr:
+            spec = self._respecialise(inputs)
+        self._step[()] = self.optimizer.step_count
+        try:
+            if spec.has_rng:
+                loss = spec.run(*inputs, _random.next_seed())
+            else:
+                loss = spec.run(*inputs)
+        except _SignatureChanged:
+            spec = self._respecialise(inputs)
+            loss = spec.run(*inputs, _random.next_seed()) if spec.has_rng else spec.run(*inputs)
+        except TypeError as e:
+            if len(inputs) != len(self.example_types):
+                raise InputError(f"train step takes {len(self.example_types)} inputs (model inputs, then the target), "
+                                 f"got {len(inputs)}") from None
+            raise e
+        except ValueError as e:
+            if isinstance(e, GraphcError):
+                raise
+            raise GraphcError(f"train step: {e}") from None
+        self.optimizer.count_step()
+        return loss
+
+    def _respecialise(self, inputs) -> _Specialisation:
+        arrays = _as_arrays(inputs, "train step")
+        _check_like(self.example_types, arrays, "train step")
+        if self._hyper_key() != self._spec.hyper:
+            _optimizer_spec(self.optimizer)  # validates the new hyperparameters
+        self._spec = self._specialise(_signature(arrays))
+        return self._spec
+
+    def __repr__(self):
+        return f"<TrainStep {type(self.model).__name__} + {type(self.optimizer).__name__} ({self.mode}; {len(self._specs)} specialisation(s))>"
+
+
+def _as_arrays_at(step: TrainStep, k: int, a: np.ndarray) -> list[np.ndarray]:
+    """The example arrays with call input k replaced by `a`, for _check_like's message."""
+    arrays = [np.empty(t.shape, t.np_dtype) for t in step.example_types]
+    if k < len(arrays):
+        arrays[k] = a
+    return arrays
+
+
+def compile_train_step(model: Module, loss_fn, optimizer, *example_inputs, passes=None, mode: str = "jit",
+                       disable=()) -> TrainStep:
+    """Compile one training step: model inputs and target like `example_inputs` (the target last)."""
+    return TrainStep(model, loss_fn, optimizer, example_inputs, passes=passes, mode=mode, disable=disable)
+
+
+__all__ = ["CompiledModule", "TrainStep", "compile", "compile_train_step"]

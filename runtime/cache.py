@@ -1,0 +1,220 @@
+"""The on-disk cache of compiled plans.
+
+An entry is a folder `<GRAPHC_CACHE_DIR>/plans/<plan>-<key>/` holding the generated module
+(`plan.py`, readable), numba's cache of its `plan` function (`__pycache__/`, written by
+numba's cache=True) and `manifest.json` (versions and a sha256 of every file). The key hashes
+the generated source (which embeds the plan's IR and memory plan), the runtime's own sources
+(kernels, codegen, memory planning) and the numba / numpy / Python versions, so a changed plan
+or kernel never meets an old entry. An entry whose manifest is missing, unreadable, of other
+versions, or whose files do not match their checksums is removed and rebuilt; the reason is
+reported in CompileInfo.reason. Entries are built in a private temporary folder and renamed
+into place, so concurrent processes never see a half-written one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+import types
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+
+log = logging.getLogger("graphc.runtime")
+FORMAT = 1
+_RUNTIME_DIR = Path(__file__).resolve().parent
+_KEYED_SOURCES = ("kernels.py", "codegen.py", "memory.py", "cache.py")
+_loaded: dict[tuple[str, str], types.ModuleType] = {}  # (cache folder, key) -> module, within this process
+
+
+@dataclass
+class CompileInfo:
+    """How an executable got its native code. status: compiled | cached (loaded from disk) |
+    reused (already loaded in this process) | interpreted (mode="interpret") | python (NUMBA_DISABLE_JIT)."""
+
+    status: str
+    key: str = ""
+    path: str = ""
+    codegen_seconds: float = 0.0
+    seconds: float = 0.0  # compiling or loading, per status
+    reason: str = ""  # why an existing entry was not used
+
+    @property
+    def from_cache(self) -> bool:
+        return self.status in ("cached", "reused")
+
+    def __str__(self) -> str:
+        what = {"compiled": "compiled", "cached": "loaded from cache", "reused": "reused (loaded earlier)",
+                "interpreted": "interpreted (no native code)", "python": "plain Python (NUMBA_DISABLE_JIT)"}[self.status]
+        s = f"{what} in {self.seconds * 1e3:.1f} ms (codegen {self.codegen_seconds * 1e3:.1f} ms)"
+        if self.path:
+            s += f", {self.path}"
+        return s + (f"; {self.reason}" if self.reason else "")
+
+
+def cache_root() -> Path:
+    d = os.environ.get("GRAPHC_CACHE_DIR")
+    return Path(d).expanduser() if d else Path.home() / ".cache" / "graphc"
+
+
+def jit_disabled() -> bool:
+    return bool(numba.config.DISABLE_JIT)
+
+
+def _versions() -> dict[str, str]:
+    return {"format": str(FORMAT), "numba": numba.__version__, "numpy": np.__version__,
+            "python": sys.version.split()[0], "machine": platform.machine(), "jit": str(not jit_disabled())}
+
+
+_RUNTIME_HASH: str | None = None
+
+
+def _runtime_hash() -> str:
+    global _RUNTIME_HASH
+    if _RUNTIME_HASH is None:
+        h = hashlib.sha256()
+        for name in _KEYED_SOURCES:
+            h.update(name.encode() + b"\0" + (_RUNTIME_DIR / name).read_bytes() + b"\0")
+        _RUNTIME_HASH = h.hexdigest()
+    return _RUNTIME_HASH
+
+
+def plan_key(source: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(_versions(), sort_keys=True).encode())
+    h.update(_runtime_hash().encode())
+    h.update(source.encode())
+    return h.hexdigest()
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _entry_dir(root: Path, name: str, key: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
+    return root / "plans" / f"{safe}-{key[:24]}"
+
+
+def _check_entry(d: Path, key: str, source: str) -> str | None:
+    """None if the entry is complete and intact, else what is wrong with it."""
+    mf = d / "manifest.json"
+    if not mf.exists():
+        return "incomplete entry (no manifest)"
+    try:
+        m = json.loads(mf.read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest ({e.__class__.__name__})"
+    if not isinstance(m, dict) or m.get("key") != key or m.get("versions") != _versions():
+        return "manifest of another key or other versions"
+    files = m.get("files")
+    if not isinstance(files, dict) or "plan.py" not in files or not any(f.endswith(".nbi") for f in files):
+        return "manifest lists no plan or numba index"
+    for rel, digest in sorted(files.items()):
+        p = d / rel
+        if not p.is_file():
+            return f"missing file {rel}"
+        if _sha(p) != digest:
+            return f"checksum mismatch in {rel}"
+    if (d / "plan.py").read_text() != source:
+        return "plan.py differs from the generated source"
+    return None
+
+
+def _write_manifest(d: Path, key: str, name: str, seconds: float) -> None:
+    files = {"plan.py": _sha(d / "plan.py")}
+    pyc = d / "__pycache__"
+    if pyc.is_dir():
+        for p in sorted(pyc.iterdir()):
+            if p.suffix in (".nbi", ".nbc"):
+                files[f"__pycache__/{p.name}"] = _sha(p)
+    m = {"key": key, "name": name, "versions": _versions(), "files": files, "compile_seconds": round(seconds, 4),
+         "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp = d / f"manifest.json.{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps(m, indent=1, sort_keys=True))
+    os.replace(tmp, d / "manifest.json")
+
+
+def _import(path: Path, modname: str, source: str) -> types.ModuleType:
+    """Execute the plan module from its file (no .pyc: numba's files are the only cache there).
+    numba rebuilds a cached function's environment by importing its module, hence sys.modules."""
+    mod = types.ModuleType(modname)
+    mod.__file__ = str(path)
+    sys.modules[modname] = mod
+    exec(compile(source, str(path), "exec"), mod.__dict__)
+    return mod
+
+
+def _hits(fn) -> int:
+    return sum(fn.stats.cache_hits.values())
+
+
+def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, CompileInfo]:
+    """The plan module for `source` with `plan` compiled for `signature` (numba types): loaded from
+    the cache when an intact entry exists, else compiled and stored."""
+    key = plan_key(source)
+    root = cache_root()
+    modname = f"graphc_plan_{key[:20]}"
+    memo = (str(root), key)
+    if memo in _loaded:
+        mod = _loaded[memo]
+        return mod, CompileInfo("reused", key, str(Path(mod.__file__).parent))
+
+    if jit_disabled():  # plain Python: nothing to cache; the module is still written out to be read
+        d = _entry_dir(root, name, key)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "plan.py"
+        if not path.exists() or path.read_text() != source:
+            path.write_text(source)
+        t0 = time.perf_counter()
+        mod = _import(path, modname, source)
+        _loaded[memo] = mod
+        return mod, CompileInfo("python", key, str(d), seconds=time.perf_counter() - t0)
+
+    d = _entry_dir(root, name, key)
+    reason = ""
+    if d.exists():
+        problem = _check_entry(d, key, source)
+        if problem is None:
+            t0 = time.perf_counter()
+            mod = _import(d / "plan.py", modname, source)
+            hits = _hits(mod.plan)
+            mod.plan.compile(signature)
+            seconds = time.perf_counter() - t0
+            if _hits(mod.plan) > hits:
+                _loaded[memo] = mod
+                log.info("plan %s: loaded from cache in %.1f ms (%s)", name, seconds * 1e3, d)
+                return mod, CompileInfo("cached", key, str(d), seconds=seconds)
+            # numba found its index stale and compiled: the entry now holds the new code
+            _write_manifest(d, key, name, seconds)
+            _loaded[memo] = mod
+            return mod, CompileInfo("compiled", key, str(d), seconds=seconds, reason="numba's cache in the entry was stale")
+        reason = f"rebuilt {d.name}: {problem}"
+        log.warning("plan %s: cache entry %s is unusable (%s); rebuilding", name, d, problem)
+        shutil.rmtree(d, ignore_errors=True)
+
+    tmp = d.parent / f".tmp-{d.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    (tmp / "plan.py").write_text(source)
+    t0 = time.perf_counter()
+    mod = _import(tmp / "plan.py", modname, source)
+    mod.plan.compile(signature)
+    seconds = time.perf_counter() - t0
+    _write_manifest(tmp, key, name, seconds)
+    try:
+        os.rename(tmp, d)
+        where = d
+    except OSError:  # another process stored the same entry first; ours is the same code
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = d
+    _loaded[memo] = mod
+    log.info("plan %s: compiled in %.1f ms (%s)", name, seconds * 1e3, where)
+    return mod, CompileInfo("compiled", key, str(where), seconds=seconds, reason=reason)

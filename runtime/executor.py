@@ -1,0 +1,186 @@
+"""Executable: one plan graph, its buffers and its native function, ready to be called.
+
+    exe = Executable(graph, bound={"linear1.weight": w, ...})   # plan memory, generate, compile/load
+    loss = exe(x, y, seed)         # the call inputs in graph order; returns the first scalar output
+    exe.outputs                    # the output arrays (views of the executable's own buffers)
+
+Bound inputs (params, optimizer state, saved values) are arrays fixed for the executable's
+life: read in place, and written in place by "update:" outputs. Every other input is passed
+per call. Outputs live in buffers owned by the executable and are overwritten by the next
+call; copy them to keep them. mode="interpret" runs the same plan op by op with the numpy
+reference kernels (graphc.ir.interpret) and fills the same output arrays.
+"""
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+import numpy as np
+
+from graphc.ir import Graph, GraphcError, ShapeError, TensorType, interpret
+
+from . import cache
+from .codegen import PlanSource, generate, is_scalar_input
+from .memory import ALIGN, MemoryPlan, plan_memory, update_targets
+
+MODES = ("jit", "interpret")
+
+
+class InputError(ShapeError):
+    """An array given to a compiled plan does not have the type the plan was compiled for."""
+
+
+class Executable:
+    def __init__(self, graph: Graph, bound: Mapping[str, np.ndarray] | None = None, mode: str = "jit",
+                 name: str | None = None, on_mismatch=None):
+        if mode not in MODES:
+            raise GraphcError(f"mode={mode!r}: expected one of {MODES}")
+        graph.verify()
+        self.graph, self.mode, self.name = graph, mode, name or graph.name
+        # called as on_mismatch(k, input, array) before InputError when a call array has another
+        # shape or dtype: a compiled object may re-specialise instead (by raising its own exception)
+        self.on_mismatch = on_mismatch
+        bound = dict(bound or {})
+        unknown = sorted(set(bound) - set(graph.input_by_name))
+        if unknown:
+            raise GraphcError(f"plan {self.name}: bound arrays for unknown inputs {unknown}")
+        self.bound = {k: _bound_array(self.name, graph.input_by_name[k].type, k, v) for k, v in bound.items()}
+        self.memory_plan: MemoryPlan = plan_memory(graph)
+
+        t0 = time.perf_counter()
+        header = f"{graph}\n\n{self.memory_plan}"
+        self.source: PlanSource = generate(graph, self.memory_plan, set(self.bound), header)
+        codegen_s = time.perf_counter() - t0
+        self.call_inputs = [graph.input_by_name[v] for v in self.source.call_inputs]
+        self.arenas = {dt: _aligned_empty(n, TensorType((), dt).np_dtype) for dt, n in self.memory_plan.arena_bytes.items()}
+        self._fill_constants()
+        self.outputs = [self._storage(o.value) for o in graph.outputs]
+
+        bound_arrays = [self.bound[v] for v in self.source.bound_inputs]
+        arenas = [self.arenas[dt] for dt in self.source.arenas]
+        if mode == "interpret":
+            self.compile_info = cache.CompileInfo("interpreted", codegen_seconds=codegen_s)
+            self.run = self._interpret
+            self._scalar_out = self.source.returns_scalar
+        else:
+            signature = self._signature(bound_arrays, arenas)
+            self.module, self.compile_info = cache.load_or_build(self.source.text, self.name, signature)
+            self.compile_info.codegen_seconds = codegen_s
+            dtypes = sorted({i.type.dtype for i in self.call_inputs if i.name not in self.source.scalar_inputs})
+            self.run = self.module.make_runner(self.module.plan, np.ndarray, self._fix,
+                                               *[TensorType((), d).np_dtype for d in dtypes], *bound_arrays, *arenas)
+
+    def __call__(self, *args):
+        """Run the plan on the call inputs (in graph order); returns the first scalar output, if any."""
+        if len(args) != len(self.call_inputs):
+            raise InputError(f"plan {self.name} takes {len(self.call_inputs)} inputs "
+                             f"({', '.join('%' + i.name for i in self.call_inputs)}), got {len(args)}")
+        try:
+            return self.run(*args)
+        except ValueError as e:  # raised inside a kernel (a class label out of range)
+            if isinstance(e, GraphcError):
+                raise
+            raise GraphcError(f"plan {self.name}: {e}") from None
+
+    # ---- setup
+    def _signature(self, bound_arrays, arenas):
+        import numba
+
+        sig = []
+        for i in self.call_inputs:
+            if i.name in self.source.scalar_inputs:
+                sig.append(numba.types.int64)
+            else:
+                sig.append(numba.typeof(np.empty(i.type.shape, i.type.np_dtype)))
+        sig += [numba.typeof(a) for a in bound_arrays + arenas]
+        return tuple(sig)
+
+    def _fill_constants(self):
+        for n in self.graph.nodes:
+            s = self.memory_plan.slots.get(n.outputs[0])
+            if n.op == "full" and s is not None and s.kind == "const":
+                self._buffer_view(s.buffer, s.type)[...] = n.attr["value"]
+
+    def _buffer_view(self, bid: int, t: TensorType) -> np.ndarray:
+        b = self.memory_plan.buffers[bid]
+        arena = self.arenas[b.dtype]
+        lo = b.offset // arena.itemsize
+        return arena[lo:lo + t.size].reshape(t.shape)
+
+    def _storage(self, value: str) -> np.ndarray:
+        """The array that holds `value` after a call (a view; never a copy)."""
+        mp = self.memory_plan
+        s = mp.slots[value]
+        if s.kind == "input":
+            for v, bid in mp.output_copies:
+                if v == value:
+                    return self._buffer_view(bid, s.type)
+            return self.bound[value] if value in self.bound else None
+        if s.kind == "inplace":
+            return self.bound.get(s.target)
+        if s.kind == "alias":
+            src = self._storage(s.target)
+            return None if src is None else src.reshape(s.type.shape)
+        return self._buffer_view(s.buffer, s.type)
+
+    def _fix(self, k: int, x):
+        """Slow path of the runner's check: convert what can be converted, else raise naming the input."""
+        inp = self.call_inputs[k]
+        a = np.asarray(x)
+        want = inp.type
+        if a.dtype != want.np_dtype or a.shape != want.shape:
+            if self.on_mismatch is not None:
+                self.on_mismatch(k, inp, a)
+            got = f"{a.dtype}{list(a.shape)}"
+            if a.ndim != want.rank:
+                why = f"rank {a.ndim}, expected rank {want.rank}"
+            elif a.dtype != want.np_dtype:
+                why = f"dtype {a.dtype}, expected {want.np_dtype}"
+            else:
+                bad = [d for d in range(a.ndim) if a.shape[d] != want.shape[d]]
+                why = f"dim {bad[0]} is {a.shape[bad[0]]}, expected {want.shape[bad[0]]}"
+            raise InputError(f"plan {self.name}: input %{inp.name} expected {want} "
+                             f"({want.np_dtype}{list(want.shape)}), got {got}: {why}")
+        return np.ascontiguousarray(a).view(np.ndarray)
+
+    # ---- the reference path
+    def _interpret(self, *args):
+        full = {}
+        for k, (inp, a) in enumerate(zip(self.call_inputs, args)):
+            full[inp.name] = np.asarray(a, dtype=np.int64) if inp.name in self.source.scalar_inputs else self._fix(k, a)
+        full.update(self.bound)
+        results = interpret(self.graph, full)
+        targets = update_targets(self.graph)
+        writes = []
+        for o, r, dst in zip(self.graph.outputs, results, self.outputs):
+            if dst is not None:
+                writes.append((dst, r))
+            if o.value in targets:
+                writes.append((full[targets[o.value]], r))
+        for dst, r in writes:  # after computing everything, as the native plan's updates land last
+            dst[...] = r
+        if self._scalar_out is not None:
+            return float(results[[o.value for o in self.graph.outputs].index(self._scalar_out)])
+        return None
+
+    def __repr__(self):
+        return f"<Executable {self.name} ({self.mode}, {self.compile_info.status})>"
+
+
+def _bound_array(plan: str, t: TensorType, name: str, v) -> np.ndarray:
+    a = v if isinstance(v, np.ndarray) else np.asarray(v)
+    if a.dtype != t.np_dtype or a.shape != t.shape:
+        raise InputError(f"plan {plan}: bound input %{name} expected {t}, got {a.dtype}{list(a.shape)}")
+    if not a.flags.c_contiguous or not a.flags.writeable:
+        raise InputError(f"plan {plan}: bound input %{name} must be a writeable C-contiguous array (updated in place)")
+    return a.view(np.ndarray)
+
+
+def _aligned_empty(nbytes: int, dtype: np.dtype) -> np.ndarray:
+    """A zeroed 1-D array of `nbytes` whose data starts on an ALIGN-byte boundary."""
+    raw = np.zeros(nbytes + ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % ALIGN
+    return raw[off:off + nbytes].view(dtype)
+
+
+__all__ = ["Executable", "InputError", "MODES", "is_scalar_input"]

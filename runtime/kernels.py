@@ -1,0 +1,713 @@
+"""Native kernels: one numba function per op of the op table, writing into preallocated outputs.
+
+`KERNELS[op]` says how a plan calls the kernel of `op`: its `call(site)` returns the numba
+function and its arguments, given the node's operands (views of buffers) and attributes.
+Code generation renders that as a line of source; `run_kernel` calls it directly on arrays
+(the kernel tests do, against the op's numpy reference).
+
+Conventions: every kernel writes its outputs in place (out= style) and allocates nothing.
+Elementwise kernels take flat (1-D) views; broadcasting, transposes and reductions go through
+one strided loop nest (`strided`) whose shape and element strides codegen works out
+statically. GEMMs are numba's np.dot, i.e. the BLAS that scipy ships, for every GEMM of a
+plan. Constants are cast to the array's dtype first (`dt(c)`): float32 plans compute in float32
+as numpy does with Python scalars, and stay vectorizable. error_model="numpy": x/0 gives inf
+or nan like numpy and torch instead of raising.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from numba import njit
+
+JIT = dict(cache=True, nogil=True, error_model="numpy")
+MAXR = 6  # the strided loop nest's rank; codegen collapses mergeable dims first
+
+# op codes of the strided loop nest and the flat binary loops
+ADD, SUB, MUL, DIV, COPY, ACC = 0, 1, 2, 3, 4, 5
+BINARY_CODES = {"add": ADD, "sub": SUB, "mul": MUL, "div": DIV}
+
+
+# ------------------------------------------------------------------ elementwise
+
+
+@njit(inline="always", **JIT)
+def _bin(code, x, y):
+    if code == ADD:
+        return x + y
+    if code == SUB:
+        return x - y
+    if code == MUL:
+        return x * y
+    return x / y
+
+
+@njit(**JIT)
+def binary_flat(code, a, b, out):
+    """out = a (op) b for same-shaped operands, flat."""
+    for i in range(out.size):
+        out[i] = _bin(code, a[i], b[i])
+
+
+@njit(**JIT)
+def binary_scalar(code, a, b, out, scalar_left):
+    """out = a (op) b[0] (or b[0] (op) a when scalar_left): one operand is a single element."""
+    s = b[0]
+    if scalar_left:
+        for i in range(out.size):
+            out[i] = _bin(code, s, a[i])
+    else:
+        for i in range(out.size):
+            out[i] = _bin(code, a[i], s)
+
+
+@njit(**JIT)
+def strided(code, a, sa, b, sb, out, so, shape):
+    """The general loop nest over `shape` (MAXR dims): element strides sa, sb, so index the flat
+    a, b, out (stride 0 = broadcast / reduced dim). code: a binary op, COPY (out = a) or ACC (out += a)."""
+    n0, n1, n2, n3, n4, n5 = shape
+    for i0 in range(n0):
+        a0, b0, o0 = i0 * sa[0], i0 * sb[0], i0 * so[0]
+        for i1 in range(n1):
+            a1, b1, o1 = a0 + i1 * sa[1], b0 + i1 * sb[1], o0 + i1 * so[1]
+            for i2 in range(n2):
+                a2, b2, o2 = a1 + i2 * sa[2], b1 + i2 * sb[2], o1 + i2 * so[2]
+                for i3 in range(n3):
+                    a3, b3, o3 = a2 + i3 * sa[3], b2 + i3 * sb[3], o2 + i3 * so[3]
+                    for i4 in range(n4):
+                        a4, b4, o4 = a3 + i4 * sa[4], b3 + i4 * sb[4], o3 + i4 * so[4]
+                        for i5 in range(n5):
+                            ia, ib, io = a4 + i5 * sa[5], b4 + i5 * sb[5], o4 + i5 * so[5]
+                            if code == COPY:
+                                out[io] = a[ia]
+                            elif code == ACC:
+                                out[io] += a[ia]
+                            else:
+                                out[io] = _bin(code, a[ia], b[ib])
+
+
+@njit(**JIT)
+def reduce_sum(a, out, sa, so, shape, count, mean):
+    """out = sum of a over the dims where so is 0 (divided by count when mean)."""
+    if out.size == 1:  # a full reduction: accumulate in float64
+        s = 0.0
+        for i in range(a.size):
+            s += a[i]
+        out[0] = s / count if mean else s
+        return
+    out[:] = 0
+    strided(ACC, a, sa, a, sa, out, so, shape)
+    if mean:
+        c = out.dtype.type(count)
+        for i in range(out.size):
+            out[i] = out[i] / c
+
+
+@njit(**JIT)
+def fill(out, value):
+    v = out.dtype.type(value)
+    for i in range(out.size):
+        out[i] = v
+
+
+@njit(**JIT)
+def copy(a, out):
+    for i in range(out.size):
+        out[i] = a[i]
+
+
+@njit(**JIT)
+def neg(x, out):
+    for i in range(out.size):
+        out[i] = -x[i]
+
+
+@njit(**JIT)
+def exp(x, out):
+    for i in range(out.size):
+        out[i] = np.exp(x[i])
+
+
+@njit(**JIT)
+def log(x, out):
+    for i in range(out.size):
+        out[i] = np.log(x[i])
+
+
+@njit(**JIT)
+def relu(x, out):
+    zero = out.dtype.type(0)
+    for i in range(out.size):
+        v = x[i]
+        out[i] = zero if v < zero else v  # NaN passes through, as in torch
+
+
+@njit(**JIT)
+def sigmoid(x, out):
+    one = out.dtype.type(1)
+    for i in range(out.size):
+        v = x[i]
+        e = np.exp(-np.abs(v))  # exp of a non-positive number only: no overflow
+        out[i] = one / (one + e) if v >= 0 else e / (one + e)
+
+
+@njit(**JIT)
+def tanh(x, out):
+    for i in range(out.size):
+        out[i] = np.tanh(x[i])
+
+
+@njit(**JIT)
+def relu_backward(gy, y, out):
+    zero = out.dtype.type(0)
+    for i in range(out.size):
+        out[i] = gy[i] if y[i] > zero else zero
+
+
+@njit(**JIT)
+def sigmoid_backward(gy, y, out):
+    one = out.dtype.type(1)
+    for i in range(out.size):
+        out[i] = gy[i] * y[i] * (one - y[i])
+
+
+@njit(**JIT)
+def tanh_backward(gy, y, out):
+    one = out.dtype.type(1)
+    for i in range(out.size):
+        out[i] = gy[i] * (one - y[i] * y[i])
+
+
+# ------------------------------------------------------------------ dropout (graphc/ir/rng.py, bit for bit)
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_STREAM = np.uint64(0x632BE59BD9B4E019)
+
+
+@njit(inline="always", **JIT)
+def splitmix64(x):
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(**JIT)
+def stream_key(seed, stream):
+    return splitmix64(np.uint64(seed) ^ (np.uint64(stream) * _STREAM))
+
+
+@njit(**JIT)
+def uniform(seed, stream, out):
+    """out[i] = rng.uniform(seed, stream, n)[i]: the top 53 bits of splitmix64(key + i)."""
+    key = stream_key(seed, stream)
+    for i in range(out.size):
+        out[i] = np.float64(splitmix64(key + np.uint64(i)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(**JIT)
+def dropout(x, seed, out, p, stream):
+    """out = x * keep / (1 - p) with keep[i] = uniform(seed, stream, i) >= p; x * 0 keeps NaN, as torch."""
+    key = stream_key(seed, stream)
+    scale = out.dtype.type(1.0 / (1.0 - p))
+    zero = out.dtype.type(0)
+    for i in range(out.size):
+        u = np.float64(splitmix64(key + np.uint64(i)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+        out[i] = x[i] * (scale if u >= p else zero)
+
+
+# ------------------------------------------------------------------ GEMMs with fused epilogues
+
+
+@njit(**JIT)
+def matmul(a, b, out):
+    np.dot(a, b, out)
+
+
+@njit(**JIT)
+def linear(x, w, b, out, has_bias, relu):
+    """out = x @ w.T (+ b) (then relu): one BLAS call, then one epilogue pass over out."""
+    np.dot(x, w.T, out)
+    if not has_bias and not relu:
+        return
+    zero = out.dtype.type(0)
+    n, m = out.shape
+    for i in range(n):
+        for j in range(m):
+            v = out[i, j] + b[j] if has_bias else out[i, j]
+            out[i, j] = zero if relu and v < zero else v
+
+
+@njit(**JIT)
+def linear_backward(gy, x, w, y, dz, dx, dw, db, relu, input_grad, bias_grad):
+    """Gradients of linear / linear_relu. With relu, dz = gy * (y > 0) is formed in one pass that
+    also sums db; then dW = dz^T x and dx = dz W through BLAS (transposes are free views)."""
+    n, m = gy.shape
+    zero = gy.dtype.type(0)
+    if bias_grad:
+        db[:] = 0
+    if relu:
+        for i in range(n):
+            for j in range(m):
+                v = gy[i, j] if y[i, j] > zero else zero
+                dz[i, j] = v
+                if bias_grad:
+                    db[j] += v
+        g = dz
+    else:
+        if bias_grad:
+            for i in range(n):
+                for j in range(m):
+                    db[j] += gy[i, j]
+        g = gy
+    np.dot(g.T, x, dw)
+    if input_grad:
+        np.dot(g, w, dx)
+
+
+# ------------------------------------------------------------------ softmax family (x seen as [outer, n, inner])
+
+
+@njit(**JIT)
+def softmax(x, out, outer, n, inner, log):
+    for o in range(outer):
+        for i in range(inner):
+            base = o * n * inner + i
+            m = x[base]
+            for k in range(1, n):
+                v = x[base + k * inner]
+                if v > m:
+                    m = v
+            s = 0.0
+            for k in range(n):
+                s += np.exp(x[base + k * inner] - m)
+            ls = out.dtype.type(np.log(s))
+            for k in range(n):
+                z = (x[base + k * inner] - m) - ls
+                out[base + k * inner] = z if log else np.exp(z)
+
+
+@njit(**JIT)
+def softmax_backward(gy, y, out, outer, n, inner, log):
+    """softmax: y * (gy - sum(gy * y)); log_softmax: gy - exp(y) * sum(gy), along the middle axis."""
+    for o in range(outer):
+        for i in range(inner):
+            base = o * n * inner + i
+            s = 0.0
+            for k in range(n):
+                j = base + k * inner
+                s += gy[j] * y[j] if not log else gy[j]
+            c = out.dtype.type(s)
+            for k in range(n):
+                j = base + k * inner
+                out[j] = gy[j] - np.exp(y[j]) * c if log else y[j] * (gy[j] - c)
+
+
+# ------------------------------------------------------------------ losses
+
+
+@njit(**JIT)
+def _check_label(label, classes):
+    if label < 0 or label >= classes:
+        raise ValueError("class label out of range for the number of classes")
+
+
+@njit(**JIT)
+def mse_loss(a, b, out, mean):
+    s = 0.0
+    for i in range(a.size):
+        d = a[i] - b[i]
+        s += d * d
+    out[0] = s / a.size if mean else s
+
+
+@njit(**JIT)
+def mse_loss_backward(gy, a, b, out, scale):
+    g = gy[0] * out.dtype.type(scale)
+    for i in range(out.size):
+        out[i] = (a[i] - b[i]) * g
+
+
+@njit(**JIT)
+def nll_loss(logp, labels, out, mean):
+    n, c = logp.shape
+    s = 0.0
+    for i in range(n):
+        _check_label(labels[i], c)
+        s -= logp[i, labels[i]]
+    out[0] = s / n if mean else s
+
+
+@njit(**JIT)
+def nll_loss_backward(gy, labels, out, mean):
+    n, c = out.shape
+    g = -gy[0] / out.dtype.type(n) if mean else -gy[0]
+    out[:] = 0
+    for i in range(n):
+        _check_label(labels[i], c)
+        out[i, labels[i]] = g
+
+
+@njit(**JIT)
+def cross_entropy(x, labels, out, mean):
+    """Mean (or sum) over rows of logsumexp(row) - row[label], one pass per row."""
+    n, c = x.shape
+    total = 0.0
+    for i in range(n):
+        label = labels[i]
+        _check_label(label, c)
+        m = x[i, 0]
+        for j in range(1, c):
+            if x[i, j] > m:
+                m = x[i, j]
+        s = 0.0
+        for j in range(c):
+            s += np.exp(x[i, j] - m)
+        total += out.dtype.type(np.log(s)) - (x[i, label] - m)
+    out[0] = total / n if mean else total
+
+
+@njit(**JIT)
+def cross_entropy_backward(gy, x, labels, out, mean):
+    """out = (softmax(x) - onehot(labels)) * gy / N, one pass per row."""
+    n, c = x.shape
+    scale = gy[0] / out.dtype.type(n) if mean else gy[0]
+    for i in range(n):
+        label = labels[i]
+        _check_label(label, c)
+        m = x[i, 0]
+        for j in range(1, c):
+            if x[i, j] > m:
+                m = x[i, j]
+        s = 0.0
+        for j in range(c):
+            s += np.exp(x[i, j] - m)
+        ls = out.dtype.type(np.log(s))
+        for j in range(c):
+            out[i, j] = np.exp((x[i, j] - m) - ls) * scale
+        out[i, label] = (np.exp((x[i, label] - m) - ls) - out.dtype.type(1)) * scale
+
+
+# ------------------------------------------------------------------ optimizer updates (torch.optim's formulas)
+
+
+@njit(**JIT)
+def sgd_update(p, g, buf, step, p_out, buf_out, lr, momentum, dampening, weight_decay, nesterov):
+    """One SGD step for one param, in one pass; safe in place (p_out may be p, buf_out buf)."""
+    dt = p.dtype.type
+    lr_, mom, damp, wd = dt(lr), dt(momentum), dt(1.0 - dampening), dt(weight_decay)
+    first = momentum != 0 and step[0] == 0
+    for i in range(p.size):
+        pi = p[i]
+        d = g[i] + wd * pi if weight_decay != 0 else g[i]
+        if momentum != 0:
+            b = d if first else mom * buf[i] + damp * d
+            buf_out[i] = b
+            d = d + mom * b if nesterov else b
+        p_out[i] = pi - lr_ * d
+
+
+@njit(**JIT)
+def adam_update(p, g, m, v, step, p_out, m_out, v_out, lr, beta1, beta2, eps, weight_decay):
+    """One Adam step (amsgrad=False) for one param, in one pass; safe in place."""
+    dt = p.dtype.type
+    t = float(step[0] + 1)
+    bias1 = 1.0 - math.pow(beta1, t)
+    bias2 = 1.0 - math.pow(beta2, t)
+    w = 1.0 - beta1
+    step_size, sqrt_bias2 = dt(lr / bias1), dt(bias2 ** 0.5)
+    w_, one_minus_w, b2, one_minus_b2, eps_, wd = dt(w), dt(1.0 - w), dt(beta2), dt(1.0 - beta2), dt(eps), dt(weight_decay)
+    for i in range(p.size):
+        pi = p[i]
+        gi = g[i] + wd * pi if weight_decay != 0 else g[i]
+        mi = m[i]
+        # torch updates exp_avg with lerp, whose formula switches at weight 0.5
+        mi = mi + w_ * (gi - mi) if w < 0.5 else gi - (gi - mi) * one_minus_w
+        vi = b2 * v[i] + one_minus_b2 * (gi * gi)
+        m_out[i] = mi
+        v_out[i] = vi
+        p_out[i] = pi - step_size * (mi / (np.sqrt(vi) / sqrt_bias2 + eps_))
+
+
+# ------------------------------------------------------------------ the registry
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """How a plan runs one op: `call(site) -> (numba function, [arguments])`.
+
+    inplace: elementwise, so an output may share its buffer with a same-shaped input (the
+    runtime writes "update:" outputs straight into the param / state buffer then).
+    scratch: scratch(node) -> TensorTypes of temporaries the kernel needs for the node's duration."""
+
+    op: str
+    call: Callable[["Site"], tuple[Any, list]]
+    inplace: bool = False
+    scratch: Callable | None = None
+
+
+KERNELS: dict[str, Kernel] = {}
+
+
+def kernel(op: str, inplace: bool = False, scratch: Callable | None = None):
+    def register(call):
+        if op in KERNELS:
+            raise ValueError(f"kernel for {op!r} registered twice")
+        KERNELS[op] = Kernel(op, call, inplace, scratch)
+        return call
+
+    return register
+
+
+class Site:
+    """One node's kernel call: operands `i`, outputs `o`, scratch `t` (each an Operand), attrs, node."""
+
+    def __init__(self, node, ins, outs, scratch=()):
+        self.node, self.i, self.o, self.t = node, list(ins), list(outs), list(scratch)
+        self.attrs = dict(node.attrs)
+
+
+class Operand:
+    """A value as a kernel argument: `a` shaped, `f` flat (1-D), `s` its first element (scalars).
+
+    In code generation these are source expressions (Code); for a direct call, arrays."""
+
+    def __init__(self, type, a, f, s):
+        self.type, self.a, self.f, self.s = type, a, f, s
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+
+class Code(str):
+    """A source expression (as opposed to a constant, which codegen renders with repr)."""
+
+
+# ---- static layout helpers (Python, run at codegen time)
+
+
+def c_strides(shape) -> tuple[int, ...]:
+    s, out = 1, []
+    for d in reversed(shape):
+        out.append(s)
+        s *= d
+    return tuple(reversed(out))
+
+
+def broadcast_strides(shape, out_shape) -> tuple[int, ...]:
+    """Element strides of a C-contiguous `shape` read at the indices of `out_shape` (0 on broadcast dims)."""
+    lead = len(out_shape) - len(shape)
+    st = c_strides(shape)
+    return (0,) * lead + tuple(0 if d == 1 and od != 1 else s for d, od, s in zip(shape, out_shape[lead:], st))
+
+
+def collapse(shape, *strides):
+    """Drop size-1 dims and merge neighbours that are contiguous for every operand; pad to MAXR.
+
+    Returns (shape, strides...) as MAXR-tuples, the form `strided` takes."""
+    dims = [(n, [s[d] for s in strides]) for d, n in enumerate(shape) if n != 1]
+    merged: list[tuple[int, list[int]]] = []
+    for n, st in dims:
+        if merged:
+            pn, pst = merged[-1]
+            if all(ps == s * n for ps, s in zip(pst, st)):
+                merged[-1] = (pn * n, st)
+                continue
+        merged.append((n, st))
+    if len(merged) > MAXR:
+        from graphc.ir import GraphcError
+
+        raise GraphcError(f"runtime: a loop over {len(merged)} non-mergeable dims (shape {list(shape)}) exceeds the "
+                          f"kernel nest's {MAXR}")
+    pad = MAXR - len(merged)
+    out_shape = (1,) * pad + tuple(n for n, _ in merged)
+    out_strides = [(0,) * pad + tuple(st[k] for _, st in merged) for k in range(len(strides))]
+    return (out_shape, *out_strides)
+
+
+def _middle(shape, dim):
+    outer = int(np.prod(shape[:dim], dtype=np.int64))
+    inner = int(np.prod(shape[dim + 1:], dtype=np.int64))
+    return outer, shape[dim], inner
+
+
+# ---- one entry per op
+
+
+def _binary_call(s: Site):
+    a, b, out = s.i[0], s.i[1], s.o[0]
+    code = BINARY_CODES[s.node.op]
+    if a.shape == b.shape:
+        return binary_flat, [code, a.f, b.f, out.f]
+    if b.type.size == 1 and a.shape == out.shape:
+        return binary_scalar, [code, a.f, b.f, out.f, False]
+    if a.type.size == 1 and b.shape == out.shape:
+        return binary_scalar, [code, b.f, a.f, out.f, True]
+    shape, sa, sb, so = collapse(out.shape, broadcast_strides(a.shape, out.shape),
+                                 broadcast_strides(b.shape, out.shape), c_strides(out.shape))
+    return strided, [code, a.f, sa, b.f, sb, out.f, so, shape]
+
+
+for _op in BINARY_CODES:
+    kernel(_op, inplace=True)(_binary_call)
+
+for _op, _fn in (("neg", neg), ("exp", exp), ("log", log), ("relu", relu), ("sigmoid", sigmoid), ("tanh", tanh)):
+    kernel(_op, inplace=True)(lambda s, _fn=_fn: (_fn, [s.i[0].f, s.o[0].f]))
+
+for _op, _fn in (("relu_backward", relu_backward), ("sigmoid_backward", sigmoid_backward),
+                 ("tanh_backward", tanh_backward)):
+    kernel(_op, inplace=True)(lambda s, _fn=_fn: (_fn, [s.i[0].f, s.i[1].f, s.o[0].f]))
+
+
+@kernel("full")
+def _(s):
+    return fill, [s.o[0].f, float(s.attrs["value"])]
+
+
+@kernel("reshape")
+def _(s):
+    return copy, [s.i[0].f, s.o[0].f]
+
+
+@kernel("transpose")
+def _(s):
+    x, out, perm = s.i[0], s.o[0], s.attrs["perm"]
+    st = c_strides(x.shape)
+    shape, sa, so = collapse(out.shape, tuple(st[p] for p in perm), c_strides(out.shape))
+    return strided, [COPY, x.f, sa, x.f, sa, out.f, so, shape]
+
+
+@kernel("broadcast_to")
+def _(s):
+    x, out = s.i[0], s.o[0]
+    shape, sa, so = collapse(out.shape, broadcast_strides(x.shape, out.shape), c_strides(out.shape))
+    return strided, [COPY, x.f, sa, x.f, sa, out.f, so, shape]
+
+
+def _reduce_call(s: Site, reduced: tuple[int, ...], mean: bool):
+    x, out = s.i[0], s.o[0]
+    keep = tuple(1 if d in reduced else n for d, n in enumerate(x.shape))
+    so = tuple(0 if d in reduced else st for d, st in enumerate(c_strides(keep)))
+    shape, sa, so = collapse(x.shape, c_strides(x.shape), so)
+    count = int(np.prod([x.shape[d] for d in reduced], dtype=np.int64))
+    return reduce_sum, [x.f, out.f, sa, so, shape, count, mean]
+
+
+kernel("sum")(lambda s: _reduce_call(s, s.attrs["dims"], False))
+kernel("mean")(lambda s: _reduce_call(s, s.attrs["dims"], True))
+
+
+@kernel("sum_to")
+def _(s):
+    x, shape = s.i[0].shape, tuple(s.attrs["shape"])
+    lead = len(x) - len(shape)
+    reduced = tuple(range(lead)) + tuple(lead + d for d, n in enumerate(shape) if n == 1 and x[lead + d] != 1)
+    return _reduce_call(s, reduced, False)
+
+
+@kernel("matmul")
+def _(s):
+    return matmul, [s.i[0].a, s.i[1].a, s.o[0].a]
+
+
+def _linear_call(s: Site, relu_: bool):
+    x, w = s.i[0], s.i[1]
+    has_bias = len(s.i) == 3
+    b = s.i[2].f if has_bias else w.f  # w.f: a placeholder of the right type, never read
+    return linear, [x.a, w.a, b, s.o[0].a, has_bias, relu_]
+
+
+kernel("linear")(lambda s: _linear_call(s, False))
+kernel("linear_relu")(lambda s: _linear_call(s, True))
+
+
+def _linear_backward_scratch(node, types):
+    """dz = gy * (y > 0) needs a buffer of gy's type when the relu mask is applied."""
+    return [types[node.inputs[0]]] if node.attr["relu"] else []
+
+
+@kernel("linear_backward", scratch=_linear_backward_scratch)
+def _(s):
+    gy, x, w = s.i[:3]
+    relu_, input_grad, bias_grad = s.attrs["relu"], s.attrs["input_grad"], s.attrs["bias_grad"]
+    outs = list(s.o)
+    dx = outs.pop(0).a if input_grad else x.a  # placeholders are never written
+    dw = outs.pop(0).a
+    db = outs.pop(0).f if bias_grad else w.f
+    y = s.i[3].a if relu_ else gy.a
+    dz = s.t[0].a if relu_ else gy.a
+    return linear_backward, [gy.a, x.a, w.a, y, dz, dx, dw, db, relu_, input_grad, bias_grad]
+
+
+for _op, _log in (("softmax", False), ("log_softmax", True)):
+    kernel(_op)(lambda s, _log=_log: (softmax, [s.i[0].f, s.o[0].f, *_middle(s.i[0].shape, s.attrs["dim"]), _log]))
+for _op, _log in (("softmax_backward", False), ("log_softmax_backward", True)):
+    kernel(_op)(lambda s, _log=_log: (softmax_backward,
+                                      [s.i[0].f, s.i[1].f, s.o[0].f, *_middle(s.i[0].shape, s.attrs["dim"]), _log]))
+
+
+def _mean(s: Site) -> bool:
+    return s.attrs["reduction"] == "mean"
+
+
+kernel("mse_loss")(lambda s: (mse_loss, [s.i[0].f, s.i[1].f, s.o[0].f, _mean(s)]))
+kernel("mse_loss_backward", inplace=True)(lambda s: (mse_loss_backward, [
+    s.i[0].f, s.i[1].f, s.i[2].f, s.o[0].f, 2.0 / (s.i[1].type.size if _mean(s) else 1)]))
+kernel("nll_loss")(lambda s: (nll_loss, [s.i[0].a, s.i[1].f, s.o[0].f, _mean(s)]))
+kernel("nll_loss_backward")(lambda s: (nll_loss_backward, [s.i[0].f, s.i[1].f, s.o[0].a, _mean(s)]))
+kernel("cross_entropy")(lambda s: (cross_entropy, [s.i[0].a, s.i[1].f, s.o[0].f, _mean(s)]))
+kernel("cross_entropy_backward")(lambda s: (cross_entropy_backward, [s.i[0].f, s.i[1].a, s.i[2].f, s.o[0].a, _mean(s)]))
+kernel("dropout", inplace=True)(lambda s: (dropout, [s.i[0].f, s.i[1].s, s.o[0].f, float(s.attrs["p"]),
+                                                     int(s.attrs["stream"])]))
+
+
+@kernel("sgd_update", inplace=True)
+def _(s):
+    a = s.attrs
+    p, g = s.i[0], s.i[1]
+    # without momentum, p stands in for buf, step and buf_out: never read or written
+    buf, step, buf_out = (s.i[2].f, s.i[3].f, s.o[1].f) if a["momentum"] else (p.f, p.f, p.f)
+    return sgd_update, [p.f, g.f, buf, step, s.o[0].f, buf_out, a["lr"], a["momentum"], a["dampening"],
+                        a["weight_decay"], a["nesterov"]]
+
+
+@kernel("adam_update", inplace=True)
+def _(s):
+    a = s.attrs
+    return adam_update, [*(x.f for x in s.i[:4]), s.i[4].f, *(o.f for o in s.o), a["lr"], a["beta1"], a["beta2"],
+                         a["eps"], a["weight_decay"]]
+
+
+del _op
+
+
+# ------------------------------------------------------------------ direct calls (tests, debugging)
+
+
+def run_kernel(op: str, inputs: list, attrs: dict | None = None) -> tuple[np.ndarray, ...]:
+    """Run op's native kernel on arrays (as a one-node plan would) and return its outputs."""
+    from graphc.ir import GraphBuilder, TensorType, get_op
+
+    b = GraphBuilder(op)
+    names = [b.add_input(f"in{k}", TensorType.of(x), "input") for k, x in enumerate(inputs)]
+    out = b.emit(op, names, get_op(op).normalize_attrs(attrs or {}))
+    node = b.nodes[-1]
+    arrays = [np.ascontiguousarray(x) for x in inputs]
+    outs = [np.zeros(t.shape, t.np_dtype) for t in node.types]
+    scratch = [np.zeros(t.shape, t.np_dtype) for t in (KERNELS[op].scratch(node, b.types) if KERNELS[op].scratch else ())]
+
+    def operand(t, x):
+        return Operand(t, x, x.reshape(-1), x.reshape(-1)[0] if x.size else None)
+
+    site = Site(node, [operand(b.types[n], x) for n, x in zip(names, arrays)],
+                [operand(t, x) for t, x in zip(node.types, outs)],
+                [operand(TensorType(x.shape, node.types[0].dtype), x) for x in scratch])
+    fn, args = KERNELS[op].call(site)
+    fn(*args)
+    del out
+    return tuple(outs)

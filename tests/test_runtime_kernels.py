@@ -1,0 +1,145 @@
+"""Each native kernel against its op's numpy reference kernel, on random inputs; coverage of the op table."""
+import numpy as np
+import pytest
+
+from graphc.ir import OPS, rng
+from graphc.runtime.kernels import KERNELS, collapse, run_kernel, uniform
+
+R = np.random.default_rng(1)
+
+
+def f(*shape, dtype=np.float32, lo=-2.0, hi=2.0):
+    return R.uniform(lo, hi, size=shape).astype(dtype)
+
+
+def labels(n, c):
+    return R.integers(0, c, size=n).astype(np.int64)
+
+
+def seed():
+    return np.array(123456789, np.int64)
+
+
+def step(k):
+    return np.array(k, np.int64)
+
+
+# op -> list of (inputs, attrs); every op of the table must appear (test_cases_cover_the_op_table)
+def cases(dt):
+    x = f(5, 7, dtype=dt)
+    return {
+        "add": [([x, f(5, 7, dtype=dt)], {}), ([x, f(7, dtype=dt)], {}), ([f(5, 1, dtype=dt), f(1, 7, dtype=dt)], {}),
+                ([np.array(1.5, dt), x], {}), ([f(2, 3, 1, 4, dtype=dt), f(3, 5, 1, dtype=dt)], {})],
+        "sub": [([x, f(5, 1, dtype=dt)], {}), ([np.array(2.0, dt), x], {})],
+        "mul": [([x, x], {}), ([x, np.array(3.0, dt)], {}), ([f(4, 1, 6, dtype=dt), f(3, 1, dtype=dt)], {})],
+        "div": [([x, f(5, 7, dtype=dt, lo=0.5)], {}), ([x, np.array(0.0, dt)], {}), ([f(7, dtype=dt), f(5, 1, dtype=dt, lo=1)], {})],
+        "neg": [([x], {})],
+        "exp": [([x], {})],
+        "log": [([f(5, 7, dtype=dt, lo=0.1)], {})],
+        "relu": [([x], {})],
+        "sigmoid": [([f(5, 7, dtype=dt, lo=-50, hi=50)], {})],
+        "tanh": [([x], {})],
+        "full": [([], {"shape": (3, 4), "value": 2.5, "dtype": "f32" if dt == np.float32 else "f64"}),
+                 ([], {"shape": (), "value": 7.0, "dtype": "i64"})],
+        "transpose": [([x], {"perm": (1, 0)}), ([f(2, 3, 4, dtype=dt)], {"perm": (2, 0, 1)})],
+        "reshape": [([x], {"shape": (7, 5)}), ([x], {"shape": (35,)})],
+        "sum": [([x], {"dims": (0,)}), ([x], {"dims": (1,), "keepdim": True}), ([x], {"dims": (0, 1)}),
+                ([f(2, 3, 4, dtype=dt)], {"dims": (0, 2)}), ([x], {"dims": ()})],
+        "mean": [([x], {"dims": (0, 1)}), ([f(2, 3, 4, dtype=dt)], {"dims": (1,), "keepdim": True})],
+        "sum_to": [([x], {"shape": (7,)}), ([x], {"shape": (5, 1)}), ([f(2, 5, 7, dtype=dt)], {"shape": (1, 7)}), ([x], {"shape": ()})],
+        "broadcast_to": [([f(7, dtype=dt)], {"shape": (5, 7)}), ([f(5, 1, dtype=dt)], {"shape": (2, 5, 3)}),
+                         ([np.array(2.0, dt)], {"shape": (3,)})],
+        "matmul": [([f(6, 5, dtype=dt), f(5, 3, dtype=dt)], {})],
+        "linear": [([f(6, 5, dtype=dt), f(4, 5, dtype=dt), f(4, dtype=dt)], {}), ([f(6, 5, dtype=dt), f(4, 5, dtype=dt)], {})],
+        "linear_relu": [([f(6, 5, dtype=dt), f(4, 5, dtype=dt), f(4, dtype=dt)], {}), ([f(6, 5, dtype=dt), f(4, 5, dtype=dt)], {})],
+        "softmax": [([x], {"dim": 1}), ([f(3, 4, 5, dtype=dt)], {"dim": 1})],
+        "log_softmax": [([x], {"dim": 1}), ([x], {"dim": 0})],
+        "mse_loss": [([x, f(5, 7, dtype=dt)], {}), ([x, f(5, 7, dtype=dt)], {"reduction": "sum"})],
+        "nll_loss": [([f(6, 4, dtype=dt), labels(6, 4)], {}), ([f(6, 4, dtype=dt), labels(6, 4)], {"reduction": "sum"})],
+        "cross_entropy": [([f(6, 4, dtype=dt, lo=-10, hi=10), labels(6, 4)], {}),
+                          ([f(6, 4, dtype=dt), labels(6, 4)], {"reduction": "sum"})],
+        "dropout": [([x, seed()], {"p": 0.5}), ([x, seed()], {"p": 0.1, "stream": 3}), ([x, seed()], {"p": 0.0})],
+        "relu_backward": [([x, f(5, 7, dtype=dt)], {})],
+        "sigmoid_backward": [([x, f(5, 7, dtype=dt, lo=0, hi=1)], {})],
+        "tanh_backward": [([x, f(5, 7, dtype=dt, lo=-1, hi=1)], {})],
+        "softmax_backward": [([x, f(5, 7, dtype=dt, lo=0, hi=1)], {"dim": 1}), ([x, f(5, 7, dtype=dt, lo=0, hi=1)], {"dim": 0})],
+        "log_softmax_backward": [([x, f(5, 7, dtype=dt, lo=-3, hi=0)], {"dim": 1})],
+        "mse_loss_backward": [([np.array(1.0, dt), x, f(5, 7, dtype=dt)], {}),
+                              ([np.array(0.5, dt), x, f(5, 7, dtype=dt)], {"reduction": "sum"})],
+        "cross_entropy_backward": [([np.array(1.0, dt), f(6, 4, dtype=dt), labels(6, 4)], {}),
+                                   ([np.array(2.0, dt), f(6, 4, dtype=dt), labels(6, 4)], {"reduction": "sum"})],
+        "nll_loss_backward": [([np.array(1.0, dt), labels(6, 4)], {"classes": 4}),
+                              ([np.array(1.0, dt), labels(6, 4)], {"classes": 5, "reduction": "sum"})],
+        "linear_backward": [([f(6, 4, dtype=dt), f(6, 5, dtype=dt), f(4, 5, dtype=dt)], {}),
+                            ([f(6, 4, dtype=dt), f(6, 5, dtype=dt), f(4, 5, dtype=dt), f(6, 4, dtype=dt)], {"relu": True}),
+                            ([f(6, 4, dtype=dt), f(6, 5, dtype=dt), f(4, 5, dtype=dt), f(6, 4, dtype=dt)],
+                             {"relu": True, "input_grad": False, "bias_grad": False})],
+        "sgd_update": [([x, f(5, 7, dtype=dt)], {"lr": 0.1}), ([x, f(5, 7, dtype=dt)], {"lr": 0.1, "weight_decay": 0.01}),
+                       ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), step(0)], {"lr": 0.1, "momentum": 0.9}),
+                       ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), step(3)], {"lr": 0.1, "momentum": 0.9, "dampening": 0.1,
+                                                                          "weight_decay": 0.01}),
+                       ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), step(3)], {"lr": 0.1, "momentum": 0.9, "nesterov": True})],
+        "adam_update": [([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(0)], {"lr": 0.01}),
+                        ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(7)],
+                         {"lr": 0.01, "beta1": 0.3, "weight_decay": 0.1})],
+    }
+
+
+def test_every_op_has_a_kernel():
+    missing = sorted(set(OPS) - set(KERNELS))
+    assert not missing, f"ops without a native kernel in runtime/kernels.py: {missing}"
+    extra = sorted(set(KERNELS) - set(OPS))
+    assert not extra, f"kernels for ops the table does not have: {extra}"
+
+
+def test_cases_cover_the_op_table():
+    missing = sorted(set(OPS) - set(cases(np.float32)))
+    assert not missing, f"ops without a kernel-vs-reference case in this file: {missing}"
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_kernel_matches_reference(op, dt):
+    table = cases(dt)
+    if op not in table:
+        pytest.fail(f"no test case for op {op!r}")
+    tol = dict(rtol=2e-5, atol=2e-6) if dt == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    for inputs, attrs in table[op]:
+        from graphc.ir import get_op
+
+        full = get_op(op).normalize_attrs(attrs)
+        want = get_op(op).reference(*[np.array(x) for x in inputs], **full)
+        want = want if isinstance(want, tuple) else (want,)
+        got = run_kernel(op, inputs, attrs)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            w = np.asarray(w)
+            assert g.shape == w.shape and g.dtype == w.dtype, (op, attrs, g.shape, w.shape, g.dtype, w.dtype)
+            np.testing.assert_allclose(g, w, **tol, err_msg=f"{op} {attrs}")
+
+
+def test_dropout_bits_equal_reference_rng():
+    out = np.empty(1000)
+    for s, stream in ((0, 0), (123, 5), (2**63 - 2, 1)):
+        uniform(s, stream, out)
+        assert np.array_equal(out, rng.uniform(s, stream, 1000))
+
+
+def test_nan_flows_through():
+    x = np.array([[np.nan, 1.0, -1.0]], np.float32)
+    assert np.isnan(run_kernel("relu", [x])[0][0, 0])
+    assert np.isnan(run_kernel("linear_relu", [x, np.ones((2, 3), np.float32)])[0]).all()
+    assert np.isnan(run_kernel("cross_entropy", [x, np.array([1])])[0])
+    assert np.isnan(run_kernel("dropout", [x, seed()], {"p": 0.5})[0][0, 0])
+
+
+def test_label_out_of_range_raises():
+    with pytest.raises(ValueError, match="out of range"):
+        run_kernel("cross_entropy", [f(3, 4), np.array([0, 4, 1])])
+
+
+def test_collapse_merges_contiguous_dims():
+    shape, sa, so = collapse((4, 5, 6), (30, 6, 1), (30, 6, 1))
+    assert shape[-1] == 120 and shape[:-1] == (1,) * 5 and sa[-1] == 1
+    shape, sa, sb = collapse((4, 5), (5, 1), (0, 1))  # a bias row: two loops
+    assert shape[-2:] == (4, 5) and sb[-2:] == (0, 1)
