@@ -32,7 +32,7 @@ log = logging.getLogger("graphc.runtime")
 FORMAT = 1
 _RUNTIME_DIR = Path(__file__).resolve().parent
 _KEYED_SOURCES = ("kernels.py", "codegen.py", "memory.py", "cache.py")
-_loaded: dict[tuple[str, str], types.ModuleType] = {}  # (cache folder, key) -> module, within this process
+_loaded: dict[tuple[str, str], tuple[types.ModuleType, str]] = {}  # (cache folder, key) -> (module, entry), this process
 
 
 @dataclass
@@ -165,8 +165,8 @@ def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, 
     modname = f"graphc_plan_{key[:20]}"
     memo = (str(root), key)
     if memo in _loaded:
-        mod = _loaded[memo]
-        return mod, CompileInfo("reused", key, str(Path(mod.__file__).parent))
+        mod, where = _loaded[memo]
+        return mod, CompileInfo("reused", key, where)
 
     if jit_disabled():  # plain Python: nothing to cache; the module is still written out to be read
         d = _entry_dir(root, name, key)
@@ -176,7 +176,7 @@ def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, 
             path.write_text(source)
         t0 = time.perf_counter()
         mod = _import(path, modname, source)
-        _loaded[memo] = mod
+        _loaded[memo] = (mod, str(d))
         return mod, CompileInfo("python", key, str(d), seconds=time.perf_counter() - t0)
 
     d = _entry_dir(root, name, key)
@@ -189,13 +189,12 @@ def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, 
             hits = _hits(mod.plan)
             mod.plan.compile(signature)
             seconds = time.perf_counter() - t0
+            _loaded[memo] = (mod, str(d))
             if _hits(mod.plan) > hits:
-                _loaded[memo] = mod
                 log.info("plan %s: loaded from cache in %.1f ms (%s)", name, seconds * 1e3, d)
                 return mod, CompileInfo("cached", key, str(d), seconds=seconds)
             # numba found its index stale and compiled: the entry now holds the new code
             _write_manifest(d, key, name, seconds)
-            _loaded[memo] = mod
             return mod, CompileInfo("compiled", key, str(d), seconds=seconds, reason="numba's cache in the entry was stale")
         reason = f"rebuilt {d.name}: {problem}"
         log.warning("plan %s: cache entry %s is unusable (%s); rebuilding", name, d, problem)
@@ -211,10 +210,9 @@ def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, 
     _write_manifest(tmp, key, name, seconds)
     try:
         os.rename(tmp, d)
-        where = d
     except OSError:  # another process stored the same entry first; ours is the same code
         shutil.rmtree(tmp, ignore_errors=True)
-        where = d
-    _loaded[memo] = mod
+    where = d
+    _loaded[memo] = (mod, str(d))
     log.info("plan %s: compiled in %.1f ms (%s)", name, seconds * 1e3, where)
     return mod, CompileInfo("compiled", key, str(where), seconds=seconds, reason=reason)
