@@ -220,7 +220,8 @@ def test_saved_report_adds_up_and_names_backward_users():
     total = sum(g.types[v].nbytes for v in gdot.saved_values(g))
     assert f"{total:,} B" in text
     assert "%0 = linear_relu" in text and "%10 = linear_backward" in text
-    assert len(text.splitlines()) == 2 + len(entries) + 2 + len(entries)
+    assert text.startswith("(read off the graph")
+    assert len(text.splitlines()) == 1 + 2 + len(entries) + 2 + len(entries)
     assert text.count("read by backward") == len(entries)
 
 
@@ -476,3 +477,18 @@ def test_render_svg(tmp_path):
     root = ET.parse(paths[1]).getroot()
     assert root.tag.endswith("svg")
     assert "linear_backward" in "".join(root.itertext())
+
+
+def test_compiled_module_reports_use_the_partition_ledger():
+    compiler = pytest.importorskip("graphc.compiler")
+    cm = compiler.compile(SimpleNet(), np.zeros((8, 10), np.float32))  # training mode: forward + backward plans
+    led = cm.plans.ledger
+    assert led
+    text = cm.saved_report()
+    assert not text.startswith("(read off")
+    assert f"{sum(e.nbytes for e in led):,} B" in text
+    mem = cm.memory_plan()
+    for name, plan in access.memory_plans(cm):
+        assert f"== {name} ==" in mem
+        assert reports.peak_bytes(plan) >= max(b.nbytes for b in plan.buffers)
+    assert [s.name for s in access.stages(cm)] == cm.stages

@@ -170,7 +170,11 @@ def saved_report(obj) -> str:
                      ", ".join(describe(u) for u in users) or "-"])
         why.append(f"  {value}: {field(e, 'reason', default='(no reason given)')}")
     head = table(["value", "producer", "type", "bytes", "users in backward"], rows, right=(3,))
-    return f"{head}\n{len(entries)} saved values, {fmt_bytes(total)} in all\nwhy saved:\n" + "\n".join(why)
+    text = f"{head}\n{len(entries)} saved values, {fmt_bytes(total)} in all\nwhy saved:\n" + "\n".join(why)
+    if entries and isinstance(entries[0], DerivedSaved):
+        text = ("(read off the graph: forward values that its backward nodes use; "
+                "a one-graph train step keeps them live until then)\n" + text)
+    return text
 
 
 # ------------------------------------------------------------------ memory plans
@@ -207,21 +211,27 @@ def peak_bytes(plan: Any) -> int | None:
     return int(p) if p is not None and not callable(p) else None
 
 
+def _has_own_str(plan: Any) -> bool:
+    return type(plan).__str__ is not object.__str__
+
+
 def memory_plan(obj) -> str:
-    """Each executable's buffers (size, lifetime in steps, values sharing it) and its peak bytes."""
+    """Each executable's memory plan: the runtime's own rendering when it has one (buffers, offsets,
+    roles, lifetimes, values sharing each buffer, views and in-place updates, peak bytes), else a
+    table of its buffers."""
     plans = access.memory_plans(obj)
     if not plans:
         return "no memory plan: compile the model first (graphc.compile / graphc.compile_train_step)"
     parts = []
     for name, plan in plans:
         rows = buffer_rows(plan)
-        if not rows:
-            parts.append(f"== {name} ==\n{plan}")
+        if _has_own_str(plan) or not rows:
+            parts.append(f"== {name} ==\n{str(plan).rstrip()}")
             continue
         shared = sum(1 for r in rows if r[3] > 1)
         total = sum(int(r[1].replace(",", "")) for r in rows)
         peak = peak_bytes(plan)
-        summary = (f"{len(rows)} buffers ({shared} shared by several values), {fmt_bytes(total)} allocated"
+        summary = (f"{len(rows)} buffers ({shared} shared by several values), {fmt_bytes(total)} in buffers"
                    + (f", peak {fmt_bytes(peak)}" if peak is not None else ""))
         parts.append(f"== {name} ==\n" + table(["buffer", "bytes", "lifetime", "#values", "values"], rows, right=(1, 3))
                      + "\n" + summary)
