@@ -87,7 +87,7 @@ def test_console_script():
 # ------------------------------------------------------------------ inspect
 
 
-def test_inspect_prints_the_stages_and_the_final_plan():
+def test_inspect_prints_the_stages_and_the_final_plan(cache_dir):
     p = graphc_cmd("inspect", SIMPLE, "--input", "8x10")
     assert p.returncode == 0, p.stderr
     assert p.stderr == ""
@@ -97,7 +97,7 @@ def test_inspect_prints_the_stages_and_the_final_plan():
     assert "= linear_relu(%x, %linear1.weight, %linear1.bias)" in out
 
 
-def test_inspect_all_stages_diff_and_reports():
+def test_inspect_all_stages_diff_and_reports(cache_dir):
     p = graphc_cmd("inspect", SIMPLE, "--input", "8x10", "--all-stages", "--diff", "traced", "-1",
                    "--report", "passes", "--report", "fusion", "--report", "saved")
     assert p.returncode == 0, p.stderr
@@ -111,13 +111,13 @@ def test_inspect_all_stages_diff_and_reports():
     assert "no saved values" in out  # inference keeps nothing for a backward
 
 
-def test_inspect_stage_by_name_and_dtype():
+def test_inspect_stage_by_name_and_dtype(cache_dir):
     p = graphc_cmd("inspect", SIMPLE, "--input", "4x10", "--dtype", "f64", "--stage", "traced")
     assert p.returncode == 0, p.stderr
     assert "input %x: f64[4,10]" in p.stdout and "= relu(" in p.stdout and "linear_relu" not in p.stdout
 
 
-def test_debug_logging_shows_each_pass():
+def test_debug_logging_shows_each_pass(cache_dir):
     p = graphc_cmd("inspect", SIMPLE, "--input", "8x10", env={"GRAPHC_LOG": "debug"})
     assert p.returncode == 0, p.stderr
     assert "[graphc.passes] DEBUG: fuse_linear_relu:" in p.stderr and " nodes" in p.stderr
@@ -168,7 +168,7 @@ def test_file_that_fails_to_import(tmp_path):
 # ------------------------------------------------------------------ dump
 
 
-def test_dump_writes_stages_and_index(tmp_path):
+def test_dump_writes_stages_and_index(tmp_path, cache_dir):
     out = tmp_path / "dumps"
     p = graphc_cmd("dump", SIMPLE, "--input", "8x10", "-o", out)
     assert p.returncode == 0, p.stderr
@@ -190,7 +190,7 @@ def test_dump_writes_stages_and_index(tmp_path):
 
 
 @needs_compiler
-def test_inspect_train_step_mse_sgd():
+def test_inspect_train_step_mse_sgd(cache_dir):
     p = graphc_cmd("inspect", SIMPLE, "--input", "16x10", "--train", "--loss", "mse", "--optim", "sgd",
                    "--report", "saved", "--report", "memory")
     assert p.returncode == 0, p.stderr
@@ -199,7 +199,7 @@ def test_inspect_train_step_mse_sgd():
 
 
 @needs_compiler
-def test_inspect_train_step_cross_entropy_adam():
+def test_inspect_train_step_cross_entropy_adam(cache_dir):
     p = graphc_cmd("inspect", f"{MODELS}:Classifier", "--input", "16x10", "--train", "--loss", "cross_entropy",
                    "--optim", "adam")
     assert p.returncode == 0, p.stderr
@@ -230,7 +230,7 @@ def test_demo_finds_the_checkout_samples():
 @needs_compiler
 @pytest.mark.skipif(not has("graphc.data") or not (REPO / "samples" / "simple_net.py").is_file(),
                     reason="the demo needs samples/simple_net.py and graphc.data")
-def test_demo_runs(tmp_path):
+def test_demo_runs(tmp_path, cache_dir):
     p = graphc_cmd("demo", "--epochs", "2", "--out", tmp_path / "dumps", cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "train loss" in p.stdout and (tmp_path / "dumps" / "index.md").is_file()

@@ -117,7 +117,7 @@ def test_dump_of_something_else_names_what_it_takes(tmp_path):
 
 
 @needs_graphviz
-def test_dump_of_simple_net_train_step(tmp_path):
+def test_dump_of_simple_net_train_step(tmp_path, cache_dir):
     compiler = pytest.importorskip("graphc.compiler")
     optim = pytest.importorskip("graphc.optim")
     model = SimpleNet()

@@ -412,7 +412,7 @@ def test_memory_plan_of_a_graph_says_to_compile():
 
 
 @pytest.fixture
-def compiled_step():
+def compiled_step(cache_dir):
     compiler = pytest.importorskip("graphc.compiler")
     optim = pytest.importorskip("graphc.optim")
     model = SimpleNet()
@@ -479,7 +479,7 @@ def test_render_svg(tmp_path):
     assert "linear_backward" in "".join(root.itertext())
 
 
-def test_compiled_module_reports_use_the_partition_ledger():
+def test_compiled_module_reports_use_the_partition_ledger(cache_dir):
     compiler = pytest.importorskip("graphc.compiler")
     cm = compiler.compile(SimpleNet(), np.zeros((8, 10), np.float32))  # training mode: forward + backward plans
     led = cm.plans.ledger
