@@ -122,6 +122,18 @@ def test_debug_logging_shows_each_pass(cache_dir):
     assert p.returncode == 0, p.stderr
     assert "[graphc.passes] DEBUG: fuse_linear_relu:" in p.stderr and " nodes" in p.stderr
     assert "[graphc.cli] DEBUG: built SimpleNet" in p.stderr
+    quiet = graphc_cmd("inspect", SIMPLE, "--input", "8x10")
+    assert quiet.stderr == ""
+
+
+@needs_compiler
+def test_debug_logging_shows_compile_cache_miss_then_hit(cache_dir):
+    args = ("inspect", SIMPLE, "--input", "8x10", "--train")
+    first = graphc_cmd(*args, env={"GRAPHC_LOG": "debug"})
+    second = graphc_cmd(*args, env={"GRAPHC_LOG": "debug"})
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert "compiled in" in first.stderr and "loaded from cache" not in first.stderr
+    assert "loaded from cache" in second.stderr
 
 
 # ------------------------------------------------------------------ errors: one line, non-zero exit
