@@ -492,3 +492,10 @@ def test_compiled_module_reports_use_the_partition_ledger(cache_dir):
         assert f"== {name} ==" in mem
         assert reports.peak_bytes(plan) >= max(b.nbytes for b in plan.buffers)
     assert [s.name for s in access.stages(cm)] == cm.stages
+
+
+def test_pictures_are_deterministic():
+    g1 = graphc.trace(SimpleNet(), np.zeros((4, 10), np.float32))
+    g2 = graphc.trace(SimpleNet(), np.zeros((4, 10), np.float32))
+    assert gdot.to_dot(g1).to_string() == gdot.to_dot(g2).to_string()
+    assert gdot.to_dot(train_step()).to_string() == gdot.to_dot(parse(str(train_step()))).to_string()
