@@ -396,41 +396,114 @@ def cross_entropy_backward(gy, x, labels, out, mean):
 
 
 @njit(**JIT)
+def _into(src, dst):
+    """Copy src into dst unless they are the same memory. The update loops then work in place on
+    dst: with a separate output array LLVM cannot rule out a partial overlap and keeps them scalar."""
+    if src.ctypes.data != dst.ctypes.data:
+        for i in range(src.size):
+            dst[i] = src[i]
+
+
+@njit(**JIT)
 def sgd_update(p, g, buf, step, p_out, buf_out, lr, momentum, dampening, weight_decay, nesterov):
-    """One SGD step for one param, in one pass; safe in place (p_out may be p, buf_out buf)."""
+    """One SGD step for one param, in one pass over the (in place) param and buffer."""
     dt = p.dtype.type
     lr_, mom, damp, wd = dt(lr), dt(momentum), dt(1.0 - dampening), dt(weight_decay)
-    first = momentum != 0 and step[0] == 0
+    _into(p, p_out)
+    if momentum == 0:
+        if weight_decay == 0:
+            _sgd_plain(p_out, g, lr_, None)
+        else:
+            _sgd_plain(p_out, g, lr_, wd)
+        return
+    _into(buf, buf_out)
+    # None arguments are compile-time facts: each variant is a branch-free, vectorizable loop
+    first = step[0] == 0  # torch's first step: buf = d_p
+    if weight_decay != 0:
+        if nesterov:
+            _sgd_momentum(p_out, g, buf_out, lr_, mom, damp, wd, mom, first)
+        else:
+            _sgd_momentum(p_out, g, buf_out, lr_, mom, damp, wd, None, first)
+    elif nesterov:
+        _sgd_momentum(p_out, g, buf_out, lr_, mom, damp, None, mom, first)
+    else:
+        _sgd_momentum(p_out, g, buf_out, lr_, mom, damp, None, None, first)
+
+
+@njit(**JIT)
+def _sgd_plain(p, g, lr_, wd):
+    # `if x is not None` on a None argument is pruned at compile time (a ternary would not be)
     for i in range(p.size):
-        pi = p[i]
-        d = g[i] + wd * pi if weight_decay != 0 else g[i]
-        if momentum != 0:
-            b = d if first else mom * buf[i] + damp * d
-            buf_out[i] = b
-            d = d + mom * b if nesterov else b
-        p_out[i] = pi - lr_ * d
+        d = g[i]
+        if wd is not None:  # without weight decay d = g exactly, as torch computes it
+            d = d + wd * p[i]
+        p[i] = p[i] - lr_ * d
+
+
+@njit(**JIT)
+def _sgd_momentum(p, g, buf, lr_, mom, damp, wd, nesterov_mom, first):
+    if first:
+        for i in range(p.size):
+            d = g[i]
+            if wd is not None:
+                d = d + wd * p[i]
+            buf[i] = d
+            if nesterov_mom is not None:
+                d = d + nesterov_mom * d
+            p[i] = p[i] - lr_ * d
+        return
+    for i in range(p.size):
+        d = g[i]
+        if wd is not None:
+            d = d + wd * p[i]
+        b = mom * buf[i] + damp * d
+        buf[i] = b
+        if nesterov_mom is not None:
+            b = d + nesterov_mom * b
+        p[i] = p[i] - lr_ * b
 
 
 @njit(**JIT)
 def adam_update(p, g, m, v, step, p_out, m_out, v_out, lr, beta1, beta2, eps, weight_decay):
-    """One Adam step (amsgrad=False) for one param, in one pass; safe in place."""
+    """One Adam step (amsgrad=False) for one param, in one pass over the (in place) param and moments."""
     dt = p.dtype.type
+    _into(p, p_out)
+    _into(m, m_out)
+    _into(v, v_out)
     t = float(step[0] + 1)
     bias1 = 1.0 - math.pow(beta1, t)
     bias2 = 1.0 - math.pow(beta2, t)
     w = 1.0 - beta1
-    step_size, sqrt_bias2 = dt(lr / bias1), dt(bias2 ** 0.5)
-    w_, one_minus_w, b2, one_minus_b2, eps_, wd = dt(w), dt(1.0 - w), dt(beta2), dt(1.0 - beta2), dt(eps), dt(weight_decay)
+    a, b, c, e = dt(lr / bias1), dt(bias2 ** 0.5), dt(beta2), dt(1.0 - beta2)
+    # torch updates exp_avg with lerp, whose formula switches at weight 0.5. None arguments are
+    # compile-time facts: each variant is a branch-free loop.
+    if w < 0.5:
+        if weight_decay != 0:
+            _adam(p_out, g, m_out, v_out, a, b, dt(w), None, c, e, dt(eps), dt(weight_decay))
+        else:
+            _adam(p_out, g, m_out, v_out, a, b, dt(w), None, c, e, dt(eps), None)
+    elif weight_decay != 0:
+        _adam(p_out, g, m_out, v_out, a, b, None, dt(1.0 - w), c, e, dt(eps), dt(weight_decay))
+    else:
+        _adam(p_out, g, m_out, v_out, a, b, None, dt(1.0 - w), c, e, dt(eps), None)
+
+
+@njit(**JIT)
+def _adam(p, g, m, v, step_size, sqrt_bias2, w, one_minus_w, b2, one_minus_b2, eps, wd):
     for i in range(p.size):
         pi = p[i]
-        gi = g[i] + wd * pi if weight_decay != 0 else g[i]
+        gi = g[i]
+        if wd is not None:
+            gi = gi + wd * pi
         mi = m[i]
-        # torch updates exp_avg with lerp, whose formula switches at weight 0.5
-        mi = mi + w_ * (gi - mi) if w < 0.5 else gi - (gi - mi) * one_minus_w
+        if w is not None:  # (one of w, one_minus_w is None; each test prunes only on its own None)
+            mi = mi + w * (gi - mi)
+        if one_minus_w is not None:
+            mi = gi - (gi - mi) * one_minus_w
         vi = b2 * v[i] + one_minus_b2 * (gi * gi)
-        m_out[i] = mi
-        v_out[i] = vi
-        p_out[i] = pi - step_size * (mi / (np.sqrt(vi) / sqrt_bias2 + eps_))
+        m[i] = mi
+        v[i] = vi
+        p[i] = pi - step_size * (mi / (np.sqrt(vi) / sqrt_bias2 + eps))
 
 
 # ------------------------------------------------------------------ the registry
