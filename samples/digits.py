@@ -45,11 +45,12 @@ def load_digits_split(seed: int = 0):
     return x[idx[n_test:]], y[idx[n_test:]], x[idx[:n_test]], y[idx[:n_test]]
 
 
-def accuracy(model, x, y) -> float:
-    model.eval()
-    logits = graphc.compile(model, x)(x)
-    model.train()
-    return float((logits.argmax(axis=1) == y).mean())
+def evaluator(model, x, y):
+    """Compile the model once in eval mode (no Dropout); it reads the live weights on every call."""
+    was_training = model.training
+    predict = graphc.compile(model.eval(), x)
+    model.train(was_training)
+    return lambda: float((predict(x).argmax(axis=1) == y).mean())
 
 
 def save_weights(model, path: str) -> None:
@@ -105,10 +106,11 @@ def main(argv=None) -> float:
         epochs = tqdm(range(args.epochs), desc="training", ncols=80, file=sys.stdout)
     except ImportError:
         epochs = range(args.epochs)
+    test_accuracy = evaluator(model, x_test, y_test)
     losses, accs = [], []
     for _ in epochs:
         losses.append(float(np.mean([step(xb, yb) for xb, yb in loader])))
-        accs.append(accuracy(model, x_test, y_test))
+        accs.append(test_accuracy())
         if hasattr(epochs, "set_postfix"):
             epochs.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{100 * accs[-1]:.1f}%")
     seconds = time.perf_counter() - t0
@@ -120,7 +122,7 @@ def main(argv=None) -> float:
     weights = os.path.join(args.out, "digits_mlp.npz")
     save_weights(model, weights)
     reloaded = load_weights(DigitsMLP(), weights)
-    acc_reloaded = accuracy(reloaded, x_test, y_test)
+    acc_reloaded = evaluator(reloaded, x_test, y_test)()
     print(f"weights saved to {weights}; reloaded model scores {100 * acc_reloaded:.2f}%")
     if acc_reloaded != accs[-1]:
         raise SystemExit(f"reloaded model scores {acc_reloaded} but the trained one scored {accs[-1]}")

@@ -62,8 +62,8 @@ def main(argv=None) -> float:
     args = ap.parse_args(argv)
 
     graphc.manual_seed(0)
-    x_train, y_train = make_regression(2048, seed=0)
-    x_test, y_test = make_regression(512, seed=1)
+    x, y = make_regression(2048 + 512, seed=0)
+    x_train, y_train, x_test, y_test = x[:2048], y[:2048], x[2048:], y[2048:]
     model = SimpleNet()
     loss_fn = nn.MSELoss()
     opt = graphc.optim.SGD(model.parameters(), lr=args.lr)  # w <- w - lr * grad
@@ -76,16 +76,20 @@ def main(argv=None) -> float:
     print(f"\n(stages: {', '.join(step.stages)})")
 
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True, drop_last=True)
-    bar = progress(range(args.epochs), args.epochs, "training")
+    bar = progress(range(args.epochs * len(loader)), args.epochs * len(loader), "training")
+    batches = (batch for _ in range(args.epochs) for batch in loader)
     first = last = None
-    for epoch in bar:
-        losses = [step(xb, yb) for xb, yb in loader]
-        last = float(np.mean(losses))
-        first = last if first is None else first
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{last:.4f}")
-        elif epoch % 5 == 0 or epoch == args.epochs - 1:
-            print(f"epoch {epoch:3d}  train loss {last:.4f}")
+    losses = []
+    for k, (xb, yb) in zip(bar, batches):
+        losses.append(step(xb, yb))
+        if (k + 1) % len(loader) == 0:  # end of an epoch
+            last = float(np.mean(losses))
+            first = last if first is None else first
+            losses = []
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{last:.4f}", refresh=False)
+            else:
+                print(f"epoch {(k + 1) // len(loader):3d}  train loss {last:.4f}")
     print(f"train loss: first epoch {first:.4f} -> last epoch {last:.4f}")
 
     model.eval()
