@@ -140,3 +140,14 @@ def test_dump_of_simple_net_train_step(tmp_path, cache_dir):
     check_svg(svgs[len(stages) - 1], ["linear_relu", "backward", "optimizer update"])
     index = open(tmp_path / "index.md").read()
     assert "## Saved for backward" in index and "no saved values" not in index
+
+
+def test_dump_without_pydot_writes_text_and_says_so(tmp_path, monkeypatch, caplog):
+    import importlib
+
+    dump_module = importlib.import_module("graphc.inspect.dump")
+    monkeypatch.setattr(dump_module, "pydot_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="graphc.inspect"):
+        written = graphc.dump(train_step(), tmp_path)
+    assert [os.path.basename(p) for p in written] == ["00_graph.txt", "index.md"]
+    assert any("pip install 'graphc[viz]'" in r.getMessage() for r in caplog.records)

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from graphc.ir import Graph
 
 from . import access, reports
-from .dot import RENDER_FORMATS, graphviz_available, write_graph
+from .dot import RENDER_FORMATS, graphviz_available, pydot_available, write_graph
 
 log = logging.getLogger("graphc.inspect")
 
@@ -55,6 +55,9 @@ def dump(obj: Any, out_dir: str | os.PathLike, formats: Iterable[str] = ("txt", 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unknown dump format(s) {bad}; expected some of {list(FORMATS)}")
+    if any(f != "txt" for f in formats) and not pydot_available():
+        log.warning("pydot is not installed: writing the IR text only; for pictures, pip install 'graphc[viz]'")
+        formats = tuple(f for f in formats if f == "txt")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     st = dump_stages(obj)

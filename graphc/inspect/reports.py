@@ -17,7 +17,7 @@ from graphc.ir import Graph, Node, TensorType
 
 from . import access
 from .access import field
-from .dot import is_fused, phases, saved_values
+from .roles import is_fused, phases, saved_values
 
 
 # ------------------------------------------------------------------ formatting helpers
