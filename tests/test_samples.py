@@ -1,5 +1,6 @@
 """The samples run end to end (digits with fewer epochs than the README's full run)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -19,10 +20,9 @@ def run_sample(name, *args, cwd):
 def test_simple_net_sample_trains_and_dumps(tmp_path, cache_dir):
     out = run_sample("simple_net.py", "--epochs", "8", "--out", str(tmp_path / "dumps"), cwd=tmp_path)
     assert "linear_relu" in out and "= relu(" in out  # IR before fusion has relu, after has linear_relu
-    first, last = [float(v) for v in out.split("train loss: first epoch ")[1].split()[0:3:2]]
+    first, last = map(float, re.search(r"train loss: first epoch (\S+) -> last epoch (\S+)", out).groups())
     assert last < first
-    eval_mse = float(out.split("eval MSE on 512 held-out samples: ")[1].split()[0])
-    baseline = float(out.split("predicting the mean gives ")[1].rstrip(")\n").split(")")[0])
+    eval_mse, baseline = map(float, re.search(r"eval MSE on \d+ held-out samples: (\S+) \(predicting the mean gives (\S+)\)", out).groups())
     assert eval_mse < baseline
     assert (tmp_path / "dumps" / "index.md").exists()
 
