@@ -17,6 +17,11 @@ from .ir import GraphcError, ShapeError, VerifyError, ParseError  # noqa: E402
 from .random import manual_seed  # noqa: E402
 from .tracing import TraceError, trace  # noqa: E402
 
+if _os.environ.get("GRAPHC_LOG"):  # GRAPHC_LOG=debug: each pass and each compile, in scripts too
+    from .log import configure_from_env as _configure_log
+
+    _configure_log()
+
 # The rest of the face loads on first use, so `import graphc` stays light (no numba import).
 _LAZY = {
     "compile": ("graphc.compiler", "compile"),
