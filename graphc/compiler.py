@@ -19,6 +19,7 @@ reports of graphc.inspect.reports as methods: `.diff(a, b)`, `.passes_report()`,
 from __future__ import annotations
 
 import inspect as _inspect
+import operator
 import numpy as np
 
 from . import random as _random
@@ -365,6 +366,7 @@ class TrainStep(_Inspectable):
         self.example_types = [TensorType(a.shape, dtype_name(a.dtype)) for a in arrays]
         self._specs: dict[tuple, _Specialisation] = {}
         self._step = np.zeros((), np.int64)  # the plan's state.step, synced from opt.step_count
+        self._synced = None  # opt.step_count when self._step was last known equal to it
         self._spec = self._specialise(_signature(arrays))
 
     @property
@@ -398,8 +400,11 @@ class TrainStep(_Inspectable):
         stage = next(s for s in reversed(plans.stage_names) if s.startswith("train_step_plan"))
         exe = Executable(g, bind, self.mode, name=g.name + ".train_step", on_mismatch=self._mismatch)
         spec = _Specialisation(sig, training, plans, {stage: exe})
-        spec.exe, spec.lr = exe, self.optimizer.param_groups[0]["lr"]
-        spec.hyper = key[2]
+        group = self.optimizer.param_groups[0]
+        spec.exe, spec.hyper = exe, key[2]
+        # a cheap check of every hyperparameter on each call: one C-level tuple build and compare
+        spec.read_hyper = operator.itemgetter(*sorted(k for k in group if k != "params"))
+        spec.hyper_values = spec.read_hyper(group)
         names = [i.name for i in graph.inputs if i.kind == "input"]
         order = [i.name for i in exe.call_inputs]
         spec.has_rng = any(i.kind == "rng" for i in exe.call_inputs)
@@ -425,9 +430,11 @@ class TrainStep(_Inspectable):
 
     def __call__(self, *inputs) -> float:
         spec = self._spec
-        if self.model.training is not spec.training or self.optimizer.param_groups[0]["lr"] is not spec.lr:
+        opt = self.optimizer
+        if self.model.training is not spec.training or spec.read_hyper(opt.param_groups[0]) != spec.hyper_values:
             spec = self._respecialise(inputs)
-        self._step[()] = self.optimizer.step_count
+        if opt.step_count != self._synced:  # eager steps or a loaded state_dict happened in between
+            self._step[()] = opt.step_count
         try:
             if spec.has_rng:
                 loss = spec.run(*inputs, _random.next_seed())
@@ -436,16 +443,13 @@ class TrainStep(_Inspectable):
         except _SignatureChanged:
             spec = self._respecialise(inputs)
             loss = spec.run(*inputs, _random.next_seed()) if spec.has_rng else spec.run(*inputs)
-        except TypeError as e:
+        except TypeError:
             if len(inputs) != len(self.example_types):
                 raise InputError(f"train step takes {len(self.example_types)} inputs (model inputs, then the target), "
                                  f"got {len(inputs)}") from None
-            raise e
-        except ValueError as e:
-            if isinstance(e, GraphcError):
-                raise
-            raise GraphcError(f"train step: {e}") from None
-        self.optimizer.count_step()
+            raise
+        opt.count_step()
+        self._synced = opt.step_count  # the plan advanced state.step as count_step() did step_count
         return loss
 
     def _respecialise(self, inputs) -> _Specialisation:

@@ -2,10 +2,14 @@
 
 The module holds `plan`, one numba function that calls the kernels in graph order on views of
 preallocated buffers (so a whole forward, backward or train step is a single call into native
-code), and `make_runner`, a plain-Python entry that checks the call's arrays cheaply and calls
-`plan` with the bound arrays (params, optimizer state, saved values, arenas) as closure
-variables. The text is deterministic (graph order, no set/hash order) and readable: each call
-is preceded by its IR line, and the module's docstring holds the plan and its memory plan.
+code), and `make_runner`, the plain-Python entry. `plan` takes the call's arrays and one int64
+`table` of addresses: the bound arrays (params, optimizer state, saved values) and the arenas,
+viewed with numba.carray, so a call crosses into native code with few arguments. `plan` checks
+the call's shapes itself (its numba signature, compiled once and frozen, checks dtypes, ranks
+and C order); the runner sends any call that fails those checks to the executable's slow path,
+which converts what it can and otherwise raises naming the input. The text is deterministic
+(graph order, no set/hash order) and readable: each call is preceded by its IR line, and the
+module's docstring holds the plan and its memory plan.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from .memory import MemoryPlan
 
 # njit options of the generated plan (kernels carry their own)
 PLAN_JIT = 'cache=True, nogil=True, error_model="numpy"'
-RESERVED = {"np", "njit", "plan", "make_runner", "run", "ndarray", "fix"}
+RESERVED = {"np", "njit", "carray", "address", "plan", "make_runner", "run", "slow", "table", "e"}
+SHAPE_MISMATCH = "graphc: call input shapes differ from the plan's"
 
 
 @dataclass
@@ -31,8 +36,13 @@ class PlanSource:
     call_inputs: list[str]  # graph inputs passed on every call, in order
     bound_inputs: list[str]  # graph inputs bound once (closure of the runner), in order
     scalar_inputs: list[str]  # call inputs passed as Python ints (rng seeds)
-    arenas: list[str]  # dtypes of the arena arrays, in parameter order
+    arenas: list[str]  # dtypes of the arena arrays, in table order after the bound inputs
     returns_scalar: str | None  # the value whose first element `plan` returns
+
+    @property
+    def table(self) -> list[str]:
+        """What the address table holds, in order: bound inputs, then "arena:<dtype>"."""
+        return self.bound_inputs + [f"arena:{dt}" for dt in self.arenas]
 
 
 def is_scalar_input(inp) -> bool:
@@ -76,22 +86,31 @@ def _render(x) -> str:
 class _Views:
     """Source expressions of each value's storage; emits a view line the first time one is needed."""
 
-    def __init__(self, g: Graph, mp: MemoryPlan, names: _Names, scalars: set[str]):
+    def __init__(self, g: Graph, mp: MemoryPlan, names: _Names, scalars: set[str], table: list[str]):
         self.g, self.mp, self.names, self.scalars = g, mp, names, scalars
+        self.slot = {name: k for k, name in enumerate(table)}
         self.lines: list[str] = []
         self.done: set[str] = set()
 
-    def _emit(self, name: str, line: str) -> Code:
+    def _emit(self, name: str, line: str, first: int | None = None) -> Code:
+        """Add a view line once; `first` places it among the table views at the top, else lines
+        follow the order the kernels first need them."""
         if name not in self.done:
             self.done.add(name)
-            self.lines.append(line)
+            self.lines.append(((0, first) if first is not None else (1, len(self.lines)), line))
         return Code(name)
+
+    def _carray(self, name: str, entry: str, size: int, dtype: str) -> Code:
+        np_name = TensorType((), dtype).np_dtype.name
+        k = self.slot[entry]
+        return self._emit(name, f"{name} = carray(address(table[{k}]), ({size},), np.{np_name})", first=k)
 
     def buffer_flat(self, bid: int, size: int, tag: str) -> Code:
         b = self.mp.buffers[bid]
         item = TensorType((), b.dtype).np_dtype.itemsize
         lo = b.offset // item
-        return self._emit(f"{tag}_f", f"{tag}_f = arena_{b.dtype}[{lo}:{lo + size}]")
+        arena = self._carray(f"arena_{b.dtype}", f"arena:{b.dtype}", self.mp.arena_bytes[b.dtype] // item, b.dtype)
+        return self._emit(f"{tag}_f", f"{tag}_f = {arena}[{lo}:{lo + size}]")
 
     def flat(self, value: str) -> Code:
         s = self.mp.slots[value]
@@ -99,6 +118,8 @@ class _Views:
         if s.kind == "input":
             if value in self.scalars:
                 return self._emit(f"{n}_f", f"{n}_f = np.full(1, {n}, dtype=np.int64)")
+            if value in self.slot:  # bound: viewed through the address table
+                return self._carray(n if s.type.rank == 1 else f"{n}_f", value, max(s.type.size, 1), s.type.dtype)
             if s.type.rank == 1:
                 return Code(n)
             return self._emit(f"{n}_f", f"{n}_f = {n}.reshape({max(s.type.size, 1)})")
@@ -109,7 +130,7 @@ class _Views:
     def shaped(self, value: str) -> Code:
         s = self.mp.slots[value]
         n = self.names(value)
-        if s.kind == "input" and value not in self.scalars:
+        if s.kind == "input" and value not in self.scalars and value not in self.slot:
             return Code(n)
         if s.kind == "inplace":
             return self.shaped(s.target)
@@ -159,7 +180,7 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
     for v in call_inputs + bound_inputs:
         names(v)
     arenas = sorted(mp.arena_bytes)
-    views = _Views(g, mp, names, scalars)
+    views = _Views(g, mp, names, scalars, bound_inputs + [f"arena:{dt}" for dt in arenas])
 
     body: list[str] = []
     used: dict[str, None] = {}
@@ -186,18 +207,23 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
     if returns is not None:
         body.append(f"    return {views.scalar(returns)}")
 
-    params = [names(v) for v in call_inputs + bound_inputs] + [f"arena_{dt}" for dt in arenas]
+    params = [names(v) for v in call_inputs] + ["table"]
+    checked = [v for v in call_inputs if v not in scalars]
     lines = ['"""graphc plan ' + g.name + ": generated by graphc.runtime.codegen; the cache key covers this text.",
              "", *_quote(header), '"""',
              "import numpy as np",
-             "from numba import njit", ""]
+             "from numba import carray, njit", "",
+             "from graphc.runtime.kernels import address"]
     lines += [f"from graphc.runtime.kernels import {f} as k_{f}" for f in sorted(used)]
     lines += ["", "", f"@njit({PLAN_JIT})", f"def plan({', '.join(params)}):"]
+    if checked:
+        cond = " or ".join(f"{names(v)}.shape != {g.types[v].shape!r}" for v in checked)
+        lines += [f"    if {cond}:", f"        raise ValueError({SHAPE_MISMATCH!r})"]
     if views.lines:
-        lines.append("    # storage: views of the arenas and inputs (no allocation)")
-        lines += [f"    {ln}" for ln in views.lines]
+        lines.append("    # storage: views of the bound arrays, arenas and inputs (no allocation)")
+        lines += [f"    {ln}" for _, ln in sorted(views.lines)]
     lines += body or ["    pass"]
-    lines += ["", ""] + _runner(g, call_inputs, bound_inputs, scalars, arenas, names)
+    lines += ["", ""] + _runner([names(v) for v in call_inputs])
     return PlanSource("\n".join(lines) + "\n", call_inputs, bound_inputs, sorted(scalars), arenas, returns)
 
 
@@ -205,23 +231,14 @@ def _quote(text: str) -> list[str]:
     return [ln.replace("\\", "\\\\").replace('"""', '\\"\\"\\"') for ln in text.splitlines()]
 
 
-def _runner(g: Graph, call_inputs, bound_inputs, scalars, arenas, names) -> list[str]:
-    """`make_runner(plan, ndarray, fix, dtypes..., bound..., arenas...) -> run(*call_inputs)`."""
-    dtypes = sorted({g.types[v].dtype for v in call_inputs if v not in scalars})
-    head = ["plan", "ndarray", "fix"] + [f"dt_{d}" for d in dtypes] + [names(v) for v in bound_inputs] + \
-           [f"arena_{dt}" for dt in arenas]
-    args = [names(v) for v in call_inputs]
-    out = [f"def make_runner({', '.join(head)}):",
-           '    """Check the call\'s arrays (cheaply: exact ndarray, dtype, shape, C order), then one native call."""',
-           f"    def run({', '.join(args)}):"]
-    for k, v in enumerate(call_inputs):
-        if v in scalars:
-            continue
-        t, n = g.types[v], names(v)
-        out.append(f"        if {n}.__class__ is not ndarray or {n}.dtype is not dt_{t.dtype} or {n}.shape != {t.shape!r} "
-                   f"or not {n}.flags.c_contiguous:")
-        out.append(f"            {n} = fix({k}, {n})")
-    params = [names(v) for v in call_inputs + bound_inputs] + [f"arena_{dt}" for dt in arenas]
-    out.append(f"        return plan({', '.join(params)})")
-    out.append("    return run")
-    return out
+def _runner(args: list[str]) -> list[str]:
+    """`make_runner(plan, slow, table) -> run(*call_inputs)`: one native call; anything the plan's
+    signature or shape check rejects (or a kernel raises) goes to `slow`, which converts or explains."""
+    a = ", ".join(args)
+    return [f"def make_runner(plan, slow, table):",
+            f"    def run({a}):",
+            "        try:",
+            f"            return plan({a + ', ' if a else ''}table)",
+            "        except (TypeError, ValueError) as e:",
+            f"            return slow(e{', ' + a if a else ''})",
+            "    return run"]

@@ -56,34 +56,50 @@ class Executable:
         self._fill_constants()
         self.outputs = [self._storage(o.value) for o in graph.outputs]
 
-        bound_arrays = [self.bound[v] for v in self.source.bound_inputs]
-        arenas = [self.arenas[dt] for dt in self.source.arenas]
+        # the address table: bound arrays, then arenas (this object keeps them all alive)
+        held = [self.bound[v] for v in self.source.bound_inputs] + [self.arenas[dt] for dt in self.source.arenas]
+        self.table = np.array([a.ctypes.data for a in held], dtype=np.int64)
+        self._scalar_out = self.source.returns_scalar
         if mode == "interpret":
             self.compile_info = cache.CompileInfo("interpreted", codegen_seconds=codegen_s)
             self.run = self._interpret
-            self._scalar_out = self.source.returns_scalar
         else:
-            signature = self._signature(bound_arrays, arenas)
-            self.module, self.compile_info = cache.load_or_build(self.source.text, self.name, signature)
+            self.module, self.compile_info = cache.load_or_build(self.source.text, self.name, self._signature())
             self.compile_info.codegen_seconds = codegen_s
-            dtypes = sorted({i.type.dtype for i in self.call_inputs if i.name not in self.source.scalar_inputs})
-            self.run = self.module.make_runner(self.module.plan, np.ndarray, self._fix,
-                                               *[TensorType((), d).np_dtype for d in dtypes], *bound_arrays, *arenas)
+            self.plan = self.module.plan
+            if cache.jit_disabled():  # plain Python accepts anything: check every call up front
+                runner = self.module.make_runner(self.plan, self._slow, self.table)
+                self.run = lambda *args: runner(*self._checked(args))
+            else:
+                self.plan.disable_compile()  # one frozen signature: other dtypes/layouts raise TypeError
+                self.run = self.module.make_runner(self.plan, self._slow, self.table)
 
     def __call__(self, *args):
-        """Run the plan on the call inputs (in graph order); returns the first scalar output, if any."""
+        """Run the plan on the call inputs (in graph order); returns the first scalar output, if any.
+        (`exe.run(*args)` is the same without the argument count check.)"""
+        if len(args) != len(self.call_inputs):
+            self._checked(args)
+        return self.run(*args)
+
+    def _checked(self, args) -> list:
+        """The call's arguments converted to what the plan was compiled for, or InputError."""
         if len(args) != len(self.call_inputs):
             raise InputError(f"plan {self.name} takes {len(self.call_inputs)} inputs "
                              f"({', '.join('%' + i.name for i in self.call_inputs)}), got {len(args)}")
-        try:
-            return self.run(*args)
-        except ValueError as e:  # raised inside a kernel (a class label out of range)
-            if isinstance(e, GraphcError):
-                raise
-            raise GraphcError(f"plan {self.name}: {e}") from None
+        return [int(a) if i.name in self.source.scalar_inputs else self._fix(k, a)
+                for k, (i, a) in enumerate(zip(self.call_inputs, args))]
+
+    def _slow(self, error: Exception, *args):
+        """The runner's fallback: the native call rejected its arguments, or a kernel raised."""
+        fixed = self._checked(args)
+        if all(f is a for f, a in zip(fixed, args)):  # the arguments were fine: the error is the plan's
+            if isinstance(error, GraphcError) or not isinstance(error, ValueError):
+                raise error
+            raise GraphcError(f"plan {self.name}: {error}") from None
+        return self.run(*fixed)
 
     # ---- setup
-    def _signature(self, bound_arrays, arenas):
+    def _signature(self):
         import numba
 
         sig = []
@@ -92,7 +108,7 @@ class Executable:
                 sig.append(numba.types.int64)
             else:
                 sig.append(numba.typeof(np.empty(i.type.shape, i.type.np_dtype)))
-        sig += [numba.typeof(a) for a in bound_arrays + arenas]
+        sig.append(numba.typeof(self.table))
         return tuple(sig)
 
     def _fill_constants(self):
@@ -141,13 +157,14 @@ class Executable:
                 why = f"dim {bad[0]} is {a.shape[bad[0]]}, expected {want.shape[bad[0]]}"
             raise InputError(f"plan {self.name}: input %{inp.name} expected {want} "
                              f"({want.np_dtype}{list(want.shape)}), got {got}: {why}")
+        if a is x and type(a) is np.ndarray and a.flags.c_contiguous:
+            return x
         return np.ascontiguousarray(a).view(np.ndarray)
 
     # ---- the reference path
     def _interpret(self, *args):
-        full = {}
-        for k, (inp, a) in enumerate(zip(self.call_inputs, args)):
-            full[inp.name] = np.asarray(a, dtype=np.int64) if inp.name in self.source.scalar_inputs else self._fix(k, a)
+        full = {i.name: np.asarray(a, dtype=np.int64) if i.name in self.source.scalar_inputs else a
+                for i, a in zip(self.call_inputs, self._checked(args))}
         full.update(self.bound)
         results = interpret(self.graph, full)
         targets = update_targets(self.graph)

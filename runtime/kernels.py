@@ -15,10 +15,12 @@ or nan like numpy and torch instead of raising.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -28,6 +30,27 @@ MAXR = 6  # the strided loop nest's rank; codegen collapses mergeable dims first
 # op codes of the strided loop nest and the flat binary loops
 ADD, SUB, MUL, DIV, COPY, ACC = 0, 1, 2, 3, 4, 5
 BINARY_CODES = {"add": ADD, "sub": SUB, "mul": MUL, "div": DIV}
+
+
+# ------------------------------------------------------------------ bound arrays by address
+
+
+if numba.config.DISABLE_JIT:
+    def address(addr):
+        """The pointer numba.carray takes, from an integer address (plain-Python plans)."""
+        return ctypes.c_void_p(int(addr))
+else:
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def address(typingctx, addr):
+        """An integer address as a void*, so a plan can view bound arrays with numba.carray: one
+        int64 table of addresses crosses into native code instead of one argument per array."""
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+        return types.voidptr(types.int64), codegen
 
 
 # ------------------------------------------------------------------ elementwise
