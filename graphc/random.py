@@ -19,5 +19,8 @@ def generator() -> np.random.Generator:
 
 
 def next_seed() -> int:
-    """A fresh 63-bit seed for one Dropout call (eager) or one compiled step."""
-    return int(_generator.integers(0, 2**63 - 1))
+    """A fresh 63-bit seed for one Dropout call (eager) or one compiled step.
+
+    The top 63 bits of one raw draw: as uniform as integers(0, 2**63 - 1) and ~8x cheaper
+    (a compiled small train step costs a few microseconds in all)."""
+    return _generator.bit_generator.random_raw() >> 1
