@@ -144,14 +144,18 @@ class CompiledModule(_Inspectable):
     have one (None for the others; the default pipeline differentiates parameters only).
     `cm.train()` / `cm.eval()` switch modes (Dropout on / off); the module's mode at compile
     time is the initial one. `compile_info` maps each plan stage to how its code was obtained.
+    With input_grads=True the float inputs are differentiated too (before fusion, so the backward
+    is less fused) and backward() returns their gradients.
     """
 
-    def __init__(self, module: Module, example_inputs, passes=None, mode: str = "jit", disable=()):
+    def __init__(self, module: Module, example_inputs, passes=None, mode: str = "jit", disable=(),
+                 input_grads: bool = False):
         if not isinstance(module, Module):
             raise GraphcError(f"graphc.compile expects a graphc.nn.Module, got {type(module).__name__}")
         if not example_inputs:
             raise GraphcError("graphc.compile needs example inputs (arrays of the shapes and dtypes to compile for)")
         self.module, self.mode, self.passes, self.disable = module, mode, passes, tuple(disable)
+        self.input_grads = bool(input_grads)
         arrays = _as_arrays(example_inputs, "graphc.compile")
         self.example_types = [TensorType(a.shape, dtype_name(a.dtype)) for a in arrays]
         self.training = bool(module.training)
@@ -186,6 +190,11 @@ class CompiledModule(_Inspectable):
             graph = trace(self.module, *[TensorType(s, dtype_name(np.dtype(d))) for s, d in sig])
         finally:
             self.module.train(was)
+        if training and self.input_grads:
+            from .passes.autodiff import grad_graph
+
+            wrt = [i.name for i in graph.inputs if i.kind == "param" or (i.kind == "input" and i.type.is_float)]
+            graph = grad_graph(graph, wrt=wrt)  # the pipeline's autodiff leaves a joint graph as it is
         plans = compile_pipeline(graph, "training" if training else "inference", passes=self.passes, disable=self.disable)
         params = {n: p for n, p in self.module.named_parameters()}
         fwd_stage = next(s for s in reversed(plans.stage_names) if s.startswith("forward_plan"))
@@ -274,10 +283,12 @@ def _bind(g, params: dict) -> dict:
     return out
 
 
-def compile(module: Module, *example_inputs, passes=None, mode: str = "jit", disable=()) -> CompiledModule:  # noqa: A001
+def compile(module: Module, *example_inputs, passes=None, mode: str = "jit", disable=(),  # noqa: A001
+            input_grads: bool = False) -> CompiledModule:
     """Compile `module.forward` for the example inputs' signature (other batch sizes compile on
-    first use). passes: a custom pass list; mode: "jit" (native) or "interpret" (numpy reference)."""
-    return CompiledModule(module, example_inputs, passes=passes, mode=mode, disable=disable)
+    first use). passes: a custom pass list; mode: "jit" (native) or "interpret" (numpy reference);
+    input_grads: backward() also returns the gradients of the float inputs."""
+    return CompiledModule(module, example_inputs, passes=passes, mode=mode, disable=disable, input_grads=input_grads)
 
 
 # ------------------------------------------------------------------ train steps

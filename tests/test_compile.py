@@ -1,4 +1,6 @@
 """graphc.compile and graphc.compile_train_step against PyTorch, in jit and interpret mode, float32 and float64."""
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -386,7 +388,57 @@ def test_train_step_steady_state_reuses_buffers():
     exe = step.executables["train_step_plan"]
     arenas = dict(exe.arenas)
     params = [p.__array_interface__["data"][0] for p in m.parameters()]
-    for _ in range(3):
+    step(x, y)
+    tracemalloc.start()
+    snap = tracemalloc.take_snapshot()
+    for _ in range(50):
         step(x, y)
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap, "filename") if s.size_diff > 0)
+    tracemalloc.stop()
+    assert grown < 8192, grown  # one activation array per step would be 50 x 2 KB at least
     assert all(exe.arenas[k] is v for k, v in arenas.items())
     assert params == [p.__array_interface__["data"][0] for p in m.parameters()]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_input_gradients_on_request(mode):
+    m, tm = twins()
+    x, _ = data()
+    cm = graphc.compile(m, x, mode=mode, input_grads=True)
+    gy = np.random.default_rng(4).standard_normal((8, 3)).astype(np.float32)
+    cm(x)
+    gx = cm.backward(gy)
+    tx = torch.from_numpy(x).requires_grad_()
+    tm(tx).backward(torch.from_numpy(gy))
+    assert_close(gx, tx.grad.numpy())
+    for p, tp in zip(m.parameters(), tm.parameters()):
+        assert_close(p.grad, tp.grad.numpy())
+
+
+def test_second_process_loads_the_train_step_from_cache(cache_dir):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys, time
+        t0 = time.perf_counter()
+        import numpy as np, graphc, graphc.nn as nn
+        sys.path.insert(0, sys.argv[1])
+        from models import SimpleNet
+        graphc.manual_seed(0)
+        m = SimpleNet()
+        opt = graphc.optim.SGD(m.parameters(), lr=0.01)
+        x = np.ones((64, 10), np.float32); y = np.ones((64, 1), np.float32)
+        step = graphc.compile_train_step(m, nn.MSELoss(), opt, x, y)
+        step(x, y)
+        print(step.compile_info.status, round(time.perf_counter() - t0, 3))
+    """)
+    env = dict(os.environ, GRAPHC_CACHE_DIR=str(cache_dir))
+    tests = os.path.dirname(os.path.abspath(__file__))
+    runs = [subprocess.run([sys.executable, "-c", code, tests], env=env, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    assert runs[0].stdout.split()[0] == "compiled" and runs[1].stdout.split()[0] == "cached", [r.stdout for r in runs]
