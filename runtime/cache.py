@@ -150,11 +150,33 @@ def _import(path: Path, modname: str, source: str) -> types.ModuleType:
     mod.__file__ = str(path)
     sys.modules[modname] = mod
     exec(compile(source, str(path), "exec"), mod.__dict__)
+    if not jit_disabled():
+        _pin_numba_cache(mod.plan)
     return mod
 
 
 def _hits(fn) -> int:
     return sum(fn.stats.cache_hits.values())
+
+
+def _pin_numba_cache(fn) -> None:
+    """Keep numba's cache of `plan` in the entry's own __pycache__, whatever NUMBA_CACHE_DIR or
+    NUMBA_CACHE_LOCATOR_CLASSES say, so an entry is one self-contained, checksummed folder."""
+    from numba.core import caching
+
+    class PinnedImpl(caching.CompileResultCacheImpl):
+        def __init__(self, py_func):
+            super().__init__(py_func)
+            self._locator = caching.InTreeCacheLocator(py_func, py_func.__code__.co_filename)
+            self._locator.ensure_cache_path()
+            modname = os.path.splitext(os.path.basename(py_func.__code__.co_filename))[0]
+            self._filename_base = self.get_filename_base(f"{modname}.{py_func.__qualname__}",
+                                                         getattr(sys, "abiflags", ""))
+
+    class PinnedCache(caching.FunctionCache):
+        _impl_class = PinnedImpl
+
+    fn._cache = PinnedCache(fn.py_func)
 
 
 def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, CompileInfo]:
