@@ -7,6 +7,10 @@
 kernels.py: one numba kernel per op (KERNELS registry); memory.py: buffer sharing by liveness;
 codegen.py: a plan -> one numba function; cache.py: the on-disk cache (GRAPHC_CACHE_DIR);
 executor.py: Executable, which ties them together.
+
+A call is one crossing into native code: the call's arrays plus one int64 table of addresses
+(bound arrays and arenas). An Executable owns one set of buffers: it is not re-entrant, and
+two threads must not call the same one at once.
 """
 from .cache import CompileInfo, cache_root
 from .executor import MODES, Executable, InputError

@@ -9,6 +9,11 @@ life: read in place, and written in place by "update:" outputs. Every other inpu
 per call. Outputs live in buffers owned by the executable and are overwritten by the next
 call; copy them to keep them. mode="interpret" runs the same plan op by op with the numpy
 reference kernels (graphc.ir.interpret) and fills the same output arrays.
+
+The fast path checks nothing in Python: the native function's frozen numba signature rejects
+other dtypes, ranks and memory layouts (TypeError) and the plan itself rejects other shapes;
+the runner then takes the slow path (`_slow`), which converts what it can (non-contiguous
+arrays, ndarray subclasses) or raises InputError naming the input, expected vs actual.
 """
 from __future__ import annotations
 
