@@ -23,7 +23,7 @@ import operator
 import numpy as np
 
 from . import random as _random
-from .ir import GraphcError, TensorType, dtype_name
+from .ir import GraphcError, Input, TensorType, dtype_name
 from .nn.module import Module
 from .runtime import Executable, InputError
 from .tracing import trace
@@ -190,11 +190,14 @@ class CompiledModule(_Inspectable):
             graph = trace(self.module, *[TensorType(s, dtype_name(np.dtype(d))) for s, d in sig])
         finally:
             self.module.train(was)
-        if training and self.input_grads:
+        frozen = {n for n, p in self.module.named_parameters() if not getattr(p, "requires_grad", True)}
+        if training and (self.input_grads or frozen):
             from .passes.autodiff import grad_graph
 
-            wrt = [i.name for i in graph.inputs if i.kind == "param" or (i.kind == "input" and i.type.is_float)]
-            graph = grad_graph(graph, wrt=wrt)  # the pipeline's autodiff leaves a joint graph as it is
+            wrt = [i.name for i in graph.inputs if (i.kind == "param" and i.name not in frozen)
+                   or (self.input_grads and i.kind == "input" and i.type.is_float)]
+            if wrt:  # differentiate before the pipeline (whose autodiff leaves a joint graph as it is)
+                graph = grad_graph(graph, wrt=wrt)
         plans = compile_pipeline(graph, "training" if training else "inference", passes=self.passes, disable=self.disable)
         params = {n: p for n, p in self.module.named_parameters()}
         fwd_stage = next(s for s in reversed(plans.stage_names) if s.startswith("forward_plan"))
@@ -273,12 +276,13 @@ class CompiledModule(_Inspectable):
 
 
 def _bind(g, params: dict) -> dict:
-    """The graph's param inputs bound to the module's Parameters (plans read them in place)."""
+    """The graph's param inputs (and frozen params, plain inputs there) bound to the module's
+    Parameters: plans read them in place."""
     out = {}
     for i in g.inputs:
-        if i.kind == "param":
-            if i.name not in params:
-                raise GraphcError(f"plan {g.name} reads parameter %{i.name}, which the module does not have")
+        if i.kind == "param" and i.name not in params:
+            raise GraphcError(f"plan {g.name} reads parameter %{i.name}, which the module does not have")
+        if i.name in params:
             out[i.name] = params[i.name]
     return out
 
@@ -356,6 +360,10 @@ class TrainStep(_Inspectable):
     eager `model(x)` and eager optimizer steps all see the same state. A change of batch size,
     of the model's train/eval mode or of the optimizer's hyperparameters (e.g. lr by a
     scheduler) re-specialises the step. `compile_info` is the train-step plan's CompileInfo.
+    Parameters the optimizer does not hold are frozen: read, neither differentiated nor updated.
+    The step binds the Parameter and state arrays it was compiled with: replacing a Parameter
+    object or a sub-module afterwards (rather than updating values in place, as load_state_dict
+    does) needs a new compile_train_step, as it needs a new optimizer.
     """
 
     def __init__(self, model: Module, loss_fn, optimizer, example_inputs, passes=None, mode: str = "jit", disable=()):
@@ -368,11 +376,12 @@ class TrainStep(_Inspectable):
         self._wrapper = _LossModule(model, loss_fn)
         params = dict(self._wrapper.named_parameters())
         theirs = {id(p) for p in optimizer.params}
-        missing = [n for n, p in params.items() if id(p) not in theirs]
         extra = len(theirs - {id(p) for p in params.values()})
-        if missing or extra:
-            raise GraphcError(f"compile_train_step: the optimizer must hold exactly the model's parameters; "
-                              f"not in the optimizer: {missing}; {extra} optimizer parameter(s) not in the model")
+        if extra or not theirs:
+            raise GraphcError(f"compile_train_step: the optimizer must hold the model's parameters; "
+                              f"{extra} of its {len(theirs)} parameter(s) are not the model's")
+        # params the optimizer does not hold are neither differentiated nor updated (frozen)
+        self._trained = [n for n, p in params.items() if id(p) in theirs]
         arrays = _as_arrays(example_inputs, "compile_train_step")
         self.example_types = [TensorType(a.shape, dtype_name(a.dtype)) for a in arrays]
         self._specs: dict[tuple, _Specialisation] = {}
@@ -401,6 +410,12 @@ class TrainStep(_Inspectable):
         object.__setattr__(w, "forward", w.forward_for(len(sig)))
         types = [TensorType(s, dtype_name(np.dtype(d))) for s, d in sig]
         graph = trace(w, *types, name=type(self.model).__name__)
+        names = [i.name for i in graph.inputs if i.kind == "input"]
+        trained = set(self._trained)
+        if any(i.kind == "param" and i.name not in trained for i in graph.inputs):
+            # params the optimizer does not hold are plain inputs to the step: not differentiated, not updated
+            graph = graph.replace(inputs=tuple(Input(i.name, i.type, "input") if i.kind == "param" and i.name not in trained
+                                               else i for i in graph.inputs)).verify()
         plans = compile_pipeline(graph, "train_step", optimizer=spec_opt, passes=self.passes, disable=self.disable)
         g = plans.train_step
         params = dict(w.named_parameters())
@@ -416,7 +431,6 @@ class TrainStep(_Inspectable):
         # a cheap check of every hyperparameter on each call: one C-level tuple build and compare
         spec.read_hyper = operator.itemgetter(*sorted(k for k in group if k != "params"))
         spec.hyper_values = spec.read_hyper(group)
-        names = [i.name for i in graph.inputs if i.kind == "input"]
         order = [i.name for i in exe.call_inputs]
         spec.has_rng = any(i.kind == "rng" for i in exe.call_inputs)
         if order != names + (["seed"] if spec.has_rng else []) or (spec.has_rng and exe.call_inputs[-1].kind != "rng"):

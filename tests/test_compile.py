@@ -343,7 +343,7 @@ def test_bad_labels_and_arguments():
     with pytest.raises(InputError, match="takes 2 inputs"):
         step(x)
     other = graphc.optim.SGD(mlp(SIZES).parameters(), lr=0.1)
-    with pytest.raises(graphc.GraphcError, match="exactly the model's parameters"):
+    with pytest.raises(graphc.GraphcError, match="are not the model's"):
         graphc.compile_train_step(m, nn.CrossEntropyLoss(), other, x, y)
 
 
@@ -442,3 +442,29 @@ def test_second_process_loads_the_train_step_from_cache(cache_dir):
     for r in runs:
         assert r.returncode == 0, r.stderr
     assert runs[0].stdout.split()[0] == "compiled" and runs[1].stdout.split()[0] == "cached", [r.stdout for r in runs]
+
+
+def test_frozen_parameters_are_not_trained():
+    m, tm = twins()
+    x, y = data(labels=True)
+    first = m[0]
+    opt = graphc.optim.SGD([p for p in m.parameters() if not any(p is q for q in first.parameters())], lr=0.1)
+    topt = torch.optim.SGD(list(tm.parameters())[2:], lr=0.1)
+    step = graphc.compile_train_step(m, nn.CrossEntropyLoss(), opt, x, y)
+    w0 = first.weight.copy()
+    for _ in range(2):
+        loss = step(x, y)
+        topt.zero_grad()
+        tloss = torch.nn.functional.cross_entropy(tm(torch.from_numpy(x)), torch.from_numpy(y))
+        tloss.backward()
+        topt.step()
+        assert loss == pytest.approx(tloss.item(), rel=1e-5)
+    assert np.array_equal(first.weight, w0)
+    for p, tp in zip(m.parameters(), tm.parameters()):
+        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+    # requires_grad=False params get no .grad from a compiled backward, as in torch
+    first.weight.requires_grad = False
+    cm = graphc.compile(m, x)
+    cm(x)
+    cm.backward(np.ones((8, 3), np.float32))
+    assert first.weight.grad is None and first.bias.grad is not None
