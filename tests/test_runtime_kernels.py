@@ -143,3 +143,48 @@ def test_collapse_merges_contiguous_dims():
     assert shape[-1] == 120 and shape[:-1] == (1,) * 5 and sa[-1] == 1
     shape, sa, sb = collapse((4, 5), (5, 1), (0, 1))  # a bias row: two loops
     assert shape[-2:] == (4, 5) and sb[-2:] == (0, 1)
+
+
+# ---- the strided loop nest on generated shapes (broadcasting, reductions, permutations)
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from graphc.ir import get_op  # noqa: E402
+
+shapes = st.lists(st.integers(1, 4), min_size=0, max_size=5).map(tuple)
+
+
+def _ref(op, inputs, attrs):
+    return get_op(op).reference(*inputs, **get_op(op).normalize_attrs(attrs))
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes, data=st.data())
+def test_broadcasting_binary_ops(shape, data):
+    # the second operand drops leading dims and sets some dims to 1
+    keep = data.draw(st.integers(0, len(shape)))
+    other = tuple(1 if data.draw(st.booleans()) else n for n in shape[len(shape) - keep:])
+    op = data.draw(st.sampled_from(["add", "sub", "mul", "div"]))
+    a, b = f(*shape, lo=0.5), f(*other, lo=0.5)
+    if data.draw(st.booleans()):
+        a, b = b, a
+    got = run_kernel(op, [a, b])[0]
+    np.testing.assert_allclose(got, _ref(op, [a, b], {}), rtol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes, data=st.data())
+def test_reductions_and_permutations(shape, data):
+    x = f(*shape)
+    dims = tuple(sorted(data.draw(st.sets(st.integers(0, max(len(shape) - 1, 0)), max_size=len(shape)))))
+    keepdim = data.draw(st.booleans())
+    for op in ("sum", "mean"):
+        attrs = {"dims": dims, "keepdim": keepdim}
+        np.testing.assert_allclose(run_kernel(op, [x], attrs)[0], _ref(op, [x], attrs), rtol=1e-5, atol=1e-6)
+    perm = tuple(data.draw(st.permutations(range(len(shape)))))
+    np.testing.assert_array_equal(run_kernel("transpose", [x], {"perm": perm})[0], _ref("transpose", [x], {"perm": perm}))
+    small = tuple(1 if data.draw(st.booleans()) else n for n in shape)
+    np.testing.assert_allclose(run_kernel("sum_to", [x], {"shape": small})[0], _ref("sum_to", [x], {"shape": small}),
+                               rtol=1e-5, atol=1e-6)
+    y = f(*small)
+    np.testing.assert_array_equal(run_kernel("broadcast_to", [y], {"shape": shape})[0],
+                                  _ref("broadcast_to", [y], {"shape": shape}))
