@@ -205,7 +205,7 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
 
     returns = next((o.value for o in g.outputs if g.types[o.value].shape == () and g.types[o.value].is_float), None)
     if returns is not None:
-        body.append(f"    return {views.scalar(returns)}")
+        body.append(f"    return float({views.scalar(returns)})")
 
     params = [names(v) for v in call_inputs] + ["table"]
     checked = [v for v in call_inputs if v not in scalars]

@@ -74,7 +74,12 @@ class Executable:
             self.plan = self.module.plan
             if cache.jit_disabled():  # plain Python accepts anything: check every call up front
                 runner = self.module.make_runner(self.plan, self._slow, self.table)
-                self.run = lambda *args: runner(*self._checked(args))
+
+                def run(*args):
+                    with np.errstate(over="ignore"):  # the rng's uint64 arithmetic wraps on purpose
+                        return runner(*self._checked(args))
+
+                self.run = run
             else:
                 self.plan.disable_compile()  # one frozen signature: other dtypes/layouts raise TypeError
                 self.run = self.module.make_runner(self.plan, self._slow, self.table)

@@ -371,6 +371,10 @@ def test_inspection_surface():
     assert exe.compile_info.status in ("compiled", "cached", "reused") and step.compile_info is exe.compile_info
     text = step.memory_plan()
     assert "peak" in text and "train_step_plan" in text
+    # every update lands in the param / state array itself, none is computed aside
+    mp = exe.memory_plan
+    updates = [o.value for o in step.graph(-1).outputs if o.label.startswith("update:")]
+    assert not mp.update_copies and all(mp.slots[v].kind == "inplace" for v in updates)
     assert "linear_relu" in step.fusion_report()
     assert "+" in step.diff("traced", "train_step_plan")
     assert "autodiff" in step.passes_report() or "build_train_step" in step.passes_report()
