@@ -11,7 +11,9 @@ one strided loop nest (`strided`) whose shape and element strides codegen works 
 statically. GEMMs are numba's np.dot, i.e. the BLAS that scipy ships, for every GEMM of a
 plan. Constants are cast to the array's dtype first (`dt(c)`): float32 plans compute in float32
 as numpy does with Python scalars, and stay vectorizable. error_model="numpy": x/0 gives inf
-or nan like numpy and torch instead of raising.
+or nan like numpy and torch instead of raising. No kernel uses parallel=True: on the 2-core
+target the OpenBLAS threads already use both cores for the GEMMs, and a prange SGD update over
+400k floats took 77 us against 33 us serial (memory-bound, thread start-up).
 """
 from __future__ import annotations
 
