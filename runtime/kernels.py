@@ -429,106 +429,71 @@ def _into(src, dst):
             dst[i] = src[i]
 
 
+# The update kernels take the optional terms as None or a number: `if x is not None` on a None
+# argument is pruned at compile time (a ternary would not be), so each variant is a branch-free,
+# vectorizable loop, and only the variants a plan uses are compiled (the registry picks them).
+
+
 @njit(**JIT)
-def sgd_update(p, g, buf, step, p_out, buf_out, lr, momentum, dampening, weight_decay, nesterov):
-    """One SGD step for one param, in one pass over the (in place) param and buffer."""
-    dt = p.dtype.type
-    lr_, mom, damp, wd = dt(lr), dt(momentum), dt(1.0 - dampening), dt(weight_decay)
+def sgd(p, g, p_out, lr, weight_decay):
+    """SGD without momentum: p -= lr * (g [+ weight_decay * p]), in one in-place pass."""
     _into(p, p_out)
-    if momentum == 0:
-        if weight_decay == 0:
-            _sgd_plain(p_out, g, lr_, None)
-        else:
-            _sgd_plain(p_out, g, lr_, wd)
-        return
+    lr_ = p_out.dtype.type(lr)
+    for i in range(p_out.size):
+        d = g[i]
+        if weight_decay is not None:  # without weight decay d = g exactly, as torch computes it
+            d = d + p_out.dtype.type(weight_decay) * p_out[i]
+        p_out[i] = p_out[i] - lr_ * d
+
+
+@njit(**JIT)
+def sgd_momentum(p, g, buf, step, p_out, buf_out, lr, momentum, dampening, weight_decay, nesterov):
+    """SGD with momentum (nesterov: None or True), in one in-place pass over param and buffer.
+    At step 0 the buffer starts as d_p, as torch's does."""
+    _into(p, p_out)
     _into(buf, buf_out)
-    # None arguments are compile-time facts: each variant is a branch-free, vectorizable loop
-    first = step[0] == 0  # torch's first step: buf = d_p
-    if weight_decay != 0:
-        if nesterov:
-            _sgd_momentum(p_out, g, buf_out, lr_, mom, damp, wd, mom, first)
-        else:
-            _sgd_momentum(p_out, g, buf_out, lr_, mom, damp, wd, None, first)
-    elif nesterov:
-        _sgd_momentum(p_out, g, buf_out, lr_, mom, damp, None, mom, first)
-    else:
-        _sgd_momentum(p_out, g, buf_out, lr_, mom, damp, None, None, first)
-
-
-@njit(**JIT)
-def _sgd_plain(p, g, lr_, wd):
-    # `if x is not None` on a None argument is pruned at compile time (a ternary would not be)
-    for i in range(p.size):
-        d = g[i]
-        if wd is not None:  # without weight decay d = g exactly, as torch computes it
-            d = d + wd * p[i]
-        p[i] = p[i] - lr_ * d
-
-
-@njit(**JIT)
-def _sgd_momentum(p, g, buf, lr_, mom, damp, wd, nesterov_mom, first):
-    if first:
-        for i in range(p.size):
-            d = g[i]
-            if wd is not None:
-                d = d + wd * p[i]
-            buf[i] = d
-            if nesterov_mom is not None:
-                d = d + nesterov_mom * d
-            p[i] = p[i] - lr_ * d
-        return
-    for i in range(p.size):
-        d = g[i]
-        if wd is not None:
-            d = d + wd * p[i]
-        b = mom * buf[i] + damp * d
-        buf[i] = b
-        if nesterov_mom is not None:
-            b = d + nesterov_mom * b
-        p[i] = p[i] - lr_ * b
-
-
-@njit(**JIT)
-def adam_update(p, g, m, v, step, p_out, m_out, v_out, lr, beta1, beta2, eps, weight_decay):
-    """One Adam step (amsgrad=False) for one param, in one pass over the (in place) param and moments."""
     dt = p.dtype.type
+    lr_, mom, damp = dt(lr), dt(momentum), dt(1.0 - dampening)
+    first = step[0] == 0
+    for i in range(p_out.size):
+        d = g[i]
+        if weight_decay is not None:
+            d = d + dt(weight_decay) * p_out[i]
+        b = d if first else mom * buf_out[i] + damp * d
+        buf_out[i] = b
+        if nesterov is not None:
+            b = d + mom * b
+        p_out[i] = p_out[i] - lr_ * b
+
+
+@njit(**JIT)
+def adam(p, g, m, v, step, p_out, m_out, v_out, lr, beta1, beta2, eps, weight_decay, lerp_low):
+    """One Adam step (amsgrad=False) in one in-place pass over param and moments. torch updates
+    exp_avg with lerp, whose formula switches at weight 0.5: lerp_low is True (weight < 0.5) or None."""
     _into(p, p_out)
     _into(m, m_out)
     _into(v, v_out)
+    dt = p.dtype.type
     t = float(step[0] + 1)
     bias1 = 1.0 - math.pow(beta1, t)
     bias2 = 1.0 - math.pow(beta2, t)
     w = 1.0 - beta1
-    a, b, c, e = dt(lr / bias1), dt(bias2 ** 0.5), dt(beta2), dt(1.0 - beta2)
-    # torch updates exp_avg with lerp, whose formula switches at weight 0.5. None arguments are
-    # compile-time facts: each variant is a branch-free loop.
-    if w < 0.5:
-        if weight_decay != 0:
-            _adam(p_out, g, m_out, v_out, a, b, dt(w), None, c, e, dt(eps), dt(weight_decay))
-        else:
-            _adam(p_out, g, m_out, v_out, a, b, dt(w), None, c, e, dt(eps), None)
-    elif weight_decay != 0:
-        _adam(p_out, g, m_out, v_out, a, b, None, dt(1.0 - w), c, e, dt(eps), dt(weight_decay))
-    else:
-        _adam(p_out, g, m_out, v_out, a, b, None, dt(1.0 - w), c, e, dt(eps), None)
-
-
-@njit(**JIT)
-def _adam(p, g, m, v, step_size, sqrt_bias2, w, one_minus_w, b2, one_minus_b2, eps, wd):
-    for i in range(p.size):
-        pi = p[i]
+    step_size, sqrt_bias2 = dt(lr / bias1), dt(bias2 ** 0.5)
+    w_, one_minus_w, b2, one_minus_b2, eps_ = dt(w), dt(1.0 - w), dt(beta2), dt(1.0 - beta2), dt(eps)
+    for i in range(p_out.size):
+        pi = p_out[i]
         gi = g[i]
-        if wd is not None:
-            gi = gi + wd * pi
-        mi = m[i]
-        if w is not None:  # (one of w, one_minus_w is None; each test prunes only on its own None)
-            mi = mi + w * (gi - mi)
-        if one_minus_w is not None:
+        if weight_decay is not None:
+            gi = gi + dt(weight_decay) * pi
+        mi = m_out[i]
+        if lerp_low is not None:
+            mi = mi + w_ * (gi - mi)
+        else:
             mi = gi - (gi - mi) * one_minus_w
-        vi = b2 * v[i] + one_minus_b2 * (gi * gi)
-        m[i] = mi
-        v[i] = vi
-        p[i] = pi - step_size * (mi / (np.sqrt(vi) / sqrt_bias2 + eps))
+        vi = b2 * v_out[i] + one_minus_b2 * (gi * gi)
+        m_out[i] = mi
+        v_out[i] = vi
+        p_out[i] = pi - step_size * (mi / (np.sqrt(vi) / sqrt_bias2 + eps_))
 
 
 # ------------------------------------------------------------------ the registry
@@ -764,21 +729,26 @@ kernel("dropout", inplace=True)(lambda s: (dropout, [s.i[0].f, s.i[1].s, s.o[0].
                                                      int(s.attrs["stream"])]))
 
 
+def _or_none(x):
+    """A number, or None when it is 0 / false: the update kernels compile that term away."""
+    return x if x else None
+
+
 @kernel("sgd_update", inplace=True)
 def _(s):
     a = s.attrs
     p, g = s.i[0], s.i[1]
-    # without momentum, p stands in for buf, step and buf_out: never read or written
-    buf, step, buf_out = (s.i[2].f, s.i[3].f, s.o[1].f) if a["momentum"] else (p.f, p.f, p.f)
-    return sgd_update, [p.f, g.f, buf, step, s.o[0].f, buf_out, a["lr"], a["momentum"], a["dampening"],
-                        a["weight_decay"], a["nesterov"]]
+    if not a["momentum"]:
+        return sgd, [p.f, g.f, s.o[0].f, a["lr"], _or_none(a["weight_decay"])]
+    return sgd_momentum, [p.f, g.f, s.i[2].f, s.i[3].f, s.o[0].f, s.o[1].f, a["lr"], a["momentum"], a["dampening"],
+                          _or_none(a["weight_decay"]), _or_none(a["nesterov"])]
 
 
 @kernel("adam_update", inplace=True)
 def _(s):
     a = s.attrs
-    return adam_update, [*(x.f for x in s.i[:4]), s.i[4].f, *(o.f for o in s.o), a["lr"], a["beta1"], a["beta2"],
-                         a["eps"], a["weight_decay"]]
+    return adam, [*(x.f for x in s.i[:5]), *(o.f for o in s.o), a["lr"], a["beta1"], a["beta2"], a["eps"],
+                  _or_none(a["weight_decay"]), _or_none(1.0 - a["beta1"] < 0.5)]
 
 
 del _op
