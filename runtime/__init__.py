@@ -12,13 +12,11 @@ A call is one crossing into native code: the call's arrays plus one int64 table 
 (bound arrays and arenas). An Executable owns one set of buffers: it is not re-entrant, and
 two threads must not call the same one at once.
 """
-from .blas import choose_kernels
-
-choose_kernels()  # before scipy's OpenBLAS loads (see blas.py)
-
-from .cache import CompileInfo, cache_root  # noqa: E402
-from .executor import MODES, Executable, InputError  # noqa: E402
-from .memory import Buffer, MemoryPlan, Slot, plan_memory  # noqa: E402
+# OpenBLAS's kernel choice (OPENBLAS_CORETYPE) is left to the environment: some machines pin it
+# because older OpenBLAS builds compute wrong results on newer CPUs, and correctness comes first.
+from .cache import CompileInfo, cache_root
+from .executor import MODES, Executable, InputError
+from .memory import Buffer, MemoryPlan, Slot, plan_memory
 
 __all__ = ["CompileInfo", "cache_root", "MODES", "Executable", "InputError", "Buffer", "MemoryPlan", "Slot",
            "plan_memory"]

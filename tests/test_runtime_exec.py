@@ -256,17 +256,3 @@ def test_disable_jit_runs_the_same_plan_as_python(tmp_path):
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr
 
 
-def test_blas_kernel_choice_respects_the_environment(monkeypatch):
-    from graphc.runtime import blas
-
-    monkeypatch.setattr(blas, "_cpu", lambda: ("AuthenticAMD", set(blas._NEEDED) | {"avx2"}))
-    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
-    assert blas.choose_kernels() is None and os.environ["OPENBLAS_CORETYPE"] == "Haswell"
-    monkeypatch.delenv("OPENBLAS_CORETYPE")
-    monkeypatch.delitem(sys.modules, "scipy.linalg.cython_blas", raising=False)
-    assert blas.choose_kernels() == "SkylakeX" and os.environ["OPENBLAS_CORETYPE"] == "SkylakeX"
-    monkeypatch.delenv("OPENBLAS_CORETYPE")
-    monkeypatch.setattr(blas, "_cpu", lambda: ("GenuineIntel", set(blas._NEEDED)))
-    assert blas.choose_kernels() is None
-    monkeypatch.setattr(blas, "_cpu", lambda: ("AuthenticAMD", {"avx2"}))
-    assert blas.choose_kernels() is None and "OPENBLAS_CORETYPE" not in os.environ
