@@ -24,5 +24,6 @@ def test_readme_block_runs(k, tmp_path, cache_dir):
 
 def test_readme_names_the_two_commands():
     ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
-    for cmd in ("pip install -q -e '.[samples]' && graphc demo", "pip install -q -e '.[test,samples]' && python -m pytest -q"):
+    for cmd in ("python3 -m venv .venv && . .venv/bin/activate && pip install -q -e '.[samples]' && graphc demo",
+                "python3 -m venv .venv && . .venv/bin/activate && pip install -q -e '.[test,samples]' && python -m pytest -q"):
         assert cmd in README and cmd in ci
