@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from graphc.ir import Graph, TensorType
 from graphc.ir.text import format_node
 
-from .kernels import KERNELS, Code, Operand, Site
+from .kernels import KERNELS, Code, Operand, Site, fusion_for
 from .memory import MemoryPlan
 
 # njit options of the generated plan (kernels carry their own)
@@ -184,16 +184,29 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
 
     body: list[str] = []
     used: dict[str, None] = {}
-    for k, n in enumerate(g.nodes):
-        if n.op == "full" and mp.slots[n.out].kind == "const":
-            continue  # filled once when the buffers are allocated
-        site = Site(n, [views.operand(i) for i in n.inputs], [views.operand(o) for o in n.outputs],
+
+    def site(k: int, n) -> Site:
+        return Site(n, [views.operand(i) for i in n.inputs], [views.operand(o) for o in n.outputs],
                     [views.scratch_operand(s) for s in mp.scratch.get(k, ())])
-        fn, args = KERNELS[n.op].call(site)
-        kname = "k_" + fn.__name__
+
+    k, nodes = 0, g.nodes
+    while k < len(nodes):
+        n = nodes[k]
+        if n.op == "full" and mp.slots[n.out].kind == "const":
+            k += 1
+            continue  # filled once when the buffers are allocated
+        fused = fusion_for(g, n, nodes[k + 1], _where(mp, k + 1)) if k + 1 < len(nodes) else None
+        if fused is not None:
+            fn, args = fused.call(site(k, n), site(k + 1, nodes[k + 1]))
+            body.append(f"    # {format_node(n)}")
+            body.append(f"    # {format_node(nodes[k + 1])}  (fused: one pass)")
+            k += 2
+        else:
+            fn, args = KERNELS[n.op].call(site(k, n))
+            body.append(f"    # {format_node(n)}")
+            k += 1
         used[fn.__name__] = None
-        body.append(f"    # {format_node(n)}")
-        body.append(f"    {kname}({', '.join(_render(a) for a in args)})")
+        body.append(f"    k_{fn.__name__}({', '.join(_render(a) for a in args)})")
     if mp.output_copies or mp.update_copies:
         used["copy"] = None
         body.append("    # outputs that are inputs, then updates that could not be written in place")
@@ -225,6 +238,26 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
     lines += body or ["    pass"]
     lines += ["", ""] + _runner([names(v) for v in call_inputs])
     return PlanSource("\n".join(lines) + "\n", call_inputs, bound_inputs, sorted(scalars), arenas, returns)
+
+
+def _where(mp: MemoryPlan, k: int):
+    """where(value) -> (space, lo, hi): the bytes a value occupies (an arena's or an input's own);
+    "#scratch<j>" names node k's j-th scratch slot. What fusions check buffer sharing against."""
+    def span(slot):
+        b = mp.buffers[slot.buffer]
+        return (b.dtype, b.offset, b.offset + slot.type.size * slot.type.np_dtype.itemsize)
+
+    def where(value: str):
+        if value.startswith("#scratch"):
+            return span(mp.scratch[k][int(value[len("#scratch"):])])
+        s = mp.slots[value]
+        if s.kind in ("alias", "inplace"):
+            return where(s.target)
+        if s.kind == "input":
+            return ("input:" + value, 0, max(s.type.size, 1) * s.type.np_dtype.itemsize)
+        return span(s)
+
+    return where
 
 
 def _quote(text: str) -> list[str]:

@@ -50,8 +50,11 @@ def cases(dt):
         "broadcast_to": [([f(7, dtype=dt)], {"shape": (5, 7)}), ([f(5, 1, dtype=dt)], {"shape": (2, 5, 3)}),
                          ([np.array(2.0, dt)], {"shape": (3,)})],
         "matmul": [([f(6, 5, dtype=dt), f(5, 3, dtype=dt)], {})],
-        "linear": [([f(6, 5, dtype=dt), f(4, 5, dtype=dt), f(4, dtype=dt)], {}), ([f(6, 5, dtype=dt), f(4, 5, dtype=dt)], {})],
-        "linear_relu": [([f(6, 5, dtype=dt), f(4, 5, dtype=dt), f(4, dtype=dt)], {}), ([f(6, 5, dtype=dt), f(4, 5, dtype=dt)], {})],
+        # one output feature: the linear_gemv / linear_backward_gemv variants, not BLAS
+        "linear": [([f(6, 5, dtype=dt), f(4, 5, dtype=dt), f(4, dtype=dt)], {}), ([f(6, 5, dtype=dt), f(4, 5, dtype=dt)], {}),
+                   ([f(6, 5, dtype=dt), f(1, 5, dtype=dt), f(1, dtype=dt)], {}), ([f(6, 5, dtype=dt), f(1, 5, dtype=dt)], {})],
+        "linear_relu": [([f(6, 5, dtype=dt), f(4, 5, dtype=dt), f(4, dtype=dt)], {}), ([f(6, 5, dtype=dt), f(4, 5, dtype=dt)], {}),
+                        ([f(6, 5, dtype=dt), f(1, 5, dtype=dt), f(1, dtype=dt)], {})],
         "softmax": [([x], {"dim": 1}), ([f(3, 4, 5, dtype=dt)], {"dim": 1})],
         "log_softmax": [([x], {"dim": 1}), ([x], {"dim": 0})],
         "mse_loss": [([x, f(5, 7, dtype=dt)], {}), ([x, f(5, 7, dtype=dt)], {"reduction": "sum"})],
@@ -73,6 +76,10 @@ def cases(dt):
         "linear_backward": [([f(6, 4, dtype=dt), f(6, 5, dtype=dt), f(4, 5, dtype=dt)], {}),
                             ([f(6, 4, dtype=dt), f(6, 5, dtype=dt), f(4, 5, dtype=dt), f(6, 4, dtype=dt)], {"relu": True}),
                             ([f(6, 4, dtype=dt), f(6, 5, dtype=dt), f(4, 5, dtype=dt), f(6, 4, dtype=dt)],
+                             {"relu": True, "input_grad": False, "bias_grad": False}),
+                            ([f(6, 1, dtype=dt), f(6, 5, dtype=dt), f(1, 5, dtype=dt)], {}),
+                            ([f(6, 1, dtype=dt), f(6, 5, dtype=dt), f(1, 5, dtype=dt), f(6, 1, dtype=dt)], {"relu": True}),
+                            ([f(6, 1, dtype=dt), f(6, 5, dtype=dt), f(1, 5, dtype=dt), f(6, 1, dtype=dt)],
                              {"relu": True, "input_grad": False, "bias_grad": False})],
         "sgd_update": [([x, f(5, 7, dtype=dt)], {"lr": 0.1}), ([x, f(5, 7, dtype=dt)], {"lr": 0.1, "weight_decay": 0.01}),
                        ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), step(0)], {"lr": 0.1, "momentum": 0.9}),
@@ -188,3 +195,70 @@ def test_reductions_and_permutations(shape, data):
     y = f(*small)
     np.testing.assert_array_equal(run_kernel("broadcast_to", [y], {"shape": shape})[0],
                                   _ref("broadcast_to", [y], {"shape": shape}))
+
+
+def test_variants_are_chosen_by_shape():
+    from graphc.runtime import kernels as K
+
+    for w, want in ((f(1, 5), "linear_gemv"), (f(4, 5), "linear")):
+        from graphc.ir import GraphBuilder, TensorType
+
+        b = GraphBuilder("t")
+        xi = b.add_input("x", TensorType.of(f(6, 5)), "input")
+        wi = b.add_input("w", TensorType.of(w), "input")
+        b.emit("linear", [xi, wi], {})
+        node = b.nodes[-1]
+        ops = [K.Operand(b.types[v], None, None, None) for v in node.inputs]
+        fn, _ = K.KERNELS["linear"].call(K.Site(node, ops, [K.Operand(node.types[0], None, None, None)]))
+        assert fn.__name__ == want
+
+
+def test_fused_kernels_equal_the_unfused_pair():
+    """linear_dropout and dropout_linear_backward (codegen's FUSIONS) against the two kernels they replace."""
+    from graphc.runtime import kernels as K
+
+    x, w, b, s = f(6, 5), f(4, 5), f(4), 987654321
+    y, d = np.zeros((6, 4), np.float32), np.zeros((6, 4), np.float32)
+    K.linear_dropout(x, w, b, y, True, True, s, d, 0.3, 2)
+    y_ref = run_kernel("linear_relu", [x, w, b])[0]
+    d_ref = run_kernel("dropout", [y_ref, np.array(s)], {"p": 0.3, "stream": 2})[0]
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(d, d_ref)  # the mask bit for bit, same products
+
+    g = f(6, 4)
+    g[0, 0] = np.nan  # dropped or kept, NaN flows as in the unfused pair
+    dz, dx, dw, db = (np.zeros(sh, np.float32) for sh in ((6, 4), (6, 5), (4, 5), (4,)))
+    K.dropout_linear_backward(g, s, 0.3, 2, x, w, y_ref, dz, dx, dw, db, True, True)
+    gd = run_kernel("dropout", [g, np.array(s)], {"p": 0.3, "stream": 2})[0]
+    want = run_kernel("linear_backward", [gd, x, w, y_ref], {"relu": True})
+    for got, ref in zip((dx, dw, db), want):
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_fused_train_step_matches_interpreter():
+    """SimpleNet's train step runs both fusions and the one-feature variants; the reference
+    interpreter runs the unfused plan op by op: same losses and weights (the dropout masks exactly)."""
+    import sys, os
+
+    import graphc
+    import graphc.nn as nn
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from models import SimpleNet
+
+    x, t = f(16, 10), f(16, 1)
+    runs = []
+    for mode in ("jit", "interpret"):
+        graphc.manual_seed(3)
+        m = SimpleNet()
+        opt = graphc.optim.SGD(m.parameters(), lr=0.1)
+        step = graphc.compile_train_step(m, nn.MSELoss(), opt, x, t, mode=mode)
+        if mode == "jit":
+            text = step.executables[next(iter(step.executables))].source.text
+            for k in ("k_linear_dropout(", "k_dropout_linear_backward(", "k_linear_gemv(", "k_linear_backward_gemv("):
+                assert k in text, k
+        runs.append(([step(x, t) for _ in range(3)], [p.copy() for p in m.parameters()]))
+    (l1, p1), (l2, p2) = runs
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for a, b in zip(p1, p2):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
