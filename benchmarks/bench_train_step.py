@@ -212,22 +212,89 @@ def jax_step(w):
 
 
 # ------------------------------------------------------------------ measurement
+# Each implementation lives in its own worker process: torch, numpy and scipy each bring their
+# own BLAS thread pool, and in one process those pools fight over the 2 cores (torch eager
+# measured 5-10x slower that way). Workers take turns, round-robin, so all of them see the
+# same bursts of machine noise, and only one runs at a time.
+
+IMPLS = {"graphc": lambda w: graphc_step(w)[0], "numpy eager": numpy_step, "torch eager": torch_step,
+         "GEMMs alone": gemm_only, "jax jit": jax_step}
 
 
-def per_step_times(fns: dict, rounds: int, steps_per_round: dict) -> dict:
-    """Interleave implementations round-robin; each round times `n` steps of each -> seconds/step."""
-    times = {k: [] for k in fns}
-    for f in fns.values():  # warm-up
-        for _ in range(3):
-            f()
-    for _ in range(rounds):
-        for k, f in fns.items():
-            n = steps_per_round[k]
+def worker(impl: str, workload: str) -> None:
+    """Build one implementation, then answer `n` (time n steps) and `info` lines on stdin."""
+    w = WORKLOADS[workload]
+    try:
+        if impl == "graphc":
+            fn, step = graphc_step(w)
+        else:
+            fn, step = IMPLS[impl](w), None
+    except ImportError as e:
+        print(json.dumps({"unavailable": str(e)}), flush=True)
+        return
+    for _ in range(3):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    print(json.dumps({"ready": time.perf_counter() - t0}), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "info":
+            info = {}
+            if step is not None:
+                plan = step.memory_plan()
+                info["memory"] = next((ln.strip() for ln in plan.splitlines() if "peak" in ln), plan.splitlines()[0])
+            print(json.dumps(info), flush=True)
+        elif cmd:
+            n = int(cmd)
             t0 = time.perf_counter()
             for _ in range(n):
-                f()
-            times[k].append((time.perf_counter() - t0) / n)
-    return times
+                fn()
+            print(json.dumps({"seconds": (time.perf_counter() - t0) / n}), flush=True)
+
+
+class Worker:
+    def __init__(self, impl: str, workload: str):
+        self.impl = impl
+        self.p = subprocess.Popen([sys.executable, __file__, "--worker", impl, workload], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, bufsize=1)
+        first = self._read()
+        self.available = "ready" in first
+        self.probe = first.get("ready", 0.0)
+        if not self.available:
+            self.close()
+
+    def _read(self) -> dict:
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker {self.impl} died (see its stderr above)")
+        return json.loads(line)
+
+    def ask(self, cmd: str) -> dict:
+        self.p.stdin.write(cmd + "\n")
+        return self._read()
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.stdin.close()
+            self.p.wait(timeout=60)
+
+
+def measure(workload: str, impls: list[str], rounds: int) -> tuple[dict, dict, str | None]:
+    workers = [Worker(k, workload) for k in impls]
+    workers = [wk for wk in workers if wk.available]
+    try:
+        # ~20 ms of work per implementation per round
+        n = {wk.impl: max(1, min(5000, int(0.02 / max(wk.probe, 1e-7)))) for wk in workers}
+        times = {wk.impl: [] for wk in workers}
+        for _ in range(rounds):
+            for wk in workers:
+                times[wk.impl].append(wk.ask(str(n[wk.impl]))["seconds"])
+        memory = next((wk.ask("info").get("memory") for wk in workers if wk.impl == "graphc"), None)
+    finally:
+        for wk in workers:
+            wk.close()
+    return times, n, memory
 
 
 def compile_times(workload: str) -> dict:
@@ -257,13 +324,13 @@ def compile_times(workload: str) -> dict:
 
 def import_time() -> float:
     """Process start to `import graphc, numba` done: subtracted to isolate compile/load time."""
-    r = subprocess.run([sys.executable, "-c", "import time;t=time.perf_counter();import graphc, graphc.nn, numba, numpy;print(time.perf_counter()-t)"],
+    r = subprocess.run([sys.executable, "-c", "import time;t=time.perf_counter();import graphc, graphc.nn, graphc.runtime, numba, numpy;print(time.perf_counter()-t)"],
                        capture_output=True, text=True)
     return float(r.stdout.strip() or "nan")
 
 
 def fmt_us(s: float) -> str:
-    return f"{s * 1e6:9.1f}"
+    return f"{s * 1e6:,.1f}"
 
 
 def main(argv=None):
@@ -272,41 +339,29 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="few rounds, for a smoke test")
     ap.add_argument("--no-compile", action="store_true", help="skip the cold/cached compile measurement")
+    ap.add_argument("--worker", nargs=2, metavar=("IMPL", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        return worker(*args.worker)
     rounds = 3 if args.quick else args.rounds
     import torch
 
-    print(f"# graphc train-step benchmark  {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
+    print(f"# graphc train-step benchmark, {time.strftime('%Y-%m-%d')}, {platform.machine()} {_cpu_name()}, "
+          f"{os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}; "
+          f"each implementation in its own process, interleaved round-robin")
     for name in args.workloads.split(","):
         w = WORKLOADS[name]
-        fns = {"graphc": graphc_step(w)[0], "numpy eager": numpy_step(w), "torch eager": torch_step(w), "GEMMs alone": gemm_only(w)}
-        try:
-            fns["jax jit"] = jax_step(w)
-        except ImportError:
-            pass
-        # aim for ~20 ms of work per implementation per round
-        probe = {}
-        for k, f in fns.items():
-            f()
-            t0 = time.perf_counter()
-            f()
-            probe[k] = max(1, min(2000, int(0.02 / max(time.perf_counter() - t0, 1e-7))))
-        times = per_step_times(fns, rounds, probe)
+        times, n, memory = measure(name, list(IMPLS), rounds)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"\n## {name}: {'->'.join(map(str, w['sizes']))}, {w['loss']}, batch {w['batch']}"
-              f"{', dropout ' + str(w['dropout']) if w['dropout'] else ''}; median of {rounds} interleaved rounds")
-        print(f"| {'implementation':14} | {'median us/step':>14} | {'spread (IQR) us':>16} | {'torch eager / this':>18} | {'this / GEMMs alone':>18} |")
-        print(f"|{'-' * 16}|{'-' * 16}:|{'-' * 18}:|{'-' * 20}:|{'-' * 20}:|")
+              f"{', dropout ' + str(w['dropout']) if w['dropout'] else ''}, SGD; median of {rounds} rounds")
+        print("| implementation | median us/step | spread (IQR) us | torch eager / this | this / GEMMs alone |")
+        print("|---|---:|---:|---:|---:|")
         for k, v in times.items():
-            q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0], v[0], v[0]]
-            print(f"| {k:14} | {fmt_us(med[k]):>14} | {fmt_us(q[2] - q[0]):>16} | {med['torch eager'] / med[k]:17.2f}x | {med[k] / med['GEMMs alone']:17.2f}x |")
-        _, step = graphc_step(w)
-        plan = getattr(step, "memory_plan", None)
-        if callable(plan):
-            text = str(plan())
-            peak = [ln for ln in text.splitlines() if "peak" in ln.lower()]
-            print(f"\ngraphc plan memory: {peak[0].strip() if peak else text.splitlines()[-1]}")
+            q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3
+            print(f"| {k} | {fmt_us(med[k])} | {fmt_us(q[2] - q[0])} | {med['torch eager'] / med[k]:.2f}x | {med[k] / med['GEMMs alone']:.2f}x |")
+        if memory:
+            print(f"\ngraphc {memory}")
         if not args.no_compile and name == "S":
             base = import_time()
             c = compile_times(name)
@@ -316,7 +371,15 @@ def main(argv=None):
                     print(f"graphc {label} compile: failed: {r['error']}")
                 else:
                     print(f"graphc {label}: process start to first step {r['first_step_s']:.2f} s "
-                          f"(of which import ~{base:.2f} s) -> compile/load {r['first_step_s'] - base:.2f} s; {r['info']}")
+                          f"(imports ~{base:.2f} s); {r['info']}")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
 
 
 if __name__ == "__main__":
