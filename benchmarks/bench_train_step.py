@@ -217,6 +217,9 @@ def jax_step(w):
 # measured 5-10x slower that way). Workers take turns, round-robin, so all of them see the
 # same bursts of machine noise, and only one runs at a time.
 
+# BLAS and OpenMP worker threads spin for a while after a call before they sleep; a pause
+# between turns keeps the previous worker's spinning threads off the cores of the next one.
+PAUSE = 0.3
 IMPLS = {"graphc": lambda w: graphc_step(w)[0], "numpy eager": numpy_step, "torch eager": torch_step,
          "GEMMs alone": gemm_only, "jax jit": jax_step}
 
@@ -247,6 +250,8 @@ def worker(impl: str, workload: str) -> None:
             print(json.dumps(info), flush=True)
         elif cmd:
             n = int(cmd)
+            for _ in range(max(2, n // 10)):  # untimed: wake thread pools and caches after the pause
+                fn()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -289,6 +294,7 @@ def measure(workload: str, impls: list[str], rounds: int) -> tuple[dict, dict, s
         times = {wk.impl: [] for wk in workers}
         for _ in range(rounds):
             for wk in workers:
+                time.sleep(PAUSE)
                 times[wk.impl].append(wk.ask(str(n[wk.impl]))["seconds"])
         memory = next((wk.ask("info").get("memory") for wk in workers if wk.impl == "graphc"), None)
     finally:
@@ -311,9 +317,12 @@ def compile_times(workload: str) -> dict:
         print(json.dumps({{"first_step_s": t1 - t0, "info": str(info)}}))
     """)
     out = {}
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as kernels:
         env = dict(os.environ, GRAPHC_CACHE_DIR=d)
-        for label in ("cold", "cached"):
+        # "cold": nothing cached, not even the op kernels (NUMBA_CACHE_DIR moves numba's cache);
+        # "plan cold": kernels cached as after any earlier use, this plan new; "cached": both on disk.
+        runs = [("cold", dict(env, NUMBA_CACHE_DIR=kernels)), ("cached", dict(env, NUMBA_CACHE_DIR=kernels))]
+        for label, env in runs:
             r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
             if r.returncode != 0:
                 out[label] = {"error": r.stderr.strip().splitlines()[-1:]}
