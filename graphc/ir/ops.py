@@ -1,7 +1,7 @@
 """The op table: every op graphc knows, one entry each.
 
 Each entry: the shape/dtype rule (the decorated function), the numpy reference kernel
-(`@op.ref`) and the VJP rule (`@op.grad`, see the autodiff section at the end).
+(`@op.ref`) and the VJP rule (`@op.grad`), on adjacent lines.
 Native kernels live in runtime/kernels.py under the same names.
 """
 from __future__ import annotations
@@ -48,6 +48,27 @@ def _reduced(shape, dims, keepdim):
     return tuple((1 if keepdim else None) if i in dims else s for i, s in enumerate(shape) if keepdim or i not in dims)
 
 
+# VJP rules: vjp(b, node, gys, needs) -> one gradient value name per input (None where not needed).
+# `b` emits IR (b.emit(op, inputs, attrs); b.types[value] is a value's type); autodiff stamps
+# every emitted node with `grad of <node>` and the node's source line. `gys` has one entry per
+# output (None where no gradient flows); `needs[i]` says whether input i wants a gradient.
+
+
+def _sum_to(b, g, like):
+    """Undo broadcasting: reduce g to the shape of value `like` (no node when shapes agree)."""
+    shape = b.types[like].shape
+    return g if b.types[g].shape == shape else b.emit("sum_to", [g], {"shape": shape})
+
+
+def _broadcast_back(b, g, like):
+    shape = b.types[like].shape
+    return g if b.types[g].shape == shape else b.emit("broadcast_to", [g], {"shape": shape})
+
+
+def _scalar(b, value: float, like):
+    return b.emit("full", [], {"shape": (), "value": float(value), "dtype": b.types[like].dtype})
+
+
 # ------------------------------------------------------------------ elementwise
 
 
@@ -64,6 +85,33 @@ add = _binary("add", lambda a, b: a + b)
 sub = _binary("sub", lambda a, b: a - b)
 mul = _binary("mul", lambda a, b: a * b)
 div = _binary("div", lambda a, b: a / b)
+
+
+@add.grad
+def _(b, node, gys, needs):
+    gy, (x, y) = gys[0], node.inputs
+    return [_sum_to(b, gy, x) if needs[0] else None, _sum_to(b, gy, y) if needs[1] else None]
+
+
+@sub.grad
+def _(b, node, gys, needs):
+    gy, (x, y) = gys[0], node.inputs
+    return [_sum_to(b, gy, x) if needs[0] else None, _sum_to(b, b.emit("neg", [gy]), y) if needs[1] else None]
+
+
+@mul.grad
+def _(b, node, gys, needs):
+    gy, (x, y) = gys[0], node.inputs
+    return [_sum_to(b, b.emit("mul", [gy, y]), x) if needs[0] else None,
+            _sum_to(b, b.emit("mul", [gy, x]), y) if needs[1] else None]
+
+
+@div.grad
+def _(b, node, gys, needs):
+    # d(x/y)/dy = -(x/y)/y: reuses the output instead of squaring y.
+    gy, (x, y), q = gys[0], node.inputs, node.out
+    return [_sum_to(b, b.emit("div", [gy, y]), x) if needs[0] else None,
+            _sum_to(b, b.emit("neg", [b.emit("div", [b.emit("mul", [gy, q]), y])]), y) if needs[1] else None]
 
 
 def _unary(name: str, fn, doc: str):
@@ -90,6 +138,15 @@ sigmoid = _unary("sigmoid", _sigmoid, "1 / (1 + e**-x)")
 tanh = _unary("tanh", np.tanh, "hyperbolic tangent")
 
 
+neg.grad(lambda b, node, gys, needs: [b.emit("neg", [gys[0]])])
+exp.grad(lambda b, node, gys, needs: [b.emit("mul", [gys[0], node.out])])
+log.grad(lambda b, node, gys, needs: [b.emit("div", [gys[0], node.inputs[0]])])
+# relu, sigmoid and tanh differentiate from their output: one saved value, not input and output.
+relu.grad(lambda b, node, gys, needs: [b.emit("relu_backward", [gys[0], node.out])])
+sigmoid.grad(lambda b, node, gys, needs: [b.emit("sigmoid_backward", [gys[0], node.out])])
+tanh.grad(lambda b, node, gys, needs: [b.emit("tanh_backward", [gys[0], node.out])])
+
+
 @defop("full", 0, {"shape": Attr("ints"), "value": Attr("float"), "dtype": Attr("str", "f32", ("f32", "f64", "i64"))},
        doc="a constant tensor filled with one value (Python scalars in user code become these)")
 def full(t, shape, value, dtype):
@@ -99,6 +156,9 @@ def full(t, shape, value, dtype):
 @full.ref
 def _(shape, value, dtype):
     return np.full(shape, value, dtype=TensorType((), dtype).np_dtype)
+
+
+full.grad(no_gradient("a constant: it has no inputs"))
 
 
 # ------------------------------------------------------------------ shapes
@@ -117,6 +177,13 @@ def _(x, perm):
     return np.ascontiguousarray(np.transpose(x, perm))
 
 
+@transpose.grad
+def _(b, node, gys, needs):
+    perm = node.attr["perm"]
+    inverse = tuple(sorted(range(len(perm)), key=lambda k: perm[k]))
+    return [b.emit("transpose", [gys[0]], {"perm": inverse})]
+
+
 @defop("reshape", 1, {"shape": Attr("ints")}, doc="same elements, new shape (sizes must match)")
 def reshape(t, shape):
     x = t[0]
@@ -128,6 +195,9 @@ def reshape(t, shape):
 @reshape.ref
 def _(x, shape):
     return np.reshape(x, shape).copy()
+
+
+reshape.grad(lambda b, node, gys, needs: [b.emit("reshape", [gys[0]], {"shape": b.types[node.inputs[0]].shape})])
 
 
 def _reduction(name: str, fn, doc: str):
@@ -148,6 +218,28 @@ def _reduction(name: str, fn, doc: str):
 
 sum_ = _reduction("sum", np.sum, "sum over dims (an empty dims list sums nothing)")
 mean = _reduction("mean", np.mean, "mean over dims")
+
+
+def _reduction_grad(b, node, gy):
+    """Broadcast gy back over the reduced dims (reinserting them first when keepdim=false)."""
+    x, dims = node.inputs[0], node.attr["dims"]
+    shape = b.types[x].shape
+    if not dims:
+        return gy
+    if not node.attr["keepdim"]:
+        gy = b.emit("reshape", [gy], {"shape": tuple(1 if k in dims else s for k, s in enumerate(shape))})
+    return b.emit("broadcast_to", [gy], {"shape": shape})
+
+
+sum_.grad(lambda b, node, gys, needs: [_reduction_grad(b, node, gys[0])])
+
+
+@mean.grad
+def _(b, node, gys, needs):
+    shape = b.types[node.inputs[0]].shape
+    n = int(np.prod([shape[d] for d in node.attr["dims"]], dtype=np.int64))
+    gy = gys[0] if n == 1 else b.emit("mul", [gys[0], _scalar(b, 1.0 / n, gys[0])])
+    return [_reduction_grad(b, node, gy)]
 
 
 @defop("sum_to", 1, {"shape": Attr("ints")}, doc="sum a broadcast value back down to `shape` (gradients of broadcasting)")
@@ -171,6 +263,9 @@ def sum_to_shape(x: np.ndarray, shape) -> np.ndarray:
 sum_to.ref(sum_to_shape)
 
 
+sum_to.grad(lambda b, node, gys, needs: [_broadcast_back(b, gys[0], node.inputs[0])])
+
+
 @defop("broadcast_to", 1, {"shape": Attr("ints")}, doc="repeat along broadcast dims (gradients of reductions)")
 def broadcast_to(t, shape):
     x = t[0]
@@ -183,6 +278,9 @@ def broadcast_to(t, shape):
 
 
 broadcast_to.ref(lambda x, shape: np.broadcast_to(x, shape).copy())
+
+
+broadcast_to.grad(lambda b, node, gys, needs: [_sum_to(b, gys[0], node.inputs[0])])
 
 
 # ------------------------------------------------------------------ linear algebra
@@ -201,6 +299,14 @@ def matmul(t):
 
 
 matmul.ref(lambda a, b: a @ b)
+
+
+@matmul.grad
+def _(b, node, gys, needs):
+    gy, (x, w) = gys[0], node.inputs
+    T = {"perm": (1, 0)}
+    return [b.emit("matmul", [gy, b.emit("transpose", [w], T)]) if needs[0] else None,
+            b.emit("matmul", [b.emit("transpose", [x], T), gy]) if needs[1] else None]
 
 
 def _linear_rule(op: str, t):
@@ -239,6 +345,24 @@ def linear_relu(t):
 linear_relu.ref(lambda x, w, b=None: np.maximum(_linear_ref(x, w, b), 0).astype(x.dtype))
 
 
+def _linear_grad(b, node, gys, needs, relu: bool):
+    """One linear_backward node for dx, dw, db; a fused linear_relu passes its output as the relu mask."""
+    gy, x, w = gys[0], node.inputs[0], node.inputs[1]
+    has_bias = len(node.inputs) == 3
+    bias_grad = has_bias and needs[2]
+    outs = b.emit("linear_backward", [gy, x, w] + ([node.out] if relu else []),
+                  {"relu": relu, "input_grad": needs[0], "bias_grad": bias_grad})
+    outs = list(outs) if isinstance(outs, tuple) else [outs]
+    dx = outs.pop(0) if needs[0] else None
+    dw = outs.pop(0)
+    db = outs.pop(0) if bias_grad else None
+    return [dx, dw if needs[1] else None] + ([db] if has_bias else [])
+
+
+linear.grad(lambda b, node, gys, needs: _linear_grad(b, node, gys, needs, relu=False))
+linear_relu.grad(lambda b, node, gys, needs: _linear_grad(b, node, gys, needs, relu=True))
+
+
 # ------------------------------------------------------------------ softmax and losses
 
 
@@ -263,6 +387,11 @@ softmax.ref(lambda x, dim: np.exp(_log_softmax(x, dim)))
 log_softmax = _softmax_rule("log_softmax")
 log_softmax.ref(_log_softmax)
 
+
+softmax.grad(lambda b, node, gys, needs: [b.emit("softmax_backward", [gys[0], node.out], {"dim": node.attr["dim"]})])
+log_softmax.grad(lambda b, node, gys, needs: [b.emit("log_softmax_backward", [gys[0], node.out], {"dim": node.attr["dim"]})])
+
+
 _REDUCTION = Attr("str", "mean", ("mean", "sum"))
 
 
@@ -280,6 +409,12 @@ def mse_loss(t, reduction):
 def _(a, b, reduction):
     d = (a - b) ** 2
     return np.asarray(d.mean() if reduction == "mean" else d.sum(), dtype=a.dtype)
+
+
+@mse_loss.grad
+def _(b, node, gys, needs):
+    gx = b.emit("mse_loss_backward", [gys[0], *node.inputs], {"reduction": node.attr["reduction"]})
+    return [gx if needs[0] else None, b.emit("neg", [gx]) if needs[1] else None]
 
 
 def _class_rule(op: str, x: TensorType, labels: TensorType) -> None:
@@ -312,6 +447,13 @@ def _(logp, labels, reduction):
     return np.asarray(v.mean() if reduction == "mean" else v.sum(), dtype=logp.dtype)
 
 
+@nll_loss.grad
+def _(b, node, gys, needs):
+    logp, labels = node.inputs
+    classes = b.types[logp].shape[1]
+    return [b.emit("nll_loss_backward", [gys[0], labels], {"reduction": node.attr["reduction"], "classes": classes}), None]
+
+
 @defop("cross_entropy", 2, {"reduction": _REDUCTION}, doc="fused log_softmax + nll_loss via log-sum-exp")
 def cross_entropy(t, reduction):
     _class_rule("cross_entropy", *t)
@@ -323,6 +465,10 @@ def _(logits, labels, reduction):
     _check_labels(labels, logits.shape[1])
     v = -_pick(_log_softmax(logits, 1), labels)
     return np.asarray(v.mean() if reduction == "mean" else v.sum(), dtype=logits.dtype)
+
+
+cross_entropy.grad(lambda b, node, gys, needs: [
+    b.emit("cross_entropy_backward", [gys[0], *node.inputs], {"reduction": node.attr["reduction"]}), None])
 
 
 # ------------------------------------------------------------------ randomness
@@ -349,6 +495,10 @@ def dropout_mask(seed, p: float, stream: int, shape, dtype) -> np.ndarray:
 
 
 dropout.ref(lambda x, seed, p, stream: x * dropout_mask(seed, p, stream, x.shape, x.dtype))
+
+
+# The mask is recomputed from (seed, stream): dropout of gy with the same attributes.
+dropout.grad(lambda b, node, gys, needs: [b.emit("dropout", [gys[0], node.inputs[1]], dict(node.attrs)), None])
 
 
 # ------------------------------------------------------------------ backward ops
@@ -456,6 +606,12 @@ def _(gy, x, w, y=None, *, relu, input_grad, bias_grad):
     return tuple(outs)
 
 
+for _op in (relu_backward, sigmoid_backward, tanh_backward, softmax_backward, log_softmax_backward,
+            mse_loss_backward, cross_entropy_backward, nll_loss_backward, linear_backward):
+    _op.grad(no_gradient("a backward op: graphc does not take second derivatives"))
+del _op
+
+
 # ------------------------------------------------------------------ optimizer updates
 # The last nodes of a train-step graph. Each returns new values; the runtime writes them back
 # into the param and state buffers (outputs labelled "update:<name>"). Formulas are
@@ -531,151 +687,5 @@ def _(p, g, m, v, step, *, lr, beta1, beta2, eps, weight_decay):
     return p.astype(p.dtype), m.astype(p.dtype), v.astype(p.dtype)
 
 
-# ------------------------------------------------------------------ autodiff: VJP rules
-# vjp(b, node, gys, needs) -> one gradient value name per input (None where not needed).
-# `b` emits IR (b.emit(op, inputs, attrs); b.types[value] is a value's type); autodiff stamps
-# every emitted node with `grad of <node>` and the node's source line. `gys` has one entry per
-# output (None where no gradient flows); `needs[i]` says whether input i wants a gradient.
-
-
-def _sum_to(b, g, like):
-    """Undo broadcasting: reduce g to the shape of value `like` (no node when shapes agree)."""
-    shape = b.types[like].shape
-    return g if b.types[g].shape == shape else b.emit("sum_to", [g], {"shape": shape})
-
-
-def _broadcast_back(b, g, like):
-    shape = b.types[like].shape
-    return g if b.types[g].shape == shape else b.emit("broadcast_to", [g], {"shape": shape})
-
-
-def _scalar(b, value: float, like):
-    return b.emit("full", [], {"shape": (), "value": float(value), "dtype": b.types[like].dtype})
-
-
-@add.grad
-def _(b, node, gys, needs):
-    gy, (x, y) = gys[0], node.inputs
-    return [_sum_to(b, gy, x) if needs[0] else None, _sum_to(b, gy, y) if needs[1] else None]
-
-
-@sub.grad
-def _(b, node, gys, needs):
-    gy, (x, y) = gys[0], node.inputs
-    return [_sum_to(b, gy, x) if needs[0] else None, _sum_to(b, b.emit("neg", [gy]), y) if needs[1] else None]
-
-
-@mul.grad
-def _(b, node, gys, needs):
-    gy, (x, y) = gys[0], node.inputs
-    return [_sum_to(b, b.emit("mul", [gy, y]), x) if needs[0] else None,
-            _sum_to(b, b.emit("mul", [gy, x]), y) if needs[1] else None]
-
-
-@div.grad
-def _(b, node, gys, needs):
-    # d(x/y)/dy = -(x/y)/y: reuses the output instead of squaring y.
-    gy, (x, y), q = gys[0], node.inputs, node.out
-    return [_sum_to(b, b.emit("div", [gy, y]), x) if needs[0] else None,
-            _sum_to(b, b.emit("neg", [b.emit("div", [b.emit("mul", [gy, q]), y])]), y) if needs[1] else None]
-
-
-neg.grad(lambda b, node, gys, needs: [b.emit("neg", [gys[0]])])
-exp.grad(lambda b, node, gys, needs: [b.emit("mul", [gys[0], node.out])])
-log.grad(lambda b, node, gys, needs: [b.emit("div", [gys[0], node.inputs[0]])])
-# relu, sigmoid and tanh differentiate from their output: one saved value, not input and output.
-relu.grad(lambda b, node, gys, needs: [b.emit("relu_backward", [gys[0], node.out])])
-sigmoid.grad(lambda b, node, gys, needs: [b.emit("sigmoid_backward", [gys[0], node.out])])
-tanh.grad(lambda b, node, gys, needs: [b.emit("tanh_backward", [gys[0], node.out])])
-full.grad(no_gradient("a constant: it has no inputs"))
-
-
-@transpose.grad
-def _(b, node, gys, needs):
-    perm = node.attr["perm"]
-    inverse = tuple(sorted(range(len(perm)), key=lambda k: perm[k]))
-    return [b.emit("transpose", [gys[0]], {"perm": inverse})]
-
-
-reshape.grad(lambda b, node, gys, needs: [b.emit("reshape", [gys[0]], {"shape": b.types[node.inputs[0]].shape})])
-
-
-def _reduction_grad(b, node, gy):
-    """Broadcast gy back over the reduced dims (reinserting them first when keepdim=false)."""
-    x, dims = node.inputs[0], node.attr["dims"]
-    shape = b.types[x].shape
-    if not dims:
-        return gy
-    if not node.attr["keepdim"]:
-        gy = b.emit("reshape", [gy], {"shape": tuple(1 if k in dims else s for k, s in enumerate(shape))})
-    return b.emit("broadcast_to", [gy], {"shape": shape})
-
-
-sum_.grad(lambda b, node, gys, needs: [_reduction_grad(b, node, gys[0])])
-
-
-@mean.grad
-def _(b, node, gys, needs):
-    shape = b.types[node.inputs[0]].shape
-    n = int(np.prod([shape[d] for d in node.attr["dims"]], dtype=np.int64))
-    gy = gys[0] if n == 1 else b.emit("mul", [gys[0], _scalar(b, 1.0 / n, gys[0])])
-    return [_reduction_grad(b, node, gy)]
-
-
-sum_to.grad(lambda b, node, gys, needs: [_broadcast_back(b, gys[0], node.inputs[0])])
-broadcast_to.grad(lambda b, node, gys, needs: [_sum_to(b, gys[0], node.inputs[0])])
-
-
-
-@matmul.grad
-def _(b, node, gys, needs):
-    gy, (x, w) = gys[0], node.inputs
-    T = {"perm": (1, 0)}
-    return [b.emit("matmul", [gy, b.emit("transpose", [w], T)]) if needs[0] else None,
-            b.emit("matmul", [b.emit("transpose", [x], T), gy]) if needs[1] else None]
-
-
-def _linear_grad(b, node, gys, needs, relu: bool):
-    """One linear_backward node for dx, dw, db; a fused linear_relu passes its output as the relu mask."""
-    gy, x, w = gys[0], node.inputs[0], node.inputs[1]
-    has_bias = len(node.inputs) == 3
-    bias_grad = has_bias and needs[2]
-    outs = b.emit("linear_backward", [gy, x, w] + ([node.out] if relu else []),
-                  {"relu": relu, "input_grad": needs[0], "bias_grad": bias_grad})
-    outs = list(outs) if isinstance(outs, tuple) else [outs]
-    dx = outs.pop(0) if needs[0] else None
-    dw = outs.pop(0)
-    db = outs.pop(0) if bias_grad else None
-    return [dx, dw if needs[1] else None] + ([db] if has_bias else [])
-
-
-linear.grad(lambda b, node, gys, needs: _linear_grad(b, node, gys, needs, relu=False))
-linear_relu.grad(lambda b, node, gys, needs: _linear_grad(b, node, gys, needs, relu=True))
-softmax.grad(lambda b, node, gys, needs: [b.emit("softmax_backward", [gys[0], node.out], {"dim": node.attr["dim"]})])
-log_softmax.grad(lambda b, node, gys, needs: [b.emit("log_softmax_backward", [gys[0], node.out], {"dim": node.attr["dim"]})])
-
-
-@mse_loss.grad
-def _(b, node, gys, needs):
-    gx = b.emit("mse_loss_backward", [gys[0], *node.inputs], {"reduction": node.attr["reduction"]})
-    return [gx if needs[0] else None, b.emit("neg", [gx]) if needs[1] else None]
-
-
-@nll_loss.grad
-def _(b, node, gys, needs):
-    logp, labels = node.inputs
-    classes = b.types[logp].shape[1]
-    return [b.emit("nll_loss_backward", [gys[0], labels], {"reduction": node.attr["reduction"], "classes": classes}), None]
-
-
-cross_entropy.grad(lambda b, node, gys, needs: [
-    b.emit("cross_entropy_backward", [gys[0], *node.inputs], {"reduction": node.attr["reduction"]}), None])
-# The mask is recomputed from (seed, stream): dropout of gy with the same attributes.
-dropout.grad(lambda b, node, gys, needs: [b.emit("dropout", [gys[0], node.inputs[1]], dict(node.attrs)), None])
-
-for _op in (relu_backward, sigmoid_backward, tanh_backward, softmax_backward, log_softmax_backward,
-            mse_loss_backward, cross_entropy_backward, nll_loss_backward, linear_backward):
-    _op.grad(no_gradient("a backward op: graphc does not take second derivatives"))
 sgd_update.grad(no_gradient("an optimizer update: it runs after the gradients"))
 adam_update.grad(no_gradient("an optimizer update: it runs after the gradients"))
-del _op
