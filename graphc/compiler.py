@@ -435,7 +435,7 @@ class TrainStep(_Inspectable):
         spec.has_rng = any(i.kind == "rng" for i in exe.call_inputs)
         if order != names + (["seed"] if spec.has_rng else []) or (spec.has_rng and exe.call_inputs[-1].kind != "rng"):
             raise GraphcError(f"train step plan {g.name}: unexpected call inputs {order} (expected {names} then the rng seed)")
-        spec.run = exe.run
+        spec.run, spec.native, spec.table = exe.run, exe.native, exe.table
         self._specs[key] = spec
         return spec
 
@@ -454,28 +454,49 @@ class TrainStep(_Inspectable):
         raise _SignatureChanged()
 
     def __call__(self, *inputs) -> float:
+        # the common path is this one frame and one native call: a small step costs a few
+        # microseconds, of which each Python call or lookup here is a visible part
         spec = self._spec
         opt = self.optimizer
         if self.model.training is not spec.training or spec.read_hyper(opt.param_groups[0]) != spec.hyper_values:
             spec = self._respecialise(inputs)
         if opt.step_count != self._synced:  # eager steps or a loaded state_dict happened in between
             self._step[()] = opt.step_count
+        native = spec.native
+        if native is not None:
+            seed = _random.raw() >> 1 if spec.has_rng else None  # = _random.next_seed()
+            try:
+                loss = native(*inputs, seed, spec.table) if spec.has_rng else native(*inputs, spec.table)
+            except (TypeError, ValueError) as e:
+                loss = self._recover(spec, e, inputs, seed)
+        else:
+            loss = self._run(spec, inputs)
+        opt.count_step()
+        self._synced = opt.step_count  # the plan advanced state.step as count_step() did step_count
+        return loss
+
+    def _recover(self, spec: _Specialisation, error: Exception, inputs, seed):
+        """The native call rejected its arguments (or a kernel raised): what the runner's slow path does."""
+        if len(inputs) != len(self.example_types):
+            raise InputError(f"train step takes {len(self.example_types)} inputs (model inputs, then the target), "
+                             f"got {len(inputs)}") from None
         try:
-            if spec.has_rng:
-                loss = spec.run(*inputs, _random.next_seed())
-            else:
-                loss = spec.run(*inputs)
+            return spec.exe.recover(error, *inputs, seed) if spec.has_rng else spec.exe.recover(error, *inputs)
+        except _SignatureChanged:
+            return self._run(self._respecialise(inputs), inputs)
+
+    def _run(self, spec: _Specialisation, inputs):
+        """One step through the executable's runner (interpret mode, numba's JIT disabled)."""
+        try:
+            return spec.run(*inputs, _random.next_seed()) if spec.has_rng else spec.run(*inputs)
         except _SignatureChanged:
             spec = self._respecialise(inputs)
-            loss = spec.run(*inputs, _random.next_seed()) if spec.has_rng else spec.run(*inputs)
+            return spec.run(*inputs, _random.next_seed()) if spec.has_rng else spec.run(*inputs)
         except TypeError:
             if len(inputs) != len(self.example_types):
                 raise InputError(f"train step takes {len(self.example_types)} inputs (model inputs, then the target), "
                                  f"got {len(inputs)}") from None
             raise
-        opt.count_step()
-        self._synced = opt.step_count  # the plan advanced state.step as count_step() did step_count
-        return loss
 
     def _respecialise(self, inputs) -> _Specialisation:
         arrays = _as_arrays(inputs, "train step")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from graphc.ir import Graph, TensorType
 from graphc.ir.text import format_node
 
-from .kernels import KERNELS, Code, Operand, Site, fusion_for
+from .kernels import (KERNELS, Code, Operand, Site, fusion_for, mask_backward_applies, mask_backward_call,
+                      mask_forward_applies, mask_forward_call)
 from .memory import MemoryPlan
 
 # njit options of the generated plan (kernels carry their own)
@@ -190,21 +191,47 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
                     [views.scratch_operand(s) for s in mp.scratch.get(k, ())])
 
     k, nodes = 0, g.nodes
+    groups: list[list] = []  # [kind, first node index]; kind: one | pair (a FUSIONS entry) | mask_fwd | mask_bwd
+    pairs: dict[str, int] = {}  # linear_relu output -> its group, when fused with its dropout
     while k < len(nodes):
         n = nodes[k]
         if n.op == "full" and mp.slots[n.out].kind == "const":
             k += 1
             continue  # filled once when the buffers are allocated
+        if k + 2 < len(nodes) and nodes[k + 2].op == "linear_backward" and len(nodes[k + 2].inputs) == 4:
+            j = pairs.get(nodes[k + 2].inputs[3])
+            if j is not None and mask_backward_applies(g, (nodes[groups[j][1]], nodes[groups[j][1] + 1]),
+                                                       nodes[k:k + 3], _where(mp, k + 2)):
+                groups[j][0] = "mask_fwd"  # the forward stores the mask this chain reads
+                groups.append(["mask_bwd", k])
+                k += 3
+                continue
         fused = fusion_for(g, n, nodes[k + 1], _where(mp, k + 1)) if k + 1 < len(nodes) else None
         if fused is not None:
-            fn, args = fused.call(site(k, n), site(k + 1, nodes[k + 1]))
-            body.append(f"    # {format_node(n)}")
-            body.append(f"    # {format_node(nodes[k + 1])}  (fused: one pass)")
+            if mask_forward_applies(g, n, nodes[k + 1], _where(mp, k + 1)):
+                pairs[n.outputs[0]] = len(groups)
+            groups.append(["pair", k, fused])
             k += 2
         else:
+            groups.append(["one", k])
+            k += 1
+
+    for kind, k, *rest in groups:
+        n = nodes[k]
+        if kind == "one":
             fn, args = KERNELS[n.op].call(site(k, n))
             body.append(f"    # {format_node(n)}")
-            k += 1
+        elif kind == "mask_bwd":
+            fn, args = mask_backward_call(*(site(j, nodes[j]) for j in range(k, k + 3)))
+            body.append(f"    # {format_node(n)}")
+            body.append(f"    # {format_node(nodes[k + 1])}")
+            body.append(f"    # {format_node(nodes[k + 2])}  (fused: one pass, reads the mask stored in %{nodes[k + 2].inputs[3]})")
+        else:
+            call = rest[0].call if kind == "pair" else mask_forward_call
+            fn, args = call(site(k, n), site(k + 1, nodes[k + 1]))
+            body.append(f"    # {format_node(n)}")
+            note = "" if kind == "pair" else f", %{n.outputs[0]} holds the dropout+relu mask"
+            body.append(f"    # {format_node(nodes[k + 1])}  (fused: one pass{note})")
         used[fn.__name__] = None
         body.append(f"    k_{fn.__name__}({', '.join(_render(a) for a in args)})")
     if mp.output_copies or mp.update_copies:

@@ -65,6 +65,10 @@ class Executable:
         held = [self.bound[v] for v in self.source.bound_inputs] + [self.arenas[dt] for dt in self.source.arenas]
         self.table = np.array([a.ctypes.data for a in held], dtype=np.int64)
         self._scalar_out = self.source.returns_scalar
+        # the native plan, when a caller may call it straight, as native(*call_inputs, table), and
+        # send what it raises (TypeError, ValueError) to recover(error, *call_inputs): one Python
+        # frame less than run() (TrainStep does, for small steps); None in the other modes
+        self.native = None
         if mode == "interpret":
             self.compile_info = cache.CompileInfo("interpreted", codegen_seconds=codegen_s)
             self.run = self._interpret
@@ -83,6 +87,7 @@ class Executable:
             else:
                 self.plan.disable_compile()  # one frozen signature: other dtypes/layouts raise TypeError
                 self.run = self.module.make_runner(self.plan, self._slow, self.table)
+                self.native = self.plan
 
     def __call__(self, *args):
         """Run the plan on the call inputs (in graph order); returns the first scalar output, if any.
@@ -98,6 +103,10 @@ class Executable:
                              f"({', '.join('%' + i.name for i in self.call_inputs)}), got {len(args)}")
         return [int(a) if i.name in self.source.scalar_inputs else self._fix(k, a)
                 for k, (i, a) in enumerate(zip(self.call_inputs, args))]
+
+    def recover(self, error: Exception, *args):
+        """What run() does when the native call raised `error` on these call inputs."""
+        return self._slow(error, *args)
 
     def _slow(self, error: Exception, *args):
         """The runner's fallback: the native call rejected its arguments, or a kernel raised."""

@@ -382,6 +382,84 @@ def dropout_linear_backward(g, seed, p, stream, x, w, y, dz, dx, dw, db, input_g
         np.dot(dz, w, dx)
 
 
+# The combined dropout-and-relu mask of linear_relu -> dropout, stored transposed by the forward so
+# that a one-output-feature layer's backward into it is one pass over rows of 64 (S: the outer
+# product, the mask pass with its second hash and BLAS's dW = dz^T x cost ~1.45 us; this ~0.7 us).
+# Its values: the dropout factor (scale or 0) where relu let the value through, MASK_OFF elsewhere:
+# dz = g * factor where the factor is >= 0, else 0, as dropout then relu_backward compute it.
+MASK_OFF = -1.0
+
+
+@njit(**JIT)
+def linear_dropout_mask(x, w, b, has_bias, relu, seed, dout, p, stream, mask):
+    """linear / linear_relu, then dropout, as `linear_dropout` does (dout bit for bit), except that
+    the linear's output is not kept: mask_t[j, i] gets its combined mask (see MASK_OFF) instead."""
+    np.dot(x, w.T, dout)
+    key = stream_key(seed, stream)
+    scale = dout.dtype.type(1.0 / (1.0 - p))
+    zero = dout.dtype.type(0)
+    off = dout.dtype.type(MASK_OFF)
+    n, m = dout.shape
+    for i in range(n):
+        for j in range(m):
+            v = dout[i, j] + b[j] if has_bias else dout[i, j]
+            v = zero if relu and v < zero else v
+            u = np.float64(splitmix64(key + np.uint64(i * m + j)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+            f = scale if u >= p else zero
+            dout[i, j] = v * f
+            mask[i, j] = f if v > zero else off
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def gemv_mask_linear_backward(gy, x2, w2, y2, dw2, db2, relu2, bias_grad2, mask, x, x_t, dz_t, dw, db, bias_grad):
+    """linear_backward of a one-output-feature layer (dW2, db2; its input gradient g w2 is not
+    stored), dropout and the relu mask of the layer before (mask_t from linear_dropout_mask), and
+    that layer's linear_backward without input gradient, in rows of the batch: dz_t[k] = g * w2[k]
+    * mask_t[k], db[k] = sum(dz_t[k]), dW[k, c] = dz_t[k] . x_t[c]. dz_t may be x2's memory (x2 is
+    read before dz_t is written); x_t is scratch for x transposed."""
+    n, m = x2.shape
+    c_in = x.shape[1]
+    zero = gy.dtype.type(0)
+    for j in range(m):
+        dw2[0, j] = zero
+    s = zero
+    for i in range(n):
+        g = gy[i, 0]
+        if relu2 and not y2[i, 0] > zero:
+            g = zero
+        s += g
+        for j in range(m):
+            dw2[0, j] += g * x2[i, j]
+    if bias_grad2:
+        db2[0] = s
+    # x and the mask transposed first, in rows of the output (0.2 us against 0.32 us in rows of the
+    # input); the pass below reading down the mask's columns itself ran slower still
+    for c in range(c_in):
+        for i in range(n):
+            x_t[c, i] = x[i, c]
+    for k in range(m):
+        for i in range(n):
+            dz_t[k, i] = mask[i, k]
+    for k in range(m):
+        wk = w2[0, k]
+        t = zero
+        for i in range(n):
+            g = gy[i, 0]
+            if relu2 and not y2[i, 0] > zero:
+                g = zero
+            f = dz_t[k, i]
+            v = g * wk * f if f >= zero else zero
+            dz_t[k, i] = v
+            t += v
+        if bias_grad:
+            db[k] = t
+        for c in range(c_in):
+            d = zero
+            for i in range(n):
+                d += dz_t[k, i] * x_t[c, i]
+            dw[k, c] = d
+
+
 # ------------------------------------------------------------------ softmax family (x seen as [outer, n, inner])
 
 
@@ -915,6 +993,71 @@ def fusion_for(g, n1, n2, where) -> Fusion | None:
         if n1.op in f.first and n2.op == f.second and f.applies(g, n1, n2, where):
             return f
     return None
+
+
+# ---- the stored mask: linear_relu + dropout forward, and the three backward nodes that read it
+
+
+def mask_forward_applies(g, n1, n2, where) -> bool:
+    """linear_relu + dropout can store the mask (linear_dropout_mask) in place of the linear's
+    output: every buffer the pass writes apart from what it reads and from each other."""
+    y, dout = n1.outputs[0], n2.outputs[0]
+    return (n1.op == "linear_relu" and n2.op == "dropout" and n2.inputs[0] == y
+            and all(_apart(where(a), where(b)) for a, b in ((y, dout), *((o, v) for o in (y, dout) for v in n1.inputs))))
+
+
+def mask_backward_applies(g, fwd, nodes, where) -> bool:
+    """The backward chain linear_backward (one output feature) -> dropout -> linear_backward (relu,
+    no input gradient) of the forward pair `fwd` (linear_relu, dropout), which then stores its
+    mask: the chain's dropout is the forward's (same seed, p, stream), the relu output is read
+    by nothing else, and no buffer the fused pass writes is one it reads later."""
+    f1, d1 = fwd
+    n1, n2, n3 = nodes
+    a1, a3 = n1.attr, n3.attr
+    if not (n1.op == "linear_backward" and n2.op == "dropout" and n3.op == "linear_backward"):
+        return False
+    y = f1.outputs[0]
+    if not (a1["input_grad"] and g.types[n1.inputs[2]].shape[0] == 1 and n2.inputs[0] == n1.outputs[0]
+            and g.uses(n1.outputs[0]) == 1 and a3["relu"] and not a3["input_grad"] and n3.inputs[0] == n2.outputs[0]
+            and g.uses(n2.outputs[0]) == 1 and n3.inputs[3] == y and g.uses(y) == 2
+            and y not in {o.value for o in g.outputs}
+            and n2.inputs[1] == d1.inputs[1] and n2.attr["p"] == d1.attr["p"] and n2.attr["stream"] == d1.attr["stream"]):
+        return False
+    n, c_in = g.types[n3.inputs[1]].shape
+    if c_in > g.types[n3.inputs[0]].shape[1]:  # x transposed goes in the scratch of dz's size
+        return False
+    out1 = list(n1.outputs[1:])  # dW2, then db2 when bias_grad
+    phase1_reads = [n1.inputs[0], n1.inputs[1], *n1.inputs[3:]]
+    phase2_reads = [n1.inputs[0], n1.inputs[2], *n1.inputs[3:], y, n3.inputs[1]]
+    writes2 = [n2.outputs[0], "#scratch0", *n3.outputs]
+    spans = [where(v) for v in out1 + writes2]
+    return (all(_apart(spans[i], spans[j]) for i in range(len(spans)) for j in range(i))
+            and all(_apart(where(w), where(r)) for w in out1 for r in phase1_reads)
+            and all(_apart(where(w), where(r)) for w in writes2 for r in phase2_reads))
+
+
+def mask_forward_call(s1: Site, s2: Site):
+    fn, (x, w, b, out, has_bias, relu_) = _linear_call(s1, True)
+    return linear_dropout_mask, [x, w, b, has_bias, relu_, s2.i[1].s, s2.o[0].a, float(s2.attrs["p"]),
+                                 int(s2.attrs["stream"]), out]
+
+
+def mask_backward_call(s1: Site, s2: Site, s3: Site):
+    gy, x2, w2 = s1.i[:3]
+    relu2, bias2 = s1.attrs["relu"], s1.attrs["bias_grad"]
+    dw2 = s1.o[1].a
+    db2 = s1.o[2].f if bias2 else w2.f  # placeholders are never written
+    y2 = s1.i[3].a if relu2 else gy.a
+    x, bias1 = s3.i[1], s3.attrs["bias_grad"]
+    n, c_in = x.shape
+    dw1 = s3.o[0].a
+    db1 = s3.o[1].f if bias1 else s3.o[0].f
+    m = s3.i[0].shape[1]
+    x_t = Code(f"{s3.t[0].f}[:{n * c_in}].reshape(({c_in}, {n}))") if isinstance(s3.t[0].f, str) else \
+        s3.t[0].f[:n * c_in].reshape((c_in, n))
+    dz_t = Code(f"{s2.o[0].f}.reshape(({m}, {n}))") if isinstance(s2.o[0].f, str) else s2.o[0].f.reshape((m, n))
+    return gemv_mask_linear_backward, [gy.a, x2.a, w2.a, y2, dw2, db2, relu2, bias2, s3.i[3].a, x.a, x_t, dz_t,
+                                       dw1, db1, bias1]
 
 
 # ------------------------------------------------------------------ direct calls (tests, debugging)

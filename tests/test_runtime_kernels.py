@@ -235,10 +235,40 @@ def test_fused_kernels_equal_the_unfused_pair():
         np.testing.assert_array_equal(got, ref)
 
 
-def test_fused_train_step_matches_interpreter():
-    """SimpleNet's train step runs both fusions and the one-feature variants; the reference
-    interpreter runs the unfused plan op by op: same losses and weights (the dropout masks exactly)."""
-    import sys, os
+def test_stored_mask_kernels_equal_the_unfused_nodes():
+    """linear_dropout_mask and gemv_mask_linear_backward (the stored transposed-free mask) against
+    linear_relu, dropout, linear_backward (one output feature), dropout, linear_backward (relu):
+    the dropout output bit for bit, the gradients to float tolerance, NaN and inf where they were."""
+    from graphc.runtime import kernels as K
+
+    n, c, m, s = 9, 5, 7, 987654321
+    x, w, b, w2 = f(n, c), f(m, c), f(m), f(1, m)
+    d, mask = np.zeros((n, m), np.float32), np.zeros((n, m), np.float32)
+    K.linear_dropout_mask(x, w, b, True, True, s, d, 0.3, 2, mask)
+    y_ref = run_kernel("linear_relu", [x, w, b])[0]
+    d_ref = run_kernel("dropout", [y_ref, np.array(s)], {"p": 0.3, "stream": 2})[0]
+    np.testing.assert_array_equal(d, d_ref)
+    keep = rng.uniform(s, 2, n * m).reshape(n, m) >= 0.3
+    np.testing.assert_array_equal(mask, np.where(y_ref > 0, np.where(keep, np.float32(1 / 0.7), 0), K.MASK_OFF))
+
+    for relu2 in (False, True):
+        gy, y2 = f(n, 1), f(n, 1)
+        gy[0, 0] = np.inf  # inf * a dropped factor is NaN where relu passes, 0 where it does not, as unfused
+        dw2, db2, dw, db = (np.zeros(sh, np.float32) for sh in ((1, m), (1,), (m, c), (m,)))
+        x_t, dz_t = np.zeros((c, n), np.float32), np.zeros((m, n), np.float32)
+        K.gemv_mask_linear_backward(gy, d, w2, y2, dw2, db2, relu2, True, mask, x, x_t, dz_t, dw, db, True)
+        attrs = {"relu": True} if relu2 else {}
+        ins = [gy, d, w2] + ([y2] if relu2 else [])
+        gx, gw2, gb2 = run_kernel("linear_backward", ins, attrs)
+        gd = run_kernel("dropout", [gx, np.array(s)], {"p": 0.3, "stream": 2})[0]
+        gw, gb = run_kernel("linear_backward", [gd, x, w, y_ref], {"relu": True, "input_grad": False})
+        for got, ref in ((dw2, gw2), (db2, gb2), (dw, gw), (db, gb), (dz_t.T, np.where(y_ref > 0, gd, 0))):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def _simple_net_steps(x, t, mode, out_features=1):
+    import os
+    import sys
 
     import graphc
     import graphc.nn as nn
@@ -246,19 +276,28 @@ def test_fused_train_step_matches_interpreter():
     sys.path.insert(0, os.path.dirname(__file__))
     from models import SimpleNet
 
-    x, t = f(16, 10), f(16, 1)
-    runs = []
-    for mode in ("jit", "interpret"):
-        graphc.manual_seed(3)
-        m = SimpleNet()
-        opt = graphc.optim.SGD(m.parameters(), lr=0.1)
-        step = graphc.compile_train_step(m, nn.MSELoss(), opt, x, t, mode=mode)
-        if mode == "jit":
-            text = step.executables[next(iter(step.executables))].source.text
-            for k in ("k_linear_dropout(", "k_dropout_linear_backward(", "k_linear_gemv(", "k_linear_backward_gemv("):
-                assert k in text, k
-        runs.append(([step(x, t) for _ in range(3)], [p.copy() for p in m.parameters()]))
-    (l1, p1), (l2, p2) = runs
+    graphc.manual_seed(3)
+    m = SimpleNet()
+    if out_features != 1:
+        m.linear2 = nn.Linear(20, out_features)
+    opt = graphc.optim.SGD(m.parameters(), lr=0.1)
+    step = graphc.compile_train_step(m, nn.MSELoss(), opt, x, t, mode=mode)
+    text = step.executables[next(iter(step.executables))].source.text if mode == "jit" else ""
+    return [step(x, t) for _ in range(3)], [p.copy() for p in m.parameters()], text
+
+
+@pytest.mark.parametrize("out_features, kernels", [
+    (1, ("k_linear_dropout_mask(", "k_gemv_mask_linear_backward(", "k_linear_gemv(")),
+    (2, ("k_linear_dropout(", "k_dropout_linear_backward(")),
+])
+def test_fused_train_step_matches_interpreter(out_features, kernels):
+    """SimpleNet's train step runs the stored-mask fusion (one output feature) or the pair fusions
+    (two); the reference interpreter runs the unfused plan op by op: same losses and weights."""
+    x, t = f(16, 10), f(16, out_features)
+    l1, p1, text = _simple_net_steps(x, t, "jit", out_features)
+    for k in kernels:
+        assert k in text, k
+    l2, p2, _ = _simple_net_steps(x, t, "interpret", out_features)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     for a, b in zip(p1, p2):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
