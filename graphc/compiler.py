@@ -29,6 +29,7 @@ from .runtime import Executable, InputError
 from .tracing import trace
 
 GRAD = "grad:"
+_seeds = _random.seeds  # next_seed()'s block of drawn seeds (one list for good): TrainStep pops it inline
 Signature = tuple  # ((shape, dtype name), ...) of the call's arrays
 
 
@@ -463,14 +464,19 @@ class TrainStep(_Inspectable):
         if opt.step_count != self._synced:  # eager steps or a loaded state_dict happened in between
             self._step[()] = opt.step_count
         native = spec.native
-        if native is not None:
-            seed = _random.raw() >> 1 if spec.has_rng else None  # = _random.next_seed()
+        if native is None:
+            loss = self._run(spec, inputs)
+        elif spec.has_rng:
+            seed = _seeds.pop() if _seeds else _random.next_seed()  # = next_seed(), inline
             try:
-                loss = native(*inputs, seed, spec.table) if spec.has_rng else native(*inputs, spec.table)
+                loss = native(*inputs, seed, spec.table)
             except (TypeError, ValueError) as e:
                 loss = self._recover(spec, e, inputs, seed)
         else:
-            loss = self._run(spec, inputs)
+            try:
+                loss = native(*inputs, spec.table)
+            except (TypeError, ValueError) as e:
+                loss = self._recover(spec, e, inputs, None)
         opt.count_step()
         self._synced = opt.step_count  # the plan advanced state.step as count_step() did step_count
         return loss

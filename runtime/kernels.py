@@ -410,6 +410,13 @@ def linear_dropout_mask(x, w, b, has_bias, relu, seed, dout, p, stream, mask):
             mask[i, j] = f if v > zero else off
 
 
+@njit(inline="always", **JIT)
+def _relu_masked(gy, y, relu, i):
+    """gy[i, 0], or 0 where relu stopped y[i, 0]."""
+    zero = gy.dtype.type(0)
+    return gy[i, 0] if not relu or y[i, 0] > zero else zero
+
+
 @njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def gemv_mask_linear_backward(gy, x2, w2, y2, dw2, db2, relu2, bias_grad2, mask, x, x_t, dz_t, dw, db, bias_grad):
     """linear_backward of a one-output-feature layer (dW2, db2; its input gradient g w2 is not
@@ -423,13 +430,20 @@ def gemv_mask_linear_backward(gy, x2, w2, y2, dw2, db2, relu2, bias_grad2, mask,
     for j in range(m):
         dw2[0, j] = zero
     s = zero
-    for i in range(n):
-        g = gy[i, 0]
-        if relu2 and not y2[i, 0] > zero:
-            g = zero
+    i = 0
+    while i + 4 <= n:  # four rows per update of dw2: 0.10 us against 0.22 us a row at a time (S)
+        g0, g1 = _relu_masked(gy, y2, relu2, i), _relu_masked(gy, y2, relu2, i + 1)
+        g2, g3 = _relu_masked(gy, y2, relu2, i + 2), _relu_masked(gy, y2, relu2, i + 3)
+        s += (g0 + g1) + (g2 + g3)
+        for j in range(m):
+            dw2[0, j] += (g0 * x2[i, j] + g1 * x2[i + 1, j]) + (g2 * x2[i + 2, j] + g3 * x2[i + 3, j])
+        i += 4
+    while i < n:
+        g = _relu_masked(gy, y2, relu2, i)
         s += g
         for j in range(m):
             dw2[0, j] += g * x2[i, j]
+        i += 1
     if bias_grad2:
         db2[0] = s
     # x and the mask transposed first, in rows of the output (0.2 us against 0.32 us in rows of the
@@ -444,9 +458,7 @@ def gemv_mask_linear_backward(gy, x2, w2, y2, dw2, db2, relu2, bias_grad2, mask,
         wk = w2[0, k]
         t = zero
         for i in range(n):
-            g = gy[i, 0]
-            if relu2 and not y2[i, 0] > zero:
-                g = zero
+            g = _relu_masked(gy, y2, relu2, i)
             f = dz_t[k, i]
             v = g * wk * f if f >= zero else zero
             dz_t[k, i] = v
