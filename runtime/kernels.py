@@ -1045,7 +1045,7 @@ def mask_backward_applies(g, fwd, nodes, where) -> bool:
     spans = [where(v) for v in out1 + writes2]
     return (all(_apart(spans[i], spans[j]) for i in range(len(spans)) for j in range(i))
             and all(_apart(where(w), where(r)) for w in out1 for r in phase1_reads)
-            and all(_apart(where(w), where(r)) for w in writes2 for r in phase2_reads))
+            and all(_apart(where(w), where(r)) for w in out1 + writes2 for r in phase2_reads))
 
 
 def mask_forward_call(s1: Site, s2: Site):
