@@ -555,6 +555,19 @@ def nll_loss_backward(gy, labels, out, mean):
         out[i, labels[i]] = g
 
 
+@njit(inline="always", **JIT)
+def _row_max_logsumexp(x, i):
+    """(m, log(sum(exp(x[i] - m)))) with m = max(x[i]): the stable log-sum-exp of one row."""
+    m = x[i, 0]
+    for j in range(1, x.shape[1]):
+        if x[i, j] > m:
+            m = x[i, j]
+    s = 0.0
+    for j in range(x.shape[1]):
+        s += np.exp(x[i, j] - m)
+    return m, np.log(s)
+
+
 @njit(**JIT)
 def cross_entropy(x, labels, out, mean):
     """Mean (or sum) over rows of logsumexp(row) - row[label], one pass per row."""
@@ -563,14 +576,8 @@ def cross_entropy(x, labels, out, mean):
     for i in range(n):
         label = labels[i]
         _check_label(label, c)
-        m = x[i, 0]
-        for j in range(1, c):
-            if x[i, j] > m:
-                m = x[i, j]
-        s = 0.0
-        for j in range(c):
-            s += np.exp(x[i, j] - m)
-        total += out.dtype.type(np.log(s)) - (x[i, label] - m)
+        m, ls = _row_max_logsumexp(x, i)
+        total += out.dtype.type(ls) - (x[i, label] - m)
     out[0] = total / n if mean else total
 
 
@@ -582,14 +589,8 @@ def cross_entropy_backward(gy, x, labels, out, mean):
     for i in range(n):
         label = labels[i]
         _check_label(label, c)
-        m = x[i, 0]
-        for j in range(1, c):
-            if x[i, j] > m:
-                m = x[i, j]
-        s = 0.0
-        for j in range(c):
-            s += np.exp(x[i, j] - m)
-        ls = out.dtype.type(np.log(s))
+        m, ls = _row_max_logsumexp(x, i)
+        ls = out.dtype.type(ls)
         for j in range(c):
             out[i, j] = np.exp((x[i, j] - m) - ls) * scale
         out[i, label] = (np.exp((x[i, label] - m) - ls) - out.dtype.type(1)) * scale
