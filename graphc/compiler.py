@@ -214,6 +214,11 @@ class CompiledModule(_Inspectable):
         spec = _Specialisation(sig, training, plans, exes)
         spec.fwd, spec.bwd = fwd, bwd
         spec.input_names = [i.name for i in graph.inputs if i.kind == "input"]
+        # where each forward call argument comes from, worked out once: an index into the
+        # call's arrays, or None for the step's seed
+        position = {name: k for k, name in enumerate(spec.input_names)}
+        spec.fwd_args = [None if i.kind == "rng" else position[i.name] for i in fwd.call_inputs]
+        spec.fwd_rng = None in spec.fwd_args
         spec.user_outputs = [k for k, o in enumerate(plans.forward.outputs) if o.label != "saved"]
         spec.params = params
         self._specs[key] = spec
@@ -227,13 +232,11 @@ class CompiledModule(_Inspectable):
         if sig != spec.sig or spec.training != self.training:
             _check_like(self.example_types, arrays, f"compiled {type(self.module).__name__}")
             spec = self._spec = self._specialise(sig, self.training)
-        by_name = dict(zip(spec.input_names, arrays))
-        seed = _random.next_seed() if any(i.kind == "rng" for i in spec.fwd.call_inputs) else None
-        args = [seed if i.kind == "rng" else by_name[i.name] for i in spec.fwd.call_inputs]
-        spec.fwd(*args)
+        seed = _random.next_seed() if spec.fwd_rng else None
+        spec.fwd(*[seed if k is None else arrays[k] for k in spec.fwd_args])
         outs = [spec.fwd.outputs[k].copy() for k in spec.user_outputs]
         if spec.bwd is not None:
-            self._pending = (spec, by_name, seed)
+            self._pending = (spec, dict(zip(spec.input_names, arrays)), seed)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def backward(self, *grad_outputs):

@@ -17,7 +17,7 @@ The contract a compiled train step keeps (it runs the same update inside one gra
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from graphc.ir import Graph, GraphBuilder, Output, TensorType
+from graphc.ir import OPS, Graph, GraphBuilder, Output, TensorType
 from graphc.ir.text import format_node
 
 from .autodiff import GRAD_PREFIX
 
-# Ops cheap enough to redo in the backward instead of keeping their result: one pass over the
-# data, no reduction or GEMM. dropout is here because its mask is a function of the seed.
-RECOMPUTABLE = frozenset({"full", "reshape", "transpose", "broadcast_to", "neg", "add", "sub", "mul", "div",
-                          "relu", "dropout"})
+
+
+def recomputable(op: str) -> bool:
+    """Cheap enough to redo in the backward instead of keeping its result (the op table's
+    "recompute" tag: one pass over the data, no reduction or GEMM; dropout, as its mask is a
+    function of the seed)."""
+    return "recompute" in OPS[op].tags
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def _choose(g: Graph, boundary: list[str], fwd_values: set[str]) -> tuple[list[s
     recompute: dict[str, None] = {}
     for v in boundary:  # definition order: a value's operands are decided before it
         n = g.producers[v]
-        if n.op in RECOMPUTABLE and len(n.outputs) == 1 and all(
+        if recomputable(n.op) and len(n.outputs) == 1 and all(
                 i not in fwd_values or i in saved or i in recompute for i in n.inputs if i != v):
             del saved[v]
             recompute[v] = None
@@ -171,7 +174,7 @@ def _reason(joint: Graph, v: str, users, saved: set[str], recompute: set[str]) -
             if i == v:
                 reasons.append(_use_reason(u, pos, u.outputs[0] in recompute))
     n = joint.producers[v]
-    if n.op in RECOMPUTABLE:
+    if recomputable(n.op):
         missing = [f"%{i}" for i in n.inputs if i in joint.producers and i not in saved and i not in recompute]
         reasons.append(f"cheap to recompute ({n.op}) but its operand(s) {', '.join(missing)} would have to be saved instead")
     return "; ".join(dict.fromkeys(reasons))

@@ -295,7 +295,7 @@ def _runner(args: list[str]) -> list[str]:
     """`make_runner(plan, slow, table) -> run(*call_inputs)`: one native call; anything the plan's
     signature or shape check rejects (or a kernel raises) goes to `slow`, which converts or explains."""
     a = ", ".join(args)
-    return [f"def make_runner(plan, slow, table):",
+    return ["def make_runner(plan, slow, table):",
             f"    def run({a}):",
             "        try:",
             f"            return plan({a + ', ' if a else ''}table)",

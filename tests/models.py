@@ -24,6 +24,20 @@ class SimpleNet(nn.Module):
         return x
 
 
+class WithLoss(nn.Module):
+    """forward(x, y) = loss(model(x), y), the shape of a training graph; loss is "mse" or "ce"."""
+
+    def __init__(self, model, loss: str):
+        super().__init__()
+        if loss not in ("mse", "ce"):
+            raise ValueError(f"loss must be 'mse' or 'ce', got {loss!r}")
+        self.model, self.loss = model, loss
+
+    def forward(self, x, y):
+        out = self.model(x)
+        return nn.functional.cross_entropy(out, y) if self.loss == "ce" else nn.functional.mse_loss(out, y)
+
+
 def mlp(sizes=(784, 512, 512, 10), dropout: float = 0.0) -> nn.Sequential:
     """Linear -> ReLU (-> Dropout) ... -> Linear."""
     layers = []

@@ -13,13 +13,11 @@ from hypothesis import given, settings, strategies as st
 import torch.nn.functional as TF
 
 import graphc
-import graphc.nn as nn
-import graphc.nn.functional as F
 from graphc.ir import OPS, GraphBuilder, GraphcError, TensorType, interpret, parse
 from graphc.ir.opdef import _NoGradient
 from graphc.ir.ops import dropout_mask
 from graphc.passes.autodiff import autodiff, grad_graph
-from models import SimpleNet, copy_to_torch, mlp, torch_mlp, torch_simple_net
+from models import SimpleNet, WithLoss, copy_to_torch, mlp, torch_mlp, torch_simple_net
 
 # ------------------------------------------------------------------ the op spec table
 # One or more example applications per differentiable op. Inputs: ("f", shape) any float,
@@ -255,7 +253,7 @@ def test_wrt_selects_inputs_and_rejects_bad_names():
 
 
 def test_autodiff_pass_form():
-    g = graphc.trace(_WithLoss(SimpleNet().eval(), "mse"), np.zeros((4, 10), np.float32), np.zeros((4, 1), np.float32))
+    g = graphc.trace(WithLoss(SimpleNet().eval(), "mse"), np.zeros((4, 10), np.float32), np.zeros((4, 1), np.float32))
     joint, changed = autodiff(g)
     assert changed and joint == grad_graph(g)
     assert autodiff(joint) == (joint, False)
@@ -265,7 +263,7 @@ def test_autodiff_pass_form():
 
 
 def test_backward_nodes_name_their_forward_node_and_source_line():
-    g = graphc.trace(_WithLoss(SimpleNet(), "mse"), np.zeros((4, 10), np.float32), np.zeros((4, 1), np.float32))
+    g = graphc.trace(WithLoss(SimpleNet(), "mse"), np.zeros((4, 10), np.float32), np.zeros((4, 1), np.float32))
     joint = grad_graph(g)
     fwd = {n.outputs[0]: n for n in g.nodes}
     for n in joint.nodes[len(g.nodes):]:
@@ -277,16 +275,6 @@ def test_backward_nodes_name_their_forward_node_and_source_line():
 
 
 # ------------------------------------------------------------------ whole models against torch
-
-
-class _WithLoss(nn.Module):
-    def __init__(self, model, loss):
-        super().__init__()
-        self.model, self.loss = model, loss
-
-    def forward(self, x, y):
-        out = self.model(x)
-        return F.mse_loss(out, y) if self.loss == "mse" else F.cross_entropy(out, y)
 
 
 def _torch_grads(tmodel, prefix="model."):
@@ -304,7 +292,7 @@ def test_simple_net_train_mode_gradients_match_torch_with_the_same_mask():
     model = SimpleNet()
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((16, 10)).astype(np.float32), rng.standard_normal((16, 1)).astype(np.float32)
-    g = graphc.trace(_WithLoss(model, "mse"), x, y)
+    g = graphc.trace(WithLoss(model, "mse"), x, y)
     joint = grad_graph(g)
     seed = 77
     res = interpret(joint, {"x": x, "y": y, "seed": np.asarray(seed, np.int64),
@@ -324,7 +312,7 @@ def test_mlp_cross_entropy_gradients_match_torch():
     model = mlp(sizes)
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((8, 12)).astype(np.float32), rng.integers(0, 5, 8).astype(np.int64)
-    joint = grad_graph(graphc.trace(_WithLoss(model, "ce"), x, y))
+    joint = grad_graph(graphc.trace(WithLoss(model, "ce"), x, y))
     assert {"log_softmax_backward", "nll_loss_backward"} <= {n.op for n in joint.nodes}
     res = interpret(joint, {"x": x, "y": y, **{f"model.{k}": v for k, v in model.state_dict().items()}})
     t = copy_to_torch(model, torch_mlp(sizes))

@@ -6,22 +6,10 @@ import textwrap
 import numpy as np
 
 import graphc
-import graphc.nn as nn
-import graphc.nn.functional as F
 from graphc.ir import interpret, parse
 from graphc.passes.autodiff import grad_graph
 from graphc.passes.partition import partition
-from models import SimpleNet, mlp
-
-
-class _WithLoss(nn.Module):
-    def __init__(self, model, loss):
-        super().__init__()
-        self.model, self.loss = model, loss
-
-    def forward(self, x, y):
-        out = self.model(x)
-        return F.mse_loss(out, y) if self.loss == "mse" else F.cross_entropy(out, y)
+from models import SimpleNet, WithLoss, mlp
 
 
 def _random_inputs(g, seed=0):
@@ -67,7 +55,7 @@ def _check_ledger(part):
 
 def _simple_net_joint():
     x, y = np.zeros((16, 10), np.float32), np.zeros((16, 1), np.float32)
-    return grad_graph(graphc.trace(_WithLoss(SimpleNet(), "mse"), x, y))
+    return grad_graph(graphc.trace(WithLoss(SimpleNet(), "mse"), x, y))
 
 
 def test_simple_net_plans_give_the_joint_results():
@@ -88,7 +76,7 @@ def test_simple_net_plans_give_the_joint_results():
 
 def test_mlp_cross_entropy_plans_and_ledger():
     x, y = np.zeros((8, 12), np.float32), np.zeros(8, np.int64)
-    joint = grad_graph(graphc.trace(_WithLoss(mlp((12, 16, 16, 16, 5)), "ce"), x, y))
+    joint = grad_graph(graphc.trace(WithLoss(mlp((12, 16, 16, 16, 5)), "ce"), x, y))
     part = partition(joint)
     _check_plans(joint, part, _random_inputs(joint, 1))
     _check_ledger(part)

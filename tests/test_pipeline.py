@@ -11,7 +11,7 @@ from graphc.ir import GraphcError, interpret
 from graphc.passes import INFERENCE_PIPELINE, TRAINING_PIPELINE, PassError, compile_pipeline
 from graphc.passes.autodiff import grad_graph
 from graphc.passes.train_step import OptimizerSpec, build_train_step
-from models import SimpleNet
+from models import SimpleNet, WithLoss
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 
@@ -64,16 +64,6 @@ def assert_same(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, **TOL)
-
-
-class WithLoss(nn.Module):
-    def __init__(self, model, loss):
-        super().__init__()
-        self.model, self.loss = model, loss
-
-    def forward(self, x, y):
-        out = self.model(x)
-        return F.cross_entropy(out, y) if self.loss == "ce" else F.mse_loss(out, y)
 
 
 # ------------------------------------------------------------------ SimpleNet

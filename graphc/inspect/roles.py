@@ -1,27 +1,27 @@
 """What each node of a graph is for: forward, backward or optimizer phase; fused; saved for backward.
 
-Read off the graph alone (grad_of, op names, input kinds, output labels), so pictures and
+Read off the graph alone (grad_of, the op table's tags, input kinds, output labels), so pictures and
 reports agree on it and neither needs the compiler.
 """
 from __future__ import annotations
 
-import re
+from graphc.ir import OPS, Graph, Node
 
-from graphc.ir import Graph, Node
+# Fusions by construction (the fusion passes emit them): the op table's "fused" tag.
+FUSED_OPS = frozenset(name for name, op in OPS.items() if "fused" in op.tags)
 
-# Ops that are fusions by construction (the fusion passes emit them). Anything else counts as
-# fused when its name says so or a caller passes its outputs in `fused=`.
-FUSED_OPS = frozenset({"linear_relu", "cross_entropy"})
-_OPTIMIZER_OP = re.compile(r"sgd|adam|momentum|optim|_update$")
+
+def _tagged(node: Node, tag: str) -> bool:
+    op = OPS.get(node.op)
+    return op is not None and tag in op.tags
 
 
 def is_fused(node: Node) -> bool:
-    return (node.op in FUSED_OPS or node.op.startswith("fused")
-            or (node.op == "linear_backward" and bool(node.attr.get("relu"))))
+    return node.op in FUSED_OPS or (node.op == "linear_backward" and bool(node.attr.get("relu")))
 
 
 def is_backward(node: Node) -> bool:
-    return node.grad_of is not None or node.op.endswith("_backward")
+    return node.grad_of is not None or _tagged(node, "backward")
 
 
 def _reached_labels(g: Graph) -> dict[str, set[str]]:
@@ -41,7 +41,7 @@ def _reached_labels(g: Graph) -> dict[str, set[str]]:
 def phases(g: Graph) -> dict[str, str]:
     """Node (by first output) -> "forward" | "backward" | "optimizer".
 
-    Backward nodes say so (grad_of, `*_backward`); optimizer nodes read optimizer state or only
+    Backward nodes say so (grad_of, the "backward" tag); optimizer nodes read optimizer state or only
     feed `update:` outputs from gradients; untagged nodes that read gradients are backward;
     constants (no inputs) sit with their first user.
     """
@@ -51,7 +51,7 @@ def phases(g: Graph) -> dict[str, str]:
     result: dict[str, str] = {}
     for n in g.nodes:
         read = {value_phase.get(i, "forward") for i in n.inputs}
-        if _OPTIMIZER_OP.search(n.op):
+        if _tagged(n, "optimizer"):
             p = "optimizer"
         elif is_backward(n):
             p = "backward"

@@ -54,6 +54,11 @@ class OpDef:
     attrs: dict[str, Attr] = field(default_factory=dict)
     vjp: Callable[..., Any] | _NoGradient | None = None  # set by the autodiff rules
     doc: str = ""
+    # Properties passes and tools ask about, kept here rather than in lists of op names:
+    #   "recompute": one cheap pass, no reduction or GEMM: partition redoes it instead of saving
+    #   "fused": several ops in one (drawn and reported as fused)
+    #   "backward": only emitted by VJP rules;  "optimizer": an optimizer update
+    tags: frozenset[str] = frozenset()
 
     # Decorators so an op's rule, reference kernel and VJP sit on adjacent lines.
     def ref(self, fn):
@@ -103,14 +108,20 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 
 
-def defop(name: str, arity, attrs: dict | None = None, doc: str = ""):
+TAGS = frozenset({"recompute", "fused", "backward", "optimizer"})
+
+
+def defop(name: str, arity, attrs: dict | None = None, doc: str = "", tags=()):
     """Decorator-style registration: `@defop(...)` on the infer rule, then `.reference` below it."""
     arity = (arity, arity) if isinstance(arity, int) else tuple(arity)
+    if not TAGS.issuperset(tags):
+        raise ValueError(f"op {name!r}: unknown tags {sorted(set(tags) - TAGS)}; known: {sorted(TAGS)}")
 
     def register(infer):
         if name in OPS:
             raise ValueError(f"op {name!r} is defined twice")
-        OPS[name] = OpDef(name, arity, infer, reference=None, attrs=dict(attrs or {}), doc=doc or (infer.__doc__ or ""))
+        OPS[name] = OpDef(name, arity, infer, reference=None, attrs=dict(attrs or {}),
+                           doc=doc or (infer.__doc__ or ""), tags=frozenset(tags))
         return OPS[name]
 
     return register

@@ -73,7 +73,7 @@ def _scalar(b, value: float, like):
 
 
 def _binary(name: str, fn):
-    @defop(name, 2, doc=f"elementwise {name} with numpy broadcasting")
+    @defop(name, 2, doc=f"elementwise {name} with numpy broadcasting", tags=("recompute",))
     def rule(t):
         return TensorType(broadcast_shape(name, *t), _same_dtype(name, *t))
 
@@ -114,8 +114,8 @@ def _(b, node, gys, needs):
             _sum_to(b, b.emit("neg", [b.emit("div", [b.emit("mul", [gy, q]), y])]), y) if needs[1] else None]
 
 
-def _unary(name: str, fn, doc: str):
-    @defop(name, 1, doc=doc)
+def _unary(name: str, fn, doc: str, tags=()):
+    @defop(name, 1, doc=doc, tags=tags)
     def rule(t):
         _float(name, t[0])
         return t[0]
@@ -130,10 +130,10 @@ def _sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
 
 
-neg = _unary("neg", lambda x: -x, "-x")
+neg = _unary("neg", lambda x: -x, "-x", tags=("recompute",))
 exp = _unary("exp", np.exp, "e**x")
 log = _unary("log", np.log, "natural logarithm")
-relu = _unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype), "max(x, 0)")
+relu = _unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype), "max(x, 0)", tags=("recompute",))
 sigmoid = _unary("sigmoid", _sigmoid, "1 / (1 + e**-x)")
 tanh = _unary("tanh", np.tanh, "hyperbolic tangent")
 
@@ -147,7 +147,7 @@ sigmoid.grad(lambda b, node, gys, needs: [b.emit("sigmoid_backward", [gys[0], no
 tanh.grad(lambda b, node, gys, needs: [b.emit("tanh_backward", [gys[0], node.out])])
 
 
-@defop("full", 0, {"shape": Attr("ints"), "value": Attr("float"), "dtype": Attr("str", "f32", ("f32", "f64", "i64"))},
+@defop("full", 0, {"shape": Attr("ints"), "value": Attr("float"), "dtype": Attr("str", "f32", ("f32", "f64", "i64"))}, tags=("recompute",),
        doc="a constant tensor filled with one value (Python scalars in user code become these)")
 def full(t, shape, value, dtype):
     return TensorType(shape, dtype)
@@ -164,7 +164,7 @@ full.grad(no_gradient("a constant: it has no inputs"))
 # ------------------------------------------------------------------ shapes
 
 
-@defop("transpose", 1, {"perm": Attr("ints")}, doc="permute dims (x.T reverses them)")
+@defop("transpose", 1, {"perm": Attr("ints")}, doc="permute dims (x.T reverses them)", tags=("recompute",))
 def transpose(t, perm):
     x = t[0]
     if sorted(perm) != list(range(x.rank)):
@@ -184,7 +184,7 @@ def _(b, node, gys, needs):
     return [b.emit("transpose", [gys[0]], {"perm": inverse})]
 
 
-@defop("reshape", 1, {"shape": Attr("ints")}, doc="same elements, new shape (sizes must match)")
+@defop("reshape", 1, {"shape": Attr("ints")}, doc="same elements, new shape (sizes must match)", tags=("recompute",))
 def reshape(t, shape):
     x = t[0]
     if any(s < 0 for s in shape) or int(np.prod(shape, dtype=np.int64)) != x.size:
@@ -266,7 +266,8 @@ sum_to.ref(sum_to_shape)
 sum_to.grad(lambda b, node, gys, needs: [_broadcast_back(b, gys[0], node.inputs[0])])
 
 
-@defop("broadcast_to", 1, {"shape": Attr("ints")}, doc="repeat along broadcast dims (gradients of reductions)")
+@defop("broadcast_to", 1, {"shape": Attr("ints")}, doc="repeat along broadcast dims (gradients of reductions)",
+       tags=("recompute",))
 def broadcast_to(t, shape):
     x = t[0]
     try:
@@ -337,7 +338,7 @@ def linear(t):
 linear.ref(_linear_ref)
 
 
-@defop("linear_relu", (2, 3), doc="fused relu(x @ w.T + b): one pass over the GEMM output")
+@defop("linear_relu", (2, 3), doc="fused relu(x @ w.T + b): one pass over the GEMM output", tags=("fused",))
 def linear_relu(t):
     return _linear_rule("linear_relu", t)
 
@@ -454,7 +455,7 @@ def _(b, node, gys, needs):
     return [b.emit("nll_loss_backward", [gys[0], labels], {"reduction": node.attr["reduction"], "classes": classes}), None]
 
 
-@defop("cross_entropy", 2, {"reduction": _REDUCTION}, doc="fused log_softmax + nll_loss via log-sum-exp")
+@defop("cross_entropy", 2, {"reduction": _REDUCTION}, doc="fused log_softmax + nll_loss via log-sum-exp", tags=("fused",))
 def cross_entropy(t, reduction):
     _class_rule("cross_entropy", *t)
     return TensorType((), t[0].dtype)
@@ -474,7 +475,8 @@ cross_entropy.grad(lambda b, node, gys, needs: [
 # ------------------------------------------------------------------ randomness
 
 
-@defop("dropout", 2, {"p": Attr("float"), "stream": Attr("int", 0)},
+# "recompute": the mask is a function of the seed, so the output is cheap to redo
+@defop("dropout", 2, {"p": Attr("float"), "stream": Attr("int", 0)}, tags=("recompute",),
        doc="x * keep / (1 - p), keep[i] = uniform(seed, stream, i) >= p. The mask is a pure function "
            "of (seed, stream, i): backward recomputes it instead of saving it")
 def dropout(t, p, stream):
@@ -506,7 +508,7 @@ dropout.grad(lambda b, node, gys, needs: [b.emit("dropout", [gys[0], node.inputs
 
 
 def _like_first(name, n_in, doc, attrs=None):
-    @defop(name, n_in, attrs, doc=doc)
+    @defop(name, n_in, attrs, doc=doc, tags=("backward",))
     def rule(t, **_):
         _same_dtype(name, *[x for x in t if x.is_float])
         for x in t[1:]:
@@ -529,7 +531,7 @@ log_softmax_backward = _like_first("log_softmax_backward", 2, "gy - exp(y) * sum
 log_softmax_backward.ref(lambda gy, y, dim: gy - np.exp(y) * gy.sum(axis=dim, keepdims=True))
 
 
-@defop("mse_loss_backward", 3, {"reduction": _REDUCTION}, doc="d mse / d input = gy * 2 (input - target) / N")
+@defop("mse_loss_backward", 3, {"reduction": _REDUCTION}, tags=("backward",), doc="d mse / d input = gy * 2 (input - target) / N")
 def mse_loss_backward(t, reduction):
     gy, a, b = t
     if gy.shape != ():
@@ -544,7 +546,7 @@ def _(gy, a, b, reduction):
     return ((a - b) * (gy * scale)).astype(a.dtype)
 
 
-@defop("cross_entropy_backward", 3, {"reduction": _REDUCTION}, doc="d ce / d logits = gy * (softmax(logits) - onehot(labels)) / N")
+@defop("cross_entropy_backward", 3, {"reduction": _REDUCTION}, tags=("backward",), doc="d ce / d logits = gy * (softmax(logits) - onehot(labels)) / N")
 def cross_entropy_backward(t, reduction):
     gy, x, labels = t
     _class_rule("cross_entropy_backward", x, labels)
@@ -560,7 +562,7 @@ def _(gy, x, labels, reduction):
     return (g * (gy / (x.shape[0] if reduction == "mean" else 1))).astype(x.dtype)
 
 
-@defop("nll_loss_backward", 2, {"reduction": _REDUCTION, "classes": Attr("int")}, doc="d nll / d logp = -gy / N at each label, 0 elsewhere")
+@defop("nll_loss_backward", 2, {"reduction": _REDUCTION, "classes": Attr("int")}, tags=("backward",), doc="d nll / d logp = -gy / N at each label, 0 elsewhere")
 def nll_loss_backward(t, reduction, classes):
     gy, labels = t
     if gy.shape != () or not gy.is_float:
@@ -578,6 +580,7 @@ def _(gy, labels, reduction, classes):
 
 
 @defop("linear_backward", (3, 4), {"relu": Attr("bool", False), "input_grad": Attr("bool", True), "bias_grad": Attr("bool", True)},
+       tags=("backward",),
        doc="gradients of linear / linear_relu in one op. Inputs (gy, x, w[, y]); with relu=true the "
            "mask y > 0 is applied to gy on the fly. Outputs: dx (if input_grad), dw, db (if bias_grad)")
 def linear_backward(t, relu, input_grad, bias_grad):
@@ -606,9 +609,9 @@ def _(gy, x, w, y=None, *, relu, input_grad, bias_grad):
     return tuple(outs)
 
 
-for _op in (relu_backward, sigmoid_backward, tanh_backward, softmax_backward, log_softmax_backward,
-            mse_loss_backward, cross_entropy_backward, nll_loss_backward, linear_backward):
-    _op.grad(no_gradient("a backward op: graphc does not take second derivatives"))
+for _op in OPS.values():
+    if "backward" in _op.tags:
+        _op.grad(no_gradient("a backward op: graphc does not take second derivatives"))
 del _op
 
 
@@ -628,7 +631,7 @@ def _check_step(op: str, t: TensorType) -> None:
         raise ShapeError(f"{op}: step must be i64[] (steps already taken), got {t}")
 
 
-@defop("sgd_update", (2, 4), {"lr": Attr("float"), "momentum": Attr("float", 0.0), "dampening": Attr("float", 0.0),
+@defop("sgd_update", (2, 4), tags=("optimizer",), attrs={"lr": Attr("float"), "momentum": Attr("float", 0.0), "dampening": Attr("float", 0.0),
                               "weight_decay": Attr("float", 0.0), "nesterov": Attr("bool", False)},
        doc="torch.optim.SGD for one param. Inputs (p, g), or (p, g, buf, step) with momentum; outputs p' "
            "(and buf'). step = steps already taken: at step 0 the buffer starts as d_p, as torch's does")
@@ -659,7 +662,7 @@ def _(p, g, buf=None, step=None, *, lr, momentum, dampening, weight_decay, neste
     return (p - lr * d_p).astype(p.dtype), buf.astype(p.dtype)
 
 
-@defop("adam_update", 5, {"lr": Attr("float"), "beta1": Attr("float", 0.9), "beta2": Attr("float", 0.999),
+@defop("adam_update", 5, tags=("optimizer",), attrs={"lr": Attr("float"), "beta1": Attr("float", 0.9), "beta2": Attr("float", 0.999),
                           "eps": Attr("float", 1e-8), "weight_decay": Attr("float", 0.0)},
        doc="torch.optim.Adam (amsgrad=False) for one param. Inputs (p, g, exp_avg, exp_avg_sq, step); "
            "outputs p', exp_avg', exp_avg_sq'. Bias correction uses t = step + 1")
