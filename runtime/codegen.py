@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from graphc.ir import Graph, TensorType
 from graphc.ir.text import format_node
 
-from .kernels import (KERNELS, Code, Operand, Site, fusion_for, mask_backward_applies, mask_backward_call,
+from .kernels import (KERNELS, Code, Operand, Site, calls, fusion_for, mask_backward_applies, mask_backward_call,
                       mask_forward_applies, mask_forward_call)
 from .memory import MemoryPlan
 
@@ -219,8 +219,11 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
     for kind, k, *rest in groups:
         n = nodes[k]
         if kind == "one":
-            fn, args = KERNELS[n.op].call(site(k, n))
             body.append(f"    # {format_node(n)}")
+            for fn, args in calls(KERNELS[n.op].call(site(k, n))):
+                used[fn.__name__] = fn.__module__
+                body.append(f"    k_{fn.__name__}({', '.join(_render(a) for a in args)})")
+            continue
         elif kind == "mask_bwd":
             fn, args = mask_backward_call(*(site(j, nodes[j]) for j in range(k, k + 3)))
             body.append(f"    # {format_node(n)}")
@@ -254,7 +257,7 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
              "import numpy as np",
              "from numba import carray, njit", "",
              "from graphc.runtime.kernels import address"]
-    lines += [f"from graphc.runtime.kernels import {f} as k_{f}" for f in sorted(used)]
+    lines += [f"from {used[f] or 'graphc.runtime.kernels'} import {f} as k_{f}" for f in sorted(used)]
     lines += ["", "", f"@njit({PLAN_JIT})", f"def plan({', '.join(params)}):"]
     if checked:
         cond = " or ".join(f"{names(v)}.shape != {g.types[v].shape!r}" for v in checked)

@@ -30,8 +30,8 @@ JIT = dict(cache=True, nogil=True, error_model="numpy")
 MAXR = 6  # the strided loop nest's rank; codegen collapses mergeable dims first
 
 # op codes of the strided loop nest and the flat binary loops
-ADD, SUB, MUL, DIV, COPY, ACC = 0, 1, 2, 3, 4, 5
-BINARY_CODES = {"add": ADD, "sub": SUB, "mul": MUL, "div": DIV}
+ADD, SUB, MUL, DIV, COPY, ACC, MAX, MIN, MAXACC = 0, 1, 2, 3, 4, 5, 6, 7, 8
+BINARY_CODES = {"add": ADD, "sub": SUB, "mul": MUL, "div": DIV, "maximum": MAX, "minimum": MIN}
 
 
 # ------------------------------------------------------------------ bound arrays by address
@@ -66,6 +66,10 @@ def _bin(code, x, y):
         return x - y
     if code == MUL:
         return x * y
+    if code == MAX:  # NaN propagates, as numpy's and torch's maximum
+        return x if x > y or x != x else y
+    if code == MIN:
+        return x if x < y or x != x else y
     return x / y
 
 
@@ -109,6 +113,10 @@ def strided(code, a, sa, b, sb, out, so, shape):
                                 out[io] = a[ia]
                             elif code == ACC:
                                 out[io] += a[ia]
+                            elif code == MAXACC:
+                                v = a[ia]
+                                if v > out[io] or v != v:
+                                    out[io] = v
                             else:
                                 out[io] = _bin(code, a[ia], b[ib])
 
@@ -680,7 +688,8 @@ def adam(p, g, m, v, step, p_out, m_out, v_out, lr, beta1, beta2, eps, weight_de
 
 @dataclass(frozen=True)
 class Kernel:
-    """How a plan runs one op: `call(site) -> (numba function, [arguments])`.
+    """How a plan runs one op: `call(site) -> (numba function, [arguments])`, or a list of such
+    pairs run in order (pad: fill, then copy the interior; concat: one copy per input).
 
     inplace: elementwise, so an output may share its buffer with a same-shaped input (the
     runtime writes "update:" outputs straight into the param / state buffer then).
@@ -703,6 +712,11 @@ def kernel(op: str, inplace: bool = False, scratch: Callable | None = None):
         return call
 
     return register
+
+
+def calls(result) -> list[tuple[Any, list]]:
+    """A kernel call's result as a list of (function, arguments)."""
+    return result if isinstance(result, list) else [result]
 
 
 class Site:
@@ -851,10 +865,6 @@ def _(s):
     reduced = tuple(range(lead)) + tuple(lead + d for d, n in enumerate(shape) if n == 1 and x[lead + d] != 1)
     return _reduce_call(s, reduced, False)
 
-
-@kernel("matmul")
-def _(s):
-    return matmul, [s.i[0].a, s.i[1].a, s.o[0].a]
 
 
 def _linear_call(s: Site, relu_: bool):
@@ -1094,7 +1104,11 @@ def run_kernel(op: str, inputs: list, attrs: dict | None = None) -> tuple[np.nda
     site = Site(node, [operand(b.types[n], x) for n, x in zip(names, arrays)],
                 [operand(t, x) for t, x in zip(node.types, outs)],
                 [operand(TensorType(x.shape, node.types[0].dtype), x) for x in scratch])
-    fn, args = KERNELS[op].call(site)
-    fn(*args)
+    for fn, args in calls(KERNELS[op].call(site)):
+        fn(*args)
     del out
     return tuple(outs)
+
+
+# the kernels of the primitives added for issue 9 (math, comparisons, movement, indexing)
+from . import primitive_kernels  # noqa: E402,F401

@@ -71,9 +71,43 @@ SPECS: dict[str, list[Spec]] = {
     "cross_entropy": [Spec([("f", (4, 5)), ("labels", 4, 5)], lambda t, a: TF.cross_entropy(*t)),
                       Spec([("f", (4, 5)), ("labels", 4, 5)], lambda t, a: TF.cross_entropy(*t, reduction="sum"), {"reduction": "sum"})],
     "dropout": [Spec([("f", (3, 4)), ("seed",)],
-                     lambda t, a: t[0] * torch.from_numpy(dropout_mask(t[1], a["p"], a["stream"], tuple(t[0].shape), np.float32)),
+                     lambda t, a: t[0] * torch.from_numpy(dropout_mask(t[1], a["p"], a["stream"], tuple(t[0].shape), t[0].detach().numpy().dtype)),
                      {"p": 0.3, "stream": 2})],
 }
+
+def _idx(t, dim, index):
+    return t[0].gather(dim, index)
+
+
+SPECS.update({
+    "sqrt": [Spec([("pos", (3, 4))], lambda t, a: t[0].sqrt())],
+    "rsqrt": [Spec([("pos", (3, 4))], lambda t, a: t[0].rsqrt())],
+    "erf": [Spec([("f", (3, 4))], lambda t, a: torch.erf(t[0]))],
+    "pow": [Spec([("pos", (3, 4))], lambda t, a: t[0] ** a["exponent"], {"exponent": 2.5}),
+            Spec([("f", (3, 4))], lambda t, a: t[0] ** a["exponent"], {"exponent": 3.0})],
+    "maximum": [Spec([("f", (3, 4)), ("f", (4,))], lambda t, a: torch.maximum(t[0], t[1]))],
+    "minimum": [Spec([("f", (3, 1)), ("f", (2, 1, 4))], lambda t, a: torch.minimum(t[0], t[1]))],
+    "where": [Spec([("cond", (3, 4)), ("f", (3, 4)), ("f", (4,))], lambda t, a: torch.where(t[0], t[1], t[2])),
+              Spec([("cond", (3, 1)), ("f", ()), ("f", (1, 4))], lambda t, a: torch.where(t[0], t[1], t[2]))],
+    "cast": [Spec([("f", (3, 4))], lambda t, a: t[0].double(), {"dtype": "f64"})],
+    "max": [Spec([("f", (3, 4))], lambda t, a: torch.amax(t[0], dim=a["dims"], keepdim=a["keepdim"]), {"dims": (1,)}),
+            Spec([("f", (2, 3, 4))], lambda t, a: torch.amax(t[0], dim=a["dims"], keepdim=a["keepdim"]),
+                 {"dims": (0, 2), "keepdim": True})],
+    "slice": [Spec([("f", (5, 4))], lambda t, a: t[0][1:4], {"dim": 0, "start": 1, "end": 4}),
+              Spec([("f", (3, 7))], lambda t, a: t[0][:, 1:6:2], {"dim": 1, "start": 1, "end": 6, "step": 2}),
+              Spec([("f", (3, 7))], lambda t, a: t[0][:, 2::3], {"dim": 1, "start": 2, "end": 99, "step": 3})],
+    "concat": [Spec([("f", (2, 3)), ("f", (4, 3))], lambda t, a: torch.cat(t, a["dim"]), {"dim": 0}),
+               Spec([("f", (2, 1)), ("f", (2, 3)), ("f", (2, 2))], lambda t, a: torch.cat(t, a["dim"]), {"dim": 1})],
+    "pad": [Spec([("f", (2, 3))], lambda t, a: TF.pad(t[0], (0, 3, 1, 2), value=a["value"]),
+                 {"widths": (1, 2, 0, 3), "value": 0.5})],
+    "gather": [Spec([("f", (4, 3)), ("index", (6, 3), 4)], lambda t, a: t[0].gather(a["dim"], t[1]), {"dim": 0}),
+               Spec([("f", (2, 5, 3)), ("index", (2, 2, 3), 5)], lambda t, a: t[0].gather(a["dim"], t[1]), {"dim": 1})],
+    "scatter_add": [Spec([("f", (4, 3)), ("index", (6, 3), 4), ("f", (6, 3))],
+                         lambda t, a: t[0].scatter_add(a["dim"], t[1], t[2]), {"dim": 0})],
+})
+SPECS["matmul"] += [Spec([("f", (2, 3, 4)), ("f", (4, 5))], lambda t, a: t[0] @ t[1]),
+                    Spec([("f", (3, 1, 2, 4)), ("f", (2, 4, 3))], lambda t, a: t[0] @ t[1])]
+NONDIFF = ("labels", "seed", "cond", "index")
 CASES = [(op, k) for op in SPECS for k in range(len(SPECS[op]))]
 SEED = 1234
 
@@ -83,6 +117,10 @@ def _inputs(spec: Spec, dtype, rng) -> list:
     for kind, *rest in spec.inputs:
         if kind == "labels":
             vals.append(rng.integers(0, rest[1], size=rest[0]).astype(np.int64))
+        elif kind == "index":  # ("index", shape, bound): i64 indices in [0, bound)
+            vals.append(rng.integers(0, rest[1], size=rest[0]).astype(np.int64))
+        elif kind == "cond":
+            vals.append(rng.standard_normal(rest[0]) > 0)
         elif kind == "seed":
             vals.append(np.asarray(SEED, dtype=np.int64))
         else:
@@ -101,7 +139,7 @@ def _op_graph(op: str, spec: Spec, vals):
     names = []
     for k, ((kind, *_), v) in enumerate(zip(spec.inputs, vals)):
         t = TensorType.of(v)
-        names.append(b.add_input(f"a{k}", t, {"labels": "input", "seed": "rng"}.get(kind, "param")))
+        names.append(b.add_input(f"a{k}", t, {"labels": "input", "index": "input", "cond": "input", "seed": "rng"}.get(kind, "param")))
     return b.build([b.emit(op, names, spec.attrs)]).verify()
 
 
@@ -111,10 +149,10 @@ def _vjp(op, spec, dtype, rng):
     g = _op_graph(op, spec, vals)
     joint = grad_graph(g, seeds="inputs")
     out_t = g.types[g.outputs[0].value]
-    gy = np.asarray(rng.standard_normal(out_t.shape), dtype=dtype)
+    gy = np.asarray(rng.standard_normal(out_t.shape), dtype=out_t.np_dtype)
     res = interpret(joint, vals + [gy])
     assert [o.label for o in joint.outputs[1:]] == [f"grad:a{k}" for k, (kind, *_) in enumerate(spec.inputs)
-                                                  if kind not in ("labels", "seed")]
+                                                  if kind not in NONDIFF]
     return vals, gy, res[1:], g
 
 
@@ -136,7 +174,7 @@ def test_vjp_matches_finite_differences_f64(op, k):
     rng = np.random.default_rng(k)
     vals, gy, grads, g = _vjp(op, spec, np.float64, rng)
     phi = lambda vs: float((interpret(g, vs)[0] * gy).sum())  # noqa: E731
-    floats = [i for i, (kind, *_) in enumerate(spec.inputs) if kind not in ("labels", "seed")]
+    floats = [i for i, (kind, *_) in enumerate(spec.inputs) if kind not in NONDIFF]
     eps = 1e-6
     for i, grad in zip(floats, grads):
         fd = np.zeros_like(vals[i])
@@ -150,16 +188,27 @@ def test_vjp_matches_finite_differences_f64(op, k):
 
 
 @pytest.mark.parametrize("op,k", CASES, ids=[f"{o}-{k}" for o, k in CASES])
+def test_forward_matches_torch_f64(op, k):
+    """The numpy reference of every differentiable op against torch, in float64."""
+    spec = SPECS[op][k]
+    vals = _inputs(spec, np.float64, np.random.default_rng(k))
+    attrs = OPS[op].normalize_attrs(spec.attrs)
+    want = spec.torch([int(v) if kind == "seed" else torch.tensor(v) for (kind, *_), v in zip(spec.inputs, vals)], attrs)
+    got = OPS[op].reference(*vals, **attrs)
+    np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-12, err_msg=op)
+
+
+@pytest.mark.parametrize("op,k", CASES, ids=[f"{o}-{k}" for o, k in CASES])
 def test_vjp_matches_torch_f32(op, k):
     spec = SPECS[op][k]
     rng = np.random.default_rng(k)  # the same inputs as the float64 check, rounded
     vals, gy, grads, _ = _vjp(op, spec, np.float32, rng)
     ts = []
     for (kind, *_), v in zip(spec.inputs, vals):
-        ts.append(int(v) if kind == "seed" else torch.tensor(v, requires_grad=kind != "labels"))
+        ts.append(int(v) if kind == "seed" else torch.tensor(v, requires_grad=kind not in NONDIFF))
     y = spec.torch(ts, {**OPS[op].normalize_attrs(spec.attrs)})
     (y * torch.from_numpy(gy)).sum().backward()
-    floats = [t for (kind, *_), t in zip(spec.inputs, ts) if kind not in ("labels", "seed")]
+    floats = [t for (kind, *_), t in zip(spec.inputs, ts) if kind not in NONDIFF]
     for t, grad in zip(floats, grads):
         np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-4, atol=1e-6)
 

@@ -49,7 +49,8 @@ def cases(dt):
         "sum_to": [([x], {"shape": (7,)}), ([x], {"shape": (5, 1)}), ([f(2, 5, 7, dtype=dt)], {"shape": (1, 7)}), ([x], {"shape": ()})],
         "broadcast_to": [([f(7, dtype=dt)], {"shape": (5, 7)}), ([f(5, 1, dtype=dt)], {"shape": (2, 5, 3)}),
                          ([np.array(2.0, dt)], {"shape": (3,)})],
-        "matmul": [([f(6, 5, dtype=dt), f(5, 3, dtype=dt)], {})],
+        "matmul": [([f(6, 5, dtype=dt), f(5, 3, dtype=dt)], {}), ([f(2, 6, 5, dtype=dt), f(5, 3, dtype=dt)], {}),
+                   ([f(3, 1, 6, 5, dtype=dt), f(2, 5, 3, dtype=dt)], {}), ([f(6, 5, dtype=dt), f(4, 5, 3, dtype=dt)], {})],
         # one output feature: the linear_gemv / linear_backward_gemv variants, not BLAS
         "linear": [([f(6, 5, dtype=dt), f(4, 5, dtype=dt), f(4, dtype=dt)], {}), ([f(6, 5, dtype=dt), f(4, 5, dtype=dt)], {}),
                    ([f(6, 5, dtype=dt), f(1, 5, dtype=dt), f(1, dtype=dt)], {}), ([f(6, 5, dtype=dt), f(1, 5, dtype=dt)], {})],
@@ -86,6 +87,31 @@ def cases(dt):
                        ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), step(3)], {"lr": 0.1, "momentum": 0.9, "dampening": 0.1,
                                                                           "weight_decay": 0.01}),
                        ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), step(3)], {"lr": 0.1, "momentum": 0.9, "nesterov": True})],
+        "sqrt": [([f(5, 7, dtype=dt, lo=0.0)], {})],
+        "rsqrt": [([f(5, 7, dtype=dt, lo=0.1)], {})],
+        "erf": [([x], {})],
+        "pow": [([f(5, 7, dtype=dt, lo=0.1)], {"exponent": 2.5}), ([x], {"exponent": 2.0}), ([x], {"exponent": -1.0})],
+        "maximum": [([x, f(7, dtype=dt)], {}), ([x, np.array(np.nan, dt)], {})],
+        "minimum": [([x, f(5, 1, dtype=dt)], {})],
+        **{c: [([x, f(7, dtype=dt)], {}), ([np.round(x), np.round(f(5, 7, dtype=dt))], {})]
+           for c in ("eq", "ne", "lt", "le", "gt", "ge")},
+        "where": [([f(5, 7) > 0, x, f(7, dtype=dt)], {}), ([f(5, 1) > 0, np.array(0.0, dt), f(1, 7, dtype=dt)], {})],
+        "cast": [([x], {"dtype": "f64"}), ([x], {"dtype": "f32"}), ([x * 3], {"dtype": "i64"}), ([x], {"dtype": "bool"}),
+                 ([labels(6, 4)], {"dtype": "f32"}), ([f(5, 7) > 0], {"dtype": "f64"})],
+        "max": [([x], {"dims": (1,)}), ([x], {"dims": (0,), "keepdim": True}), ([f(2, 3, 4, dtype=dt)], {"dims": (0, 2)}),
+                ([x], {"dims": (0, 1)}), ([labels(6, 4).reshape(2, 3)], {"dims": (1,)})],
+        "slice": [([x], {"dim": 0, "start": 1, "end": 4}), ([x], {"dim": 1, "start": 1, "end": 7, "step": 2}),
+                  ([f(2, 6, 3, dtype=dt)], {"dim": 1, "start": 0, "end": 100, "step": 3}),
+                  ([x], {"dim": 1, "start": 3, "end": 3})],
+        "concat": [([x, f(2, 7, dtype=dt)], {"dim": 0}), ([x, f(5, 1, dtype=dt), f(5, 3, dtype=dt)], {"dim": 1}), ([x], {"dim": 1})],
+        "pad": [([x], {"widths": (1, 2, 0, 3)}), ([x], {"widths": (0, 0, 1, 1), "value": -1.5}),
+                ([f(2, 3, 4, dtype=dt)], {"widths": (1, 0, 0, 0, 2, 1), "interior": (0, 2, 1)})],
+        "gather": [([x, R.integers(0, 5, (3, 7))], {"dim": 0}), ([x, R.integers(0, 7, (5, 1))], {"dim": 1}),
+                   ([f(2, 3, 4, dtype=dt), R.integers(0, 3, (2, 5, 4))], {"dim": 1})],
+        "scatter_add": [([x, R.integers(0, 5, (3, 7)), f(3, 7, dtype=dt)], {"dim": 0}),
+                        ([f(2, 3, 4, dtype=dt), R.integers(0, 3, (2, 5, 4)), f(2, 5, 4, dtype=dt)], {"dim": 1})],
+        "uniform": [([seed()], {"shape": (3, 5), "dtype": "f32" if dt == np.float32 else "f64"}),
+                    ([seed()], {"shape": (4,), "stream": 7, "dtype": "f64"})],
         "adam_update": [([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(0)], {"lr": 0.01}),
                         ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(7)],
                          {"lr": 0.01, "beta1": 0.3, "weight_decay": 0.1})],
@@ -122,7 +148,10 @@ def test_kernel_matches_reference(op, dt):
         for g, w in zip(got, want):
             w = np.asarray(w)
             assert g.shape == w.shape and g.dtype == w.dtype, (op, attrs, g.shape, w.shape, g.dtype, w.dtype)
-            np.testing.assert_allclose(g, w, **tol, err_msg=f"{op} {attrs}")
+            if w.dtype.kind in "bi":
+                np.testing.assert_array_equal(g, w, err_msg=f"{op} {attrs}")
+            else:
+                np.testing.assert_allclose(g, w, **tol, err_msg=f"{op} {attrs}")
 
 
 def test_dropout_bits_equal_reference_rng():

@@ -59,6 +59,12 @@ class OpDef:
     #   "fused": several ops in one (drawn and reported as fused)
     #   "backward": only emitted by VJP rules;  "optimizer": an optimizer update
     tags: frozenset[str] = frozenset()
+    # How the kernel pass may fuse it (TVM's pattern kinds): "elementwise" (one output element
+    # from the same element of each input), "broadcast" (elementwise after numpy broadcasting),
+    # "injective" (each output element reads one input element somewhere: reshape, transpose,
+    # slice, pad, concat, gather), "reduce", "gemm" (a BLAS call that can take an elementwise
+    # epilogue) or "opaque" (a kernel of its own; nothing fuses across it).
+    kind: str | None = None
 
     # Decorators so an op's rule, reference kernel and VJP sit on adjacent lines.
     def ref(self, fn):
@@ -109,19 +115,24 @@ OPS: dict[str, OpDef] = {}
 
 
 TAGS = frozenset({"recompute", "fused", "backward", "optimizer"})
+KINDS = ("elementwise", "broadcast", "injective", "reduce", "gemm", "opaque")
 
 
-def defop(name: str, arity, attrs: dict | None = None, doc: str = "", tags=()):
-    """Decorator-style registration: `@defop(...)` on the infer rule, then `.reference` below it."""
+def defop(name: str, arity, attrs: dict | None = None, doc: str = "", tags=(), kind: str | None = None):
+    """Decorator-style registration: `@defop(...)` on the infer rule, then `.reference` below it.
+
+    `kind` (one of KINDS) is required: tests fail for an op that does not say how it fuses."""
     arity = (arity, arity) if isinstance(arity, int) else tuple(arity)
     if not TAGS.issuperset(tags):
         raise ValueError(f"op {name!r}: unknown tags {sorted(set(tags) - TAGS)}; known: {sorted(TAGS)}")
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"op {name!r}: unknown fusion kind {kind!r}; known: {KINDS}")
 
     def register(infer):
         if name in OPS:
             raise ValueError(f"op {name!r} is defined twice")
         OPS[name] = OpDef(name, arity, infer, reference=None, attrs=dict(attrs or {}),
-                           doc=doc or (infer.__doc__ or ""), tags=frozenset(tags))
+                           doc=doc or (infer.__doc__ or ""), tags=frozenset(tags), kind=kind)
         return OPS[name]
 
     return register

@@ -73,7 +73,7 @@ def _scalar(b, value: float, like):
 
 
 def _binary(name: str, fn):
-    @defop(name, 2, doc=f"elementwise {name} with numpy broadcasting", tags=("recompute",))
+    @defop(name, 2, doc=f"elementwise {name} with numpy broadcasting", kind="broadcast", tags=("recompute",))
     def rule(t):
         return TensorType(broadcast_shape(name, *t), _same_dtype(name, *t))
 
@@ -115,7 +115,7 @@ def _(b, node, gys, needs):
 
 
 def _unary(name: str, fn, doc: str, tags=()):
-    @defop(name, 1, doc=doc, tags=tags)
+    @defop(name, 1, doc=doc, tags=tags, kind="elementwise")
     def rule(t):
         _float(name, t[0])
         return t[0]
@@ -147,7 +147,7 @@ sigmoid.grad(lambda b, node, gys, needs: [b.emit("sigmoid_backward", [gys[0], no
 tanh.grad(lambda b, node, gys, needs: [b.emit("tanh_backward", [gys[0], node.out])])
 
 
-@defop("full", 0, {"shape": Attr("ints"), "value": Attr("float"), "dtype": Attr("str", "f32", ("f32", "f64", "i64"))}, tags=("recompute",),
+@defop("full", 0, {"shape": Attr("ints"), "value": Attr("float"), "dtype": Attr("str", "f32", ("f32", "f64", "i64"))}, kind="elementwise", tags=("recompute",),
        doc="a constant tensor filled with one value (Python scalars in user code become these)")
 def full(t, shape, value, dtype):
     return TensorType(shape, dtype)
@@ -164,7 +164,7 @@ full.grad(no_gradient("a constant: it has no inputs"))
 # ------------------------------------------------------------------ shapes
 
 
-@defop("transpose", 1, {"perm": Attr("ints")}, doc="permute dims (x.T reverses them)", tags=("recompute",))
+@defop("transpose", 1, {"perm": Attr("ints")}, doc="permute dims (x.T reverses them)", kind="injective", tags=("recompute",))
 def transpose(t, perm):
     x = t[0]
     if sorted(perm) != list(range(x.rank)):
@@ -184,7 +184,7 @@ def _(b, node, gys, needs):
     return [b.emit("transpose", [gys[0]], {"perm": inverse})]
 
 
-@defop("reshape", 1, {"shape": Attr("ints")}, doc="same elements, new shape (sizes must match)", tags=("recompute",))
+@defop("reshape", 1, {"shape": Attr("ints")}, doc="same elements, new shape (sizes must match)", kind="injective", tags=("recompute",))
 def reshape(t, shape):
     x = t[0]
     if any(s < 0 for s in shape) or int(np.prod(shape, dtype=np.int64)) != x.size:
@@ -201,7 +201,7 @@ reshape.grad(lambda b, node, gys, needs: [b.emit("reshape", [gys[0]], {"shape": 
 
 
 def _reduction(name: str, fn, doc: str):
-    @defop(name, 1, {"dims": Attr("ints"), "keepdim": Attr("bool", False)}, doc=doc)
+    @defop(name, 1, {"dims": Attr("ints"), "keepdim": Attr("bool", False)}, kind="reduce", doc=doc)
     def rule(t, dims, keepdim):
         x = t[0]
         if name == "mean":
@@ -242,7 +242,7 @@ def _(b, node, gys, needs):
     return [_reduction_grad(b, node, gy)]
 
 
-@defop("sum_to", 1, {"shape": Attr("ints")}, doc="sum a broadcast value back down to `shape` (gradients of broadcasting)")
+@defop("sum_to", 1, {"shape": Attr("ints")}, kind="reduce", doc="sum a broadcast value back down to `shape` (gradients of broadcasting)")
 def sum_to(t, shape):
     x = t[0]
     try:
@@ -266,7 +266,7 @@ sum_to.ref(sum_to_shape)
 sum_to.grad(lambda b, node, gys, needs: [_broadcast_back(b, gys[0], node.inputs[0])])
 
 
-@defop("broadcast_to", 1, {"shape": Attr("ints")}, doc="repeat along broadcast dims (gradients of reductions)",
+@defop("broadcast_to", 1, {"shape": Attr("ints")}, kind="injective", doc="repeat along broadcast dims (gradients of reductions)",
        tags=("recompute",))
 def broadcast_to(t, shape):
     x = t[0]
@@ -287,27 +287,37 @@ broadcast_to.grad(lambda b, node, gys, needs: [_sum_to(b, gys[0], node.inputs[0]
 # ------------------------------------------------------------------ linear algebra
 
 
-@defop("matmul", 2, doc="2-D matrix product a @ b")
+@defop("matmul", 2, kind="gemm",
+       doc="matrix product a @ b as torch.matmul for operands of rank >= 2: the last two dims multiply, "
+           "the leading (batch) dims broadcast")
 def matmul(t):
     a, b = t
     dt = _same_dtype("matmul", a, b)
     _float("matmul", a)
-    if a.rank != 2 or b.rank != 2:
-        raise ShapeError(f"matmul: graphc supports 2-D @ 2-D only, got {a} @ {b}")
-    if a.shape[1] != b.shape[0]:
-        raise ShapeError(f"matmul: inner dims differ: {a} @ {b} (expected a.shape[1] == b.shape[0], got {a.shape[1]} != {b.shape[0]})")
-    return TensorType((a.shape[0], b.shape[1]), dt)
+    if a.rank < 2 or b.rank < 2:
+        raise ShapeError(f"matmul: operands must have rank >= 2 (reshape a vector to [1, n] or [n, 1]), got {a} @ {b}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"matmul: inner dims differ: {a} @ {b} (expected a.shape[-1] == b.shape[-2], "
+                         f"got {a.shape[-1]} != {b.shape[-2]})")
+    batch = broadcast_shape("matmul (batch dims)", a.with_shape(a.shape[:-2]), b.with_shape(b.shape[:-2]))
+    return TensorType((*batch, a.shape[-2], b.shape[-1]), dt)
 
 
-matmul.ref(lambda a, b: a @ b)
+matmul.ref(lambda a, b: np.matmul(a, b))
+
+
+def _swap_last(b, v):
+    """v with its last two dims swapped (a transpose node)."""
+    r = b.types[v].rank
+    return b.emit("transpose", [v], {"perm": (*range(r - 2), r - 1, r - 2)})
 
 
 @matmul.grad
 def _(b, node, gys, needs):
+    # batch dims that were broadcast are summed back (sum_to), as for elementwise broadcasting
     gy, (x, w) = gys[0], node.inputs
-    T = {"perm": (1, 0)}
-    return [b.emit("matmul", [gy, b.emit("transpose", [w], T)]) if needs[0] else None,
-            b.emit("matmul", [b.emit("transpose", [x], T), gy]) if needs[1] else None]
+    return [_sum_to(b, b.emit("matmul", [gy, _swap_last(b, w)]), x) if needs[0] else None,
+            _sum_to(b, b.emit("matmul", [_swap_last(b, x), gy]), w) if needs[1] else None]
 
 
 def _linear_rule(op: str, t):
@@ -330,7 +340,7 @@ def _linear_ref(x, w, b=None):
     return y + b if b is not None else y
 
 
-@defop("linear", (2, 3), doc="y = x @ w.T + b (PyTorch's layout: w is [out, in])")
+@defop("linear", (2, 3), kind="gemm", doc="y = x @ w.T + b (PyTorch's layout: w is [out, in])")
 def linear(t):
     return _linear_rule("linear", t)
 
@@ -338,7 +348,7 @@ def linear(t):
 linear.ref(_linear_ref)
 
 
-@defop("linear_relu", (2, 3), doc="fused relu(x @ w.T + b): one pass over the GEMM output", tags=("fused",))
+@defop("linear_relu", (2, 3), doc="fused relu(x @ w.T + b): one pass over the GEMM output", kind="gemm", tags=("fused",))
 def linear_relu(t):
     return _linear_rule("linear_relu", t)
 
@@ -368,7 +378,7 @@ linear_relu.grad(lambda b, node, gys, needs: _linear_grad(b, node, gys, needs, r
 
 
 def _softmax_rule(name):
-    @defop(name, 1, {"dim": Attr("int")}, doc=f"{name} along dim (numerically stable)")
+    @defop(name, 1, {"dim": Attr("int")}, kind="opaque", doc=f"{name} along dim (numerically stable)")
     def rule(t, dim):
         _float(name, t[0])
         _check_dim(name, t[0], dim)
@@ -396,7 +406,7 @@ log_softmax.grad(lambda b, node, gys, needs: [b.emit("log_softmax_backward", [gy
 _REDUCTION = Attr("str", "mean", ("mean", "sum"))
 
 
-@defop("mse_loss", 2, {"reduction": _REDUCTION}, doc="mean (or sum) of (input - target)**2")
+@defop("mse_loss", 2, {"reduction": _REDUCTION}, kind="opaque", doc="mean (or sum) of (input - target)**2")
 def mse_loss(t, reduction):
     a, b = t
     dt = _same_dtype("mse_loss", a, b)
@@ -435,7 +445,7 @@ def _pick(x, labels):
     return x[np.arange(x.shape[0]), labels]
 
 
-@defop("nll_loss", 2, {"reduction": _REDUCTION}, doc="-mean(logp[i, label_i])")
+@defop("nll_loss", 2, {"reduction": _REDUCTION}, kind="opaque", doc="-mean(logp[i, label_i])")
 def nll_loss(t, reduction):
     _class_rule("nll_loss", *t)
     return TensorType((), t[0].dtype)
@@ -455,7 +465,7 @@ def _(b, node, gys, needs):
     return [b.emit("nll_loss_backward", [gys[0], labels], {"reduction": node.attr["reduction"], "classes": classes}), None]
 
 
-@defop("cross_entropy", 2, {"reduction": _REDUCTION}, doc="fused log_softmax + nll_loss via log-sum-exp", tags=("fused",))
+@defop("cross_entropy", 2, {"reduction": _REDUCTION}, doc="fused log_softmax + nll_loss via log-sum-exp", kind="opaque", tags=("fused",))
 def cross_entropy(t, reduction):
     _class_rule("cross_entropy", *t)
     return TensorType((), t[0].dtype)
@@ -476,7 +486,7 @@ cross_entropy.grad(lambda b, node, gys, needs: [
 
 
 # "recompute": the mask is a function of the seed, so the output is cheap to redo
-@defop("dropout", 2, {"p": Attr("float"), "stream": Attr("int", 0)}, tags=("recompute",),
+@defop("dropout", 2, {"p": Attr("float"), "stream": Attr("int", 0)}, kind="elementwise", tags=("recompute",),
        doc="x * keep / (1 - p), keep[i] = uniform(seed, stream, i) >= p. The mask is a pure function "
            "of (seed, stream, i): backward recomputes it instead of saving it")
 def dropout(t, p, stream):
@@ -507,8 +517,8 @@ dropout.grad(lambda b, node, gys, needs: [b.emit("dropout", [gys[0], node.inputs
 # Emitted by VJP rules; fused so that the backward plan makes one pass where it can.
 
 
-def _like_first(name, n_in, doc, attrs=None):
-    @defop(name, n_in, attrs, doc=doc, tags=("backward",))
+def _like_first(name, n_in, doc, attrs=None, kind="elementwise"):
+    @defop(name, n_in, attrs, doc=doc, tags=("backward",), kind=kind)
     def rule(t, **_):
         _same_dtype(name, *[x for x in t if x.is_float])
         for x in t[1:]:
@@ -525,13 +535,13 @@ sigmoid_backward = _like_first("sigmoid_backward", 2, "gy * y * (1 - y), y = sig
 sigmoid_backward.ref(lambda gy, y: gy * y * (1 - y))
 tanh_backward = _like_first("tanh_backward", 2, "gy * (1 - y**2), y = tanh output")
 tanh_backward.ref(lambda gy, y: gy * (1 - y * y))
-softmax_backward = _like_first("softmax_backward", 2, "y * (gy - sum(gy * y, dim)), y = softmax output", {"dim": Attr("int")})
+softmax_backward = _like_first("softmax_backward", 2, "y * (gy - sum(gy * y, dim)), y = softmax output", {"dim": Attr("int")}, kind="opaque")
 softmax_backward.ref(lambda gy, y, dim: y * (gy - (gy * y).sum(axis=dim, keepdims=True)))
-log_softmax_backward = _like_first("log_softmax_backward", 2, "gy - exp(y) * sum(gy, dim), y = log_softmax output", {"dim": Attr("int")})
+log_softmax_backward = _like_first("log_softmax_backward", 2, "gy - exp(y) * sum(gy, dim), y = log_softmax output", {"dim": Attr("int")}, kind="opaque")
 log_softmax_backward.ref(lambda gy, y, dim: gy - np.exp(y) * gy.sum(axis=dim, keepdims=True))
 
 
-@defop("mse_loss_backward", 3, {"reduction": _REDUCTION}, tags=("backward",), doc="d mse / d input = gy * 2 (input - target) / N")
+@defop("mse_loss_backward", 3, {"reduction": _REDUCTION}, kind="broadcast", tags=("backward",), doc="d mse / d input = gy * 2 (input - target) / N")
 def mse_loss_backward(t, reduction):
     gy, a, b = t
     if gy.shape != ():
@@ -546,7 +556,7 @@ def _(gy, a, b, reduction):
     return ((a - b) * (gy * scale)).astype(a.dtype)
 
 
-@defop("cross_entropy_backward", 3, {"reduction": _REDUCTION}, tags=("backward",), doc="d ce / d logits = gy * (softmax(logits) - onehot(labels)) / N")
+@defop("cross_entropy_backward", 3, {"reduction": _REDUCTION}, kind="opaque", tags=("backward",), doc="d ce / d logits = gy * (softmax(logits) - onehot(labels)) / N")
 def cross_entropy_backward(t, reduction):
     gy, x, labels = t
     _class_rule("cross_entropy_backward", x, labels)
@@ -562,7 +572,7 @@ def _(gy, x, labels, reduction):
     return (g * (gy / (x.shape[0] if reduction == "mean" else 1))).astype(x.dtype)
 
 
-@defop("nll_loss_backward", 2, {"reduction": _REDUCTION, "classes": Attr("int")}, tags=("backward",), doc="d nll / d logp = -gy / N at each label, 0 elsewhere")
+@defop("nll_loss_backward", 2, {"reduction": _REDUCTION, "classes": Attr("int")}, kind="opaque", tags=("backward",), doc="d nll / d logp = -gy / N at each label, 0 elsewhere")
 def nll_loss_backward(t, reduction, classes):
     gy, labels = t
     if gy.shape != () or not gy.is_float:
@@ -580,7 +590,7 @@ def _(gy, labels, reduction, classes):
 
 
 @defop("linear_backward", (3, 4), {"relu": Attr("bool", False), "input_grad": Attr("bool", True), "bias_grad": Attr("bool", True)},
-       tags=("backward",),
+       kind="opaque", tags=("backward",),
        doc="gradients of linear / linear_relu in one op. Inputs (gy, x, w[, y]); with relu=true the "
            "mask y > 0 is applied to gy on the fly. Outputs: dx (if input_grad), dw, db (if bias_grad)")
 def linear_backward(t, relu, input_grad, bias_grad):
@@ -631,7 +641,7 @@ def _check_step(op: str, t: TensorType) -> None:
         raise ShapeError(f"{op}: step must be i64[] (steps already taken), got {t}")
 
 
-@defop("sgd_update", (2, 4), tags=("optimizer",), attrs={"lr": Attr("float"), "momentum": Attr("float", 0.0), "dampening": Attr("float", 0.0),
+@defop("sgd_update", (2, 4), kind="opaque", tags=("optimizer",), attrs={"lr": Attr("float"), "momentum": Attr("float", 0.0), "dampening": Attr("float", 0.0),
                               "weight_decay": Attr("float", 0.0), "nesterov": Attr("bool", False)},
        doc="torch.optim.SGD for one param. Inputs (p, g), or (p, g, buf, step) with momentum; outputs p' "
            "(and buf'). step = steps already taken: at step 0 the buffer starts as d_p, as torch's does")
@@ -662,7 +672,7 @@ def _(p, g, buf=None, step=None, *, lr, momentum, dampening, weight_decay, neste
     return (p - lr * d_p).astype(p.dtype), buf.astype(p.dtype)
 
 
-@defop("adam_update", 5, tags=("optimizer",), attrs={"lr": Attr("float"), "beta1": Attr("float", 0.9), "beta2": Attr("float", 0.999),
+@defop("adam_update", 5, kind="opaque", tags=("optimizer",), attrs={"lr": Attr("float"), "beta1": Attr("float", 0.9), "beta2": Attr("float", 0.999),
                           "eps": Attr("float", 1e-8), "weight_decay": Attr("float", 0.0)},
        doc="torch.optim.Adam (amsgrad=False) for one param. Inputs (p, g, exp_avg, exp_avg_sq, step); "
            "outputs p', exp_avg', exp_avg_sq'. Bias correction uses t = step + 1")
@@ -692,3 +702,8 @@ def _(p, g, m, v, step, *, lr, beta1, beta2, eps, weight_decay):
 
 sgd_update.grad(no_gradient("an optimizer update: it runs after the gradients"))
 adam_update.grad(no_gradient("an optimizer update: it runs after the gradients"))
+
+
+# The primitives added for the kernel stage (math, comparisons, movement, indexing) live in their
+# own module; importing it registers them in the same table.
+from . import primitives  # noqa: E402,F401

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 # IR dtype name <-> numpy dtype. Only these flow through graphs.
-DTYPES = {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64), "i64": np.dtype(np.int64)}
+DTYPES = {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64), "i64": np.dtype(np.int64),
+          "bool": np.dtype(np.bool_)}  # bool: what comparisons give and `where` takes
 FLOAT_DTYPES = ("f32", "f64")
 _BY_NUMPY = {v: k for k, v in DTYPES.items()}
 
