@@ -370,7 +370,9 @@ class TrainStep(_Inspectable):
     does) needs a new compile_train_step, as it needs a new optimizer.
     """
 
-    def __init__(self, model: Module, loss_fn, optimizer, example_inputs, passes=None, mode: str = "jit", disable=()):
+    def __init__(self, model: Module, loss_fn, optimizer, example_inputs, passes=None, mode: str = "jit", disable=(),
+                 distributed=None):
+        self._dist = distributed  # a passes.distributed.DistributedSpec: gradients all-reduced across ranks
         if not isinstance(model, Module):
             raise GraphcError(f"compile_train_step expects a graphc.nn.Module, got {type(model).__name__}")
         if len(example_inputs) < 2:
@@ -420,13 +422,18 @@ class TrainStep(_Inspectable):
             # params the optimizer does not hold are plain inputs to the step: not differentiated, not updated
             graph = graph.replace(inputs=tuple(Input(i.name, i.type, "input") if i.kind == "param" and i.name not in trained
                                                else i for i in graph.inputs)).verify()
-        plans = compile_pipeline(graph, "train_step", optimizer=spec_opt, passes=self.passes, disable=self.disable)
+        plans = compile_pipeline(graph, "train_step", optimizer=spec_opt, passes=self.passes, disable=self.disable,
+                                 distributed=self._dist)
         g = plans.train_step
         params = dict(w.named_parameters())
         bind = _bind(g, params)
         for i in g.inputs:
             if i.kind == "state":
                 bind[i.name] = self._state_array(i.name, params)
+            elif i.kind == "comm":
+                from .distributed import comm_words
+
+                bind[i.name] = comm_words()
         stage = next(s for s in reversed(plans.stage_names) if s.startswith("train_step_plan"))
         exe = Executable(g, bind, self.mode, name=g.name + ".train_step", on_mismatch=self._mismatch)
         spec = _Specialisation(sig, training, plans, {stage: exe})
@@ -527,10 +534,46 @@ def _as_arrays_at(step: TrainStep, k: int, a: np.ndarray) -> list[np.ndarray]:
     return arrays
 
 
+class DistributedTrainStep(TrainStep):
+    """A TrainStep of a data-parallel job (see graphc.distributed): its plan all-reduces the gradients,
+    and its first call makes rank 0's parameters and optimizer state every rank's."""
+
+    _unsynced = True
+
+    def __call__(self, *inputs) -> float:
+        if self._unsynced:
+            self.broadcast_state()
+        return TrainStep.__call__(self, *inputs)
+
+    def broadcast_state(self, root: int = 0) -> None:
+        """Overwrite every rank's parameters and optimizer state with rank `root`'s (collective)."""
+        from .distributed import broadcast_arrays
+
+        self.optimizer.ensure_state()
+        params = dict(self._wrapper.named_parameters())
+        arrays = [params[n] for n in self._trained]
+        arrays += [a for n in self._trained for a in self.optimizer.state_of(params[n]).values()
+                   if isinstance(a, np.ndarray)]
+        broadcast_arrays(arrays, root)
+        self._unsynced = False
+
+
 def compile_train_step(model: Module, loss_fn, optimizer, *example_inputs, passes=None, mode: str = "jit",
-                       disable=()) -> TrainStep:
-    """Compile one training step: model inputs and target like `example_inputs` (the target last)."""
-    return TrainStep(model, loss_fn, optimizer, example_inputs, passes=passes, mode=mode, disable=disable)
+                       disable=(), distributed: bool = False, bucket_cap_mb: float = 25.0) -> TrainStep:
+    """Compile one training step: model inputs and target like `example_inputs` (the target last).
+
+    distributed=True: a data-parallel step (graphc.distributed.init() is called): each rank steps on
+    its own batch and the gradients are averaged across ranks, in buckets of at most bucket_cap_mb
+    MB, by all_reduce nodes of the train-step plan."""
+    if not distributed:
+        return TrainStep(model, loss_fn, optimizer, example_inputs, passes=passes, mode=mode, disable=disable)
+    from . import distributed as dist
+    from .passes.distributed import DistributedSpec
+
+    dist.init()
+    spec = DistributedSpec(dist.world_size(), max(1, int(bucket_cap_mb * 2**20)))
+    return DistributedTrainStep(model, loss_fn, optimizer, example_inputs, passes=passes, mode=mode, disable=disable,
+                                distributed=spec)
 
 
-__all__ = ["CompiledModule", "TrainStep", "compile", "compile_train_step"]
+__all__ = ["CompiledModule", "TrainStep", "DistributedTrainStep", "compile", "compile_train_step"]

@@ -14,6 +14,15 @@ _generator = np.random.default_rng()
 SEED_BLOCK = 64
 seeds: list[int] = []
 _before: dict | None = None  # the bit generator's state before the block was drawn
+# XORed into every Dropout seed: 0, except on ranks > 0 of a data-parallel job (graphc.distributed),
+# so each rank draws other masks from the same, reproducible, generator state
+_salt = 0
+
+
+def set_seed_salt(salt: int) -> None:
+    global _salt
+    _settle()
+    _salt = int(salt)
 
 
 def manual_seed(seed: int) -> None:
@@ -47,5 +56,5 @@ def next_seed() -> int:
         global _before
         bg = _generator.bit_generator
         _before = bg.state
-        seeds.extend((bg.random_raw(SEED_BLOCK) >> np.uint64(1)).tolist()[::-1])
+        seeds.extend(((bg.random_raw(SEED_BLOCK) >> np.uint64(1)) ^ np.uint64(_salt)).tolist()[::-1])
     return seeds.pop()

@@ -88,14 +88,25 @@ def _train_step_stage(optimizer) -> Callable:
     return build_train_step
 
 
+def _all_reduce_stage(distributed) -> Callable:
+    def all_reduce_gradients(g: Graph, ctx=None):
+        from .distributed import all_reduce_gradients as insert
+
+        return insert(g, distributed, ctx), True
+
+    return all_reduce_gradients
+
+
 def compile_pipeline(graph: Graph, mode: str = "inference", optimizer=None, passes: Iterable | None = None,
-                     disable: Iterable[str] = (), check: bool | None = None) -> CompiledPlans:
+                     disable: Iterable[str] = (), check: bool | None = None, distributed=None) -> CompiledPlans:
     """Run the passes for `mode` on a traced graph and build the plans.
 
     mode: "inference" (eval-mode forward), "training" (forward and backward plans; the graph's
     outputs may be model outputs, whose gradients come in as `grad` inputs of the backward, or
     one scalar loss) or "train_step" (graph = forward + scalar loss; `optimizer` is an
     OptimizerSpec; one graph does forward, backward and the parameter updates).
+    distributed: a passes.distributed.DistributedSpec (train_step only): the gradients are averaged
+    across ranks by all_reduce nodes, inserted right after build_train_step.
     passes: a custom list of pass names or callables replacing the mode's default list;
     disable: pass names to skip; check: checked mode (default: GRAPHC_CHECK in the environment).
     """
@@ -111,6 +122,11 @@ def compile_pipeline(graph: Graph, mode: str = "inference", optimizer=None, pass
         if optimizer is None:
             raise GraphcError("mode='train_step' needs an optimizer (an OptimizerSpec)")
         names = [_train_step_stage(optimizer) if p == "build_train_step" else p for p in names]
+        if distributed is not None:
+            k = next(k for k, p in enumerate(names) if getattr(p, "__name__", None) == "build_train_step")
+            names.insert(k + 1, _all_reduce_stage(distributed))
+    elif distributed is not None:
+        raise GraphcError(f"distributed= needs mode='train_step', got mode={mode!r}")
 
     check = checking_enabled(check)
     checker = Checker(graph) if check else None

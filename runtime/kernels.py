@@ -1112,3 +1112,5 @@ def run_kernel(op: str, inputs: list, attrs: dict | None = None) -> tuple[np.nda
 
 # the kernels of the primitives added for issue 9 (math, comparisons, movement, indexing)
 from . import primitive_kernels  # noqa: E402,F401
+# the all_reduce kernel of data-parallel train steps (calls MPI from the plan)
+from . import collectives  # noqa: E402,F401

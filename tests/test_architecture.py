@@ -63,6 +63,6 @@ def test_import_graphc_is_light():
     import subprocess
     import sys
 
-    code = "import sys, graphc, graphc.nn; print('numba' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, graphc, graphc.nn; print('numba' in sys.modules, 'torch' in sys.modules, 'mpi4py' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "False"], "import graphc must not pull in numba or torch"
+    assert out == ["False", "False", "False"], "import graphc must not pull in numba, torch or mpi4py"

@@ -24,6 +24,12 @@ def step(k):
     return np.array(k, np.int64)
 
 
+def world():
+    from graphc.runtime.collectives import comm_words
+
+    return comm_words()
+
+
 # op -> list of (inputs, attrs); every op of the table must appear (test_cases_cover_the_op_table)
 def cases(dt):
     x = f(5, 7, dtype=dt)
@@ -115,6 +121,9 @@ def cases(dt):
         "adam_update": [([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(0)], {"lr": 0.01}),
                         ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(7)],
                          {"lr": 0.01, "beta1": 0.3, "weight_decay": 0.1})],
+        # a world of one here; tests/test_distributed.py runs it across two ranks
+        "all_reduce": [([world(), x, f(3, dtype=dt), f(2, 1, 4, dtype=dt)], {"ranks": 1}),
+                       ([world(), x], {"ranks": 1, "op": "sum"})],
     }
 
 

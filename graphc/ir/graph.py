@@ -13,7 +13,8 @@ from typing import Any, Iterable
 from .types import TensorType
 
 # What a graph input is for; the runtime and the pictures treat the kinds differently.
-INPUT_KINDS = ("input", "param", "state", "rng", "saved", "grad")
+# "comm": a communicator (handles of the process group) that collectives such as all_reduce read.
+INPUT_KINDS = ("input", "param", "state", "rng", "saved", "grad", "comm")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class OpDef:
     #   "recompute": one cheap pass, no reduction or GEMM: partition redoes it instead of saving
     #   "fused": several ops in one (drawn and reported as fused)
     #   "backward": only emitted by VJP rules;  "optimizer": an optimizer update
+    #   "collective": talks to the other processes of a data-parallel job (every rank runs it)
     tags: frozenset[str] = frozenset()
     # How the kernel pass may fuse it (TVM's pattern kinds): "elementwise" (one output element
     # from the same element of each input), "broadcast" (elementwise after numpy broadcasting),
@@ -114,7 +115,7 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 
 
-TAGS = frozenset({"recompute", "fused", "backward", "optimizer"})
+TAGS = frozenset({"recompute", "fused", "backward", "optimizer", "collective"})
 KINDS = ("elementwise", "broadcast", "injective", "reduce", "gemm", "opaque")
 
 

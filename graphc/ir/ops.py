@@ -704,6 +704,55 @@ sgd_update.grad(no_gradient("an optimizer update: it runs after the gradients"))
 adam_update.grad(no_gradient("an optimizer update: it runs after the gradients"))
 
 
+# ------------------------------------------------------------------ collectives
+# Data-parallel training: every rank runs the same plan on its own shard of the batch, and the
+# gradients are averaged across ranks before the update. The process group reaches the plan as
+# a `comm` input (i64[COMM_WORDS] of MPI handles that the runtime's kernel reads); the numpy
+# reference cannot call MPI from the IR floor, so graphc.distributed registers the reduction it
+# uses in COLLECTIVES["all_reduce_sum"] (sum a flat array across ranks, in place). Without one
+# the world is this process alone.
+
+COMM_WORDS = 8
+COLLECTIVES: dict = {"all_reduce_sum": None}
+
+
+@defop("all_reduce", (2, 1 << 20), {"ranks": Attr("int"), "bucket": Attr("int", 0),
+                                    "op": Attr("str", "mean", ("mean", "sum"))}, tags=("collective",), kind="opaque",
+       doc="inputs (comm, x1, ..., xn): the sum or mean over the `ranks` processes of a data-parallel job of "
+           "each float xi, sent as one message (bucket `bucket`); outputs the n results, same types")
+def all_reduce(t, ranks, bucket, op):
+    comm, *xs = t
+    if comm != TensorType((COMM_WORDS,), "i64"):
+        raise ShapeError(f"all_reduce: the first input must be the communicator, i64[{COMM_WORDS}], got {comm}")
+    for x in xs:
+        _float("all_reduce", x)
+    _same_dtype("all_reduce", *xs)
+    if ranks < 1:
+        raise ShapeError(f"all_reduce: ranks must be >= 1, got {ranks}")
+    return tuple(xs)
+
+
+@all_reduce.ref
+def _(comm, *xs, ranks, bucket, op):
+    flat = np.concatenate([x.ravel() for x in xs]) if xs else np.zeros(0)
+    if ranks > 1:
+        reduce = COLLECTIVES["all_reduce_sum"]
+        if reduce is None:
+            raise GraphcError(f"all_reduce over {ranks} ranks: this process has no process group; "
+                              f"call graphc.distributed.init() in a job started with mpiexec -n {ranks}")
+        reduce(flat, ranks)
+        if op == "mean":
+            flat /= flat.dtype.type(ranks)
+    out, k = [], 0
+    for x in xs:
+        out.append(flat[k:k + x.size].reshape(x.shape).astype(x.dtype))
+        k += x.size
+    return tuple(out)
+
+
+all_reduce.grad(no_gradient("a collective over the gradients: it runs after them, before the update"))
+
+
 # The primitives added for the kernel stage (math, comparisons, movement, indexing) live in their
 # own module; importing it registers them in the same table.
 from . import primitives  # noqa: E402,F401
