@@ -1,6 +1,7 @@
 """An MLP on scikit-learn's bundled handwritten digits (8x8 images, 1797 samples; no download).
 
     python samples/digits.py [--epochs 40] [--out digits_out]
+    mpiexec -n 2 python samples/digits.py --distributed    # data parallel: each rank takes half of each batch
 
 Cross-entropy, Adam, a shuffled DataLoader and a progress bar; saves loss/accuracy curves as a
 PNG and the trained weights as .npz (no pickle), then reloads them and checks the score.
@@ -89,32 +90,59 @@ def main(argv=None) -> float:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--out", default="digits_out")
+    ap.add_argument("--distributed", action="store_true",
+                    help="data-parallel over the ranks of mpiexec: each rank steps on batch-size/ranks samples")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    ranks, main_rank = 1, True
+    if args.distributed:
+        import graphc.distributed as dist
+
+        dist.init()
+        ranks, main_rank = dist.world_size(), dist.is_main()
+        if args.batch_size % ranks:
+            raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {ranks} ranks")
 
     t0 = time.perf_counter()
     graphc.manual_seed(0)
     x_train, y_train, x_test, y_test = load_digits_split()
     model = DigitsMLP()
     opt = graphc.optim.Adam(model.parameters(), lr=args.lr)
-    step = graphc.compile_train_step(model, nn.CrossEntropyLoss(), opt, x_train[: args.batch_size], y_train[: args.batch_size])
-    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    data = TensorDataset(x_train, y_train)
+    if args.distributed:  # the same global batch of batch-size samples, split across the ranks
+        from graphc.data import DistributedSampler
+
+        b = args.batch_size // ranks
+        sampler = DistributedSampler(data, shuffle=True, seed=0, drop_last=True)
+        loader = DataLoader(data, batch_size=b, sampler=sampler, drop_last=True)
+        step = graphc.compile_train_step(model, nn.CrossEntropyLoss(), opt, x_train[:b], y_train[:b], distributed=True)
+    else:
+        sampler = None
+        loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True)
+        step = graphc.compile_train_step(model, nn.CrossEntropyLoss(), opt, x_train[: args.batch_size],
+                                         y_train[: args.batch_size])
 
     try:
         from tqdm import tqdm
 
-        epochs = tqdm(range(args.epochs), desc="training", ncols=80, file=sys.stdout)
+        epochs = tqdm(range(args.epochs), desc="training", ncols=80, file=sys.stdout, disable=not main_rank)
     except ImportError:
         epochs = range(args.epochs)
     test_accuracy = evaluator(model, x_test, y_test)
     losses, accs = [], []
-    for _ in epochs:
-        losses.append(float(np.mean([step(xb, yb) for xb, yb in loader])))
-        accs.append(test_accuracy())
+    for epoch in epochs:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loss = float(np.mean([step(xb, yb) for xb, yb in loader]))
+        losses.append(float(dist.all_reduce_mean(loss)) if args.distributed else loss)
+        accs.append(test_accuracy())  # every rank holds the same weights
         if hasattr(epochs, "set_postfix"):
             epochs.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{100 * accs[-1]:.1f}%")
     seconds = time.perf_counter() - t0
-    print(f"test accuracy {100 * accs[-1]:.2f}% after {args.epochs} epochs in {seconds:.1f} s")
+    if not main_rank:  # rank 0 reports and saves
+        return accs[-1]
+    on = f" on {ranks} ranks" if args.distributed else ""
+    print(f"test accuracy {100 * accs[-1]:.2f}% after {args.epochs} epochs in {seconds:.1f} s{on}")
 
     png = os.path.join(args.out, "digits_curves.png")
     if plot_curves(losses, accs, png):

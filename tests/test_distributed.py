@@ -149,3 +149,55 @@ def test_a_failing_rank_ends_the_job_with_its_message():
     assert "rank 0 was never stopped" not in out
     raised = float(re.search(r"raising at (\S+)", out).group(1))
     assert end - raised < 20, f"the job took {end - raised:.1f} s to end after the failure"
+
+
+# ---- DistributedSampler: torch's semantics
+
+
+@pytest.mark.parametrize("n,replicas,drop_last", [(10, 3, False), (10, 3, True), (2, 3, False), (12, 4, False),
+                                                  (12, 4, True), (7, 2, True), (1, 4, False)])
+def test_distributed_sampler_matches_torch_without_shuffle(n, replicas, drop_last):
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DistributedSampler as TorchSampler
+
+    for r in range(replicas):
+        ours = graphc.data.DistributedSampler(range(n), num_replicas=replicas, rank=r, shuffle=False, drop_last=drop_last)
+        theirs = TorchSampler(range(n), num_replicas=replicas, rank=r, shuffle=False, drop_last=drop_last)
+        assert list(ours) == list(theirs) and len(ours) == len(theirs)
+    del torch
+
+
+def test_distributed_sampler_shards_one_shuffle_per_epoch():
+    x = np.arange(11, dtype=np.float32)[:, None]
+    shards = {}
+    for epoch in (0, 1):
+        per_rank = []
+        for r in range(3):
+            s = graphc.data.DistributedSampler(x, num_replicas=3, rank=r, shuffle=True, seed=5)
+            s.set_epoch(epoch)
+            per_rank.append(list(s))
+            assert len(s) == 4
+        seen = sorted(i for p in per_rank for i in p)
+        assert set(seen) == set(range(11)) and len(seen) == 12  # one index repeated to pad 11 to 12
+        shards[epoch] = per_rank
+    assert shards[0] != shards[1]  # set_epoch reshuffles, the same way on every rank
+    loader = graphc.data.DataLoader(graphc.data.TensorDataset(x), batch_size=2,
+                                    sampler=graphc.data.DistributedSampler(x, num_replicas=3, rank=1, seed=5))
+    assert len(loader) == 2 and [float(v) for (b,) in loader for v in b[:, 0]] == [float(i) for i in shards[0][1]]
+    with pytest.raises(GraphcError, match="mutually exclusive with shuffle"):
+        graphc.data.DataLoader(graphc.data.TensorDataset(x), sampler=[0, 1], shuffle=True)
+    with pytest.raises(GraphcError, match=r"invalid rank 3, rank should be in the interval \[0, 2\]"):
+        graphc.data.DistributedSampler(x, num_replicas=3, rank=3)
+    assert len(graphc.data.DistributedSampler(x)) == 11  # a world of one by default
+
+
+def test_digits_sample_data_parallel(tmp_path):
+    pytest.importorskip("sklearn")
+    env = {k: v for k, v in os.environ.items() if k not in dist._LAUNCHER_VARS}
+    r = subprocess.run([_mpiexec(), "-n", "2", sys.executable, os.path.join(HERE, "..", "samples", "digits.py"),
+                        "--distributed", "--epochs", "12", "--out", str(tmp_path)],
+                       cwd=tmp_path, env=dict(env, MPLBACKEND="Agg"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    acc = float(r.stdout.split("test accuracy ")[1].split("%")[0])
+    assert acc >= 93.0 and "on 2 ranks" in r.stdout, r.stdout  # the bar of the one-process run (test_samples)
+    assert r.stdout.count("test accuracy") == 1  # rank 0 reports
