@@ -31,6 +31,7 @@ _LAZY = {
     "dump": ("graphc.inspect", "dump"),
     "optim": ("graphc.optim", None),
     "data": ("graphc.data", None),
+    "distributed": ("graphc.distributed", None),
     "passes": ("graphc.passes", None),
     "runtime": ("graphc.runtime", None),
 }

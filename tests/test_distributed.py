@@ -70,6 +70,10 @@ def test_distributed_step_of_one_rank_is_the_plain_step():
                      r"4.bias, 2.weight, 2.bias, 0.weight, 0.bias", ir), ir
     assert "all_reduce_gradients" in step.stages
     assert "bucket 0: 6 gradient(s)" in step.passes_report()
+    from graphc.inspect.dot import to_dot
+
+    dot = str(to_dot(step.graph("train_step_plan")))  # the pictures draw the communicator and the all-reduce
+    assert "communicator (MPI)" in dot and "all-reduce across ranks" in dot and "all_reduce {ranks=1}" in dot
 
 
 def _train_step_graph(model, x, y):

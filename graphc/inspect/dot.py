@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from graphc.ir import Graph, Node
 from graphc.ir.text import format_attrs
 
-from .roles import FUSED_OPS, is_backward, is_fused, phases, saved_values  # noqa: F401  (re-exported)
+from .roles import FUSED_OPS, _tagged, is_backward, is_fused, phases, saved_values  # noqa: F401  (re-exported)
 
 log = logging.getLogger("graphc.inspect")
 
@@ -41,10 +41,12 @@ STYLES: dict[str, Style] = {
     "rng": Style("random seed", "diamond", "#eeeeee"),
     "saved": Style("saved for backward", "box", "#fce5cd", "filled,bold"),
     "grad": Style("gradient input", "cds", "#f4cccc"),
+    "comm": Style("communicator (MPI)", "doubleoctagon", "#ead1dc"),
     "activation": Style("activation (forward op)", "box", "#ffffff", "rounded,filled"),
     "gradient": Style("gradient (backward op)", "box", "#f4cccc", "filled"),
     "fused": Style("fused op", "component", "#d9ead3"),
     "optimizer": Style("optimizer update", "hexagon", "#d0e0e3"),
+    "collective": Style("all-reduce across ranks", "doubleoctagon", "#ead1dc"),
     "constant": Style("constant", "plain", "#ffffff", ""),
     "output": Style("graph output", "note", "#f3f3f3"),
 }
@@ -154,6 +156,8 @@ def to_dot(g: Graph, *, title: str | None = None, fused: frozenset[str] | set[st
             key, label = "constant", _constant_label(n)
         elif is_fused(n) or any(o in fused for o in n.outputs):
             key, label = "fused", _node_label(n, name_limit)
+        elif _tagged(n, "collective"):
+            key, label = "collective", _node_label(n, name_limit)
         elif p == "optimizer":
             key, label = "optimizer", _node_label(n, name_limit)
         elif p == "backward":
