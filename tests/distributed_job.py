@@ -2,10 +2,13 @@
 
     python distributed_job.py equivalence   # 2 ranks on half batches == 1 process on the whole batch
     python distributed_job.py fail          # rank 1 raises after two steps: the job must end, not hang
+    python distributed_job.py kill          # rank 1 is killed (SIGKILL) after two steps: the same
 
 Every check is an assert: a failure on any rank aborts the job (graphc.distributed's excepthook),
 so the test sees a non-zero exit and this rank's traceback.
 """
+import os
+import signal
 import sys
 import time
 
@@ -104,7 +107,7 @@ def equivalence():
     print(f"rank {r} ok", flush=True)
 
 
-def fail():
+def fail(kill=False):
     r = dist.rank()
     x, y = data(np.float64)
     model, opt = make(np.float64, "sgd")
@@ -112,6 +115,8 @@ def fail():
     for k in range(1000):
         if r == 1 and k == 2:
             print(f"raising at {time.time():.3f}", flush=True)
+            if kill:  # no Python left to report anything: the launcher must end the job
+                os.kill(os.getpid(), signal.SIGKILL)
             raise ValueError("boom on rank 1")
         step(x, y)
     print("rank 0 was never stopped", flush=True)
@@ -119,4 +124,4 @@ def fail():
 
 if __name__ == "__main__":
     dist.init()
-    {"equivalence": equivalence, "fail": fail}[sys.argv[1]]()
+    {"equivalence": equivalence, "fail": fail, "kill": lambda: fail(kill=True)}[sys.argv[1]]()

@@ -195,6 +195,15 @@ def test_distributed_sampler_shards_one_shuffle_per_epoch():
     assert len(graphc.data.DistributedSampler(x)) == 11  # a world of one by default
 
 
+def test_a_killed_rank_ends_the_job():
+    r, end = run_job("kill", timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-4000:]
+    assert "rank 0 was never stopped" not in out
+    raised = float(re.search(r"raising at (\S+)", out).group(1))
+    assert end - raised < 20, f"the job took {end - raised:.1f} s to end after the kill"
+
+
 def test_digits_sample_data_parallel(tmp_path):
     pytest.importorskip("sklearn")
     env = {k: v for k, v in os.environ.items() if k not in dist._LAUNCHER_VARS}
