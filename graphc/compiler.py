@@ -546,7 +546,7 @@ class DistributedTrainStep(TrainStep):
         return TrainStep.__call__(self, *inputs)
 
     def broadcast_state(self, root: int = 0) -> None:
-        """Overwrite every rank's parameters and optimizer state with rank `root`'s (collective)."""
+        """Overwrite every rank's parameters, optimizer state and step count with rank `root`'s (collective)."""
         from .distributed import broadcast_arrays
 
         self.optimizer.ensure_state()
@@ -554,7 +554,9 @@ class DistributedTrainStep(TrainStep):
         arrays = [params[n] for n in self._trained]
         arrays += [a for n in self._trained for a in self.optimizer.state_of(params[n]).values()
                    if isinstance(a, np.ndarray)]
-        broadcast_arrays(arrays, root)
+        count = np.array(self.optimizer.step_count, np.int64)  # Adam's bias correction reads it
+        broadcast_arrays(arrays + [count], root)
+        self.optimizer.step_count = int(count)
         self._unsynced = False
 
 
