@@ -29,6 +29,7 @@ _LAZY = {
     "CompiledModule": ("graphc.compiler", "CompiledModule"),
     "TrainStep": ("graphc.compiler", "TrainStep"),
     "dump": ("graphc.inspect", "dump"),
+    "report": ("graphc.inspect.html", "report"),
     "optim": ("graphc.optim", None),
     "data": ("graphc.data", None),
     "distributed": ("graphc.distributed", None),

@@ -2,6 +2,7 @@
 
     graphc inspect model.py:SimpleNet --input 64x10 [--train --loss mse --optim sgd] [--all-stages]
     graphc dump model.py:SimpleNet --input 64x10 -o dumps/
+    graphc report model.py:SimpleNet --input 64x10 --train -o report.html
     graphc demo
 
 A mistake in the command (no such file, no such class, a bad shape, a model that does not
@@ -278,6 +279,15 @@ def cmd_dump(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from graphc.inspect.html import report
+
+    obj = build(args)
+    path = _run_user("writing the report", report, obj, args.out)
+    print(f"wrote {path} ({os.path.getsize(path) / 1024:,.0f} KiB): open it in a browser")
+    return 0
+
+
 def samples_dir() -> Path:
     """samples/ of the source checkout (the package is installed editable, so it sits beside graphc/)."""
     import graphc
@@ -350,6 +360,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", action="append", choices=("svg", "png", "pdf"),
                    help="picture format rendered by Graphviz (default svg); .txt and .dot are always written")
     p.set_defaults(run=cmd_dump)
+
+    p = sub.add_parser("report", help="write one self-contained HTML page: every stage, diff, picture and kernel",
+                       description="Trace and compile a model and write an HTML report to click through: stages with "
+                                   "diffs and pictures, fusion, kernels, saved values, memory plans, generated code.")
+    _model_arguments(p)
+    p.add_argument("-o", "--out", default="report.html", metavar="FILE.html", help="the page to write (default report.html)")
+    p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("demo", help="train the SimpleNet sample end to end (samples/simple_net.py)",
                        description="Run samples/simple_net.py: trace, compile, train, evaluate and dump SimpleNet. "

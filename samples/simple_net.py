@@ -1,4 +1,4 @@
-"""The seed's SimpleNet, end to end: trace, passes, fused IR, training with SGD, dumps.
+"""The seed's SimpleNet, end to end: trace, passes, fused IR, training with SGD, dumps and a report.
 
     python samples/simple_net.py [--epochs 30] [--out simple_net_dumps]
 
@@ -58,7 +58,7 @@ def main(argv=None) -> float:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--out", default="simple_net_dumps", help="folder for the IR/DOT/SVG dumps")
+    ap.add_argument("--out", default="simple_net_dumps", help="folder for the IR/DOT/SVG dumps and report.html")
     args = ap.parse_args(argv)
 
     graphc.manual_seed(0)
@@ -100,6 +100,8 @@ def main(argv=None) -> float:
     out = os.path.abspath(args.out)
     graphc.dump(step, out)
     print(f"dumps of every stage written to {out}/ (index.md lists them)")
+    page = graphc.report(step, os.path.join(out, "report.html"))
+    print(f"the compile report, one page to open in a browser: {page}")
     return eval_loss
 
 

@@ -25,6 +25,7 @@ def test_simple_net_sample_trains_and_dumps(tmp_path, cache_dir):
     eval_mse, baseline = map(float, re.search(r"eval MSE on \d+ held-out samples: (\S+) \(predicting the mean gives (\S+)\)", out).groups())
     assert eval_mse < baseline
     assert (tmp_path / "dumps" / "index.md").exists()
+    assert (tmp_path / "dumps" / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
 def test_digits_sample_learns_and_reloads(tmp_path, cache_dir):
