@@ -295,3 +295,33 @@ def test_cli_report_help():
     assert p.returncode == 0 and p.stdout.startswith("usage: graphc report")
     for opt in ("--input", "--train", "--loss", "--optim", "-o"):
         assert opt in p.stdout
+
+
+def test_plan_calls_reads_the_ir_comments_codegen_writes():
+    from graphc.inspect.html_code import plan_calls
+
+    source = '''"""doc"""
+def plan(x, table):
+    # storage: views
+    v1 = x
+    # %1: f32[4] = relu(%x)  # m.py:3
+    k_relu(x, v1)
+    # %2: f32[4] = pow(%1, %1)
+    k_first(v1, v2)
+    k_second(v2)
+    # %3: f32[4] = linear(%2, %w)
+    # %4: f32[4] = relu(%3)  # m.py:5  (fused: one pass)
+    k_linear_relu(v2, w, v4)
+    # outputs that are inputs, then updates that could not be written in place
+    k_copy(a, b)
+    k_copy(c, d)
+
+
+def make_runner(plan):
+    k_not_a_plan_call()
+'''
+    calls = plan_calls(source)
+    assert [c.kernels for c in calls] == [["relu"], ["first", "second"], ["linear_relu"], ["copy"], ["copy"]]
+    assert [c.values for c in calls] == [["1"], ["2"], ["3", "4"], [], []]
+    assert calls[2].note == "fused: one pass" and calls[2].ir[1] == "%4: f32[4] = relu(%3)  # m.py:5"
+    assert (calls[1].first, calls[1].line) == (6, 8)

@@ -15,28 +15,32 @@ from typing import Callable
 from .html_ir import colour_line, defined_values, value_span
 
 STORAGE = "# storage:"  # codegen's comment above the buffer views
-_CALL = re.compile(r"^\s+(k_(\w+))\(")
-_IR_COMMENT = re.compile(r"^\s+# (%[\w.]+\s*:.*)$")
+_CALL = re.compile(r"^\s+(?:k_(\w+)|(kernel\d+))\(")  # a runtime kernel, or a kernel generated for the plan
+_IR_COMMENT = re.compile(r"^\s+#\s+(%[\w.]+\s*:.*)$")
 _FUSED_NOTE = re.compile(r"\s+\((fused:[^)]*)\)\s*$")
 _PY = re.compile(
     r"(?P<c>#.*$)"
     r"|(?P<s>\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')"
     r"|(?P<k>\b(?:def|return|if|or|and|not|raise|import|from|as|try|except|for|in|while|else|elif|None|True|False|"
     r"pass)\b)"
-    r"|(?P<fn>\bk_\w+)"
+    r"|(?P<fn>\bk_\w+|\bkernel\d+\b)"
     r"|(?P<d>@\w+)")
 
 
 @dataclass
 class Call:
-    """One kernel call of a generated plan and the IR nodes it covers."""
+    """One kernel of a generated plan: the calls under one set of IR lines, and those IR nodes."""
 
     index: int
-    kernel: str  # the kernel function (runtime/kernels.py), without the k_ prefix
+    kernels: list[str]  # the kernel functions called (runtime kernels, without the k_ prefix), in order
     ir: list[str] = field(default_factory=list)  # the IR lines of the nodes it computes
     note: str = ""  # codegen's "(fused: ...)" remark, when one call covers several nodes
     first: int = 0  # source line of the first IR comment (or of the call)
-    line: int = 0  # source line of the call
+    line: int = 0  # source line of the last call
+
+    @property
+    def kernel(self) -> str:
+        return " + ".join(self.kernels)
 
     @property
     def values(self) -> list[str]:
@@ -44,10 +48,11 @@ class Call:
 
 
 def plan_calls(source: str) -> list[Call]:
-    """The kernel calls of a generated plan function, in order, with the IR lines above each."""
+    """The kernels of a generated plan function, in order: each is the IR comment lines codegen
+    wrote and the call(s) right below them (a node may lower to several calls)."""
     calls: list[Call] = []
     pending: list[tuple[int, str]] = []
-    inside = False
+    inside = after_call = False
     for k, line in enumerate(source.splitlines()):
         if line.startswith("def plan("):
             inside = True
@@ -59,19 +64,24 @@ def plan_calls(source: str) -> list[Call]:
         m = _IR_COMMENT.match(line)
         if m:
             pending.append((k, m.group(1)))
+            after_call = False
             continue
         m = _CALL.match(line)
-        if m:
+        if m and after_call and not pending and calls[-1].ir:
+            calls[-1].kernels.append(m.group(1) or m.group(2))  # one more call for the same IR node(s)
+            calls[-1].line = k
+        elif m:
             ir, note = [], ""
             for _, text in pending:
                 n = _FUSED_NOTE.search(text)
                 if n:
                     note, text = n.group(1), text[:n.start()]
                 ir.append(text)
-            calls.append(Call(len(calls), m.group(2), ir, note, pending[0][0] if pending else k, k))
+            calls.append(Call(len(calls), [m.group(1) or m.group(2)], ir, note, pending[0][0] if pending else k, k))
             pending = []
         elif not line.strip().startswith("#"):
             pending = []  # IR comments belong to the call right below them
+        after_call = bool(m)
     return calls
 
 
