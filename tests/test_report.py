@@ -325,3 +325,38 @@ def make_runner(plan):
     assert [c.values for c in calls] == [["1"], ["2"], ["3", "4"], [], []]
     assert calls[2].note == "fused: one pass" and calls[2].ir[1] == "%4: f32[4] = relu(%3)  # m.py:5"
     assert (calls[1].first, calls[1].line) == (6, 8)
+
+
+def test_generated_kernel_functions_link_to_their_calls_and_back():
+    from graphc.inspect.html_code import plan_calls, source_html
+
+    source = '''"""doc"""
+def kernel3(a, out):
+    for i in range(a.size):
+        out[i] = a[i] * 2.0
+
+
+def plan(x, table):
+    # kernel3: kernel {kind=elementwise} over 2 nodes:
+    #   %1: f32[4] = relu(%x)
+    #   %2: f32[4] = mul(%1, %1)
+    kernel3(x, v2)
+'''
+    calls = plan_calls(source)
+    assert [c.kernels for c in calls] == [["kernel3"]] and calls[0].values == ["1", "2"]
+    html = source_html(source, calls, 5, lambda v: f"s5-v-{v}")
+    p = Page(html)
+    assert not p.errors
+    assert p.find(id="code-5-fn-kernel3") and p.find(id="code-5-0")
+    assert 'href="#code-5-fn-kernel3">code of kernel3</a>' in html
+    assert 'href="#code-5-0">called as kernel 0</a>' in html
+    assert 'href="#s5-v-1" data-v="1">%1</a>' in html and "#   </span>" in html
+
+
+def test_plans_cut_from_one_graph_diff_against_it(module_html):
+    cm, html = module_html
+    joint = cm.stages.index("forward_plan") - 1
+    for plan in ("forward_plan", "backward_plan"):
+        k = cm.stages.index(plan)
+        body = html[html.index(f'<section id="stage-{k}"'):]
+        assert f'diff against <a href="#stage-{joint}">{joint} {cm.stages[joint]}</a>' in body[:3000], plan

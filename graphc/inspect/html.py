@@ -148,19 +148,25 @@ def _executables(obj: Any) -> dict[str, Any]:
     return {}
 
 
-_PLAN = re.compile(r"^\w*plan\w*(\.\d+)?$")
-
-
 def _base(stages: list[access.Stage], k: int) -> int | None:
-    """The stage stage k is diffed against: the one before it; plans cut from the same graph
-    (a forward and a backward plan, one after the other) both diff against that graph."""
+    """The stage stage k was made from, to diff against: the nearest earlier stage of the same graph
+    (by name) whose node count is the one stage k started from; so a forward and a backward plan
+    cut from one joint graph both diff against it, and each plan's later stages against that plan."""
     if k == 0:
         return None
-    j = k - 1
-    while j > 0 and _PLAN.match(stages[j].name) and _PLAN.match(stages[k].name) \
-            and stages[j].nodes_before == stages[k].nodes_before and stages[j].nodes_before is not None:
-        j -= 1
-    return j
+    s = stages[k]
+    name = s.graph.name if s.graph is not None else None
+
+    def fits(j: int, same_name: bool) -> bool:
+        t = stages[j]
+        counts = s.nodes_before is None or t.nodes_after == s.nodes_before
+        return counts and (not same_name or (t.graph is not None and t.graph.name == name))
+
+    for same_name in (True, False):
+        j = next((j for j in range(k - 1, -1, -1) if fits(j, same_name)), None)
+        if j is not None:
+            return j
+    return k - 1
 
 
 def _title(page: _Page) -> str:

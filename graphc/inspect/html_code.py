@@ -16,7 +16,8 @@ from .html_ir import colour_line, defined_values, value_span
 
 STORAGE = "# storage:"  # codegen's comment above the buffer views
 _CALL = re.compile(r"^\s+(?:k_(\w+)|(kernel\d+))\(")  # a runtime kernel, or a kernel generated for the plan
-_IR_COMMENT = re.compile(r"^\s+#\s+(%[\w.]+\s*:.*)$")
+_IR_COMMENT = re.compile(r"^(\s+#\s+)(%[\w.]+\s*:.*)$")
+_DEF = re.compile(r"^def (\w+)\(")
 _FUSED_NOTE = re.compile(r"\s+\((fused:[^)]*)\)\s*$")
 _PY = re.compile(
     r"(?P<c>#.*$)"
@@ -63,7 +64,7 @@ def plan_calls(source: str) -> list[Call]:
             continue
         m = _IR_COMMENT.match(line)
         if m:
-            pending.append((k, m.group(1)))
+            pending.append((k, m.group(2)))
             after_call = False
             continue
         m = _CALL.match(line)
@@ -89,6 +90,10 @@ def call_id(stage: int, j: int) -> str:
     return f"code-{stage}-{j}"
 
 
+def fn_id(stage: int, name: str) -> str:
+    return f"code-{stage}-fn-{name}"
+
+
 def colour_python(line: str) -> str:
     out, pos = [], 0
     for t in _PY.finditer(line):
@@ -105,6 +110,11 @@ def source_html(source: str, calls: list[Call], stage: int, resolve: Callable[[s
     if lines and lines[0].startswith('"""'):
         doc_end = next((k for k in range(1, len(lines)) if lines[k].rstrip().endswith('"""')), 0) + 1
     by_first = {c.first: c for c in calls}
+    called: dict[str, list[int]] = {}
+    for c in calls:
+        for f in c.kernels:
+            called.setdefault(f, []).append(c.index)
+    defs = {m.group(1): called[m.group(1)] for m in map(_DEF.match, lines) if m and m.group(1) in called}
     out = []
     if doc_end:
         doc = escape("\n".join(lines[:doc_end]))
@@ -122,20 +132,27 @@ def source_html(source: str, calls: list[Call], stage: int, resolve: Callable[[s
                        f'<div class="ln">{escape(chr(10).join(lines[k + 1:end]))}</div></details>')
             k = end
             continue
+        d = _DEF.match(lines[k]) if c is None else None
+        if d and d.group(1) in defs:  # a kernel function generated for this plan: where its calls link to
+            back = " · ".join(f'<a href="#{call_id(stage, j)}">called as kernel {j}</a>' for j in defs[d.group(1)])
+            out.append(f'<div class="ln" id="{fn_id(stage, d.group(1))}">{colour_python(lines[k])}'
+                       f'<span class="x">{back}</span></div>')
+            k += 1
+            continue
         if c is None:
             out.append(_row(colour_python(lines[k])))
             k += 1
             continue
         covers = ", ".join(value_span(v, href=resolve(v)) if resolve(v) else value_span(v) for v in c.values)
+        code = "".join(f' <a href="#{fn_id(stage, f)}">code of {escape(f)}</a>' for f in c.kernels if f in defs)
         out.append(f'<div class="call" id="{call_id(stage, c.index)}"><div class="covers">kernel {c.index}: '
                    f'<b>{escape(c.kernel)}</b>' + (f" covers {covers}" if covers else "") +
-                   (f' <span class="note">({escape(c.note)})</span>' if c.note else "") + "</div>")
+                   (f' <span class="note">({escape(c.note)})</span>' if c.note else "") + code + "</div>")
         for j in range(c.first, c.line + 1):
             m = _IR_COMMENT.match(lines[j])
             if m:
-                indent = lines[j][:len(lines[j]) - len(lines[j].lstrip())]
-                out.append(_row(escape(indent) + '<span class="c"># </span>' + colour_line(m.group(1), resolve=resolve, link=resolve),
-                                "irc"))
+                out.append(_row(f'<span class="c">{escape(m.group(1))}</span>' +
+                                colour_line(m.group(2), resolve=resolve, link=resolve), "irc"))
             else:
                 out.append(_row(colour_python(lines[j])))
         out.append("</div>")
