@@ -360,3 +360,30 @@ def test_plans_cut_from_one_graph_diff_against_it(module_html):
         k = cm.stages.index(plan)
         body = html[html.index(f'<section id="stage-{k}"'):]
         assert f'diff against <a href="#stage-{joint}">{joint} {cm.stages[joint]}</a>' in body[:3000], plan
+
+
+def test_kernel_stage_nodes_with_members_and_code(tmp_path):
+    """A plan of the kernel stage (nodes with a `body`, as passes/kernels.py makes them): the Kernels
+    section lists each kernel node and its members."""
+    from graphc.ir import Graph, Input, Node, Output
+
+    g = train_step()
+    first, second = g.nodes[0], g.nodes[1]  # linear_relu, dropout
+    outs = (*first.outputs, *second.outputs)  # %0 is read outside too (the backward's mask)
+    body = Graph("kernel", tuple(Input(v, g.types[v]) for v in (*first.inputs, "seed")), (first, second),
+                 tuple(Output(o) for o in outs))
+    kern = Node("kernel", (*first.inputs, "seed"), outs, (*first.types, *second.types), (("kind", "elementwise"),))
+    object.__setattr__(kern, "body", body)  # the field the kernel stage adds to Node
+    g2 = g.replace(nodes=(kern, *g.nodes[2:]))
+    from graphc.ir.text import format_node
+    from graphc.passes.manager import FusionRecord
+
+    g2.meta["fusion_records"] = [FusionRecord("kernels", "elementwise", (format_node(g.nodes[2]),), reason="a GEMM starts a kernel")]
+    html = build_html(g2)
+    p = Page(html)
+    assert not p.errors, p.errors[:3]
+    [sec] = p.find("section", id="kernels")
+    text = text_of(sec)
+    assert "1 kernel nodes group 2 nodes" in text
+    assert "= kernel elementwise" in text and "= linear_relu" in text and "= dropout" in text
+    assert "Not fused into one kernel (1)" in text and "a GEMM starts a kernel" in text

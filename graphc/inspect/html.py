@@ -390,8 +390,46 @@ def _kernels(page: _Page) -> str:
             out.append(f'<tr><td class=r><a href="#{call_id(k, c.index)}">{c.index}</a></td><td>{escape(c.kernel)}</td>'
                        f"<td>{covers}</td><td>{escape(c.note)}</td></tr>")
         out.append("</table>")
+        out.append(_kernel_nodes(page, k, calls))
+    if not page.calls and page.stages:  # a bare graph of the kernel stage: its kernel nodes still show
+        out.append(_kernel_nodes(page, page.shown[len(page.stages) - 1], []))
+    refused = [r for r in access.fusion_records(page.obj) or () if "kernel" in str(field(r, "pass_name", default=""))
+               and not reports._is_fused_record(r)]
+    if refused:
+        out.append(f"<h3>Not fused into one kernel ({len(refused)})</h3><table><tr><th>stage</th><th>nodes</th>"
+                   "<th>why not</th></tr>")
+        for r in refused:
+            j = page.stage_index(str(field(r, "pass_name", default="")))
+            before = page.resolver(page.base[j], earlier=False) if j is not None and page.base[j] is not None else None
+            nodes = "<br>".join(_node_ref(n, before) if before else escape(n) for n in field(r, "nodes", default=()) or ())
+            out.append(f"<tr><td>{_stage_link(page, j) if j is not None else ''}</td><td>{nodes}</td>"
+                       f"<td>{escape(str(field(r, 'reason', default='')))}</td></tr>")
+        out.append("</table>")
     out.append("</section>")
     return "".join(out)
+
+
+def _kernel_nodes(page: _Page, k: int, calls: list[Call]) -> str:
+    """The plan's kernel-stage nodes (nodes with a body): kind, members, what stays inside, and the
+    code generated for each."""
+    g = page.stages[k].graph
+    nodes = [n for n in (g.nodes if g is not None else ()) if getattr(n, "body", None) is not None]
+    if not nodes:
+        return ""
+    resolve = page.resolver(k, earlier=False)
+    rows = []
+    for n in nodes:
+        members = list(n.body.nodes)
+        inside = [o for m in members for o in m.outputs if o not in n.outputs]
+        call = next((c for c in calls if set(n.outputs) <= set(c.values)), None)
+        code = f'<a href="#{call_id(k, call.index)}">kernel {call.index}</a>' if call else ""
+        refs = "<br>".join(_node_ref(format_node(m), resolve) for m in members)
+        rows.append(f"<tr><td>{_node_ref(format_node(n), resolve)} <span class=a>{escape(str(n.attr.get('kind', '')))}"
+                    f"</span></td><td>{refs}</td><td>{', '.join('%' + escape(v) for v in inside) or '-'}</td>"
+                    f"<td>{code}</td></tr>")
+    return (f"<p>{len(nodes)} kernel nodes group {sum(len(n.body.nodes) for n in nodes)} nodes of this plan:</p>"
+            "<table><tr><th>kernel node</th><th>members</th><th>values that stay inside</th><th>code</th></tr>"
+            + "".join(rows) + "</table>")
 
 
 def _node_ref(line: str, resolve) -> str:
