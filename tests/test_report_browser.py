@@ -77,8 +77,10 @@ def test_report_renders_in_chromium_without_script_errors(report_path, tmp_path)
         assert f'<section id="stage-{j}"' in dom and f"Stage {j}: {name}" in dom
     assert dom.count('<svg class="mem"') == 1
     if graphviz_available():
-        # one picture per stage that changed the IR: traced, fuse_linear_relu, build_train_step
-        assert dom.count('<svg class="graph"') == 3
+        # one picture per stage that changed the IR (traced, fuse_linear_relu, build_train_step, ...)
+        html = open(path, encoding="utf-8").read()
+        shown = len(re.findall(r'<section id="stage-\d+" class="stage scope', html))
+        assert dom.count('<svg class="graph"') == shown >= 3
         assert dom.count('<g id="s0-node') >= 8  # the traced graph's boxes survived parsing
     # the script ran on the real page: %1's definition and its uses are highlighted
     assert re.search(r'<var class="d hl-def" id="s%d-v-1">' % k, dom)

@@ -109,7 +109,11 @@ def _page(obj: Any) -> _Page:
     stages = dump_stages(obj)
     exes = _executables(obj)
     index = {s.name: k for k, s in enumerate(stages)}
-    executables = {index[name]: exe for name, exe in exes.items() if name in index}
+    executables = {}
+    for name, exe in exes.items():
+        k = _exe_stage(stages, index, name, exe)
+        if k is not None:
+            executables[k] = exe
     base = [_base(stages, k) for k in range(len(stages))]
     defs = [{v for ln in s.ir.splitlines() for v in defined_values(ln)} for s in stages]
     shown = []
@@ -139,6 +143,16 @@ def _page(obj: Any) -> _Page:
             if target:
                 page.backlinks.setdefault(target, []).append((value_id(k, vals[0]), vals[0]))
     return page
+
+
+def _exe_stage(stages: list[access.Stage], index: dict[str, int], name: str, exe: Any) -> int | None:
+    """The stage whose graph an executable runs (the last one equal to it), else the one it is named after."""
+    g = field(exe, "graph")
+    if isinstance(g, Graph):
+        j = next((j for j in range(len(stages) - 1, -1, -1) if stages[j].graph is not None and stages[j].graph == g), None)
+        if j is not None:
+            return j
+    return index.get(name)
 
 
 def _executables(obj: Any) -> dict[str, Any]:
@@ -480,19 +494,18 @@ def _saved(page: _Page) -> str:
 
 def _memory(page: _Page) -> str:
     out = ['<section id="memory"><h2>Memory plans</h2>']
-    plans = access.memory_plans(page.obj)
+    plans = [(k, field(exe, "memory_plan")) for k, exe in page.executables.items()]
+    plans = [(k, mp) for k, mp in plans if mp is not None]
     if not plans:
         out.append('<p class="note">no memory plan: compile the model first</p>')
-    for name, mp in plans:
-        k = page.stage_index(name)
-        g = page.stages[k].graph if k is not None else None
+    for k, mp in plans:
+        name = page.stages[k].name
         text = str(mp).rstrip()
         first, _, rest = text.partition("\n")
-        svg = memory_svg(mp, g, page.shown[k] if k is not None else 0) if k is not None else ""
-        listing = escape(rest)
+        svg = memory_svg(mp, page.stages[k].graph, page.shown[k])
         out.append(f'<div class="scope" data-title="memory plan {escape(name)}"><h3 id="memory-{k}">{escape(name)}</h3>'
                    f"<p>{escape(first)}</p><div class=\"pic\">{svg}</div>"
-                   f'<details><summary>the plan as text</summary><div class="src"><div class="ln">{listing}</div>'
+                   f'<details><summary>the plan as text</summary><div class="src"><div class="ln">{escape(rest)}</div>'
                    "</div></details></div>")
     out.append("</section>")
     return "".join(out)
