@@ -398,3 +398,12 @@ def test_kernel_stage_nodes_with_members_and_code(tmp_path):
     assert "1 kernel nodes group 2 nodes" in text
     assert "= kernel elementwise" in text and "= linear_relu" in text and "= dropout" in text
     assert "Not fused into one kernel (1)" in text and "a GEMM starts a kernel" in text
+
+
+def test_without_graphviz_the_page_says_what_to_install(step, monkeypatch):
+    from graphc.inspect import html_svg
+
+    monkeypatch.setattr(html_svg.shutil, "which", lambda name: None)
+    html = build_html(step)
+    assert '<svg class="graph"' not in html and '<svg class="mem"' in html
+    assert "no picture: Graphviz&#x27;s `dot` is not installed (apt-get install graphviz)" in html
