@@ -22,9 +22,10 @@ import inspect as _inspect
 import operator
 import numpy as np
 
+from . import eager as _eager
 from . import random as _random
 from .ir import GraphcError, Input, TensorType, dtype_name
-from .nn.module import Module
+from .nn.module import Module, _version, structure_version
 from .runtime import Executable, InputError
 from .tracing import trace
 
@@ -74,6 +75,14 @@ class _Specialisation:
 
     def __init__(self, sig: Signature, training: bool, plans, executables: dict[str, Executable]):
         self.sig, self.training, self.plans, self.executables = sig, training, plans, executables
+        self.version = structure_version()  # Module structure counter when last known current
+
+
+def _module_state(module) -> tuple:
+    """Every sub-module's training mode and every Parameter's identity: what a specialisation
+    was traced with besides the input signature (a replaced Parameter or a submodule switched
+    to eval on its own needs another one)."""
+    return (tuple(m.training for m in module.modules()), tuple((n, id(p)) for n, p in module.named_parameters()))
 
 
 class _Inspectable:
@@ -182,15 +191,20 @@ class CompiledModule(_Inspectable):
     def _specialise(self, sig: Signature, training: bool) -> _Specialisation:
         from .passes import compile_pipeline
 
-        key = (sig, training)
+        was = [(m, m.training) for m in self.module.modules()]
+        if self.module.training != training:  # cm.train()/cm.eval() asked for the other mode
+            self.module.train(training)
+        key = (sig, training, _module_state(self.module))
         if key in self._specs:
+            for m, mode in was:
+                object.__setattr__(m, "training", mode)
+            self._specs[key].version = structure_version()
             return self._specs[key]
-        was = self.module.training
-        self.module.train(training)
-        try:
+        try:  # each submodule keeps its own mode (a wrapped submodule in eval mode stays in eval)
             graph = trace(self.module, *[TensorType(s, dtype_name(np.dtype(d))) for s, d in sig])
         finally:
-            self.module.train(was)
+            for m, mode in was:
+                object.__setattr__(m, "training", mode)
         frozen = {n for n, p in self.module.named_parameters() if not getattr(p, "requires_grad", True)}
         if training and (self.input_grads or frozen):
             from .passes.autodiff import grad_graph
@@ -229,7 +243,7 @@ class CompiledModule(_Inspectable):
         arrays = _as_arrays(inputs, "compiled module")
         sig = _signature(arrays)
         spec = self._spec
-        if sig != spec.sig or spec.training != self.training:
+        if sig != spec.sig or spec.training != self.training or spec.version != _version[0]:
             _check_like(self.example_types, arrays, f"compiled {type(self.module).__name__}")
             spec = self._spec = self._specialise(sig, self.training)
         seed = _random.next_seed() if spec.fwd_rng else None
@@ -407,8 +421,16 @@ class TrainStep(_Inspectable):
         from .passes import compile_pipeline
 
         training = bool(self.model.training)
-        key = (sig, training, self._hyper_key())
+        state = _module_state(self.model)
+        held = {id(p) for p in self.optimizer.params}
+        replaced = [n for n, p in self.model.named_parameters() if id(p) not in held and n in self._trained]
+        if replaced:
+            raise GraphcError(f"compile_train_step: parameter(s) {replaced} of {type(self.model).__name__} were replaced "
+                              "after compiling (the optimizer still holds the old ones); update values in place "
+                              "(p.data = ..., load_state_dict) or build a new optimizer and train step")
+        key = (sig, training, self._hyper_key(), state)
         if key in self._specs:
+            self._specs[key].version = structure_version()
             return self._specs[key]
         spec_opt = _optimizer_spec(self.optimizer)
         self.optimizer.ensure_state()
@@ -469,7 +491,10 @@ class TrainStep(_Inspectable):
         # microseconds, of which each Python call or lookup here is a visible part
         spec = self._spec
         opt = self.optimizer
-        if self.model.training is not spec.training or spec.read_hyper(opt.param_groups[0]) != spec.hyper_values:
+        if _eager._tape is not None and _eager._tape.by_id and not _eager._tape.closed:
+            _eager.flush_if_reads(opt.params)  # recorded eager values read the weights this step changes
+        if (self.model.training is not spec.training or spec.version != _version[0]
+                or spec.read_hyper(opt.param_groups[0]) != spec.hyper_values):
             spec = self._respecialise(inputs)
         if opt.step_count != self._synced:  # eager steps or a loaded state_dict happened in between
             self._step[()] = opt.step_count

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .ir import GraphcError
+from .eager import flush_if_reads
 from .nn.parameter import Parameter
 
 
@@ -128,6 +129,7 @@ class Optimizer:
         """One update of every parameter that has a gradient (params whose .grad is None are skipped)."""
         loss = closure() if closure is not None else None
         hyper = self._check(self.hyper)
+        flush_if_reads(self.params)  # values recorded from the old weights are computed first
         for k, p in enumerate(self.params):
             if p.grad is None:
                 continue

@@ -130,8 +130,9 @@ def _as_proxy(tracer: Tracer, v, like: "Proxy | None"):
         return tracer.params[id(v)]
     if _is_scalar(v) and like is not None:
         return tracer.emit("full", [], {"shape": (), "value": _scalar_value(v, like.type), "dtype": like.type.dtype})
-    if isinstance(v, np.ndarray):
-        raise trace_error(f"a numpy array {v.dtype}{list(v.shape)} that is not a registered Parameter was used "
+    if isinstance(v, np.ndarray) or hasattr(v, "_materialize"):
+        what = "numpy array" if isinstance(v, np.ndarray) else type(v).__name__
+        raise trace_error(f"a {what} {v.dtype}{list(v.shape)} that is not a registered Parameter was used "
                           "inside a traced forward; register it as an nn.Parameter or pass it as an input")
     raise trace_error(f"unsupported operand of type {type(v).__name__} in a traced forward")
 
@@ -145,7 +146,7 @@ def dispatch(op: str, inputs: Sequence[Any], attrs: dict | None = None):
         if like is None:
             like = next((tracer.params[id(v)] for v in inputs if id(v) in tracer.params), None)
         return tracer.emit(op, [_as_proxy(tracer, v, like) for v in inputs], attrs)
-    return eager(op, inputs, attrs)
+    return _tensor.eager_op(op, inputs, attrs)
 
 
 def eager(op: str, inputs: Sequence[Any], attrs: dict):
@@ -171,11 +172,22 @@ def eager(op: str, inputs: Sequence[Any], attrs: dict):
 # ------------------------------------------------------------------ tensor methods (traced and eager)
 
 
-class TensorMethods:
-    """PyTorch's tensor methods and operators, shared by Proxy (traced) and EagerArray (eager).
+def _has(op: str) -> bool:
+    """Whether the op table has `op` (compositions use a primitive once it exists)."""
+    from .ir.opdef import OPS
 
-    Every one goes through `dispatch`, so the eager and traced paths apply the same op rule and
-    raise the same errors (graphc never promotes dtypes silently, numpy would)."""
+    return op in OPS
+
+
+class TensorMethods:
+    """THE method table: PyTorch's tensor methods and operators, shared by graphc.Tensor (eager),
+    Proxy (traced), Parameter and the arrays an eager forward sees. Adding a method is one entry here.
+
+    Every entry goes through `dispatch` (or is a composition of entries that do), so the eager and
+    traced paths apply the same op rule and raise the same errors (graphc never promotes dtypes
+    silently, numpy would). The few things only a concrete value can do (`.item()`, `argmax` while
+    no op computes it) ask the class for `self._concrete(what)`, which a traced value refuses with
+    a clear error."""
 
     __slots__ = ()
 
@@ -192,10 +204,50 @@ class TensorMethods:
     def __rmatmul__(self, o): return dispatch("matmul", [o, self])
     def __neg__(self): return dispatch("neg", [self])
     def __pos__(self): return self
+    def __pow__(self, e): return power(self, e)
+    def __rpow__(self, b): return dispatch("exp", [self * float(np.log(b))]) if _is_scalar(b) else power(b, self)
+    def __abs__(self): return self.abs()
 
+    # comparisons give booleans: eager values (no IR op takes them yet), refused while tracing
+    def __lt__(self, o): return compare(self, o, "lt")
+    def __le__(self, o): return compare(self, o, "le")
+    def __gt__(self, o): return compare(self, o, "gt")
+    def __ge__(self, o): return compare(self, o, "ge")
+    def __eq__(self, o): return compare(self, o, "eq")
+    def __ne__(self, o): return compare(self, o, "ne")
+    __hash__ = object.__hash__  # still usable as a dict key (by identity)
+
+    def __getitem__(self, k): return index(self, k)
+
+    def add(self, o, alpha=1): return self + (o * alpha if alpha != 1 else o)
+    def sub(self, o, alpha=1): return self - (o * alpha if alpha != 1 else o)
+    def mul(self, o): return self * o
+    def div(self, o): return self / o
+    def neg(self): return -self
+    def matmul(self, o): return self @ o
+    def mm(self, o): return self @ o
+
+    # shapes
     @property
     def T(self):
         return transpose(self)
+
+    def t(self):
+        if len(_shape(self)) > 2:
+            raise trace_error(f"t() expects a tensor with <= 2 dimensions, but self is {len(_shape(self))}-D")
+        return transpose(self)
+
+    def transpose(self, dim0: int, dim1: int):
+        rank = len(_shape(self))
+        perm = list(range(rank))
+        a, b = _norm_dim(dim0, rank), _norm_dim(dim1, rank)
+        perm[a], perm[b] = perm[b], perm[a]
+        return dispatch("transpose", [self], {"perm": tuple(perm)})
+
+    def permute(self, *dims):
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        rank = len(_shape(self))
+        return dispatch("transpose", [self], {"perm": tuple(_norm_dim(d, rank) for d in dims)})
 
     def reshape(self, *shape, order="C"):
         if order != "C":
@@ -208,18 +260,105 @@ class TensorMethods:
     def flatten(self, start_dim: int = 0, end_dim: int = -1):
         return flatten(self, start_dim, end_dim)
 
-    # `axis`/`keepdims` are numpy's spellings: numpy's own functions (np.sum(a)) call these methods.
+    def unsqueeze(self, dim: int):
+        s = _shape(self)
+        d = _norm_dim(dim, len(s) + 1)
+        return reshape(self, s[:d] + (1,) + s[d:])
+
+    def squeeze(self, dim=None):
+        s = _shape(self)
+        if dim is None:
+            return reshape(self, tuple(n for n in s if n != 1))
+        d = _norm_dim(dim, len(s))
+        return reshape(self, s[:d] + s[d + 1:]) if s and s[d] == 1 else self
+
+    def size(self, dim: int | None = None):
+        s = _shape(self)
+        return tuple(s) if dim is None else s[_norm_dim(dim, len(s))]
+
+    def dim(self) -> int:
+        return len(_shape(self))
+
+    def numel(self) -> int:
+        return int(np.prod(_shape(self), dtype=np.int64))
+
+    def contiguous(self): return self
+    def cpu(self): return self
+
+    # reductions. `axis`/`keepdims` are numpy's spellings: numpy's own functions (np.sum(a)) call these methods.
     def sum(self, dim=None, keepdim: bool = False, *, axis=None, keepdims=None, dtype=None, out=None):
         return reduce("sum", self, _pick_dim(dim, axis), keepdim if keepdims is None else keepdims, dtype, out)
 
     def mean(self, dim=None, keepdim: bool = False, *, axis=None, keepdims=None, dtype=None, out=None):
         return reduce("mean", self, _pick_dim(dim, axis), keepdim if keepdims is None else keepdims, dtype, out)
 
+    def max(self, dim=None, keepdim: bool = False):
+        return extremum(self, "max", dim, keepdim)
+
+    def min(self, dim=None, keepdim: bool = False):
+        return extremum(self, "min", dim, keepdim)
+
+    def argmax(self, dim=None, keepdim: bool = False):
+        return arg_extremum(self, "argmax", dim, keepdim)
+
+    def argmin(self, dim=None, keepdim: bool = False):
+        return arg_extremum(self, "argmin", dim, keepdim)
+
+    # elementwise
     def exp(self): return dispatch("exp", [self])
     def log(self): return dispatch("log", [self])
     def relu(self): return dispatch("relu", [self])
     def sigmoid(self): return dispatch("sigmoid", [self])
     def tanh(self): return dispatch("tanh", [self])
+    def pow(self, e): return power(self, e)
+    def square(self): return self * self
+    def sqrt(self): return dispatch("sqrt", [self]) if _has("sqrt") else power(self, 0.5)
+    def rsqrt(self): return dispatch("rsqrt", [self]) if _has("rsqrt") else 1.0 / self.sqrt()
+    def abs(self): return dispatch("relu", [self]) + dispatch("relu", [-self])
+
+    def clamp(self, min=None, max=None):  # noqa: A002 (torch's names)
+        """relu compositions: clamp(x, lo) = relu(x - lo) + lo, clamp(x, None, hi) = x - relu(x - hi)."""
+        if min is None and max is None:
+            raise trace_error("clamp: at least one of min and max must be given")
+        x = self
+        if min is not None:
+            x = dispatch("relu", [x - min]) + min
+        if max is not None:
+            x = x - dispatch("relu", [x - max])
+        return x
+
+    clip = clamp
+
+    def softmax(self, dim: int):
+        return dispatch("softmax", [self], {"dim": _norm_dim(dim, len(_shape(self)))})
+
+    def log_softmax(self, dim: int):
+        return dispatch("log_softmax", [self], {"dim": _norm_dim(dim, len(_shape(self)))})
+
+    # dtypes
+    def float(self): return cast(self, np.float32)
+    def double(self): return cast(self, np.float64)
+    def long(self): return cast(self, np.int64)
+    def type_as(self, other): return cast(self, other.dtype)
+
+    def to(self, *args, **kwargs):
+        """to(dtype) converts; to("cpu") / to(device) is the identity (graphc runs on the CPU)."""
+        dtype = kwargs.get("dtype")
+        for a in args:
+            if isinstance(a, str) or getattr(a, "type", None) == "cpu":
+                continue
+            dtype = a
+        return self if dtype is None else cast(self, dtype)
+
+    # values (a traced value has none: its `_concrete` raises a clear error)
+    def item(self):
+        v = self._concrete(".item()")
+        if v.size != 1:
+            raise trace_error(f"a Tensor with {v.size} elements cannot be converted to a Scalar")
+        return v.item()
+
+    def tolist(self):
+        return self._concrete(".tolist()").tolist()
 
     # numpy ufuncs that are graphc ops go through dispatch; np.add(x, 1) == x + 1
     _UFUNCS = {"add": "add", "subtract": "sub", "multiply": "mul", "true_divide": "div", "divide": "div",
@@ -235,13 +374,25 @@ def _pick_dim(dim, axis):
     return None if isinstance(dim, (tuple, list)) and not dim else dim
 
 
-class EagerArray(TensorMethods, np.ndarray):
-    """What `forward` sees in eager mode: a numpy array with PyTorch's tensor methods.
+class ArrayMethods(TensorMethods):
+    """The method table on an ndarray subclass (EagerArray, nn.Parameter): torch's view(shape)
+    next to numpy's view(dtype), and numpy ufuncs routed through dispatch where graphc has the op."""
 
-    Module.__call__ wraps numpy inputs in it and unwraps the results, so users get plain
-    ndarrays back while `x.sum(dim=1, keepdim=True)` works the same eagerly and traced."""
+    __slots__ = ()
 
-    __array_priority__ = 100  # above Parameter's, so mixed results stay EagerArray
+    def _concrete(self, what: str) -> np.ndarray:
+        return np.ndarray.view(self, np.ndarray)
+
+    # in place, numpy's way (the array itself changes; `p -= lr * p.grad` keeps p the Parameter)
+    def _inplace(self, ufunc, o):
+        _before_write((self,))
+        ufunc(np.ndarray.view(self, np.ndarray), _plain(o), out=np.ndarray.view(self, np.ndarray))
+        return self
+
+    def __iadd__(self, o): return self._inplace(np.add, o)
+    def __isub__(self, o): return self._inplace(np.subtract, o)
+    def __imul__(self, o): return self._inplace(np.multiply, o)
+    def __itruediv__(self, o): return self._inplace(np.true_divide, o)
 
     def view(self, *args, **kwargs):
         # torch's view(shape) vs numpy's view(dtype/type), which numpy itself relies on
@@ -254,11 +405,37 @@ class EagerArray(TensorMethods, np.ndarray):
         if op is not None and method == "__call__" and not kwargs and ufunc.nin == len(inputs):
             return dispatch(op, list(inputs))
         # Not a graphc op: plain numpy semantics (eager mode is more permissive than tracing).
-        plain = [from_eager(v) for v in inputs]
-        if "out" in kwargs:
-            kwargs["out"] = tuple(from_eager(v) for v in kwargs["out"])
+        plain = [np.ndarray.view(v, np.ndarray) if isinstance(v, np.ndarray) else _plain(v) for v in inputs]
+        out = kwargs.get("out")
+        if out is not None:
+            kwargs["out"] = tuple(np.ndarray.view(v, np.ndarray) for v in out)
+            _before_write(out)
         res = getattr(ufunc, method)(*plain, **kwargs)
+        if out is not None:  # in place (`p -= lr * g`): the array itself, still a Parameter
+            return out[0] if len(out) == 1 else out
         return _wrap_eager(res)
+
+
+def _plain(v):
+    if hasattr(v, "_materialize"):
+        return v._materialize()
+    return v
+
+
+def _before_write(arrays) -> None:
+    """An array is about to change in place: run what the open recording reads from it first."""
+    from . import eager as tensor
+
+    tensor.flush_if_reads(arrays)
+
+
+class EagerArray(ArrayMethods, np.ndarray):
+    """What `forward` sees in eager mode: a numpy array with PyTorch's tensor methods.
+
+    Module.__call__ wraps numpy inputs in it and unwraps the results, so users get plain
+    ndarrays back while `x.sum(dim=1, keepdim=True)` works the same eagerly and traced."""
+
+    __array_priority__ = 100  # above Parameter's, so mixed results stay EagerArray
 
 
 def _wrap_eager(res):
@@ -330,25 +507,35 @@ class Proxy(TensorMethods):
                           "is not known while tracing; keep Python `if`/`while`/`int()` on shapes and module "
                           "attributes, not on tensor values")
 
+    def _concrete(self, what: str):
+        self._data_dependent(what)
+
+    def _unsupported(self, what: str):
+        raise trace_error(f"{what} is not supported on traced value %{self.name} ({self.type}) yet: no op of the "
+                          "IR computes it; compute it outside the compiled forward (eagerly, on its result)")
+
     def __bool__(self): self._data_dependent("the truth value (bool)")
     def __float__(self): self._data_dependent("float()")
     def __int__(self): self._data_dependent("int()")
     def __index__(self): self._data_dependent("use as an index")
     def __len__(self): return self.type.shape[0] if self.type.rank else self._data_dependent("len()")
-    def item(self): self._data_dependent(".item()")
-    def tolist(self): self._data_dependent(".tolist()")
-    def numpy(self): self._data_dependent(".numpy()")
     def __iter__(self): self._data_dependent("iteration")
-    def __lt__(self, o): self._data_dependent("comparison <")
-    def __le__(self, o): self._data_dependent("comparison <=")
-    def __gt__(self, o): self._data_dependent("comparison >")
-    def __ge__(self, o): self._data_dependent("comparison >=")
-    def __eq__(self, o): self._data_dependent("comparison ==")
-    def __ne__(self, o): self._data_dependent("comparison !=")
-    __hash__ = object.__hash__  # still usable as a dict key (by identity)
+    def numpy(self, force: bool = False): self._data_dependent(".numpy()")
 
-    def __getitem__(self, k):
-        raise trace_error(f"indexing a traced value (%{self.name}[{k!r}], {self.type}) is not supported yet")
+    # autograd outside a trace: inside one, the compiled object differentiates the whole graph
+    requires_grad = property(lambda self: self.type.is_float)
+    is_leaf = property(lambda self: False)
+    grad = property(lambda self: None)
+    grad_fn = property(lambda self: None)
+    data = property(lambda self: self._unsupported(".data"))
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        raise trace_error(f"backward() inside a traced forward (on %{self.name}): call it on the compiled "
+                          "object's result (cm.backward()) or use graphc.compile_train_step")
+    def detach(self): self._unsupported(".detach()")
+    def detach_(self): self._unsupported(".detach_()")
+    def requires_grad_(self, requires_grad=True): self._unsupported(".requires_grad_()")
+    def zero_(self): self._unsupported(".zero_() (in place)")
+    def clone(self): return self * 1
 
     def __array__(self, *a, **k):
         raise trace_error(f"traced value %{self.name} ({self.type}) was converted to a numpy array; "
@@ -417,6 +604,149 @@ def reduce(op: str, x, dim=None, keepdim: bool = False, dtype=None, out=None):
     return dispatch(op, [x], {"dims": dims, "keepdim": bool(keepdim)})
 
 
+def _value(x, what: str) -> np.ndarray:
+    """The concrete numpy value of an eager operand (a traced one refuses: `what` is unsupported)."""
+    if isinstance(x, Proxy):
+        x._unsupported(what)
+    if hasattr(x, "_concrete"):
+        return x._concrete(what)
+    return np.asarray(x)
+
+
+def _eager_result(res, *like):
+    """A value computed on numpy: a graphc.Tensor when an operand was a tensor, else an EagerArray."""
+    res = np.ndarray.view(np.asarray(res), np.ndarray)
+    if any(hasattr(v, "_materialize") or type(v).__name__ == "Parameter" for v in like):
+        return _tensor.Tensor._from(res)
+    return _wrap_eager(res)
+
+
+_COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal,
+            "ne": np.not_equal}
+
+
+_SYMBOL = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+
+def compare(x, o, op: str):
+    """Elementwise comparison -> booleans (no gradient). Traced: the op table's comparison op, once it has one."""
+    if isinstance(x, Proxy) or isinstance(o, Proxy):
+        if _has(op):
+            return dispatch(op, [x, o])
+        p = x if isinstance(x, Proxy) else o
+        p._data_dependent(f"comparison {_SYMBOL[op]}")
+    return _eager_result(_COMPARE[op](_value(x, op), _value(o, op) if not _is_scalar(o) else o), x, o)
+
+
+def power(x, e):
+    """x ** e: integer exponents as products (x ** 2 = x * x, exact, as torch's gradient 2x), others as
+    exp(e * log x) (x > 0), sqrt for 0.5 when the op table has it."""
+    if _is_scalar(e):
+        e = float(e)
+        if e == int(e) and abs(e) <= 64:
+            n = int(abs(e))
+            if n == 0:
+                return x * 0 + 1
+            result, base = None, x
+            while n:
+                if n & 1:
+                    result = base if result is None else result * base
+                n >>= 1
+                if n:
+                    base = base * base
+            return result if e > 0 else 1.0 / result
+        if e == 0.5 and _has("sqrt"):
+            return dispatch("sqrt", [x])
+    return dispatch("exp", [dispatch("log", [x]) * e])
+
+
+def cast(x, dtype):
+    """.float()/.double()/.long()/.to(dtype): the same dtype is the value itself; other dtypes use the
+    op table's cast once it has one, and convert eager values that need no gradient."""
+    dt = np.dtype(dtype)
+    if np.dtype(x.dtype) == dt:
+        return x
+    if _has("cast") and (isinstance(x, Proxy) or getattr(x, "requires_grad", False)):
+        return dispatch("cast", [x], {"dtype": dtype_name(dt)})
+    if getattr(x, "requires_grad", False) and _tensor.is_grad_enabled() and not isinstance(x, Proxy):
+        raise trace_error(f"converting a tensor that requires grad from {x.dtype} to {dt} is not recorded yet "
+                          "(no cast op); convert the inputs instead, or do it under graphc.no_grad()")
+    return _eager_result(_value(x, f".to({dt})").astype(dt), x)
+
+
+def extremum(x, op: str, dim=None, keepdim: bool = False):
+    """max/min: over everything (a scalar) or along `dim` ((values, indices), as torch returns)."""
+    rank = len(_shape(x))
+    if isinstance(x, Proxy) or (getattr(x, "requires_grad", False) and _tensor.is_grad_enabled()):
+        if not _has(op):
+            if isinstance(x, Proxy):
+                x._unsupported(f".{op}()")
+            raise trace_error(f".{op}() of a tensor that requires grad is not recorded yet (no {op} op); "
+                              "use it under graphc.no_grad() or on .detach()")
+        dims = tuple(range(rank)) if dim is None else (_norm_dim(dim, rank),)
+        values = dispatch(op, [x], {"dims": dims, "keepdim": bool(keepdim and dim is not None)})
+        if dim is None:
+            return values
+        return MinMax(values, arg_extremum(x.detach() if not isinstance(x, Proxy) else x, "arg" + op, dim, keepdim))
+    v = _value(x, f".{op}()")
+    fn = np.max if op == "max" else np.min
+    if dim is None:
+        return _eager_result(fn(v), x)
+    d = _norm_dim(dim, rank)
+    return MinMax(_eager_result(fn(v, axis=d, keepdims=keepdim), x), arg_extremum(x, "arg" + op, dim, keepdim))
+
+
+class MinMax(tuple):
+    """torch.return_types.max: (values, indices)."""
+
+    def __new__(cls, values, indices):
+        return super().__new__(cls, (values, indices))
+
+    values = property(lambda self: self[0])
+    indices = property(lambda self: self[1])
+
+
+def arg_extremum(x, op: str, dim=None, keepdim: bool = False):
+    """argmax/argmin (int64 indices, no gradient): computed on the value."""
+    if isinstance(x, Proxy):
+        if _has(op):
+            rank = len(_shape(x))
+            return dispatch(op, [x], {"dim": _norm_dim(dim, rank) if dim is not None else -1, "keepdim": bool(keepdim)})
+        x._unsupported(f".{op}()")
+    v = _value(x, f".{op}()")
+    fn = np.argmax if op == "argmax" else np.argmin
+    if dim is None:
+        return _eager_result(np.asarray(fn(v), np.int64), x)
+    return _eager_result(fn(v, axis=_norm_dim(dim, v.ndim), keepdims=keepdim).astype(np.int64), x)
+
+
+def index(x, k):
+    """x[k] on an eager value that needs no gradient (numpy's indexing); refused where it would
+    lose a gradient or while tracing, until the op table has slicing."""
+    if isinstance(x, Proxy):
+        raise trace_error(f"indexing a traced value (%{x.name}[{k!r}], {x.type}) is not supported yet")
+    if getattr(x, "requires_grad", False) and _tensor.is_grad_enabled() and hasattr(x, "_materialize"):
+        raise trace_error(f"indexing a tensor that requires grad (x[{k!r}]) is not recorded yet: use it under "
+                          "graphc.no_grad() or on x.detach()")
+    key = tuple(_value(i, "index") if hasattr(i, "_concrete") else i for i in k) if isinstance(k, tuple) else \
+        (_value(k, "index") if hasattr(k, "_concrete") else k)
+    res = _value(x, "indexing")[key]
+    if hasattr(x, "_materialize") or type(x).__name__ == "Parameter":
+        return _tensor.Tensor._from(np.ndarray.view(np.asarray(res), np.ndarray))
+    return _wrap_eager(res) if isinstance(res, np.ndarray) else res
+
+
+def concat(xs, dim: int = 0):
+    """cat: the op table's concat when a value is traced or needs grad, else numpy's."""
+    if any(isinstance(v, Proxy) or (getattr(v, "requires_grad", False) and _tensor.is_grad_enabled()) for v in xs):
+        if not _has("concat"):
+            raise trace_error("cat of traced values or of tensors that require grad is not supported yet (no concat op)")
+        rank = len(_shape(xs[0]))
+        return dispatch("concat", list(xs), {"dim": _norm_dim(dim, rank)})
+    vals = [_value(v, "cat") for v in xs]
+    return _eager_result(np.concatenate(vals, axis=dim), *xs, _tensor.Tensor._from(vals[0]))
+
+
 # ------------------------------------------------------------------ trace()
 
 
@@ -467,3 +797,6 @@ def trace(model, *example_inputs, name: str | None = None) -> Graph:
             raise TraceError(f"{name}.forward must return traced values computed from its inputs; output {k} is {type(o).__name__}")
     graph = tracer.builder.build([Output(o.name) for o in outs], meta={"training": bool(getattr(model, "training", False))})
     return graph.verify()
+
+
+from . import eager as _tensor  # noqa: E402  (graphc.Tensor builds on this module)

@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # folder -> graphc modules it may import (prefix match); everything else of graphc is forbidden.
 FLOORS = {
     "graphc/ir": ("graphc.ir",),
-    "graphc/nn": ("graphc.ir", "graphc.nn", "graphc.tracing", "graphc.random"),
+    "graphc/nn": ("graphc.ir", "graphc.nn", "graphc.tracing", "graphc.random", "graphc.eager"),
     "passes": ("graphc.ir", "graphc.passes"),
     "runtime": ("graphc.ir", "graphc.runtime"),
 }

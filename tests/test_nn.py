@@ -326,7 +326,7 @@ def test_parameter_basics():
     with pytest.raises(TypeError, match="float32 or float64"):
         nn.Parameter(np.zeros(3), dtype=np.int64)
     q = p * 2
-    assert type(q) is np.ndarray  # arithmetic gives plain arrays
+    assert type(q) is graphc.Tensor and q.requires_grad  # arithmetic on a parameter is recorded, as in torch
     p[...] = q
     assert isinstance(p, nn.Parameter) and p[1, 1] == 8
     assert p.data.base is p or np.shares_memory(p.data, p)
@@ -346,8 +346,10 @@ def test_module_assignment_rules():
     m.a = nn.Linear(2, 2)
     m.w = nn.Parameter(np.zeros(2))
     assert [n for n, _ in m.named_parameters()] == ["w", "a.weight", "a.bias"]
-    m.w = 3  # reassigning to a plain value unregisters it
-    assert [n for n, _ in m.named_parameters()] == ["a.weight", "a.bias"] and m.w == 3
+    with pytest.raises(TypeError, match="cannot assign 'builtins.int' as parameter 'w'"):
+        m.w = 3  # as torch: a parameter's name takes a Parameter or None
+    m.w = None
+    assert [n for n, _ in m.named_parameters()] == ["a.weight", "a.bias"] and m.w is None
     del m.a
     assert list(m.named_parameters()) == []
     with pytest.raises(NotImplementedError, match="must define forward"):
@@ -356,11 +358,13 @@ def test_module_assignment_rules():
         m.nope
 
 
-def test_eager_outputs_are_plain_arrays():
+def test_eager_outputs():
     out = SimpleNet().eval()(randn(2, 10))
-    assert type(out) is np.ndarray
+    assert type(out) is graphc.Tensor and out.requires_grad  # computed from parameters: recorded
+    with graphc.no_grad():
+        assert not SimpleNet().eval()(randn(2, 10)).requires_grad
     loss = nn.CrossEntropyLoss()(randn(3, 4), labels(3, 4))
-    assert type(loss) is np.ndarray and loss.shape == ()
+    assert type(loss) is np.ndarray and loss.shape == ()  # numpy in, no parameters: numpy out
     # numpy functions still work on eager values inside forward
     m = Fn(lambda x: np.maximum(x, 0).sum(dim=1))
     np.testing.assert_allclose(m(np.array([[1.0, -2.0], [3.0, 4.0]], np.float32)), [1, 7])
@@ -387,7 +391,7 @@ def test_parameters_inside_eager_forward_have_tensor_methods():
     m = UsesParams()
     x, k = randn(2, 4, dtype=np.float64), np.array([1, 2])
     out = m(x, k)
-    assert type(out["y"]) is np.ndarray and type(out["k"]) is np.ndarray  # dict outputs are unwrapped too
+    assert type(out["y"]) is graphc.Tensor and type(out["k"]) is np.ndarray  # dict outputs are unwrapped too
     want = x @ m.w.T + np.maximum(m.w, 0).sum(0).mean()
     np.testing.assert_allclose(out["y"], want, rtol=1e-12)
     assert out["k"].dtype == np.int64 and out["k"].tolist() == [2, 3]

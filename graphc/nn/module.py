@@ -7,8 +7,20 @@ from typing import Iterator
 import numpy as np
 
 from ..ir import GraphcError, ShapeError
-from ..tracing import current_tracer, eager_forward, in_eager_forward, to_eager
+from ..tracing import current_tracer, eager_forward
 from .parameter import Parameter
+
+
+_version = [0]  # bumped whenever a Parameter or sub-module is (re)assigned anywhere
+
+
+def _structure_changed() -> None:
+    _version[0] += 1
+
+
+def structure_version() -> int:
+    """A counter compiled objects compare to notice replaced Parameters or sub-modules cheaply."""
+    return _version[0]
 
 
 class Module:
@@ -24,6 +36,11 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"cannot assign {name!r} before Module.__init__() is called (call super().__init__() first)")
         params, modules = self.__dict__["_parameters"], self.__dict__["_modules"]
+        if name in params and value is not None and not isinstance(value, Parameter):
+            raise TypeError(f"cannot assign '{type(value).__module__}.{type(value).__name__}' as parameter "
+                            f"'{name}' (graphc.nn.Parameter or None expected)")
+        if isinstance(value, (Parameter, Module)) or name in params or name in modules:
+            _structure_changed()
         params.pop(name, None)
         modules.pop(name, None)
         if isinstance(value, Parameter):
@@ -40,11 +57,11 @@ class Module:
         if name in d.get("_parameters", ()):
             p = d["_parameters"][name]
             tracer = current_tracer()
-            # Inside forward a parameter reads as its graph input (traced) or as an EagerArray view
-            # of itself (eager), so `self.weight.sum(dim=0)` means the same on both paths.
-            if tracer is not None:
+            # Inside a traced forward a parameter reads as its graph input; eagerly it is itself
+            # (a Parameter has the tensor methods; operations on it are recorded for autograd).
+            if tracer is not None and p is not None:
                 return tracer.params.get(id(p), p)
-            return to_eager(p) if in_eager_forward() else p
+            return p
         if name in d.get("_modules", ()):
             return d["_modules"][name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -58,7 +75,7 @@ class Module:
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         if param is None:
-            object.__setattr__(self, name, None)
+            self.__dict__["_parameters"][name] = None
         else:
             setattr(self, name, param)
 
@@ -93,7 +110,7 @@ class Module:
         seen = set()
         for mname, m in self.named_modules(prefix):
             for pname, p in m._parameters.items():
-                if id(p) not in seen:
+                if p is not None and id(p) not in seen:
                     seen.add(id(p))
                     yield (f"{mname}.{pname}" if mname else pname), p
 
@@ -126,6 +143,7 @@ class Module:
     def train(self, mode: bool = True):
         for m in self.modules():
             object.__setattr__(m, "training", mode)
+        _structure_changed()  # compiled objects re-read the modes
         return self
 
     def eval(self):
@@ -136,8 +154,9 @@ class Module:
         dt = np.dtype(dtype)
         for m in self.modules():
             for name, p in list(m._parameters.items()):
-                if p.dtype != dt:
+                if p is not None and p.dtype != dt:
                     m._parameters[name] = Parameter(np.asarray(p), dtype=dt, requires_grad=p.requires_grad)
+                    _structure_changed()
         return self
 
     def float(self):

@@ -1,0 +1,225 @@
+"""graphc.autograd: runs what graphc.Tensor recorded (the face: it wires the tape to passes and runtime).
+
+    backward(root)   the recorded graph + autodiff (the root seeded with 1, or the given gradient)
+                     -> the pass pipeline (clean-ups, fusion, autodiff, clean-ups) -> one plan,
+                     run once; every live recorded value gets its value, leaves accumulate .grad
+    evaluate(tape)   the forward values of every live recorded value (the recording stays open)
+
+Plans are cached by the graph's structure (its inputs' types, nodes with attributes and source
+lines, outputs) and what is differentiated. A structure seen for the first time runs on the
+reference interpreter (no compile: the first iteration stays fast); from its second sighting
+(COMPILE_AFTER) it is compiled to native code once and every later sighting is one native call.
+`stats` counts compiles, recompiles and runs; `GRAPHC_LOG=recompiles` logs why each new plan of
+an already compiled call site was needed (which input's shape or dtype, which node changed).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .ir import GraphcError, interpret
+
+COMPILE_AFTER = 2  # sightings of one structure before it is compiled (1: compile at once)
+MODE = "jit"       # "interpret": run every plan on the reference interpreter
+log = logging.getLogger("graphc.recompiles")
+stats = {"compiles": 0, "recompiles": 0, "native_runs": 0, "interpreted_runs": 0}
+
+
+class _Entry:
+    """One structure: how often it was seen, and its compiled plan once it has one."""
+
+    __slots__ = ("seen", "exe", "order", "graph", "labels")
+
+    def __init__(self, graph):
+        self.seen, self.exe, self.order, self.graph, self.labels = 0, None, None, graph, None
+
+
+_cache: dict[tuple, _Entry] = {}
+_sites: dict[tuple, object] = {}  # call site -> the graph last compiled there (for recompile reasons)
+
+
+def reset() -> None:
+    """Forget every cached plan and counter (tests)."""
+    _cache.clear()
+    _sites.clear()
+    for k in stats:
+        stats[k] = 0
+
+
+# ------------------------------------------------------------------ entry points (from graphc.eager)
+
+
+def evaluate(tape) -> None:
+    live = [t for t in tape.live() if t._data is None]
+    if not live:
+        return
+    graph = tape.builder.build([t._value for t in live])
+    values, _ = _run(graph, tape, wrt=(), seeded=False, gradient=None)
+    for t, v in zip(live, values):
+        t._data = v
+
+
+def backward(root, gradient) -> None:
+    from .eager import Tensor
+
+    tape = root._tape
+    live = [t for t in tape.live() if t._data is None and t is not root]
+    graph = tape.builder.build([root._value] + [t._value for t in live])
+    leaves = dict(tape.leaves)
+    wrt = tuple(name for name in leaves if graph.input_by_name[name].type.is_float)
+    values, grads = _run(graph, tape, wrt=wrt, seeded=True, gradient=gradient)
+    root._data = values[0] if root._data is None else root._data
+    for t, v in zip(live, values[1:]):
+        t._data = v
+    for name, g in grads.items():
+        leaf = leaves[name]
+        if isinstance(leaf, Tensor):
+            if leaf.grad is None:
+                leaf.grad = Tensor._from(g.copy())
+            else:
+                leaf.grad._data = leaf.grad._data + g
+        elif leaf.grad is None:
+            leaf.grad = g.copy()
+        else:
+            leaf.grad += g
+    _close(tape)
+
+
+def _close(tape) -> None:
+    for t in tape.live():
+        if t._data is None:  # not reached by this plan (cannot happen: every live value is an output)
+            raise GraphcError("internal: a recorded value has no value after backward")
+    tape.closed = True
+    tape.sources, tape.by_id, tape.leaves = [], {}, []
+
+
+# ------------------------------------------------------------------ running a recorded graph
+
+
+def _autodiff_pass(wrt, gradient: bool):
+    """The pipeline's autodiff stage for an eager recording: only output 0 (the root) is seeded;
+    the other outputs are values the user may still read."""
+    from .passes.autodiff import grad_graph, is_joint
+
+    def autodiff(g, ctx=None):
+        if is_joint(g):
+            return g, False
+        head = g.replace(outputs=g.outputs[:1])
+        joint = grad_graph(head, wrt=list(wrt), seeds="inputs" if gradient else "ones")
+        outs = (joint.outputs[0], *g.outputs[1:], *joint.outputs[1:])
+        return joint.replace(outputs=outs).verify(), True
+
+    autodiff.__name__ = "autodiff"
+    return autodiff
+
+
+def _joint(graph, wrt, seeded: bool, gradient: bool):
+    if not seeded or not wrt:
+        return graph
+    return _autodiff_pass(wrt, gradient)(graph)[0]
+
+
+def _args(graph, tape, gradient) -> dict:
+    by_name = dict(zip((i.name for i in tape.builder.inputs), tape.sources))
+    args = {}
+    for i in graph.inputs:
+        if i.kind == "grad":
+            args[i.name] = gradient
+            continue
+        v = by_name[i.name]
+        if hasattr(v, "_materialize"):
+            v = v._materialize()
+        args[i.name] = int(v) if i.kind == "rng" else np.ndarray.view(np.asarray(v), np.ndarray)
+    return args
+
+
+def _run(graph, tape, wrt, seeded: bool, gradient):
+    """(values of graph's outputs, {leaf input name: gradient})."""
+    key = (graph.inputs, graph.nodes, graph.outputs, wrt, seeded, gradient is not None)
+    entry = _cache.get(key)
+    if entry is None:
+        entry = _cache[key] = _Entry(graph)
+    entry.seen += 1
+    if entry.exe is None and MODE == "jit" and entry.seen >= COMPILE_AFTER:
+        _compile(entry, wrt, seeded, gradient is not None)
+    args = _args(graph, tape, gradient)
+    if gradient is not None:
+        args["grad.0"] = gradient
+    n = len(graph.outputs)
+    if entry.exe is None:
+        joint = _joint(graph, wrt, seeded, gradient is not None)
+        env = {**args, **{k: np.asarray(v, np.int64) for k, v in args.items() if isinstance(v, int)}}
+        outs = interpret(joint, env)
+        stats["interpreted_runs"] += 1
+        labels = [o.label for o in joint.outputs]
+    else:
+        exe = entry.exe
+        exe.run(*[args[name] for name in entry.order])
+        outs = [o.copy() for o in exe.outputs]
+        stats["native_runs"] += 1
+        labels = entry.labels
+    values = [np.ndarray.view(np.asarray(o), np.ndarray) for o in outs[:n]]
+    grads = {lab[len("grad:"):]: np.asarray(o) for lab, o in zip(labels[n:], outs[n:]) if lab and lab.startswith("grad:")}
+    return values, grads
+
+
+def _compile(entry: _Entry, wrt, seeded: bool, gradient: bool) -> None:
+    from .passes import compile_pipeline
+    from .passes.pipeline import CLEANUP_PIPELINE, FUSION_PIPELINE
+    from .runtime import Executable
+
+    graph = entry.graph
+    _why(graph)
+    if seeded and wrt:
+        passes = [*CLEANUP_PIPELINE, *FUSION_PIPELINE, _autodiff_pass(wrt, gradient), *CLEANUP_PIPELINE]
+    else:
+        passes = [*CLEANUP_PIPELINE, *FUSION_PIPELINE, *CLEANUP_PIPELINE]
+    plans = compile_pipeline(graph, "inference", passes=passes)
+    plan = plans.forward
+    exe = Executable(plan, {}, MODE, name="eager")
+    entry.exe, entry.order = exe, [i.name for i in exe.call_inputs]
+    entry.labels = [o.label for o in plan.outputs]
+    entry.graph = graph
+    stats["compiles"] += 1
+
+
+def _site(graph) -> tuple:
+    return tuple(n.loc for n in graph.nodes[:1]) + tuple(n.loc for n in graph.nodes[-1:])
+
+
+def _why(graph) -> None:
+    """Log why a call site that already has a plan needs another one (GRAPHC_LOG=recompiles)."""
+    site = _site(graph)
+    before = _sites.get(site)
+    _sites[site] = graph
+    if before is None:
+        return
+    stats["recompiles"] += 1
+    if log.isEnabledFor(logging.INFO):
+        log.info("recompiling the eager step recorded at %s: %s", site[0] or "?", describe_change(before, graph))
+
+
+def describe_change(a, b) -> str:
+    """What differs between two recorded graphs, in the user's terms."""
+    ta, tb = {i.name: i for i in a.inputs}, {i.name: i for i in b.inputs}
+    for name in ta.keys() | tb.keys():
+        x, y = ta.get(name), tb.get(name)
+        if x is None or y is None:
+            return f"input {name} {'appeared' if x is None else 'disappeared'}"
+        if x.type.shape != y.type.shape:
+            return f"input {name} changed shape: {x.type} -> {y.type}"
+        if x.type.dtype != y.type.dtype:
+            return f"input {name} changed dtype: {x.type} -> {y.type}"
+        if x.kind != y.kind:
+            return f"input {name} changed kind ({x.kind} -> {y.kind}: requires_grad changed)"
+    for na, nb in zip(a.nodes, b.nodes):
+        if na != nb:
+            if na.op != nb.op:
+                return f"operation at {nb.loc}: {na.op} -> {nb.op} (a different mode or control flow)"
+            if na.attrs != nb.attrs:
+                return f"{nb.op} at {nb.loc}: attributes {dict(na.attrs)} -> {dict(nb.attrs)} (a hyperparameter or constant changed)"
+            return f"{nb.op} at {nb.loc}: inputs changed"
+    if len(a.nodes) != len(b.nodes):
+        return f"{len(a.nodes)} -> {len(b.nodes)} operations recorded"
+    return "the values read after the step changed (other outputs)"
