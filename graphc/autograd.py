@@ -60,18 +60,28 @@ def evaluate(tape) -> None:
         t._data = v
 
 
-def backward(root, gradient) -> None:
+def backward(root, gradient, inputs=None):
+    """Run the recording of `root` with autodiff. inputs=None: accumulate into every leaf's .grad;
+    else return the gradients of those leaves (None where unreached), touching no .grad (graphc.func)."""
     from .eager import Tensor
 
     tape = root._tape
     live = [t for t in tape.live() if t._data is None and t is not root]
     graph = tape.builder.build([root._value] + [t._value for t in live])
     leaves = dict(tape.leaves)
-    wrt = tuple(name for name in leaves if graph.input_by_name[name].type.is_float)
+    if inputs is not None:
+        names = {id(v): n for n, v in leaves.items()}
+        wanted = [names.get(id(v)) for v in inputs]
+        wrt = tuple(n for n in wanted if n is not None)
+    else:
+        wrt = tuple(name for name in leaves if graph.input_by_name[name].type.is_float)
     values, grads = _run(graph, tape, wrt=wrt, seeded=True, gradient=gradient)
     root._data = values[0] if root._data is None else root._data
     for t, v in zip(live, values[1:]):
         t._data = v
+    if inputs is not None:
+        _close(tape)
+        return [grads[n].copy() if n in grads else None for n in wanted]
     for name, g in grads.items():
         leaf = leaves[name]
         if isinstance(leaf, Tensor):

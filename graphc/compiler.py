@@ -46,6 +46,8 @@ def _as_arrays(inputs, what: str) -> list[np.ndarray]:
     out = []
     for k, x in enumerate(inputs):
         a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        if a.dtype.kind in "iu" and a.dtype != np.int64:
+            a = a.astype(np.int64)  # int32 labels: class indices are int64 in the graph
         if a.dtype.kind == "f" and a.dtype not in (np.float32, np.float64) or a.dtype.kind not in "fiu":
             raise InputError(f"{what}: input {k} has dtype {a.dtype}; graphc takes float32, float64 or int64 arrays")
         out.append(a)
@@ -264,8 +266,12 @@ class CompiledModule(_Inspectable):
         bwd = spec.bwd
         grads = [i for i in bwd.call_inputs if i.kind == "grad"]
         if not grad_outputs and grads:
-            shapes = ", ".join(str(i.type) for i in grads)
-            raise GraphcError(f"backward() needs the gradients of the outputs ({shapes}): the output is not a scalar loss")
+            if grads[0].type.shape == () and grads[0].name == "grad.0":
+                # forward returned (loss, extras...): backward() differentiates the loss, as loss.backward() would
+                grad_outputs = [np.ones((), grads[0].type.np_dtype)] + [np.zeros(i.type.shape, i.type.np_dtype) for i in grads[1:]]
+            else:
+                shapes = ", ".join(str(i.type) for i in grads)
+                raise GraphcError(f"backward() needs the gradients of the outputs ({shapes}): the output is not a scalar loss")
         if grad_outputs and len(grad_outputs) != len(grads):
             raise GraphcError(f"backward() takes {len(grads)} output gradient(s) ({', '.join(str(i.type) for i in grads)}), "
                               f"got {len(grad_outputs)}")
@@ -305,11 +311,25 @@ def _bind(g, params: dict) -> dict:
     return out
 
 
-def compile(module: Module, *example_inputs, passes=None, mode: str = "jit", disable=(),  # noqa: A001
+class _FunctionModule(Module):
+    """A plain function as a Module without parameters (graphc.compile(fn, *examples)): its forward
+    is the function, so the graph's inputs take the function's argument names."""
+
+    def __init__(self, fn, training: bool):
+        super().__init__()
+        object.__setattr__(self, "forward", fn)
+        object.__setattr__(self, "training", training)
+        object.__setattr__(self, "_fn_name", getattr(fn, "__name__", "function"))
+
+
+def compile(module, *example_inputs, passes=None, mode: str = "jit", disable=(),  # noqa: A001
             input_grads: bool = False) -> CompiledModule:
-    """Compile `module.forward` for the example inputs' signature (other batch sizes compile on
-    first use). passes: a custom pass list; mode: "jit" (native) or "interpret" (numpy reference);
-    input_grads: backward() also returns the gradients of the float inputs."""
+    """Compile `module.forward` (or a plain function of arrays) for the example inputs' signature
+    (other batch sizes compile on first use). passes: a custom pass list; mode: "jit" (native) or
+    "interpret" (numpy reference); input_grads: backward() also returns the gradients of the float
+    inputs (a plain function compiles for inference unless input_grads=True)."""
+    if not isinstance(module, Module) and callable(module):
+        module = _FunctionModule(module, training=bool(input_grads))
     return CompiledModule(module, example_inputs, passes=passes, mode=mode, disable=disable, input_grads=input_grads)
 
 
@@ -332,6 +352,7 @@ class _LossModule(Module):
         except (TypeError, ValueError):
             pass
         object.__setattr__(self, "_input_names", names)
+        object.__setattr__(self, "_targets", 1)
 
     def named_parameters(self, prefix: str = ""):
         yield from self._model.named_parameters(prefix)
@@ -339,18 +360,24 @@ class _LossModule(Module):
             yield from self._loss_fn.named_parameters(prefix + "loss_fn" if not prefix else f"{prefix}.loss_fn")
 
     def named_for(self, n_inputs: int) -> list[str]:
-        names = [self._input_names[k] if k < len(self._input_names) else f"input{k}" for k in range(n_inputs - 1)]
-        target = "target"
-        while target in names:
-            target += "_"
-        return names + [target]
+        t = self._targets
+        names = [self._input_names[k] if k < len(self._input_names) else f"input{k}" for k in range(n_inputs - t)]
+        out = []
+        for k in range(t):
+            target = "target" if t == 1 else f"target{k}"
+            while target in names:
+                target += "_"
+            out.append(target)
+        return names + out
 
     def forward_for(self, n_inputs: int):
         """A forward whose signature names the inputs as the model does, plus the target."""
         model, loss_fn = self._model, self._loss_fn
 
+        t = self._targets
+
         def forward(*args):
-            return loss_fn(model(*args[:-1]), args[-1])
+            return loss_fn(model(*args[:-t]), *args[-t:])
 
         forward.__signature__ = _inspect.Signature(
             [_inspect.Parameter(n, _inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in self.named_for(n_inputs)])
@@ -385,15 +412,17 @@ class TrainStep(_Inspectable):
     """
 
     def __init__(self, model: Module, loss_fn, optimizer, example_inputs, passes=None, mode: str = "jit", disable=(),
-                 distributed=None):
+                 distributed=None, targets: int = 1):
         self._dist = distributed  # a passes.distributed.DistributedSpec: gradients all-reduced across ranks
         if not isinstance(model, Module):
             raise GraphcError(f"compile_train_step expects a graphc.nn.Module, got {type(model).__name__}")
-        if len(example_inputs) < 2:
-            raise GraphcError("compile_train_step needs example inputs: the model's inputs followed by the target")
+        if targets < 1 or len(example_inputs) < 1 + targets:
+            raise GraphcError("compile_train_step needs example inputs: the model's inputs followed by the target"
+                              + (f"s ({targets})" if targets != 1 else ""))
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.mode, self.passes, self.disable = mode, passes, tuple(disable)
         self._wrapper = _LossModule(model, loss_fn)
+        object.__setattr__(self._wrapper, "_targets", int(targets))
         params = dict(self._wrapper.named_parameters())
         theirs = {id(p) for p in optimizer.params}
         extra = len(theirs - {id(p) for p in params.values()})
@@ -586,21 +615,24 @@ class DistributedTrainStep(TrainStep):
 
 
 def compile_train_step(model: Module, loss_fn, optimizer, *example_inputs, passes=None, mode: str = "jit",
-                       disable=(), distributed: bool = False, bucket_cap_mb: float = 25.0) -> TrainStep:
-    """Compile one training step: model inputs and target like `example_inputs` (the target last).
+                       disable=(), distributed: bool = False, bucket_cap_mb: float = 25.0,
+                       targets: int = 1) -> TrainStep:
+    """Compile one training step: model inputs and target like `example_inputs` (the target last;
+    with targets=k the last k example inputs are targets: loss_fn(model(*inputs), *targets)).
 
     distributed=True: a data-parallel step (graphc.distributed.init() is called): each rank steps on
     its own batch and the gradients are averaged across ranks, in buckets of at most bucket_cap_mb
     MB, by all_reduce nodes of the train-step plan."""
     if not distributed:
-        return TrainStep(model, loss_fn, optimizer, example_inputs, passes=passes, mode=mode, disable=disable)
+        return TrainStep(model, loss_fn, optimizer, example_inputs, passes=passes, mode=mode, disable=disable,
+                         targets=targets)
     from . import distributed as dist
     from .passes.distributed import DistributedSpec
 
     dist.init()
     spec = DistributedSpec(dist.world_size(), max(1, int(bucket_cap_mb * 2**20)))
     return DistributedTrainStep(model, loss_fn, optimizer, example_inputs, passes=passes, mode=mode, disable=disable,
-                                distributed=spec)
+                                distributed=spec, targets=targets)
 
 
 __all__ = ["CompiledModule", "TrainStep", "DistributedTrainStep", "compile", "compile_train_step"]

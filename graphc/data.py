@@ -22,7 +22,18 @@ def _as_array(a) -> np.ndarray:
     return np.asarray(a)
 
 
-class TensorDataset:
+class Dataset:
+    """torch.utils.data.Dataset: subclass it with __getitem__(index) and __len__(); a DataLoader
+    collates its samples (tuples column-wise, arrays and numbers stacked) into batches."""
+
+    def __getitem__(self, index):
+        raise NotImplementedError(f"{type(self).__name__} must define __getitem__")
+
+    def __len__(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__} must define __len__")
+
+
+class TensorDataset(Dataset):
     """Samples are the i-th rows of equally long arrays: `ds[i] == (a[i], b[i], ...)`."""
 
     def __init__(self, *arrays):

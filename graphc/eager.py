@@ -263,7 +263,8 @@ class Tensor(TensorMethods):
 
     @property
     def requires_grad(self) -> bool:
-        return self._requires_grad or (self._tape is not None and not self._tape.closed)
+        """torch's meaning: a leaf that asked for it, or a value computed from one (also after backward)."""
+        return self._requires_grad or self._tape is not None
 
     @requires_grad.setter
     def requires_grad(self, value: bool):
@@ -331,7 +332,7 @@ class Tensor(TensorMethods):
         return self
 
     def clone(self) -> "Tensor":
-        return self * 1.0 if self.requires_grad else Tensor._from(self._materialize().copy())
+        return self * 1.0 if _requires_grad(self) else Tensor._from(self._materialize().copy())
 
     def numpy(self, force: bool = False) -> np.ndarray:
         if self.requires_grad and not force:
@@ -393,7 +394,7 @@ class Tensor(TensorMethods):
         if "out" in kwargs:
             kwargs["out"] = tuple(v._materialize() if isinstance(v, Tensor) else v for v in kwargs["out"])
         res = getattr(ufunc, method)(*plain, **kwargs)
-        if any(isinstance(v, Tensor) and v.requires_grad for v in inputs):
+        if any(isinstance(v, Tensor) and _requires_grad(v) for v in inputs):
             return res
         return _wrap(res) if isinstance(res, np.ndarray) else res
 
@@ -403,14 +404,14 @@ class Tensor(TensorMethods):
     __rand__, __ror__ = __and__, __or__
 
     def __setitem__(self, key, value):
-        if self.requires_grad and is_grad_enabled():
+        if _requires_grad(self) and is_grad_enabled():
             raise trace_error("a tensor that requires grad is being used in an in-place operation (x[...] = v); "
                               "do it under graphc.no_grad()")
         flush_if_reads((self,))
         self._materialize()[key] = _array(value) if not _is_scalar(value) else value
 
     def _inplace(self, op: str, o):
-        if self.requires_grad and is_grad_enabled():
+        if _requires_grad(self) and is_grad_enabled():
             if self.is_leaf:
                 raise trace_error("a leaf Variable that requires grad is being used in an in-place operation; "
                                   "update it under graphc.no_grad()")
@@ -427,7 +428,15 @@ class Tensor(TensorMethods):
     def __itruediv__(self, o): return self._inplace("truediv", o)
 
     def zero_(self):
-        return self._inplace("mul", 0)
+        return self.fill_(0)
+
+    def fill_(self, value):
+        self[...] = value
+        return self
+
+    def copy_(self, src):
+        self[...] = src
+        return self
 
 
 def _rebuild(a, requires_grad):
@@ -604,3 +613,24 @@ def flush_if_reads(arrays) -> None:
                 t._tape, t._value = None, None
             tape.closed = True
             return
+
+
+def save(obj, f) -> None:
+    """torch.save: pickle `obj` (state_dicts of numpy arrays, tensors, nested dicts) to a path or file."""
+    import pickle
+
+    if hasattr(f, "write"):
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        return
+    with open(f, "wb") as fh:
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load(f, weights_only=None, map_location=None):
+    """torch.load of what graphc.save wrote (a pickle: load only files you trust)."""
+    import pickle
+
+    if hasattr(f, "read"):
+        return pickle.load(f)
+    with open(f, "rb") as fh:
+        return pickle.load(fh)

@@ -200,8 +200,8 @@ class TensorMethods:
     def __rmul__(self, o): return dispatch("mul", [o, self])
     def __truediv__(self, o): return dispatch("div", [self, o])
     def __rtruediv__(self, o): return dispatch("div", [o, self])
-    def __matmul__(self, o): return dispatch("matmul", [self, o])
-    def __rmatmul__(self, o): return dispatch("matmul", [o, self])
+    def __matmul__(self, o): return matmul(self, o)
+    def __rmatmul__(self, o): return matmul(o, self)
     def __neg__(self): return dispatch("neg", [self])
     def __pos__(self): return self
     def __pow__(self, e): return power(self, e)
@@ -535,6 +535,8 @@ class Proxy(TensorMethods):
     def detach_(self): self._unsupported(".detach_()")
     def requires_grad_(self, requires_grad=True): self._unsupported(".requires_grad_()")
     def zero_(self): self._unsupported(".zero_() (in place)")
+    def fill_(self, value): self._unsupported(".fill_() (in place)")
+    def copy_(self, src): self._unsupported(".copy_() (in place)")
     def clone(self): return self * 1
 
     def __array__(self, *a, **k):
@@ -638,6 +640,20 @@ def compare(x, o, op: str):
     return _eager_result(_COMPARE[op](_value(x, op), _value(o, op) if not _is_scalar(o) else o), x, o)
 
 
+def matmul(a, b):
+    """a @ b; a 1-D operand is a row (left) or a column (right) vector, as torch.matmul has it."""
+    ra, rb = len(_shape(a)), len(_shape(b))
+    if ra == 1 and rb >= 2:
+        out = matmul(reshape(a, (1, _shape(a)[0])), b)
+        return reshape(out, tuple(_shape(out)[:-2]) + tuple(_shape(out)[-1:]))
+    if rb == 1 and ra >= 2:
+        out = matmul(a, reshape(b, (_shape(b)[0], 1)))
+        return reshape(out, tuple(_shape(out)[:-1]))
+    if ra == 1 and rb == 1:
+        return (a * b).sum()
+    return dispatch("matmul", [a, b])
+
+
 def power(x, e):
     """x ** e: integer exponents as products (x ** 2 = x * x, exact, as torch's gradient 2x), others as
     exp(e * log x) (x > 0), sqrt for 0.5 when the op table has it."""
@@ -666,9 +682,9 @@ def cast(x, dtype):
     dt = np.dtype(dtype)
     if np.dtype(x.dtype) == dt:
         return x
-    if _has("cast") and (isinstance(x, Proxy) or getattr(x, "requires_grad", False)):
+    if _has("cast") and (isinstance(x, Proxy) or _tensor._requires_grad(x)):
         return dispatch("cast", [x], {"dtype": dtype_name(dt)})
-    if getattr(x, "requires_grad", False) and _tensor.is_grad_enabled() and not isinstance(x, Proxy):
+    if _tensor._requires_grad(x) and _tensor.is_grad_enabled() and not isinstance(x, Proxy):
         raise trace_error(f"converting a tensor that requires grad from {x.dtype} to {dt} is not recorded yet "
                           "(no cast op); convert the inputs instead, or do it under graphc.no_grad()")
     return _eager_result(_value(x, f".to({dt})").astype(dt), x)
@@ -677,7 +693,7 @@ def cast(x, dtype):
 def extremum(x, op: str, dim=None, keepdim: bool = False):
     """max/min: over everything (a scalar) or along `dim` ((values, indices), as torch returns)."""
     rank = len(_shape(x))
-    if isinstance(x, Proxy) or (getattr(x, "requires_grad", False) and _tensor.is_grad_enabled()):
+    if isinstance(x, Proxy) or (_tensor._requires_grad(x) and _tensor.is_grad_enabled()):
         if not _has(op):
             if isinstance(x, Proxy):
                 x._unsupported(f".{op}()")
@@ -725,7 +741,7 @@ def index(x, k):
     lose a gradient or while tracing, until the op table has slicing."""
     if isinstance(x, Proxy):
         raise trace_error(f"indexing a traced value (%{x.name}[{k!r}], {x.type}) is not supported yet")
-    if getattr(x, "requires_grad", False) and _tensor.is_grad_enabled() and hasattr(x, "_materialize"):
+    if _tensor._requires_grad(x) and _tensor.is_grad_enabled() and hasattr(x, "_materialize"):
         raise trace_error(f"indexing a tensor that requires grad (x[{k!r}]) is not recorded yet: use it under "
                           "graphc.no_grad() or on x.detach()")
     key = tuple(_value(i, "index") if hasattr(i, "_concrete") else i for i in k) if isinstance(k, tuple) else \
@@ -738,7 +754,7 @@ def index(x, k):
 
 def concat(xs, dim: int = 0):
     """cat: the op table's concat when a value is traced or needs grad, else numpy's."""
-    if any(isinstance(v, Proxy) or (getattr(v, "requires_grad", False) and _tensor.is_grad_enabled()) for v in xs):
+    if any(isinstance(v, Proxy) or (_tensor._requires_grad(v) and _tensor.is_grad_enabled()) for v in xs):
         if not _has("concat"):
             raise trace_error("cat of traced values or of tensors that require grad is not supported yet (no concat op)")
         rank = len(_shape(xs[0]))
@@ -756,7 +772,7 @@ def trace(model, *example_inputs, name: str | None = None) -> Graph:
     Example inputs are numpy arrays (or TensorTypes); only their shapes and dtypes matter.
     Parameters become `param` inputs named as in `model.state_dict()`.
     """
-    name = name or type(model).__name__
+    name = name or getattr(model, "_fn_name", None) or type(model).__name__
     if not re.fullmatch(r"[\w.<>-]+", name):
         raise TraceError(f"graph name {name!r} must be letters, digits, _ . < > - (it is printed in the IR text)")
     tracer = Tracer(name)

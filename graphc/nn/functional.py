@@ -72,6 +72,78 @@ def _reduction(reduction: str) -> str:
     return reduction
 
 
+def _reduce(loss, reduction: str):
+    """An elementwise loss reduced as torch's `reduction` says ('none', 'mean', 'sum')."""
+    if reduction == "none":
+        return loss
+    return loss.mean() if _reduction(reduction) == "mean" else loss.sum()
+
+
+# ---- activations and losses as compositions of ops (their gradients follow from the op table's VJPs)
+
+
+def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False):
+    """relu(x) - slope * relu(-x)."""
+    return relu(input) - relu(-input) * negative_slope
+
+
+def elu(input, alpha: float = 1.0, inplace: bool = False):
+    """relu(x) + alpha * (exp(-relu(-x)) - 1): x for x > 0, alpha * (exp(x) - 1) below."""
+    return relu(input) + (exp(-relu(-input)) - 1.0) * alpha
+
+
+def softplus(input, beta: float = 1.0, threshold: float = 20.0):
+    """log(1 + exp(beta x)) / beta, in the stable form relu(bx) + log(1 + exp(-|bx|)), divided by beta
+    (beyond torch's threshold both are x to float precision)."""
+    bx = input * beta if beta != 1.0 else input
+    out = relu(bx) + log(exp(-bx.abs()) + 1.0)
+    return out / beta if beta != 1.0 else out
+
+
+def l1_loss(input, target, reduction: str = "mean"):
+    return _reduce((input - target).abs(), reduction)
+
+
+def _min_with(d, bound: float):
+    """min(d, bound) = d - relu(d - bound)."""
+    return d - relu(d - bound)
+
+
+def smooth_l1_loss(input, target, reduction: str = "mean", beta: float = 1.0):
+    """0.5 d**2 / beta where d = |x - y| < beta, else d - 0.5 beta; as m = min(d, beta): 0.5 m**2 / beta + (d - m)."""
+    d = (input - target).abs()
+    if beta == 0.0:
+        return _reduce(d, reduction)
+    m = _min_with(d, beta)
+    return _reduce(m * m * (0.5 / beta) + (d - m), reduction)
+
+
+def huber_loss(input, target, reduction: str = "mean", delta: float = 1.0):
+    """0.5 d**2 where d < delta, else delta (d - 0.5 delta); as m = min(d, delta): 0.5 m**2 + delta (d - m)."""
+    d = (input - target).abs()
+    m = _min_with(d, delta)
+    return _reduce(m * m * 0.5 + (d - m) * delta, reduction)
+
+
+def _clamped_log(p):
+    """log(p) clamped below at -100, as torch's binary_cross_entropy does."""
+    return relu(log(p) + 100.0) - 100.0
+
+
+def binary_cross_entropy(input, target, weight=None, reduction: str = "mean"):
+    """-(y log p + (1 - y) log(1 - p)), each log clamped at -100 as in torch."""
+    loss = -(target * _clamped_log(input) + (1.0 - target) * _clamped_log(1.0 - input))
+    return _reduce(loss * weight if weight is not None else loss, reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction: str = "mean", pos_weight=None):
+    """The stable form relu(x) - x y + log(1 + exp(-|x|))."""
+    if pos_weight is not None:
+        raise trace_error("binary_cross_entropy_with_logits: pos_weight is not supported yet")
+    loss = relu(input) - input * target + log(exp(-input.abs()) + 1.0)
+    return _reduce(loss * weight if weight is not None else loss, reduction)
+
+
 def mse_loss(input, target, reduction: str = "mean"):
     return dispatch("mse_loss", [input, target], {"reduction": _reduction(reduction)})
 
@@ -86,6 +158,8 @@ def cross_entropy(input, target, reduction: str = "mean"):
 
 
 def _labels(target):
+    if hasattr(target, "_materialize"):  # a graphc.Tensor of labels: its values
+        target = target._materialize()
     if isinstance(target, Proxy):
         if target.type.dtype != "i64":
             raise trace_error(f"class labels must be int64 class indices, got {target.type}")

@@ -106,6 +106,18 @@ class Module:
     def children(self):
         return iter(self._modules.values())
 
+    def apply(self, fn) -> "Module":
+        """fn(m) for every submodule (children first) and then self, as torch's Module.apply."""
+        for m in self._modules.values():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         seen = set()
         for mname, m in self.named_modules(prefix):

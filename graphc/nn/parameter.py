@@ -88,6 +88,18 @@ class Parameter(ArrayMethods, np.ndarray):
 
         return self * 1.0 if self.requires_grad else Tensor._from(np.array(self.view(np.ndarray)))
 
+    # in place, as torch does them under no_grad (compiled plans and optimizers see the change)
+    def copy_(self, src):
+        self[...] = src
+        return self
+
+    def fill_(self, value):
+        self[...] = value
+        return self
+
+    def zero_(self):
+        return self.fill_(0)
+
     def numpy(self, force: bool = False) -> np.ndarray:
         return self.view(np.ndarray)
 
