@@ -18,18 +18,19 @@ import logging
 
 import numpy as np
 
+from . import eager as _eager
 from .ir import GraphcError, interpret
 
 COMPILE_AFTER = 2  # sightings of one structure before it is compiled (1: compile at once)
 MODE = "jit"       # "interpret": run every plan on the reference interpreter
 log = logging.getLogger("graphc.recompiles")
-stats = {"compiles": 0, "recompiles": 0, "native_runs": 0, "interpreted_runs": 0}
+stats = {"compiles": 0, "recompiles": 0, "native_runs": 0, "interpreted_runs": 0, "joined_steps": 0}
 
 
 class _Entry:
     """One structure: how often it was seen, and its compiled plan once it has one."""
 
-    __slots__ = ("seen", "exe", "order", "graph", "labels")
+    __slots__ = ("seen", "exe", "order", "graph", "labels", "step", "grad_slots")
 
     def __init__(self, graph):
         self.seen, self.exe, self.order, self.graph, self.labels = 0, None, None, graph, None
@@ -41,6 +42,7 @@ _sites: dict[tuple, object] = {}  # call site -> the graph last compiled there (
 
 def reset() -> None:
     """Forget every cached plan and counter (tests)."""
+    flush()
     _cache.clear()
     _sites.clear()
     for k in stats:
@@ -51,6 +53,9 @@ def reset() -> None:
 
 
 def evaluate(tape) -> None:
+    if _eager._pending is not None and _eager._pending[1] is tape:
+        flush()  # the deferred backward computes every live value of this recording
+        return
     live = [t for t in tape.live() if t._data is None]
     if not live:
         return
@@ -65,7 +70,12 @@ def backward(root, gradient, inputs=None):
     else return the gradients of those leaves (None where unreached), touching no .grad (graphc.func)."""
     from .eager import Tensor
 
+    if _eager._pending is not None and _eager._pending[0] is not root:
+        flush()
     tape = root._tape
+    if tape.closed:
+        raise GraphcError("backward() through a graph that was already run (graphc frees the recording after "
+                          "backward(), as torch does without retain_graph=True); compute the loss again")
     live = [t for t in tape.live() if t._data is None and t is not root]
     graph = tape.builder.build([root._value] + [t._value for t in live])
     leaves = dict(tape.leaves)
@@ -102,6 +112,136 @@ def _close(tape) -> None:
             raise GraphcError("internal: a recorded value has no value after backward")
     tape.closed = True
     tape.sources, tape.by_id, tape.leaves = [], {}, []
+
+
+# ------------------------------------------------------------------ deferred backward, joined optimizer step
+#
+# loss.backward() with no gradient argument does not run at once: it becomes `_pending`. If the
+# next thing that happens is optimizer.step() of a graphc SGD/Adam holding exactly the recorded
+# parameters, all with .grad None (zero_grad ran), forward, backward and update run as ONE plan
+# (the train-step graph compile_train_step builds), compiled once per structure. Anything else
+# that needs the gradients or the recording (reading .grad, a value, a new operation, another
+# backward, an in-place write) runs the pending backward first, exactly as if it had run at once.
+
+def defer(root) -> None:
+    flush()
+    if root._tape.closed:
+        raise GraphcError("backward() through a graph that was already run (graphc frees the recording after "
+                          "backward(), as torch does without retain_graph=True); compute the loss again")
+    _eager._pending = (root, root._tape)
+
+
+def flush() -> None:
+    """Run a deferred backward now (called before anything that could observe it)."""
+    pending = _eager._pending
+    if pending is not None:
+        root, tape = pending
+        _eager._pending = None
+        if not tape.closed:
+            backward(root, None)
+
+
+def join_step(opt) -> bool:
+    """optimizer.step() on a deferred backward: run forward + backward + update as one plan when
+    that is exactly what eager execution would do; True if it did."""
+    if _eager._pending is None:
+        return False
+    root, tape = _eager._pending
+    from .optim import SGD, Adam
+
+    params = opt.params
+    leaves = tape.leaves
+    if (type(opt) not in (SGD, Adam) or tape.closed or len(leaves) != len(params)
+            or {id(v) for _, v in leaves} != {id(p) for p in params}
+            or any(p.__dict__.get("_grad") is not None for p in params)
+            or any(not graph_type.is_float for graph_type in (tape.builder.types[n] for n, _ in leaves))):
+        return False
+    live = [t for t in tape.live() if t._data is None and t is not root]
+    graph = tape.builder.build([root._value] + [t._value for t in live])
+    wrt = tuple(n for n, _ in leaves)
+    hyper = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in opt.param_groups[0].items() if k != "params"))
+    key = (graph.inputs, graph.nodes, graph.outputs, wrt, "step", type(opt).__name__, hyper, tuple(id(v) for _, v in leaves))
+    entry = _cache.get(key)
+    if entry is None:
+        entry = _cache[key] = _Entry(graph)
+    entry.seen += 1
+    if entry.exe is None:
+        # the first sighting of this loop runs as it was written (backward, then the eager step)
+        backward_seen = _cache.get((graph.inputs, graph.nodes, graph.outputs, wrt, True, False))
+        if MODE != "jit" or (entry.seen < COMPILE_AFTER and backward_seen is None):
+            return False
+        _compile_step(entry, opt, leaves)
+    _eager._pending = None
+    args = _args(graph, tape, None)
+    entry.step[()] = opt.step_count
+    exe = entry.exe
+    exe.run(*[args[name] for name in entry.order])
+    stats["native_runs"] += 1
+    outs = exe.outputs
+    labels = entry.labels
+    root._data = outs[0].copy()
+    k = 1
+    for t in live:  # the values read after the step (model outputs kept by the user)
+        while labels[k] != "extra":
+            k += 1
+        t._data = outs[k].copy()
+        k += 1
+    for (name, p), g in zip(leaves, entry.grad_slots):
+        p.grad = outs[g] if g is not None else None  # the plan's gradient buffer (valid until the next step)
+    _close(tape)
+    opt.count_step()
+    stats["joined_steps"] += 1
+    return True
+
+
+def _compile_step(entry: _Entry, opt, leaves) -> None:
+    from .compiler import _optimizer_spec
+    from .passes import compile_pipeline
+    from .passes.autodiff import GRAD_PREFIX
+    from .passes.pipeline import CLEANUP_PIPELINE, FUSION_PIPELINE
+    from .passes.train_step import build_train_step
+    from .runtime import Executable
+
+    graph = entry.graph
+    spec = _optimizer_spec(opt)
+    n_extra = len(graph.outputs) - 1
+    wrt = [n for n, _ in leaves]
+
+    def train_step(g, ctx=None):
+        head = g.replace(outputs=g.outputs[:1])
+        joint = _autodiff_pass(wrt, False)(head)[0]
+        step = build_train_step(joint, spec)
+        grads = [o for o in joint.outputs if o.label and o.label.startswith(GRAD_PREFIX)]
+        extras = [o.__class__(o.value, "extra") for o in g.outputs[1:]]
+        # the recorded outputs keep their places (loss, extras), then updates and gradients
+        return step.replace(outputs=(step.outputs[0], *extras, *step.outputs[1:], *grads)).verify(), True
+
+    train_step.__name__ = "build_train_step"
+    _why(graph)
+    plans = compile_pipeline(graph, "inference", passes=[*CLEANUP_PIPELINE, *FUSION_PIPELINE, train_step,
+                                                         *CLEANUP_PIPELINE])
+    plan = plans.forward
+    opt.ensure_state()
+    by_name = dict(leaves)
+    entry.step = np.zeros((), np.int64)
+    bound = {}
+    for i in plan.inputs:
+        if i.kind == "param":
+            bound[i.name] = by_name[i.name]
+        elif i.kind == "state":
+            if i.name == "state.step":
+                bound[i.name] = entry.step
+            else:
+                pname, _, sname = i.name[len("state."):].rpartition(".")
+                bound[i.name] = opt.state_of(by_name[pname])[sname]
+    exe = Executable(plan, bound, MODE, name="eager_step")
+    entry.exe, entry.order = exe, [i.name for i in exe.call_inputs]
+    entry.labels = [o.label for o in plan.outputs]
+    slots = {lab[len(GRAD_PREFIX):]: k for k, lab in enumerate(entry.labels) if lab and lab.startswith(GRAD_PREFIX)}
+    entry.grad_slots = [slots.get(n) for n in wrt]
+    if entry.labels.count("extra") != n_extra:
+        raise GraphcError(f"internal: the joined step plan lost outputs: {entry.labels}")
+    stats["compiles"] += 1
 
 
 # ------------------------------------------------------------------ running a recorded graph

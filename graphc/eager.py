@@ -22,6 +22,7 @@ import weakref
 import numpy as np
 
 from .ir import GraphBuilder, ShapeError, TensorType, dtype_name, get_op
+from .ir.graph import Node
 from .tracing import TensorMethods, trace_error, user_location
 
 float32, float64, int64, int32, bool_ = np.float32, np.float64, np.int64, np.int32, np.bool_
@@ -114,7 +115,7 @@ class Tape:
             return name
         a = _array(v)
         try:
-            t = TensorType(a.shape, dtype_name(a.dtype))
+            t = _type_of(a)
         except ShapeError as e:
             raise trace_error(str(e)) from None
         name = f"{'param' if kind == 'param' else 'in'}{len(self.sources)}"
@@ -139,10 +140,21 @@ class Tape:
 
 
 _tape: Tape | None = None
+_pending = None  # (root, tape) of a deferred loss.backward(): see graphc.autograd
+
+
+def flush_pending() -> None:
+    """Run a deferred backward before anything that could observe that it has not run yet."""
+    if _pending is not None:
+        from . import autograd
+
+        autograd.flush()
 
 
 def current_tape() -> Tape:
     global _tape
+    if _pending is not None:
+        flush_pending()
     if _tape is None or _tape.closed:
         _tape = Tape()
     return _tape
@@ -188,40 +200,74 @@ def _wrap(res):
 
 def _record(op: str, inputs, attrs: dict):
     tape = current_tape()
-    like = next((v for v in inputs if not _is_scalar(v)), None)
-    like_t = _type_of(like)
     names = []
+    like_t = None
     for k, v in enumerate(inputs):
-        if isinstance(v, Tensor) and v._tape is tape and not tape.closed and v._value is not None:
+        if isinstance(v, Tensor) and v._tape is tape and v._value is not None:
             names.append(v._value)
         elif _is_scalar(v):
             from .tracing import _scalar_value
 
-            names.append(tape.builder.emit("full", [], {"shape": (), "value": _scalar_value(v, like_t),
-                                                        "dtype": like_t.dtype}))
+            if like_t is None:
+                like_t = _type_of(next(u for u in inputs if not _is_scalar(u)))
+            names.append(_emit(tape.builder, "full", (), {"shape": (), "value": _scalar_value(v, like_t),
+                                                          "dtype": like_t.dtype}, None))
         elif op == "dropout" and k == 1:
             names.append(tape.input_for(np.asarray(v, np.int64), "rng"))
         else:
             leaf = _requires_grad(v) and not (isinstance(v, Tensor) and v._tape is not None)
             names.append(tape.input_for(v, "param" if leaf else "input"))
+    out = _emit(tape.builder, op, names, attrs, user_location())
+    types = tape.builder.types
+    if isinstance(out, tuple):
+        results = tuple(Tensor._lazy(tape, o, types[o]) for o in out)
+        tape.tensors.extend(weakref.ref(t) for t in results)
+        return results
+    t = Tensor._lazy(tape, out, types[out])
+    tape.tensors.append(weakref.ref(t))
+    return t
+
+
+_rules: dict = {}  # (op, input types, attrs) -> (full attrs, output types): a steady loop infers each once
+
+
+def _emit(builder: GraphBuilder, op: str, names, attrs: dict, loc):
+    """builder.emit, with the op's attribute normalisation and shape rule memoised."""
+    in_types = tuple(builder.types[n] for n in names)
     try:
-        out = tape.builder.emit(op, names, attrs, loc=user_location())
-    except ShapeError as e:
-        raise trace_error(str(e)) from None
-    outs = out if isinstance(out, tuple) else (out,)
-    results = []
-    for o in outs:
-        t = Tensor._lazy(tape, o, tape.builder.types[o])
-        tape.tensors.append(weakref.ref(t))
-        results.append(t)
-    return tuple(results) if isinstance(out, tuple) else results[0]
+        key = (op, in_types, tuple(attrs.items()))
+        hit = _rules.get(key)
+    except TypeError:  # an unhashable attribute value (a list): no memo
+        key = hit = None
+    if hit is None:
+        try:
+            out = builder.emit(op, names, attrs, loc=loc)
+        except ShapeError as e:
+            raise trace_error(str(e)) from None
+        if key is not None:
+            node = builder.nodes[-1]
+            _rules[key] = (node.attrs, node.types)
+        return out
+    full_attrs, out_types = hit
+    outs = tuple(builder.fresh() for _ in out_types)
+    for o, t in zip(outs, out_types):
+        builder.types[o] = t
+    builder.nodes.append(Node(op, tuple(names), outs, out_types, full_attrs, loc, None))
+    return outs[0] if len(outs) == 1 else outs
+
+
+_array_types: dict = {}
 
 
 def _type_of(v) -> TensorType:
     if isinstance(v, Tensor):
         return v._type
     a = np.asarray(v)
-    return TensorType(a.shape, dtype_name(a.dtype))
+    key = (a.shape, a.dtype.str)
+    t = _array_types.get(key)
+    if t is None:
+        t = _array_types[key] = TensorType(a.shape, dtype_name(a.dtype))
+    return t
 
 
 # ------------------------------------------------------------------ Tensor
@@ -230,7 +276,7 @@ def _type_of(v) -> TensorType:
 class Tensor(TensorMethods):
     """graphc's eager array: a numpy array (or a recorded, not yet computed value) with autograd."""
 
-    __slots__ = ("_data", "_tape", "_value", "_type", "_requires_grad", "grad", "__weakref__")
+    __slots__ = ("_data", "_tape", "_value", "_type", "_requires_grad", "_grad", "__weakref__")
     __array_priority__ = 200  # numpy defers to our operators
 
     def __init__(self, data, dtype=None, requires_grad: bool = False):
@@ -238,21 +284,21 @@ class Tensor(TensorMethods):
         self._data, self._tape, self._value = a, None, None
         self._type = _checked_type(a)
         self._requires_grad = False
-        self.grad = None
+        self._grad = None
         if requires_grad:
             self.requires_grad_(True)
 
     @classmethod
     def _from(cls, a: np.ndarray, requires_grad: bool = False) -> "Tensor":
         t = object.__new__(cls)
-        t._data, t._tape, t._value, t._requires_grad, t.grad = a, None, None, requires_grad, None
+        t._data, t._tape, t._value, t._requires_grad, t._grad = a, None, None, requires_grad, None
         t._type = _checked_type(a)
         return t
 
     @classmethod
     def _lazy(cls, tape: Tape, value: str, type: TensorType) -> "Tensor":
         t = object.__new__(cls)
-        t._data, t._tape, t._value, t._type, t._requires_grad, t.grad = None, tape, value, type, False, None
+        t._data, t._tape, t._value, t._type, t._requires_grad, t._grad = None, tape, value, type, False, None
         return t
 
     # ---- what a tensor is
@@ -278,6 +324,18 @@ class Tensor(TensorMethods):
                               "operation); use .detach().requires_grad_()")
         self._requires_grad = bool(requires_grad)
         return self
+
+    @property
+    def grad(self):
+        if _pending is not None:
+            flush_pending()
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if _pending is not None:
+            flush_pending()
+        self._grad = value
 
     @property
     def grad_fn(self):
@@ -321,7 +379,10 @@ class Tensor(TensorMethods):
                               "pass backward(gradient)")
         from . import autograd
 
-        autograd.backward(self, None if gradient is None else _array(gradient).astype(self.dtype, copy=False))
+        if gradient is None:  # deferred: an optimizer.step() that follows may run it in the same plan
+            autograd.defer(self)
+        else:
+            autograd.backward(self, _array(gradient).astype(self.dtype, copy=False))
 
     def detach(self) -> "Tensor":
         return Tensor._from(self._materialize())
@@ -598,6 +659,8 @@ def numel(t) -> int:
 def flush_if_reads(arrays) -> None:
     """Before an array changes in place: if the open recording reads it, compute its values first
     (a lazy result must see the array as it was when the operation was written)."""
+    if _pending is not None:
+        flush_pending()
     tape = _tape
     if tape is None or tape.closed:
         return

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .ir import GraphcError
+from . import eager as _eager
 from .eager import flush_if_reads
 from .nn.parameter import Parameter
 
@@ -127,6 +128,11 @@ class Optimizer:
 
     def step(self, closure: Callable[[], Any] | None = None):
         """One update of every parameter that has a gradient (params whose .grad is None are skipped)."""
+        if closure is None and _eager._pending is not None:
+            from .autograd import join_step
+
+            if join_step(self):  # the deferred backward and this update ran as one compiled plan
+                return None
         loss = closure() if closure is not None else None
         hyper = self._check(self.hyper)
         flush_if_reads(self.params)  # values recorded from the old weights are computed first

@@ -33,12 +33,22 @@ class TraceError(GraphcError):
 # ------------------------------------------------------------------ source locations
 
 
+_internal: dict[str, bool] = {}  # code file name -> inside graphc or numpy (eager recording asks per op)
+
+
+def _is_internal(filename: str) -> bool:
+    hit = _internal.get(filename)
+    if hit is None:
+        path = os.path.abspath(filename)
+        hit = _internal[filename] = path.startswith(_GRAPHC_DIR + os.sep) or path.startswith(_NUMPY_DIR + os.sep)
+    return hit
+
+
 def user_frame():
     """The innermost stack frame outside graphc and numpy: the user's line."""
     f = sys._getframe(1)
     while f is not None:
-        path = os.path.abspath(f.f_code.co_filename)
-        if not (path.startswith(_GRAPHC_DIR + os.sep) or path.startswith(_NUMPY_DIR + os.sep)):
+        if not _is_internal(f.f_code.co_filename):
             return f
         f = f.f_back
     return None

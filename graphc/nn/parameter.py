@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import eager as _eager
 from ..tracing import ArrayMethods, _before_write
 
 
@@ -67,6 +68,19 @@ class Parameter(ArrayMethods, np.ndarray):
         return "Parameter containing:\n" + repr(np.asarray(self).view(np.ndarray))
 
     is_leaf = property(lambda self: True)
+
+    @property
+    def grad(self):
+        """The accumulated gradient (None until a backward computes one), as in torch."""
+        if _eager._pending is not None:
+            _eager.flush_pending()
+        return self.__dict__.get("_grad")
+
+    @grad.setter
+    def grad(self, value):
+        if _eager._pending is not None:
+            _eager.flush_pending()
+        self.__dict__["_grad"] = value
     grad_fn = property(lambda self: None)
 
     def requires_grad_(self, requires_grad: bool = True) -> "Parameter":
