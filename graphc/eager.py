@@ -504,26 +504,11 @@ def _rebuild(a, requires_grad):
     return Tensor._from(a, requires_grad)
 
 
-def _checked_type(a: np.ndarray):
-    if a.dtype in (np.float32, np.float64, np.int64):
+def _checked_type(a: np.ndarray) -> TensorType:
+    try:
         return TensorType(a.shape, dtype_name(a.dtype))
-    if a.dtype == np.bool_:
-        return _BoolType(tuple(a.shape))
-    raise ShapeError(f"unsupported dtype {a.dtype}: graphc tensors are float32, float64, int64 (or bool)")
-
-
-class _BoolType:
-    """Booleans (comparison results) are eager-only values: no op of the IR takes them."""
-
-    dtype, np_dtype, is_float = "bool", np.dtype(np.bool_), False
-
-    def __init__(self, shape):
-        self.shape = shape
-
-    rank = property(lambda self: len(self.shape))
-
-    def __str__(self):
-        return f"bool[{','.join(map(str, self.shape))}]"
+    except ShapeError:
+        raise ShapeError(f"unsupported dtype {a.dtype}: graphc tensors are float32, float64, int64 or bool") from None
 
 
 def _to_numpy(data, dtype=None) -> np.ndarray:

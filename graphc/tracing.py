@@ -332,9 +332,9 @@ class TensorMethods:
             raise trace_error("clamp: at least one of min and max must be given")
         x = self
         if min is not None:
-            x = dispatch("relu", [x - min]) + min
+            x = dispatch("maximum", [x, min]) if _has("maximum") else dispatch("relu", [x - min]) + min
         if max is not None:
-            x = x - dispatch("relu", [x - max])
+            x = dispatch("minimum", [x, max]) if _has("minimum") else x - dispatch("relu", [x - max])
         return x
 
     clip = clamp
@@ -524,7 +524,10 @@ class Proxy(TensorMethods):
         raise trace_error(f"{what} is not supported on traced value %{self.name} ({self.type}) yet: no op of the "
                           "IR computes it; compute it outside the compiled forward (eagerly, on its result)")
 
-    def __bool__(self): self._data_dependent("the truth value (bool)")
+    def __bool__(self):
+        op = next((n.op for n in reversed(self.tracer.builder.nodes) if self.name in n.outputs), None)
+        self._data_dependent(f"comparison {_SYMBOL[op]}, used as a truth value," if op in _SYMBOL else
+                             "the truth value (bool)")
     def __float__(self): self._data_dependent("float()")
     def __int__(self): self._data_dependent("int()")
     def __index__(self): self._data_dependent("use as an index")
@@ -683,6 +686,8 @@ def power(x, e):
             return result if e > 0 else 1.0 / result
         if e == 0.5 and _has("sqrt"):
             return dispatch("sqrt", [x])
+        if _has("pow"):
+            return dispatch("pow", [x], {"exponent": e})
     return dispatch("exp", [dispatch("log", [x]) * e])
 
 
@@ -746,14 +751,58 @@ def arg_extremum(x, op: str, dim=None, keepdim: bool = False):
     return _eager_result(fn(v, axis=_norm_dim(dim, v.ndim), keepdims=keepdim).astype(np.int64), x)
 
 
+def _basic_index(x, k):
+    """x[k] for ints, slices (positive steps), `...` and None as slice + reshape ops; None if k is
+    another kind of index (tensors, lists, negative steps)."""
+    key = k if isinstance(k, tuple) else (k,)
+    if not all(isinstance(i, (int, np.integer, slice, type(None))) or i is Ellipsis for i in key):
+        return None
+    if any(isinstance(i, slice) and (i.step or 1) <= 0 for i in key):
+        return None
+    shape = list(_shape(x))
+    n_real = sum(1 for i in key if i is not None and i is not Ellipsis)
+    if key.count(Ellipsis) > 1 or n_real > len(shape):
+        raise trace_error(f"too many indices for a tensor of rank {len(shape)}: {k!r}")
+    if Ellipsis in key:
+        e = key.index(Ellipsis)
+        key = key[:e] + (slice(None),) * (len(shape) - n_real) + key[e + 1:]
+    else:
+        key = key + (slice(None),) * (len(shape) - n_real)
+    out_shape, d = [], 0
+    for i in key:
+        if i is None:
+            out_shape.append(1)
+            continue
+        n = shape[d]
+        if isinstance(i, slice):
+            start, end, step = i.indices(n)
+            if (start, end, step) != (0, n, 1):
+                x = dispatch("slice", [x], {"dim": d, "start": start, "end": max(end, start), "step": step})
+            out_shape.append(len(range(start, max(end, start), step)))
+        else:
+            j = int(i)
+            if not -n <= j < n:
+                raise trace_error(f"index {j} is out of bounds for dimension {d} with size {n}")
+            j %= n
+            x = dispatch("slice", [x], {"dim": d, "start": j, "end": j + 1, "step": 1})
+        d += 1
+    return reshape(x, tuple(out_shape)) if tuple(out_shape) != tuple(_shape(x)) else x
+
+
 def index(x, k):
-    """x[k] on an eager value that needs no gradient (numpy's indexing); refused where it would
-    lose a gradient or while tracing, until the op table has slicing."""
+    """x[k]: ints, slices, `...` and None are slice + reshape ops (recorded and traced, with
+    gradients); other indices (arrays, lists) index an eager value that needs no gradient."""
+    recorded = isinstance(x, Proxy) or (_tensor._requires_grad(x) and _tensor.is_grad_enabled())
+    if recorded and _has("slice"):
+        out = _basic_index(x, k)
+        if out is not None:
+            return out
     if isinstance(x, Proxy):
-        raise trace_error(f"indexing a traced value (%{x.name}[{k!r}], {x.type}) is not supported yet")
-    if _tensor._requires_grad(x) and _tensor.is_grad_enabled() and hasattr(x, "_materialize"):
-        raise trace_error(f"indexing a tensor that requires grad (x[{k!r}]) is not recorded yet: use it under "
-                          "graphc.no_grad() or on x.detach()")
+        raise trace_error(f"indexing a traced value with {k!r} (%{x.name}, {x.type}) is not supported: "
+                          "use ints, slices, ... and None")
+    if recorded and hasattr(x, "_materialize"):
+        raise trace_error(f"indexing a tensor that requires grad with {k!r} is not recorded: use ints, slices, "
+                          "... and None, or index under graphc.no_grad() / x.detach()")
     key = tuple(_value(i, "index") if hasattr(i, "_concrete") else i for i in k) if isinstance(k, tuple) else \
         (_value(k, "index") if hasattr(k, "_concrete") else k)
     res = _value(x, "indexing")[key]
