@@ -525,9 +525,11 @@ class Proxy(TensorMethods):
                           "IR computes it; compute it outside the compiled forward (eagerly, on its result)")
 
     def __bool__(self):
-        op = next((n.op for n in reversed(self.tracer.builder.nodes) if self.name in n.outputs), None)
-        self._data_dependent(f"comparison {_SYMBOL[op]}, used as a truth value," if op in _SYMBOL else
-                             "the truth value (bool)")
+        node = next((n for n in reversed(self.tracer.builder.nodes) if self.name in n.outputs), None)
+        if node is not None and node.op in _SYMBOL:  # `if x > 0:` names the compared value
+            a = node.inputs[0]
+            Proxy(self.tracer, a, self.tracer.builder.types[a])._data_dependent(f"comparison {_SYMBOL[node.op]}")
+        self._data_dependent("the truth value (bool)")
     def __float__(self): self._data_dependent("float()")
     def __int__(self): self._data_dependent("int()")
     def __index__(self): self._data_dependent("use as an index")
