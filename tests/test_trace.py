@@ -176,7 +176,7 @@ class DataDependent(nn.Module):
         elif self.how == "iter":
             return [r for r in x]
         elif self.how == "index":
-            return x[0]
+            return x[[0, 1]]  # ints and slices trace (slice ops); lists do not
         elif self.how == "eq":
             return x if s == 0 else -x
         return x
@@ -189,7 +189,7 @@ class DataDependent(nn.Module):
     ("item", "s.item()", ".item()"),
     ("bool", "if s else", "the truth value (bool)"),
     ("iter", "for r in x", "iteration"),
-    ("index", "x[0]", "indexing a traced value"),
+    ("index", "x[[0, 1]]", "indexing a traced value"),
     ("eq", "if s == 0", "comparison =="),
 ])
 def test_data_dependent_python_is_a_trace_error(how, needle, what):
