@@ -36,10 +36,24 @@ def configure(level: str | int = "warning", stream=None) -> logging.Logger:
 
 
 def configure_from_env(default: str = "warning") -> logging.Logger | None:
-    """Configure from GRAPHC_LOG (debug|info|warning|error|off); an unknown value warns and uses `default`."""
+    """Configure from GRAPHC_LOG (debug|info|warning|error|off, and/or `recompiles`, comma-separated:
+    why eager mode compiled another plan for a call site); an unknown value warns and uses `default`."""
     value = os.environ.get("GRAPHC_LOG", "").strip()
     if not value:
         return configure(default)
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if "recompiles" in parts:
+        rest = [p for p in parts if p != "recompiles"]
+        logger = configure_from_env_value(rest[0] if rest else default, default)
+        logging.getLogger("graphc.recompiles").setLevel(logging.INFO)
+        for h in logger.handlers:
+            if getattr(h, _HANDLER_MARK, False):
+                h.setLevel(min(h.level, logging.INFO))
+        return logger
+    return configure_from_env_value(value, default)
+
+
+def configure_from_env_value(value: str, default: str) -> logging.Logger:
     try:
         return configure(value)
     except ValueError as e:

@@ -270,3 +270,27 @@ def test_methods_eager_and_traced_agree():
     values, idx = t.max(dim=0)
     np.testing.assert_allclose(values.numpy(), tx.max(dim=0).values.numpy())
     assert (t > 0).float().mean().item() == pytest.approx((tx > 0).float().mean().item())
+
+
+def test_recompile_reasons_are_counted_and_logged(caplog):
+    import logging
+
+    graphc.autograd.reset()
+    caplog.set_level(logging.INFO, logger="graphc.recompiles")
+    lin = nn.Linear(3, 1)
+    for batch in (4, 4, 4, 8, 8):
+        (lin(np.ones((batch, 3), np.float32)) ** 2).mean().backward()
+    assert lin.weight.grad is not None  # runs the last, deferred backward
+    stats = graphc.autograd.stats
+    assert stats["compiles"] == 2 and stats["recompiles"] == 1, stats
+    assert "changed shape: f32[4,3] -> f32[8,3]" in caplog.text
+    from graphc.log import configure_from_env
+
+    import os
+    os.environ["GRAPHC_LOG"] = "recompiles"
+    try:
+        configure_from_env()
+        assert logging.getLogger("graphc.recompiles").isEnabledFor(logging.INFO)
+    finally:
+        del os.environ["GRAPHC_LOG"]
+        logging.getLogger("graphc.recompiles").setLevel(logging.NOTSET)
