@@ -42,6 +42,11 @@ _LAZY = {
     "runtime": ("graphc.runtime", None),
     "autograd": ("graphc.autograd", None),
     "func": ("graphc.func", None),
+    "interop": ("graphc.interop", None),
+    "from_torch": ("graphc.interop.torch_fx", "from_torch"),
+    "export_onnx": ("graphc.interop.onnx_export", "export_onnx"),
+    "load_safetensors": ("graphc.interop.safetensors", "load_safetensors"),
+    "save_safetensors": ("graphc.interop.safetensors", "save_safetensors"),
 }
 
 

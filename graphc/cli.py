@@ -3,6 +3,8 @@
     graphc inspect model.py:SimpleNet --input 64x10 [--train --loss mse --optim sgd] [--all-stages]
     graphc dump model.py:SimpleNet --input 64x10 -o dumps/
     graphc report model.py:SimpleNet --input 64x10 --train -o report.html
+    graphc inspect --torch torch_model.py:Net --input 64x10       # a torch.nn.Module, via graphc.from_torch
+    graphc export-onnx model.py:SimpleNet --input 64x10 -o model.onnx
     graphc demo
 
 A mistake in the command (no such file, no such class, a bad shape, a model that does not
@@ -66,7 +68,7 @@ def parse_shape(text: str, default_dtype: str = "f32") -> tuple[tuple[int, ...],
     return tuple(int(p) for p in parts), dtype
 
 
-def load_model_class(target: str):
+def load_model_class(target: str, torch_ok: bool = False):
     """`path/to/file.py:ClassName` -> the class, importing the file as a module."""
     path, sep, name = target.rpartition(":")
     if not sep or not path or not name:
@@ -94,13 +96,46 @@ def load_model_class(target: str):
 
         found = sorted(k for k, v in vars(module).items()
                        if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == module_name)
+        if torch_ok:
+            found += sorted(k for k, v in vars(module).items() if _is_torch_class(v) and v.__module__ == module_name)
         hint = f"; models defined there: {', '.join(found)}" if found else "; it defines no graphc.nn.Module"
         raise CLIError(f"{path} has no class {name!r}{hint}")
     return cls
 
 
-def make_model(target: str):
-    cls = load_model_class(target)
+def _is_torch_class(cls) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+
+
+def model_from_args(args, inputs: list):
+    """The model the arguments name: a graphc class, or a torch class (`--torch`, or a positional
+    FILE.py:Class whose class is a torch.nn.Module) brought in with graphc.from_torch."""
+    target = getattr(args, "torch", None) or args.model
+    if not target:
+        raise CLIError("give the model as FILE.py:ClassName (or --torch FILE.py:ClassName for a torch.nn.Module)", 2)
+    if getattr(args, "torch", None) and args.model:
+        raise CLIError(f"give the model once: {args.model} or --torch {args.torch}", 2)
+    cls = load_model_class(target, torch_ok=True)
+    if not (getattr(args, "torch", None) or _is_torch_class(cls)):
+        return make_model(target, cls)
+    if not _is_torch_class(cls):
+        raise CLIError(f"--torch {target}: {target.rpartition(':')[2]} is not a torch.nn.Module")
+    name = target.rpartition(":")[2]
+    try:
+        torch_model = cls()
+    except Exception as e:
+        log.debug("instantiating %s failed", name, exc_info=True)
+        raise CLIError(f"cannot create {name}() with no arguments: {type(e).__name__}: {one_line(str(e))}") from None
+    if args.dtype != "f32":
+        torch_model = torch_model.double()
+    from graphc.interop.torch_fx import from_torch
+
+    return _run_user(f"importing torch model {name}", from_torch, torch_model, *inputs)
+
+
+def make_model(target: str, cls=None):
+    cls = cls if cls is not None else load_model_class(target)
     name = target.rpartition(":")[2]
     if not callable(cls):
         raise CLIError(f"{name} is not a class (got {type(cls).__name__})")
@@ -179,8 +214,8 @@ def _compiler():
 
 def build(args) -> Any:
     """Trace and compile what the arguments describe; return the compiled object (or plans)."""
-    model = make_model(args.model)
     inputs = example_inputs(args)
+    model = model_from_args(args, inputs)
     if args.dtype != "f32":
         import numpy as np
 
@@ -288,6 +323,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export_onnx(args) -> int:
+    inputs = example_inputs(args)
+    model = model_from_args(args, inputs)
+    if args.dtype != "f32":
+        import numpy as np
+
+        model.to(np.float64)
+    from graphc.interop import onnx_export
+
+    export = lambda: onnx_export.export_onnx(model, args.out, *inputs, opset=args.opset,  # noqa: E731
+                                             dynamic_batch=not args.static_batch)
+    _run_user(f"exporting {type(model).__name__} to ONNX", export)
+    import onnx
+
+    m = onnx.load(args.out)
+    ops = sorted({n.op_type for n in m.graph.node})
+    print(f"wrote {args.out}: {len(m.graph.node)} nodes ({', '.join(ops)}), {len(m.graph.initializer)} initializers, "
+          f"opset {args.opset}, inputs {', '.join(i.name for i in m.graph.input)}"
+          f"{'' if args.static_batch else ' (dim 0 is the dynamic batch)'}")
+    return 0
+
+
 def samples_dir() -> Path:
     """samples/ of the source checkout (the package is installed editable, so it sits beside graphc/)."""
     import graphc
@@ -320,13 +377,18 @@ def cmd_demo(args) -> int:
 # ------------------------------------------------------------------ the parser
 
 
-def _model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="FILE.py:ModelName",
-                   help="the model class to compile; it is created with no arguments")
+def _model_arguments(p: argparse.ArgumentParser, train: bool = True) -> None:
+    p.add_argument("model", metavar="FILE.py:ModelName", nargs="?",
+                   help="the model class to compile; it is created with no arguments (a torch.nn.Module class "
+                        "goes through graphc.from_torch)")
+    p.add_argument("--torch", metavar="FILE.py:ModelName",
+                   help="a torch.nn.Module class instead, brought in with graphc.from_torch")
     p.add_argument("--input", action="append", metavar="SHAPE",
                    help="an example input's shape, e.g. 64x10 (64x10:i64 for another dtype); repeat for several inputs")
     p.add_argument("--dtype", default="f32", choices=("f32", "f64"),
                    help="float dtype of the model's parameters and the example inputs (default f32)")
+    if not train:
+        return
     t = p.add_argument_group("training (compile a whole train step)")
     t.add_argument("--train", action="store_true", help="compile forward + loss + backward + optimizer update")
     t.add_argument("--loss", default="mse", choices=LOSSES,
@@ -367,6 +429,15 @@ def parser() -> argparse.ArgumentParser:
     _model_arguments(p)
     p.add_argument("-o", "--out", default="report.html", metavar="FILE.html", help="the page to write (default report.html)")
     p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("export-onnx", help="write a model's eval-mode forward as an ONNX file",
+                       description="Trace a model in eval mode, optimize it and write it as ONNX (weights as "
+                                   "initializers, checked with onnx.checker). Needs the onnx package.")
+    _model_arguments(p, train=False)
+    p.add_argument("-o", "--out", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--static-batch", action="store_true", help="keep the example's batch size (default: dim 0 is dynamic)")
+    p.set_defaults(run=cmd_export_onnx)
 
     p = sub.add_parser("demo", help="train the SimpleNet sample end to end (samples/simple_net.py)",
                        description="Run samples/simple_net.py: trace, compile, train, evaluate and dump SimpleNet. "

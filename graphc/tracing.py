@@ -44,6 +44,25 @@ def _is_internal(filename: str) -> bool:
     return hit
 
 
+# While forward replays a graph captured elsewhere (graphc.interop.from_torch), the user's line
+# is the captured node's (path, line), not a frame of graphc's replay loop.
+_source: contextvars.ContextVar["tuple[str, int] | None"] = contextvars.ContextVar("graphc_source", default=None)
+
+
+class source_line:
+    """`with source_line(path, line):` nodes emitted inside carry that location, errors show it."""
+
+    def __init__(self, path: str | None, line: int | None):
+        self.where = (path, int(line)) if path and line else None
+
+    def __enter__(self):
+        self._token = _source.set(self.where) if self.where else None
+
+    def __exit__(self, *exc):
+        if self._token is not None:
+            _source.reset(self._token)
+
+
 def user_frame():
     """The innermost stack frame outside graphc and numpy: the user's line."""
     f = sys._getframe(1)
@@ -55,6 +74,8 @@ def user_frame():
 
 
 def user_location(full: bool = False) -> str | None:
+    if (src := _source.get()) is not None:
+        return f"{src[0] if full else os.path.basename(src[0])}:{src[1]}"
     f = user_frame()
     if f is None:
         return None
@@ -63,11 +84,15 @@ def user_location(full: bool = False) -> str | None:
 
 
 def _where() -> str:
-    f = user_frame()
-    if f is None:
-        return ""
-    code = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
-    return f"\n  at {f.f_code.co_filename}:{f.f_lineno}" + (f"\n    {code}" if code else "")
+    if (src := _source.get()) is not None:
+        path, line = src
+    else:
+        f = user_frame()
+        if f is None:
+            return ""
+        path, line = f.f_code.co_filename, f.f_lineno
+    code = linecache.getline(path, line).strip()
+    return f"\n  at {path}:{line}" + (f"\n    {code}" if code else "")
 
 
 def trace_error(msg: str) -> TraceError:

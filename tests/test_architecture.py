@@ -12,8 +12,11 @@ FLOORS = {
     "graphc/nn": ("graphc.ir", "graphc.nn", "graphc.tracing", "graphc.random", "graphc.eager"),
     "passes": ("graphc.ir", "graphc.passes"),
     "runtime": ("graphc.ir", "graphc.runtime"),
+    # interop sits on the face's floor, but never on the runtime: it maps graphs, it runs nothing
+    "graphc/interop": ("graphc.ir", "graphc.nn", "graphc.tracing", "graphc.random", "graphc.passes", "graphc.interop"),
 }
-RELATIVE_BASE = {"graphc/ir": "graphc.ir", "graphc/nn": "graphc.nn", "passes": "graphc.passes", "runtime": "graphc.runtime"}
+RELATIVE_BASE = {"graphc/ir": "graphc.ir", "graphc/nn": "graphc.nn", "passes": "graphc.passes", "runtime": "graphc.runtime",
+                 "graphc/interop": "graphc.interop"}
 
 
 def graphc_imports(path, package):
@@ -63,6 +66,19 @@ def test_import_graphc_is_light():
     import subprocess
     import sys
 
-    code = "import sys, graphc, graphc.nn; print('numba' in sys.modules, 'torch' in sys.modules, 'mpi4py' in sys.modules)"
+    code = ("import sys, graphc, graphc.nn; print('numba' in sys.modules, 'torch' in sys.modules, "
+            "'mpi4py' in sys.modules, 'onnx' in sys.modules, 'onnxruntime' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "False", "False"], "import graphc must not pull in numba, torch or mpi4py"
+    assert out == ["False"] * 5, "import graphc must not pull in numba, torch, mpi4py, onnx or onnxruntime"
+
+
+def test_interop_imports_its_dependencies_only_when_used():
+    import subprocess
+    import sys
+
+    heavy = ("torch", "onnx", "onnxruntime", "safetensors", "numba")
+    code = ("import sys, graphc, graphc.interop, graphc.interop.safetensors, graphc.interop.onnx_export, "
+            "graphc.interop.torch_ops; graphc.load_safetensors; graphc.export_onnx; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"importing graphc.interop pulled in {out}"

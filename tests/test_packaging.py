@@ -13,7 +13,7 @@ def test_wheel_install_maps_passes_and_runtime_into_graphc(tmp_path):
                         "--target", str(target), ROOT], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p for p in os.listdir(target) if not p.endswith((".dist-info", ".egg-info")) and p != "bin") == ["graphc"]
-    code = ("import graphc, graphc.passes, graphc.runtime, graphc.inspect, graphc.nn; "
+    code = ("import graphc, graphc.passes, graphc.runtime, graphc.inspect, graphc.nn, graphc.interop.torch_ops; "
             "print(graphc.passes.__file__); print(graphc.runtime.__file__)")
     env = dict(os.environ, PYTHONPATH=str(target))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

@@ -1,0 +1,271 @@
+"""`graphc.export_onnx(model, path, *example_inputs, opset=17)`: the eval-mode forward as ONNX.
+
+The model is traced in eval mode and optimized by graphc's inference pipeline (the graph
+`graphc.compile` would run), then each graphc node becomes the ONNX nodes of its line in
+`ONNX_OPS`. ONNX values keep graphc's value names (`x`, `linear1.weight`, `3`); every ONNX
+node is named `%<value>:<graphc op>[/<ONNX op>]` and its doc_string holds the source line, so
+a fused `linear_relu` shows as a Gemm and a Relu under one graphc name. Parameters are
+initializers; dim 0 of the inputs is the symbolic `batch` (dynamic_batch=False keeps the
+example's sizes). The result passes `onnx.checker.check_model(full_check=True)`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+from ..ir import GraphcError, Graph, Node
+
+__all__ = ["export_onnx", "OnnxExportError", "ONNX_OPS"]
+
+MIN_OPSET = 13  # ReduceSum's axes became an input and Softmax a single-axis op in opset 13
+
+
+class OnnxExportError(GraphcError):
+    """The model cannot be written as ONNX: names the op or value and why."""
+
+
+class _Ctx:
+    """What an op's emitter needs: onnx.helper, the graph, the opset, and where nodes go."""
+
+    def __init__(self, onnx, graph: Graph, opset: int, batch: int | None):
+        self.onnx, self.h, self.graph, self.opset, self.batch = onnx, onnx.helper, graph, opset, batch
+        self.nodes, self.initializers = [], []
+        self._consts = 0
+
+    def add(self, onnx_op: str, inputs, outputs, node: Node, suffix: str | None = None, **attrs):
+        name = f"%{node.outputs[0]}:{node.op}" + (f"/{suffix or onnx_op}" if suffix is not False else "")
+        n = self.h.make_node(onnx_op, list(inputs), list(outputs), name=name,
+                             doc_string=f"graphc {node.op} -> %{', %'.join(node.outputs)}" + (f" at {node.loc}" if node.loc else ""),
+                             **attrs)
+        self.nodes.append(n)
+        return outputs[0]
+
+    def temp(self, node: Node, what: str) -> str:
+        return f"{node.outputs[0]}/{what}"
+
+    def const(self, node: Node, what: str, array) -> str:
+        name = f"{node.outputs[0]}/{what}"
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def dynamic_shape(self, node: Node, shape, source_shape=None) -> list[int]:
+        """A static shape attribute under a dynamic batch: dim 0 becomes 0 (copy it from the input)."""
+        shape = list(shape)
+        if self.batch is None:
+            return shape
+        if source_shape is not None and source_shape[:1] == (self.batch,) and shape[:1] == [self.batch]:
+            return [0] + shape[1:]
+        carries = (source_shape or ())[:1] == (self.batch,) or (source_shape is None and shape[:1] == [self.batch])
+        if carries:
+            raise OnnxExportError(f"{node.op} %{node.outputs[0]} ({node.loc or 'no source line'}) turns "
+                                  f"{list(source_shape or ())} into {shape}, which does not keep the batch dim "
+                                  "first; export with dynamic_batch=False for a fixed batch size")
+        return shape
+
+
+def _binary(onnx_op):
+    return lambda c, n: c.add(onnx_op, n.inputs, n.outputs, n)
+
+
+def _unary(onnx_op):
+    return lambda c, n: c.add(onnx_op, n.inputs[:1], n.outputs, n)
+
+
+def _full(c, n):
+    t = n.type
+    shape = c.dynamic_shape(n, t.shape)
+    value = np.full(shape, n.attr["value"], dtype=t.np_dtype)
+    tensor = c.onnx.numpy_helper.from_array(value, n.outputs[0])
+    return c.add("Constant", [], n.outputs, n, value=tensor)
+
+
+def _reshape(c, n):
+    src = c.graph.types[n.inputs[0]].shape
+    shape = c.const(n, "shape", np.asarray(c.dynamic_shape(n, n.attr["shape"], src), np.int64))
+    return c.add("Reshape", [n.inputs[0], shape], n.outputs, n)
+
+
+def _reduce(onnx_op):
+    def emit(c, n):
+        dims = list(n.attr["dims"])
+        keep = int(n.attr.get("keepdim", False))
+        if not dims:  # nothing to reduce
+            return c.add("Identity", n.inputs, n.outputs, n)
+        axes_as_input = onnx_op == "ReduceSum" or c.opset >= 18
+        if axes_as_input:
+            return c.add(onnx_op, [n.inputs[0], c.const(n, "axes", np.asarray(dims, np.int64))], n.outputs, n, keepdims=keep)
+        return c.add(onnx_op, n.inputs, n.outputs, n, axes=dims, keepdims=keep)
+    return emit
+
+
+def _broadcast_to(c, n):
+    shape = c.const(n, "shape", np.asarray(c.dynamic_shape(n, n.attr["shape"]), np.int64))
+    return c.add("Expand", [n.inputs[0], shape], n.outputs, n)
+
+
+def _linear(relu: bool):
+    def emit(c, n):
+        x, w = n.inputs[0], n.inputs[1]
+        out = c.temp(n, "Gemm") if relu else n.outputs[0]
+        if len(c.graph.types[x].shape) == 2:
+            c.add("Gemm", n.inputs, [out], n, transB=1)
+        else:  # batched leading dims: MatMul with the transposed weight (+ bias)
+            wt = c.add("Transpose", [w], [c.temp(n, "weight_T")], n, perm=[1, 0])
+            mm = c.add("MatMul", [x, wt], [c.temp(n, "MatMul") if len(n.inputs) == 3 else out], n)
+            if len(n.inputs) == 3:
+                c.add("Add", [mm, n.inputs[2]], [out], n)
+        if relu:
+            c.add("Relu", [out], n.outputs, n)
+        return n.outputs[0]
+    return emit
+
+
+def _softmax(onnx_op):
+    return lambda c, n: c.add(onnx_op, n.inputs, n.outputs, n, axis=n.attr["dim"])
+
+
+def _mse_loss(c, n):
+    diff = c.add("Sub", n.inputs, [c.temp(n, "diff")], n)
+    sq = c.add("Mul", [diff, diff], [c.temp(n, "square")], n)
+    red = "ReduceMean" if n.attr["reduction"] == "mean" else "ReduceSum"
+    return c.add(red, [sq], n.outputs, n, keepdims=0)  # no axes: over every dim
+
+
+def _nll_loss(c, n):
+    return c.add("NegativeLogLikelihoodLoss", n.inputs, n.outputs, n, reduction=n.attr["reduction"])
+
+
+def _cross_entropy(c, n):
+    return c.add("SoftmaxCrossEntropyLoss", n.inputs, n.outputs, n, reduction=n.attr["reduction"])
+
+
+# graphc op -> its ONNX emitter (one line each; forward ops of an eval-mode graph)
+ONNX_OPS: dict[str, Callable] = {
+    "add": _binary("Add"),
+    "sub": _binary("Sub"),
+    "mul": _binary("Mul"),
+    "div": _binary("Div"),
+    "neg": _unary("Neg"),
+    "exp": _unary("Exp"),
+    "log": _unary("Log"),
+    "relu": _unary("Relu"),
+    "sigmoid": _unary("Sigmoid"),
+    "tanh": _unary("Tanh"),
+    "full": _full,
+    "transpose": lambda c, n: c.add("Transpose", n.inputs, n.outputs, n, perm=list(n.attr["perm"])),
+    "reshape": _reshape,
+    "sum": _reduce("ReduceSum"),
+    "mean": _reduce("ReduceMean"),
+    "broadcast_to": _broadcast_to,
+    "matmul": _binary("MatMul"),
+    "linear": _linear(relu=False),
+    "linear_relu": _linear(relu=True),
+    "softmax": _softmax("Softmax"),
+    "log_softmax": _softmax("LogSoftmax"),
+    "mse_loss": _mse_loss,
+    "nll_loss": _nll_loss,
+    "cross_entropy": _cross_entropy,
+}
+
+_ELEM = {"f32": "FLOAT", "f64": "DOUBLE", "i64": "INT64"}
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise OnnxExportError("export_onnx needs the onnx package: pip install 'graphc[onnx]' (or pip install onnx)") from None
+    return onnx
+
+
+def _inference_graph(model, arrays) -> Graph:
+    from graphc.passes import compile_pipeline
+
+    from ..tracing import trace
+
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        graph = trace(model, *arrays)
+    finally:
+        model.train(was_training)
+    return compile_pipeline(graph, "inference").forward
+
+
+def onnx_model(model, *example_inputs, opset: int = 17, dynamic_batch: bool = True):
+    """The onnx.ModelProto export_onnx writes (checked), without writing it."""
+    onnx = _import_onnx()
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise OnnxExportError(f"opset={opset}: graphc exports opsets {MIN_OPSET} to {onnx.defs.onnx_opset_version()} "
+                              f"(the installed onnx's newest)")
+    arrays = [x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x) for x in example_inputs]
+    g = _inference_graph(model, arrays)
+    missing = [n for n in g.nodes if n.op not in ONNX_OPS]
+    if missing:
+        ops = sorted({n.op for n in missing})
+        where = "; ".join(f"%{n.outputs[0]} = {n.op}(...) at {n.loc or 'no source line'}" for n in missing[:5])
+        raise OnnxExportError(f"export_onnx: {type(model).__name__} uses graphc op(s) with no ONNX mapping: "
+                              f"{', '.join(ops)} ({where}); ops that export: {', '.join(sorted(ONNX_OPS))}")
+
+    inputs = [i for i in g.inputs if i.kind == "input"]
+    batch = None
+    if dynamic_batch:
+        firsts = {i.type.shape[0] for i in inputs if i.type.rank >= 1}
+        batch = next(iter(firsts), None)
+        if len(firsts) > 1:
+            raise OnnxExportError("export_onnx: the inputs' first dims differ, so there is no one batch dim; "
+                                  "export with dynamic_batch=False")
+    c = _Ctx(onnx, g, opset, batch)
+    params = dict(model.named_parameters())
+    for i in g.inputs:
+        if i.kind == "param":
+            c.initializers.append(onnx.numpy_helper.from_array(np.asarray(params[i.name]).view(np.ndarray), i.name))
+        elif i.kind != "input":
+            raise OnnxExportError(f"export_onnx: graph input %{i.name} of kind {i.kind!r} has no ONNX meaning "
+                                  "(only inputs and parameters do)")
+    for n in g.nodes:
+        ONNX_OPS[n.op](c, n)
+
+    def info(name, t):
+        dims = list(t.shape)
+        if batch is not None and dims[:1] == [batch]:
+            dims[0] = "batch"
+        return onnx.helper.make_tensor_value_info(name, getattr(onnx.TensorProto, _ELEM[t.dtype]), dims)
+
+    graph_inputs = [info(i.name, i.type) for i in inputs]
+    outputs, seen = [], set()
+    for o in g.outputs:
+        name = o.value
+        if name in seen or name in g.input_by_name:  # ONNX outputs must be distinct node outputs
+            alias = f"output{len(outputs)}"
+            c.nodes.append(onnx.helper.make_node("Identity", [name], [alias], name=f"%{name}:output"))
+            name = alias
+        seen.add(name)
+        outputs.append(info(name, g.types[o.value]))
+    graph = onnx.helper.make_graph(c.nodes, g.name, graph_inputs, outputs, initializer=c.initializers,
+                                   doc_string=f"graphc {g.name}: eval-mode forward after the inference pipeline")
+    m = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], producer_name="graphc")
+    m.ir_version = min(m.ir_version, _IR_FOR_OPSET.get(opset, m.ir_version))
+    try:
+        onnx.checker.check_model(m, full_check=True)
+    except Exception as e:  # a bug in an emitter, not in the user's model
+        raise OnnxExportError(f"export_onnx: the ONNX graph of {g.name} fails onnx.checker: {e}") from None
+    return m
+
+
+# onnxruntime reads models up to some IR version; the oldest IR that holds the opset is safest.
+_IR_FOR_OPSET = {13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
+
+
+def export_onnx(model, path, *example_inputs, opset: int = 17, dynamic_batch: bool = True):
+    """Write `model`'s eval-mode forward to `path` as ONNX (weights as initializers); returns the path.
+
+    Example inputs fix the shapes (dim 0 becomes the symbolic `batch` unless dynamic_batch=False).
+    The model's training mode is restored afterwards. Raises OnnxExportError naming any graphc op
+    that has no ONNX mapping."""
+    onnx = _import_onnx()
+    m = onnx_model(model, *example_inputs, opset=opset, dynamic_batch=dynamic_batch)
+    onnx.save(m, os.fspath(path))
+    return path

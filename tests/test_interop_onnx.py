@@ -1,0 +1,118 @@
+"""graphc.export_onnx: the eval-mode forward as a checked ONNX model that onnxruntime runs to
+graphc's numbers, with graphc's value names on its nodes and a dynamic batch dim."""
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import graphc  # noqa: E402
+import graphc.nn as nn  # noqa: E402
+import graphc.nn.functional as F  # noqa: E402
+from graphc.interop.onnx_export import ONNX_OPS, OnnxExportError  # noqa: E402
+from models import SimpleNet, mlp  # noqa: E402
+
+
+def run_onnx(path, **feeds):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def x_of(n, d=12, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+def test_mlp_round_trip_checker_onnxruntime_and_dynamic_batch(tmp_path):
+    model = mlp((12, 32, 16, 5), dropout=0.2)
+    x = x_of(64)
+    path = graphc.export_onnx(model, tmp_path / "mlp.onnx", x)
+    assert model.training  # export used eval mode and put the mode back
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m, full_check=True)
+    assert m.graph.input[0].name == "input"  # Sequential.forward's argument, as graphc.trace names it
+    assert [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim] == ["batch", 12]
+    assert sorted(i.name for i in m.graph.initializer) == sorted(model.state_dict())
+    model.eval()
+    for n in (64, 3):  # the batch dim is dynamic
+        (got,) = run_onnx(path, input=x_of(n))
+        np.testing.assert_allclose(got, model(x_of(n)), rtol=1e-5, atol=1e-6)
+    # nodes carry graphc's value names and ops: the fused linear_relu is a Gemm and a Relu under one name
+    names = [n.name for n in m.graph.node]
+    assert any(name.endswith(":linear_relu/Gemm") for name in names)
+    assert any(name.endswith(":linear_relu/Relu") for name in names)
+    assert all(name.startswith("%") for name in names)
+    assert "Dropout" not in {n.op_type for n in m.graph.node}
+
+
+def test_simple_net_nodes_name_graphc_values_and_source_lines(tmp_path):
+    model = SimpleNet()
+    x = x_of(8, 10)
+    path = graphc.export_onnx(model, tmp_path / "simple.onnx", x, opset=13)
+    m = onnx.load(str(path))
+    assert m.opset_import[0].version == 13
+    ops = [(n.name, n.op_type) for n in m.graph.node]
+    assert [t for _, t in ops] == ["Gemm", "Relu", "Gemm"]
+    assert all("models.py:" in n.doc_string for n in m.graph.node)
+    model.eval()
+    np.testing.assert_allclose(run_onnx(path, x=x)[0], model(x), rtol=1e-5, atol=1e-6)
+
+
+class Everything(nn.Module):
+    """Most exportable forward ops in one graph: arithmetic, reductions, shapes, softmax, a loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.b = nn.Linear(8, 4, bias=False)
+
+    def forward(self, x, labels):
+        h = self.a(x)
+        h = (h.exp() + 1.0).log() - h.sigmoid() * h.tanh() / 2.0
+        h = -self.b(h)
+        logp = F.log_softmax(h, 1)
+        s = F.softmax(h, 1) + logp.mean(dim=0, keepdim=True) + h.sum(dim=1, keepdim=True)
+        t = (s.T @ s).reshape(2, 8).T.flatten()
+        losses = F.cross_entropy(h * 1.5, labels) + F.nll_loss(logp, labels, reduction="sum")
+        return losses + t.sum() * 0.01 + F.mse_loss(s, s * 0.5)
+
+
+def test_every_mapped_forward_op_matches_onnxruntime(tmp_path):
+    model = Everything()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    labels = rng.integers(0, 4, 5).astype(np.int64)
+    path = graphc.export_onnx(model, tmp_path / "every.onnx", x, labels, dynamic_batch=False)
+    types = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Exp", "Log", "Sigmoid", "Tanh", "Neg", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "Transpose",
+            "MatMul", "Reshape", "SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"} <= types
+    (got,) = run_onnx(path, x=x, labels=labels)
+    np.testing.assert_allclose(got, model(x, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_op_without_onnx_mapping_and_batch_mixing_reshape_are_clear_errors(tmp_path, monkeypatch):
+    model = SimpleNet()
+    monkeypatch.delitem(ONNX_OPS, "relu")
+    monkeypatch.delitem(ONNX_OPS, "linear_relu")
+    with pytest.raises(OnnxExportError, match=r"no ONNX mapping: linear_relu \(%\d+ = linear_relu\(\.\.\.\) at models\.py:\d+"):
+        graphc.export_onnx(model, tmp_path / "x.onnx", x_of(4, 10))
+    monkeypatch.undo()
+
+    class FlattenAll(nn.Module):
+        def forward(self, x):
+            return x.reshape(-1) * 2.0
+
+    with pytest.raises(OnnxExportError, match="dynamic_batch=False"):
+        graphc.export_onnx(FlattenAll(), tmp_path / "f.onnx", x_of(4, 3))
+    path = graphc.export_onnx(FlattenAll(), tmp_path / "f.onnx", x_of(4, 3), dynamic_batch=False)
+    np.testing.assert_allclose(run_onnx(path, x=x_of(4, 3))[0], x_of(4, 3).reshape(-1) * 2)
+    with pytest.raises(OnnxExportError, match="opset"):
+        graphc.export_onnx(model, tmp_path / "x.onnx", x_of(4, 10), opset=9)
+
+
+def test_from_torch_model_exports(tmp_path):
+    torch = pytest.importorskip("torch")
+    tm = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)).eval()
+    x = x_of(4, 10)
+    gm = graphc.from_torch(tm, x)
+    path = graphc.export_onnx(gm, tmp_path / "t.onnx", x)
+    np.testing.assert_allclose(run_onnx(path, input=x_of(9, 10))[0],
+                               tm(torch.from_numpy(x_of(9, 10))).detach().numpy(), rtol=1e-5, atol=1e-6)
