@@ -116,3 +116,43 @@ def test_from_torch_model_exports(tmp_path):
     path = graphc.export_onnx(gm, tmp_path / "t.onnx", x)
     np.testing.assert_allclose(run_onnx(path, input=x_of(9, 10))[0],
                                tm(torch.from_numpy(x_of(9, 10))).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_transformer_style_ops_export(tmp_path):
+    """issue 9's primitives (through from_torch's TinyAttention): gather, slice, batched MatMul, Where, ..."""
+    torch = pytest.importorskip("torch")
+    from test_interop_torch import TinyAttention
+
+    torch.manual_seed(5)
+    tm = TinyAttention().eval()
+    ids = np.random.default_rng(5).integers(0, 11, (3, 4)).astype(np.int64)
+    gm = graphc.from_torch(tm, ids)
+    path = graphc.export_onnx(gm, tmp_path / "att.onnx", ids, dynamic_batch=False)
+    types = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"GatherElements", "Slice", "MatMul", "Where", "Greater", "Concat", "Erf", "Max", "Pow", "ReduceMax",
+            "Reciprocal"} <= types
+    (got,) = run_onnx(path, ids=ids)
+    np.testing.assert_allclose(got, tm(torch.from_numpy(ids)).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+class Primitives(nn.Module):
+    """Primitive ops written against graphc's dispatch (the front end gains them in other issues)."""
+
+    def forward(self, x):
+        from graphc.tracing import dispatch
+
+        lo = dispatch("minimum", [x, x * 0.5])
+        flags = [dispatch("cast", [dispatch(cmp, [x, lo])], {"dtype": "f32"}) for cmp in ("ne", "le", "ge", "eq", "lt")]
+        padded = dispatch("pad", [x], {"widths": (0, 0, 1, 2), "value": 0.5})
+        head = dispatch("slice", [padded], {"dim": 1, "start": 0, "end": 4})
+        return dispatch("concat", [flags[0] + flags[1] + flags[2] + flags[3] + flags[4], head], {"dim": 1})
+
+
+def test_remaining_primitives_export(tmp_path):
+    x = x_of(5, 4)
+    x[0, 0] = 0.0  # a tie for eq/le/ge
+    path = graphc.export_onnx(Primitives(), tmp_path / "p.onnx", x)
+    types = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Min", "Not", "Equal", "LessOrEqual", "GreaterOrEqual", "Less", "Cast", "Pad", "Slice", "Concat"} <= types
+    (got,) = run_onnx(path, x=x)
+    np.testing.assert_allclose(got, Primitives()(x), rtol=1e-6)

@@ -307,3 +307,49 @@ def test_unsupported_layer_and_bad_shapes_are_clear():
         graphc.from_torch(Square(), np.zeros((2, 3), np.float32))
     with pytest.raises(graphc.GraphcError, match="torch.nn.Module"):
         graphc.from_torch(nn.Linear(2, 2), np.zeros((1, 2), np.float32))
+
+
+# ------------------------------------------------------------------ transformer-style ops (issue 9's primitives)
+
+
+class TinyAttention(tnn.Module):
+    """Embedding, LayerNorm, slicing, batched matmul, where, cat, GELU, and elementwise primitives."""
+
+    def __init__(self, vocab=11, d=8):
+        super().__init__()
+        self.d = d
+        self.emb = tnn.Embedding(vocab, d)
+        self.ln = tnn.LayerNorm(d)
+        self.qkv = tnn.Linear(d, 3 * d)
+        self.proj = tnn.Linear(2 * d, d)
+        self.act = tnn.GELU()
+
+    def forward(self, ids):
+        b, t = ids.shape
+        h = self.ln(self.emb(ids))
+        qkv = self.qkv(h.view(b * t, self.d)).view(b, t, 3 * self.d)
+        q, k, v = qkv[:, :, :self.d], qkv[..., self.d:2 * self.d], qkv[:, :, 2 * self.d:]
+        att = q @ k.transpose(-2, -1) / torch.sqrt(torch.tensor(float(self.d)))
+        att = torch.where(att > 0, att, att * 0.1).softmax(dim=-1)
+        out = torch.cat([torch.bmm(att, v), h], dim=-1)
+        out = self.act(self.proj(out.reshape(b * t, 2 * self.d)))
+        out = torch.maximum(out, out.pow(3)) + out.clamp(min=-0.5).square() - TF.silu(out)
+        return out.amax(dim=1) + TF.leaky_relu(out, 0.2).sum(dim=1) + out[:, 1:2].sum(dim=1)
+
+
+def test_transformer_style_ops_match_torch_in_value_and_gradient():
+    torch.manual_seed(5)
+    tm = TinyAttention()
+    ids = np.random.default_rng(5).integers(0, 11, (3, 4)).astype(np.int64)
+    gm = graphc.from_torch(tm, ids)
+    assert list(gm.state_dict()) == list(tm.state_dict())
+    ops = {n.op for n in graphc.trace(gm, ids).nodes}
+    assert {"gather", "rsqrt", "slice", "matmul", "where", "concat", "erf", "maximum", "pow", "max"} <= ops
+    np.testing.assert_allclose(gm(ids), torch_out(tm, ids), rtol=1e-5, atol=1e-5)
+    cm = graphc.compile(gm, ids, mode="interpret")
+    cm(ids)
+    gy = np.random.default_rng(6).standard_normal((12,)).astype(np.float32)
+    cm.backward(gy)
+    tm(torch.from_numpy(ids)).backward(torch.from_numpy(gy))
+    for (name, p), tp in zip(gm.named_parameters(), tm.parameters()):
+        np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)

@@ -93,7 +93,7 @@ def _reduce(onnx_op):
         keep = int(n.attr.get("keepdim", False))
         if not dims:  # nothing to reduce
             return c.add("Identity", n.inputs, n.outputs, n)
-        axes_as_input = onnx_op == "ReduceSum" or c.opset >= 18
+        axes_as_input = onnx_op == "ReduceSum" or c.opset >= 18  # ReduceMean/ReduceMax: attribute before 18
         if axes_as_input:
             return c.add(onnx_op, [n.inputs[0], c.const(n, "axes", np.asarray(dims, np.int64))], n.outputs, n, keepdims=keep)
         return c.add(onnx_op, n.inputs, n.outputs, n, axes=dims, keepdims=keep)
@@ -141,6 +141,44 @@ def _cross_entropy(c, n):
     return c.add("SoftmaxCrossEntropyLoss", n.inputs, n.outputs, n, reduction=n.attr["reduction"])
 
 
+def _rsqrt(c, n):
+    root = c.add("Sqrt", n.inputs, [c.temp(n, "Sqrt")], n)
+    return c.add("Reciprocal", [root], n.outputs, n)
+
+
+def _pow(c, n):
+    exponent = c.const(n, "exponent", np.asarray(n.attr["exponent"], c.graph.types[n.inputs[0]].np_dtype))
+    return c.add("Pow", [n.inputs[0], exponent], n.outputs, n)
+
+
+def _ne(c, n):
+    eq = c.add("Equal", n.inputs, [c.temp(n, "Equal")], n)
+    return c.add("Not", [eq], n.outputs, n)
+
+
+def _cast(c, n):
+    return c.add("Cast", n.inputs, n.outputs, n, to=getattr(c.onnx.TensorProto, _ELEM[n.attr["dtype"]]))
+
+
+def _slice(c, n):
+    a, src = n.attr, c.graph.types[n.inputs[0]].shape
+    if c.batch is not None and a["dim"] == 0 and src[:1] == (c.batch,):
+        raise OnnxExportError(f"slice %{n.outputs[0]} ({n.loc or 'no source line'}) cuts the batch dim; "
+                              "export with dynamic_batch=False for a fixed batch size")
+    ins = [c.const(n, k, np.asarray([v], np.int64))
+           for k, v in (("starts", a["start"]), ("ends", a["end"]), ("axes", a["dim"]), ("steps", a.get("step", 1)))]
+    return c.add("Slice", [n.inputs[0], *ins], n.outputs, n)
+
+
+def _pad(c, n):
+    if any(n.attr.get("interior") or ()):
+        raise OnnxExportError(f"pad %{n.outputs[0]} with interior padding has no ONNX Pad equivalent")
+    w = n.attr["widths"]
+    pads = c.const(n, "pads", np.asarray(list(w[0::2]) + list(w[1::2]), np.int64))
+    value = c.const(n, "value", np.asarray(n.attr.get("value", 0.0), n.type.np_dtype))
+    return c.add("Pad", [n.inputs[0], pads, value], n.outputs, n, mode="constant")
+
+
 # graphc op -> its ONNX emitter (one line each; forward ops of an eval-mode graph)
 ONNX_OPS: dict[str, Callable] = {
     "add": _binary("Add"),
@@ -167,9 +205,28 @@ ONNX_OPS: dict[str, Callable] = {
     "mse_loss": _mse_loss,
     "nll_loss": _nll_loss,
     "cross_entropy": _cross_entropy,
+    "sqrt": _unary("Sqrt"),
+    "rsqrt": _rsqrt,
+    "erf": _unary("Erf"),
+    "pow": _pow,
+    "maximum": _binary("Max"),
+    "minimum": _binary("Min"),
+    "eq": _binary("Equal"),
+    "ne": _ne,
+    "lt": _binary("Less"),
+    "le": _binary("LessOrEqual"),
+    "gt": _binary("Greater"),
+    "ge": _binary("GreaterOrEqual"),
+    "where": _binary("Where"),
+    "cast": _cast,
+    "max": _reduce("ReduceMax"),
+    "slice": _slice,
+    "concat": lambda c, n: c.add("Concat", n.inputs, n.outputs, n, axis=n.attr["dim"]),
+    "pad": _pad,
+    "gather": lambda c, n: c.add("GatherElements", n.inputs, n.outputs, n, axis=n.attr["dim"]),
 }
 
-_ELEM = {"f32": "FLOAT", "f64": "DOUBLE", "i64": "INT64"}
+_ELEM = {"f32": "FLOAT", "f64": "DOUBLE", "i64": "INT64", "bool": "BOOL"}
 
 
 def _import_onnx():

@@ -435,12 +435,12 @@ def _build_modules(torch_module, called: set[str]):
             if p is not None:
                 setattr(gm, k, Parameter(_numpy(p), requires_grad=p.requires_grad))
         for k, b in tm._buffers.items():
-            if b is None or k in tm._non_persistent_buffers_set:
+            if b is None:
                 continue
             if not hasattr(gm, "register_buffer"):
                 raise TorchImportError(f"from_torch: buffer {path + '.' if path else ''}{k} of {type(tm).__name__}: "
                                        "graphc modules have no buffers yet")
-            gm.register_buffer(k, _numpy(b))
+            gm.register_buffer(k, _numpy(b), persistent=k not in tm._non_persistent_buffers_set)
         for k, child in tm._modules.items():
             if child is not None:
                 gm.add_module(k, build(child, f"{path}.{k}" if path else k))
@@ -502,9 +502,8 @@ def from_torch(module, *example_inputs, name: str | None = None):
         setattr(gm, k, p)
     for k, c in body._modules.items():
         gm.add_module(k, c)
-    if getattr(body, "_buffers", None):
-        for k, b in body._buffers.items():
-            gm.register_buffer(k, b)
+    for k, b in getattr(body, "_buffers", {}).items():
+        gm.register_buffer(k, b, persistent=k not in getattr(body, "_non_persistent", ()))
     object.__setattr__(gm, "_steps", steps)
     object.__setattr__(gm, "captured_with", via)
     gm.train(module.training)

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import operator
 
+import math
+
 from ..ir import GraphcError
 from ..nn import functional as F
 from ..nn import layers as L
-from ..tracing import dispatch, trace_error
+from ..nn.module import Module
+from ..nn.parameter import Parameter
+from ..tracing import dispatch, reduce, trace_error
 
 
 # ------------------------------------------------------------------ adapters: torch's signature -> graphc
@@ -64,19 +68,11 @@ def _getattr(obj, name: str):
 def _getitem(obj, index):
     if isinstance(obj, (tuple, list)):  # x.shape[0], x.size()[1:], a module's tuple output
         return obj[index]
-    if hasattr(type(obj), "__getitem__"):  # tensor indexing, where graphc supports it
-        return obj[index]
-    raise trace_error(f"indexing a tensor (x[{index!r}]) is not supported by graphc yet")
+    return _index(obj, index)  # tensor indexing: slices
 
 
 def _same(x, *args, **kwargs):
     return x  # contiguous(), clone(), detach-free identities
-
-
-def _float(x):
-    if str(x.dtype) != "float32":
-        raise trace_error(f".float() would convert {x.dtype} to float32; graphc does not convert dtypes inside forward")
-    return x
 
 
 def _add(x, y, *, alpha=1):
@@ -181,6 +177,210 @@ def _linear(x, weight, bias=None):
     return F.linear(x, weight, bias)
 
 
+# ---- onto the primitive ops (issue 9): sqrt, pow, maximum, comparisons, where, cast, max, slice, concat, pad, gather
+
+
+def _prim(op: str):
+    return lambda *xs: dispatch(op, list(xs))
+
+
+def _dtype_of(x) -> str:
+    return {"float32": "f32", "float64": "f64", "int64": "i64", "bool": "bool"}[str(x.dtype)]
+
+
+def _like(v, other):
+    """A Python scalar as a constant of `other`'s dtype (for where/masked_fill, whose first operand is bool)."""
+    if isinstance(v, (bool, int, float)):
+        return dispatch("full", [], {"shape": (), "value": float(v), "dtype": _dtype_of(other)})
+    return v
+
+
+def _pow(x, exponent):
+    if not isinstance(exponent, (int, float)):
+        raise trace_error("pow with a tensor exponent is not supported; graphc's pow takes a constant exponent")
+    if exponent == 2:
+        return x * x
+    return dispatch("pow", [x], {"exponent": float(exponent)})
+
+
+def _square(x):
+    return x * x
+
+
+def _compare(op: str):
+    def cmp(a, b):
+        if isinstance(a, (int, float)):  # 0 < x: the scalar takes the tensor's dtype
+            a = _like(a, b)
+        return dispatch(op, [a, b])
+    return cmp
+
+
+def _where(cond, a, b):
+    if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)):
+        raise trace_error("torch.where with two scalar branches is not supported; make one a tensor")
+    return dispatch("where", [cond, _like(a, b), _like(b, a)])
+
+
+def _masked_fill(x, mask, value):
+    return dispatch("where", [mask, _like(value, x), x])
+
+
+def _clamp(x, min=None, max=None):
+    if min is not None:
+        x = dispatch("maximum", [x, _like(min, x)])
+    if max is not None:
+        x = dispatch("minimum", [x, _like(max, x)])
+    return x
+
+
+def _amax(x, dim=(), keepdim=False):
+    return reduce("max", x, None if dim in ((), [], None) else dim, keepdim)
+
+
+def _max(x, *args, **kwargs):
+    if args or kwargs:
+        raise trace_error("max(x, dim) returns indices too, which graphc does not compute; use torch.amax(x, dim)")
+    return reduce("max", x)
+
+
+_TORCH_DTYPES = {"torch.float32": "f32", "torch.float": "f32", "torch.float64": "f64", "torch.double": "f64",
+                 "torch.int64": "i64", "torch.long": "i64", "torch.bool": "bool"}
+
+
+def _cast_to(dtype: str):
+    return lambda x, *a, **k: x if _dtype_of(x) == dtype else dispatch("cast", [x], {"dtype": dtype})
+
+
+def _to(x, *args, **kwargs):
+    dt = kwargs.get("dtype") or next((a for a in args if a in _TORCH_DTYPES), None)
+    others = [a for a in args if a not in _TORCH_DTYPES and not str(a).startswith("cpu")]
+    if others or set(kwargs) - {"dtype", "copy", "non_blocking"}:
+        raise trace_error(f"Tensor.to{tuple(args)}: graphc runs on the CPU; only a dtype conversion is supported")
+    if dt is None:
+        return x
+    if dt not in _TORCH_DTYPES:
+        raise trace_error(f"Tensor.to({dt}): graphc supports float32, float64, int64 and bool")
+    return _cast_to(_TORCH_DTYPES[dt])(x)
+
+
+def _cat(tensors, dim=0):
+    tensors = list(tensors)
+    return dispatch("concat", tensors, {"dim": int(dim) % _rank(tensors[0])})
+
+
+def _index(x, index):
+    """x[...] with ints, slices (step >= 1), `...` and None: slice ops, then one reshape."""
+    index = index if isinstance(index, tuple) else (index,)
+    if any(not isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in index):
+        raise trace_error(f"indexing with {index!r}: graphc supports ints, slices, ... and None (no tensor indices)")
+    used = sum(1 for i in index if i is not None and i is not Ellipsis)
+    if index.count(Ellipsis) > 1 or used > _rank(x):
+        raise trace_error(f"too many indices for a tensor of rank {_rank(x)}: {index!r}")
+    if Ellipsis in index:
+        k = index.index(Ellipsis)
+        index = index[:k] + (slice(None),) * (_rank(x) - used) + index[k + 1:]
+    else:
+        index = index + (slice(None),) * (_rank(x) - used)
+    shape, d = [], 0
+    for i in index:
+        if i is None:
+            shape.append(1)
+            continue
+        n = x.shape[d]
+        if isinstance(i, int):
+            if not -n <= i < n:
+                raise trace_error(f"index {i} is out of range for dim {d} of size {n}")
+            x = dispatch("slice", [x], {"dim": d, "start": i % n, "end": i % n + 1})
+        else:
+            start, stop, step = i.indices(n)
+            if step < 1:
+                raise trace_error(f"slice step {i.step} is not supported (graphc slices with step >= 1)")
+            if (start, stop, step) != (0, n, 1):
+                x = dispatch("slice", [x], {"dim": d, "start": start, "end": max(start, stop), "step": step})
+            shape.append(x.shape[d])
+        d += 1
+    return x if tuple(shape) == tuple(x.shape) else x.reshape(tuple(shape))
+
+
+def _pad(x, pad, mode="constant", value=None):
+    if mode != "constant":
+        raise trace_error(f"F.pad(mode={mode!r}) is not supported; only constant padding")
+    widths = [0] * (2 * _rank(x))
+    for k in range(len(pad) // 2):  # torch lists the last dim first
+        d = _rank(x) - 1 - k
+        widths[2 * d], widths[2 * d + 1] = pad[2 * k], pad[2 * k + 1]
+    if any(w < 0 for w in widths):
+        raise trace_error("F.pad with negative widths (cropping) is not supported")
+    return dispatch("pad", [x], {"widths": tuple(widths), "value": float(value or 0.0)})
+
+
+def _gather(x, dim, index, *, sparse_grad=False):
+    return dispatch("gather", [x, index], {"dim": int(dim) % _rank(x)})
+
+
+def _embedding(ids, weight, padding_idx=None, max_norm=None, *args, **kwargs):
+    """weight[ids] as gather(weight, ids broadcast over the embedding dim, dim=0)."""
+    if max_norm is not None:
+        raise trace_error("F.embedding(max_norm=...) is not supported")
+    n, d = int(math.prod(ids.shape)), weight.shape[1]
+    flat = ids.reshape((n, 1))
+    rows = dispatch("gather", [weight, dispatch("broadcast_to", [flat], {"shape": (n, d)})], {"dim": 0})
+    return rows.reshape(tuple(ids.shape) + (d,))
+
+
+def _gelu(x, approximate="none"):
+    if approximate == "tanh":
+        inner = (x + _pow(x, 3) * 0.044715) * math.sqrt(2.0 / math.pi)
+        return x * 0.5 * (F.tanh(inner) + 1.0)
+    return x * 0.5 * (dispatch("erf", [x * (1.0 / math.sqrt(2.0))]) + 1.0)
+
+
+def _silu(x, inplace=False):
+    return x * F.sigmoid(x)
+
+
+def _leaky_relu(x, negative_slope=0.01, inplace=False):
+    return dispatch("where", [dispatch("gt", [x, _like(0.0, x)]), x, x * negative_slope])
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    dims = tuple(range(_rank(x) - len(tuple(normalized_shape)), _rank(x)))
+    centered = x - x.mean(dims, True)
+    y = centered * dispatch("rsqrt", [(centered * centered).mean(dims, True) + eps])
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y
+
+
+class _Function(Module):
+    """A torch layer graphc has no class for, as a graphc module around its table function."""
+
+    def __init__(self, name: str, fn, **settings):
+        super().__init__()
+        self._name, self._fn, self._settings = name, fn, settings
+
+    def forward(self, *args):
+        state = {k: getattr(self, k) for k in self._parameters}
+        return self._fn(*args, **state, **self._settings)
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self._settings.items())
+
+    def __repr__(self):
+        return super().__repr__().replace(type(self).__name__, self._name, 1)
+
+
+def _layer_norm_module(m):
+    return _Function("LayerNorm", lambda x, weight=None, bias=None, **k: _layer_norm(x, weight=weight, bias=bias, **k),
+                     normalized_shape=tuple(m.normalized_shape), eps=m.eps)
+
+
+def _embedding_module(m):
+    if m.max_norm is not None:
+        raise GraphcError("nn.Embedding(max_norm=...) is not supported")
+    return _Function("Embedding", lambda ids, weight: _embedding(ids, weight))
+
+
 # ------------------------------------------------------------------ the tables
 
 # torch function as the user writes it (also reached through fx's call_function) -> graphc call
@@ -236,6 +436,41 @@ FUNCTIONS = {
     "torch.nn.functional.mse_loss": _mse_loss,
     "torch.nn.functional.cross_entropy": _cross_entropy,
     "torch.nn.functional.nll_loss": _nll_loss,
+    "operator.pow": _pow,
+    "operator.lt": _compare("lt"),
+    "operator.le": _compare("le"),
+    "operator.gt": _compare("gt"),
+    "operator.ge": _compare("ge"),
+    "operator.eq": _compare("eq"),
+    "operator.ne": _compare("ne"),
+    "torch.sqrt": _prim("sqrt"),
+    "torch.rsqrt": _prim("rsqrt"),
+    "torch.erf": _prim("erf"),
+    "torch.pow": _pow,
+    "torch.square": _square,
+    "torch.maximum": _prim("maximum"),
+    "torch.minimum": _prim("minimum"),
+    "torch.lt": _compare("lt"),
+    "torch.le": _compare("le"),
+    "torch.gt": _compare("gt"),
+    "torch.ge": _compare("ge"),
+    "torch.eq": _compare("eq"),
+    "torch.ne": _compare("ne"),
+    "torch.where": _where,
+    "torch.clamp": _clamp,
+    "torch.clip": _clamp,
+    "torch.amax": _amax,
+    "torch.max": _max,
+    "torch.cat": _cat,
+    "torch.concat": _cat,
+    "torch.bmm": operator.matmul,
+    "torch.gather": _gather,
+    "torch.nn.functional.pad": _pad,
+    "torch.nn.functional.embedding": _embedding,
+    "torch.nn.functional.gelu": _gelu,
+    "torch.nn.functional.silu": _silu,
+    "torch.nn.functional.leaky_relu": _leaky_relu,
+    "torch.nn.functional.layer_norm": _layer_norm,
 }
 
 # tensor method (fx's call_method; `x.relu()`) -> graphc call taking the tensor first
@@ -265,7 +500,32 @@ METHODS = {
     "size": _size,
     "dim": lambda x: _rank(x),
     "contiguous": _same,
-    "float": _float,
+    "float": _cast_to("f32"),
+    "double": _cast_to("f64"),
+    "long": _cast_to("i64"),
+    "bool": _cast_to("bool"),
+    "to": _to,
+    "type_as": lambda x, other: _cast_to(_dtype_of(other))(x),
+    "sqrt": _prim("sqrt"),
+    "rsqrt": _prim("rsqrt"),
+    "erf": _prim("erf"),
+    "pow": _pow,
+    "square": _square,
+    "maximum": _prim("maximum"),
+    "minimum": _prim("minimum"),
+    "lt": _compare("lt"),
+    "le": _compare("le"),
+    "gt": _compare("gt"),
+    "ge": _compare("ge"),
+    "eq": _compare("eq"),
+    "ne": _compare("ne"),
+    "masked_fill": _masked_fill,
+    "clamp": _clamp,
+    "clip": _clamp,
+    "amax": _amax,
+    "max": _max,
+    "bmm": operator.matmul,
+    "gather": _gather,
 }
 
 # torch.nn layer (fx leaves it as one call_module) -> a graphc layer with the same settings;
@@ -283,6 +543,11 @@ MODULES = {
     "torch.nn.MSELoss": lambda m: L.MSELoss(m.reduction),
     "torch.nn.CrossEntropyLoss": lambda m: L.CrossEntropyLoss(_loss_reduction(m)),
     "torch.nn.NLLLoss": lambda m: L.NLLLoss(_loss_reduction(m)),
+    "torch.nn.GELU": lambda m: _Function("GELU", _gelu, approximate=m.approximate),
+    "torch.nn.SiLU": lambda m: _Function("SiLU", _silu),
+    "torch.nn.LeakyReLU": lambda m: _Function("LeakyReLU", _leaky_relu, negative_slope=m.negative_slope),
+    "torch.nn.LayerNorm": _layer_norm_module,
+    "torch.nn.Embedding": _embedding_module,
 }
 
 # ATen overloads (graphs captured by torch.export, the fallback) -> graphc call
@@ -328,6 +593,21 @@ ATEN = {
     "operator.mul": operator.mul,
     "operator.add": operator.add,
     "operator.floordiv": operator.floordiv,
+    "aten.sqrt.default": _prim("sqrt"),
+    "aten.rsqrt.default": _prim("rsqrt"),
+    "aten.erf.default": _prim("erf"),
+    "aten.pow.Tensor_Scalar": _pow,
+    "aten.maximum.default": _prim("maximum"),
+    "aten.minimum.default": _prim("minimum"),
+    "aten.gt.Scalar": _compare("gt"),
+    "aten.lt.Scalar": _compare("lt"),
+    "aten.where.self": _where,
+    "aten.amax.default": _amax,
+    "aten.cat.default": _cat,
+    "aten.bmm.default": operator.matmul,
+    "aten.slice.Tensor": lambda x, dim=0, start=None, end=None, step=1: _index(x, (slice(None),) * (dim % _rank(x)) + (slice(start, end, step),)),
+    "aten.gelu.default": _gelu,
+    "aten.silu.default": _silu,
 }
 
 # Ops whose `training` argument fx/export baked in as the capture-time `self.training`:
