@@ -276,12 +276,14 @@ def onnx_model(model, *example_inputs, opset: int = 17, dynamic_batch: bool = Tr
                                   "export with dynamic_batch=False")
     c = _Ctx(onnx, g, opset, batch)
     params = dict(model.named_parameters())
+    if hasattr(model, "named_buffers"):  # BatchNorm's running statistics, where graphc has buffers
+        params.update(model.named_buffers())
     for i in g.inputs:
-        if i.kind == "param":
+        if i.kind in ("param", "buffer"):
             c.initializers.append(onnx.numpy_helper.from_array(np.asarray(params[i.name]).view(np.ndarray), i.name))
         elif i.kind != "input":
             raise OnnxExportError(f"export_onnx: graph input %{i.name} of kind {i.kind!r} has no ONNX meaning "
-                                  "(only inputs and parameters do)")
+                                  "(only inputs, parameters and buffers do)")
     for n in g.nodes:
         ONNX_OPS[n.op](c, n)
 
