@@ -156,3 +156,19 @@ def test_remaining_primitives_export(tmp_path):
     assert {"Min", "Not", "Equal", "LessOrEqual", "GreaterOrEqual", "Less", "Cast", "Pad", "Slice", "Concat"} <= types
     (got,) = run_onnx(path, x=x)
     np.testing.assert_allclose(got, Primitives()(x), rtol=1e-6)
+
+
+def test_only_values_computed_from_inputs_carry_the_dynamic_batch(tmp_path):
+    class Reshaped(nn.Module):  # a [4, 3] weight reshaped, exported at batch 4: not a batch dim
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(np.arange(12, dtype=np.float32).reshape(4, 3) / 10)
+
+        def forward(self, x):
+            return x @ self.w.reshape(3, 4)
+
+    model = Reshaped()
+    path = graphc.export_onnx(model, tmp_path / "r.onnx", x_of(4, 3))
+    out = onnx.load(str(path)).graph.output[0]
+    assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 4]
+    np.testing.assert_allclose(run_onnx(path, x=x_of(7, 3))[0], model(x_of(7, 3)), rtol=1e-5, atol=1e-6)

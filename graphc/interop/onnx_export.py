@@ -32,7 +32,15 @@ class _Ctx:
     def __init__(self, onnx, graph: Graph, opset: int, batch: int | None):
         self.onnx, self.h, self.graph, self.opset, self.batch = onnx, onnx.helper, graph, opset, batch
         self.nodes, self.initializers = [], []
-        self._consts = 0
+        # values computed from the inputs: only these can have the batch as dim 0 (a buffer of
+        # size 4 is not a batch of 4)
+        self.batched = {i.name for i in graph.inputs if i.kind == "input"}
+        for n in graph.nodes:
+            if self.batched.intersection(n.inputs):
+                self.batched.update(n.outputs)
+
+    def has_batch(self, value: str) -> bool:
+        return self.batch is not None and value in self.batched and self.graph.types[value].shape[:1] == (self.batch,)
 
     def add(self, onnx_op: str, inputs, outputs, node: Node, suffix: str | None = None, **attrs):
         name = f"%{node.outputs[0]}:{node.op}" + (f"/{suffix or onnx_op}" if suffix is not False else "")
@@ -50,19 +58,16 @@ class _Ctx:
         self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def dynamic_shape(self, node: Node, shape, source_shape=None) -> list[int]:
+    def dynamic_shape(self, node: Node, shape, source: str | None = None) -> list[int]:
         """A static shape attribute under a dynamic batch: dim 0 becomes 0 (copy it from the input)."""
         shape = list(shape)
-        if self.batch is None:
+        if self.batch is None or not (self.has_batch(source) if source else self.has_batch(node.outputs[0])):
             return shape
-        if source_shape is not None and source_shape[:1] == (self.batch,) and shape[:1] == [self.batch]:
+        if source and shape[:1] == [self.batch]:
             return [0] + shape[1:]
-        carries = (source_shape or ())[:1] == (self.batch,) or (source_shape is None and shape[:1] == [self.batch])
-        if carries:
-            raise OnnxExportError(f"{node.op} %{node.outputs[0]} ({node.loc or 'no source line'}) turns "
-                                  f"{list(source_shape or ())} into {shape}, which does not keep the batch dim "
-                                  "first; export with dynamic_batch=False for a fixed batch size")
-        return shape
+        raise OnnxExportError(f"{node.op} %{node.outputs[0]} ({node.loc or 'no source line'}) gives shape {shape} "
+                              f"from a value whose dim 0 is the batch: the batch size is baked in; "
+                              "export with dynamic_batch=False for a fixed batch size")
 
 
 def _binary(onnx_op):
@@ -82,8 +87,7 @@ def _full(c, n):
 
 
 def _reshape(c, n):
-    src = c.graph.types[n.inputs[0]].shape
-    shape = c.const(n, "shape", np.asarray(c.dynamic_shape(n, n.attr["shape"], src), np.int64))
+    shape = c.const(n, "shape", np.asarray(c.dynamic_shape(n, n.attr["shape"], n.inputs[0]), np.int64))
     return c.add("Reshape", [n.inputs[0], shape], n.outputs, n)
 
 
@@ -101,7 +105,7 @@ def _reduce(onnx_op):
 
 
 def _broadcast_to(c, n):
-    shape = c.const(n, "shape", np.asarray(c.dynamic_shape(n, n.attr["shape"]), np.int64))
+    shape = c.const(n, "shape", np.asarray(c.dynamic_shape(n, n.attr["shape"], n.inputs[0]), np.int64))
     return c.add("Expand", [n.inputs[0], shape], n.outputs, n)
 
 
@@ -161,8 +165,8 @@ def _cast(c, n):
 
 
 def _slice(c, n):
-    a, src = n.attr, c.graph.types[n.inputs[0]].shape
-    if c.batch is not None and a["dim"] == 0 and src[:1] == (c.batch,):
+    a = n.attr
+    if a["dim"] == 0 and c.has_batch(n.inputs[0]):
         raise OnnxExportError(f"slice %{n.outputs[0]} ({n.loc or 'no source line'}) cuts the batch dim; "
                               "export with dynamic_batch=False for a fixed batch size")
     ins = [c.const(n, k, np.asarray([v], np.int64))
@@ -287,13 +291,12 @@ def onnx_model(model, *example_inputs, opset: int = 17, dynamic_batch: bool = Tr
     for n in g.nodes:
         ONNX_OPS[n.op](c, n)
 
-    def info(name, t):
-        dims = list(t.shape)
-        if batch is not None and dims[:1] == [batch]:
-            dims[0] = "batch"
+    def info(name, value):
+        t = g.types[value]
+        dims = ["batch" if k == 0 and c.has_batch(value) else d for k, d in enumerate(t.shape)]
         return onnx.helper.make_tensor_value_info(name, getattr(onnx.TensorProto, _ELEM[t.dtype]), dims)
 
-    graph_inputs = [info(i.name, i.type) for i in inputs]
+    graph_inputs = [info(i.name, i.name) for i in inputs]
     outputs, seen = [], set()
     for o in g.outputs:
         name = o.value
@@ -302,7 +305,7 @@ def onnx_model(model, *example_inputs, opset: int = 17, dynamic_batch: bool = Tr
             c.nodes.append(onnx.helper.make_node("Identity", [name], [alias], name=f"%{name}:output"))
             name = alias
         seen.add(name)
-        outputs.append(info(name, g.types[o.value]))
+        outputs.append(info(name, o.value))
     graph = onnx.helper.make_graph(c.nodes, g.name, graph_inputs, outputs, initializer=c.initializers,
                                    doc_string=f"graphc {g.name}: eval-mode forward after the inference pipeline")
     m = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], producer_name="graphc")
