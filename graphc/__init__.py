@@ -21,6 +21,7 @@ from .eager import (Tensor, arange, as_tensor, bool_, cat, double, empty, empty_
                      load, long, no_grad, numel, ones, ones_like, rand, rand_like, randint, randn, randn_like, save,
                      set_grad_enabled, stack, tensor, zeros, zeros_like)
 from .eager import float as float  # noqa: E402,F401  (torch.float)
+from .tensor_methods import tril, triu, where  # noqa: E402
 
 if _os.environ.get("GRAPHC_LOG"):  # GRAPHC_LOG=debug: each pass and each compile, in scripts too
     from .log import configure_from_env as _configure_log
@@ -64,4 +65,4 @@ __all__ = ["ir", "nn", "trace", "TraceError", "GraphcError", "ShapeError", "Veri
            "manual_seed", "Tensor", "tensor", "as_tensor", "from_numpy", "zeros", "ones", "full", "arange", "rand",
            "randn", "randint", "empty", "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
            "cat", "stack", "no_grad", "enable_grad", "inference_mode", "set_grad_enabled", "is_grad_enabled",
-           "is_tensor", "numel", "save", "load", "float32", "float64", "int64", "int32", "long", "double", "bool_", *_LAZY]
+           "is_tensor", "numel", "save", "load", "float32", "float64", "int64", "int32", "long", "double", "bool_", "tril", "triu", "where", *_LAZY]

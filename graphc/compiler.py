@@ -48,8 +48,9 @@ def _as_arrays(inputs, what: str) -> list[np.ndarray]:
         a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
         if a.dtype.kind in "iu" and a.dtype != np.int64:
             a = a.astype(np.int64)  # int32 labels: class indices are int64 in the graph
-        if a.dtype.kind == "f" and a.dtype not in (np.float32, np.float64) or a.dtype.kind not in "fiu":
-            raise InputError(f"{what}: input {k} has dtype {a.dtype}; graphc takes float32, float64 or int64 arrays")
+        if a.dtype.kind == "f" and a.dtype not in (np.float32, np.float64) or a.dtype.kind not in "fiub":
+            raise InputError(f"{what}: input {k} has dtype {a.dtype}; graphc takes float32, float64, int64 or bool "
+                             "(masks) arrays")
         out.append(a)
     return out
 

@@ -323,3 +323,37 @@ class Adam(Optimizer):
 
     def _infer_step_count(self) -> int:
         return max((st.get("step", 0) for st in self._state.values()), default=0)
+
+
+class AdamW(Optimizer):
+    """torch.optim.AdamW (amsgrad=False): decoupled weight decay p *= 1 - lr*wd, then Adam's
+    update without the L2 term. Same state as Adam ('step', 'exp_avg', 'exp_avg_sq').
+
+    Not an Adam subclass on purpose: a compiled train step folds Adam's weight decay into the
+    gradient, which would be wrong for AdamW; compile_train_step rejects AdamW by name."""
+
+    defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
+    state_names = Adam.state_names
+    _init_extra_state = Adam._init_extra_state
+    count_step = Adam.count_step
+    _infer_step_count = Adam._infer_step_count
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, **torch_options):
+        _only_defaults(self, torch_options)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _check(self, hyper):
+        return Adam._check(_AdamChecks(), hyper)
+
+    def _update(self, p, g, state, *, lr, betas, eps, weight_decay):
+        if weight_decay != 0:
+            p *= 1 - lr * weight_decay  # torch's _single_tensor_adamw: param.mul_(1 - lr * weight_decay)
+        Adam._update(self, p, g, state, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
+
+
+class _AdamChecks(Adam):
+    """Adam's hyperparameter checks, for AdamW (which is not an Adam)."""
+
+    def __init__(self):
+        pass

@@ -902,3 +902,9 @@ def trace(model, *example_inputs, name: str | None = None) -> Graph:
 
 
 from . import eager as _tensor  # noqa: E402  (graphc.Tensor builds on this module)
+
+# issue 11's torch methods (transpose(a, b), split, chunk, masked_fill, expand, ...): installed
+# where the shared method table does not already have them
+from .tensor_methods import install as _install_methods  # noqa: E402
+
+_install_methods(TensorMethods, Proxy, EagerArray)

@@ -287,3 +287,16 @@ kernel("matmul")(matmul_call)
 # ------------------------------------------------------------------ randomness
 
 kernel("uniform")(lambda s: (uniform, [s.i[0].s, int(s.attrs["stream"]), s.o[0].f]))
+
+
+# ------------------------------------------------------------------ constants
+
+
+@njit(**JIT)
+def arange(out, start, step):
+    for i in range(out.size):
+        out[i] = start + i * step
+
+
+kernel("arange")(lambda s: (arange, [s.o[0].f, *((int(s.attrs["start"]), int(s.attrs["step"])) if s.attrs["dtype"] == "i64"
+                                                  else (float(s.attrs["start"]), float(s.attrs["step"])))]))

@@ -51,8 +51,15 @@ def test_uniform_is_the_dropout_stream():
     assert ((u >= 0) & (u < 1)).all()
 
 
+def test_arange_matches_torch():
+    np.testing.assert_array_equal(OPS["arange"].reference(start=3.0, step=-2.0, size=4, dtype="i64"),
+                                  torch.arange(3, -5, -2).numpy())
+    np.testing.assert_allclose(OPS["arange"].reference(start=0.5, step=0.25, size=5, dtype="f32"),
+                               torch.arange(0.5, 1.75, 0.25).numpy())
+
+
 def test_every_op_is_specified_somewhere():
-    nondiff_prims = set(TORCH_COMPARE) | {"uniform"}
+    nondiff_prims = set(TORCH_COMPARE) | {"uniform", "arange"}
     differentiable = {n for n, op in OPS.items() if not isinstance(op.vjp, _NoGradient)}
     assert differentiable <= set(SPECS)
     assert nondiff_prims <= set(OPS)

@@ -118,6 +118,8 @@ def cases(dt):
                         ([f(2, 3, 4, dtype=dt), R.integers(0, 3, (2, 5, 4)), f(2, 5, 4, dtype=dt)], {"dim": 1})],
         "uniform": [([seed()], {"shape": (3, 5), "dtype": "f32" if dt == np.float32 else "f64"}),
                     ([seed()], {"shape": (4,), "stream": 7, "dtype": "f64"})],
+        "arange": [([], {"size": 7, "start": 3, "step": -2}),
+                   ([], {"size": 5, "start": 0.5, "step": 0.25, "dtype": "f32" if dt == np.float32 else "f64"})],
         "adam_update": [([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(0)], {"lr": 0.01}),
                         ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(7)],
                          {"lr": 0.01, "beta1": 0.3, "weight_decay": 0.1})],

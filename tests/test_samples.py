@@ -37,3 +37,13 @@ def test_digits_sample_learns_and_reloads(tmp_path, cache_dir):
     assert (tmp_path / "digits_mlp.npz").exists()
     if "no figure written" not in out:
         assert (tmp_path / "digits_curves.png").stat().st_size > 1000
+
+
+def test_char_gpt_sample_learns(tmp_path, cache_dir):
+    out = run_sample("char_gpt.py", "--steps", "40", "--sample-chars", "40", "--out", str(tmp_path), cwd=tmp_path)
+    first, last = map(float, re.search(r"train loss: first (\S+) -> last (\S+)", out).groups())
+    uniform = float(re.search(r"uniform guess log\(96\) = (\S+)\)", out).group(1))
+    assert last < uniform - 1.0 and last < first, out  # clearly below guessing uniformly
+    assert "---- sample" in out
+    if "no figure written" not in out:
+        assert (tmp_path / "char_gpt_loss.png").stat().st_size > 1000

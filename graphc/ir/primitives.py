@@ -399,3 +399,27 @@ def _(seed, shape, stream, dtype):
 
 
 uniform.grad(no_gradient("random numbers: a function of the seed only"))
+
+
+# ------------------------------------------------------------------ constants: arange (issue 11)
+
+
+@defop("arange", 0, {"start": Attr("float", 0.0), "step": Attr("float", 1.0), "size": Attr("int"),
+                     "dtype": Attr("str", "i64", ("f32", "f64", "i64"))}, kind="elementwise", tags=("recompute",),
+       doc="[start, start + step, ...] with `size` elements (torch.arange; position ids and causal masks)")
+def arange(t, start, step, size, dtype):
+    if size < 0:
+        raise ShapeError(f"arange: size must be >= 0, got {size}")
+    if dtype == "i64" and (start != int(start) or step != int(step)):
+        raise ShapeError(f"arange: i64 needs integer start and step, got start={start} step={step}")
+    return TensorType((size,), dtype)
+
+
+@arange.ref
+def _(start, step, size, dtype):
+    if dtype == "i64":
+        return (int(start) + int(step) * np.arange(size, dtype=np.int64)).astype(np.int64)
+    return (start + step * np.arange(size, dtype=np.float64)).astype(DTYPES[dtype])
+
+
+arange.grad(no_gradient("a constant: it has no inputs"))

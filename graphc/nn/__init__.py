@@ -1,12 +1,13 @@
 """graphc.nn: the PyTorch model-building API (`import graphc.nn as nn`)."""
-from . import functional, init
+from . import functional, init, utils
 from .layers import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, Dropout, ELU, Flatten, HuberLoss, Identity, L1Loss,
                      LeakyReLU, Linear, LogSoftmax, ModuleDict, ModuleList, MSELoss, NLLLoss, ParameterList, ReLU,
                      Sequential, Sigmoid, SmoothL1Loss, Softmax, Softplus, Tanh)
 from .module import Module
 from .parameter import Parameter
+from .transformer import GELU, Embedding, LayerNorm, SiLU
 
 __all__ = ["functional", "init", "Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
            "Dropout", "Flatten", "Identity", "Sequential", "MSELoss", "CrossEntropyLoss", "NLLLoss", "LeakyReLU", "ELU",
            "Softplus", "L1Loss", "SmoothL1Loss", "HuberLoss", "BCELoss", "BCEWithLogitsLoss", "ModuleList",
-           "ModuleDict", "ParameterList"]
+           "ModuleDict", "ParameterList", "utils", "Embedding", "LayerNorm", "GELU", "SiLU"]

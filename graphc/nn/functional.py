@@ -7,6 +7,9 @@ import numpy as np
 from .. import random as _random
 from ..tracing import Proxy, current_tracer, dispatch, trace_error
 from ..tracing import flatten as _flatten
+from ..tracing import reshape as _reshape
+from .transformer_functional import (embedding, gelu, layer_norm, scaled_dot_product_attention,  # noqa: F401
+                                     silu, _cross_entropy_general)
 
 
 def _dim(x, dim: int) -> int:
@@ -17,8 +20,19 @@ def _dim(x, dim: int) -> int:
 
 
 def linear(input, weight, bias=None):
-    """y = input @ weight.T + bias, weight in PyTorch's [out_features, in_features] layout."""
-    return dispatch("linear", [input, weight] + ([bias] if bias is not None else []))
+    """y = input @ weight.T + bias, weight in PyTorch's [out_features, in_features] layout.
+
+    Inputs of any rank apply to the last dim (as in torch): the leading dims are flattened into
+    one GEMM's rows and restored after."""
+    args = [weight] + ([bias] if bias is not None else [])
+    s = tuple(input.shape)
+    if len(s) == 2:
+        return dispatch("linear", [input] + args)
+    if not s:
+        raise trace_error(f"linear: input must have at least 1 dim, got a 0-d tensor for weight {list(weight.shape)}")
+    rows = int(np.prod(s[:-1], dtype=np.int64))
+    y = dispatch("linear", [_reshape(input, (rows, s[-1]))] + args)
+    return _reshape(y, s[:-1] + (int(weight.shape[0]),))
 
 
 def relu(input, inplace: bool = False):
@@ -152,9 +166,23 @@ def nll_loss(input, target, reduction: str = "mean"):
     return dispatch("nll_loss", [input, _labels(target)], {"reduction": _reduction(reduction)})
 
 
-def cross_entropy(input, target, reduction: str = "mean"):
-    """log_softmax + nll_loss, as PyTorch defines it; the fusion pass makes it one stable op."""
-    return nll_loss(log_softmax(input, 1), target, reduction)
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+                  reduction: str = "mean", label_smoothing: float = 0.0):
+    """log_softmax + nll_loss over [N, C] logits, as PyTorch defines it.
+
+    With the defaults it is log_softmax + nll_loss, which the fusion pass makes one stable op;
+    that path rejects a label out of [0, C), the default ignore_index -100 included. Passing
+    ignore_index explicitly (nanoGPT uses -1) or label_smoothing > 0 gives torch's general
+    formula as a composition (gather, where, sums): ignored rows count for nothing, the mean
+    divides by the rows kept."""
+    if weight is not None or size_average is not None or reduce is not None:
+        raise trace_error("cross_entropy: weight=, size_average= and reduce= are not supported")
+    reduction = _reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise trace_error(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if ignore_index == -100 and label_smoothing == 0.0:
+        return nll_loss(log_softmax(input, 1), target, reduction)
+    return _cross_entropy_general(input, _labels(target), ignore_index, reduction, float(label_smoothing))
 
 
 def _labels(target):

@@ -164,10 +164,13 @@ class Module:
     def to(self, dtype):
         """Convert every parameter to `dtype` (float32 or float64). Parameters become new arrays."""
         dt = np.dtype(dtype)
+        converted: dict[int, Parameter] = {}  # a parameter shared by two modules (tied weights) stays shared
         for m in self.modules():
             for name, p in list(m._parameters.items()):
                 if p is not None and p.dtype != dt:
-                    m._parameters[name] = Parameter(np.asarray(p), dtype=dt, requires_grad=p.requires_grad)
+                    if id(p) not in converted:
+                        converted[id(p)] = Parameter(np.asarray(p), dtype=dt, requires_grad=p.requires_grad)
+                    m._parameters[name] = converted[id(p)]
                     _structure_changed()
         return self
 

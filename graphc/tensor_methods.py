@@ -1,0 +1,413 @@
+"""The tensor methods and module-level functions a nanoGPT-style model uses (issue 11), with
+torch's names and semantics: `x.transpose(1, 2)`, `x[:, -1, :]`, `x.split(n, dim=2)`,
+`x.masked_fill(mask, v)`, `graphc.cat`, `graphc.tril`, `graphc.arange`, ...
+
+Each is a composition of op-table ops through `dispatch`, so the same code runs traced (one IR
+node per op; the kernel pass fuses them) and eagerly on numpy arrays. `METHODS` is the table
+tracing.py installs on TensorMethods (shared by traced Proxy and eager EagerArray).
+"""
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+import numpy as np
+
+from .ir import TensorType, dtype_name
+from .tracing import EagerArray, Proxy, _norm_dim, _shape, _wrap_eager, current_tracer, dispatch, in_eager_forward, \
+    reduce, reshape, trace_error
+
+# torch-style dtype names (graphc.float32, graphc.long, ...): numpy's types
+float32, float64, int64, long, bool_ = np.float32, np.float64, np.int64, np.int64, np.bool_
+
+
+def _sizes(args) -> tuple[int, ...]:
+    """f(2, 3) and f((2, 3)) and f([2, 3]) alike, as torch accepts them."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = tuple(args[0])
+    for a in args:
+        if isinstance(a, Proxy):
+            raise trace_error(f"a size must be a Python int, got traced value %{a.name} ({a.type})")
+    return tuple(int(a) for a in args)
+
+
+def _dtype_of(x) -> str:
+    return x.type.dtype if isinstance(x, Proxy) else dtype_name(np.asarray(x).dtype)
+
+
+# ------------------------------------------------------------------ movement
+
+
+def swapdims(x, dim0: int, dim1: int):
+    """torch.transpose(x, dim0, dim1): swap two dims."""
+    rank = len(_shape(x))
+    a, b = _norm_dim(int(dim0), rank), _norm_dim(int(dim1), rank)
+    perm = list(range(rank))
+    perm[a], perm[b] = perm[b], perm[a]
+    return x if a == b else dispatch("transpose", [x], {"perm": tuple(perm)})
+
+
+def transpose_method(x, *args):
+    """torch's x.transpose(d0, d1); numpy's x.transpose() / x.transpose(axes) (numpy calls it so)."""
+    rank = len(_shape(x))
+    if len(args) == 2 and not isinstance(args[0], (tuple, list)):
+        return swapdims(x, *args)
+    perm = _sizes(args) if args and args[0] is not None else tuple(reversed(range(rank)))
+    return permute(x, *perm)
+
+
+def permute(x, *dims):
+    rank = len(_shape(x))
+    perm = tuple(_norm_dim(d, rank) for d in _sizes(dims))
+    if sorted(perm) != list(range(rank)):
+        raise trace_error(f"permute: {list(perm)} is not a permutation of the {rank} dims of a {list(_shape(x))} tensor")
+    return x if perm == tuple(range(rank)) else dispatch("transpose", [x], {"perm": perm})
+
+
+def unsqueeze(x, dim: int):
+    s = _shape(x)
+    d = _norm_dim(int(dim), len(s) + 1)
+    return reshape(x, s[:d] + (1,) + s[d:])
+
+
+def squeeze(x, dim=None, *, axis=None):
+    s = _shape(x)
+    dim = axis if dim is None else dim
+    if dim is None:
+        dims = {k for k, n in enumerate(s) if n == 1}
+    else:
+        dims = {_norm_dim(int(d), len(s)) for d in ((dim,) if isinstance(dim, (int, np.integer)) else dim)}
+        dims = {d for d in dims if s[d] == 1}  # torch: squeezing a dim that is not 1 changes nothing
+    return reshape(x, tuple(n for k, n in enumerate(s) if k not in dims)) if dims else x
+
+
+def expand(x, *sizes):
+    s, want = _shape(x), list(_sizes(sizes))
+    if len(want) < len(s):
+        raise trace_error(f"expand: {want} has fewer dims than the tensor {list(s)}")
+    lead = len(want) - len(s)
+    for k, n in enumerate(want):
+        if n == -1:
+            if k < lead:
+                raise trace_error(f"expand: -1 is not allowed for the new leading dim {k} in {want}")
+            want[k] = s[k - lead]
+        elif k >= lead and s[k - lead] not in (1, n):
+            raise trace_error(f"expand: the size of dim {k} ({s[k - lead]}) must be 1 or match {n} (expanding {list(s)} to {want})")
+    return x if tuple(want) == s else dispatch("broadcast_to", [x], {"shape": tuple(want)})
+
+
+def narrow(x, dim: int, start: int, end: int, step: int = 1):
+    """x[..., start:end:step, ...] along dim with Python's slice rules (negative bounds count from the end)."""
+    s = _shape(x)
+    d = _norm_dim(dim, len(s))
+    for v in (start, end, step):
+        if isinstance(v, Proxy):
+            raise trace_error(f"slicing with a tensor-dependent bound (%{v.name}, {v.type}): bounds must be Python ints")
+    if step is not None and int(step) <= 0:
+        raise trace_error(f"slicing with step {step}: only positive steps are supported (as in torch)")
+    a, b, c = slice(start, end, step).indices(s[d])
+    b = max(a, b)
+    if (a, b, c) == (0, s[d], 1):
+        return x
+    return dispatch("slice", [x], {"dim": d, "start": a, "end": b, "step": c})
+
+
+def split(x, split_size_or_sections, dim: int = 0):
+    s = _shape(x)
+    d = _norm_dim(int(dim), len(s))
+    n = s[d]
+    if isinstance(split_size_or_sections, (list, tuple)):
+        sizes = [int(k) for k in split_size_or_sections]
+        if sum(sizes) != n:
+            raise trace_error(f"split: sections {sizes} sum to {sum(sizes)}, but dim {dim} has size {n}")
+    else:
+        k = int(split_size_or_sections)
+        if k <= 0:
+            raise trace_error(f"split: split_size must be positive, got {k}")
+        sizes = [min(k, n - i) for i in range(0, n, k)] or [0]
+    out, start = [], 0
+    for k in sizes:
+        out.append(narrow(x, d, start, start + k))
+        start += k
+    return tuple(out)
+
+
+def chunk(x, chunks: int, dim: int = 0):
+    n = _shape(x)[_norm_dim(int(dim), len(_shape(x)))]
+    if chunks <= 0:
+        raise trace_error(f"chunk: chunks must be positive, got {chunks}")
+    return split(x, max(1, math.ceil(n / chunks)), dim)
+
+
+def getitem(x, key):
+    """Constant indexing: ints (negative too), slices with constant bounds, None, Ellipsis."""
+    s = _shape(x)
+    key = key if isinstance(key, tuple) else (key,)
+    for k in key:
+        if isinstance(k, Proxy) or isinstance(k, np.ndarray) or isinstance(k, (list, bool)):
+            what = f"traced value %{k.name} ({k.type})" if isinstance(k, Proxy) else type(k).__name__
+            raise trace_error(f"indexing with a tensor-dependent index ({what}) is not supported: indices and slice "
+                              "bounds must be Python ints (use graphc.where or masked_fill for masks)")
+        if not (k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice))):
+            raise trace_error(f"unsupported index {k!r} of type {type(k).__name__}")
+    if sum(k is Ellipsis for k in key) > 1:
+        raise trace_error("an index can only have a single ellipsis ('...')")
+    used = sum(1 for k in key if k is not None and k is not Ellipsis)
+    if used > len(s):
+        raise trace_error(f"too many indices for a tensor of shape {list(s)}: {used} given")
+    if Ellipsis in key:
+        e = key.index(Ellipsis)
+        key = key[:e] + (slice(None),) * (len(s) - used) + key[e + 1:]
+    else:
+        key = key + (slice(None),) * (len(s) - used)
+    dim, out_shape = 0, []
+    for k in key:
+        if k is None:
+            out_shape.append(1)
+            continue
+        n = s[dim]
+        if isinstance(k, slice):
+            x = narrow(x, dim, k.start, k.stop, k.step)
+            out_shape.append(_shape(x)[dim])
+        else:
+            i = int(k)
+            if not -n <= i < n:
+                raise trace_error(f"index {i} is out of bounds for dim {dim} with size {n}")
+            i %= n
+            x = narrow(x, dim, i, i + 1)
+        dim += 1
+    return reshape(x, tuple(out_shape)) if tuple(out_shape) != _shape(x) else x
+
+
+# ------------------------------------------------------------------ elementwise, masks, comparisons
+
+
+def _as_operand(v, like_dtype: str):
+    """A Python scalar as a graph constant (traced) or a 0-d array (eager) of like_dtype."""
+    if isinstance(v, (bool, int, float, np.number)) and not isinstance(v, np.ndarray):
+        if current_tracer() is not None:
+            return dispatch("full", [], {"shape": (), "value": float(v), "dtype": like_dtype})
+        return np.asarray(v, dtype=TensorType((), like_dtype).np_dtype)
+    return v
+
+
+def where(condition, input, other):
+    """torch.where(condition, input, other): Python scalars take the other operand's dtype."""
+    tensors = [v for v in (input, other) if not (isinstance(v, (bool, int, float, np.number))
+                                                  and not isinstance(v, np.ndarray))]
+    dt = _dtype_of(tensors[0]) if tensors else "f32"
+    return dispatch("where", [condition, _as_operand(input, dt), _as_operand(other, dt)])
+
+
+def masked_fill(x, mask, value):
+    """x with `value` where mask is True (mask broadcasts to x, as in torch)."""
+    if _dtype_of(mask) != "bool":
+        raise trace_error(f"masked_fill: mask must be bool (from a comparison), got {_dtype_of(mask)}")
+    ms, xs = _shape(mask), _shape(x)
+    try:
+        if tuple(np.broadcast_shapes(ms, xs)) != tuple(xs):
+            raise ValueError
+    except ValueError:
+        raise trace_error(f"masked_fill: the mask's shape {list(ms)} does not broadcast to the tensor's shape {list(xs)}") from None
+    return dispatch("where", [mask, _as_operand(value, _dtype_of(x)), x])
+
+
+_SYMBOL = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+
+def compare(op: str, a, b):
+    """a < b and friends: bool tensors (torch's semantics); scalars take the tensor's dtype."""
+    t = a if isinstance(a, (Proxy, np.ndarray)) else b
+    dt = _dtype_of(t)
+    out = dispatch(op, [_as_operand(a, dt), _as_operand(b, dt)])
+    if isinstance(out, Proxy):
+        out.why = f"comparison {_SYMBOL[op]} on {t.type if isinstance(t, Proxy) else 'an array'}"  # `if x > 0:` then says which comparison it was
+    return out
+
+
+def cast(x, dtype):
+    want = dtype_name(np.dtype(dtype))
+    return x if _dtype_of(x) == want else dispatch("cast", [x], {"dtype": want})
+
+
+def pow_(x, exponent):
+    if isinstance(exponent, (Proxy, np.ndarray)):
+        raise trace_error("pow: only a constant (Python number) exponent is supported")
+    e = float(exponent)
+    if e == 1.0:
+        return x
+    if e == 2.0:
+        return dispatch("mul", [x, x])
+    return dispatch("pow", [x], {"exponent": e})
+
+
+def amax(x, dim=None, keepdim: bool = False):
+    return reduce("max", x, () if dim is None and not _shape(x) else dim, keepdim)
+
+
+def amin(x, dim=None, keepdim: bool = False):
+    return dispatch("neg", [amax(dispatch("neg", [x]), dim, keepdim)])
+
+
+MaxResult = namedtuple("max", ["values", "indices"])  # torch.return_types.max
+
+
+def max_(x, dim=None, keepdim: bool = False, *, axis=None, keepdims=None, out=None, **_numpy):
+    """torch's x.max() (a 0-d tensor) and x.max(dim) -> (values, indices: the first maximum);
+    numpy's own calls (axis=, keepdims=) get numpy's values-only answer."""
+    if out is not None:
+        raise trace_error("max: out= is not supported")
+    if axis is not None or keepdims is not None:
+        return amax(x, axis, bool(keepdims))
+    if dim is None:
+        return amax(x)
+    if isinstance(dim, (Proxy, np.ndarray)):  # torch.max(a, b): elementwise
+        return dispatch("maximum", [x, dim])
+    d = _norm_dim(int(dim), len(_shape(x)))
+    values = amax(x, d, True)
+    n = _shape(x)[d]
+    # first index of the maximum: n - 1 - max over the ties of (n - 1 - position)
+    pos = reshape(arange(n - 1, -1, -1), tuple(n if k == d else 1 for k in range(len(_shape(x)))))
+    hit = where(compare("eq", x, values), pos, -1)
+    indices = dispatch("sub", [_as_operand(n - 1, "i64"), amax(hit, d, True)])
+    if not keepdim:
+        values, indices = squeeze(values, d), squeeze(indices, d)
+    return MaxResult(values, indices)
+
+
+# ------------------------------------------------------------------ module-level functions (graphc.cat, ...)
+
+
+def cat(tensors, dim: int = 0):
+    tensors = list(tensors)
+    if not tensors:
+        raise trace_error("cat: expected a non-empty list of tensors")
+    d = _norm_dim(int(dim), len(_shape(tensors[0])))
+    return tensors[0] if len(tensors) == 1 else dispatch("concat", tensors, {"dim": d})
+
+
+def stack(tensors, dim: int = 0):
+    tensors = list(tensors)
+    if not tensors:
+        raise trace_error("stack: expected a non-empty list of tensors")
+    d = _norm_dim(int(dim), len(_shape(tensors[0])) + 1)
+    return cat([unsqueeze(t, d) for t in tensors], d)
+
+
+def _constant(op: str, attrs: dict, eager):
+    """A constant: one node when tracing, a numpy array (EagerArray inside an eager forward) otherwise."""
+    if current_tracer() is not None:
+        return dispatch(op, [], attrs)
+    return _wrap_eager(eager) if in_eager_forward() else eager
+
+
+def _dtype_arg(dtype, default) -> str:
+    return dtype_name(np.dtype(default if dtype is None else dtype))
+
+
+def full(size, fill_value, *, dtype=None):
+    size = _sizes((size,) if isinstance(size, (int, np.integer)) else (tuple(size),))
+    dt = _dtype_arg(dtype, np.int64 if isinstance(fill_value, (int, np.integer)) and not isinstance(fill_value, bool)
+                    else np.float32)
+    value = float(fill_value)
+    return _constant("full", {"shape": size, "value": value, "dtype": dt},
+                     np.full(size, value, dtype=TensorType((), dt).np_dtype))
+
+
+def ones(*size, dtype=None):
+    return full(_sizes(size), 1.0, dtype=dtype or np.float32)
+
+
+def zeros(*size, dtype=None):
+    return full(_sizes(size), 0.0, dtype=dtype or np.float32)
+
+
+def arange(start, end=None, step=1, *, dtype=None):
+    if end is None:
+        start, end = 0, start
+    for v in (start, end, step):
+        if isinstance(v, Proxy):
+            raise trace_error(f"arange: bounds must be Python numbers, got traced value %{v.name}")
+    if step == 0:
+        raise trace_error("arange: step must be nonzero")
+    ints = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
+    dt = _dtype_arg(dtype, np.int64 if ints else np.float32)
+    size = max(0, math.ceil((end - start) / step))
+    eager = np.arange(start, end, step).astype(TensorType((), dt).np_dtype)
+    return _constant("arange", {"start": float(start), "step": float(step), "size": size, "dtype": dt}, eager)
+
+
+def _tri(x, diagonal: int, lower: bool):
+    s = _shape(x)
+    if len(s) < 2:
+        raise trace_error(f"{'tril' if lower else 'triu'}: input must have at least 2 dims, got {list(s)}")
+    n, m = s[-2], s[-1]
+    rows = reshape(arange(n), (n, 1))
+    cols = reshape(arange(m), (1, m))
+    # keep col - row <= diagonal (tril) / >= diagonal (triu)
+    keep = compare("le" if lower else "ge", dispatch("sub", [cols, rows]), diagonal)
+    return where(keep, x, 0)
+
+
+def tril(input, diagonal: int = 0):
+    return _tri(input, int(diagonal), True)
+
+
+def triu(input, diagonal: int = 0):
+    return _tri(input, int(diagonal), False)
+
+
+# ------------------------------------------------------------------ the method table
+
+
+def _size(self, dim=None):
+    s = _shape(self)
+    return s if dim is None else s[_norm_dim(int(dim), len(s))]
+
+
+METHODS = {
+    "transpose": transpose_method, "swapaxes": swapdims, "swapdims": swapdims, "permute": permute,
+    "contiguous": lambda self, *a, **k: self, "unsqueeze": unsqueeze, "squeeze": squeeze, "expand": expand,
+    "split": split, "chunk": chunk, "narrow": lambda self, dim, start, length: narrow(self, dim, start, start + length),
+    "masked_fill": masked_fill, "max": max_, "amax": amax, "amin": amin,
+    "sqrt": lambda self: dispatch("sqrt", [self]), "rsqrt": lambda self: dispatch("rsqrt", [self]),
+    "pow": pow_, "__pow__": pow_, "float": lambda self: cast(self, np.float32),
+    "double": lambda self: cast(self, np.float64), "long": lambda self: cast(self, np.int64),
+    "to": lambda self, dtype: cast(self, dtype), "type_as": lambda self, other: cast(self, other.dtype),
+    "softmax": lambda self, dim: dispatch("softmax", [self], {"dim": _norm_dim(dim, len(_shape(self)))}),
+    "log_softmax": lambda self, dim: dispatch("log_softmax", [self], {"dim": _norm_dim(dim, len(_shape(self)))}),
+    "tril": tril, "triu": triu,
+}
+# traced values only: EagerArray keeps numpy's indexing, comparisons and `size` attribute
+PROXY_METHODS = {
+    "__getitem__": getitem, "size": _size,
+    "__lt__": lambda a, b: compare("lt", a, b), "__le__": lambda a, b: compare("le", a, b),
+    "__gt__": lambda a, b: compare("gt", a, b), "__ge__": lambda a, b: compare("ge", a, b),
+    "__eq__": lambda a, b: compare("eq", a, b), "__ne__": lambda a, b: compare("ne", a, b),
+}
+
+
+class _Size(int):
+    """EagerArray.size: numpy's element count that torch code can also call (x.size(), x.size(1))."""
+
+    shape: tuple = ()
+
+    def __call__(self, dim=None):
+        return self.shape if dim is None else self.shape[_norm_dim(int(dim), len(self.shape))]
+
+
+def _eager_size(self):
+    n = _Size(np.ndarray.__dict__["size"].__get__(self))
+    n.shape = np.ndarray.__dict__["shape"].__get__(self)
+    return n
+
+
+def install(methods_cls, proxy_cls, eager_cls) -> None:
+    for name, fn in METHODS.items():
+        if not hasattr(methods_cls, name):
+            setattr(methods_cls, name, fn)
+    # numpy's own max(axis=...) on EagerArray goes through max_ (it accepts numpy's spelling)
+
+
+__all__ = ["cat", "stack", "where", "tril", "triu", "ones", "zeros", "full", "arange", "float32", "float64", "int64",
+           "long", "bool_", "EagerArray"]
