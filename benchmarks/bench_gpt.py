@@ -1,0 +1,131 @@
+"""Workload T (issue 11): one full train step of the sample's GPT, side by side.
+
+    python benchmarks/bench_gpt.py [--steps 20] [--skip-torch-compile]
+
+GPT of samples/char_gpt.py (same model code for both: gpt_classes(torch) / gpt_classes(graphc)):
+vocabulary 96, context 32, width 64, 4 heads, 2 layers, batch 32, float32. One step = forward,
+loss, backward, clip_grad_norm_(1.0), AdamW.step(), zero_grad. Prints median step times of
+PyTorch eager, torch.compile (and its compile time) and graphc (with its cold compile time in a
+fresh process and cache, its kernel count and the plans' peak bytes). Each implementation runs in
+its own process, one after the other.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SAMPLES = os.path.join(os.path.dirname(HERE), "samples")
+
+WORKER = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    sys.path.insert(0, {samples!r})
+    from char_gpt import GPTConfig, gpt_classes, init_weights
+    impl, steps = {impl!r}, {steps}
+    t_start = time.perf_counter()
+    cfg = GPTConfig(block_size=32, vocab_size=96, n_layer=2, n_head=4, n_embd=64)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 96, (32, 32)).astype(np.int64)
+    y = rng.integers(0, 96, (32, 32)).astype(np.int64)
+    info = {{}}
+    if impl == "graphc":
+        import graphc
+        model = gpt_classes(graphc)(cfg)
+        init_weights(model)
+        opt = graphc.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+        t0 = time.perf_counter()
+        cm = graphc.compile(model, x, y)
+        def step():
+            loss = cm(x, y)
+            cm.backward()
+            graphc.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+            return loss
+        step()
+        info["compile_s"] = time.perf_counter() - t0
+        spec = cm._spec
+        info["kernels"] = {{k: len(g.nodes) for k, g in (("forward", spec.plans.forward), ("backward", spec.plans.backward))}}
+        from graphc.inspect.reports import peak_bytes
+        info["peak_bytes"] = {{k: peak_bytes(p) for k, p in (("forward", spec.plans.forward), ("backward", spec.plans.backward))}}
+    else:
+        import torch
+        torch.manual_seed(0)
+        model = gpt_classes(torch)(cfg)
+        init_weights(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+        tx, ty = torch.tensor(x), torch.tensor(y)
+        fwd = model
+        t0 = time.perf_counter()
+        if impl == "torch.compile":
+            fwd = torch.compile(model)
+        def step():
+            loss = fwd(tx, ty)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+            return loss
+        step()
+        info["compile_s"] = time.perf_counter() - t0
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    info["median_s"] = float(np.median(times))
+    info["min_s"] = float(np.min(times))
+    print(json.dumps(info))
+""")
+
+
+def run(impl: str, steps: int, env=None) -> dict:
+    r = subprocess.run([sys.executable, "-c", WORKER.format(samples=SAMPLES, impl=impl, steps=steps)],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--skip-torch-compile", action="store_true")
+    args = ap.parse_args(argv)
+    impls = ["torch eager"] + ([] if args.skip_torch_compile else ["torch.compile"]) + ["graphc"]
+    results = {}
+    for impl in impls:
+        if impl == "graphc":  # cold: fresh compile cache and numba cache
+            with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as k:
+                results[impl] = run(impl, args.steps, dict(os.environ, GRAPHC_CACHE_DIR=d, NUMBA_CACHE_DIR=k))
+        else:
+            results[impl] = run(impl, args.steps)
+    eager = results["torch eager"].get("median_s")
+    print(f"workload T: GPT vocab 96, ctx 32, width 64, 4 heads, 2 layers, batch 32, f32, AdamW + clip, "
+          f"{args.steps} timed steps; {os.cpu_count()} CPUs")
+    print(f"{'implementation':<16}{'median step':>14}{'x torch eager':>15}{'compile':>11}")
+    for impl, r in results.items():
+        if "error" in r:
+            print(f"{impl:<16} failed: {r['error']}")
+            continue
+        ratio = r["median_s"] / eager if eager else float("nan")
+        comp = f"{r['compile_s']:.1f} s" if impl != "torch eager" else "-"
+        print(f"{impl:<16}{1e3 * r['median_s']:>11.2f} ms{ratio:>14.2f}x{comp:>11}")
+    g = results.get("graphc", {})
+    if "kernels" in g:
+        print(f"graphc kernels (plan nodes): forward {g['kernels']['forward']}, backward {g['kernels']['backward']}; "
+              f"peak bytes: forward {g['peak_bytes']['forward']}, backward {g['peak_bytes']['backward']}")
+    print("targets: graphc <= 0.6x torch eager, faster than torch.compile, cold compile <= 4 s")
+
+
+if __name__ == "__main__":
+    main()
