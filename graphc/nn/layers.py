@@ -147,8 +147,16 @@ class MSELoss(_Loss):
 class CrossEntropyLoss(_Loss):
     """Integer class labels; log_softmax + nll_loss averaged over the batch, as in PyTorch."""
 
+    def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None, reduction: str = "mean",
+                 label_smoothing: float = 0.0):
+        super().__init__(reduction)
+        if weight is not None or size_average is not None or reduce is not None:
+            raise ValueError("CrossEntropyLoss: weight=, size_average= and reduce= are not supported by graphc")
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+
     def forward(self, input, target):
-        return F.cross_entropy(input, target, self.reduction)
+        return F.cross_entropy(input, target, ignore_index=self.ignore_index, reduction=self.reduction,
+                               label_smoothing=self.label_smoothing)
 
 
 class NLLLoss(_Loss):
