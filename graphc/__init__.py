@@ -21,7 +21,7 @@ from .eager import (Tensor, arange, as_tensor, bool_, cat, double, empty, empty_
                      load, long, no_grad, numel, ones, ones_like, rand, rand_like, randint, randn, randn_like, save,
                      set_grad_enabled, stack, tensor, zeros, zeros_like)
 from .eager import float as float  # noqa: E402,F401  (torch.float)
-from .tensor_methods import tril, triu, where  # noqa: E402
+from .tensor_methods import arange, full, ones, tril, triu, where, zeros  # noqa: E402  (constants when traced)
 
 if _os.environ.get("GRAPHC_LOG"):  # GRAPHC_LOG=debug: each pass and each compile, in scripts too
     from .log import configure_from_env as _configure_log

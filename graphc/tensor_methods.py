@@ -13,6 +13,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from . import eager as _eager
 from .ir import TensorType, dtype_name
 from .tracing import EagerArray, Proxy, _norm_dim, _shape, _wrap_eager, current_tracer, dispatch, in_eager_forward, \
     reduce, reshape, trace_error
@@ -212,17 +213,11 @@ def masked_fill(x, mask, value):
     return dispatch("where", [mask, _as_operand(value, _dtype_of(x)), x])
 
 
-_SYMBOL = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-
-
 def compare(op: str, a, b):
     """a < b and friends: bool tensors (torch's semantics); scalars take the tensor's dtype."""
     t = a if isinstance(a, (Proxy, np.ndarray)) else b
     dt = _dtype_of(t)
-    out = dispatch(op, [_as_operand(a, dt), _as_operand(b, dt)])
-    if isinstance(out, Proxy):
-        out.why = f"comparison {_SYMBOL[op]} on {t.type if isinstance(t, Proxy) else 'an array'}"  # `if x > 0:` then says which comparison it was
-    return out
+    return dispatch(op, [_as_operand(a, dt), _as_operand(b, dt)])
 
 
 def cast(x, dtype):
@@ -295,34 +290,34 @@ def stack(tensors, dim: int = 0):
 
 
 def _constant(op: str, attrs: dict, eager):
-    """A constant: one node when tracing, a numpy array (EagerArray inside an eager forward) otherwise."""
+    """A constant: one node when tracing, else graphc's eager creation function (graphc.Tensor)."""
     if current_tracer() is not None:
         return dispatch(op, [], attrs)
-    return _wrap_eager(eager) if in_eager_forward() else eager
+    return eager()
 
 
 def _dtype_arg(dtype, default) -> str:
     return dtype_name(np.dtype(default if dtype is None else dtype))
 
 
-def full(size, fill_value, *, dtype=None):
+def full(size, fill_value, *, dtype=None, requires_grad: bool = False):
     size = _sizes((size,) if isinstance(size, (int, np.integer)) else (tuple(size),))
     dt = _dtype_arg(dtype, np.int64 if isinstance(fill_value, (int, np.integer)) and not isinstance(fill_value, bool)
                     else np.float32)
     value = float(fill_value)
     return _constant("full", {"shape": size, "value": value, "dtype": dt},
-                     np.full(size, value, dtype=TensorType((), dt).np_dtype))
+                     lambda: _eager.full(size, fill_value, dtype=TensorType((), dt).np_dtype, requires_grad=requires_grad))
 
 
-def ones(*size, dtype=None):
-    return full(_sizes(size), 1.0, dtype=dtype or np.float32)
+def ones(*size, dtype=None, requires_grad: bool = False):
+    return full(_sizes(size), 1.0, dtype=dtype or np.float32, requires_grad=requires_grad)
 
 
-def zeros(*size, dtype=None):
-    return full(_sizes(size), 0.0, dtype=dtype or np.float32)
+def zeros(*size, dtype=None, requires_grad: bool = False):
+    return full(_sizes(size), 0.0, dtype=dtype or np.float32, requires_grad=requires_grad)
 
 
-def arange(start, end=None, step=1, *, dtype=None):
+def arange(start, end=None, step=1, *, dtype=None, requires_grad: bool = False):
     if end is None:
         start, end = 0, start
     for v in (start, end, step):
@@ -333,8 +328,8 @@ def arange(start, end=None, step=1, *, dtype=None):
     ints = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
     dt = _dtype_arg(dtype, np.int64 if ints else np.float32)
     size = max(0, math.ceil((end - start) / step))
-    eager = np.arange(start, end, step).astype(TensorType((), dt).np_dtype)
-    return _constant("arange", {"start": float(start), "step": float(step), "size": size, "dtype": dt}, eager)
+    return _constant("arange", {"start": float(start), "step": float(step), "size": size, "dtype": dt},
+                     lambda: _eager.arange(start, end, step, dtype=TensorType((), dt).np_dtype, requires_grad=requires_grad))
 
 
 def _tri(x, diagonal: int, lower: bool):

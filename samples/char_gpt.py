@@ -127,13 +127,13 @@ def init_weights(model, seed: int = 0) -> None:
         else:
             std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("c_proj.weight") else 0.02
             value = rng.normal(0.0, std, size=shape)
-        if hasattr(p, "detach"):  # torch
+        if isinstance(p, np.ndarray):  # graphc
+            p.data[...] = value
+        else:  # torch
             import torch
 
             with torch.no_grad():
                 p.copy_(torch.tensor(value, dtype=p.dtype))
-        else:
-            p[...] = value
 
 
 # ------------------------------------------------------------------ data
@@ -227,7 +227,7 @@ def main(argv=None) -> float:
 
     model = gpt_classes(graphc)(config)
     init_weights(model)
-    n_params = sum(p.size for p in model.parameters())
+    n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
     print(f"model: {config}, {n_params:,} parameters")
     rng = np.random.default_rng(0)
     stream = batches(train, config.block_size, args.batch_size, rng)

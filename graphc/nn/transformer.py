@@ -28,7 +28,7 @@ class Embedding(Module):
         w = _random.generator().standard_normal((num_embeddings, embedding_dim)) if _weight is None else np.asarray(_weight)
         self.weight = Parameter(w, dtype=dtype, requires_grad=not _freeze)
         if padding_idx is not None and _weight is None:
-            self.weight[padding_idx] = 0
+            self.weight.data[padding_idx] = 0
 
     def forward(self, input):
         return F.embedding(input, self.weight, self.padding_idx, _layer=f"Embedding({self.extra_repr()})")
