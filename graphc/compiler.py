@@ -217,7 +217,7 @@ class CompiledModule(_Inspectable):
             if wrt:  # differentiate before the pipeline (whose autodiff leaves a joint graph as it is)
                 graph = grad_graph(graph, wrt=wrt)
         plans = compile_pipeline(graph, "training" if training else "inference", passes=self.passes, disable=self.disable)
-        params = {n: p for n, p in self.module.named_parameters()}
+        params = {**dict(self.module.named_buffers()), **dict(self.module.named_parameters())}
         fwd_stage = next(s for s in reversed(plans.stage_names) if s.startswith("forward_plan"))
         fwd = Executable(plans.forward, _bind(plans.forward, params), self.mode, name=plans.forward.name)
         exes = {fwd_stage: fwd}
@@ -236,7 +236,8 @@ class CompiledModule(_Inspectable):
         position = {name: k for k, name in enumerate(spec.input_names)}
         spec.fwd_args = [None if i.kind == "rng" else position[i.name] for i in fwd.call_inputs]
         spec.fwd_rng = None in spec.fwd_args
-        spec.user_outputs = [k for k, o in enumerate(plans.forward.outputs) if o.label != "saved"]
+        spec.user_outputs = [k for k, o in enumerate(plans.forward.outputs)
+                             if o.label != "saved" and not (o.label or "").startswith("update:")]
         spec.params = params
         self._specs[key] = spec
         return spec
@@ -302,7 +303,7 @@ class CompiledModule(_Inspectable):
 
 def _bind(g, params: dict) -> dict:
     """The graph's param inputs (and frozen params, plain inputs there) bound to the module's
-    Parameters: plans read them in place."""
+    Parameters, its buffer inputs to the module's buffers: plans read and update them in place."""
     out = {}
     for i in g.inputs:
         if i.kind == "param" and i.name not in params:
@@ -359,6 +360,9 @@ class _LossModule(Module):
         yield from self._model.named_parameters(prefix)
         if isinstance(self._loss_fn, Module):
             yield from self._loss_fn.named_parameters(prefix + "loss_fn" if not prefix else f"{prefix}.loss_fn")
+
+    def named_buffers(self, prefix: str = ""):
+        yield from self._model.named_buffers(prefix)
 
     def named_for(self, n_inputs: int) -> list[str]:
         t = self._targets
@@ -477,7 +481,7 @@ class TrainStep(_Inspectable):
         plans = compile_pipeline(graph, "train_step", optimizer=spec_opt, passes=self.passes, disable=self.disable,
                                  distributed=self._dist)
         g = plans.train_step
-        params = dict(w.named_parameters())
+        params = {**dict(w.named_buffers()), **dict(w.named_parameters())}
         bind = _bind(g, params)
         for i in g.inputs:
             if i.kind == "state":

@@ -106,6 +106,8 @@ class Tracer:
     def __init__(self, name: str):
         self.builder = GraphBuilder(name)
         self.params: dict[int, Proxy] = {}  # id(Parameter) -> its graph input
+        self.buffers: dict[int, Proxy] = {}  # id(module buffer) -> its graph input (kind "buffer")
+        self.buffer_updates: dict[str, Proxy] = {}  # buffer input name -> its new value ("update:" output)
         self._seed: Proxy | None = None
         self._streams = 0
 
@@ -121,6 +123,15 @@ class Tracer:
                 name = f"seed{k}"
             self._seed = self.input(name, TensorType((), "i64"), "rng")
         return self._seed
+
+    def update_buffer(self, buf: "Proxy", value: "Proxy") -> None:
+        """Record `buf <- value` (the graph returns it as "update:<buffer>"; the runtime writes it back)."""
+        inp = next((i for i in self.builder.inputs if i.name == buf.name), None)
+        if inp is None or inp.kind != "buffer":
+            raise trace_error(f"only module buffers can be updated in a traced forward, not %{buf.name}")
+        if value.type != inp.type:
+            raise trace_error(f"buffer {buf.name} is {inp.type}; its new value is {value.type}")
+        self.buffer_updates[buf.name] = value
 
     def next_stream(self) -> int:
         self._streams += 1
@@ -626,6 +637,16 @@ def reshape(x, shape):
     return dispatch("reshape", [x], {"shape": tuple(shape)})
 
 
+def update_buffer(buf, value) -> None:
+    """Give a module buffer a new value (BatchNorm's running statistics): traced, an "update:"
+    output of the graph, which compiled plans write back into the buffer in place; eagerly, a
+    copy into the buffer's array."""
+    if isinstance(buf, Proxy):
+        buf.tracer.update_buffer(buf, _as_proxy(buf.tracer, value, buf))
+    else:
+        np.copyto(buf, np.asarray(value), casting="same_kind")
+
+
 def flatten(x, start_dim: int = 0, end_dim: int = -1):
     s = _shape(x)
     if not s:
@@ -886,6 +907,8 @@ def trace(model, *example_inputs, name: str | None = None) -> Graph:
         proxies.append(tracer.input(arg, t, "input"))
     for pname, p in params:
         tracer.params[id(p)] = tracer.input(pname, TensorType(p.shape, dtype_name(p.dtype)), "param")
+    for bname, buf in (model.named_buffers() if hasattr(model, "named_buffers") else ()):
+        tracer.buffers[id(buf)] = tracer.input(bname, TensorType(buf.shape, dtype_name(buf.dtype)), "buffer")
 
     token = _active.set(tracer)
     try:
@@ -897,7 +920,8 @@ def trace(model, *example_inputs, name: str | None = None) -> Graph:
     for k, o in enumerate(outs):
         if not isinstance(o, Proxy):
             raise TraceError(f"{name}.forward must return traced values computed from its inputs; output {k} is {type(o).__name__}")
-    graph = tracer.builder.build([Output(o.name) for o in outs], meta={"training": bool(getattr(model, "training", False))})
+    updates = [Output(v.name, "update:" + b) for b, v in tracer.buffer_updates.items()]
+    graph = tracer.builder.build([Output(o.name) for o in outs] + updates, meta={"training": bool(getattr(model, "training", False))})
     return graph.verify()
 
 

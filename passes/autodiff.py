@@ -123,13 +123,15 @@ def _check_wrt(g: Graph, wrt) -> list[str]:
 def _seeds(g: Graph, b: GraphBuilder, mode: str | None) -> list[tuple[str, str]]:
     """(output value, seed value) pairs; adds the seed nodes or grad inputs to `b`."""
     has_grad_inputs = any(i.kind == "grad" for i in g.inputs)
+    # "update:" outputs (new values of module buffers, e.g. BatchNorm's running statistics) are state, not results
+    outputs = [o for o in g.outputs if not (o.label and o.label.startswith("update:"))]
     if mode is None:
-        scalar = len(g.outputs) == 1 and g.types[g.outputs[0].value].shape == ()
+        scalar = len(outputs) == 1 and g.types[outputs[0].value].shape == ()
         mode = "inputs" if has_grad_inputs or not scalar else "ones"
     if mode not in ("ones", "inputs"):
         raise GraphcError(f"seeds={mode!r}: expected 'ones', 'inputs' or None")
     pairs = []
-    for k, o in enumerate(g.outputs):
+    for k, o in enumerate(outputs):
         t = g.types[o.value]
         if not t.is_float:
             continue

@@ -306,8 +306,9 @@ def random_input(g: Graph, name: str) -> np.ndarray:
         classes = _class_count(g, name) or 2
         return rng.integers(0, classes, size=t.shape).astype(np.int64)
     x = rng.standard_normal(t.shape)
-    # Optimizer state is non-negative where it matters (Adam's exp_avg_sq goes under a sqrt).
-    return (np.abs(x) if inp.kind == "state" else x).astype(t.np_dtype)
+    # Optimizer state and module buffers are non-negative where it matters (Adam's exp_avg_sq,
+    # BatchNorm's running_var go under a square root).
+    return (np.abs(x) if inp.kind in ("state", "buffer") else x).astype(t.np_dtype)
 
 
 def run_reference(g: Graph, values: dict[str, np.ndarray]) -> list[np.ndarray]:

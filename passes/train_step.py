@@ -88,6 +88,8 @@ def build_train_step(g: Graph, spec: OptimizerSpec) -> Graph:
     """
     joint = g if is_joint(g) else grad_graph(g)
     fwd_outs = [o for o in joint.outputs if not (o.label and o.label.startswith(GRAD_PREFIX))]
+    buffer_updates = _buffer_updates(fwd_outs)
+    fwd_outs = [o for o in fwd_outs if o not in buffer_updates]
     if len(fwd_outs) != 1 or joint.types[fwd_outs[0].value].shape != () or not joint.types[fwd_outs[0].value].is_float:
         raise GraphcError(f"build_train_step: graph {g.name} must have one output, a float scalar loss; "
                           f"found {[f'%{o.value}: {joint.types[o.value]}' for o in fwd_outs]}")
@@ -120,4 +122,10 @@ def build_train_step(g: Graph, spec: OptimizerSpec) -> Graph:
     new_state.append(Output(b.emit("add", [STEP, one]), UPDATE_PREFIX + STEP))
 
     meta = dict(joint.meta, training=True, optimizer={"kind": spec.kind, **spec.hyper})
-    return b.build(outputs + new_state, meta).verify()
+    return b.build(outputs + new_state + buffer_updates, meta).verify()
+
+
+def _buffer_updates(outputs) -> list[Output]:
+    """The forward's "update:<buffer>" outputs (BatchNorm's running statistics): the step keeps
+    them as they are, so the runtime writes them back with the optimizer's updates."""
+    return [o for o in outputs if o.label and o.label.startswith(UPDATE_PREFIX)]

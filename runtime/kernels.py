@@ -1114,3 +1114,5 @@ def run_kernel(op: str, inputs: list, attrs: dict | None = None) -> tuple[np.nda
 from . import primitive_kernels  # noqa: E402,F401
 # the all_reduce kernel of data-parallel train steps (calls MPI from the plan)
 from . import collectives  # noqa: E402,F401
+# the kernels of conv2d and the poolings (issue 10)
+from . import kernels_conv  # noqa: E402,F401

@@ -14,7 +14,8 @@ from .types import TensorType
 
 # What a graph input is for; the runtime and the pictures treat the kinds differently.
 # "comm": a communicator (handles of the process group) that collectives such as all_reduce read.
-INPUT_KINDS = ("input", "param", "state", "rng", "saved", "grad", "comm")
+# "buffer": a module buffer (BatchNorm's running statistics), read and updated in place.
+INPUT_KINDS = ("input", "param", "state", "rng", "saved", "grad", "comm", "buffer")
 
 
 @dataclass(frozen=True)

@@ -756,3 +756,5 @@ all_reduce.grad(no_gradient("a collective over the gradients: it runs after them
 # The primitives added for the kernel stage (math, comparisons, movement, indexing) live in their
 # own module; importing it registers them in the same table.
 from . import primitives  # noqa: E402,F401
+# conv2d and the 2-D poolings (issue 10)
+from . import ops_conv  # noqa: E402,F401

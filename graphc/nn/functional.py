@@ -200,3 +200,136 @@ def _labels(target):
 
 def flatten(input, start_dim: int = 0, end_dim: int = -1):
     return _flatten(input, start_dim, end_dim)
+
+
+# ------------------------------------------------------------------ convolutional networks
+
+
+def _pair(v, what: str) -> tuple[int, int]:
+    t = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(t) != 2 or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in t):
+        raise trace_error(f"{what} must be an int or a pair of ints, got {v!r}")
+    return int(t[0]), int(t[1])
+
+
+def _conv_padding(padding, kernel, dilation, stride) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): torch's padding=int/pair, "valid" (none) or "same" (output size
+    = input size; an odd total pad puts the extra row/column at the bottom/right, as torch does)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding != "same":
+            raise trace_error(f"conv2d: padding={padding!r}: expected 'valid', 'same', an int or a pair of ints")
+        if stride != (1, 1):
+            raise trace_error(f"conv2d: padding='same' is not supported for strided convolutions (stride={stride})")
+        th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+        return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    ph, pw = _pair(padding, "padding")
+    if ph < 0 or pw < 0:
+        raise trace_error(f"conv2d: padding must be >= 0, got {padding!r}")
+    return (ph, ph, pw, pw)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1):
+    """torch.nn.functional.conv2d: input [N, C, H, W], weight [O, C/groups, kh, kw], bias [O]."""
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    kernel = tuple(weight.shape[2:]) if len(weight.shape) == 4 else (1, 1)
+    attrs = {"stride": stride, "padding": _conv_padding(padding, kernel, dilation, stride), "dilation": dilation,
+             "groups": int(groups)}
+    return dispatch("conv2d", [input, weight] + ([bias] if bias is not None else []), attrs)
+
+
+def _pool_attrs(kernel_size, stride, padding, ceil_mode: bool, op: str) -> dict:
+    if ceil_mode:
+        raise trace_error(f"{op}: ceil_mode=True is not supported; graphc computes output sizes in floor mode")
+    kernel = _pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    return {"kernel_size": kernel, "stride": stride, "padding": (ph, ph, pw, pw)}
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    """torch's max_pool2d (stride defaults to kernel_size); with return_indices, also the argmax
+    indices (flat h * W + w per plane, int64), as torch returns them."""
+    attrs = {**_pool_attrs(kernel_size, stride, padding, ceil_mode, "max_pool2d"), "dilation": _pair(dilation, "dilation")}
+    y, idx = dispatch("max_pool2d", [input], attrs)
+    return (y, idx) if return_indices else y
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override=None):
+    if divisor_override is not None:
+        raise trace_error("avg_pool2d: divisor_override is not supported")
+    attrs = {**_pool_attrs(kernel_size, stride, padding, ceil_mode, "avg_pool2d"), "count_include_pad": bool(count_include_pad)}
+    return dispatch("avg_pool2d", [input], attrs)
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Output [N, C, *output_size] (None keeps that input size), with torch's window bounds."""
+    shape = tuple(input.shape)
+    if len(shape) != 4:
+        raise trace_error(f"adaptive_avg_pool2d: expected a 4-D input [batch, channels, height, width], got shape {list(shape)}")
+    size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    size = tuple(shape[2 + k] if s is None else s for k, s in enumerate(size))
+    return dispatch("adaptive_avg_pool2d", [input], {"output_size": _pair(size, "output_size")})
+
+
+def dropout2d(input, p: float = 0.5, training: bool = True, inplace: bool = False):
+    """Zero whole channels with probability p (scaling the rest by 1/(1-p)): one dropout mask of
+    shape [N, C, 1, 1], broadcast over the plane."""
+    shape = tuple(input.shape)
+    if len(shape) not in (3, 4):
+        raise trace_error(f"dropout2d: expected a 3-D or 4-D input, got shape {list(shape)}")
+    if not training or p == 0.0:
+        return input
+    mask_shape = shape[:-2] + (1, 1)
+    dt = "f32" if np.dtype(input.dtype) == np.float32 else "f64"
+    ones = dispatch("full", [], {"shape": mask_shape, "value": 1.0, "dtype": dt}) if isinstance(input, Proxy) \
+        else np.ones(mask_shape, dtype=input.dtype)
+    return input * dropout(ones, p, True)
+
+
+def _rsqrt(x):
+    return dispatch("rsqrt", [x])
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5):
+    """torch.nn.functional.batch_norm over dim 1 of [N, C], [N, C, L] or [N, C, H, W], written with
+    primitive ops (mean, sub, mul, rsqrt), so autodiff derives its backward and the kernel pass
+    fuses it. Training: batch statistics (biased variance), and running_mean/running_var (when
+    given) move towards the batch's mean and unbiased variance by `momentum`, in place."""
+    shape = tuple(input.shape)
+    if len(shape) < 2:
+        raise trace_error(f"batch_norm: expected an input of at least 2 dims [batch, channels, ...], got shape {list(shape)}")
+    c = shape[1]
+    dims = (0,) + tuple(range(2, len(shape)))
+    bshape = (1, c) + (1,) * (len(shape) - 2)
+    n = int(np.prod([shape[d] for d in dims], dtype=np.int64))
+    if training:
+        if n <= 1:
+            raise trace_error(f"batch_norm: expected more than 1 value per channel when training, got input size {list(shape)}")
+        mean = input.mean(dims, keepdim=True)
+        xc = input - mean
+        var = (xc * xc).mean(dims, keepdim=True)
+        y = xc * _rsqrt(var + eps)
+        if running_mean is not None:
+            _update(running_mean, running_mean * (1.0 - momentum) + mean.reshape(c) * momentum)
+        if running_var is not None:
+            _update(running_var, running_var * (1.0 - momentum) + var.reshape(c) * (momentum * n / (n - 1)))
+    else:
+        if running_mean is None or running_var is None:
+            raise trace_error("batch_norm: running_mean and running_var are needed when training=False")
+        y = (input - running_mean.reshape(bshape)) * _rsqrt(running_var.reshape(bshape) + eps)
+    if weight is not None:
+        y = y * weight.reshape(bshape)
+    if bias is not None:
+        y = y + bias.reshape(bshape)
+    return y
+
+
+def _update(buf, value):
+    from ..tracing import update_buffer
+
+    update_buffer(buf, value)

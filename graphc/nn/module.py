@@ -23,12 +23,24 @@ def structure_version() -> int:
     return _version[0]
 
 
+def _as_buffer(module, name: str, value) -> np.ndarray:
+    """A buffer is a writeable C-contiguous float or int64 ndarray of its own (compiled plans update it in place)."""
+    a = value.detach().cpu().numpy() if hasattr(value, "detach") else value
+    a = np.array(a, copy=True) if not isinstance(a, np.ndarray) or not a.flags.c_contiguous else a
+    if a.dtype not in (np.float32, np.float64, np.int64):
+        raise GraphcError(f"{type(module).__name__}.register_buffer({name!r}): buffers must be float32, float64 or "
+                          f"int64 arrays, got {a.dtype}")
+    return a.view(np.ndarray)
+
+
 class Module:
     """Base class of layers and models: register Parameters and Modules by attribute assignment."""
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "training", True)
 
     # ---- registration ----
@@ -36,6 +48,10 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"cannot assign {name!r} before Module.__init__() is called (call super().__init__() first)")
         params, modules = self.__dict__["_parameters"], self.__dict__["_modules"]
+        buffers = self.__dict__.get("_buffers", {})
+        if name in buffers and not isinstance(value, (Parameter, Module)):
+            buffers[name] = _as_buffer(self, name, value)  # torch: assigning to a buffer's name replaces it
+            return
         if name in params and value is not None and not isinstance(value, Parameter):
             raise TypeError(f"cannot assign '{type(value).__module__}.{type(value).__name__}' as parameter "
                             f"'{name}' (graphc.nn.Parameter or None expected)")
@@ -64,10 +80,16 @@ class Module:
             return p
         if name in d.get("_modules", ()):
             return d["_modules"][name]
+        if name in d.get("_buffers", ()):
+            b = d["_buffers"][name]
+            tracer = current_tracer()
+            if tracer is not None:
+                return tracer.buffers.get(id(b), b) if b is not None else None
+            return b
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __delattr__(self, name):
-        for store in ("_parameters", "_modules"):
+        for store in ("_parameters", "_modules", "_buffers"):
             if name in self.__dict__[store]:
                 del self.__dict__[store][name]
                 return
@@ -78,6 +100,23 @@ class Module:
             self.__dict__["_parameters"][name] = None
         else:
             setattr(self, name, param)
+
+    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
+        """Register non-parameter state (BatchNorm's running statistics), as torch does: read by
+        forward as `self.<name>`, kept by state_dict() unless persistent=False, updated in place
+        by compiled forwards and train steps (their "update:<name>" outputs)."""
+        if "_buffers" not in self.__dict__:
+            raise AttributeError("cannot assign a buffer before Module.__init__() is called")
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"buffer name must be a non-empty string without '.', got {name!r}")
+        if name in self._parameters or name in self._modules or (hasattr(self, name) and name not in self._buffers):
+            raise KeyError(f"attribute {name!r} already exists")
+        self.__dict__.pop(name, None)
+        self._buffers[name] = None if tensor is None else _as_buffer(self, name, tensor)
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
+            self._non_persistent.add(name)
 
     def add_module(self, name: str, module: "Module") -> None:
         setattr(self, name, module)
@@ -129,14 +168,38 @@ class Module:
     def parameters(self):
         return (p for _, p in self.named_parameters())
 
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        seen = set()
+        for mname, m in self.named_modules(prefix):
+            for bname, b in m._buffers.items():
+                if b is not None and id(b) not in seen:
+                    seen.add(id(b))
+                    yield (f"{mname}.{bname}" if mname else bname), b
+
+    def buffers(self):
+        return (b for _, b in self.named_buffers())
+
+    def _state_arrays(self) -> "OrderedDict[str, np.ndarray]":
+        """What state_dict() holds, by torch's keys and in torch's order: per module, its
+        parameters, then its persistent buffers."""
+        out, seen = OrderedDict(), set()
+        for mname, m in self.named_modules():
+            items = list(m._parameters.items()) + [(k, b) for k, b in m._buffers.items() if k not in m._non_persistent]
+            for name, a in items:
+                if a is not None and id(a) not in seen:
+                    seen.add(id(a))
+                    out[f"{mname}.{name}" if mname else name] = a
+        return out
+
     # ---- state ----
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Parameter name -> a copy of its values (PyTorch's names, e.g. `linear1.weight`)."""
-        return OrderedDict((n, np.array(p, copy=True).view(np.ndarray)) for n, p in self.named_parameters())
+        """Parameter and persistent buffer name -> a copy of its values (PyTorch's names, e.g.
+        `linear1.weight`, `bn.running_mean`, `bn.num_batches_tracked`)."""
+        return OrderedDict((n, np.array(p, copy=True).view(np.ndarray)) for n, p in self._state_arrays().items())
 
     def load_state_dict(self, state, strict: bool = True):
         """Copy values in place from anything np.asarray takes (numpy arrays, torch tensors)."""
-        own = dict(self.named_parameters())
+        own = self._state_arrays()
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
@@ -172,6 +235,9 @@ class Module:
                         converted[id(p)] = Parameter(np.asarray(p), dtype=dt, requires_grad=p.requires_grad)
                     m._parameters[name] = converted[id(p)]
                     _structure_changed()
+            for name, b in list(m._buffers.items()):  # float buffers follow (num_batches_tracked stays int64)
+                if b is not None and b.dtype.kind == "f" and b.dtype != dt:
+                    m._buffers[name] = b.astype(dt)
         return self
 
     def float(self):
