@@ -192,6 +192,12 @@ def _use_reason(u, pos: int, by_recompute: bool) -> str:
                 3: "relu mask of fused linear_relu: output kept (pre-activation not needed)"}.get(pos, f"operand {pos} of linear_backward")
     if op == "matmul":
         return "GEMM operand of a matmul gradient"
+    if op == "conv2d_backward":
+        return {1: "conv input: dW = gy (x)^T through im2col, which the backward rebuilds (the windows are not saved)",
+                2: "conv weight: dx = col2im(W^T gy)"}.get(pos, f"operand {pos} of conv2d_backward")
+    if op == "max_pool2d_backward":
+        return ("argmax indices of max_pool2d: the backward scatters gy to them (one int64 per output, "
+                "instead of keeping the input and searching each window again)")
     if op in ("sigmoid_backward", "tanh_backward", "softmax_backward", "log_softmax_backward"):
         return f"{op[:-len('_backward')]} output: its derivative is computed from the output alone"
     if op == "cross_entropy_backward":

@@ -108,7 +108,7 @@ def build_train_step(g: Graph, spec: OptimizerSpec) -> Graph:
     for n in joint.nodes:
         b.add_node(n)
 
-    outputs = [Output(fwd_outs[0].value, "loss")]
+    outputs = [Output(fwd_outs[0].value, "loss")] + buffer_updates  # the forward's outputs keep their places
     new_state = []
     op = "sgd_update" if spec.kind == "sgd" else "adam_update"
     for p in params:
@@ -122,7 +122,7 @@ def build_train_step(g: Graph, spec: OptimizerSpec) -> Graph:
     new_state.append(Output(b.emit("add", [STEP, one]), UPDATE_PREFIX + STEP))
 
     meta = dict(joint.meta, training=True, optimizer={"kind": spec.kind, **spec.hyper})
-    return b.build(outputs + new_state + buffer_updates, meta).verify()
+    return b.build(outputs + new_state, meta).verify()
 
 
 def _buffer_updates(outputs) -> list[Output]:

@@ -17,6 +17,7 @@ from graphc.ir import OPS, GraphBuilder, GraphcError, TensorType, interpret, par
 from graphc.ir.opdef import _NoGradient
 from graphc.ir.ops import dropout_mask
 from graphc.passes.autodiff import autodiff, grad_graph
+import conv_cases
 from models import SimpleNet, WithLoss, copy_to_torch, mlp, torch_mlp, torch_simple_net
 
 # ------------------------------------------------------------------ the op spec table
@@ -108,6 +109,7 @@ SPECS.update({
 SPECS["matmul"] += [Spec([("f", (2, 3, 4)), ("f", (4, 5))], lambda t, a: t[0] @ t[1]),
                     Spec([("f", (3, 1, 2, 4)), ("f", (2, 4, 3))], lambda t, a: t[0] @ t[1])]
 NONDIFF = ("labels", "seed", "cond", "index")
+SPECS.update(conv_cases.grad_specs(Spec))  # conv2d and pooling: tests/conv_cases.py
 CASES = [(op, k) for op in SPECS for k in range(len(SPECS[op]))]
 SEED = 1234
 
@@ -140,7 +142,8 @@ def _op_graph(op: str, spec: Spec, vals):
     for k, ((kind, *_), v) in enumerate(zip(spec.inputs, vals)):
         t = TensorType.of(v)
         names.append(b.add_input(f"a{k}", t, {"labels": "input", "index": "input", "cond": "input", "seed": "rng"}.get(kind, "param")))
-    return b.build([b.emit(op, names, spec.attrs)]).verify()
+    out = b.emit(op, names, spec.attrs)
+    return b.build([out[0] if isinstance(out, tuple) else out]).verify()  # max_pool2d: y, not its indices
 
 
 def _vjp(op, spec, dtype, rng):

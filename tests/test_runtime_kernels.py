@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import conv_cases
 from graphc.ir import OPS, rng
 from graphc.runtime.kernels import KERNELS, collapse, run_kernel, uniform
 
@@ -127,6 +128,13 @@ def cases(dt):
         "all_reduce": [([world(), x, f(3, dtype=dt), f(2, 1, 4, dtype=dt)], {"ranks": 1}),
                        ([world(), x], {"ranks": 1, "op": "sum"})],
     }
+
+
+_cases = cases
+
+
+def cases(dt):  # noqa: F811  (conv2d and pooling cases: tests/conv_cases.py)
+    return {**_cases(dt), **conv_cases.kernel_cases(dt, f)}
 
 
 def test_every_op_has_a_kernel():

@@ -272,7 +272,12 @@ avg_pool2d.grad(lambda b, node, gys, needs: [b.emit("avg_pool2d_backward", [gys[
        tags=("backward",), kind="opaque", doc="gradient of avg_pool2d: gy / window size spread over each window")
 def avg_pool2d_backward(t, kernel_size, stride, padding, count_include_pad, input_size):
     gy = t[0]
-    return gy.with_shape((*gy.shape[:2], *input_size))
+    if gy.rank != 4 or len(input_size) != 2:
+        raise ShapeError(f"avg_pool2d_backward: expected gy [N,C,OH,OW] and a two-int input_size, got {gy}, {list(input_size)}")
+    x = gy.with_shape((*gy.shape[:2], *input_size))
+    if _window_out("avg_pool2d_backward", x, kernel_size, stride, padding, (1, 1)) != gy.shape[2:]:
+        raise ShapeError(f"avg_pool2d_backward: gy {gy} is not the pooled shape of an input {x}")
+    return x
 
 
 @avg_pool2d_backward.ref

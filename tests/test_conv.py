@@ -1,0 +1,327 @@
+"""Convolutional networks against torch: generated Conv2d/pool configurations (reference and native
+kernels), LeNet-5 and a ResNet-style block with BatchNorm (forward, every gradient, running
+statistics, three SGD-momentum steps; float32 and float64), module buffers and state_dict,
+errors, the saved-values ledger and the memory plan's scratch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+from hypothesis import given, settings, strategies as st
+
+import graphc
+import graphc.nn as nn
+import graphc.nn.functional as F
+from graphc.ir import OPS, GraphBuilder, TensorType, interpret
+from graphc.passes.autodiff import grad_graph
+from graphc.runtime.kernels import run_kernel
+from conv_cases import torch_conv2d
+
+TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-9, atol=1e-10)}
+
+
+# ------------------------------------------------------------------ generated configurations
+
+
+@st.composite
+def conv_configs(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cin = groups * draw(st.integers(1, 3))
+    cout = groups * draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    h = max(1, dh * (kh - 1) + 1 - pad[0] - pad[1]) + draw(st.integers(0, 5))
+    w = max(1, dw * (kw - 1) + 1 - pad[2] - pad[3]) + draw(st.integers(0, 5))
+    n = draw(st.integers(1, 3))
+    attrs = {"stride": (sh, sw), "padding": pad, "dilation": (dh, dw), "groups": groups}
+    return (n, cin, h, w), (cout, cin // groups, kh, kw), draw(st.booleans()), attrs
+
+
+def _one_op_grads(op, arrays, attrs, gy_seed=0):
+    """(outputs, gradients of every float input) of one op through the IR's reference path."""
+    b = GraphBuilder(op)
+    names = [b.add_input(f"a{k}", TensorType.of(a), "param") for k, a in enumerate(arrays)]
+    out = b.emit(op, names, attrs)
+    y = out[0] if isinstance(out, tuple) else out
+    g = b.build([y]).verify()
+    joint = grad_graph(g, seeds="inputs")
+    gy = np.random.default_rng(gy_seed).standard_normal(g.types[y].shape).astype(arrays[0].dtype)
+    res = interpret(joint, arrays + [gy])
+    return res[0], res[1:], gy
+
+
+@settings(max_examples=25, deadline=None)
+@given(conv_configs(), st.sampled_from([np.float32, np.float64]))
+def test_conv2d_configs_match_torch_and_kernels(cfg, dt):
+    xs, ws, bias, attrs = cfg
+    r = np.random.default_rng(1)
+    arrays = [r.standard_normal(xs).astype(dt), r.standard_normal(ws).astype(dt)] + ([r.standard_normal(ws[0]).astype(dt)] if bias else [])
+    y, grads, gy = _one_op_grads("conv2d", arrays, attrs)
+    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
+    ty = torch_conv2d(ts[0], ts[1], ts[2] if bias else None, attrs)
+    (ty * torch.from_numpy(gy)).sum().backward()
+    np.testing.assert_allclose(y, ty.detach().numpy(), **TOL[dt])
+    for g, t in zip(grads, ts):
+        np.testing.assert_allclose(g, t.grad.numpy(), **TOL[dt])
+    # the native kernels on the same arrays
+    np.testing.assert_allclose(run_kernel("conv2d", arrays, attrs)[0], y, **TOL[dt])
+    native = run_kernel("conv2d_backward", [gy, arrays[0], arrays[1]], {**attrs, "bias_grad": bias})
+    for g, t in zip(native, ts):
+        np.testing.assert_allclose(g, t.grad.numpy(), **TOL[dt])
+
+
+@st.composite
+def pool_configs(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    h, w = kh + draw(st.integers(0, 5)), kw + draw(st.integers(0, 5))
+    return (draw(st.integers(1, 2)), draw(st.integers(1, 3)), h, w), (kh, kw), (sh, sw), (ph, pw)
+
+
+@settings(max_examples=25, deadline=None)
+@given(pool_configs(), st.sampled_from(["max", "avg", "avg_exclude_pad", "adaptive"]), st.sampled_from([np.float32, np.float64]))
+def test_pool_configs_match_torch_and_kernels(cfg, kind, dt):
+    xs, k, s, (ph, pw) = cfg
+    x = np.random.default_rng(2).standard_normal(xs).astype(dt)
+    tx = torch.tensor(x, requires_grad=True)
+    if kind == "max":
+        op, attrs = "max_pool2d", {"kernel_size": k, "stride": s, "padding": (ph, ph, pw, pw)}
+        ty = TF.max_pool2d(tx, k, s, (ph, pw))
+    elif kind == "adaptive":
+        out = (max(1, xs[2] - k[0] + 1), max(1, xs[3] // s[1]))
+        op, attrs = "adaptive_avg_pool2d", {"output_size": out}
+        ty = TF.adaptive_avg_pool2d(tx, out)
+    else:
+        cip = kind == "avg"
+        op, attrs = "avg_pool2d", {"kernel_size": k, "stride": s, "padding": (ph, ph, pw, pw), "count_include_pad": cip}
+        ty = TF.avg_pool2d(tx, k, s, (ph, pw), count_include_pad=cip)
+    y, (gx,), gy = _one_op_grads(op, [x], attrs)
+    (ty * torch.from_numpy(gy)).sum().backward()
+    np.testing.assert_allclose(y, ty.detach().numpy(), **TOL[dt])
+    np.testing.assert_allclose(gx, tx.grad.numpy(), **TOL[dt])
+    outs = run_kernel(op, [x], attrs)
+    np.testing.assert_allclose(outs[0], y, **TOL[dt])
+    if kind == "max":
+        back = run_kernel("max_pool2d_backward", [gy, outs[1]], {"input_size": xs[2:]})
+    elif kind == "adaptive":
+        back = run_kernel("adaptive_avg_pool2d_backward", [gy], {"input_size": xs[2:]})
+    else:
+        back = run_kernel("avg_pool2d_backward", [gy], {**attrs, "input_size": xs[2:]})
+    np.testing.assert_allclose(back[0], tx.grad.numpy(), **TOL[dt])
+
+
+# ------------------------------------------------------------------ models
+
+
+class LeNet5(nn.Module):
+    """Workload C's model: the same code runs with graphc.nn and torch.nn (`nn` argument)."""
+
+    def __init__(self):
+        super().__init__()
+        _lenet_layers(self, nn)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def _lenet_layers(self, nn):
+        self.features = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                                        nn.Linear(84, 10))
+
+
+class TorchLeNet5(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        _lenet_layers(self, torch.nn)
+
+    forward = LeNet5.forward
+
+
+class Block(nn.Module):
+    """A ResNet basic block: conv-BN-relu-conv-BN, plus a 1x1 conv-BN shortcut, then relu; pooled head."""
+
+    def __init__(self):
+        super().__init__()
+        _block_layers(self, nn)
+
+    def forward(self, x):
+        y = self.bn1(self.conv1(x)).relu()
+        y = self.bn2(self.conv2(y))
+        y = (y + self.bn3(self.short(x))).relu()
+        return self.bn4(self.fc(self.pool(y).flatten(1)))
+
+
+def _block_layers(self, nn, cin=3, cout=8):
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding="same", bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cout, 5)
+        self.bn4 = nn.BatchNorm1d(5)
+
+
+class TorchBlock(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        _block_layers(self, torch.nn)
+
+    forward = Block.forward
+
+
+def _twins(make, make_torch, dt):
+    graphc.manual_seed(0)
+    m = make()
+    t = make_torch().to(torch.float64 if dt == np.float64 else torch.float32)
+    if dt == np.float64:
+        m.double()
+    t.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in m.state_dict().items()})
+    return m, t
+
+
+def _check_state(m, t, dt):
+    theirs = t.state_dict()
+    assert list(m.state_dict()) == list(theirs)
+    for k, v in m.state_dict().items():
+        np.testing.assert_allclose(v, theirs[k].numpy(), **TOL[dt], err_msg=k)
+
+
+@pytest.mark.parametrize("which,dt,mode", [("lenet", np.float32, "jit"), ("lenet", np.float64, "jit"),
+                                            ("block", np.float32, "jit"), ("block", np.float64, "interpret")],
+                         ids=["lenet-f32", "lenet-f64", "block-f32", "block-f64-interpret"])
+def test_models_match_torch(which, dt, mode):
+    """(The float64 block runs the same plans on the reference kernels: its native compile takes a minute.)"""
+    make, make_t, shape = {"lenet": (LeNet5, TorchLeNet5, (6, 1, 28, 28)), "block": (Block, TorchBlock, (4, 3, 9, 9))}[which]
+    r = np.random.default_rng(0)
+    x = r.standard_normal(shape).astype(dt)
+    y = r.integers(0, 5, shape[0]).astype(np.int64)
+    m, t = _twins(make, make_t, dt)
+
+    # forward and every parameter's gradient (compiled, training mode), running stats updated once
+    cm = graphc.compile(m, x, mode=mode)
+    out = cm(x)
+    tout = t(torch.from_numpy(x))
+    np.testing.assert_allclose(out, tout.detach().numpy(), **TOL[dt])
+    gy = r.standard_normal(out.shape).astype(dt)
+    cm.backward(gy)
+    tout.backward(torch.from_numpy(gy))
+    for name, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad, dict(t.named_parameters())[name].grad.numpy(), **TOL[dt], err_msg=name)
+    _check_state(m, t, dt)
+
+    # three SGD-momentum train steps
+    opt = graphc.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    topt = torch.optim.SGD(t.parameters(), lr=0.05, momentum=0.9)
+    step = graphc.compile_train_step(m, nn.CrossEntropyLoss(), opt, x, y, mode=mode)
+    for _ in range(3):
+        loss = step(x, y)
+        topt.zero_grad()
+        tloss = TF.cross_entropy(t(torch.from_numpy(x)), torch.from_numpy(y))
+        tloss.backward()
+        topt.step()
+        np.testing.assert_allclose(loss, tloss.item(), **TOL[dt])
+    _check_state(m, t, dt)
+
+    # eval mode reads the running statistics
+    m.eval()
+    t.eval()
+    np.testing.assert_allclose(graphc.compile(m, x, mode=mode)(x), t(torch.from_numpy(x)).detach().numpy(), **TOL[dt])
+
+
+def test_batchnorm_eager_and_state_dict_round_trip():
+    graphc.manual_seed(0)
+    bn, tbn = nn.BatchNorm1d(4, momentum=0.3), torch.nn.BatchNorm1d(4, momentum=0.3)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    for _ in range(2):
+        np.testing.assert_allclose(bn(x), tbn(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert list(bn.state_dict()) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert dict(bn.named_buffers()).keys() == {"running_mean", "running_var", "num_batches_tracked"}
+    _check_state(bn, tbn, np.float32)
+    tbn.running_mean.fill_(0.5)
+    bn.load_state_dict(tbn.state_dict())
+    assert bn.running_mean[0] == 0.5 and bn.num_batches_tracked == 2
+    bn.register_buffer("scratch", np.zeros(3, np.float32), persistent=False)
+    assert "scratch" not in bn.state_dict() and "scratch" in dict(bn.named_buffers())
+
+
+def test_dropout2d_zeroes_whole_channels_and_flatten_permute_trace():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = nn.Dropout2d(0.5)
+            self.scale = nn.Parameter(np.ones(1, np.float32))
+
+        def forward(self, x):
+            return (self.drop(x) * self.scale).permute(0, 2, 3, 1).transpose(1, 2).reshape(x.shape[0], -1)
+
+    x = np.ones((4, 6, 3, 2), np.float32)
+    y = graphc.compile(M(), x)(x).reshape(4, 2, 3, 6)
+    per_channel = y.transpose(0, 3, 1, 2).reshape(4, 6, 6)
+    assert set(np.unique(per_channel.min(axis=2))) <= {0.0, 2.0}
+    assert np.all(per_channel.min(axis=2) == per_channel.max(axis=2))
+    m = M().eval()
+    np.testing.assert_array_equal(graphc.compile(m, x)(x), np.ones((4, 36), np.float32))
+
+
+# ------------------------------------------------------------------ errors
+
+
+def _trace_error(model, x):
+    with pytest.raises(graphc.TraceError) as e:
+        graphc.trace(model, x)
+    return str(e.value)
+
+
+def test_errors_name_the_layer_the_shapes_and_the_line():
+    msg = _trace_error(nn.Sequential(nn.Conv2d(3, 8, 3)), np.zeros((2, 4, 8, 8), np.float32))
+    assert "Conv2d(3, 8, kernel_size=(3, 3)" in msg and "3 channels" in msg and "[2,4,8,8]" in msg, msg
+    msg = _trace_error(nn.Sequential(nn.Conv2d(3, 8, 5)), np.zeros((2, 3, 4, 8), np.float32))
+    assert "height 4" in msg and "smaller than the kernel" in msg, msg
+    msg = _trace_error(nn.Sequential(nn.MaxPool2d(3)), np.zeros((2, 3, 2, 8), np.float32))
+    assert "MaxPool2d" in msg and "smaller than the kernel" in msg, msg
+
+    class One(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.bn(x)  # the line the error names
+
+    msg = _trace_error(One(), np.zeros((1, 3), np.float32))
+    assert "BatchNorm1d(3" in msg and "more than 1 value per channel" in msg and "[1, 3]" in msg, msg
+    assert "test_conv.py" in msg and "return self.bn(x)" in msg, msg
+
+
+# ------------------------------------------------------------------ plans: ledger, scratch, kernels
+
+
+def test_ledger_keeps_pool_indices_and_memory_plan_has_conv_scratch():
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 2))
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    cm = graphc.compile(m, x)
+    ledger = cm.plans.ledger
+    idx = [s for s in ledger if s.type.dtype == "i64"]
+    assert len(idx) == 1 and "argmax indices" in idx[0].reason
+    exe = next(iter(cm.executables.values()))
+    conv = [k for k, n in enumerate(exe.graph.nodes) if n.op == "conv2d"]
+    assert conv and exe.memory_plan.scratch.get(conv[0]), "im2col scratch is planned memory"
+    assert "conv2d_backward" in cm.ir("backward_plan")
+
+
+def test_kernel_count_of_conv_bias_relu_pool():
+    """conv2d (bias as its GEMM epilogue), relu, max_pool2d: one kernel call each today. The
+    kernel-fusion stage is to take relu (and pool) into the conv's epilogue; update this count then."""
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    cm = graphc.compile(m, np.zeros((2, 3, 10, 10), np.float32))
+    exe = next(iter(cm.executables.values()))
+    calls = [ln for ln in exe.source.text.splitlines() if ln.strip().startswith("k_")]
+    assert len(calls) == 3, calls
