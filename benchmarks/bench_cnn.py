@@ -1,0 +1,242 @@
+"""CNN train-step benchmark: graphc vs PyTorch eager vs torch.compile, same model code for all.
+
+One step = forward + cross-entropy + backward + SGD(momentum 0.9) update, float32, batch 64.
+  C: LeNet-5 (issue 10's workload C) on 1x28x28 inputs
+  B: a small CNN with BatchNorm on 3x32x32 inputs: [conv3x3(no bias)-BN-ReLU-maxpool2] x 2,
+     then conv3x3-BN-ReLU, global average pool, Linear(32, 10)
+Each implementation runs in its own worker process; they take turns round-robin so they share
+the machine's noise, and we report medians and ratios from one run. Also printed: graphc's
+kernel count and peak bytes (the train-step plan), torch.compile's compile time (its first
+step), graphc's cold compile (fresh process, empty plan and kernel caches) and cached start.
+`--im2col-vs-direct` times conv2d's im2col+BLAS kernel against a direct loop nest on C's shapes.
+
+    python benchmarks/bench_cnn.py [--workloads C,B] [--rounds 11] [--steps 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BATCH = 64
+
+
+def lenet(nn):
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+def bn_cnn(nn):
+    def block(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(*block(3, 16), nn.MaxPool2d(2), *block(16, 32), nn.MaxPool2d(2), *block(32, 32),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+WORKLOADS = {"C": (lenet, (1, 28, 28)), "B": (bn_cnn, (3, 32, 32))}
+
+
+def make_data(workload, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = WORKLOADS[workload][1]
+    return rng.standard_normal((BATCH, *shape)).astype(np.float32), rng.integers(0, 10, BATCH).astype(np.int64)
+
+
+# ------------------------------------------------------------------ implementations (run inside workers)
+
+
+def graphc_step(workload):
+    import graphc
+    import graphc.nn as nn
+
+    graphc.manual_seed(0)
+    model = WORKLOADS[workload][0](nn)
+    opt = graphc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = make_data(workload)
+    step = graphc.compile_train_step(model, nn.CrossEntropyLoss(), opt, x, y)
+    exe = next(iter(step.executables.values()))
+    calls = sum(1 for ln in exe.source.text.splitlines() if ln.strip().startswith("k_"))
+    info = {"kernels": calls, "nodes": len(exe.graph.nodes), "peak_bytes": exe.memory_plan.peak_bytes}
+    return (lambda: step(x, y)), info
+
+
+def torch_step(workload, compiled=False):
+    import torch
+
+    torch.manual_seed(0)
+    model = WORKLOADS[workload][0](torch.nn)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = (torch.from_numpy(a) for a in make_data(workload))
+    fwd = torch.compile(model) if compiled else model
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(fwd(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    info = {}
+    if compiled:
+        t0 = time.perf_counter()
+        step()
+        info["compile_s"] = time.perf_counter() - t0
+    return step, info
+
+
+IMPLS = {"graphc": graphc_step, "torch eager": torch_step, "torch.compile": lambda w: torch_step(w, True)}
+
+
+def worker(impl: str, workload: str):
+    """Build the step, say ready (with info), then answer `run N` with the median seconds per step."""
+    step, info = IMPLS[impl](workload)
+    for _ in range(3):
+        step()
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        n = int(line.split()[1])
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            step()
+            ts.append(time.perf_counter() - t0)
+        print(json.dumps(statistics.median(ts)), flush=True)
+
+
+# ------------------------------------------------------------------ the driver
+
+
+def run_workload(workload, rounds, steps):
+    procs, infos = {}, {}
+    for impl in IMPLS:
+        p = subprocess.Popen([sys.executable, __file__, "--worker", impl, workload], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=HERE)
+        infos[impl] = json.loads(p.stdout.readline())
+        procs[impl] = p
+    times = {impl: [] for impl in IMPLS}
+    for _ in range(rounds):
+        for impl, p in procs.items():
+            p.stdin.write(f"run {steps}\n")
+            p.stdin.flush()
+            times[impl].append(json.loads(p.stdout.readline()))
+            time.sleep(0.05)
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+    return {impl: statistics.median(ts) for impl, ts in times.items()}, infos
+
+
+def compile_times(workload) -> dict:
+    code = textwrap.dedent(f"""
+        import time, json, sys
+        t0 = time.perf_counter()
+        sys.path.insert(0, {HERE!r})
+        from bench_cnn import graphc_step
+        fn, info = graphc_step({workload!r})
+        fn()
+        print(json.dumps({{"first_step_s": time.perf_counter() - t0}}))
+    """)
+    out = {}
+    with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as kernels:
+        env = dict(os.environ, GRAPHC_CACHE_DIR=d, NUMBA_CACHE_DIR=kernels)
+        for label in ("cold", "cached"):
+            r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+            out[label] = json.loads(r.stdout.strip().splitlines()[-1])["first_step_s"] if r.returncode == 0 else float("nan")
+    return out
+
+
+def im2col_vs_direct(reps=200):
+    """conv2d forward on workload C's shapes: the im2col + BLAS kernel graphc uses vs a direct loop nest."""
+    from numba import njit
+
+    from graphc.runtime.kernels import run_kernel
+
+    @njit(cache=True, fastmath={"reassoc", "contract"})
+    def direct(x, w, b, out, pad):
+        n_, c_, h_, w_ = x.shape
+        co_, _, kh_, kw_ = w.shape
+        oh_, ow_ = out.shape[2], out.shape[3]
+        for n in range(n_):
+            for co in range(co_):
+                for oh in range(oh_):
+                    for ow in range(ow_):
+                        s = b[co]
+                        for c in range(c_):
+                            for i in range(kh_):
+                                ih = oh - pad + i
+                                if ih < 0 or ih >= h_:
+                                    continue
+                                for j in range(kw_):
+                                    iw = ow - pad + j
+                                    if 0 <= iw < w_:
+                                        s += x[n, c, ih, iw] * w[co, c, i, j]
+                        out[n, co, oh, ow] = s
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, xs, ws, pad in (("conv1 1->6 5x5 pad 2, 28x28", (BATCH, 1, 28, 28), (6, 1, 5, 5), 2),
+                              ("conv2 6->16 5x5, 14x14", (BATCH, 6, 14, 14), (16, 6, 5, 5), 0)):
+        x, w, b = (rng.standard_normal(s).astype(np.float32) for s in (xs, ws, ws[:1]))
+        attrs = {"padding": (pad,) * 4}
+        y = run_kernel("conv2d", [x, w, b], attrs)[0]
+        out = np.empty_like(y)
+        direct(x, w, b, out, pad)
+        np.testing.assert_allclose(out, y, rtol=1e-4, atol=1e-4)
+        res = {}
+        for label, fn in (("im2col+BLAS", lambda: run_kernel("conv2d", [x, w, b], attrs)),
+                          ("direct loops", lambda: direct(x, w, b, out, pad))):
+            ts = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            res[label] = statistics.median(ts)
+        rows.append((name, res))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads", default="C,B")
+    ap.add_argument("--rounds", type=int, default=11)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--im2col-vs-direct", action="store_true")
+    ap.add_argument("--worker", nargs=2)
+    a = ap.parse_args(argv)
+    if a.worker:
+        return worker(*a.worker)
+    if a.im2col_vs_direct:
+        print("conv2d forward kernel, batch 64, median us per call (run_kernel includes ~20 us of Python setup)")
+        for name, res in im2col_vs_direct():
+            print(f"  {name}: " + ", ".join(f"{k} {v * 1e6:,.0f}" for k, v in res.items()))
+        return
+    for w in a.workloads.split(","):
+        med, infos = run_workload(w, a.rounds, a.steps)
+        eager = med["torch eager"]
+        print(f"\n**{w}**: {WORKLOADS[w][0].__name__}, batch {BATCH}, float32, SGD momentum; median of {a.rounds} rounds x {a.steps} steps\n")
+        print("| implementation | median ms/step | this / torch eager |")
+        print("|---|---:|---:|")
+        for impl, t in med.items():
+            print(f"| {impl} | {t * 1e3:,.2f} | {t / eager:.2f}x |")
+        g = infos["graphc"]
+        print(f"\n- graphc train-step plan: {g['nodes']} nodes, {g['kernels']} kernel calls, peak {g['peak_bytes']:,} B")
+        print(f"- torch.compile: first step (compile) {infos['torch.compile']['compile_s']:.1f} s")
+        if not a.no_compile:
+            ct = compile_times(w)
+            print(f"- graphc: process start to first step {ct['cold']:.1f} s cold (no caches), {ct['cached']:.2f} s cached")
+
+
+if __name__ == "__main__":
+    main()
