@@ -47,3 +47,14 @@ def test_char_gpt_sample_learns(tmp_path, cache_dir):
     assert "---- sample" in out
     if "no figure written" not in out:
         assert (tmp_path / "char_gpt_loss.png").stat().st_size > 1000
+
+
+def test_digits_cnn_sample_reaches_98_5_percent_and_reloads(tmp_path, cache_dir):
+    pytest.importorskip("sklearn")
+    out = run_sample("digits_cnn.py", "--epochs", "12", "--out", str(tmp_path), cwd=tmp_path)
+    acc = float(out.split("test accuracy ")[1].split("%")[0])
+    assert acc >= 98.5, out
+    assert "reloaded model scores" in out
+    assert (tmp_path / "digits_cnn.npz").exists()
+    if "no figure written" not in out:
+        assert (tmp_path / "digits_cnn_curves.png").stat().st_size > 1000
