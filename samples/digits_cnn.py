@@ -1,6 +1,6 @@
 """A small CNN on scikit-learn's bundled 8x8 handwritten digits (no download).
 
-    python samples/digits_cnn.py [--epochs 30] [--out digits_cnn_out]
+    python samples/digits_cnn.py [--epochs 14] [--out digits_cnn_out]
 
 Two conv-BatchNorm-ReLU layers, max pooling, Dropout and a linear head; cross-entropy, Adam, a
 shuffled DataLoader and a progress bar. BatchNorm's running statistics are updated by every
@@ -63,7 +63,7 @@ def load_state(model, path: str):
 
 def main(argv=None) -> float:
     ap = argparse.ArgumentParser(description="Train a small CNN on scikit-learn's digits with graphc.")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--out", default="digits_cnn_out")
