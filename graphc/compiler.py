@@ -19,7 +19,9 @@ reports of graphc.inspect.reports as methods: `.diff(a, b)`, `.passes_report()`,
 from __future__ import annotations
 
 import inspect as _inspect
+import logging
 import operator
+
 import numpy as np
 
 from . import eager as _eager
@@ -30,6 +32,7 @@ from .runtime import Executable, InputError
 from .tracing import trace
 
 GRAD = "grad:"
+_log = logging.getLogger("graphc.compile")
 _seeds = _random.seeds  # next_seed()'s block of drawn seeds (one list for good): TrainStep pops it inline
 Signature = tuple  # ((shape, dtype name), ...) of the call's arrays
 
@@ -389,16 +392,19 @@ class _LossModule(Module):
         return forward
 
 
-def _optimizer_spec(opt):
-    from .optim import SGD, Adam
+def _optimizer_spec(opt, group_of: dict | None = None):
+    """The OptimizerSpec of a graphc optimizer's current param_groups (its structure is what a
+    train-step plan is compiled for; the values are copied into the plan's hyper inputs)."""
+    from .optim import Optimizer
     from .passes.train_step import OptimizerSpec
 
-    h = opt.param_groups[0]
-    if isinstance(opt, SGD):
-        return OptimizerSpec("sgd", {k: h[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov")})
-    if isinstance(opt, Adam):
-        return OptimizerSpec("adam", {k: h[k] for k in ("lr", "betas", "eps", "weight_decay")})
-    raise GraphcError(f"compile_train_step: optimizer {type(opt).__name__} is not supported; use graphc.optim.SGD or Adam")
+    if not isinstance(opt, Optimizer):
+        where = type(opt).__module__.split(".")[0]
+        raise GraphcError(f"compile_train_step: the optimizer must be a graphc.optim optimizer (SGD, Adam, AdamW), "
+                          f"got {where}.{type(opt).__name__}" + (": build it with graphc.optim instead of torch.optim"
+                                                                  if where == "torch" else ""))
+    groups = tuple({k: g[k] for k in opt.defaults} for g in opt.param_groups)
+    return OptimizerSpec(opt.kind, groups=groups, group_of=dict(group_of or {}))
 
 
 class TrainStep(_Inspectable):
@@ -407,10 +413,16 @@ class TrainStep(_Inspectable):
 
     The model's Parameters and the optimizer's state arrays are updated in place, and
     `opt.count_step()` advances `opt.step_count` after each step, so `model.state_dict()`,
-    eager `model(x)` and eager optimizer steps all see the same state. A change of batch size,
-    of the model's train/eval mode or of the optimizer's hyperparameters (e.g. lr by a
-    scheduler) re-specialises the step. `compile_info` is the train-step plan's CompileInfo.
-    Parameters the optimizer does not hold are frozen: read, neither differentiated nor updated.
+    eager `model(x)` and eager optimizer steps all see the same state. Hyperparameters (each
+    group's lr, momentum, betas, ...) are runtime inputs of the plan, read from
+    `opt.param_groups` at every call: a scheduler changing them never recompiles. A change of
+    batch size, of the model's train/eval mode, of the optimizer's structure (a term switched on
+    or off: momentum 0 <-> non-zero, nesterov, weight_decay 0 <-> non-zero; groups added) or of
+    which Parameters require grad re-specialises the step: `compile_count` counts the plans
+    built, `compile_log` says why, and graphc's logger reports it. `compile_info` is the
+    train-step plan's CompileInfo.
+    Parameters the optimizer does not hold, or with requires_grad=False, are frozen: read,
+    neither differentiated nor updated.
     The step binds the Parameter and state arrays it was compiled with: replacing a Parameter
     object or a sub-module afterwards (rather than updating values in place, as load_state_dict
     does) needs a new compile_train_step, as it needs a new optimizer.
@@ -424,67 +436,85 @@ class TrainStep(_Inspectable):
         if targets < 1 or len(example_inputs) < 1 + targets:
             raise GraphcError("compile_train_step needs example inputs: the model's inputs followed by the target"
                               + (f"s ({targets})" if targets != 1 else ""))
+        _optimizer_spec(optimizer)  # a graphc optimizer with valid settings
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.mode, self.passes, self.disable = mode, passes, tuple(disable)
         self._wrapper = _LossModule(model, loss_fn)
         object.__setattr__(self._wrapper, "_targets", int(targets))
         params = dict(self._wrapper.named_parameters())
         theirs = {id(p) for p in optimizer.params}
+        # names the optimizer held at construction: a replaced one later is an error, not a frozen param
+        self._held_names = {n for n, p in params.items() if id(p) in theirs}
         extra = len(theirs - {id(p) for p in params.values()})
-        if extra or not theirs:
+        if extra:
             raise GraphcError(f"compile_train_step: the optimizer must hold the model's parameters; "
                               f"{extra} of its {len(theirs)} parameter(s) are not the model's")
-        # params the optimizer does not hold are neither differentiated nor updated (frozen)
-        self._trained = [n for n, p in params.items() if id(p) in theirs]
         arrays = _as_arrays(example_inputs, "compile_train_step")
         self.example_types = [TensorType(a.shape, dtype_name(a.dtype)) for a in arrays]
         self._specs: dict[tuple, _Specialisation] = {}
-        self._step = np.zeros((), np.int64)  # the plan's state.step, synced from opt.step_count
-        self._synced = None  # opt.step_count when self._step was last known equal to it
-        self._spec = self._specialise(_signature(arrays))
+        self._hyper: dict[str, np.ndarray] = {}  # the plan's hyper inputs (f64[]), shared by every specialisation
+        self._read_hyper = operator.itemgetter(*sorted(optimizer.defaults))
+        self.compile_count = 0
+        self.compile_log: list[str] = []
+        self._spec = self._specialise(_signature(arrays), "first call")
+        self._sync_hyper()
 
     @property
     def compile_info(self):
         return self._spec.exe.compile_info
 
-    def _hyper_key(self):
-        h = self.optimizer.param_groups[0]
-        return tuple((k, v if not isinstance(v, list) else tuple(v)) for k, v in sorted(h.items()) if k != "params")
+    @property
+    def _trained(self) -> list[str]:
+        """Names of the params the step trains now (held by the optimizer, requiring grad)."""
+        return list(self._membership()[0])
 
-    def _specialise(self, sig: Signature) -> _Specialisation:
+    def _membership(self) -> tuple[dict, frozenset]:
+        """(param name -> group index, for the params trained now; frozen names)."""
+        params = dict(self._wrapper.named_parameters())
+        group = {id(p): k for k, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
+        trained = {n: group[id(p)] for n, p in params.items() if id(p) in group and getattr(p, "requires_grad", True)}
+        return trained, frozenset(n for n in params if n not in trained)
+
+    def _key(self, sig: Signature):
+        trained, _ = self._membership()
+        spec = _optimizer_spec(self.optimizer, trained)
+        return (sig, bool(self.model.training), spec.structure(), tuple(sorted(trained.items())),
+                _module_state(self.model)), spec
+
+    def _specialise(self, sig: Signature, reason: str) -> _Specialisation:
         from .passes import compile_pipeline
 
-        training = bool(self.model.training)
-        state = _module_state(self.model)
         held = {id(p) for p in self.optimizer.params}
-        replaced = [n for n, p in self.model.named_parameters() if id(p) not in held and n in self._trained]
+        replaced = [n for n, p in self.model.named_parameters() if id(p) not in held and n in self._held_names]
         if replaced:
             raise GraphcError(f"compile_train_step: parameter(s) {replaced} of {type(self.model).__name__} were replaced "
                               "after compiling (the optimizer still holds the old ones); update values in place "
                               "(p.data = ..., load_state_dict) or build a new optimizer and train step")
-        key = (sig, training, self._hyper_key(), state)
+        key, spec_opt = self._key(sig)
         if key in self._specs:
             self._specs[key].version = structure_version()
             return self._specs[key]
-        spec_opt = _optimizer_spec(self.optimizer)
+        trained, frozen = self._membership()
         self.optimizer.ensure_state()
         w = self._wrapper
         object.__setattr__(w, "forward", w.forward_for(len(sig)))
         types = [TensorType(s, dtype_name(np.dtype(d))) for s, d in sig]
         graph = trace(w, *types, name=type(self.model).__name__)
         names = [i.name for i in graph.inputs if i.kind == "input"]
-        trained = set(self._trained)
-        if any(i.kind == "param" and i.name not in trained for i in graph.inputs):
-            # params the optimizer does not hold are plain inputs to the step: not differentiated, not updated
-            graph = graph.replace(inputs=tuple(Input(i.name, i.type, "input") if i.kind == "param" and i.name not in trained
+        if any(i.kind == "param" and i.name in frozen for i in graph.inputs):
+            # frozen params are plain inputs to the step: not differentiated, not updated
+            graph = graph.replace(inputs=tuple(Input(i.name, i.type, "input") if i.kind == "param" and i.name in frozen
                                                else i for i in graph.inputs)).verify()
+        if not any(i.kind == "param" for i in graph.inputs):
+            raise GraphcError(f"compile_train_step: nothing to train in {type(self.model).__name__}: it has no parameters "
+                              f"that require grad and are held by the optimizer")
         plans = compile_pipeline(graph, "train_step", optimizer=spec_opt, passes=self.passes, disable=self.disable,
                                  distributed=self._dist)
         g = plans.train_step
         params = {**dict(w.named_buffers()), **dict(w.named_parameters())}
         bind = _bind(g, params)
         for i in g.inputs:
-            if i.kind == "state":
+            if i.kind in ("state", "hyper"):
                 bind[i.name] = self._state_array(i.name, params)
             elif i.kind == "comm":
                 from .distributed import comm_words
@@ -492,28 +522,59 @@ class TrainStep(_Inspectable):
                 bind[i.name] = comm_words()
         stage = next(s for s in reversed(plans.stage_names) if s.startswith("train_step_plan"))
         exe = Executable(g, bind, self.mode, name=g.name + ".train_step", on_mismatch=self._mismatch)
-        spec = _Specialisation(sig, training, plans, {stage: exe})
-        group = self.optimizer.param_groups[0]
-        spec.exe, spec.hyper = exe, key[2]
-        # a cheap check of every hyperparameter on each call: one C-level tuple build and compare
-        spec.read_hyper = operator.itemgetter(*sorted(k for k in group if k != "params"))
-        spec.hyper_values = spec.read_hyper(group)
+        spec = _Specialisation(sig, key[1], plans, {stage: exe})
+        spec.exe, spec.opt_spec = exe, spec_opt
         order = [i.name for i in exe.call_inputs]
         spec.has_rng = any(i.kind == "rng" for i in exe.call_inputs)
         if order != names + (["seed"] if spec.has_rng else []) or (spec.has_rng and exe.call_inputs[-1].kind != "rng"):
             raise GraphcError(f"train step plan {g.name}: unexpected call inputs {order} (expected {names} then the rng seed)")
         spec.run, spec.native, spec.table = exe.run, exe.native, exe.table
         self._specs[key] = spec
+        self.compile_count += 1
+        self.compile_log.append(reason)
+        if self.compile_count > 1:  # a structural change is worth a warning: values alone never recompile
+            level = logging.WARNING if reason.startswith("optimizer structure") else logging.INFO
+            _log.log(level, "train step %s: compiled specialisation %d (%s)", type(self.model).__name__,
+                     self.compile_count, reason)
         return spec
 
     def _state_array(self, name: str, params: dict) -> np.ndarray:
-        if name == "state.step":
-            return self._step
+        from .passes.train_step import step_input
+
+        opt = self.optimizer
+        if name.startswith("hyper."):
+            return self._hyper.setdefault(name, np.zeros((), np.float64))
+        for k in range(len(opt.param_groups)):
+            if name == step_input(k):
+                return opt.group_step(k)
+        group = {id(p): k for k, g in enumerate(opt.param_groups) for p in g["params"]}
         for pname, p in params.items():
             prefix = f"state.{pname}."
-            if name.startswith(prefix) and name[len(prefix):] in self.optimizer.state_names:
-                return self.optimizer.state_of(p)[name[len(prefix):]]
-        raise GraphcError(f"train step plan reads optimizer state %{name}, which {type(self.optimizer).__name__} does not keep")
+            if name.startswith(prefix) and id(p) in group and name[len(prefix):] in opt.state_names_of(group[id(p)]):
+                return opt.state_of(p)[name[len(prefix):]]
+        raise GraphcError(f"train step plan reads optimizer state %{name}, which {type(opt).__name__} does not keep")
+
+    def _sync_hyper(self) -> None:
+        """Copy every group's hyperparameters into the plan's hyper inputs, after checking them
+        all (an invalid value raises before anything is written). Re-specialises first when the
+        optimizer's structure changed."""
+        from .passes.train_step import hyper_values
+
+        opt = self.optimizer
+        for k, g in enumerate(opt.param_groups):
+            try:
+                opt._check(opt._settings(g))
+            except GraphcError as e:
+                raise type(e)(f"train step: param_groups[{k}] of {type(opt).__name__}: {e}") from None
+        key, spec_opt = self._key(self._spec.sig)
+        if key != self._key_of(self._spec):
+            self._spec = self._specialise(self._spec.sig, "optimizer structure changed: " + _describe(self._spec, spec_opt))
+        for name, value in hyper_values(spec_opt).items():
+            self._hyper.setdefault(name, np.zeros((), np.float64))[()] = value
+        self._hyper_values = tuple(map(self._read_hyper, opt.param_groups))
+
+    def _key_of(self, spec: _Specialisation):
+        return next(k for k, s in self._specs.items() if s is spec)
 
     def _mismatch(self, k: int, inp, a: np.ndarray):
         """A call array of another signature: a new batch size re-specialises, anything else is an error."""
@@ -528,10 +589,8 @@ class TrainStep(_Inspectable):
         if _eager._tape is not None and _eager._tape.by_id and not _eager._tape.closed:
             _eager.flush_if_reads(opt.params)  # recorded eager values read the weights this step changes
         if (self.model.training is not spec.training or spec.version != _version[0]
-                or spec.read_hyper(opt.param_groups[0]) != spec.hyper_values):
+                or tuple(map(self._read_hyper, opt.param_groups)) != self._hyper_values):
             spec = self._respecialise(inputs)
-        if opt.step_count != self._synced:  # eager steps or a loaded state_dict happened in between
-            self._step[()] = opt.step_count
         native = spec.native
         if native is None:
             loss = self._run(spec, inputs)
@@ -546,8 +605,7 @@ class TrainStep(_Inspectable):
                 loss = native(*inputs, spec.table)
             except (TypeError, ValueError) as e:
                 loss = self._recover(spec, e, inputs, None)
-        opt.count_step()
-        self._synced = opt.step_count  # the plan advanced state.step as count_step() did step_count
+        opt.count_step(groups=False)  # the plan advanced each group's step itself
         return loss
 
     def _recover(self, spec: _Specialisation, error: Exception, inputs, seed):
@@ -576,13 +634,28 @@ class TrainStep(_Inspectable):
     def _respecialise(self, inputs) -> _Specialisation:
         arrays = _as_arrays(inputs, "train step")
         _check_like(self.example_types, arrays, "train step")
-        if self._hyper_key() != self._spec.hyper:
-            _optimizer_spec(self.optimizer)  # validates the new hyperparameters
-        self._spec = self._specialise(_signature(arrays))
+        sig = _signature(arrays)
+        if sig != self._spec.sig or bool(self.model.training) is not self._spec.training:
+            why = "batch size changed" if sig != self._spec.sig else f"model.training is {self.model.training}"
+            self._spec = self._specialise(sig, why)
+        elif self._spec.version != _version[0] and self._key(sig)[0] != self._key_of(self._spec):
+            self._spec = self._specialise(sig, "a Parameter or sub-module was replaced, or a sub-module's mode changed")
+        self._sync_hyper()
+        self._spec.version = structure_version()
         return self._spec
 
     def __repr__(self):
-        return f"<TrainStep {type(self.model).__name__} + {type(self.optimizer).__name__} ({self.mode}; {len(self._specs)} specialisation(s))>"
+        return (f"<TrainStep {type(self.model).__name__} + {type(self.optimizer).__name__} ({self.mode}; "
+                f"{len(self._specs)} specialisation(s))>")
+
+
+def _describe(spec: _Specialisation, new) -> str:
+    old = spec.opt_spec
+    if len(old.groups) != len(new.groups):
+        return f"{len(old.groups)} -> {len(new.groups)} param groups"
+    changes = [f"group {k} {a}: {old.update_attrs(k)[a]} -> {v}" for k in range(len(new.groups))
+               for a, v in new.update_attrs(k).items() if old.update_attrs(k)[a] != v]
+    return ", ".join(changes) or "parameters trained changed"
 
 
 def _as_arrays_at(step: TrainStep, k: int, a: np.ndarray) -> list[np.ndarray]:

@@ -305,6 +305,8 @@ def random_input(g: Graph, name: str) -> np.ndarray:
             return np.asarray(rng.integers(0, 2**62), dtype=np.int64).reshape(t.shape)
         classes = _class_count(g, name) or 2
         return rng.integers(0, classes, size=t.shape).astype(np.int64)
+    if inp.kind == "hyper":  # lr, betas, eps, ...: in [0, 1) as real ones are
+        return np.asarray(rng.uniform(0.01, 0.5), dtype=t.np_dtype).reshape(t.shape)
     x = rng.standard_normal(t.shape)
     # Optimizer state and module buffers are non-negative where it matters (Adam's exp_avg_sq,
     # BatchNorm's running_var go under a square root).

@@ -654,9 +654,11 @@ def sgd_momentum(p, g, buf, step, p_out, buf_out, lr, momentum, dampening, weigh
 
 
 @njit(**JIT)
-def adam(p, g, m, v, step, p_out, m_out, v_out, lr, beta1, beta2, eps, weight_decay, lerp_low):
-    """One Adam step (amsgrad=False) in one in-place pass over param and moments. torch updates
-    exp_avg with lerp, whose formula switches at weight 0.5: lerp_low is True (weight < 0.5) or None."""
+def adam(p, g, m, v, step, p_out, m_out, v_out, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """One Adam step (amsgrad=False) in one in-place pass over param and moments; decoupled
+    (None or True): AdamW's p *= 1 - lr * weight_decay instead of g += weight_decay * p.
+    torch updates exp_avg with lerp, whose formula switches at weight 0.5 (beta1 > 0.5: the
+    usual case); beta1 is a runtime value, so the switch is a loop-invariant branch."""
     _into(p, p_out)
     _into(m, m_out)
     _into(v, v_out)
@@ -665,15 +667,19 @@ def adam(p, g, m, v, step, p_out, m_out, v_out, lr, beta1, beta2, eps, weight_de
     bias1 = 1.0 - math.pow(beta1, t)
     bias2 = 1.0 - math.pow(beta2, t)
     w = 1.0 - beta1
+    low = w < 0.5
     step_size, sqrt_bias2 = dt(lr / bias1), dt(bias2 ** 0.5)
     w_, one_minus_w, b2, one_minus_b2, eps_ = dt(w), dt(1.0 - w), dt(beta2), dt(1.0 - beta2), dt(eps)
     for i in range(p_out.size):
         pi = p_out[i]
         gi = g[i]
         if weight_decay is not None:
-            gi = gi + dt(weight_decay) * pi
+            if decoupled is not None:
+                pi = pi * dt(1.0 - lr * weight_decay)
+            else:
+                gi = gi + dt(weight_decay) * pi
         mi = m_out[i]
-        if lerp_low is not None:
+        if low:
             mi = mi + w_ * (gi - mi)
         else:
             mi = gi - (gi - mi) * one_minus_w
@@ -924,21 +930,24 @@ def _or_none(x):
     return x if x else None
 
 
+# The hyperparameters are f64[] operands (the optimizer's param_groups, read at each call);
+# `.s` is their value. The attributes say which terms exist: absent ones are passed as None.
 @kernel("sgd_update", inplace=True)
 def _(s):
     a = s.attrs
-    p, g = s.i[0], s.i[1]
+    p, g, lr, momentum, dampening, wd = s.i[:6]
+    wd = wd.s if a["weight_decay"] else None
     if not a["momentum"]:
-        return sgd, [p.f, g.f, s.o[0].f, a["lr"], _or_none(a["weight_decay"])]
-    return sgd_momentum, [p.f, g.f, s.i[2].f, s.i[3].f, s.o[0].f, s.o[1].f, a["lr"], a["momentum"], a["dampening"],
-                          _or_none(a["weight_decay"]), _or_none(a["nesterov"])]
+        return sgd, [p.f, g.f, s.o[0].f, lr.s, wd]
+    return sgd_momentum, [p.f, g.f, s.i[6].f, s.i[7].f, s.o[0].f, s.o[1].f, lr.s, momentum.s, dampening.s,
+                          wd, _or_none(a["nesterov"])]
 
 
 @kernel("adam_update", inplace=True)
 def _(s):
     a = s.attrs
-    return adam, [*(x.f for x in s.i[:5]), *(o.f for o in s.o), a["lr"], a["beta1"], a["beta2"], a["eps"],
-                  _or_none(a["weight_decay"]), _or_none(1.0 - a["beta1"] < 0.5)]
+    return adam, [*(x.f for x in s.i[:5]), *(o.f for o in s.o), *(x.s for x in s.i[5:9]),
+                  s.i[9].s if a["weight_decay"] else None, _or_none(a["weight_decay"] and a["decoupled"])]
 
 
 del _op

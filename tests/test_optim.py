@@ -231,7 +231,7 @@ def test_load_state_dict_rejects_mismatches():
     with pytest.raises(OptimizerError, match="maximize=True is not supported"):
         opt.load_state_dict(t.state_dict())
     bad = {"state": {0: {"momentum_buffer": np.zeros(5)}}, "param_groups": sd["param_groups"]}
-    with pytest.raises(OptimizerError, match=r"'momentum_buffer' has shape \[5\], its parameter \[2\]"):
+    with pytest.raises(OptimizerError, match=r"'momentum_buffer' of parameter 0 has shape \[5\], its parameter \[2\]"):
         opt.load_state_dict(bad)
 
 
@@ -260,7 +260,7 @@ def test_ensure_state_allocates_zeros_and_keeps_torch_semantics(dtype):
 @pytest.mark.parametrize("kind, config", [("sgd", SGD_CONFIGS[4]), ("sgd", SGD_CONFIGS[6]), ("adam", ADAM_CONFIGS[1])])
 def test_a_compiled_step_following_the_contract_mixes_with_eager_steps(kind, config):
     """Emulate a compiled train step with the IR's update ops: state from ensure_state(), the i64
-    step input from step_count, results written in place, then count_step()."""
+    step input from group_step(0), results written in place, then count_step()."""
     dtype = np.float32
     ours, theirs = make_pair(dtype)
     opt = (SGD if kind == "sgd" else Adam)(ours, **config)
@@ -269,16 +269,20 @@ def test_a_compiled_step_following_the_contract_mixes_with_eager_steps(kind, con
 
     def compiled_step():
         opt.ensure_state()
-        step = np.array(opt.step_count, np.int64)
+        step = opt.group_step(0)
+        f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
         for p in ours:
             st = opt.state_of(p)
             if kind == "sgd":
-                attrs = {k: h[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov")}
-                new_p, new_buf = OPS["sgd_update"].reference(p.data, p.grad, st["momentum_buffer"], step, **attrs)
+                scalars = [f64(h[k]) for k in ("lr", "momentum", "dampening", "weight_decay")]
+                attrs = dict(momentum=True, nesterov=h["nesterov"], weight_decay=h["weight_decay"] != 0)
+                new_p, new_buf = OPS["sgd_update"].reference(p.data, p.grad, *scalars, st["momentum_buffer"], step, **attrs)
                 st["momentum_buffer"][...] = new_buf
             else:
-                attrs = dict(lr=h["lr"], beta1=h["betas"][0], beta2=h["betas"][1], eps=h["eps"], weight_decay=h["weight_decay"])
-                new_p, m, v = OPS["adam_update"].reference(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], step, **attrs)
+                scalars = [f64(x) for x in (h["lr"], *h["betas"], h["eps"], h["weight_decay"])]
+                attrs = dict(weight_decay=h["weight_decay"] != 0, decoupled=False)
+                new_p, m, v = OPS["adam_update"].reference(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], step, *scalars,
+                                                           **attrs)
                 st["exp_avg"][...], st["exp_avg_sq"][...] = m, v
             p[...] = new_p
         opt.count_step()

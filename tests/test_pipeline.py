@@ -30,7 +30,9 @@ def values_for(graphs, model, seed=0):
                 continue
             if i.kind == "rng":
                 vals[i.name] = np.asarray(rng.integers(0, 2**40), dtype=np.int64)
-            elif i.name == "state.step":
+            elif i.kind == "hyper":
+                vals[i.name] = np.asarray(rng.uniform(0.01, 0.5), dtype=np.float64)
+            elif i.name == "state.group0.step":
                 vals[i.name] = np.asarray(3, dtype=np.int64)  # steps taken so far
             elif i.type.dtype == "i64":
                 classes = next(u for u in g.users[i.name] if u.op in ("nll_loss", "cross_entropy")).inputs[0]

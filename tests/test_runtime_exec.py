@@ -87,11 +87,15 @@ UPDATE = """graph upd {
   input %g: f32[3]
   param %p: f32[3]
   state %m: f32[3]
-  state %state.step: i64[]
-  %0, %1 = sgd_update(%p, %g, %m, %state.step) {lr=0.5, momentum=0.9}
+  state %state.group0.step: i64[]
+  hyper %hyper.group0.lr: f64[]
+  hyper %hyper.group0.momentum: f64[]
+  hyper %hyper.group0.dampening: f64[]
+  hyper %hyper.group0.weight_decay: f64[]
+  %0, %1 = sgd_update(%p, %g, %hyper.group0.lr, %hyper.group0.momentum, %hyper.group0.dampening, %hyper.group0.weight_decay, %m, %state.group0.step) {momentum=true}
   %2: i64[] = full() {dtype="i64", shape=[], value=1.0}
-  %3: i64[] = add(%state.step, %2)
-  return %0 as update:p, %1 as update:m, %3 as update:state.step
+  %3: i64[] = add(%state.group0.step, %2)
+  return %0 as update:p, %1 as update:m, %3 as update:state.group0.step
 }"""
 
 
@@ -99,7 +103,9 @@ UPDATE = """graph upd {
 def test_updates_write_into_the_bound_arrays(mode):
     g = parse(UPDATE.replace("%0, %1 =", "%0: f32[3], %1: f32[3] =")).verify()
     p, m, step = np.array([1.0, 2.0, 3.0], np.float32), np.zeros(3, np.float32), np.zeros((), np.int64)
-    exe = Executable(g, bound={"p": p, "m": m, "state.step": step}, mode=mode)
+    hyper = {f"hyper.group0.{k}": np.asarray(v, np.float64) for k, v in
+             dict(lr=0.5, momentum=0.9, dampening=0.0, weight_decay=0.0).items()}
+    exe = Executable(g, bound={"p": p, "m": m, "state.group0.step": step, **hyper}, mode=mode)
     if mode == "jit":
         assert [s.kind for s in (exe.memory_plan.slots[v] for v in "013")] == ["inplace"] * 3
     grad = np.array([1.0, -1.0, 0.5], np.float32)
@@ -110,6 +116,11 @@ def test_updates_write_into_the_bound_arrays(mode):
     exe(grad)
     np.testing.assert_allclose(m, 0.9 * grad + grad, rtol=1e-6)
     assert int(step) == 2
+    # the hyperparameters are read at each call: a new lr takes effect without a new plan
+    hyper["hyper.group0.lr"][()] = 0.0
+    before = p.copy()
+    exe(grad)
+    np.testing.assert_array_equal(p, before)
 
 
 def test_unsafe_update_is_computed_aside():

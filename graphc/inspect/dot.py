@@ -38,6 +38,7 @@ STYLES: dict[str, Style] = {
     "input": Style("input (data)", "invhouse", "#cfe2f3"),
     "param": Style("parameter", "cylinder", "#fff2cc"),
     "state": Style("optimizer state", "box3d", "#d9d2e9"),
+    "hyper": Style("hyperparameter", "octagon", "#ead1dc"),
     "rng": Style("random seed", "diamond", "#eeeeee"),
     "saved": Style("saved for backward", "box", "#fce5cd", "filled,bold"),
     "grad": Style("gradient input", "cds", "#f4cccc"),

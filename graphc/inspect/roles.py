@@ -46,7 +46,7 @@ def phases(g: Graph) -> dict[str, str]:
     constants (no inputs) sit with their first user.
     """
     reach = _reached_labels(g)
-    value_phase = {i.name: ("backward" if i.kind == "grad" else "optimizer" if i.kind == "state" else "forward")
+    value_phase = {i.name: ("backward" if i.kind == "grad" else "optimizer" if i.kind in ("state", "hyper") else "forward")
                    for i in g.inputs}
     result: dict[str, str] = {}
     for n in g.nodes:

@@ -13,9 +13,10 @@ from typing import Any, Iterable
 from .types import TensorType
 
 # What a graph input is for; the runtime and the pictures treat the kinds differently.
+# "hyper": an optimizer hyperparameter (lr, betas, ...), a runtime f64[] read from param_groups at each step.
 # "comm": a communicator (handles of the process group) that collectives such as all_reduce read.
 # "buffer": a module buffer (BatchNorm's running statistics), read and updated in place.
-INPUT_KINDS = ("input", "param", "state", "rng", "saved", "grad", "comm", "buffer")
+INPUT_KINDS = ("input", "param", "state", "hyper", "rng", "saved", "grad", "comm", "buffer")
 
 
 @dataclass(frozen=True)

@@ -629,6 +629,12 @@ del _op
 # The last nodes of a train-step graph. Each returns new values; the runtime writes them back
 # into the param and state buffers (outputs labelled "update:<name>"). Formulas are
 # torch.optim's, step for step, so one graphc step equals one torch step.
+# Hyperparameters (lr, momentum, betas, ...) are f64[] operands, not attributes: a train step
+# reads them from the optimizer's param_groups at every call, so a scheduler never recompiles.
+# The attributes are the structure only (which terms exist), as torch's own `if` tests have it.
+
+SGD_SCALARS = ("lr", "momentum", "dampening", "weight_decay")
+ADAM_SCALARS = ("lr", "beta1", "beta2", "eps", "weight_decay")
 
 
 def _check_update_operand(op: str, p: TensorType, what: str, t: TensorType) -> None:
@@ -641,54 +647,68 @@ def _check_step(op: str, t: TensorType) -> None:
         raise ShapeError(f"{op}: step must be i64[] (steps already taken), got {t}")
 
 
-@defop("sgd_update", (2, 4), kind="opaque", tags=("optimizer",), attrs={"lr": Attr("float"), "momentum": Attr("float", 0.0), "dampening": Attr("float", 0.0),
-                              "weight_decay": Attr("float", 0.0), "nesterov": Attr("bool", False)},
-       doc="torch.optim.SGD for one param. Inputs (p, g), or (p, g, buf, step) with momentum; outputs p' "
-           "(and buf'). step = steps already taken: at step 0 the buffer starts as d_p, as torch's does")
-def sgd_update(t, lr, momentum, dampening, weight_decay, nesterov):
-    want = 4 if momentum != 0 else 2
+def _check_scalars(op: str, names, types) -> None:
+    for name, t in zip(names, types):
+        if t != TensorType((), "f64"):
+            raise ShapeError(f"{op}: hyperparameter {name} must be f64[] (read from the optimizer at each step), got {t}")
+
+
+@defop("sgd_update", (6, 8), kind="opaque", tags=("optimizer",), attrs={"momentum": Attr("bool", False), "nesterov": Attr("bool", False),
+                                                         "weight_decay": Attr("bool", False)},
+       doc="torch.optim.SGD for one param. Inputs (p, g, lr, momentum, dampening, weight_decay), then (buf, step) "
+           "with momentum=true; outputs p' (and buf'). Attributes say which terms exist (torch's momentum != 0, "
+           "nesterov, weight_decay != 0). step = steps already taken: at step 0 the buffer starts as d_p, as torch's does")
+def sgd_update(t, momentum, nesterov, weight_decay):
+    want = 8 if momentum else 6
     if len(t) != want:
-        raise ShapeError(f"sgd_update: momentum={momentum} takes {want} inputs "
-                         f"({'p, g, buf, step' if momentum else 'p, g'}), got {len(t)}")
+        raise ShapeError(f"sgd_update: momentum={str(momentum).lower()} takes {want} inputs "
+                         f"(p, g, lr, momentum, dampening, weight_decay{', buf, step' if momentum else ''}), got {len(t)}")
     p = t[0]
     _float("sgd_update", p, "param")
     _check_update_operand("sgd_update", p, "grad", t[1])
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise ShapeError(f"sgd_update: nesterov needs momentum > 0 and dampening == 0, got momentum={momentum}, dampening={dampening}")
+    _check_scalars("sgd_update", SGD_SCALARS, t[2:6])
+    if nesterov and not momentum:
+        raise ShapeError("sgd_update: nesterov needs momentum")
     if not momentum:
         return p
-    _check_update_operand("sgd_update", p, "momentum buffer", t[2])
-    _check_step("sgd_update", t[3])
+    _check_update_operand("sgd_update", p, "momentum buffer", t[6])
+    _check_step("sgd_update", t[7])
     return p, p
 
 
 @sgd_update.ref
-def _(p, g, buf=None, step=None, *, lr, momentum, dampening, weight_decay, nesterov):
-    d_p = g + weight_decay * p if weight_decay else g
+def _(p, g, lr, momentum_, dampening, weight_decay_, buf=None, step=None, *, momentum, nesterov, weight_decay):
+    # Python floats, so numpy computes in the param's dtype as torch does with its scalar arguments
+    lr, mom, damp, wd = (float(x) for x in (lr, momentum_, dampening, weight_decay_))
+    d_p = g + wd * p if weight_decay else g
     if not momentum:
         return (p - lr * d_p).astype(p.dtype)
-    buf = d_p.copy() if int(step) == 0 else momentum * buf + (1 - dampening) * d_p
-    d_p = d_p + momentum * buf if nesterov else buf
+    buf = d_p.copy() if int(step) == 0 else mom * buf + (1 - damp) * d_p
+    d_p = d_p + mom * buf if nesterov else buf
     return (p - lr * d_p).astype(p.dtype), buf.astype(p.dtype)
 
 
-@defop("adam_update", 5, kind="opaque", tags=("optimizer",), attrs={"lr": Attr("float"), "beta1": Attr("float", 0.9), "beta2": Attr("float", 0.999),
-                          "eps": Attr("float", 1e-8), "weight_decay": Attr("float", 0.0)},
-       doc="torch.optim.Adam (amsgrad=False) for one param. Inputs (p, g, exp_avg, exp_avg_sq, step); "
-           "outputs p', exp_avg', exp_avg_sq'. Bias correction uses t = step + 1")
-def adam_update(t, lr, beta1, beta2, eps, weight_decay):
+@defop("adam_update", 10, kind="opaque", tags=("optimizer",), attrs={"weight_decay": Attr("bool", False), "decoupled": Attr("bool", False)},
+       doc="torch.optim.Adam / AdamW (amsgrad=False) for one param. Inputs (p, g, exp_avg, exp_avg_sq, step, lr, "
+           "beta1, beta2, eps, weight_decay); outputs p', exp_avg', exp_avg_sq'. Bias correction uses t = step + 1. "
+           "weight_decay=true: the term exists (added to g; decoupled=true: p *= 1 - lr*weight_decay first, AdamW)")
+def adam_update(t, weight_decay, decoupled):
     p = t[0]
     _float("adam_update", p, "param")
     for what, x in zip(("grad", "exp_avg", "exp_avg_sq"), t[1:4]):
         _check_update_operand("adam_update", p, what, x)
     _check_step("adam_update", t[4])
+    _check_scalars("adam_update", ADAM_SCALARS, t[5:10])
     return p, p, p
 
 
 @adam_update.ref
-def _(p, g, m, v, step, *, lr, beta1, beta2, eps, weight_decay):
-    if weight_decay:
-        g = g + weight_decay * p
+def _(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay_, *, weight_decay, decoupled):
+    lr, beta1, beta2, eps, wd = (float(x) for x in (lr, beta1, beta2, eps, weight_decay_))
+    if weight_decay and decoupled:
+        p = p * (1 - lr * wd)
+    elif weight_decay:
+        g = g + wd * p
     w = 1 - beta1
     # torch updates exp_avg with lerp, whose formula switches at weight 0.5; keep its rounding.
     m = m + w * (g - m) if w < 0.5 else g - (g - m) * (1 - w)
