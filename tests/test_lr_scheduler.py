@@ -59,7 +59,7 @@ def test_schedulers_match_torch_value_by_value(case, kind):
         assert sched.last_epoch == tsched.last_epoch
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 @pytest.mark.parametrize("case", [c for c in CASES if not c.startswith("LambdaLR")])
 def test_state_dict_resumes_like_torch_and_is_plain_data(case):
     opt, topt = optimizers("sgd")

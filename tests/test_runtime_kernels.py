@@ -31,6 +31,11 @@ def world():
     return comm_words()
 
 
+def h(*values):
+    """Optimizer hyperparameters: f64[] operands."""
+    return [np.array(v, np.float64) for v in values]
+
+
 # op -> list of (inputs, attrs); every op of the table must appear (test_cases_cover_the_op_table)
 def cases(dt):
     x = f(5, 7, dtype=dt)
@@ -89,11 +94,6 @@ def cases(dt):
                             ([f(6, 1, dtype=dt), f(6, 5, dtype=dt), f(1, 5, dtype=dt), f(6, 1, dtype=dt)], {"relu": True}),
                             ([f(6, 1, dtype=dt), f(6, 5, dtype=dt), f(1, 5, dtype=dt), f(6, 1, dtype=dt)],
                              {"relu": True, "input_grad": False, "bias_grad": False})],
-        "sgd_update": [([x, f(5, 7, dtype=dt)], {"lr": 0.1}), ([x, f(5, 7, dtype=dt)], {"lr": 0.1, "weight_decay": 0.01}),
-                       ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), step(0)], {"lr": 0.1, "momentum": 0.9}),
-                       ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), step(3)], {"lr": 0.1, "momentum": 0.9, "dampening": 0.1,
-                                                                          "weight_decay": 0.01}),
-                       ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), step(3)], {"lr": 0.1, "momentum": 0.9, "nesterov": True})],
         "sqrt": [([f(5, 7, dtype=dt, lo=0.0)], {})],
         "rsqrt": [([f(5, 7, dtype=dt, lo=0.1)], {})],
         "erf": [([x], {})],
@@ -121,9 +121,21 @@ def cases(dt):
                     ([seed()], {"shape": (4,), "stream": 7, "dtype": "f64"})],
         "arange": [([], {"size": 7, "start": 3, "step": -2}),
                    ([], {"size": 5, "start": 0.5, "step": 0.25, "dtype": "f32" if dt == np.float32 else "f64"})],
-        "adam_update": [([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(0)], {"lr": 0.01}),
-                        ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(7)],
-                         {"lr": 0.01, "beta1": 0.3, "weight_decay": 0.1})],
+        # hyperparameters are f64[] operands (lr, momentum, dampening, weight_decay / lr, beta1, beta2, eps,
+        # weight_decay); the attributes say which terms exist
+        "sgd_update": [([x, f(5, 7, dtype=dt), *h(0.1, 0, 0, 0)], {}),
+                       ([x, f(5, 7, dtype=dt), *h(0.1, 0, 0, 0.01)], {"weight_decay": True}),
+                       ([x, f(5, 7, dtype=dt), *h(0.1, 0.9, 0, 0), f(5, 7, dtype=dt), step(0)], {"momentum": True}),
+                       ([x, f(5, 7, dtype=dt), *h(0.1, 0.9, 0.1, 0.01), f(5, 7, dtype=dt), step(3)],
+                        {"momentum": True, "weight_decay": True}),
+                       ([x, f(5, 7, dtype=dt), *h(0.1, 0.9, 0, 0), f(5, 7, dtype=dt), step(3)],
+                        {"momentum": True, "nesterov": True})],
+        "adam_update": [([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(0),
+                          *h(0.01, 0.9, 0.999, 1e-8, 0)], {}),
+                        ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(7),
+                          *h(0.01, 0.3, 0.999, 1e-8, 0.1)], {"weight_decay": True}),
+                        ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(2),
+                          *h(0.01, 0.9, 0.99, 1e-6, 0.1)], {"weight_decay": True, "decoupled": True})],
         # a world of one here; tests/test_distributed.py runs it across two ranks
         "all_reduce": [([world(), x, f(3, dtype=dt), f(2, 1, 4, dtype=dt)], {"ranks": 1}),
                        ([world(), x], {"ranks": 1, "op": "sum"})],
