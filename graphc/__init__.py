@@ -18,7 +18,7 @@ from .random import manual_seed  # noqa: E402
 from .tracing import TraceError, trace  # noqa: E402
 from .eager import (Tensor, arange, as_tensor, bool_, cat, double, empty, empty_like, enable_grad, float32,  # noqa: E402
                      float64, from_numpy, full, full_like, inference_mode, int32, int64, is_grad_enabled, is_tensor,
-                     load, long, no_grad, numel, ones, ones_like, rand, rand_like, randint, randn, randn_like, save,
+                     long, no_grad, numel, ones, ones_like, rand, rand_like, randint, randn, randn_like,
                      set_grad_enabled, stack, tensor, zeros, zeros_like)
 from .eager import float as float  # noqa: E402,F401  (torch.float)
 from .tensor_methods import arange, full, ones, tril, triu, where, zeros  # noqa: E402  (constants when traced)
@@ -39,6 +39,9 @@ _LAZY = {
     "optim": ("graphc.optim", None),
     "data": ("graphc.data", None),
     "distributed": ("graphc.distributed", None),
+    "save": ("graphc.checkpoint", "save"),
+    "load": ("graphc.checkpoint", "load"),
+    "utils": ("graphc.utils", None),
     "passes": ("graphc.passes", None),
     "runtime": ("graphc.runtime", None),
     "autograd": ("graphc.autograd", None),
@@ -65,4 +68,4 @@ __all__ = ["ir", "nn", "trace", "TraceError", "GraphcError", "ShapeError", "Veri
            "manual_seed", "Tensor", "tensor", "as_tensor", "from_numpy", "zeros", "ones", "full", "arange", "rand",
            "randn", "randint", "empty", "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
            "cat", "stack", "no_grad", "enable_grad", "inference_mode", "set_grad_enabled", "is_grad_enabled",
-           "is_tensor", "numel", "save", "load", "float32", "float64", "int64", "int32", "long", "double", "bool_", "tril", "triu", "where", *_LAZY]
+           "is_tensor", "numel", "float32", "float64", "int64", "int32", "long", "double", "bool_", "tril", "triu", "where", *_LAZY]

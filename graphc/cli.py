@@ -352,21 +352,26 @@ def samples_dir() -> Path:
     return Path(graphc.__file__).resolve().parent.parent / "samples"
 
 
+DEMO = "graphc.samples.simple_net"  # samples/simple_net.py, installed inside the package
+
+
+def demo_module():
+    """The demo sample: samples/simple_net.py, which pyproject installs as graphc.samples.simple_net
+    (and a source checkout reaches the same way), so `graphc demo` works from any install."""
+    return importlib.import_module(DEMO)
+
+
 def cmd_demo(args) -> int:
-    path = samples_dir() / "simple_net.py"
-    if not path.is_file():
-        raise CLIError(f"the demo sample is missing: {path} does not exist (it ships with the source checkout)")
-    spec = importlib.util.spec_from_file_location("graphc_sample_simple_net", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
     try:
-        spec.loader.exec_module(module)
+        module = demo_module()
+    except ModuleNotFoundError as e:
+        raise CLIError(f"the demo sample is missing: cannot import {DEMO} ({e}); reinstall graphc") from None
     except Exception as e:
-        log.debug("importing %s failed", path, exc_info=True)
-        raise CLIError(f"cannot import the demo {path}: {type(e).__name__}: {one_line(str(e))}") from None
+        log.debug("importing %s failed", DEMO, exc_info=True)
+        raise CLIError(f"cannot import the demo {DEMO}: {type(e).__name__}: {one_line(str(e))}") from None
     main_fn = getattr(module, "main", None)
     if not callable(main_fn):
-        raise CLIError(f"the demo {path} has no main(argv) function")
+        raise CLIError(f"the demo {DEMO} has no main(argv) function")
     argv = list(args.demo_args or ())
     if argv[:1] == ["--"]:
         argv = argv[1:]

@@ -211,15 +211,21 @@ class CompiledModule(_Inspectable):
         finally:
             for m, mode in was:
                 object.__setattr__(m, "training", mode)
+        _check_no_empty_dims(graph, f"graphc.compile({type(self.module).__name__})")
         frozen = {n for n, p in self.module.named_parameters() if not getattr(p, "requires_grad", True)}
-        if training and (self.input_grads or frozen):
+        wrt = [i.name for i in graph.inputs if (i.kind == "param" and i.name not in frozen)
+               or (self.input_grads and i.kind == "input" and i.type.is_float)]
+        mode, disable = "training" if training else "inference", self.disable
+        if training and not wrt:
+            # nothing requires grad (no parameters, all frozen, no input_grads): the training-mode
+            # forward alone (Dropout on), and backward() says why there is none
+            mode, disable = "inference", (*self.disable, "remove_dropout")
+            training = False
+        elif training and (self.input_grads or frozen):
             from .passes.autodiff import grad_graph
 
-            wrt = [i.name for i in graph.inputs if (i.kind == "param" and i.name not in frozen)
-                   or (self.input_grads and i.kind == "input" and i.type.is_float)]
-            if wrt:  # differentiate before the pipeline (whose autodiff leaves a joint graph as it is)
-                graph = grad_graph(graph, wrt=wrt)
-        plans = compile_pipeline(graph, "training" if training else "inference", passes=self.passes, disable=self.disable)
+            graph = grad_graph(graph, wrt=wrt)  # before the pipeline, whose autodiff leaves a joint graph as it is
+        plans = compile_pipeline(graph, mode, passes=self.passes, disable=disable)
         params = {**dict(self.module.named_buffers()), **dict(self.module.named_parameters())}
         fwd_stage = next(s for s in reversed(plans.stage_names) if s.startswith("forward_plan"))
         fwd = Executable(plans.forward, _bind(plans.forward, params), self.mode, name=plans.forward.name)
@@ -231,7 +237,7 @@ class CompiledModule(_Inspectable):
             bwd_stage = next(s for s in reversed(plans.stage_names) if s.startswith("backward_plan"))
             bwd = Executable(plans.backward, bind, self.mode, name=plans.backward.name)
             exes[bwd_stage] = bwd
-        spec = _Specialisation(sig, training, plans, exes)
+        spec = _Specialisation(sig, key[1], plans, exes)
         spec.fwd, spec.bwd = fwd, bwd
         spec.input_names = [i.name for i in graph.inputs if i.kind == "input"]
         # where each forward call argument comes from, worked out once: an index into the
@@ -265,6 +271,9 @@ class CompiledModule(_Inspectable):
         torch does) and return the gradients of the inputs (None where there is none)."""
         if not self.training:
             raise GraphcError("backward() in eval mode: call cm.train() and run the forward again")
+        if self._spec.bwd is None:
+            raise GraphcError(f"backward(): nothing in {type(self.module).__name__} requires grad (it has no parameters, "
+                              f"or all have requires_grad=False); compile with input_grads=True for the inputs' gradients")
         if self._pending is None:
             raise GraphcError("backward() needs a forward call first (in training mode), and runs once per forward")
         spec, by_name, seed = self._pending
@@ -302,6 +311,16 @@ class CompiledModule(_Inspectable):
     def __repr__(self):
         return (f"<CompiledModule {type(self.module).__name__} ({'training' if self.training else 'eval'}, {self.mode}; "
                 f"{len(self._specs)} specialisation(s))>")
+
+
+def _check_no_empty_dims(graph, what: str) -> None:
+    """Zero-size arrays (Linear(0, 5), an empty feature dim) get a clear error here rather than
+    a failure inside the compiled plan."""
+    for i in graph.inputs:
+        if i.type.size == 0:
+            kind = "parameter" if i.kind == "param" else "input"
+            raise GraphcError(f"{what}: {kind} %{i.name} has a zero-size dimension ({i.type}); graphc compiles "
+                              f"only non-empty arrays")
 
 
 def _bind(g, params: dict) -> dict:
@@ -505,6 +524,7 @@ class TrainStep(_Inspectable):
             # frozen params are plain inputs to the step: not differentiated, not updated
             graph = graph.replace(inputs=tuple(Input(i.name, i.type, "input") if i.kind == "param" and i.name in frozen
                                                else i for i in graph.inputs)).verify()
+        _check_no_empty_dims(graph, f"compile_train_step({type(self.model).__name__})")
         if not any(i.kind == "param" for i in graph.inputs):
             raise GraphcError(f"compile_train_step: nothing to train in {type(self.model).__name__}: it has no parameters "
                               f"that require grad and are held by the optimizer")

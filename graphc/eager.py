@@ -661,24 +661,3 @@ def flush_if_reads(arrays) -> None:
                 t._tape, t._value = None, None
             tape.closed = True
             return
-
-
-def save(obj, f) -> None:
-    """torch.save: pickle `obj` (state_dicts of numpy arrays, tensors, nested dicts) to a path or file."""
-    import pickle
-
-    if hasattr(f, "write"):
-        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        return
-    with open(f, "wb") as fh:
-        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def load(f, weights_only=None, map_location=None):
-    """torch.load of what graphc.save wrote (a pickle: load only files you trust)."""
-    import pickle
-
-    if hasattr(f, "read"):
-        return pickle.load(f)
-    with open(f, "rb") as fh:
-        return pickle.load(fh)

@@ -58,3 +58,30 @@ def next_seed() -> int:
         _before = bg.state
         seeds.extend(((bg.random_raw(SEED_BLOCK) >> np.uint64(1)) ^ np.uint64(_salt)).tolist()[::-1])
     return seeds.pop()
+
+
+def get_state() -> dict:
+    """The global generator's state (plain values: `graphc.save` stores it), as torch.get_rng_state.
+    set_state() of it makes initialisation, Dropout masks and shuffling continue exactly as they
+    would have, so a resumed run matches one that never stopped."""
+    _settle()
+    return {"bit_generator": type(_generator.bit_generator).__name__, "state": _generator.bit_generator.state}
+
+
+def set_state(state: dict) -> None:
+    """Restore a state from get_state() (checked before anything changes)."""
+    from .ir import GraphcError
+
+    if not isinstance(state, dict) or "bit_generator" not in state or "state" not in state:
+        raise GraphcError(f"graphc.random.set_state expects what get_state() returned, got {type(state).__name__}")
+    kind = getattr(np.random, str(state["bit_generator"]), None)
+    if not (isinstance(kind, type) and issubclass(kind, np.random.BitGenerator)):
+        raise GraphcError(f"graphc.random.set_state: unknown bit generator {state['bit_generator']!r}")
+    bg = kind()
+    try:
+        bg.state = state["state"]
+    except (TypeError, ValueError, KeyError) as e:
+        raise GraphcError(f"graphc.random.set_state: invalid {state['bit_generator']} state ({e})") from None
+    global _generator
+    _generator = np.random.Generator(bg)
+    seeds.clear()

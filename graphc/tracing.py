@@ -547,6 +547,30 @@ class Proxy(TensorMethods):
     def __repr__(self):
         return f"<traced %{self.name}: {self.type}>"
 
+    def __pow__(self, o):
+        if isinstance(o, (int, float, np.integer, np.floating)) and not isinstance(o, bool):
+            return dispatch("pow", [self], {"exponent": float(o)})
+        raise trace_error(f"x ** {type(o).__name__}: graphc takes a constant (Python number) exponent")
+
+    def __setitem__(self, index, value):
+        raise trace_error("in-place assignment (x[...] = value) is not supported in forward: graphc graphs have no "
+                          "in-place ops; build a new value instead (e.g. torch.where-style masking with * and +)")
+
+    def max(self, dim=None, keepdim: bool = False):
+        """x.max() (every dim) as torch; x.max(dim) gives values only (torch also returns indices: use amax)."""
+        if dim is not None:
+            raise trace_error("x.max(dim) returns (values, indices) in torch, and graphc has no indices: use x.amax(dim)")
+        return reduce("max", self)
+
+    def amax(self, dim=(), keepdim: bool = False):
+        return reduce("max", self, dim if dim != () else None, keepdim)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):  # numpy's and Python's protocol probes: a plain AttributeError
+            raise AttributeError(name)
+        raise trace_error(f"traced value %{self.name} ({self.type}) has no method or attribute {name!r}: graphc "
+                          f"traces torch's tensor methods it has ops for (see README, API tour)")
+
     # what tracing cannot see: values only exist when the compiled graph runs
     def _data_dependent(self, what: str):
         raise trace_error(f"data-dependent Python control flow: {what} of traced value %{self.name} ({self.type}) "

@@ -9,6 +9,12 @@ or kernel never meets an old entry. An entry whose manifest is missing, unreadab
 versions, or whose files do not match their checksums is removed and rebuilt; the reason is
 reported in CompileInfo.reason. Entries are built in a private temporary folder and renamed
 into place, so concurrent processes never see a half-written one.
+
+The cache is trusted code: numba's index is a pickle, so whoever can write the folder can run
+code in the next process that compiles. The sha256 manifests catch corruption, not tampering.
+So the folder is created private to the user (mode 0700), and a folder (or its `plans/`) that
+another user owns, or that group or others may write, is refused with CacheError, as ssh and
+pip refuse theirs.
 """
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ from pathlib import Path
 
 import numba
 import numpy as np
+
+from graphc.ir import GraphcError
 
 log = logging.getLogger("graphc.runtime")
 FORMAT = 1
@@ -63,6 +71,44 @@ class CompileInfo:
 def cache_root() -> Path:
     d = os.environ.get("GRAPHC_CACHE_DIR")
     return Path(d).expanduser() if d else Path.home() / ".cache" / "graphc"
+
+
+class CacheError(GraphcError, OSError):
+    """The compile cache folder cannot be used (not a folder, or not private to this user)."""
+
+
+def trusted_root() -> Path:
+    """cache_root(), created private (0700) if missing; CacheError if it is not a folder, is
+    another user's, or group/others may write it (the same for its plans/ folder)."""
+    root = cache_root()
+    where = f"the compile cache {root} (GRAPHC_CACHE_DIR)" if os.environ.get("GRAPHC_CACHE_DIR") else \
+        f"the compile cache {root}"
+    if root.exists() and not root.is_dir():
+        raise CacheError(f"{where} is a file, not a folder: point GRAPHC_CACHE_DIR at a folder")
+    for d in (root, root / "plans"):
+        if not d.exists():
+            old = os.umask(0o077)
+            try:
+                d.mkdir(parents=True, mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise CacheError(f"cannot create {where}: {e.strerror or e}") from None
+            finally:
+                os.umask(old)
+        _check_private(d, where)
+    return root
+
+
+def _check_private(d: Path, where: str) -> None:
+    st = d.stat()
+    if not d.is_dir():
+        raise CacheError(f"{where}: {d} is not a folder")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise CacheError(f"{where}: {d} belongs to another user (uid {st.st_uid}, you are {os.getuid()}); its cached "
+                         f"code would run as you. Use a folder of your own")
+    if st.st_mode & 0o022:
+        raise CacheError(f"{where}: {d} can be written by {'group and others' if st.st_mode & 0o022 == 0o022 else 'group' if st.st_mode & 0o020 else 'others'} "
+                         f"(mode {st.st_mode & 0o777:o}), who could plant code that runs when you compile. "
+                         f"Run `chmod go-w {d}` or choose another GRAPHC_CACHE_DIR")
 
 
 def jit_disabled() -> bool:
@@ -151,15 +197,29 @@ def _import(path: Path, modname: str, source: str) -> types.ModuleType:
     sys.modules[modname] = mod
     exec(compile(source, str(path), "exec"), mod.__dict__)
     if not jit_disabled():
-        _pin_numba_cache(mod.plan)
+        _pin_numba_cache(mod.plan, path)
     return mod
+
+
+def _moved(mod: types.ModuleType, old: Path, new: Path) -> None:
+    """The module's file moved (its entry was renamed into place): name the new place in its code
+    objects, so tracebacks through the runner point at a file that exists, not the build folder."""
+    def rename(code):
+        consts = tuple(rename(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+        return code.replace(co_filename=str(new), co_consts=consts) if code.co_filename == str(old) else code
+
+    mod.__file__ = str(new)
+    for value in list(vars(mod).values()):
+        fn = getattr(value, "py_func", value)  # numba dispatchers keep the Python function
+        if isinstance(fn, types.FunctionType):
+            fn.__code__ = rename(fn.__code__)
 
 
 def _hits(fn) -> int:
     return sum(fn.stats.cache_hits.values())
 
 
-def _pin_numba_cache(fn) -> None:
+def _pin_numba_cache(fn, path: Path) -> None:
     """Keep numba's cache of `plan` in the entry's own __pycache__, whatever NUMBA_CACHE_DIR or
     NUMBA_CACHE_LOCATOR_CLASSES say, so an entry is one self-contained, checksummed folder."""
     from numba.core import caching
@@ -167,7 +227,7 @@ def _pin_numba_cache(fn) -> None:
     class PinnedImpl(caching.CompileResultCacheImpl):
         def __init__(self, py_func):
             super().__init__(py_func)
-            self._locator = caching.InTreeCacheLocator(py_func, py_func.__code__.co_filename)
+            self._locator = caching.InTreeCacheLocator(py_func, str(path))
             self._locator.ensure_cache_path()
             modname = os.path.splitext(os.path.basename(py_func.__code__.co_filename))[0]
             self._filename_base = self.get_filename_base(f"{modname}.{py_func.__qualname__}",
@@ -183,7 +243,7 @@ def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, 
     """The plan module for `source` with `plan` compiled for `signature` (numba types): loaded from
     the cache when an intact entry exists, else compiled and stored."""
     key = plan_key(source)
-    root = cache_root()
+    root = trusted_root()
     modname = f"graphc_plan_{key[:20]}"
     memo = (str(root), key)
     if memo in _loaded:
@@ -234,6 +294,7 @@ def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, 
         os.rename(tmp, d)
     except OSError:  # another process stored the same entry first; ours is the same code
         shutil.rmtree(tmp, ignore_errors=True)
+    _moved(mod, tmp / "plan.py", d / "plan.py")
     where = d
     _loaded[memo] = (mod, str(d))
     log.info("plan %s: compiled in %.1f ms (%s)", name, seconds * 1e3, where)

@@ -176,8 +176,10 @@ class Executable:
                 why = f"dim {bad[0]} is {a.shape[bad[0]]}, expected {want.shape[bad[0]]}"
             raise InputError(f"plan {self.name}: input %{inp.name} expected {want} "
                              f"({want.np_dtype}{list(want.shape)}), got {got}: {why}")
-        if a is x and type(a) is np.ndarray and a.flags.c_contiguous:
+        if a is x and type(a) is np.ndarray and a.flags.c_contiguous and a.flags.writeable:
             return x
+        if not a.flags.writeable:  # read-only (np.frombuffer, flags.writeable=False): the plan takes a copy
+            return np.array(a, order="C").view(np.ndarray)
         return np.ascontiguousarray(a).view(np.ndarray)
 
     # ---- the reference path

@@ -18,6 +18,7 @@ import numpy as np
 import graphc
 import graphc.nn as nn
 from graphc.data import DataLoader, TensorDataset
+from graphc.utils import MetricsLog
 
 
 class DigitsMLP(nn.Module):
@@ -147,6 +148,10 @@ def main(argv=None) -> float:
     png = os.path.join(args.out, "digits_curves.png")
     if plot_curves(losses, accs, png):
         print(f"curves saved to {png}")
+    with MetricsLog(os.path.join(args.out, "digits_metrics.jsonl")) as metrics:  # the curves' numbers, beside them
+        for k, (loss, acc) in enumerate(zip(losses, accs), 1):
+            metrics.log(epoch=k, train_loss=loss, test_accuracy=acc)
+    print(f"metrics written to {metrics.path}")
     weights = os.path.join(args.out, "digits_mlp.npz")
     save_weights(model, weights)
     reloaded = load_weights(DigitsMLP(), weights)

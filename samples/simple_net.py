@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
 import graphc
 import graphc.nn as nn
 from graphc.data import DataLoader, TensorDataset
+from graphc.utils import MetricsLog, progress
 
 
 class SimpleNet(nn.Module):
@@ -43,16 +43,6 @@ def make_regression(n: int, seed: int = 0):
     return x, y.astype(np.float32)[:, None]
 
 
-def progress(it, total: int, desc: str):
-    """tqdm when installed (the samples extra), else a plain one-line bar."""
-    try:
-        from tqdm import tqdm
-
-        return tqdm(it, total=total, desc=desc, ncols=80, file=sys.stdout)
-    except ImportError:
-        return it
-
-
 def main(argv=None) -> float:
     ap = argparse.ArgumentParser(description="Train the seed's SimpleNet with graphc.")
     ap.add_argument("--epochs", type=int, default=30)
@@ -76,7 +66,9 @@ def main(argv=None) -> float:
     print(f"\n(stages: {', '.join(step.stages)})")
 
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True, drop_last=True)
-    bar = progress(range(args.epochs * len(loader)), args.epochs * len(loader), "training")
+    out = os.path.abspath(args.out)
+    metrics = MetricsLog(os.path.join(out, "metrics.csv"))  # one row per epoch, next to the dumps
+    bar = progress(range(args.epochs * len(loader)), desc="training")
     batches = (batch for _ in range(args.epochs) for batch in loader)
     first = last = None
     losses = []
@@ -86,18 +78,16 @@ def main(argv=None) -> float:
             last = float(np.mean(losses))
             first = last if first is None else first
             losses = []
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{last:.4f}", refresh=False)
-            else:
-                print(f"epoch {(k + 1) // len(loader):3d}  train loss {last:.4f}")
-    print(f"train loss: first epoch {first:.4f} -> last epoch {last:.4f}")
+            bar.set(loss=last)
+            metrics.log(epoch=(k + 1) // len(loader), step=k + 1, train_loss=last, lr=opt.param_groups[0]["lr"])
+    metrics.close()
+    print(f"train loss: first epoch {first:.4f} -> last epoch {last:.4f} (per epoch in {metrics.path})")
 
     model.eval()
     predict = graphc.compile(model, x_test)
     eval_loss = float(np.mean((predict(x_test) - y_test) ** 2))
     print(f"eval MSE on {len(x_test)} held-out samples: {eval_loss:.4f} (predicting the mean gives {float(np.var(y_test)):.4f})")
 
-    out = os.path.abspath(args.out)
     graphc.dump(step, out)
     print(f"dumps of every stage written to {out}/ (index.md lists them)")
     page = graphc.report(step, os.path.join(out, "report.html"))

@@ -221,22 +221,28 @@ def test_inspect_train_step_cross_entropy_adam(cache_dir):
 # ------------------------------------------------------------------ demo
 
 
-def test_demo_says_clearly_when_the_sample_is_missing(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "samples_dir", lambda: tmp_path)
+def test_demo_says_clearly_when_the_sample_is_missing(monkeypatch, capsys):
+    def missing():
+        raise ModuleNotFoundError("No module named 'graphc.samples'")
+
+    monkeypatch.setattr(cli, "demo_module", missing)
     assert cli.main(["demo"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("graphc: error: the demo sample is missing") and str(tmp_path) in err
+    assert err.startswith("graphc: error: the demo sample is missing") and "graphc.samples.simple_net" in err
 
 
-def test_demo_passes_arguments_to_the_sample(monkeypatch, tmp_path, capsys):
-    (tmp_path / "simple_net.py").write_text("def main(argv=None):\n    print('sample got', argv)\n")
-    monkeypatch.setattr(cli, "samples_dir", lambda: tmp_path)
+def test_demo_passes_arguments_to_the_sample(monkeypatch, capsys):
+    import types
+
+    sample = types.SimpleNamespace(main=lambda argv=None: print("sample got", argv))
+    monkeypatch.setattr(cli, "demo_module", lambda: sample)
     assert cli.main(["demo", "--epochs", "2", "--out", "x"]) == 0
     assert capsys.readouterr().out == "sample got ['--epochs', '2', '--out', 'x']\n"
 
 
-def test_demo_finds_the_checkout_samples():
+def test_the_demo_is_the_checkout_sample_inside_the_package():
     assert cli.samples_dir() == REPO / "samples"
+    assert os.path.samefile(cli.demo_module().__file__, REPO / "samples" / "simple_net.py")
 
 
 @needs_compiler

@@ -291,7 +291,7 @@ def test_load_state_dict_is_in_place_and_checks():
         m.load_state_dict({**{k: v for k, v in sd.items() if k != "linear2.bias"}, "extra": np.zeros(1)})
     m.load_state_dict({"linear1.bias": np.zeros(20)}, strict=False)
     assert not m.linear1.bias.any()
-    with pytest.raises(graphc.ShapeError, match=r"linear1.weight expected shape \[20, 10\], got \[10, 20\]"):
+    with pytest.raises(graphc.ShapeError, match=r"'linear1.weight' expected shape \[20, 10\], got \[10, 20\]"):
         m.load_state_dict({**sd, "linear1.weight": np.zeros((10, 20))})
 
 

@@ -133,6 +133,8 @@ def parse(text: str, verify: bool = True) -> Graph:
     Syntax errors raise ParseError naming the line. Well-formed text that breaks IR rules (bad
     attributes, wrong types, uses before definitions) is read as written and left to `verify()`
     (run here unless verify=False), whose VerifyError shows the IR around the culprit."""
+    if not isinstance(text, str):
+        raise ParseError(f"parse expects the IR text (a str), got {type(text).__name__}")
     name = None
     inputs: list[Input] = []
     nodes: list[Node] = []

@@ -39,6 +39,18 @@ def _cycle(g: Graph, k: int, operand: str) -> list[str] | None:
     return None
 
 
+MAX_ELEMENTS = 2**40  # 4 TiB of f32: more is a typo in IR text, not a real array
+
+
+def _bad_shape(t) -> str | None:
+    """Why a type's shape cannot be a real array (negative dim, absurd size), or None."""
+    if any(d < 0 for d in t.shape):
+        return "has a negative dimension"
+    if t.size > MAX_ELEMENTS:
+        return f"has {t.size:.3g} elements (more than {MAX_ELEMENTS:.3g}): not an array graphc can hold"
+    return None
+
+
 def verify(g: Graph) -> None:
     """Raise VerifyError naming the first node that breaks an invariant.
 
@@ -54,6 +66,9 @@ def verify(g: Graph) -> None:
             raise VerifyError(f"graph {g.name}: input name {inp.name!r} is not a valid value name (letters, digits, _ and .)")
         if inp.name in defined:
             raise VerifyError(f"graph {g.name}: input %{inp.name} is defined twice")
+        problem = _bad_shape(inp.type)
+        if problem:
+            raise VerifyError(f"graph {g.name}: input %{inp.name}: {inp.type} {problem}")
         defined[inp.name] = inp.type
 
     for k, n in enumerate(g.nodes):
@@ -93,6 +108,8 @@ def verify(g: Graph) -> None:
         for o, t, want in zip(n.outputs, n.types, expected):
             if t != want:
                 fail(f"%{o} has type {t}, but the {n.op} rule gives {want}")
+            if _bad_shape(t):
+                fail(f"%{o}: {t} {_bad_shape(t)}")
             if o in defined:
                 fail(f"%{o} is defined twice")
             defined[o] = t

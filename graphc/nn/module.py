@@ -198,20 +198,35 @@ class Module:
         return OrderedDict((n, np.array(p, copy=True).view(np.ndarray)) for n, p in self._state_arrays().items())
 
     def load_state_dict(self, state, strict: bool = True):
-        """Copy values in place from anything np.asarray takes (numpy arrays, torch tensors)."""
+        """Copy values in place from anything np.asarray takes (numpy arrays, torch tensors).
+
+        All or nothing: every key, shape and dtype is checked before any value is written, and
+        one error lists every problem."""
         own = self._state_arrays()
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise GraphcError(f"load_state_dict of {type(self).__name__}: expected a dict of arrays (a state_dict()), "
+                              f"got {type(state).__name__}")
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
+        problems = []
         if strict and (missing or unexpected):
-            raise GraphcError(f"load_state_dict of {type(self).__name__}: missing keys {missing}, unexpected keys {unexpected}")
+            problems.append(f"missing keys {missing}, unexpected keys {unexpected}")
+        values = {}
         for k, p in own.items():
             if k not in state:
                 continue
             v = state[k]
             v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
-            if v.shape != p.shape:
-                raise ShapeError(f"load_state_dict: {k} expected shape {list(p.shape)}, got {list(v.shape)}")
-            p[...] = v
+            if v.dtype.kind not in "fiu":
+                problems.append(f"{k!r} has dtype {v.dtype}, expected numbers for {p.dtype}")
+            elif v.shape != p.shape:
+                problems.append(f"{k!r} expected shape {list(p.shape)}, got {list(v.shape)}")
+            else:
+                values[k] = v
+        if problems:
+            raise ShapeError(f"load_state_dict of {type(self).__name__}: " + "; ".join(problems) + "; nothing was loaded")
+        for k, v in values.items():
+            own[k][...] = v
         return self
 
     # ---- modes and dtypes ----
