@@ -38,17 +38,18 @@ def test_demo_runs_from_a_built_wheel_in_a_fresh_venv(tmp_path, cache_dir):
     py = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    deps = sorted({os.path.dirname(os.path.dirname(importlib.import_module(m).__file__))
-                   for m in ("numpy", "numba", "llvmlite", "networkx", "scipy")})
-    with open(os.path.join(site, "graphc_test_deps.pth"), "w") as f:
-        f.write("\n".join(deps) + "\n")
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--python", str(py), str(wheel)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    work = tmp_path / "elsewhere"
-    work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GRAPHC_CHECK")}
     env.update(GRAPHC_CACHE_DIR=str(cache_dir), MPLBACKEND="Agg")
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # then the dependencies, borrowed (after the install, so pip never sees another graphc there)
+    deps = sorted({os.path.dirname(os.path.dirname(importlib.import_module(m).__file__))
+                   for m in ("numpy", "numba", "llvmlite", "networkx", "scipy")})
+    with open(os.path.join(site, "zz_graphc_test_deps.pth"), "w") as f:
+        f.write("\n".join(deps) + "\n")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
     graphc_cmd = venv / ("Scripts" if os.name == "nt" else "bin") / "graphc"
     r = subprocess.run([str(graphc_cmd), "demo", "--epochs", "2", "--out", "dumps"], cwd=work, env=env,
                        capture_output=True, text=True, timeout=600)
