@@ -159,10 +159,10 @@ def test_diff_markers_are_on_the_lines_that_changed(step, step_html):
     # the train step's stage adds the backward and the updates, and rewrites the return
     k = step.stages.index("build_train_step")
     added = "\n".join(stage_lines(step_html, k, "add"))
-    for op in ("mse_loss_backward", "linear_backward", "sgd_update", "state %state.step"):
+    for op in ("mse_loss_backward", "linear_backward", "sgd_update", "state %state.group0.step", "hyper %hyper.group0.lr"):
         assert op in added
     assert stage_lines(step_html, k, "del") == ["  return %4"]
-    assert "+13 −1 lines" in step_html
+    assert "+17 −1 lines" in step_html  # 13, and 4 hyper inputs (lr, momentum, dampening, weight_decay)
 
 
 def test_traced_stage_has_no_diff_marks(step_html):
