@@ -30,7 +30,7 @@ stats = {"compiles": 0, "recompiles": 0, "native_runs": 0, "interpreted_runs": 0
 class _Entry:
     """One structure: how often it was seen, and its compiled plan once it has one."""
 
-    __slots__ = ("seen", "exe", "order", "graph", "labels", "step", "grad_slots")
+    __slots__ = ("seen", "exe", "order", "graph", "labels", "hyper", "grad_slots")
 
     def __init__(self, graph):
         self.seen, self.exe, self.order, self.graph, self.labels = 0, None, None, graph, None
@@ -147,11 +147,11 @@ def join_step(opt) -> bool:
     if _eager._pending is None:
         return False
     root, tape = _eager._pending
-    from .optim import SGD, Adam
+    from .optim import SGD, Adam, AdamW
 
     params = opt.params
     leaves = tape.leaves
-    if (type(opt) not in (SGD, Adam) or tape.closed or len(leaves) != len(params)
+    if (type(opt) not in (SGD, Adam, AdamW) or tape.closed or len(leaves) != len(params)
             or {id(v) for _, v in leaves} != {id(p) for p in params}
             or any(p.__dict__.get("_grad") is not None for p in params)
             or any(not graph_type.is_float for graph_type in (tape.builder.types[n] for n, _ in leaves))):
@@ -159,8 +159,14 @@ def join_step(opt) -> bool:
     live = [t for t in tape.live() if t._data is None and t is not root]
     graph = tape.builder.build([root._value] + [t._value for t in live])
     wrt = tuple(n for n, _ in leaves)
-    hyper = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in opt.param_groups[0].items() if k != "params"))
-    key = (graph.inputs, graph.nodes, graph.outputs, wrt, "step", type(opt).__name__, hyper, tuple(id(v) for _, v in leaves))
+    from .compiler import _optimizer_spec
+    from .passes.train_step import hyper_values
+
+    group = {id(p): k for k, g in enumerate(opt.param_groups) for p in g["params"]}
+    spec = _optimizer_spec(opt, {n: group[id(v)] for n, v in leaves})
+    # hyperparameter values are plan inputs (a scheduler never recompiles); only the structure is keyed
+    key = (graph.inputs, graph.nodes, graph.outputs, wrt, "step", type(opt).__name__, spec.structure(),
+           tuple(id(v) for _, v in leaves))
     entry = _cache.get(key)
     if entry is None:
         entry = _cache[key] = _Entry(graph)
@@ -170,10 +176,11 @@ def join_step(opt) -> bool:
         backward_seen = _cache.get((graph.inputs, graph.nodes, graph.outputs, wrt, True, False))
         if MODE != "jit" or (entry.seen < COMPILE_AFTER and backward_seen is None):
             return False
-        _compile_step(entry, opt, leaves)
+        _compile_step(entry, opt, leaves, spec)
     _eager._pending = None
     args = _args(graph, tape, None)
-    entry.step[()] = opt.step_count
+    for name, value in hyper_values(spec).items():
+        entry.hyper[name][()] = value
     exe = entry.exe
     exe.run(*[args[name] for name in entry.order])
     stats["native_runs"] += 1
@@ -189,21 +196,19 @@ def join_step(opt) -> bool:
     for (name, p), g in zip(leaves, entry.grad_slots):
         p.grad = outs[g] if g is not None else None  # the plan's gradient buffer (valid until the next step)
     _close(tape)
-    opt.count_step()
+    opt.count_step(groups=False)  # the plan advanced each group's step itself
     stats["joined_steps"] += 1
     return True
 
 
-def _compile_step(entry: _Entry, opt, leaves) -> None:
-    from .compiler import _optimizer_spec
+def _compile_step(entry: _Entry, opt, leaves, spec) -> None:
     from .passes import compile_pipeline
     from .passes.autodiff import GRAD_PREFIX
     from .passes.pipeline import CLEANUP_PIPELINE, FUSION_PIPELINE
-    from .passes.train_step import build_train_step
+    from .passes.train_step import build_train_step, step_input
     from .runtime import Executable
 
     graph = entry.graph
-    spec = _optimizer_spec(opt)
     n_extra = len(graph.outputs) - 1
     wrt = [n for n, _ in leaves]
 
@@ -223,14 +228,17 @@ def _compile_step(entry: _Entry, opt, leaves) -> None:
     plan = plans.forward
     opt.ensure_state()
     by_name = dict(leaves)
-    entry.step = np.zeros((), np.int64)
+    entry.hyper = {}
+    steps = {step_input(k): opt.group_step(k) for k in range(len(opt.param_groups))}
     bound = {}
     for i in plan.inputs:
         if i.kind == "param":
             bound[i.name] = by_name[i.name]
+        elif i.kind == "hyper":
+            bound[i.name] = entry.hyper[i.name] = np.zeros((), np.float64)
         elif i.kind == "state":
-            if i.name == "state.step":
-                bound[i.name] = entry.step
+            if i.name in steps:
+                bound[i.name] = steps[i.name]
             else:
                 pname, _, sname = i.name[len("state."):].rpartition(".")
                 bound[i.name] = opt.state_of(by_name[pname])[sname]

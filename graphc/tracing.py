@@ -344,6 +344,12 @@ class TensorMethods:
     def min(self, dim=None, keepdim: bool = False):
         return extremum(self, "min", dim, keepdim)
 
+    def amax(self, dim=(), keepdim: bool = False):
+        return amax_amin(self, "max", dim, keepdim)
+
+    def amin(self, dim=(), keepdim: bool = False):
+        return amax_amin(self, "min", dim, keepdim)
+
     def argmax(self, dim=None, keepdim: bool = False):
         return arg_extremum(self, "argmax", dim, keepdim)
 
@@ -547,26 +553,12 @@ class Proxy(TensorMethods):
     def __repr__(self):
         return f"<traced %{self.name}: {self.type}>"
 
-    def __pow__(self, o):
-        if isinstance(o, (int, float, np.integer, np.floating)) and not isinstance(o, bool):
-            return dispatch("pow", [self], {"exponent": float(o)})
-        raise trace_error(f"x ** {type(o).__name__}: graphc takes a constant (Python number) exponent")
-
     def __setitem__(self, index, value):
         raise trace_error("in-place assignment (x[...] = value) is not supported in forward: graphc graphs have no "
                           "in-place ops; build a new value instead (e.g. torch.where-style masking with * and +)")
 
-    def max(self, dim=None, keepdim: bool = False):
-        """x.max() (every dim) as torch; x.max(dim) gives values only (torch also returns indices: use amax)."""
-        if dim is not None:
-            raise trace_error("x.max(dim) returns (values, indices) in torch, and graphc has no indices: use x.amax(dim)")
-        return reduce("max", self)
-
-    def amax(self, dim=(), keepdim: bool = False):
-        return reduce("max", self, dim if dim != () else None, keepdim)
-
     def __getattr__(self, name):
-        if name.startswith("__"):  # numpy's and Python's protocol probes: a plain AttributeError
+        if name.startswith("_"):  # protocol probes (numpy's, Python's, graphc's own hasattr checks): AttributeError
             raise AttributeError(name)
         raise trace_error(f"traced value %{self.name} ({self.type}) has no method or attribute {name!r}: graphc "
                           f"traces torch's tensor methods it has ops for (see README, API tour)")
@@ -797,6 +789,22 @@ def extremum(x, op: str, dim=None, keepdim: bool = False):
         return _eager_result(fn(v), x)
     d = _norm_dim(dim, rank)
     return MinMax(_eager_result(fn(v, axis=d, keepdims=keepdim), x), arg_extremum(x, "arg" + op, dim, keepdim))
+
+
+def amax_amin(x, op: str, dim=(), keepdim: bool = False):
+    """torch.amax/amin: values only, over one dim, several, or all (dim=())."""
+    if dim == () or dim is None:
+        return extremum(x, op)
+    rank = len(_shape(x))
+    dims = tuple(sorted({_norm_dim(d, rank) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))}))
+    if isinstance(x, Proxy) or (_tensor._requires_grad(x) and _tensor.is_grad_enabled()):
+        if not _has(op):
+            if isinstance(x, Proxy):
+                x._unsupported(f".a{op}()")
+            raise trace_error(f".a{op}() of a tensor that requires grad is not recorded yet (no {op} op)")
+        return dispatch(op, [x], {"dims": dims, "keepdim": bool(keepdim)})
+    fn = np.max if op == "max" else np.min
+    return _eager_result(fn(_value(x, f".a{op}()"), axis=dims, keepdims=keepdim), x)
 
 
 class MinMax(tuple):

@@ -80,7 +80,7 @@ def test_load_state_dict_is_all_or_nothing():
         for k, v in m.state_dict().items():
             np.testing.assert_array_equal(v, before[k])
     m.load_state_dict(good)
-    np.testing.assert_array_equal(m[2].bias, good["2.bias"])
+    np.testing.assert_array_equal(np.asarray(m[2].bias), good["2.bias"])
 
 
 def test_optimizer_load_state_dict_is_all_or_nothing():
