@@ -85,10 +85,11 @@ class _Specialisation:
 
 
 def _module_state(module) -> tuple:
-    """Every sub-module's training mode and every Parameter's identity: what a specialisation
+    """Every sub-module's training mode and every Parameter's identity and requires_grad: what a specialisation
     was traced with besides the input signature (a replaced Parameter or a submodule switched
     to eval on its own needs another one)."""
-    return (tuple(m.training for m in module.modules()), tuple((n, id(p)) for n, p in module.named_parameters()))
+    return (tuple(m.training for m in module.modules()),
+            tuple((n, id(p), bool(getattr(p, "requires_grad", True))) for n, p in module.named_parameters()))
 
 
 class _Inspectable:

@@ -178,3 +178,23 @@ def test_a_torch_optimizer_is_a_clear_error():
     x, y = batches(1)[0]
     with pytest.raises(graphc.GraphcError, match="graphc.optim optimizer .* got torch.optim.SGD|got torch.SGD"):
         graphc.compile_train_step(m, nn.CrossEntropyLoss(), torch.optim.SGD(tm.parameters(), lr=0.1), x, y)
+
+
+def test_freezing_a_parameter_after_compiling_is_seen_by_the_next_step():
+    """requires_grad switched off between steps (fine-tuning's second phase): the next step
+    re-specialises and leaves that weight alone, as torch does."""
+    m, tm = setup()
+    opt = graphc.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    topt = torch.optim.SGD(tm.parameters(), lr=0.1, momentum=0.9)
+    data = batches(4)
+    step = graphc.compile_train_step(m, nn.CrossEntropyLoss(), opt, *data[0])
+    for x, y in data[:2]:
+        step(x, y), torch_step(tm, topt, x, y)
+    m[0].weight.requires_grad = False
+    tm[0].weight.requires_grad_(False)
+    w0 = np.array(m[0].weight)
+    for x, y in data[2:]:
+        step(x, y), torch_step(tm, topt, x, y)
+    np.testing.assert_array_equal(np.asarray(m[0].weight), w0)
+    assert step.compile_count == 2
+    assert_same_weights(m, tm)

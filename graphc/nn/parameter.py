@@ -43,6 +43,16 @@ class Parameter(ArrayMethods, np.ndarray):
         self.grad = None
         self.requires_grad = False
 
+    def __setattr__(self, name, value):
+        # switching requires_grad on a model's Parameter changes what compiled plans differentiate
+        # and update: compiled objects re-check their specialisation (numpy's derived arrays, which
+        # set the flag for the first time in __array_finalize__, are not counted)
+        if name == "requires_grad" and "requires_grad" in self.__dict__ and bool(value) != self.__dict__["requires_grad"]:
+            from .module import _structure_changed
+
+            _structure_changed()
+        super().__setattr__(name, value)
+
     def __deepcopy__(self, memo):
         p = Parameter(np.array(self.view(np.ndarray)), self.requires_grad, self.dtype)
         memo[id(self)] = p
