@@ -4,6 +4,8 @@ One step = forward + loss + backward + SGD update, float32. Workloads (issue 4):
   S: SimpleNet 10->20->ReLU->Dropout(0.5)->1, MSE, batch 64
   M: 784->512->ReLU->512->ReLU->10, cross-entropy, batch 128
   L: 784->2048->ReLU->2048->ReLU->10, cross-entropy, batch 512
+  A-D (issue 9): other small MLPs (several hidden layers, several outputs, both losses, dropout
+  after each hidden layer or none, batch 32-128), so the fast path is not tuned to S alone
 Also: "GEMMs alone" (the step's GEMMs through the same BLAS graphc uses), graphc's cold and
 cached compile times (fresh processes), and the plan's peak bytes.
 
@@ -32,7 +34,12 @@ WORKLOADS = {
     "S": dict(sizes=(10, 20, 1), batch=64, loss="mse", dropout=0.5),
     "M": dict(sizes=(784, 512, 512, 10), batch=128, loss="cross_entropy", dropout=0.0),
     "L": dict(sizes=(784, 2048, 2048, 10), batch=512, loss="cross_entropy", dropout=0.0),
+    "A": dict(sizes=(32, 64, 64, 4), batch=32, loss="cross_entropy", dropout=0.2),
+    "B": dict(sizes=(16, 32, 32, 32, 1), batch=128, loss="mse", dropout=0.0),
+    "C": dict(sizes=(20, 48, 10), batch=64, loss="cross_entropy", dropout=0.5),
+    "D": dict(sizes=(8, 64, 2), batch=96, loss="mse", dropout=0.1),
 }
+DEFAULT = "S,A,B,C,D,M,L"
 LR = 0.01
 
 
@@ -57,7 +64,7 @@ def graphc_step(w):
     from models import SimpleNet, mlp
 
     graphc.manual_seed(0)
-    model = SimpleNet() if w["dropout"] else mlp(w["sizes"])
+    model = SimpleNet() if w["sizes"] == (10, 20, 1) else mlp(w["sizes"], w["dropout"])
     loss_fn = nn.MSELoss() if w["loss"] == "mse" else nn.CrossEntropyLoss()
     opt = graphc.optim.SGD(model.parameters(), lr=LR)
     x, y = make_data(w)
@@ -245,6 +252,9 @@ def worker(impl: str, workload: str) -> None:
         if cmd == "info":
             info = {}
             if step is not None:
+                g = step.graph("kernels") if "kernels" in step.stages else None
+                info["kernels"] = sum(1 for n in g.nodes if n.op != "full") if g is not None else None
+                info["fused"] = sum(1 for n in g.nodes if n.body is not None) if g is not None else None
                 plan = step.memory_plan()
                 info["memory"] = next((ln.strip() for ln in plan.splitlines() if "peak" in ln), plan.splitlines()[0])
             print(json.dumps(info), flush=True)
@@ -296,7 +306,7 @@ def measure(workload: str, impls: list[str], rounds: int) -> tuple[dict, dict, s
             for wk in workers:
                 time.sleep(PAUSE)
                 times[wk.impl].append(wk.ask(str(n[wk.impl]))["seconds"])
-        memory = next((wk.ask("info").get("memory") for wk in workers if wk.impl == "graphc"), None)
+        memory = next((wk.ask("info") for wk in workers if wk.impl == "graphc"), {})
     finally:
         for wk in workers:
             wk.close()
@@ -344,7 +354,7 @@ def fmt_us(s: float) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workloads", default="S,M,L")
+    ap.add_argument("--workloads", default=DEFAULT)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="few rounds, for a smoke test")
     ap.add_argument("--no-compile", action="store_true", help="skip the cold/cached compile measurement")
@@ -360,17 +370,19 @@ def main(argv=None):
           f"each implementation in its own process, interleaved round-robin")
     for name in args.workloads.split(","):
         w = WORKLOADS[name]
-        times, n, memory = measure(name, list(IMPLS), rounds)
+        times, n, info = measure(name, list(IMPLS), rounds)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"\n## {name}: {'->'.join(map(str, w['sizes']))}, {w['loss']}, batch {w['batch']}"
               f"{', dropout ' + str(w['dropout']) if w['dropout'] else ''}, SGD; median of {rounds} rounds")
-        print("| implementation | median us/step | spread (IQR) us | torch eager / this | this / GEMMs alone |")
-        print("|---|---:|---:|---:|---:|")
+        print("| implementation | kernels | median us/step | spread (IQR) us | torch eager / this | this / GEMMs alone |")
+        print("|---|---:|---:|---:|---:|---:|")
         for k, v in times.items():
             q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3
-            print(f"| {k} | {fmt_us(med[k])} | {fmt_us(q[2] - q[0])} | {med['torch eager'] / med[k]:.2f}x | {med[k] / med['GEMMs alone']:.2f}x |")
-        if memory:
-            print(f"\ngraphc {memory}")
+            kern = f"{info.get('kernels')} ({info.get('fused')} fused)" if k == "graphc" and info.get("kernels") else ""
+            print(f"| {k} | {kern} | {fmt_us(med[k])} | {fmt_us(q[2] - q[0])} | {med['torch eager'] / med[k]:.2f}x | "
+                  f"{med[k] / med['GEMMs alone']:.2f}x |")
+        if info.get("memory"):
+            print(f"\ngraphc {info['memory']}")
         if not args.no_compile and name == "S":
             base = import_time()
             c = compile_times(name)

@@ -1,8 +1,9 @@
 """The compile pipeline: the default pass lists and `compile_pipeline`, which the face calls.
 
-    traced graph -> clean-ups -> fusion -> (autodiff -> clean-ups -> partition)   mode="training"
-                                        -> (build_train_step -> clean-ups)        mode="train_step"
-                 -> clean-ups -> remove_dropout -> fusion -> clean-ups           mode="inference"
+    traced graph -> decompose -> clean-ups -> fusion -> (autodiff -> clean-ups -> partition)  mode="training"
+                                                    -> (build_train_step -> clean-ups)       mode="train_step"
+                 -> decompose -> clean-ups -> remove_dropout -> fusion -> clean-ups         mode="inference"
+    then each plan -> kernels (passes/kernels.py): the kernel stage the runtime compiles
 
 Every stage is kept as a Snapshot ("traced", one per pass, then the plan stages
 "forward_plan", "backward_plan" or "train_step_plan"), so each can be printed and inspected.
@@ -22,10 +23,10 @@ from .manager import Checker, FusionRecord, PassError, PassManager, Snapshot, ch
 
 CLEANUP_PIPELINE = ("fold_constants", "simplify", "cse", "dce")
 FUSION_PIPELINE = ("canonicalize_linear", "fuse_linear_relu", "fuse_cross_entropy")
-INFERENCE_PIPELINE = (*CLEANUP_PIPELINE, "remove_dropout", *FUSION_PIPELINE, *CLEANUP_PIPELINE)
-TRAINING_PIPELINE = (*CLEANUP_PIPELINE, *FUSION_PIPELINE, "autodiff", *CLEANUP_PIPELINE)
+INFERENCE_PIPELINE = ("decompose", *CLEANUP_PIPELINE, "remove_dropout", *FUSION_PIPELINE, *CLEANUP_PIPELINE)
+TRAINING_PIPELINE = ("decompose", *CLEANUP_PIPELINE, *FUSION_PIPELINE, "autodiff", *CLEANUP_PIPELINE)
 # "build_train_step" is a stage of compile_pipeline (it needs the optimizer), not a registered pass.
-TRAIN_STEP_PIPELINE = (*CLEANUP_PIPELINE, *FUSION_PIPELINE, "build_train_step", *CLEANUP_PIPELINE)
+TRAIN_STEP_PIPELINE = ("decompose", *CLEANUP_PIPELINE, *FUSION_PIPELINE, "build_train_step", *CLEANUP_PIPELINE)
 
 PIPELINES = {"inference": INFERENCE_PIPELINE, "training": TRAINING_PIPELINE, "train_step": TRAIN_STEP_PIPELINE}
 # The stage each mode cannot do without (switching it off would compile something else).
@@ -137,13 +138,33 @@ def compile_pipeline(graph: Graph, mode: str = "inference", optimizer=None, pass
     taken = [s.name for s in stages]
     if mode == "inference":
         stages.append(snapshot(unique_name("forward_plan", taken), g))
+        plans.forward = _kernel_stage(plans, g, "kernels", check, disable)
     elif mode == "train_step":
         plans.train_step = g
         plans.forward = _before_stage(stages, "build_train_step")
         stages.append(snapshot(unique_name("train_step_plan", taken), g))
+        plans.train_step = _kernel_stage(plans, g, "kernels", check, disable)
     else:
         _partition(plans, g, checker, taken)
+        if plans.backward is not None:
+            plans.forward = _kernel_stage(plans, plans.forward, "forward_kernels", check, disable)
+            plans.backward = _kernel_stage(plans, plans.backward, "backward_kernels", check, disable)
     return plans
+
+
+def _kernel_stage(plans: CompiledPlans, plan: Graph, name: str, check: bool, disable) -> Graph:
+    """Run the kernel pass (passes/kernels.py) on a plan as stage `name`; the plan the runtime
+    compiles is its result. Checked mode compares it with the plan on the interpreter."""
+    if "kernels" in disable:
+        return plan
+    from .kernels import kernels  # noqa: F401  (registers the pass)
+    from .manager import get_pass, run_one
+
+    taken = [s.name for s in plans.stages]
+    new, snap = run_one(get_pass("kernels"), plan, unique_name(name, taken), taken, Checker(plan) if check else None)
+    plans.stages.append(snap)
+    plans.fusion_records.extend(snap.fusion_records)
+    return new
 
 
 def _before_stage(stages: list[Snapshot], name: str) -> Graph:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from graphc.ir import Graph, TensorType
 from graphc.ir.text import format_node
 
-from .kernels import (KERNELS, Code, Operand, Site, calls, fusion_for, mask_backward_applies, mask_backward_call,
-                      mask_forward_applies, mask_forward_call)
+from .kernels import KERNELS, Code, Operand, Site, calls
+from .lower import HELPERS, kernel_function
 from .memory import MemoryPlan
 
 # njit options of the generated plan (kernels carry their own)
@@ -190,53 +190,26 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
         return Site(n, [views.operand(i) for i in n.inputs], [views.operand(o) for o in n.outputs],
                     [views.scratch_operand(s) for s in mp.scratch.get(k, ())])
 
-    k, nodes = 0, g.nodes
-    groups: list[list] = []  # [kind, first node index]; kind: one | pair (a FUSIONS entry) | mask_fwd | mask_bwd
-    pairs: dict[str, int] = {}  # linear_relu output -> its group, when fused with its dropout
-    while k < len(nodes):
-        n = nodes[k]
+    defs: list[str] = []  # the generated kernel functions (one per kernel node)
+    for k, n in enumerate(g.nodes):
         if n.op == "full" and mp.slots[n.out].kind == "const":
-            k += 1
             continue  # filled once when the buffers are allocated
-        if k + 2 < len(nodes) and nodes[k + 2].op == "linear_backward" and len(nodes[k + 2].inputs) == 4:
-            j = pairs.get(nodes[k + 2].inputs[3])
-            if j is not None and mask_backward_applies(g, (nodes[groups[j][1]], nodes[groups[j][1] + 1]),
-                                                       nodes[k:k + 3], _where(mp, k + 2)):
-                groups[j][0] = "mask_fwd"  # the forward stores the mask this chain reads
-                groups.append(["mask_bwd", k])
-                k += 3
-                continue
-        fused = fusion_for(g, n, nodes[k + 1], _where(mp, k + 1)) if k + 1 < len(nodes) else None
-        if fused is not None:
-            if mask_forward_applies(g, n, nodes[k + 1], _where(mp, k + 1)):
-                pairs[n.outputs[0]] = len(groups)
-            groups.append(["pair", k, fused])
-            k += 2
-        else:
-            groups.append(["one", k])
-            k += 1
-
-    for kind, k, *rest in groups:
-        n = nodes[k]
-        if kind == "one":
-            body.append(f"    # {format_node(n)}")
-            for fn, args in calls(KERNELS[n.op].call(site(k, n))):
-                used[fn.__name__] = fn.__module__
-                body.append(f"    k_{fn.__name__}({', '.join(_render(a) for a in args)})")
+        if n.body is not None:  # a kernel of the kernel stage: its generated loop nest
+            fn = f"kernel{k}"
+            src, ins, outs = kernel_function(fn, n, {v for v in n.inputs if v in scalars}, names)
+            defs.append(src)
+            members = n.body.nodes
+            body.append(f"    # {fn}: kernel {{kind={n.attr['kind']}}} over {len(members)} nodes:")
+            body += [f"    #   {format_node(m)}" for m in members]
+            scratch = [views.scratch_operand(sl).f for sl in mp.scratch.get(k, ())]
+            args = [views.scalar(v) if v in scalars else views.flat(v) for v in ins]
+            args += [views.flat(v) for v in outs if not v.startswith("#")] + scratch
+            body.append(f"    {fn}({', '.join(str(x) for x in args)})")
             continue
-        elif kind == "mask_bwd":
-            fn, args = mask_backward_call(*(site(j, nodes[j]) for j in range(k, k + 3)))
-            body.append(f"    # {format_node(n)}")
-            body.append(f"    # {format_node(nodes[k + 1])}")
-            body.append(f"    # {format_node(nodes[k + 2])}  (fused: one pass, reads the mask stored in %{nodes[k + 2].inputs[3]})")
-        else:
-            call = rest[0].call if kind == "pair" else mask_forward_call
-            fn, args = call(site(k, n), site(k + 1, nodes[k + 1]))
-            body.append(f"    # {format_node(n)}")
-            note = "" if kind == "pair" else f", %{n.outputs[0]} holds the dropout+relu mask"
-            body.append(f"    # {format_node(nodes[k + 1])}  (fused: one pass{note})")
-        used[fn.__name__] = None
-        body.append(f"    k_{fn.__name__}({', '.join(_render(a) for a in args)})")
+        body.append(f"    # {format_node(n)}")
+        for fn, args in calls(KERNELS[n.op].call(site(k, n))):
+            used[fn.__name__] = fn.__module__
+            body.append(f"    k_{fn.__name__}({', '.join(_render(a) for a in args)})")
     if mp.output_copies or mp.update_copies:
         used["copy"] = None
         body.append("    # outputs that are inputs, then updates that could not be written in place")
@@ -258,6 +231,10 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
              "from numba import carray, njit", "",
              "from graphc.runtime.kernels import address"]
     lines += [f"from {used[f] or 'graphc.runtime.kernels'} import {f} as k_{f}" for f in sorted(used)]
+    if defs:
+        lines[lines.index("import numpy as np")] = "import math\n\nimport numpy as np"
+        lines += [f"from graphc.runtime.lower import {', '.join(HELPERS)}"]
+        lines += ["", "", *("\n\n".join(defs).rstrip("\n").split("\n"))]
     lines += ["", "", f"@njit({PLAN_JIT})", f"def plan({', '.join(params)}):"]
     if checked:
         cond = " or ".join(f"{names(v)}.shape != {g.types[v].shape!r}" for v in checked)
@@ -268,26 +245,6 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
     lines += body or ["    pass"]
     lines += ["", ""] + _runner([names(v) for v in call_inputs])
     return PlanSource("\n".join(lines) + "\n", call_inputs, bound_inputs, sorted(scalars), arenas, returns)
-
-
-def _where(mp: MemoryPlan, k: int):
-    """where(value) -> (space, lo, hi): the bytes a value occupies (an arena's or an input's own);
-    "#scratch<j>" names node k's j-th scratch slot. What fusions check buffer sharing against."""
-    def span(slot):
-        b = mp.buffers[slot.buffer]
-        return (b.dtype, b.offset, b.offset + slot.type.size * slot.type.np_dtype.itemsize)
-
-    def where(value: str):
-        if value.startswith("#scratch"):
-            return span(mp.scratch[k][int(value[len("#scratch"):])])
-        s = mp.slots[value]
-        if s.kind in ("alias", "inplace"):
-            return where(s.target)
-        if s.kind == "input":
-            return ("input:" + value, 0, max(s.type.size, 1) * s.type.np_dtype.itemsize)
-        return span(s)
-
-    return where
 
 
 def _quote(text: str) -> list[str]:

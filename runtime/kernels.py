@@ -1,5 +1,18 @@
 """Native kernels: one numba function per op of the op table, writing into preallocated outputs.
 
+Where these run: a plan node that the kernel pass (passes/kernels.py) left on its own is
+lowered by its op's entry here; a kernel node (several nodes fused) is lowered by
+runtime/lower.py into one generated loop nest (plus its BLAS call). Nothing here matches
+patterns of several nodes: every fusion is decided by the kernel pass and visible in the IR.
+
+Adding an opaque native kernel (conv2d, pooling, an MPI all_reduce, ...): give the op its
+op-table entry with kind="opaque", then register its lowering here or in a module of your own
+imported by this one, without touching codegen:
+
+    @kernel("my_op", scratch=None)          # scratch(node, types) -> [TensorType] temporaries
+    def _(s: Site):                          # s.i / s.o: operands / outputs (.a shaped, .f flat, .s scalar)
+        return my_numba_fn, [s.i[0].a, s.o[0].a, int(s.attrs["k"])]    # or a list of such pairs
+
 `KERNELS[op]` says how a plan calls the kernel of `op`: its `call(site)` returns the numba
 function and its arguments, given the node's operands (views of buffers) and attributes.
 Code generation renders that as a line of source; `run_kernel` calls it directly on arrays
@@ -300,184 +313,6 @@ def linear_backward(gy, x, w, y, dz, dx, dw, db, relu, input_grad, bias_grad):
     np.dot(g.T, x, dw)
     if input_grad:
         np.dot(g, w, dx)
-
-
-# Degenerate GEMMs (one output feature): a BLAS call costs more than the work there (S's
-# 64x20 -> 1 layer: GEMV 0.23 us through BLAS, 0.12 us as this loop; its backward, an outer
-# product and a GEMV, 0.62 us against 0.25 us). Hand-written loops for the general small GEMMs
-# lost to BLAS (64x10 -> 20 forward: 2.2 us against 0.66 us; dW = dz^T x: 2.2 us against 1.2 us),
-# so every other shape keeps BLAS. The dot products may be reassociated (vectorized), as BLAS's are.
-
-
-@njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def linear_gemv(x, w, b, out, has_bias, relu):
-    """linear / linear_relu with one output feature: out[i, 0] = x[i] . w[0] (+ b[0]) (then relu)."""
-    n, k = x.shape
-    zero = out.dtype.type(0)
-    for i in range(n):
-        s = zero
-        for j in range(k):
-            s += x[i, j] * w[0, j]
-        v = s + b[0] if has_bias else s
-        out[i, 0] = zero if relu and v < zero else v
-
-
-@njit(**JIT)
-def linear_backward_gemv(gy, x, w, y, dz, dx, dw, db, relu, input_grad, bias_grad):
-    """linear_backward with one output feature: dW = gy^T x (a GEMV), dx = gy w (an outer product),
-    db = sum(gy), all in one pass over the rows (dz, the relu-masked gy, is not stored)."""
-    n, m = x.shape
-    zero = gy.dtype.type(0)
-    for j in range(m):
-        dw[0, j] = zero
-    s = zero
-    for i in range(n):
-        g = gy[i, 0]
-        if relu and not y[i, 0] > zero:
-            g = zero
-        s += g
-        for j in range(m):
-            dw[0, j] += g * x[i, j]
-        if input_grad:
-            for j in range(m):
-                dx[i, j] = g * w[0, j]
-    if bias_grad:
-        db[0] = s
-
-
-# ------------------------------------------------------------------ two nodes as one pass (codegen's FUSIONS)
-
-
-@njit(**JIT)
-def linear_dropout(x, w, b, out, has_bias, relu, seed, dout, p, stream):
-    """linear / linear_relu, then dropout of its output, in the GEMM's epilogue pass: out is still
-    written (the backward reads it), dout = dropout(out) as `dropout` computes it, bit for bit."""
-    np.dot(x, w.T, out)
-    key = stream_key(seed, stream)
-    scale = out.dtype.type(1.0 / (1.0 - p))
-    zero = out.dtype.type(0)
-    n, m = out.shape
-    for i in range(n):
-        for j in range(m):
-            v = out[i, j] + b[j] if has_bias else out[i, j]
-            v = zero if relu and v < zero else v
-            out[i, j] = v
-            u = np.float64(splitmix64(key + np.uint64(i * m + j)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-            dout[i, j] = v * (scale if u >= p else zero)
-
-
-@njit(**JIT)
-def dropout_linear_backward(g, seed, p, stream, x, w, y, dz, dx, dw, db, input_grad, bias_grad):
-    """dropout of g, then linear_backward of linear_relu on it: dz = dropout(g) * (y > 0) in one pass
-    (dz goes where the dropout's output would have: nothing else reads it), then dW = dz^T x and
-    dx = dz W through BLAS."""
-    key = stream_key(seed, stream)
-    scale = g.dtype.type(1.0 / (1.0 - p))
-    zero = g.dtype.type(0)
-    n, m = g.shape
-    if bias_grad:
-        db[:] = 0
-    for i in range(n):
-        for j in range(m):
-            u = np.float64(splitmix64(key + np.uint64(i * m + j)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-            v = g[i, j] * (scale if u >= p else zero)
-            v = v if y[i, j] > zero else zero
-            dz[i, j] = v
-            if bias_grad:
-                db[j] += v
-    np.dot(dz.T, x, dw)
-    if input_grad:
-        np.dot(dz, w, dx)
-
-
-# The combined dropout-and-relu mask of linear_relu -> dropout, stored transposed by the forward so
-# that a one-output-feature layer's backward into it is one pass over rows of 64 (S: the outer
-# product, the mask pass with its second hash and BLAS's dW = dz^T x cost ~1.45 us; this ~0.7 us).
-# Its values: the dropout factor (scale or 0) where relu let the value through, MASK_OFF elsewhere:
-# dz = g * factor where the factor is >= 0, else 0, as dropout then relu_backward compute it.
-MASK_OFF = -1.0
-
-
-@njit(**JIT)
-def linear_dropout_mask(x, w, b, has_bias, relu, seed, dout, p, stream, mask):
-    """linear / linear_relu, then dropout, as `linear_dropout` does (dout bit for bit), except that
-    the linear's output is not kept: mask_t[j, i] gets its combined mask (see MASK_OFF) instead."""
-    np.dot(x, w.T, dout)
-    key = stream_key(seed, stream)
-    scale = dout.dtype.type(1.0 / (1.0 - p))
-    zero = dout.dtype.type(0)
-    off = dout.dtype.type(MASK_OFF)
-    n, m = dout.shape
-    for i in range(n):
-        for j in range(m):
-            v = dout[i, j] + b[j] if has_bias else dout[i, j]
-            v = zero if relu and v < zero else v
-            u = np.float64(splitmix64(key + np.uint64(i * m + j)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-            f = scale if u >= p else zero
-            dout[i, j] = v * f
-            mask[i, j] = f if v > zero else off
-
-
-@njit(inline="always", **JIT)
-def _relu_masked(gy, y, relu, i):
-    """gy[i, 0], or 0 where relu stopped y[i, 0]."""
-    zero = gy.dtype.type(0)
-    return gy[i, 0] if not relu or y[i, 0] > zero else zero
-
-
-@njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def gemv_mask_linear_backward(gy, x2, w2, y2, dw2, db2, relu2, bias_grad2, mask, x, x_t, dz_t, dw, db, bias_grad):
-    """linear_backward of a one-output-feature layer (dW2, db2; its input gradient g w2 is not
-    stored), dropout and the relu mask of the layer before (mask_t from linear_dropout_mask), and
-    that layer's linear_backward without input gradient, in rows of the batch: dz_t[k] = g * w2[k]
-    * mask_t[k], db[k] = sum(dz_t[k]), dW[k, c] = dz_t[k] . x_t[c]. dz_t may be x2's memory (x2 is
-    read before dz_t is written); x_t is scratch for x transposed."""
-    n, m = x2.shape
-    c_in = x.shape[1]
-    zero = gy.dtype.type(0)
-    for j in range(m):
-        dw2[0, j] = zero
-    s = zero
-    i = 0
-    while i + 4 <= n:  # four rows per update of dw2: 0.10 us against 0.22 us a row at a time (S)
-        g0, g1 = _relu_masked(gy, y2, relu2, i), _relu_masked(gy, y2, relu2, i + 1)
-        g2, g3 = _relu_masked(gy, y2, relu2, i + 2), _relu_masked(gy, y2, relu2, i + 3)
-        s += (g0 + g1) + (g2 + g3)
-        for j in range(m):
-            dw2[0, j] += (g0 * x2[i, j] + g1 * x2[i + 1, j]) + (g2 * x2[i + 2, j] + g3 * x2[i + 3, j])
-        i += 4
-    while i < n:
-        g = _relu_masked(gy, y2, relu2, i)
-        s += g
-        for j in range(m):
-            dw2[0, j] += g * x2[i, j]
-        i += 1
-    if bias_grad2:
-        db2[0] = s
-    # x and the mask transposed first, in rows of the output (0.2 us against 0.32 us in rows of the
-    # input); the pass below reading down the mask's columns itself ran slower still
-    for c in range(c_in):
-        for i in range(n):
-            x_t[c, i] = x[i, c]
-    for k in range(m):
-        for i in range(n):
-            dz_t[k, i] = mask[i, k]
-    for k in range(m):
-        wk = w2[0, k]
-        t = zero
-        for i in range(n):
-            g = _relu_masked(gy, y2, relu2, i)
-            f = dz_t[k, i]
-            v = g * wk * f if f >= zero else zero
-            dz_t[k, i] = v
-            t += v
-        if bias_grad:
-            db[k] = t
-        for c in range(c_in):
-            d = zero
-            for i in range(n):
-                d += dz_t[k, i] * x_t[c, i]
-            dw[k, c] = d
 
 
 # ------------------------------------------------------------------ softmax family (x seen as [outer, n, inner])
@@ -877,7 +712,7 @@ def _linear_call(s: Site, relu_: bool):
     x, w = s.i[0], s.i[1]
     has_bias = len(s.i) == 3
     b = s.i[2].f if has_bias else w.f  # w.f: a placeholder of the right type, never read
-    return linear_gemv if w.shape[0] == 1 else linear, [x.a, w.a, b, s.o[0].a, has_bias, relu_]
+    return linear, [x.a, w.a, b, s.o[0].a, has_bias, relu_]
 
 
 kernel("linear")(lambda s: _linear_call(s, False))
@@ -899,8 +734,7 @@ def _(s):
     db = outs.pop(0).f if bias_grad else w.f
     y = s.i[3].a if relu_ else gy.a
     dz = s.t[0].a if relu_ else gy.a
-    fn = linear_backward_gemv if w.shape[0] == 1 else linear_backward
-    return fn, [gy.a, x.a, w.a, y, dz, dx, dw, db, relu_, input_grad, bias_grad]
+    return linear_backward, [gy.a, x.a, w.a, y, dz, dx, dw, db, relu_, input_grad, bias_grad]
 
 
 for _op, _log in (("softmax", False), ("log_softmax", True)):
@@ -951,145 +785,6 @@ def _(s):
 
 
 del _op
-
-
-# ---- fusions: two adjacent nodes as one kernel call
-
-
-@dataclass(frozen=True)
-class Fusion:
-    """Code generation runs the adjacent nodes (first, second) as one call when `applies(g, n1, n2,
-    where)` holds. where(value) -> (space, lo, hi): the byte range a value (or a Site scratch slot,
-    as "#scratch<k>" of the second node) occupies, so a fusion can refuse buffers that the memory
-    plan shares in a way the fused pass would clobber. call(s1, s2) -> (function, arguments)."""
-
-    first: tuple[str, ...]
-    second: str
-    applies: Callable
-    call: Callable
-
-
-def _same_or_apart(a, b) -> bool:
-    return a == b or a[0] != b[0] or a[2] <= b[1] or b[2] <= a[1]
-
-
-def _apart(a, b) -> bool:
-    return a[0] != b[0] or a[2] <= b[1] or b[2] <= a[1]
-
-
-def _linear_dropout_applies(g, n1, n2, where) -> bool:
-    # the dropout output is written in the GEMM's epilogue, while x, w, b may still be read
-    return (n2.inputs[0] == n1.outputs[0] and g.types[n1.outputs[0]].shape[-1] != 1
-            and all(_same_or_apart(where(n2.outputs[0]), where(v)) for v in (n1.outputs[0], *n1.inputs)))
-
-
-def _linear_dropout_call(s1: Site, s2: Site):
-    fn, args = _linear_call(s1, s1.node.op == "linear_relu")
-    return linear_dropout, [*args, s2.i[1].s, s2.o[0].a, float(s2.attrs["p"]), int(s2.attrs["stream"])]
-
-
-def _dropout_linear_backward_applies(g, n1, n2, where) -> bool:
-    # n2 must be the dropout output's only reader: its buffer holds dz instead. dz there must not
-    # be the dropout input's memory (the memory plan may put the relu scratch there): written in
-    # place, the fused pass ran 2.5 us instead of 1.4 us; and db, zeroed first, must not be either
-    a = n2.attr
-    gin = where(n1.inputs[0])
-    outs = dict(zip(("dx", "dw", "db"), [None] * 3))
-    k = 0
-    for name, on in (("dx", a["input_grad"]), ("dw", True), ("db", a["bias_grad"])):
-        if on:
-            outs[name] = n2.outputs[k]
-            k += 1
-    return (a["relu"] and n2.inputs[0] == n1.outputs[0] and g.uses(n1.outputs[0]) == 1
-            and g.types[n2.inputs[2]].shape[0] != 1
-            and _apart(where(n1.outputs[0]), gin)
-            and (outs["db"] is None or _apart(where(outs["db"]), gin)))
-
-
-def _dropout_linear_backward_call(s1: Site, s2: Site):
-    fn, args = KERNELS["linear_backward"].call(s2)
-    gy, x, w, y, dz, dx, dw, db, relu_, input_grad, bias_grad = args
-    g, dz = s1.i[0].a, s1.o[0].a
-    return dropout_linear_backward, [g, s1.i[1].s, float(s1.attrs["p"]), int(s1.attrs["stream"]), x, w, y, dz, dx, dw,
-                                     db, input_grad, bias_grad]
-
-
-FUSIONS: list[Fusion] = [
-    Fusion(("linear", "linear_relu"), "dropout", _linear_dropout_applies, _linear_dropout_call),
-    Fusion(("dropout",), "linear_backward", _dropout_linear_backward_applies, _dropout_linear_backward_call),
-]
-
-
-def fusion_for(g, n1, n2, where) -> Fusion | None:
-    for f in FUSIONS:
-        if n1.op in f.first and n2.op == f.second and f.applies(g, n1, n2, where):
-            return f
-    return None
-
-
-# ---- the stored mask: linear_relu + dropout forward, and the three backward nodes that read it
-
-
-def mask_forward_applies(g, n1, n2, where) -> bool:
-    """linear_relu + dropout can store the mask (linear_dropout_mask) in place of the linear's
-    output: every buffer the pass writes apart from what it reads and from each other."""
-    y, dout = n1.outputs[0], n2.outputs[0]
-    return (n1.op == "linear_relu" and n2.op == "dropout" and n2.inputs[0] == y
-            and all(_apart(where(a), where(b)) for a, b in ((y, dout), *((o, v) for o in (y, dout) for v in n1.inputs))))
-
-
-def mask_backward_applies(g, fwd, nodes, where) -> bool:
-    """The backward chain linear_backward (one output feature) -> dropout -> linear_backward (relu,
-    no input gradient) of the forward pair `fwd` (linear_relu, dropout), which then stores its
-    mask: the chain's dropout is the forward's (same seed, p, stream), the relu output is read
-    by nothing else, and no buffer the fused pass writes is one it reads later."""
-    f1, d1 = fwd
-    n1, n2, n3 = nodes
-    a1, a3 = n1.attr, n3.attr
-    if not (n1.op == "linear_backward" and n2.op == "dropout" and n3.op == "linear_backward"):
-        return False
-    y = f1.outputs[0]
-    if not (a1["input_grad"] and g.types[n1.inputs[2]].shape[0] == 1 and n2.inputs[0] == n1.outputs[0]
-            and g.uses(n1.outputs[0]) == 1 and a3["relu"] and not a3["input_grad"] and n3.inputs[0] == n2.outputs[0]
-            and g.uses(n2.outputs[0]) == 1 and n3.inputs[3] == y and g.uses(y) == 2
-            and y not in {o.value for o in g.outputs}
-            and n2.inputs[1] == d1.inputs[1] and n2.attr["p"] == d1.attr["p"] and n2.attr["stream"] == d1.attr["stream"]):
-        return False
-    n, c_in = g.types[n3.inputs[1]].shape
-    if c_in > g.types[n3.inputs[0]].shape[1]:  # x transposed goes in the scratch of dz's size
-        return False
-    out1 = list(n1.outputs[1:])  # dW2, then db2 when bias_grad
-    phase1_reads = [n1.inputs[0], n1.inputs[1], *n1.inputs[3:]]
-    phase2_reads = [n1.inputs[0], n1.inputs[2], *n1.inputs[3:], y, n3.inputs[1]]
-    writes2 = [n2.outputs[0], "#scratch0", *n3.outputs]
-    spans = [where(v) for v in out1 + writes2]
-    return (all(_apart(spans[i], spans[j]) for i in range(len(spans)) for j in range(i))
-            and all(_apart(where(w), where(r)) for w in out1 for r in phase1_reads)
-            and all(_apart(where(w), where(r)) for w in out1 + writes2 for r in phase2_reads))
-
-
-def mask_forward_call(s1: Site, s2: Site):
-    fn, (x, w, b, out, has_bias, relu_) = _linear_call(s1, True)
-    return linear_dropout_mask, [x, w, b, has_bias, relu_, s2.i[1].s, s2.o[0].a, float(s2.attrs["p"]),
-                                 int(s2.attrs["stream"]), out]
-
-
-def mask_backward_call(s1: Site, s2: Site, s3: Site):
-    gy, x2, w2 = s1.i[:3]
-    relu2, bias2 = s1.attrs["relu"], s1.attrs["bias_grad"]
-    dw2 = s1.o[1].a
-    db2 = s1.o[2].f if bias2 else w2.f  # placeholders are never written
-    y2 = s1.i[3].a if relu2 else gy.a
-    x, bias1 = s3.i[1], s3.attrs["bias_grad"]
-    n, c_in = x.shape
-    dw1 = s3.o[0].a
-    db1 = s3.o[1].f if bias1 else s3.o[0].f
-    m = s3.i[0].shape[1]
-    x_t = Code(f"{s3.t[0].f}[:{n * c_in}].reshape(({c_in}, {n}))") if isinstance(s3.t[0].f, str) else \
-        s3.t[0].f[:n * c_in].reshape((c_in, n))
-    dz_t = Code(f"{s2.o[0].f}.reshape(({m}, {n}))") if isinstance(s2.o[0].f, str) else s2.o[0].f.reshape((m, n))
-    return gemv_mask_linear_backward, [gy.a, x2.a, w2.a, y2, dw2, db2, relu2, bias2, s3.i[3].a, x.a, x_t, dz_t,
-                                       dw1, db1, bias1]
 
 
 # ------------------------------------------------------------------ direct calls (tests, debugging)

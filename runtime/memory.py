@@ -201,8 +201,14 @@ def plan_memory(g: Graph) -> MemoryPlan:
             else:
                 stop = last.get(o, k)
                 slots[o] = Slot(o, t, "buffer", take(t, o, k, stop), start=k, end=stop)
-        spec = KERNELS[n.op].scratch if n.op in KERNELS else None
-        for j, t in enumerate(spec(n, g.types) if spec else ()):
+        if n.body is not None:  # a kernel node: its generated function's temporaries
+            from .lower import kernel_scratch
+
+            temps = kernel_scratch(n)
+        else:
+            spec = KERNELS[n.op].scratch if n.op in KERNELS else None
+            temps = spec(n, g.types) if spec else ()
+        for j, t in enumerate(temps):
             name = f"{n.outputs[0]}.scratch{j}"
             bid = take(t, name, k, k)
             scratch.setdefault(k, []).append(Slot(name, t, "buffer", bid, start=k, end=k))
@@ -245,7 +251,7 @@ def _safe_updates(g: Graph, updates: dict[str, str], root: dict[str, str], last:
         reads_target = [i for i in n.inputs if root[i] == x]
         if last.get(x, -1) > k:
             continue
-        if reads_target and not (KERNELS[n.op].inplace and all(i == x for i in reads_target)):
+        if reads_target and not (n.op in KERNELS and KERNELS[n.op].inplace and all(i == x for i in reads_target)):
             continue
         safe[v] = x
     return safe

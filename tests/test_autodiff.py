@@ -108,6 +108,9 @@ SPECS.update({
 })
 SPECS["matmul"] += [Spec([("f", (2, 3, 4)), ("f", (4, 5))], lambda t, a: t[0] @ t[1]),
                     Spec([("f", (3, 1, 2, 4)), ("f", (2, 4, 3))], lambda t, a: t[0] @ t[1])]
+SPECS["layer_norm"] = [
+    Spec([("f", (3, 5)), ("f", (5,)), ("f", (5,))], lambda t, a: TF.layer_norm(t[0], (5,), t[1], t[2], a["eps"])),
+    Spec([("f", (2, 3, 4))], lambda t, a: TF.layer_norm(t[0], (4,), eps=a["eps"]), {"eps": 1e-3})]
 NONDIFF = ("labels", "seed", "cond", "index")
 SPECS.update(conv_cases.grad_specs(Spec))  # conv2d and pooling: tests/conv_cases.py
 CASES = [(op, k) for op in SPECS for k in range(len(SPECS[op]))]

@@ -331,7 +331,7 @@ def test_train_step_plan_picture_has_three_phases():
 
     g = graphc.trace(WithLoss(), np.zeros((8, 10), np.float32), np.zeros((8, 1), np.float32))
     plans = passes.compile_pipeline(g, "train_step", optimizer=OptimizerSpec("adam"))
-    step = plans.train_step
+    step = plans.stage("train_step_plan").graph  # the plan before the kernel stage groups it
     phase = gdot.phases(step)
     for n in step.nodes:
         want = ("optimizer" if n.op == "adam_update" else "backward" if n.grad_of else None)
@@ -362,8 +362,9 @@ def test_fusion_report_shows_fused_and_refused_candidates():
     plans = passes.compile_pipeline(graphc.trace(TwoUsers(), np.zeros((2, 4), np.float32)))
     text = reports.fusion_report(plans)
     fused, refused = text.split("\nnot fused (")
-    assert fused.startswith("fused (1):") and "linear_relu(" in fused
-    assert refused.startswith("1):") and "also used by" in refused
+    assert fused.startswith("fused (2):") and "[linear+relu]" in fused and "linear_relu(" in fused
+    assert "[kernel:gemm]" in fused  # the kernel stage: linear a + relu + add in one kernel
+    assert "also used by" in refused
 
 
 def test_fusion_report_of_a_bare_graph_lists_fused_ops():

@@ -17,7 +17,10 @@ TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
 def ops(g):
-    return [n.op for n in g.nodes]
+    """The ops a plan runs, kernel bodies flattened (the plan before the kernel stage grouped it)."""
+    from graphc.ir.graph import members
+
+    return [n.op for n in members(g)]
 
 
 def values_for(graphs, model, seed=0):
@@ -79,7 +82,7 @@ def test_inference_of_a_train_mode_trace_equals_the_eval_mode_model():
     model = SimpleNet()
     g = graphc.trace(model, np.zeros((8, 10), np.float32))
     plans = compile_pipeline(g, "inference")
-    assert plans.stage_names == ["traced", *_stage_names(INFERENCE_PIPELINE), "forward_plan"]
+    assert plans.stage_names == ["traced", *_stage_names(INFERENCE_PIPELINE), "forward_plan", "kernels"]
     assert ops(plans.forward) == ["linear_relu", "linear"]
     assert plans.backward is None and plans.train_step is None and plans.ledger is None
     assert [i.name for i in plans.forward.inputs] == [i.name for i in g.inputs]  # seed stays: same signature
@@ -101,12 +104,13 @@ def test_training_simple_net_forward_and_backward_are_fused():
     model = SimpleNet()
     g = graphc.trace(model, np.zeros((8, 10), np.float32))
     plans = compile_pipeline(g, "training")
-    assert plans.stage_names == ["traced", *_stage_names(TRAINING_PIPELINE), "forward_plan", "backward_plan"]
+    assert plans.stage_names == ["traced", *_stage_names(TRAINING_PIPELINE), "forward_plan", "backward_plan",
+                                 "forward_kernels", "backward_kernels"]
     assert len(set(plans.stage_names)) == len(plans.stage_names)
     assert "linear_relu" in ops(plans.forward) and "relu" not in ops(plans.forward)
     fused_bwd = [n for n in plans.backward.nodes if n.op == "linear_backward" and n.attr["relu"]]
     assert len(fused_bwd) == 1 and "relu_backward" not in ops(plans.backward)
-    assert plans.ledger == plans.partition.ledger and plans.stage("backward_plan").graph is plans.backward
+    assert plans.ledger == plans.partition.ledger and plans.stage("backward_kernels").graph is plans.backward
     vals = values_for([g, grad_graph(g)], model)
     outs, grads = run_training(plans, vals)
     ref_outs, ref_grads = run_joint(grad_graph(g), vals)
@@ -145,10 +149,10 @@ def test_train_step_plan(spec):
     g = graphc.trace(model, np.zeros((8, 10), np.float32), np.zeros((8, 1), np.float32))
     plans = compile_pipeline(g, "train_step", optimizer=spec)
     names = plans.stage_names
-    assert names[0] == "traced" and names[-1] == "train_step_plan" and "build_train_step" in names
+    assert names[0] == "traced" and names[-2:] == ["train_step_plan", "kernels"] and "build_train_step" in names
     assert names.index("fuse_linear_relu") < names.index("build_train_step") < names.index("dce.2")
     step = plans.train_step
-    assert step is plans.stage("train_step_plan").graph and plans.backward is None
+    assert step is plans.stage("kernels").graph and plans.backward is None
     assert plans.forward is plans.stage(names[names.index("build_train_step") - 1]).graph
     assert "linear_relu" in ops(step) and "relu" not in ops(step)
     assert step.outputs[0].label == "loss"
@@ -177,7 +181,7 @@ def test_bad_mode_and_essential_stages():
 def test_custom_pass_list_and_disable():
     g = simple_net_graph()
     plans = compile_pipeline(g, "inference", passes=["remove_dropout", "dce"])
-    assert plans.stage_names == ["traced", "remove_dropout", "dce", "forward_plan"]
+    assert plans.stage_names == ["traced", "remove_dropout", "dce", "forward_plan", "kernels"]
     assert ops(plans.forward) == ["linear", "relu", "linear"]
     plans = compile_pipeline(g, "training", disable=["fuse_linear_relu"])
     assert "fuse_linear_relu" not in plans.stage_names
@@ -187,9 +191,9 @@ def test_custom_pass_list_and_disable():
 
 def test_stage_lookup_by_name():
     plans = compile_pipeline(simple_net_graph(), "training")
-    assert plans.ir("forward_plan") == str(plans.forward)
+    assert plans.ir("forward_kernels") == str(plans.forward)
     assert plans.graph("traced").nodes[1].op == "relu"
-    with pytest.raises(GraphcError, match="no stage 'nope'; stages: traced, fold_constants"):
+    with pytest.raises(GraphcError, match="no stage 'nope'; stages: traced, decompose, fold_constants"):
         plans.stage("nope")
 
 

@@ -163,3 +163,40 @@ def test_every_differentiable_primitive_trains_in_checked_mode():
     plans = compile_pipeline(lg, "training", check=True)
     assert plans.backward is not None and len(plans.backward.nodes) > 0
     assert NONDIFF  # (the spec kinds that are not differentiated)
+
+
+# ------------------------------------------------------------------ decompositions
+
+
+def test_decompositions_agree_with_the_references():
+    """Each op's decomposition, on the interpreter, against its own reference (float64)."""
+    from graphc.ir.opdef import decomposed_graph
+
+    x = R.standard_normal((4, 6))
+    cases = {"softmax": ([x], {"dim": 1}), "log_softmax": ([x], {"dim": 0}), "mse_loss": ([x, x * 2], {}),
+             "linear": ([x, R.standard_normal((3, 6)), R.standard_normal(3)], {}),
+             "cross_entropy": ([x, np.array([1, 2, 0, 5])], {"reduction": "sum"}),
+             "dropout": ([x, np.array(5, np.int64)], {"p": 0.3, "stream": 2}),
+             "layer_norm": ([x, R.standard_normal(6), R.standard_normal(6)], {})}
+    with_decomposition = sorted(n for n, op in OPS.items() if op.decompose is not None)
+    assert sorted(cases) == with_decomposition
+    for op, (args, attrs) in cases.items():
+        a = OPS[op].normalize_attrs(attrs)
+        g = decomposed_graph(OPS[op], [TensorType.of(v) for v in args], a)
+        got = interpret(g, args)[0]
+        np.testing.assert_allclose(got, OPS[op].reference(*args, **a), rtol=1e-12, atol=1e-12, err_msg=op)
+
+
+def test_composite_ops_are_decomposed_before_lowering():
+    b = GraphBuilder("ln")
+    x = b.add_input("x", TensorType((4, 8)))
+    w = b.add_input("w", TensorType((8,)), "param")
+    g = b.build([b.emit("layer_norm", [x, w])])
+    plans = compile_pipeline(g, "inference", check=True)
+    assert "decompose" in plans.stage_names
+    assert all(n.op != "layer_norm" for n in plans.forward.nodes)
+    args = [R.standard_normal((4, 8)).astype(np.float32), R.standard_normal(8).astype(np.float32)]
+    want = torch.nn.functional.layer_norm(torch.tensor(args[0]), (8,), torch.tensor(args[1])).numpy()
+    exe = Executable(plans.forward, mode="jit")
+    exe.run(*args)
+    np.testing.assert_allclose(exe.outputs[0], want, rtol=1e-5, atol=1e-5)

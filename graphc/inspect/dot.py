@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 
 from graphc.ir import Graph, Node
+from graphc.ir.graph import members
 from graphc.ir.text import format_attrs
 
 from .roles import FUSED_OPS, _tagged, is_backward, is_fused, phases, saved_values  # noqa: F401  (re-exported)
@@ -118,9 +119,19 @@ def to_dot(g: Graph, *, title: str | None = None, fused: frozenset[str] | set[st
            legend: bool = True, name_limit: int = 32, edge_labels: bool = True) -> pydot.Dot:
     """The picture of `g` as a pydot graph (left to right, clusters per phase when there are several).
 
-    `fused`: extra output values to draw as fused ops (beyond FUSED_OPS).
+    `fused`: extra output values to draw as fused ops (beyond FUSED_OPS). A kernel of the kernel
+    stage is drawn as a cluster of its member nodes.
     """
     pydot = _pydot()
+    kernel_of: dict[str, tuple[int, str]] = {}  # member output -> (kernel index, kind)
+    for k, n in enumerate(g.nodes):
+        if n.body is not None:
+            for m in n.body.nodes:
+                for o in m.outputs:
+                    kernel_of[o] = (k, n.attr["kind"])
+    if kernel_of:
+        g = g.replace(nodes=tuple(members(g)))
+    kernel_clusters: dict[int, object] = {}
     dot = pydot.Dot("graphc", graph_type="digraph", rankdir="LR", newrank="true", compound="true",
                     fontname="Helvetica", fontsize="12", nodesep="0.25", ranksep="0.45",
                     label=_q(title or g.name), labelloc="t")
@@ -172,7 +183,16 @@ def to_dot(g: Graph, *, title: str | None = None, fused: frozenset[str] | set[st
         if n.loc:
             tip += f"  ({n.loc})"
         node = _vertex(vid, key, label, tooltip=tip, **(SAVED_BORDER if is_saved else {}))
-        (clusters.get(p) or dot).add_node(node)
+        kern = kernel_of.get(n.outputs[0])
+        if kern is not None:
+            if kern[0] not in kernel_clusters:
+                c = pydot.Cluster(f"kernel{kern[0]}", label=_q(f"kernel {kern[0]} ({kern[1]})"), style="rounded,filled",
+                                  color="#6aa84f", fillcolor="#f3f9ef", fontsize="10")
+                kernel_clusters[kern[0]] = c
+                (clusters.get(p) or dot).add_subgraph(c)
+            kernel_clusters[kern[0]].add_node(node)
+        else:
+            (clusters.get(p) or dot).add_node(node)
         _use(used, key)
         for o in n.outputs:
             vertex[o] = vid

@@ -97,7 +97,15 @@ def passes_report(obj) -> str:
     head = table(["#", "stage", "changed", "nodes", "time", "notes"], rows, right=(0, 3, 4))
     passes = len(all_stages) - 1
     first = all_stages[0].name if all_stages else "?"
-    return f"{head}\n{passes} stages after {first}, {changed} changed the graph, {total * 1e3:.2f} ms in all"
+    counts = []
+    for s in all_stages:  # the kernel stage: how many kernels each plan runs
+        g = getattr(s, "graph", None)
+        if s.name.endswith("kernels") and isinstance(g, Graph):
+            kern = [n for n in g.nodes if n.body is not None]
+            runs = sum(1 for n in g.nodes if n.op != "full")
+            counts.append(f"{s.name}: {runs} kernels ({len(kern)} fused from {sum(len(n.body.nodes) for n in kern)} nodes)")
+    tail = ("; " + ", ".join(counts)) if counts else ""
+    return f"{head}\n{passes} stages after {first}, {changed} changed the graph, {total * 1e3:.2f} ms in all{tail}"
 
 
 # ------------------------------------------------------------------ saved values
@@ -117,6 +125,10 @@ class DerivedSaved:
 
 def derived_ledger(g: Graph) -> list[DerivedSaved]:
     """What `g` keeps between forward and backward, read off the graph (see dot.saved_values)."""
+    if any(n.body is not None for n in g.nodes):  # the kernel stage: read its members
+        from graphc.ir.graph import members
+
+        g = g.replace(nodes=tuple(members(g)))
     phase = phases(g)
     out = []
     for v in saved_values(g):

@@ -12,6 +12,9 @@ from typing import Any, Iterable
 
 from .types import TensorType
 
+KERNEL = "kernel"  # the op name of a kernel-stage node with a body (not an op-table entry)
+KERNEL_KINDS = ("elementwise", "gemm", "reduce")
+
 # What a graph input is for; the runtime and the pictures treat the kinds differently.
 # "hyper": an optimizer hyperparameter (lr, betas, ...), a runtime f64[] read from param_groups at each step.
 # "comm": a communicator (handles of the process group) that collectives such as all_reduce read.
@@ -41,6 +44,10 @@ class Node:
     attrs: tuple[tuple[str, Any], ...] = ()
     loc: str | None = None  # the user's source line, "simple_net.py:14"
     grad_of: str | None = None  # for backward nodes: the forward value this is a gradient for
+    # A `kernel` node (the kernel stage, passes/kernels.py) runs its body, a graph whose inputs
+    # are the node's operands (same names) and whose outputs are the node's outputs (same
+    # names): values made and used only inside the body never exist outside it.
+    body: "Graph | None" = None
 
     @property
     def out(self) -> str:
@@ -175,12 +182,30 @@ def rename_values(g: Graph, mapping: dict[str, str]) -> Graph:
             inputs=tuple(map(r, n.inputs)),
             outputs=tuple(map(r, n.outputs)),
             grad_of=r(n.grad_of) if n.grad_of else None,
+            body=rename_values(n.body, mapping) if n.body is not None else None,
         )
         for n in g.nodes
     )
     inputs = tuple(dataclasses.replace(i, name=r(i.name)) for i in g.inputs)
     outputs = tuple(Output(r(o.value), o.label) for o in g.outputs)
     return Graph(g.name, inputs, nodes, outputs, dict(g.meta))
+
+
+def kernel_node(members: list[Node], inputs: list[str], outputs: list[str], types: dict, kind: str) -> Node:
+    """A kernel-stage node running `members` (in order) as one kernel: operands `inputs`,
+    results `outputs` (values of the members that are used outside them)."""
+    body = Graph(KERNEL, tuple(Input(v, types[v]) for v in inputs), tuple(members), tuple(Output(o) for o in outputs))
+    return Node(KERNEL, tuple(inputs), tuple(outputs), tuple(types[o] for o in outputs), (("kind", kind),), None,
+                None, body)
+
+
+def members(g: Graph):
+    """Every node of g with kernel nodes replaced by their members (the plan before grouping)."""
+    for n in g.nodes:
+        if n.body is not None:
+            yield from n.body.nodes
+        else:
+            yield n
 
 
 class GraphBuilder:

@@ -46,7 +46,10 @@ def interpret(g: Graph, args: Sequence | Mapping, return_env: bool = False):
     """Evaluate `g` on numpy arrays; returns the list of output arrays (and every value if asked)."""
     env = bind_inputs(g, args)
     for n in g.nodes:
-        res = OPS[n.op].reference(*[env[i] for i in n.inputs], **dict(n.attrs))
+        if n.body is not None:  # a kernel of the kernel stage: its body, on the node's operands
+            res = tuple(interpret(n.body, [env[i] for i in n.inputs]))
+        else:
+            res = OPS[n.op].reference(*[env[i] for i in n.inputs], **dict(n.attrs))
         res = res if isinstance(res, tuple) else (res,)
         for name, t, v in zip(n.outputs, n.types, res):
             v = np.asarray(v)

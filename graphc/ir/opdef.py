@@ -59,6 +59,7 @@ class OpDef:
     #   "fused": several ops in one (drawn and reported as fused)
     #   "backward": only emitted by VJP rules;  "optimizer": an optimizer update
     #   "collective": talks to the other processes of a data-parallel job (every rank runs it)
+    #   "composite": no native kernel: passes/decompose.py always rewrites it into its decomposition
     tags: frozenset[str] = frozenset()
     # How the kernel pass may fuse it (TVM's pattern kinds): "elementwise" (one output element
     # from the same element of each input), "broadcast" (elementwise after numpy broadcasting),
@@ -66,6 +67,9 @@ class OpDef:
     # slice, pad, concat, gather), "reduce", "gemm" (a BLAS call that can take an elementwise
     # epilogue) or "opaque" (a kernel of its own; nothing fuses across it).
     kind: str | None = None
+    # decompose(b, node) -> output value(s): the op written in other ops (b.emit, b.types), for
+    # passes/decompose.py; an op that gives no reference or VJP gets them from it (derive()).
+    decompose: Callable[..., Any] | None = None
 
     # Decorators so an op's rule, reference kernel and VJP sit on adjacent lines.
     def ref(self, fn):
@@ -74,6 +78,10 @@ class OpDef:
 
     def grad(self, fn):
         self.vjp = fn
+        return fn
+
+    def decomp(self, fn):
+        self.decompose = fn
         return fn
 
     def normalize_attrs(self, given: dict) -> dict[str, Any]:
@@ -115,7 +123,7 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 
 
-TAGS = frozenset({"recompute", "fused", "backward", "optimizer", "collective"})
+TAGS = frozenset({"recompute", "fused", "backward", "optimizer", "collective", "composite"})
 KINDS = ("elementwise", "broadcast", "injective", "reduce", "gemm", "opaque")
 
 
@@ -144,3 +152,95 @@ def get_op(name: str) -> OpDef:
         return OPS[name]
     except KeyError:
         raise ShapeError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}") from None
+
+
+# ------------------------------------------------------------------ pieces derived from a decomposition
+
+
+def decomposed_graph(op: OpDef, in_types, attrs: dict):
+    """The graph of op's decomposition on inputs %in0, %in1, ... of `in_types`."""
+    from .graph import GraphBuilder, Node
+
+    b = GraphBuilder(op.name)
+    names = [b.add_input(f"in{k}", t) for k, t in enumerate(in_types)]
+    attrs = op.normalize_attrs(dict(attrs))
+    outs = op.infer_types(list(in_types), attrs)
+    node = Node(op.name, tuple(names), tuple(f"out{k}" for k in range(len(outs))), tuple(outs), tuple(attrs.items()))
+    got = op.decompose(b, node)
+    return b.build(list(got) if isinstance(got, (tuple, list)) else [got])
+
+
+def _derived_reference(op: OpDef):
+    def reference(*arrays, **attrs):
+        from .interpreter import interpret
+        from .types import TensorType
+
+        g = decomposed_graph(op, [TensorType.of(a) for a in arrays], attrs)
+        res = interpret(g, list(arrays))
+        return tuple(res) if len(res) > 1 else res[0]
+
+    reference.__doc__ = f"{op.name}'s reference: its decomposition on the reference interpreter"
+    return reference
+
+
+class _Recorder:
+    """The VJP builder as a decomposition sees it, remembering the nodes it emits."""
+
+    def __init__(self, b):
+        self.b, self.nodes = b, []
+
+    @property
+    def types(self):
+        return self.b.types
+
+    def emit(self, op: str, inputs=(), attrs: dict | None = None):
+        from .graph import Node
+
+        outs = self.b.emit(op, inputs, attrs)
+        names = outs if isinstance(outs, tuple) else (outs,)
+        full = OPS[op].normalize_attrs(dict(attrs or {}))
+        self.nodes.append(Node(op, tuple(inputs), names, tuple(self.b.types[o] for o in names), tuple(full.items())))
+        return outs
+
+
+def _derived_vjp(op: OpDef):
+    def vjp(b, node, gys, needs):
+        """Recompute the decomposition in the backward, then run the VJP rules of its nodes in
+        reverse (reverse mode over the few nodes of one op), summing gradients of reused values."""
+        rec = _Recorder(b)
+        outs = op.decompose(rec, node)
+        outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+        grads: dict[str, str] = {o: g for o, g in zip(outs, gys) if g is not None}
+        for n in reversed(rec.nodes):
+            gouts = [grads.get(o) for o in n.outputs]
+            rule = OPS[n.op].vjp
+            if all(g is None for g in gouts) or rule is None or isinstance(rule, _NoGradient):
+                continue
+            if len(gouts) == 1 or all(g is not None for g in gouts):
+                want = [b.types[i].is_float for i in n.inputs]
+                for i, g in zip(n.inputs, rule(b, n, gouts, want)):
+                    if g is not None and b.types[i].is_float:
+                        grads[i] = g if i not in grads else b.emit("add", [grads[i], g])
+        result = []
+        for i, need in zip(node.inputs, needs):
+            if not need:
+                result.append(None)
+            elif i in grads:
+                result.append(grads[i])
+            else:  # no path from this input to the outputs: its gradient is zero
+                t = b.types[i]
+                result.append(b.emit("full", [], {"shape": t.shape, "value": 0.0, "dtype": t.dtype}))
+        return result
+
+    return vjp
+
+
+def derive() -> None:
+    """Give every op with a decomposition but no reference (or no VJP) the derived one."""
+    for op in OPS.values():
+        if op.decompose is None:
+            continue
+        if op.reference is None:
+            op.reference = _derived_reference(op)
+        if op.vjp is None:
+            op.vjp = _derived_vjp(op)

@@ -348,6 +348,13 @@ def linear(t):
 linear.ref(_linear_ref)
 
 
+@linear.decomp
+def _(b, node):
+    x, w = node.inputs[0], node.inputs[1]
+    y = b.emit("matmul", [x, b.emit("transpose", [w], {"perm": (1, 0)})])
+    return b.emit("add", [y, node.inputs[2]]) if len(node.inputs) == 3 else y
+
+
 @defop("linear_relu", (2, 3), doc="fused relu(x @ w.T + b): one pass over the GEMM output", kind="gemm", tags=("fused",))
 def linear_relu(t):
     return _linear_rule("linear_relu", t)
@@ -399,6 +406,23 @@ log_softmax = _softmax_rule("log_softmax")
 log_softmax.ref(_log_softmax)
 
 
+def _shifted(b, x, dim):
+    """x - max(x, dim): the stable start of softmax and log_softmax."""
+    return b.emit("sub", [x, b.emit("max", [x], {"dims": (dim,), "keepdim": True})])
+
+
+@softmax.decomp
+def _(b, node):
+    e = b.emit("exp", [_shifted(b, node.inputs[0], node.attr["dim"])])
+    return b.emit("div", [e, b.emit("sum", [e], {"dims": (node.attr["dim"],), "keepdim": True})])
+
+
+@log_softmax.decomp
+def _(b, node):
+    z = _shifted(b, node.inputs[0], node.attr["dim"])
+    return b.emit("sub", [z, b.emit("log", [b.emit("sum", [b.emit("exp", [z])], {"dims": (node.attr["dim"],), "keepdim": True})])])
+
+
 softmax.grad(lambda b, node, gys, needs: [b.emit("softmax_backward", [gys[0], node.out], {"dim": node.attr["dim"]})])
 log_softmax.grad(lambda b, node, gys, needs: [b.emit("log_softmax_backward", [gys[0], node.out], {"dim": node.attr["dim"]})])
 
@@ -414,6 +438,13 @@ def mse_loss(t, reduction):
     if a.shape != b.shape:
         raise ShapeError(f"mse_loss: target shape {_fmt(b.shape)} must equal input shape {_fmt(a.shape)}")
     return TensorType((), dt)
+
+
+@mse_loss.decomp
+def _(b, node):
+    d = b.emit("sub", list(node.inputs))
+    r = node.attr["reduction"]
+    return b.emit(r, [b.emit("mul", [d, d])], {"dims": tuple(range(b.types[d].rank))})
 
 
 @mse_loss.ref
@@ -471,6 +502,15 @@ def cross_entropy(t, reduction):
     return TensorType((), t[0].dtype)
 
 
+@cross_entropy.decomp
+def _(b, node):
+    x, labels = node.inputs
+    n = b.types[x].shape[0]
+    lp = log_softmax.decompose(b, node.replace(op="log_softmax", inputs=(x,), attrs=(("dim", 1),)))
+    picked = b.emit("gather", [lp, b.emit("reshape", [labels], {"shape": (n, 1)})], {"dim": 1})
+    return b.emit("neg", [b.emit(node.attr["reduction"], [picked], {"dims": (0, 1)})])
+
+
 @cross_entropy.ref
 def _(logits, labels, reduction):
     _check_labels(labels, logits.shape[1])
@@ -507,6 +547,16 @@ def dropout_mask(seed, p: float, stream: int, shape, dtype) -> np.ndarray:
 
 
 dropout.ref(lambda x, seed, p, stream: x * dropout_mask(seed, p, stream, x.shape, x.dtype))
+
+
+@dropout.decomp
+def _(b, node):
+    (x, seed), p, t = node.inputs, node.attr["p"], b.types[node.inputs[0]]
+    u = b.emit("uniform", [seed], {"shape": t.shape, "stream": node.attr["stream"], "dtype": "f64"})
+    keep = b.emit("ge", [u, b.emit("full", [], {"shape": (), "value": p, "dtype": "f64"})])
+    scale = b.emit("full", [], {"shape": (), "value": 1.0 / (1.0 - p), "dtype": t.dtype})
+    zero = b.emit("full", [], {"shape": (), "value": 0.0, "dtype": t.dtype})
+    return b.emit("mul", [x, b.emit("where", [keep, scale, zero])])
 
 
 # The mask is recomputed from (seed, stream): dropout of gy with the same attributes.
@@ -778,3 +828,37 @@ all_reduce.grad(no_gradient("a collective over the gradients: it runs after them
 from . import primitives  # noqa: E402,F401
 # conv2d and the 2-D poolings (issue 10)
 from . import ops_conv  # noqa: E402,F401
+
+
+# ------------------------------------------------------------------ composite layers: a decomposition only
+# Reference and VJP come from the decomposition (opdef.derive); passes/decompose.py rewrites the
+# op into it before lowering, so it needs no native kernel either.
+
+
+@defop("layer_norm", (1, 3), {"eps": Attr("float", 1e-5)}, kind="opaque", tags=("composite",),
+       doc="torch's layer_norm over the last dim: (x - mean) / sqrt(var + eps) * weight + bias (biased var)")
+def layer_norm(t, eps):
+    x = t[0]
+    _float("layer_norm", x)
+    _same_dtype("layer_norm", *t)
+    for k, p in enumerate(t[1:], 1):
+        if p.shape != x.shape[-1:]:
+            raise ShapeError(f"layer_norm: {('weight', 'bias')[k - 1]} must be [{x.shape[-1]}] (the last dim of {x}), got {p}")
+    return x
+
+
+@layer_norm.decomp
+def _(b, node):
+    x, last = node.inputs[0], (b.types[node.inputs[0]].rank - 1,)
+    d = b.emit("sub", [x, b.emit("mean", [x], {"dims": last, "keepdim": True})])
+    var = b.emit("mean", [b.emit("mul", [d, d])], {"dims": last, "keepdim": True})
+    eps = b.emit("full", [], {"shape": (), "value": node.attr["eps"], "dtype": b.types[x].dtype})
+    y = b.emit("mul", [d, b.emit("rsqrt", [b.emit("add", [var, eps])])])
+    for op, p in zip(("mul", "add"), node.inputs[1:]):
+        y = b.emit(op, [y, p])
+    return y
+
+
+from .opdef import derive  # noqa: E402
+
+derive()

@@ -19,7 +19,7 @@ import math
 import re
 
 from .errors import ParseError, ShapeError
-from .graph import INPUT_KINDS, Graph, Input, Node, Output
+from .graph import INPUT_KINDS, KERNEL, KERNEL_KINDS, Graph, Input, Node, Output
 from .opdef import OPS, REQUIRED, get_op
 from .types import TensorType
 
@@ -51,6 +51,8 @@ def format_attrs(node: Node) -> str:
     """The `{k=v, ...}` block without attributes equal to their defaults ('' if none)."""
     # An unknown op prints every attribute, so the verifier can still show it in context.
     spec = OPS[node.op].attrs if node.op in OPS else {}
+    if node.op == KERNEL:
+        return " {" + ", ".join(f"{k}={format_attr(v)}" for k, v in node.attrs) + "}"
     shown = [f"{k}={format_attr(v)}" for k, v in node.attrs if k not in spec or spec[k].default != v]
     return " {" + ", ".join(shown) + "}" if shown else ""
 
@@ -78,7 +80,13 @@ def format_return(g: Graph) -> str:
 def print_graph(g: Graph) -> str:
     lines = [f"graph {g.name} {{"]
     lines += [f"  {i.kind} %{i.name}: {i.type}" for i in g.inputs]
-    lines += [f"  {format_node(n)}" for n in g.nodes]
+    for n in g.nodes:
+        if n.body is None:
+            lines.append(f"  {format_node(n)}")
+            continue
+        lines.append(f"  {format_node(n, comment=False)} {{")  # a kernel: its body's nodes, indented
+        lines += [f"    {format_node(m)}" for m in n.body.nodes]
+        lines.append("  }")
     lines.append(f"  {format_return(g)}")
     lines.append("}")
     return "\n".join(lines)
@@ -139,11 +147,23 @@ def parse(text: str, verify: bool = True) -> Graph:
     inputs: list[Input] = []
     nodes: list[Node] = []
     outputs: list[Output] | None = None
+    types: dict[str, TensorType] = {}
+    kernel: Node | None = None  # the kernel node whose body is being read
+    body: list[Node] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         try:
+            if kernel is not None:
+                if line == "}":
+                    nodes.append(_with_body(kernel, body, types))
+                    types.update(zip(kernel.outputs, kernel.types))
+                    kernel, body = None, []
+                else:
+                    body.append(_parse_node(line))
+                    types.update(zip(body[-1].outputs, body[-1].types))
+                continue
             if name is None:
                 m = re.match(r"^graph\s+([\w.<>-]+)\s*\{$", line)
                 if not m:
@@ -160,10 +180,18 @@ def parse(text: str, verify: bool = True) -> Graph:
                     outputs.append(Output(m.group(1), m.group(2)))
             elif (m := _INPUT.match(_split_comment(line)[0])):
                 inputs.append(Input(m.group(2), parse_type(m.group(3)), m.group(1)))
+                types[inputs[-1].name] = inputs[-1].type
+            elif line.endswith("{"):
+                kernel = _parse_node(line[:-1].rstrip())
+                if kernel.op != KERNEL:
+                    raise ValueError(f"only a kernel node has a body, not {kernel.op}")
             else:
                 nodes.append(_parse_node(line))
+                types.update(zip(nodes[-1].outputs, nodes[-1].types))
         except (ValueError, ShapeError) as e:
             raise ParseError(f"line {lineno}: {e}\n  {raw.strip()}") from None
+    if kernel is not None:
+        raise ParseError(f"kernel %{kernel.outputs[0]}: its body has no closing `}}`")
     if name is None or outputs is None:
         raise ParseError("incomplete graph: expected `graph NAME {`, nodes, `return ...` and `}`")
     g = Graph(name, tuple(inputs), tuple(nodes), tuple(outputs))
@@ -180,11 +208,14 @@ def _parse_node(line: str) -> Node:
         outs.append(v)
         types.append(parse_type(t))
     op = m.group("op")
-    opdef = get_op(op)
     args = [a.strip() for a in m.group("args").split(",") if a.strip()]
     for a in args:
         if not re.fullmatch(rf"%{NAME}", a):
             raise ValueError(f"bad operand {a!r}; operands are values like %0 or %x")
+    if op == KERNEL:
+        given = {k: _parse_attr(op, k, v, "str") for k, v in _ATTR.findall(m.group("attrs") or "")}
+        return Node(op, tuple(a[1:] for a in args), tuple(outs), tuple(types), tuple(sorted(given.items())), loc, grad_of)
+    opdef = get_op(op)
     given = {}
     for k, v in _ATTR.findall(m.group("attrs") or ""):
         spec = opdef.attrs.get(k)
@@ -196,3 +227,12 @@ def _parse_node(line: str) -> Node:
         attrs = {k: given.get(k, spec.default) for k, spec in opdef.attrs.items() if k in given or spec.default is not REQUIRED}
         attrs = dict(sorted({**attrs, **given}.items()))
     return Node(op, tuple(a[1:] for a in args), tuple(outs), tuple(types), tuple(attrs.items()), loc, grad_of)
+
+
+def _with_body(kernel: Node, body: list[Node], types: dict) -> Node:
+    missing = [i for i in kernel.inputs if i not in types]
+    if missing:
+        raise ValueError(f"kernel operand %{missing[0]} is used before it is defined")
+    g = Graph(KERNEL, tuple(Input(i, types[i]) for i in kernel.inputs), tuple(body), tuple(Output(o) for o in kernel.outputs))
+    return kernel.replace(body=g)
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from .errors import ShapeError, VerifyError
-from .graph import Graph
+from .graph import KERNEL, KERNEL_KINDS, Graph
 from .opdef import OPS
 
 _NAME = re.compile(r"[\w.]+")  # what the text form can print and read back
@@ -76,6 +76,9 @@ def verify(g: Graph) -> None:
             raise VerifyError(f"graph {g.name}, node {k} ({n.op}, defining {', '.join('%' + o for o in n.outputs)}): "
                               f"{msg}\n{_context(g, k)}")
 
+        if n.op == KERNEL or n.body is not None:
+            _verify_kernel(g, n, defined, fail)
+            continue
         if n.op not in OPS:
             fail(f"unknown op {n.op!r}")
         opdef = OPS[n.op]
@@ -121,3 +124,38 @@ def verify(g: Graph) -> None:
         if out.label is not None and not _LABEL.fullmatch(out.label):
             raise VerifyError(f"graph {g.name}: output label {out.label!r} of %{out.value} is not printable "
                               f"(letters, digits, _ . :)\n{_context(g, len(g.nodes))}")
+
+
+def _verify_kernel(g: Graph, n, defined: dict, fail) -> None:
+    """A kernel node: operands defined, a body whose inputs are the operands (same names and
+    types) and whose outputs are the node's outputs, values of the body not clashing with the
+    graph's, no kernel inside a kernel, and the body itself a valid graph."""
+    if n.op != KERNEL or n.body is None:
+        fail("only a kernel node has a body, and a kernel node needs one")
+    kind = dict(n.attrs).get("kind")
+    if tuple(k for k, _ in n.attrs) != ("kind",) or kind not in KERNEL_KINDS:
+        fail(f"kernel attributes must be {{kind=...}} with kind one of {KERNEL_KINDS}, got {dict(n.attrs)}")
+    for i in n.inputs:
+        if i not in defined:
+            fail(f"operand %{i} is not defined before this kernel")
+    b = n.body
+    if [(i.name, i.type) for i in b.inputs] != [(i, defined[i]) for i in n.inputs]:
+        fail("the body's inputs must be the kernel's operands: " + ", ".join(f"%{i.name}: {i.type}" for i in b.inputs))
+    if [o.value for o in b.outputs] != list(n.outputs) or any(o.label for o in b.outputs):
+        fail(f"the body's outputs {[o.value for o in b.outputs]} must be the kernel's outputs {list(n.outputs)}")
+    for m in b.nodes:
+        if m.body is not None:
+            fail(f"kernel inside a kernel (%{m.outputs[0]})")
+        for o in m.outputs:
+            if o in defined:
+                fail(f"%{o} of the body is also defined outside it")
+    try:
+        verify(b)
+    except VerifyError as e:
+        fail(f"invalid body: {e}")
+    for o, t in zip(n.outputs, n.types):
+        if b.types[o] != t:
+            fail(f"%{o} has type {t}, but the body gives {b.types[o]}")
+        if not _NAME.fullmatch(o):
+            fail(f"output name {o!r} is not a valid value name (letters, digits, _ and .)")
+        defined[o] = t

@@ -1,0 +1,260 @@
+"""Lowering of the kernel stage: one kernel node -> one generated numba function.
+
+Codegen decides nothing here: passes/kernels.py chose the members and the kind; this turns
+the body into source, one to one.
+
+- elementwise: one loop nest over the iteration space; every member becomes one local
+  (`t_<value>`) computed from its operands' locals; outputs are stored at the end of the
+  iteration; operands of the iteration shape are read at the flat index, broadcast ones
+  through their strides, one-element ones once before the loop.
+- gemm: the BLAS call (np.dot) of its first member into an output buffer of its type, then
+  the same loop as elementwise over the GEMM's output for the epilogue (bias, relu, ...).
+- reduce: the loop nest over the reduction's operand space computes the producers and
+  accumulates into the output (0 or -inf first; mean divides after).
+
+`EXPR[op]` is the scalar expression of each op that may sit in a kernel body.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from graphc.ir import TensorType
+from graphc.ir.graph import Node
+
+from .kernels import JIT, broadcast_strides, c_strides, splitmix64, stream_key
+
+# ------------------------------------------------------------------ scalar helpers the generated loops call
+
+
+@njit(inline="always", **JIT)
+def sigmoid1(v):
+    e = np.exp(-np.abs(v))  # exp of a non-positive number only: no overflow
+    return 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
+
+
+@njit(inline="always", **JIT)
+def uniform1(key, i):
+    return np.float64(splitmix64(key + np.uint64(i)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+HELPERS = ("sigmoid1", "uniform1", "stream_key")
+
+
+def _np(dtype: str) -> str:
+    return "np.bool_" if dtype == "bool" else f"np.{TensorType((), dtype).np_dtype.name}"
+
+
+class _Ctx:
+    """What the expression of one member may ask for: hoisted constants, the loop's flat index."""
+
+    def __init__(self):
+        self.pre: list[str] = []
+        self.n = 0
+
+    def const(self, dtype: str, value) -> str:
+        self.n += 1
+        name = f"c{self.n}"
+        v = repr(float(value)) if math.isfinite(float(value)) else f"float({str(float(value))!r})"
+        self.pre.append(f"{name} = {_np(dtype)}({v})")
+        return name
+
+    def hoist(self, expr: str) -> str:
+        self.n += 1
+        name = f"h{self.n}"
+        self.pre.append(f"{name} = {expr}")
+        return name
+
+
+def _bin(sym):
+    return lambda a, n, c: f"({a[0]} {sym} {a[1]})"
+
+
+def _dropout(a, n: Node, c: _Ctx) -> str:
+    dt = n.types[0].dtype
+    key = c.hoist(f"stream_key({a[1]}, {int(n.attr['stream'])})")
+    scale, zero = c.const(dt, 1.0 / (1.0 - n.attr["p"])), c.const(dt, 0.0)
+    return f"({a[0]} * ({scale} if uniform1({key}, i) >= {float(n.attr['p'])!r} else {zero}))"
+
+
+def _uniform(a, n: Node, c: _Ctx) -> str:
+    key = c.hoist(f"stream_key({a[0]}, {int(n.attr['stream'])})")
+    return f"{_np(n.types[0].dtype)}(uniform1({key}, i))"
+
+
+def _relu(a, n, c):
+    z = c.const(n.types[0].dtype, 0.0)
+    return f"({z} if {a[0]} < {z} else {a[0]})"
+
+
+def _cast(a, n, c):
+    dt = n.attr["dtype"]
+    return f"({a[0]} != 0)" if dt == "bool" else f"{_np(dt)}({a[0]})"
+
+
+EXPR = {
+    "add": _bin("+"), "sub": _bin("-"), "mul": _bin("*"), "div": _bin("/"),
+    "maximum": lambda a, n, c: f"({a[0]} if {a[0]} > {a[1]} or {a[0]} != {a[0]} else {a[1]})",
+    "minimum": lambda a, n, c: f"({a[0]} if {a[0]} < {a[1]} or {a[0]} != {a[0]} else {a[1]})",
+    "eq": _bin("=="), "ne": _bin("!="), "lt": _bin("<"), "le": _bin("<="), "gt": _bin(">"), "ge": _bin(">="),
+    "where": lambda a, n, c: f"({a[1]} if {a[0]} else {a[2]})",
+    "neg": lambda a, n, c: f"(-{a[0]})",
+    "exp": lambda a, n, c: f"np.exp({a[0]})",
+    "log": lambda a, n, c: f"np.log({a[0]})",
+    "sqrt": lambda a, n, c: f"np.sqrt({a[0]})",
+    "rsqrt": lambda a, n, c: f"({c.const(n.types[0].dtype, 1.0)} / np.sqrt({a[0]}))",
+    "erf": lambda a, n, c: f"{_np(n.types[0].dtype)}(math.erf({a[0]}))",
+    "tanh": lambda a, n, c: f"np.tanh({a[0]})",
+    "pow": lambda a, n, c: f"({a[0]} ** {c.const(n.types[0].dtype, n.attr['exponent'])})",
+    "relu": _relu,
+    "sigmoid": lambda a, n, c: f"sigmoid1({a[0]})",
+    "cast": _cast,
+    "relu_backward": lambda a, n, c: f"({a[0]} if {a[1]} > {c.const(n.types[0].dtype, 0.0)} else "
+                                     f"{c.const(n.types[0].dtype, 0.0)})",
+    "sigmoid_backward": lambda a, n, c: f"({a[0]} * {a[1]} * ({c.const(n.types[0].dtype, 1.0)} - {a[1]}))",
+    "tanh_backward": lambda a, n, c: f"({a[0]} * ({c.const(n.types[0].dtype, 1.0)} - {a[1]} * {a[1]}))",
+    "dropout": _dropout,
+    "uniform": _uniform,
+    "mse_loss_backward": lambda a, n, c: f"(({a[1]} - {a[2]}) * ({a[0]} * "
+                                         f"{c.const(n.types[0].dtype, 2.0 / (_size(n) if n.attr['reduction'] == 'mean' else 1))}))",
+}
+
+
+def _size(n: Node) -> int:
+    return TensorType(n.types[0].shape).size
+
+
+def lowerable(n: Node) -> bool:
+    """Whether a node may sit in a generated loop (its scalar expression is known here)."""
+    return n.op in EXPR
+
+
+# ------------------------------------------------------------------ one kernel -> one function
+
+
+def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[str, list[str], list[str]]:
+    """(source of `def name(...)`, operand values in argument order, output values in argument
+    order). Operands travel as flat views, except scalars (rng seeds) as ints; outputs flat."""
+    body = node.body
+    kind = node.attr["kind"]
+    members = list(body.nodes)
+    types = body.types
+    inputs = [i.name for i in body.inputs]
+    outputs = list(node.outputs)
+    arg = {v: f"a{k}" for k, v in enumerate(inputs)}
+    out = {v: f"o{k}" for k, v in enumerate(outputs)}
+    c = _Ctx()
+    lines: list[str] = []
+    gemm = members[0] if kind == "gemm" else None
+    red = members[-1] if kind == "reduce" else None
+    space = (types[red.inputs[0]].shape if red is not None else types[members[0].outputs[0]].shape)
+    rank = len(space)
+    idx = [f"i{d}" for d in range(rank)]
+    local = {v: f"t_{ident(v)}" for m in members for v in m.outputs}
+
+    def read(v: str) -> str:
+        """The expression of operand v at the current iteration (v external)."""
+        t = types[v]
+        if v in scalars:
+            return arg[v]
+        if t.size == 1:
+            return c.hoist(f"{arg[v]}[0]")
+        if t.shape == space:
+            return f"{arg[v]}[i]"
+        st = broadcast_strides(t.shape, space)
+        off = " + ".join(f"{ix} * {s}" for ix, s in zip(idx, st) if s) or "0"
+        return f"{arg[v]}[{off}]"
+
+    gemm_dst = None
+    if gemm is not None:
+        x, w = gemm.inputs[0], gemm.inputs[1]
+        a2 = c.hoist(f"{arg[x]}.reshape({types[x].shape!r})")
+        b2 = c.hoist(f"{arg[w]}.reshape({types[w].shape!r})")
+        g_out = gemm.outputs[0]
+        g_t = types[g_out]
+        if g_out in out:
+            gemm_dst = out[g_out]
+        else:
+            gemm_dst = next((out[o] for o in outputs if types[o] == g_t), None) or "s0"
+        d2 = c.hoist(f"{gemm_dst}.reshape({g_t.shape!r})")
+        c.pre.append(f"np.dot({a2}, {b2}{'.T' if gemm.op != 'matmul' else ''}, {d2})")
+
+    loop: list[str] = []
+    for m in members:
+        if m is gemm:
+            e = f"{gemm_dst}[i]"
+            if len(m.inputs) == 3:  # the bias
+                e = f"({e} + {read(m.inputs[2])})"
+            if m.op == "linear_relu":
+                z = c.const(m.types[0].dtype, 0.0)
+                loop.append(f"u = {e}")
+                e = f"({z} if u < {z} else u)"
+            loop.append(f"{local[m.outputs[0]]} = {e}")
+            continue
+        if m is red:
+            continue
+        ops = [local[i] if i in local else read(i) for i in m.inputs]
+        loop.append(f"{local[m.outputs[0]]} = {EXPR[m.op](ops, m, c)}")
+    for v in outputs:
+        if red is None or v != red.outputs[0]:
+            loop.append(f"{out[v]}[i] = {local[v]}")
+
+    post: list[str] = []
+    if red is not None:
+        r_out, r_in, dims = red.outputs[0], red.inputs[0], red.attr["dims"]
+        src = local[r_in] if r_in in local else read(r_in)
+        rt = types[r_out]
+        o = out[r_out]
+        count = int(np.prod([space[d] for d in dims], dtype=np.int64))
+        if red.op == "max":
+            init = "-np.inf" if rt.is_float else str(-(1 << 63))
+        else:
+            init = "0"
+        full = rt.size == 1
+        if full and red.op != "max":
+            c.pre.append("acc = 0.0")
+            loop.append(f"acc += {src}")
+            post.append(f"{o}[0] = acc / {count}" if red.op == "mean" else f"{o}[0] = acc")
+        else:
+            c.pre.append(f"for q in range({o}.size):\n        {o}[q] = {init}")
+            keep = tuple(1 if d in dims else n for d, n in enumerate(space))
+            so = [0 if d in dims else s for d, s in enumerate(c_strides(keep))]
+            off = " + ".join(f"{ix} * {s}" for ix, s in zip(idx, so) if s) or "0"
+            if red.op == "max":
+                loop.append(f"v = {src}")
+                loop.append(f"if v > {o}[{off}] or v != v:\n{{ind}}    {o}[{off}] = v")
+            else:
+                loop.append(f"{o}[{off}] += {src}")
+            if red.op == "mean":
+                cc = c.const(rt.dtype, count)
+                post.append(f"for q in range({o}.size):\n        {o}[q] = {o}[q] / {cc}")
+
+    params = [arg[v] for v in inputs] + [out[v] for v in outputs] + (["s0"] if gemm_dst == "s0" else [])
+    src = [f"@njit({_JIT})", f"def {name}({', '.join(params)}):"]
+    src += [f"    {ln}" for ln in c.pre]
+    src.append("    i = 0")
+    ind = "    "
+    for d in range(rank):
+        src.append(f"{ind}for i{d} in range({space[d]}):")
+        ind += "    "
+    for ln in loop:
+        src.append(ind + ln.replace("{ind}", ind))
+    src.append(f"{ind}i += 1")
+    src += [f"    {ln}" for ln in post]
+    return "\n".join(src) + "\n", inputs, outputs + (["#scratch0"] if gemm_dst == "s0" else [])
+
+
+_JIT = 'cache=True, nogil=True, error_model="numpy"'
+
+
+def kernel_scratch(node: Node) -> list[TensorType]:
+    """A GEMM kernel whose product stays inside and matches no output's type needs a buffer."""
+    if node.attr["kind"] != "gemm":
+        return []
+    g = node.body.nodes[0]
+    t = g.types[0]
+    if g.outputs[0] in node.outputs or any(ot == t for ot in node.types):
+        return []
+    return [t]

@@ -1,0 +1,288 @@
+"""The kernel stage (passes/kernels.py, runtime/lower.py): kernel counts per model (as
+tinygrad's schedule tests), golden stage text, the IR form of a kernel (print, parse, verify,
+interpret), and jit = interpret = torch over generated MLPs (hypothesis)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import graphc
+import graphc.nn as nn
+from graphc.ir import GraphBuilder, TensorType, VerifyError, interpret, parse
+from graphc.passes.kernels import kernel_count, kernels
+from graphc.passes.manager import PassContext
+from graphc.runtime import Executable
+from models import SimpleNet, copy_to_torch, mlp, torch_mlp
+
+R = np.random.default_rng(0)
+
+
+def _train_step(model, loss, x, y, opt="sgd", mode="jit"):
+    o = graphc.optim.SGD(model.parameters(), lr=0.05) if opt == "sgd" else graphc.optim.Adam(model.parameters(), lr=0.01)
+    return graphc.compile_train_step(model, loss, o, x, y, mode=mode)
+
+
+def _stage(step, name="kernels"):
+    return step.graph(name)
+
+
+def _kernel_nodes(g):
+    return [n for n in g.nodes if n.op == "kernel"]
+
+
+# ------------------------------------------------------------------ kernel counts per model
+
+
+def test_simple_net_train_step_kernels():
+    x, y = R.random((64, 10), np.float32), R.random((64, 1), np.float32)
+    step = _train_step(SimpleNet(), nn.MSELoss(), x, y, mode="interpret")
+    g = _stage(step)
+    ks = _kernel_nodes(g)
+    # linear_relu + dropout (GEMM + epilogue) and linear + mse_loss_backward (GEMM + epilogue)
+    assert [[m.op for m in k.body.nodes] for k in ks] == [["linear_relu", "dropout"], ["linear", "mse_loss_backward"]]
+    assert kernel_count(g) == 11  # 2 fused, mse_loss, 2 linear_backward, dropout, 4 sgd_update, the step counter
+    assert "kernel count" in step.passes_report() or "kernels" in step.passes_report()
+
+
+def test_m_mlp_train_step_kernels():
+    x, y = R.random((128, 784), np.float32), R.integers(0, 10, 128)
+    step = _train_step(mlp((784, 512, 512, 10)), nn.CrossEntropyLoss(), x, y, mode="interpret")
+    g = _stage(step)
+    assert len(_kernel_nodes(g)) == 0  # linear_relu's take no elementwise consumer here: nothing to fuse
+    # forward GEMMs, loss, loss gradient, backward GEMMs (linear_backward), updates, step counter
+    assert kernel_count(g) == 3 + 1 + 1 + 3 + 6 + 1
+
+
+def _graph(build):
+    b = GraphBuilder("t")
+    outs = build(b)
+    return b.build(outs if isinstance(outs, list) else [outs]).verify()
+
+
+def _run_kernels(g):
+    ctx = PassContext("kernels")
+    new, changed = kernels(g, ctx)
+    new.verify()
+    return new, ctx
+
+
+def test_residual_add_fuses_into_the_gemm_epilogue():
+    def build(b):
+        x = b.add_input("x", TensorType((8, 16)))
+        w = b.add_input("w", TensorType((16, 16)), "param")
+        h = b.emit("linear_relu", [x, w])
+        return b.emit("relu", [b.emit("add", [h, x])])
+
+    g = _graph(build)
+    new, ctx = _run_kernels(g)
+    assert kernel_count(new) == 1 and new.nodes[0].attr["kind"] == "gemm"
+    assert [m.op for m in new.nodes[0].body.nodes] == ["linear_relu", "add", "relu"]
+    _agree(g, new)
+
+
+def _softmax(b, x, dim):
+    m = b.emit("max", [x], {"dims": (dim,), "keepdim": True})
+    e = b.emit("exp", [b.emit("sub", [x, m])])
+    return b.emit("div", [e, b.emit("sum", [e], {"dims": (dim,), "keepdim": True})])
+
+
+def test_softmax_from_primitives_is_three_kernels():
+    g = _graph(lambda b: _softmax(b, b.add_input("x", TensorType((4, 7))), 1))
+    new, ctx = _run_kernels(g)
+    # max; sub + exp + sum (a reduction with its producers); div (after the reduction)
+    assert kernel_count(new) == 3
+    assert [m.op for m in _kernel_nodes(new)[0].body.nodes] == ["sub", "exp", "sum"]
+    reasons = [r.reason for r in ctx.fusion_records if not r.fused]
+    assert any("a reduction ends its kernel" in r for r in reasons)
+    _agree(g, new)
+
+
+def test_layer_norm_from_primitives():
+    def build(b):
+        x = b.add_input("x", TensorType((6, 32)))
+        w = b.add_input("w", TensorType((32,)), "param")
+        bias = b.add_input("b", TensorType((32,)), "param")
+        mu = b.emit("mean", [x], {"dims": (1,), "keepdim": True})
+        d = b.emit("sub", [x, mu])
+        var = b.emit("mean", [b.emit("mul", [d, d])], {"dims": (1,), "keepdim": True})
+        eps = b.emit("full", [], {"shape": (), "value": 1e-5})
+        r = b.emit("rsqrt", [b.emit("add", [var, eps])])
+        return b.emit("add", [b.emit("mul", [b.emit("mul", [d, r]), w]), bias])
+
+    g = _graph(build)
+    new, ctx = _run_kernels(g)
+    # mean; sub + mul + mean; add + rsqrt (over [6,1]); mul + mul + add (over [6,32])
+    assert kernel_count(new) == 4, new
+    _agree(g, new)
+
+
+def _agree(g, new):
+    args = [R.standard_normal(i.type.shape).astype(i.type.np_dtype) for i in g.inputs]
+    want = interpret(g, args)
+    for got in (interpret(new, args), _jit(new, args)):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _jit(g, args):
+    exe = Executable(g, mode="jit")
+    exe.run(*args)
+    return [np.array(o) for o in exe.outputs]
+
+
+# ------------------------------------------------------------------ the IR form of a kernel
+
+GOLDEN_SIMPLE_NET = """\
+  %1: f32[64,20], %2: f32[64,20] = kernel(%x, %linear1.weight, %linear1.bias, %seed) {kind="gemm"} {
+    %1: f32[64,20] = linear_relu(%x, %linear1.weight, %linear1.bias)
+    %2: f32[64,20] = dropout(%1, %seed) {p=0.5}
+  }
+  %3: f32[64,1], %6: f32[64,1] = kernel(%2, %linear2.weight, %linear2.bias, %5, %target) {kind="gemm"} {
+    %3: f32[64,1] = linear(%2, %linear2.weight, %linear2.bias)
+    %6: f32[64,1] = mse_loss_backward(%5, %3, %target)
+  }
+  %4: f32[] = mse_loss(%3, %target)"""
+
+
+def _no_comments(text: str) -> str:
+    return "\n".join(ln.split("  #")[0] for ln in text.splitlines())
+
+
+def test_golden_simple_net_kernel_stage():
+    x, y = R.random((64, 10), np.float32), R.random((64, 1), np.float32)
+    step = _train_step(SimpleNet(), nn.MSELoss(), x, y, mode="interpret")
+    text = step.ir("kernels")
+    assert GOLDEN_SIMPLE_NET in _no_comments(text)
+    g = parse(text)
+    assert parse(str(g)) == g == step.graph("kernels")
+
+
+GOLDEN_MLP = """graph t {
+  input %x: f32[4,3]
+  param %w: f32[5,3]
+  param %b: f32[5]
+  %2: f32[4,5] = kernel(%x, %w, %b) {kind="gemm"} {
+    %0: f32[4,5] = linear(%x, %w, %b)
+    %1: f32[4,5] = tanh(%0)
+    %2: f32[4,5] = sigmoid(%1)
+  }
+  %3: f32[4] = sum(%2) {dims=[1]}
+  return %3
+}"""
+
+
+def test_golden_small_model_round_trips_and_runs():
+    def build(b):
+        x = b.add_input("x", TensorType((4, 3)))
+        w = b.add_input("w", TensorType((5, 3)), "param")
+        bias = b.add_input("b", TensorType((5,)), "param")
+        h = b.emit("sigmoid", [b.emit("tanh", [b.emit("linear", [x, w, bias])])])
+        return b.emit("sum", [h], {"dims": (1,)})
+
+    g = _graph(build)
+    new, _ = _run_kernels(g)
+    assert str(new) == GOLDEN_MLP
+    assert parse(GOLDEN_MLP) == new
+    _agree(g, new)
+
+
+def test_verify_rejects_a_broken_kernel():
+    bad = GOLDEN_MLP.replace("    %2: f32[4,5] = sigmoid(%1)\n", "")
+    with pytest.raises(VerifyError, match="body's outputs|not defined"):
+        parse(bad)
+    with pytest.raises(VerifyError, match="kind one of"):
+        parse(GOLDEN_MLP.replace('{kind="gemm"}', '{kind="fast"}'))
+
+
+def test_disable_kernels_keeps_the_plan():
+    x, y = R.random((64, 10), np.float32), R.random((64, 1), np.float32)
+    o = graphc.optim.SGD(SimpleNet().parameters(), lr=0.1)
+    m = SimpleNet()
+    step = graphc.compile_train_step(m, nn.MSELoss(), graphc.optim.SGD(m.parameters(), lr=0.1), x, y,
+                                     mode="interpret", disable=["kernels"])
+    assert "kernels" not in step.stages and o is not None
+
+
+# ------------------------------------------------------------------ jit = interpret = torch over random MLPs
+
+ACTS = {"relu": (nn.ReLU, torch.nn.ReLU), "tanh": (nn.Tanh, torch.nn.Tanh), "sigmoid": (nn.Sigmoid, torch.nn.Sigmoid)}
+
+
+def _models(widths, acts, drop):
+    g_layers, t_layers = [], []
+    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        g_layers.append(nn.Linear(a, b))
+        t_layers.append(torch.nn.Linear(a, b))
+        if k < len(widths) - 2:
+            g_layers.append(ACTS[acts[k]][0]())
+            t_layers.append(ACTS[acts[k]][1]())
+            if drop[k]:
+                g_layers.append(nn.Dropout(0.3))
+                t_layers.append(torch.nn.Dropout(0.3))
+    return nn.Sequential(*g_layers), torch.nn.Sequential(*t_layers)
+
+
+@settings(max_examples=6, deadline=None)
+@given(depth=st.integers(1, 4), data=st.data())
+def test_random_mlps_jit_interpret_torch_agree(depth, data):
+    widths = [data.draw(st.integers(1, 64)) for _ in range(depth + 1)]
+    acts = [data.draw(st.sampled_from(sorted(ACTS))) for _ in range(depth)]
+    drop = [data.draw(st.booleans()) for _ in range(depth)]
+    loss = data.draw(st.sampled_from(["mse", "ce"]))
+    opt = data.draw(st.sampled_from(["sgd", "adam"]))
+    batch = data.draw(st.integers(1, 16))
+    if loss == "ce" and widths[-1] < 2:
+        widths[-1] = 2
+    x = R.standard_normal((batch, widths[0])).astype(np.float32)
+    y = R.integers(0, widths[-1], batch) if loss == "ce" else R.standard_normal((batch, widths[-1])).astype(np.float32)
+    loss_g = nn.CrossEntropyLoss() if loss == "ce" else nn.MSELoss()
+    results = {}
+    for mode in ("jit", "interpret"):
+        graphc.manual_seed(11)
+        model, tmodel = _models(widths, acts, drop)
+        step = _train_step(model, loss_g, x, y, opt, mode)
+        graphc.manual_seed(12)
+        losses = [step(x, y) for _ in range(3)]
+        results[mode] = (losses, [np.array(p) for p in model.parameters()])
+    (l1, p1), (l2, p2) = results["jit"], results["interpret"]
+    np.testing.assert_allclose(l1, l2, rtol=1e-4, atol=1e-5)  # the same dropout masks: same numbers
+    for a, b in zip(p1, p2):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    if not any(drop[:depth - 1]):  # torch draws other masks: compare where no dropout runs
+        graphc.manual_seed(11)
+        model, tmodel = _models(widths, acts, drop)
+        copy_to_torch(model, tmodel)
+        topt = torch.optim.SGD(tmodel.parameters(), lr=0.05) if opt == "sgd" else torch.optim.Adam(tmodel.parameters(), lr=0.01)
+        tl = torch.nn.CrossEntropyLoss() if loss == "ce" else torch.nn.MSELoss()
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        tlosses = []
+        for _ in range(3):
+            topt.zero_grad()
+            out = tl(tmodel(tx), ty)
+            out.backward()
+            topt.step()
+            tlosses.append(out.item())
+        np.testing.assert_allclose(l1, tlosses, rtol=1e-4, atol=1e-5)
+        for a, b in zip(p1, tmodel.parameters()):
+            np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_layer_trains_like_torch():
+    """nn.LayerNorm (an op with a decomposition only) in a train step against torch."""
+    graphc.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 2))
+    t = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.LayerNorm(8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    copy_to_torch(model, t)
+    x, y = R.standard_normal((5, 6)).astype(np.float32), R.standard_normal((5, 2)).astype(np.float32)
+    step = _train_step(model, nn.MSELoss(), x, y)
+    topt = torch.optim.SGD(t.parameters(), lr=0.05)
+    for _ in range(3):
+        topt.zero_grad()
+        out = torch.nn.functional.mse_loss(t(torch.from_numpy(x)), torch.from_numpy(y))
+        out.backward()
+        topt.step()
+        np.testing.assert_allclose(step(x, y), out.item(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(model.parameters(), t.parameters()):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-4, atol=1e-5)
