@@ -363,6 +363,8 @@ class ParameterList(Module):
         for p in values:
             self.append(p)
         return self
+
+
 class LayerNorm(Module):
     """torch.nn.LayerNorm over the last dim: weight ones, bias zeros (elementwise_affine=True)."""
 
