@@ -363,27 +363,3 @@ class ParameterList(Module):
         for p in values:
             self.append(p)
         return self
-
-
-class LayerNorm(Module):
-    """torch.nn.LayerNorm over the last dim: weight ones, bias zeros (elementwise_affine=True)."""
-
-    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
-                 dtype=np.float32):
-        super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-        self.normalized_shape, self.eps = shape, eps
-        if elementwise_affine:
-            self.weight = Parameter(np.ones(shape), dtype=dtype)
-        else:
-            self.register_parameter("weight", None)
-        if elementwise_affine and bias:
-            self.bias = Parameter(np.zeros(shape), dtype=dtype)
-        else:
-            self.register_parameter("bias", None)
-
-    def forward(self, input):
-        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
-
-    def extra_repr(self):
-        return f"{self.normalized_shape}, eps={self.eps}"
