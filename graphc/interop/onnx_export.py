@@ -252,7 +252,8 @@ def _inference_graph(model, arrays) -> Graph:
         graph = trace(model, *arrays)
     finally:
         model.train(was_training)
-    return compile_pipeline(graph, "inference").forward
+    # the plan before the kernel stage: ONNX gets ops, not graphc's fused kernel nodes
+    return compile_pipeline(graph, "inference").graph("forward_plan")
 
 
 def onnx_model(model, *example_inputs, opset: int = 17, dynamic_batch: bool = True):
