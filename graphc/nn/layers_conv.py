@@ -13,6 +13,7 @@ from .. import random as _random
 from ..ir import GraphcError
 from ..tracing import TraceError
 from . import functional as F
+from .layers import Dropout
 from .module import Module
 from .parameter import Parameter
 
@@ -120,14 +121,9 @@ class AdaptiveAvgPool2d(Module):
         return f"output_size={self.output_size}"
 
 
-class Dropout2d(Module):
-    """Zeroes whole channels with probability p (scales the rest by 1/(1-p)); identity in eval mode."""
-
-    def __init__(self, p: float = 0.5, inplace: bool = False):
-        super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-        self.p = p
+class Dropout2d(Dropout):
+    """Zeroes whole channels with probability p (scales the rest by 1/(1-p)); identity in eval mode.
+    Dropout's constructor and checks; only the mask's shape differs."""
 
     def forward(self, input):
         with _named(self):
