@@ -172,3 +172,23 @@ def test_only_values_computed_from_inputs_carry_the_dynamic_batch(tmp_path):
     out = onnx.load(str(path)).graph.output[0]
     assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 4]
     np.testing.assert_allclose(run_onnx(path, x=x_of(7, 3))[0], model(x_of(7, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_cnn_exports_with_batchnorm_statistics_as_initializers(tmp_path):
+    torch = pytest.importorskip("torch")
+    from test_interop_torch import SmallCNN
+
+    torch.manual_seed(7)
+    tm = SmallCNN()
+    x = np.random.default_rng(7).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    tm(torch.from_numpy(x))  # one training-mode call: running statistics away from 0 and 1
+    tm.eval()
+    gm = graphc.from_torch(tm, x)
+    path = graphc.export_onnx(gm, tmp_path / "cnn.onnx", x)
+    m = onnx.load(str(path))
+    assert {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm"} <= {n.op_type for n in m.graph.node}
+    assert "bn1.running_mean" in {i.name for i in m.graph.initializer}
+    for n in (4, 2):
+        xb = np.random.default_rng(n).standard_normal((n, 1, 8, 8)).astype(np.float32)
+        np.testing.assert_allclose(run_onnx(path, x=xb)[0], tm(torch.from_numpy(xb)).detach().numpy(),
+                                   rtol=1e-5, atol=1e-5)

@@ -353,3 +353,52 @@ def test_transformer_style_ops_match_torch_in_value_and_gradient():
     tm(torch.from_numpy(ids)).backward(torch.from_numpy(gy))
     for (name, p), tp in zip(gm.named_parameters(), tm.parameters()):
         np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+# ------------------------------------------------------------------ CNN layers (issue 10)
+
+
+class SmallCNN(tnn.Module):
+    """Conv2d, BatchNorm2d (buffers), pooling, Dropout2d and a view(x.size(0), -1) head."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(1, 4, 3, padding=1)
+        self.bn1 = tnn.BatchNorm2d(4)
+        self.pool = tnn.MaxPool2d(2)
+        self.conv2 = tnn.Conv2d(4, 6, 3, stride=1, bias=False)
+        self.drop = tnn.Dropout2d(p)
+        self.gap = tnn.AdaptiveAvgPool2d(1)
+        self.fc = tnn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        x = TF.avg_pool2d(self.drop(self.conv2(x)), 1)
+        return self.fc(self.gap(x).view(x.size(0), -1))
+
+
+def test_cnn_with_batchnorm_buffers_matches_torch_in_value_gradient_and_steps():
+    torch.manual_seed(6)
+    tm = SmallCNN()
+    x = np.random.default_rng(6).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    labels = np.array([0, 1, 2, 1], np.int64)
+    gm = graphc.from_torch(tm, x)
+    assert list(gm.state_dict()) == list(tm.state_dict())  # bn1.running_mean, ..., num_batches_tracked
+    ops = {n.op for n in graphc.trace(gm, x).nodes}
+    assert {"conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"} <= ops
+
+    step = graphc.compile_train_step(gm, nn.CrossEntropyLoss(), graphc.optim.SGD(gm.parameters(), lr=0.1), x, labels,
+                                     mode="interpret")
+    topt = torch.optim.SGD(tm.parameters(), lr=0.1)
+    for _ in range(3):  # training mode: batch statistics, running stats move
+        loss = step(x, labels)
+        topt.zero_grad()
+        tloss = TF.cross_entropy(tm(torch.from_numpy(x)), torch.from_numpy(labels))
+        tloss.backward()
+        topt.step()
+        assert loss == pytest.approx(tloss.item(), rel=1e-5)
+    for k, v in gm.state_dict().items():
+        np.testing.assert_allclose(v.numpy(), tm.state_dict()[k].numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
+    gm.eval()
+    tm.eval()
+    np.testing.assert_allclose(gm(x), torch_out(tm, x), rtol=1e-5, atol=1e-5)

@@ -183,6 +183,41 @@ def _pad(c, n):
     return c.add("Pad", [n.inputs[0], pads, value], n.outputs, n, mode="constant")
 
 
+def _conv2d(c, n):
+    a = n.attr
+    top, bottom, left, right = a["padding"]
+    return c.add("Conv", n.inputs, n.outputs, n, strides=list(a["stride"]), pads=[top, left, bottom, right],
+                 dilations=list(a["dilation"]), group=a["groups"])
+
+
+def _pool_window(n):
+    top, bottom, left, right = n.attr["padding"]
+    return dict(kernel_shape=list(n.attr["kernel_size"]), strides=list(n.attr["stride"]), pads=[top, left, bottom, right])
+
+
+def _max_pool2d(c, n):
+    if c.graph.uses(n.outputs[1]):
+        raise OnnxExportError(f"max_pool2d %{n.outputs[0]}: its indices are used, and ONNX MaxPool numbers them "
+                              "differently from torch; only the pooled values export")
+    return c.add("MaxPool", n.inputs, n.outputs[:1], n, dilations=list(n.attr["dilation"]), **_pool_window(n))
+
+
+def _avg_pool2d(c, n):
+    return c.add("AveragePool", n.inputs, n.outputs, n, count_include_pad=int(n.attr["count_include_pad"]),
+                 **_pool_window(n))
+
+
+def _adaptive_avg_pool2d(c, n):
+    h, w = c.graph.types[n.inputs[0]].shape[2:]
+    oh, ow = n.attr["output_size"]
+    if (oh, ow) == (1, 1):
+        return c.add("GlobalAveragePool", n.inputs, n.outputs, n)
+    if h % oh or w % ow:
+        raise OnnxExportError(f"adaptive_avg_pool2d %{n.outputs[0]}: {h}x{w} -> {oh}x{ow} has uneven windows, "
+                              "which no ONNX pooling op computes")
+    return c.add("AveragePool", n.inputs, n.outputs, n, kernel_shape=[h // oh, w // ow], strides=[h // oh, w // ow])
+
+
 # graphc op -> its ONNX emitter (one line each; forward ops of an eval-mode graph)
 ONNX_OPS: dict[str, Callable] = {
     "add": _binary("Add"),
@@ -228,6 +263,10 @@ ONNX_OPS: dict[str, Callable] = {
     "concat": lambda c, n: c.add("Concat", n.inputs, n.outputs, n, axis=n.attr["dim"]),
     "pad": _pad,
     "gather": lambda c, n: c.add("GatherElements", n.inputs, n.outputs, n, axis=n.attr["dim"]),
+    "conv2d": _conv2d,
+    "max_pool2d": _max_pool2d,
+    "avg_pool2d": _avg_pool2d,
+    "adaptive_avg_pool2d": _adaptive_avg_pool2d,
 }
 
 _ELEM = {"f32": "FLOAT", "f64": "DOUBLE", "i64": "INT64", "bool": "BOOL"}

@@ -434,6 +434,8 @@ def _build_modules(torch_module, called: set[str]):
         for k, p in tm._parameters.items():
             if p is not None:
                 setattr(gm, k, Parameter(_numpy(p), requires_grad=p.requires_grad))
+            elif hasattr(gm, "register_parameter"):  # bias=False: the layer reads self.bias as None
+                gm.register_parameter(k, None)
         for k, b in tm._buffers.items():
             if b is None:
                 continue

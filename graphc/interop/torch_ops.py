@@ -352,6 +352,29 @@ def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return y + bias if bias is not None else y
 
 
+def _nn(name: str):
+    """A graphc.nn layer class by name, looked up when a torch model needs it."""
+    from .. import nn
+
+    return getattr(nn, name)
+
+
+def _conv_layer(m):
+    if m.padding_mode != "zeros":
+        raise GraphcError(f"Conv2d(padding_mode={m.padding_mode!r}) is not supported; only zero padding")
+    return _nn("Conv2d")(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                         bias=m.bias is not None)
+
+
+def _batch_norm_layer(name: str):
+    return lambda m: _nn(name)(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+
+
+def _fn(name: str):
+    """graphc.nn.functional.<name>, looked up when called."""
+    return lambda *a, **k: getattr(F, name)(*a, **k)
+
+
 class _Function(Module):
     """A torch layer graphc has no class for, as a graphc module around its table function."""
 
@@ -471,6 +494,13 @@ FUNCTIONS = {
     "torch.nn.functional.silu": _silu,
     "torch.nn.functional.leaky_relu": _leaky_relu,
     "torch.nn.functional.layer_norm": _layer_norm,
+    "torch.conv2d": _fn("conv2d"),
+    "torch.nn.functional.conv2d": _fn("conv2d"),
+    "torch.nn.functional.max_pool2d": _fn("max_pool2d"),
+    "torch.nn.functional.avg_pool2d": _fn("avg_pool2d"),
+    "torch.nn.functional.adaptive_avg_pool2d": _fn("adaptive_avg_pool2d"),
+    "torch.nn.functional.dropout2d": _fn("dropout2d"),
+    "torch.nn.functional.batch_norm": _fn("batch_norm"),
 }
 
 # tensor method (fx's call_method; `x.relu()`) -> graphc call taking the tensor first
@@ -548,6 +578,15 @@ MODULES = {
     "torch.nn.LeakyReLU": lambda m: _Function("LeakyReLU", _leaky_relu, negative_slope=m.negative_slope),
     "torch.nn.LayerNorm": _layer_norm_module,
     "torch.nn.Embedding": _embedding_module,
+    "torch.nn.Conv2d": _conv_layer,
+    "torch.nn.MaxPool2d": lambda m: _nn("MaxPool2d")(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
+                                                     m.ceil_mode),
+    "torch.nn.AvgPool2d": lambda m: _nn("AvgPool2d")(m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                                                     m.count_include_pad, m.divisor_override),
+    "torch.nn.AdaptiveAvgPool2d": lambda m: _nn("AdaptiveAvgPool2d")(m.output_size),
+    "torch.nn.Dropout2d": lambda m: _nn("Dropout2d")(m.p),
+    "torch.nn.BatchNorm1d": _batch_norm_layer("BatchNorm1d"),
+    "torch.nn.BatchNorm2d": _batch_norm_layer("BatchNorm2d"),
 }
 
 # ATen overloads (graphs captured by torch.export, the fallback) -> graphc call
@@ -615,6 +654,8 @@ ATEN = {
 TRAINING_ARGUMENT = {
     "torch.nn.functional.dropout": (2, "training"),
     "aten.dropout.default": (2, "train"),
+    "torch.nn.functional.dropout2d": (2, "training"),
+    "torch.nn.functional.batch_norm": (5, "training"),
 }
 
 
