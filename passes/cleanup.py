@@ -122,7 +122,10 @@ def _as_full(value: np.ndarray, node: Node, out: str, t) -> Node | None:
     fv = float(v)
     if np.asarray(fv).astype(t.np_dtype) != v:  # i64 beyond 2**53 does not survive a float attribute
         return None
-    attrs = get_op("full").normalize_attrs({"shape": t.shape, "value": fv, "dtype": t.dtype})
+    try:
+        attrs = get_op("full").normalize_attrs({"shape": t.shape, "value": fv, "dtype": t.dtype})
+    except GraphcError:  # a dtype `full` cannot make (bool, from a folded comparison): keep the node
+        return None
     return Node("full", (), (out,), (t,), tuple(attrs.items()), node.loc, node.grad_of)
 
 

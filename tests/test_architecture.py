@@ -14,7 +14,8 @@ FLOORS = {
     "passes": ("graphc.ir", "graphc.passes"),
     "runtime": ("graphc.ir", "graphc.runtime"),
     # interop sits on the face's floor, but never on the runtime: it maps graphs, it runs nothing
-    "graphc/interop": ("graphc.ir", "graphc.nn", "graphc.tracing", "graphc.random", "graphc.passes", "graphc.interop"),
+    "graphc/interop": ("graphc.ir", "graphc.nn", "graphc.tracing", "graphc.tensor_methods", "graphc.random",
+                       "graphc.passes", "graphc.interop"),
 }
 RELATIVE_BASE = {"graphc/ir": "graphc.ir", "graphc/nn": "graphc.nn", "passes": "graphc.passes", "runtime": "graphc.runtime",
                  "graphc/interop": "graphc.interop"}

@@ -87,6 +87,13 @@ class TorchContainer(nn.Module):
         raise GraphcError(f"{type(self).__name__} came from torch via from_torch: call the top-level model, "
                           "whose forward replays the whole captured graph")
 
+    def __getitem__(self, key):
+        """gm.h[0] for a torch ModuleList/Sequential, gm.blocks["attn"] for a ModuleDict."""
+        return self._modules[key] if isinstance(key, str) else list(self._modules.values())[key]
+
+    def __len__(self):
+        return len(self._modules)
+
 
 class FromTorch(nn.Module):
     """Base of from_torch's results (each gets a subclass named after the torch class)."""
@@ -145,6 +152,17 @@ class FromTorch(nn.Module):
         except Exception as e:
             raise TorchImportError(f"torch op {s.what} (fx node {s.name!r}) failed on graphc values: "
                                    f"{type(e).__name__}: {e}\n  at {s.where()}") from None
+
+    def _state_arrays(self):
+        """torch's keys, tied weights under each of their names (torch's state_dict keeps both
+        `wte.weight` and `lm_head.weight`; graphc's own modules list a shared array once)."""
+        out = OrderedDict()
+        for mname, m in self.named_modules():
+            items = list(m._parameters.items()) + [(k, b) for k, b in m._buffers.items() if k not in m._non_persistent]
+            for name, a in items:
+                if a is not None:
+                    out[f"{mname}.{name}" if mname else name] = a
+        return out
 
     def state_dict(self):
         """torch's keys and torch tensors, so `torch_model.load_state_dict(gm.state_dict())` works;
@@ -273,7 +291,9 @@ def _arg(a, constants):
             return a.item()
         constants.append(a)
         return a
-    if isinstance(a, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
+    if isinstance(a, torch.dtype):  # torch.long -> np.int64: what graphc's functions take (others fail there, named)
+        return getattr(np, str(a).rpartition(".")[2], str(a))
+    if isinstance(a, (torch.device, torch.memory_format, torch.layout)):
         return str(a)
     return a
 
@@ -283,9 +303,49 @@ def _fx_graph(module):
 
     class _Tracer(torch.fx.Tracer):
         record_stack_traces = True
+        proxy_buffer_attributes = True  # self.mask[:, :, :T, :T] with a traced T: buffers are graph values
 
-    graph = _Tracer().trace(module)
+    tracer = _Tracer()
+    with _creation_calls_traced(tracer):
+        graph = tracer.trace(module)
     return graph, {}
+
+
+_CREATION = ("ones", "zeros", "full", "arange")
+
+
+class _creation_calls_traced:
+    """torch.ones(T, T) with a traced size T: torch's factories never see a Proxy among their
+    arguments' __torch_function__ (ints have none), so fx cannot record them and the call fails.
+    While fx traces, each factory called with a Proxy anywhere in its arguments becomes a
+    call_function node of the real torch function (graphc maps it to a constant op)."""
+
+    def __init__(self, tracer):
+        self.tracer, self.saved = tracer, {}
+
+    def __enter__(self):
+        import torch
+
+        def traced(fn):
+            def call(*args, **kwargs):
+                flat = list(args) + list(kwargs.values())
+                flat += [v for a in flat if isinstance(a, (tuple, list)) for v in a]
+                if any(isinstance(a, torch.fx.Proxy) for a in flat):
+                    return self.tracer.create_proxy("call_function", fn, args, kwargs)
+                return fn(*args, **kwargs)
+            return call
+
+        for name in _CREATION:
+            self.saved[name] = getattr(torch, name)
+            setattr(torch, name, traced(self.saved[name]))
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        for name, fn in self.saved.items():
+            setattr(torch, name, fn)
+        return False
 
 
 def _export_graph(module, example_inputs):
@@ -419,6 +479,8 @@ def _numpy(t) -> np.ndarray:
 
 def _build_modules(torch_module, called: set[str]):
     """graphc modules mirroring torch's tree: table layers where fx called a layer, containers elsewhere."""
+    shared: dict[int, Parameter] = {}  # id(torch parameter) -> its graphc copy: tied weights stay tied
+
     def build(tm, path):
         name = _module_name(tm)
         if path in called and name in torch_ops.MODULES:
@@ -433,7 +495,9 @@ def _build_modules(torch_module, called: set[str]):
             gm = type(type(tm).__name__, (TorchContainer,), {"__module__": __name__})()
         for k, p in tm._parameters.items():
             if p is not None:
-                setattr(gm, k, Parameter(_numpy(p), requires_grad=p.requires_grad))
+                if id(p) not in shared:
+                    shared[id(p)] = Parameter(_numpy(p), requires_grad=p.requires_grad)
+                setattr(gm, k, shared[id(p)])
             elif hasattr(gm, "register_parameter"):  # bias=False: the layer reads self.bias as None
                 gm.register_parameter(k, None)
         for k, b in tm._buffers.items():
