@@ -96,14 +96,24 @@ def test_op_without_onnx_mapping_and_batch_mixing_reshape_are_clear_errors(tmp_p
         graphc.export_onnx(model, tmp_path / "x.onnx", x_of(4, 10))
     monkeypatch.undo()
 
-    class FlattenAll(nn.Module):
+    class DropLast(nn.Module):  # slice bounds that follow the batch: no static ONNX Slice says that
+        def forward(self, x):
+            return x[: x.shape[0] - 1] * 2.0
+
+    with pytest.raises(OnnxExportError, match=r"slice %\d+ \(test_interop_onnx.py:\d+\) cuts dim 0 at bounds that "
+                                              r"follow the batch[\s\S]*dynamic_batch=False"):
+        graphc.export_onnx(DropLast(), tmp_path / "f.onnx", x_of(4, 3))
+    path = graphc.export_onnx(DropLast(), tmp_path / "f.onnx", x_of(4, 3), dynamic_batch=False)
+    np.testing.assert_allclose(run_onnx(path, x=x_of(4, 3))[0], x_of(4, 3)[:3] * 2)
+
+    class FlattenAll(nn.Module):  # the one dim that follows the batch becomes Reshape's -1
         def forward(self, x):
             return x.reshape(-1) * 2.0
 
-    with pytest.raises(OnnxExportError, match="dynamic_batch=False"):
-        graphc.export_onnx(FlattenAll(), tmp_path / "f.onnx", x_of(4, 3))
-    path = graphc.export_onnx(FlattenAll(), tmp_path / "f.onnx", x_of(4, 3), dynamic_batch=False)
-    np.testing.assert_allclose(run_onnx(path, x=x_of(4, 3))[0], x_of(4, 3).reshape(-1) * 2)
+    path = graphc.export_onnx(FlattenAll(), tmp_path / "f.onnx", x_of(4, 3))
+    out = onnx.load(str(path)).graph.output[0]
+    assert [d.dim_param for d in out.type.tensor_type.shape.dim] == ["batch*3"]
+    np.testing.assert_allclose(run_onnx(path, x=x_of(6, 3))[0], x_of(6, 3).reshape(-1) * 2)
     with pytest.raises(OnnxExportError, match="opset"):
         graphc.export_onnx(model, tmp_path / "x.onnx", x_of(4, 10), opset=9)
 
@@ -192,3 +202,31 @@ def test_cnn_exports_with_batchnorm_statistics_as_initializers(tmp_path):
         xb = np.random.default_rng(n).standard_normal((n, 1, 8, 8)).astype(np.float32)
         np.testing.assert_allclose(run_onnx(path, x=xb)[0], tm(torch.from_numpy(xb)).detach().numpy(),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_char_gpt_round_trip_with_dynamic_batch(tmp_path):
+    """samples/char_gpt.py's model, small: embeddings (Gather over an Expand), causal attention
+    (arange constants, Where, batched MatMul), LayerNorm, GELU; batch 3 at export, 1 and 5 run."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples"))
+    try:
+        from char_gpt import GPTConfig, gpt_classes, init_weights
+    finally:
+        sys.path.pop(0)
+    graphc.manual_seed(0)
+    model = gpt_classes(graphc)(GPTConfig(block_size=8, vocab_size=13, n_layer=2, n_head=2, n_embd=8))
+    init_weights(model)
+    model.eval()
+    ids = lambda n: np.random.default_rng(n).integers(0, 13, (n, 8)).astype(np.int64)  # noqa: E731
+    path = graphc.export_onnx(model, tmp_path / "gpt.onnx", ids(3))
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m, full_check=True)
+    assert [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim] == ["batch", 8]
+    assert {"GatherElements", "Expand", "Where", "MatMul", "Softmax", "Erf", "ReduceMean"} <= {n.op_type for n in m.graph.node}
+    assert any(n.name.endswith(":softmax/Softmax") and "char_gpt.py:" in n.doc_string for n in m.graph.node)
+    assert "transformer.wte.weight" in {i.name for i in m.graph.initializer}
+    cm = graphc.compile(model, ids(3), mode="interpret")
+    for n in (3, 1, 5):
+        np.testing.assert_allclose(run_onnx(path, idx=ids(n))[0], cm(ids(n)), rtol=1e-5, atol=1e-6)

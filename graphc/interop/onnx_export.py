@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import GraphcError, Graph, Node
+from ..ir.opdef import get_op
 
 __all__ = ["export_onnx", "OnnxExportError", "ONNX_OPS"]
 
@@ -27,20 +28,36 @@ class OnnxExportError(GraphcError):
 
 
 class _Ctx:
-    """What an op's emitter needs: onnx.helper, the graph, the opset, and where nodes go."""
+    """What an op's emitter needs: onnx.helper, the graph, the opset, and where nodes go.
 
-    def __init__(self, onnx, graph: Graph, opset: int, batch: int | None):
+    `twin` is the same model traced at batch + 1 (dynamic batch only): a dim or shape attribute
+    that differs between the two graphs carries the batch, one that does not is a true constant
+    (a [4, 3] weight reshaped at batch 4 stays 4). That decides every dynamic dim exactly, where
+    guessing from sizes could not."""
+
+    def __init__(self, onnx, graph: Graph, opset: int, batch: int | None, twin: Graph | None = None):
         self.onnx, self.h, self.graph, self.opset, self.batch = onnx, onnx.helper, graph, opset, batch
         self.nodes, self.initializers = [], []
-        # values computed from the inputs: only these can have the batch as dim 0 (a buffer of
-        # size 4 is not a batch of 4)
-        self.batched = {i.name for i in graph.inputs if i.kind == "input"}
-        for n in graph.nodes:
-            if self.batched.intersection(n.inputs):
-                self.batched.update(n.outputs)
+        self.twin_types, self.twin_attrs = {}, {}
+        if twin is not None:
+            if [n.op for n in twin.nodes] != [n.op for n in graph.nodes]:
+                raise OnnxExportError(f"export_onnx: {graph.name}'s graph changes with the batch size (other ops at "
+                                      f"batch {batch} and {batch + 1}): export with dynamic_batch=False")
+            for a, b in zip(graph.inputs, twin.inputs):
+                self.twin_types[a.name] = b.type
+            for n, m in zip(graph.nodes, twin.nodes):
+                self.twin_attrs[n.outputs[0]] = m.attr
+                for v, t in zip(n.outputs, m.types):
+                    self.twin_types[v] = t
+
+    def batch_dims(self, value: str) -> list[int]:
+        """The dims of `value` whose size follows the batch."""
+        if value not in self.twin_types:
+            return []
+        return [k for k, (a, b) in enumerate(zip(self.graph.types[value].shape, self.twin_types[value].shape)) if a != b]
 
     def has_batch(self, value: str) -> bool:
-        return self.batch is not None and value in self.batched and self.graph.types[value].shape[:1] == (self.batch,)
+        return bool(self.batch_dims(value))
 
     def add(self, onnx_op: str, inputs, outputs, node: Node, suffix: str | None = None, **attrs):
         name = f"%{node.outputs[0]}:{node.op}" + (f"/{suffix or onnx_op}" if suffix is not False else "")
@@ -58,16 +75,28 @@ class _Ctx:
         self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def dynamic_shape(self, node: Node, shape, source: str | None = None) -> list[int]:
-        """A static shape attribute under a dynamic batch: dim 0 becomes 0 (copy it from the input)."""
-        shape = list(shape)
-        if self.batch is None or not (self.has_batch(source) if source else self.has_batch(node.outputs[0])):
+    def _baked(self, node: Node, why: str):
+        return OnnxExportError(f"{node.op} %{node.outputs[0]} ({node.loc or 'no source line'}) {why}: its batch size "
+                               "would be baked in; export with dynamic_batch=False for a fixed batch size")
+
+    def dynamic_shape(self, node: Node) -> list[int]:
+        """The `shape` attribute of a reshape / broadcast_to under a dynamic batch: the one dim that
+        follows the batch becomes -1 (Reshape infers it), or 1 where Expand broadcasts the input's."""
+        shape = list(node.attr["shape"])
+        if node.outputs[0] not in self.twin_attrs:
             return shape
-        if source and shape[:1] == [self.batch]:
-            return [0] + shape[1:]
-        raise OnnxExportError(f"{node.op} %{node.outputs[0]} ({node.loc or 'no source line'}) gives shape {shape} "
-                              f"from a value whose dim 0 is the batch: the batch size is baked in; "
-                              "export with dynamic_batch=False for a fixed batch size")
+        diff = [k for k, (a, b) in enumerate(zip(shape, self.twin_attrs[node.outputs[0]]["shape"])) if a != b]
+        if not diff:
+            return shape
+        if node.op == "reshape" and len(diff) == 1:
+            shape[diff[0]] = -1
+            return shape
+        if node.op == "broadcast_to":
+            src = self.graph.types[node.inputs[0]].shape
+            lead = len(shape) - len(src)
+            if all(k >= lead and src[k - lead] == shape[k] for k in diff):
+                return [1 if k in diff else d for k, d in enumerate(shape)]
+        raise self._baked(node, f"gives shape {shape} with {len(diff)} dims that follow the batch")
 
 
 def _binary(onnx_op):
@@ -80,14 +109,22 @@ def _unary(onnx_op):
 
 def _full(c, n):
     t = n.type
-    shape = c.dynamic_shape(n, t.shape)
+    if c.has_batch(n.outputs[0]):
+        raise c._baked(n, f"makes a constant of shape {list(t.shape)} that follows the batch")
+    shape = list(t.shape)
     value = np.full(shape, n.attr["value"], dtype=t.np_dtype)
     tensor = c.onnx.numpy_helper.from_array(value, n.outputs[0])
     return c.add("Constant", [], n.outputs, n, value=tensor)
 
 
+def _source_constant(c, n):
+    """An op with no inputs (arange): its value, computed by the op's own reference, as a Constant."""
+    value = np.asarray(get_op(n.op).reference(**n.attr), dtype=n.type.np_dtype).reshape(n.type.shape)
+    return c.add("Constant", [], n.outputs, n, value=c.onnx.numpy_helper.from_array(value, n.outputs[0]))
+
+
 def _reshape(c, n):
-    shape = c.const(n, "shape", np.asarray(c.dynamic_shape(n, n.attr["shape"], n.inputs[0]), np.int64))
+    shape = c.const(n, "shape", np.asarray(c.dynamic_shape(n), np.int64))
     return c.add("Reshape", [n.inputs[0], shape], n.outputs, n)
 
 
@@ -105,7 +142,7 @@ def _reduce(onnx_op):
 
 
 def _broadcast_to(c, n):
-    shape = c.const(n, "shape", np.asarray(c.dynamic_shape(n, n.attr["shape"], n.inputs[0]), np.int64))
+    shape = c.const(n, "shape", np.asarray(c.dynamic_shape(n), np.int64))
     return c.add("Expand", [n.inputs[0], shape], n.outputs, n)
 
 
@@ -166,9 +203,8 @@ def _cast(c, n):
 
 def _slice(c, n):
     a = n.attr
-    if a["dim"] == 0 and c.has_batch(n.inputs[0]):
-        raise OnnxExportError(f"slice %{n.outputs[0]} ({n.loc or 'no source line'}) cuts the batch dim; "
-                              "export with dynamic_batch=False for a fixed batch size")
+    if n.outputs[0] in c.twin_attrs and c.twin_attrs[n.outputs[0]] != n.attr:
+        raise c._baked(n, f"cuts dim {a['dim']} at bounds that follow the batch")
     ins = [c.const(n, k, np.asarray([v], np.int64))
            for k, v in (("starts", a["start"]), ("ends", a["end"]), ("axes", a["dim"]), ("steps", a.get("step", 1)))]
     return c.add("Slice", [n.inputs[0], *ins], n.outputs, n)
@@ -231,6 +267,7 @@ ONNX_OPS: dict[str, Callable] = {
     "sigmoid": _unary("Sigmoid"),
     "tanh": _unary("Tanh"),
     "full": _full,
+    "arange": _source_constant,
     "transpose": lambda c, n: c.add("Transpose", n.inputs, n.outputs, n, perm=list(n.attr["perm"])),
     "reshape": _reshape,
     "sum": _reduce("ReduceSum"),
@@ -318,7 +355,11 @@ def onnx_model(model, *example_inputs, opset: int = 17, dynamic_batch: bool = Tr
         if len(firsts) > 1:
             raise OnnxExportError("export_onnx: the inputs' first dims differ, so there is no one batch dim; "
                                   "export with dynamic_batch=False")
-    c = _Ctx(onnx, g, opset, batch)
+    twin = None
+    if batch is not None:  # the same model one sample bigger: what differs carries the batch
+        grown = [np.concatenate([a, a[:1]]) if a.ndim >= 1 else a for a in arrays]
+        twin = _inference_graph(model, grown)
+    c = _Ctx(onnx, g, opset, batch, twin)
     params = dict(model.named_parameters())
     if hasattr(model, "named_buffers"):  # BatchNorm's running statistics, where graphc has buffers
         params.update(model.named_buffers())
@@ -333,7 +374,9 @@ def onnx_model(model, *example_inputs, opset: int = 17, dynamic_batch: bool = Tr
 
     def info(name, value):
         t = g.types[value]
-        dims = ["batch" if k == 0 and c.has_batch(value) else d for k, d in enumerate(t.shape)]
+        follows = c.batch_dims(value)
+        dims = [d if k not in follows else "batch" if d == batch else f"batch*{d // batch}" if d % batch == 0
+                else f"{name}_dim{k}" for k, d in enumerate(t.shape)]
         return onnx.helper.make_tensor_value_info(name, getattr(onnx.TensorProto, _ELEM[t.dtype]), dims)
 
     graph_inputs = [info(i.name, i.name) for i in inputs]
