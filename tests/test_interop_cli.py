@@ -24,6 +24,18 @@ class Net(torch.nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
+class CNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.pool = torch.nn.MaxPool2d(2)
+        self.fc = torch.nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(torch.relu(self.bn(self.conv(x)))), 1))
+
+
 class UsesFFT(torch.nn.Module):
     def forward(self, x):
         return torch.fft.fft(x).real
@@ -72,6 +84,14 @@ def test_export_onnx_command(models, tmp_path, capsys, cache_dir):
     x = np.ones((3, 10), np.float32)
     (y,) = ort.InferenceSession(str(tmp_path / "net.onnx")).run(None, {"x": x})
     assert y.shape == (3, 1)
+    code, out, err = run(capsys, "export-onnx", f"{models}:CNN", "--input", "2x1x8x8", "-o", tmp_path / "cnn.onnx")
+    assert code == 0 and "Conv" in out and "MaxPool" in out, err
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    (y,) = ort.InferenceSession(str(tmp_path / "cnn.onnx")).run(None, {"x": x})
+    assert y.shape == (5, 3)
+    code, out, err = run(capsys, "inspect", "--torch", f"{models}:CNN", "--input", "2x1x8x8")
+    assert code == 0 and "conv2d(%x, %conv.weight, %conv.bias)" in out and "max_pool2d(" in out, err
+    assert "buffer %bn.running_mean" in out and "# torch_models.py:24" in out
     code, out, err = run(capsys, "export-onnx", SIMPLE, "--input", "4x10", "-o", tmp_path / "s.onnx", "--static-batch",
                          "--opset", "13")
     assert code == 0 and "opset 13" in out, err
@@ -80,7 +100,7 @@ def test_export_onnx_command(models, tmp_path, capsys, cache_dir):
 def test_cli_errors_are_one_line(models, tmp_path, capsys):
     code, out, err = run(capsys, "inspect", "--torch", f"{models}:UsesFFT", "--input", "8x10")
     assert code == 1 and err.count("\n") == 1
-    assert "torch.fft.fft" in err and "torch_models.py:17" in err
+    assert "torch.fft.fft" in err and "torch_models.py:29" in err
     code, out, err = run(capsys, "inspect", "--torch", SIMPLE, "--input", "8x10")
     assert code == 1 and "is not a torch.nn.Module" in err
     code, out, err = run(capsys, "export-onnx", SIMPLE, "--input", "8x10", "-o", tmp_path / "x.onnx", "--opset", "9")

@@ -3,6 +3,7 @@ both ways, SiLU, Softmax, scaled_dot_product_attention), the tensor methods atte
 (split, chunk, view, transpose, permute, contiguous, masked_fill, slicing), torch.tril/ones/arange
 built inside forward, a registered causal-mask buffer and weight tying. Loss, every gradient and
 three AdamW steps equal torch's; the state_dict keys are torch's, both ways."""
+import inspect
 import math
 
 import numpy as np
@@ -134,5 +135,8 @@ def test_nanogpt_maps_onto_graphc_layers_and_ops():
     assert {"gather", "rsqrt", "erf", "tanh", "sigmoid", "softmax", "matmul", "where", "arange", "slice",
             "transpose"} <= ops
     assert {i.name for i in g.inputs if i.kind == "buffer"} == {"h.0.bias"}
+    src, start = inspect.getsourcelines(Block.forward)  # IR locations are the torch model's own lines
+    line = start + next(k for k, text in enumerate(src) if "self.softmax(att) @ v" in text)
+    assert {n.loc for n in g.nodes if n.op == "softmax"} >= {f"test_interop_gpt.py:{line}"}
     np.testing.assert_allclose(np.asarray(gm(idx, targets)), tm(torch.from_numpy(idx), torch.from_numpy(targets)).item(),
                                rtol=1e-5)

@@ -286,6 +286,18 @@ def test_unsupported_op_names_op_node_source_line_and_what_is_supported():
     assert "supported torch functions:" in msg and "torch.nn.functional.relu" in msg and "torch.nn.Linear" in msg
     assert isinstance(e.value, graphc.GraphcError)
 
+    class TwoGaps(tnn.Module):  # every gap is reported at once, before anything is built or returned
+        def __init__(self):
+            super().__init__()
+            self.fc = tnn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.cumsum(self.fc(torch.fft.fft(x).real), 1).relu()
+
+    with pytest.raises(TorchImportError, match=r"uses 2 op\(s\) graphc cannot map \(captured with torch.fx\): "
+                                               r"torch.fft.fft, torch.cumsum"):
+        graphc.from_torch(TwoGaps(), np.zeros((2, 8), np.float32))
+
 
 def test_unsupported_layer_and_bad_shapes_are_clear():
     class WithConv(tnn.Module):

@@ -6,7 +6,8 @@ The model is traced in eval mode and optimized by graphc's inference pipeline (t
 node is named `%<value>:<graphc op>[/<ONNX op>]` and its doc_string holds the source line, so
 a fused `linear_relu` shows as a Gemm and a Relu under one graphc name. Parameters are
 initializers; dim 0 of the inputs is the symbolic `batch` (dynamic_batch=False keeps the
-example's sizes). The result passes `onnx.checker.check_model(full_check=True)`.
+example's sizes): the model is traced again at batch + 1, and every dim or reshape/expand size
+that differs between the two graphs follows the batch. The result passes `onnx.checker.check_model(full_check=True)`.
 """
 from __future__ import annotations
 
