@@ -24,7 +24,8 @@ from .ir import GraphcError, interpret
 COMPILE_AFTER = 2  # sightings of one structure before it is compiled (1: compile at once)
 MODE = "jit"       # "interpret": run every plan on the reference interpreter
 log = logging.getLogger("graphc.recompiles")
-stats = {"compiles": 0, "recompiles": 0, "native_runs": 0, "interpreted_runs": 0, "joined_steps": 0}
+stats = {"compiles": 0, "recompiles": 0, "native_runs": 0, "interpreted_runs": 0, "joined_steps": 0,
+         "replayed_steps": 0}
 
 
 class _Entry:
@@ -42,9 +43,13 @@ _sites: dict[tuple, object] = {}  # call site -> the graph last compiled there (
 
 def reset() -> None:
     """Forget every cached plan and counter (tests)."""
+    from . import replay
+
     flush()
     _cache.clear()
     _sites.clear()
+    _replays.clear()
+    replay.reset()
     for k in stats:
         stats[k] = 0
 
@@ -111,7 +116,7 @@ def _close(tape) -> None:
         if t._data is None:  # not reached by this plan (cannot happen: every live value is an output)
             raise GraphcError("internal: a recorded value has no value after backward")
     tape.closed = True
-    tape.sources, tape.by_id, tape.leaves = [], {}, []
+    tape.clear()
 
 
 # ------------------------------------------------------------------ deferred backward, joined optimizer step
@@ -147,6 +152,13 @@ def join_step(opt) -> bool:
     if _eager._pending is None:
         return False
     root, tape = _eager._pending
+    if tape.filled != len(tape.events) and root._ref is not None and tape.pure:
+        key = _replay_key(tape, root)
+        plan = _replays.get(key)
+        if plan is not None and plan.opt() is opt and _run_replayed(plan, opt, root, tape):
+            return True
+    else:
+        key = None
     from .optim import SGD, Adam, AdamW
 
     params = opt.params
@@ -165,11 +177,11 @@ def join_step(opt) -> bool:
     group = {id(p): k for k, g in enumerate(opt.param_groups) for p in g["params"]}
     spec = _optimizer_spec(opt, {n: group[id(v)] for n, v in leaves})
     # hyperparameter values are plan inputs (a scheduler never recompiles); only the structure is keyed
-    key = (graph.inputs, graph.nodes, graph.outputs, wrt, "step", type(opt).__name__, spec.structure(),
-           tuple(id(v) for _, v in leaves))
-    entry = _cache.get(key)
+    key_graph = (graph.inputs, graph.nodes, graph.outputs, wrt, "step", type(opt).__name__, spec.structure(),
+                 tuple(id(v) for _, v in leaves))
+    entry = _cache.get(key_graph)
     if entry is None:
-        entry = _cache[key] = _Entry(graph)
+        entry = _cache[key_graph] = _Entry(graph)
     entry.seen += 1
     if entry.exe is None:
         # the first sighting of this loop runs as it was written (backward, then the eager step)
@@ -188,16 +200,125 @@ def join_step(opt) -> bool:
     labels = entry.labels
     root._data = outs[0].copy()
     k = 1
+    slots = []
     for t in live:  # the values read after the step (model outputs kept by the user)
         while labels[k] != "extra":
             k += 1
         t._data = outs[k].copy()
+        slots.append(k)
         k += 1
     for (name, p), g in zip(leaves, entry.grad_slots):
         p.grad = outs[g] if g is not None else None  # the plan's gradient buffer (valid until the next step)
+    if tape.pure and tape.events and root._ref is not None and all(type(p) is not _eager.Tensor for _, p in leaves):
+        _remember_replay(key or _replay_key(tape, root), entry, opt, spec, tape, leaves, slots)
     _close(tape)
     opt.count_step(groups=False)  # the plan advanced each group's step itself
     stats["joined_steps"] += 1
+    return True
+
+
+# ------------------------------------------------------------------ a replayed step (graphc.replay)
+#
+# A recording made only of replayed module calls (no graph built) whose sequence of calls, loss
+# and kept outputs were seen before, and whose joined plan exists: its plan runs straight from
+# the calls' arguments. The plan is found by the calls' sites (module, signature, fragment),
+# which fix the graph exactly; hyperparameter values are re-read each step (a change of value
+# only refills the plan's hyper inputs; a change of structure takes the full path).
+
+_replays: dict[tuple, "_Replay"] = {}
+
+
+class _Replay:
+    __slots__ = ("entry", "opt", "args", "live", "grads", "hyper_read", "hyper_seen", "structure", "group_of")
+
+
+def _replay_key(tape, root) -> tuple:
+    live = []
+    for r in tape.tensors:
+        t = r()
+        if t is not None and t is not root and t._data is None and t._tape is tape:
+            live.append(t._ref)
+    return (tuple(tape.sites), root._ref, tuple(live))
+
+
+def _remember_replay(key, entry, opt, spec, tape, leaves, live_slots) -> None:
+    import operator
+
+    where = {}
+    for k, ev in enumerate(tape.events):
+        for j, name in enumerate(ev.names):
+            where.setdefault(name, (k, j))
+    if any(name not in where for name in entry.order):
+        return
+    plan = _Replay()
+    plan.entry, plan.opt = entry, __import__("weakref").ref(opt)
+    plan.args = []
+    for name in entry.order:  # (event, external value, 2: a Tensor to read)
+        k, j = where[name]
+        ev = tape.events[k]
+        conv = 2 if type(ev.binds[j]) is _eager.Tensor else 0  # Dropout seeds are ints already
+        plan.args.append((k, j, conv))
+    plan.live = live_slots
+    plan.grads = [(p, g) for (_, p), g in zip(leaves, entry.grad_slots)]
+    plan.hyper_read = operator.itemgetter(*sorted(opt.defaults))
+    plan.hyper_seen = tuple(map(plan.hyper_read, opt.param_groups))
+    plan.structure = spec.structure()
+    plan.group_of = dict(spec.group_of)
+    _replays[key] = plan
+
+
+def _run_replayed(plan: _Replay, opt, root, tape) -> bool:
+    for p, _ in plan.grads:
+        if p.__dict__.get("_grad") is not None:
+            return False  # gradients accumulate into existing .grad: the full path decides
+    entry = plan.entry
+    hyper = tuple(map(plan.hyper_read, opt.param_groups))
+    if hyper != plan.hyper_seen:
+        from .compiler import _optimizer_spec
+        from .passes.train_step import hyper_values
+
+        if len(opt.params) != len(plan.grads):
+            return False
+        spec = _optimizer_spec(opt, plan.group_of)
+        if spec.structure() != plan.structure:
+            return False
+        checked = [opt._check(opt._settings(g)) for g in opt.param_groups]  # invalid values raise, as eager step does
+        del checked
+        for name, value in hyper_values(spec).items():
+            entry.hyper[name][()] = value
+        plan.hyper_seen = hyper
+    events = tape.events
+    args = []
+    for k, j, conv in plan.args:
+        a = events[k].binds[j]
+        args.append(a._materialize() if conv else a)
+    _eager._pending = None
+    exe = entry.exe
+    native = exe.native
+    if native is None:
+        exe.run(*args)
+    else:
+        try:
+            native(*args, exe.table)  # the plan straight, as TrainStep calls it (one frame less than run)
+        except (TypeError, ValueError) as e:
+            exe.recover(e, *args)
+    outs = exe.outputs
+    root._data = outs[0].copy()
+    if plan.live:
+        k = 0
+        for r in tape.tensors:
+            t = r()
+            if t is not None and t is not root and t._data is None and t._tape is tape:
+                t._data = outs[plan.live[k]].copy()
+                k += 1
+    for p, g in plan.grads:
+        p.__dict__["_grad"] = outs[g] if g is not None else None  # the plan's gradient buffer, as above
+    tape.closed = True
+    tape.clear()
+    opt.count_step(groups=False)
+    stats["native_runs"] += 1
+    stats["joined_steps"] += 1
+    stats["replayed_steps"] += 1
     return True
 
 

@@ -98,19 +98,63 @@ class inference_mode(_GradMode):
 
 
 class Tape:
-    """The open recording: graph inputs (leaves that require grad, and data), nodes, lazy results."""
+    """The open recording: graph inputs (leaves that require grad, and data), nodes, lazy results.
+
+    A recording may hold replayed module calls (`events`, see graphc.replay) that are not yet
+    nodes: the graph is filled from them the first time anything asks for it (`builder`,
+    `sources`, `by_id`, `leaves`), so only a step that runs as a whole cached plan skips it."""
 
     def __init__(self):
-        self.builder = GraphBuilder("eager")
-        self.sources: list = []            # input k's array source (kept alive: ids stay unique)
+        self._b = None                     # the GraphBuilder, made when first needed (a replayed step needs none)
+        self._sources: list = []           # input k's array source (kept alive: ids stay unique)
         self.keep: list = []               # arrays whose copies are sources (alive for the same reason)
-        self.by_id: dict[int, str] = {}    # id(source) -> input name
-        self.leaves: list[tuple[str, object]] = []  # (input name, leaf) for inputs that require grad
+        self._by_id: dict[int, str] = {}   # id(source) -> input name
+        self._leaves: list[tuple[str, object]] = []  # (input name, leaf) for inputs that require grad
+        self.origin: dict[str, object] = {}         # input name -> what the recording was given (before copying)
         self.tensors: list[weakref.ref] = []        # lazy results, in order of recording
         self.closed = False
+        self.events: list = []             # replay.Event per module call recorded as a reusable fragment
+        self.sites: list = []              # each event's replay.Site (what a replayed step is looked up by)
+        self.filled = 0                    # events already written into the graph
+        self.pure = True                   # every node so far belongs to an event (replayable as a whole)
+
+    def _graph(self) -> "Tape":
+        if self._b is None:
+            self._b = GraphBuilder("eager")
+        if self.filled != len(self.events):
+            from . import replay
+
+            replay.fill(self)
+        return self
+
+    builder = property(lambda self: self._graph()._b)
+    sources = property(lambda self: self._graph()._sources)
+    by_id = property(lambda self: self._graph()._by_id)
+    leaves = property(lambda self: self._graph()._leaves)
+
+    def clear(self) -> None:
+        """Forget the recording (it ran): sources, leaves, events."""
+        self._sources, self._by_id, self._leaves, self.events, self.sites, self.filled = [], {}, [], [], [], 0
+        self.origin = {}
+
+    def add_source(self, v, kind: str, t: TensorType | None = None) -> str:
+        """Register v (already copied where it must be) as an input, or return its existing name."""
+        name = self._by_id.get(id(v))
+        if name is not None:
+            return name
+        if t is None:
+            t = _type_of(v)
+        name = f"{'param' if kind == 'param' else 'in'}{len(self._sources)}"
+        self._b.add_input(name, t, kind)
+        self._sources.append(v)
+        self._by_id[id(v)] = name
+        if kind == "param":
+            self._leaves.append((name, v))
+        return name
 
     def input_for(self, v, kind: str) -> str:
-        name = self.by_id.get(id(v))
+        self._graph()
+        name = self._by_id.get(id(v))
         if name is not None:
             return name
         a = _array(v)
@@ -118,16 +162,13 @@ class Tape:
             t = _type_of(a)
         except ShapeError as e:
             raise trace_error(str(e)) from None
-        name = f"{'param' if kind == 'param' else 'in'}{len(self.sources)}"
-        self.builder.add_input(name, t, kind)
+        given = v
         if kind == "input" and type(v) is not Tensor and type(v).__name__ != "Parameter":
             # user data (a numpy array) is read when the recording runs: keep its values as they are now
             self.keep.append(v)
             v = np.array(a, copy=True)
-        self.sources.append(v)
-        self.by_id[id(v)] = name
-        if kind == "param":
-            self.leaves.append((name, v))
+        name = self.add_source(v, kind, t)
+        self.origin[name] = given
         return name
 
     def live(self) -> list["Tensor"]:
@@ -143,6 +184,11 @@ _tape: Tape | None = None
 _pending = None  # (root, tape) of a deferred loss.backward(): see graphc.autograd
 
 
+def _set_pending(root) -> None:
+    global _pending
+    _pending = (root, root._tape)
+
+
 def flush_pending() -> None:
     """Run a deferred backward before anything that could observe that it has not run yet."""
     if _pending is not None:
@@ -151,13 +197,19 @@ def flush_pending() -> None:
         autograd.flush()
 
 
-def current_tape() -> Tape:
+def open_tape() -> Tape:
+    """The open recording (a new one if none is open), its replayed events not yet filled in."""
     global _tape
     if _pending is not None:
         flush_pending()
     if _tape is None or _tape.closed:
         _tape = Tape()
     return _tape
+
+
+def current_tape() -> Tape:
+    """The open recording, ready for a node to be appended."""
+    return open_tape()._graph()
 
 
 def _array(v) -> np.ndarray:
@@ -184,6 +236,9 @@ def eager_op(op: str, inputs, attrs: dict):
     """Apply op outside any trace: record it when a tensor needs grad, else run its reference kernel."""
     if _grad_enabled.get() and any(_requires_grad(v) for v in inputs):
         return _record(op, inputs, attrs)
+    if capturing:
+        global reads
+        reads += 1  # a value computed outside the recording: forward may branch on it (not replayable)
     from .tracing import eager
 
     res = eager(op, [v._materialize() if isinstance(v, Tensor) else v for v in inputs], attrs)
@@ -198,8 +253,14 @@ def _wrap(res):
     return Tensor._from(np.ndarray.view(np.asarray(res), np.ndarray)) if isinstance(res, np.ndarray) else res
 
 
+capturing = 0  # > 0 while graphc.replay records a module call as a reusable fragment
+reads = 0      # values read while capturing (graphc.replay: a forward that reads values is not replayed)
+
+
 def _record(op: str, inputs, attrs: dict):
     tape = current_tape()
+    if not capturing:
+        tape.pure = False  # a node outside any module call: this recording is not one replayable sequence
     names = []
     like_t = None
     for k, v in enumerate(inputs):
@@ -276,12 +337,12 @@ def _type_of(v) -> TensorType:
 class Tensor(TensorMethods):
     """graphc's eager array: a numpy array (or a recorded, not yet computed value) with autograd."""
 
-    __slots__ = ("_data", "_tape", "_value", "_type", "_requires_grad", "_grad", "__weakref__")
+    __slots__ = ("_data", "_tape", "_value", "_type", "_requires_grad", "_grad", "_ref", "__weakref__")
     __array_priority__ = 200  # numpy defers to our operators
 
     def __init__(self, data, dtype=None, requires_grad: bool = False):
         a = _to_numpy(data, dtype)
-        self._data, self._tape, self._value = a, None, None
+        self._data, self._tape, self._value, self._ref = a, None, None, None
         self._type = _checked_type(a)
         self._requires_grad = False
         self._grad = None
@@ -291,14 +352,14 @@ class Tensor(TensorMethods):
     @classmethod
     def _from(cls, a: np.ndarray, requires_grad: bool = False) -> "Tensor":
         t = object.__new__(cls)
-        t._data, t._tape, t._value, t._requires_grad, t._grad = a, None, None, requires_grad, None
+        t._data, t._tape, t._value, t._requires_grad, t._grad, t._ref = a, None, None, requires_grad, None, None
         t._type = _checked_type(a)
         return t
 
     @classmethod
     def _lazy(cls, tape: Tape, value: str, type: TensorType) -> "Tensor":
         t = object.__new__(cls)
-        t._data, t._tape, t._value, t._type, t._requires_grad, t._grad = None, tape, value, type, False, None
+        t._data, t._tape, t._value, t._type, t._requires_grad, t._grad, t._ref = None, tape, value, type, False, None, None
         return t
 
     # ---- what a tensor is
@@ -358,7 +419,10 @@ class Tensor(TensorMethods):
 
     def _materialize(self) -> np.ndarray:
         if self._data is None:
+            global reads
             from . import autograd
+
+            reads += 1
 
             autograd.evaluate(self._tape)
         return self._data
@@ -377,11 +441,17 @@ class Tensor(TensorMethods):
         if gradient is None and self._type.shape != ():
             raise trace_error(f"grad can be implicitly created only for scalar outputs; this one is {self._type}: "
                               "pass backward(gradient)")
-        from . import autograd
-
         if gradient is None:  # deferred: an optimizer.step() that follows may run it in the same plan
-            autograd.defer(self)
+            if _pending is not None:
+                flush_pending()
+            if self._tape.closed:
+                from . import autograd
+
+                autograd.defer(self)  # raises: the pending backward just ran this recording
+            _set_pending(self)
         else:
+            from . import autograd
+
             autograd.backward(self, _array(gradient).astype(self.dtype, copy=False))
 
     def detach(self) -> "Tensor":
@@ -412,17 +482,35 @@ class Tensor(TensorMethods):
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    # Python number conversions, as torch: one-element tensors only (any rank); int() truncates;
+    # index() (slicing, range) takes integer or bool tensors only
+    def _scalar(self, what: str):
+        a = self._materialize()
+        if a.size != 1:
+            raise trace_error(f"{what}: a Tensor with {a.size} elements cannot be converted to a Python scalar "
+                              "(only one-element tensors can)")
+        return a.reshape(()).item()
+
     def __bool__(self):
-        return bool(self._materialize())
+        a = self._materialize()
+        if a.size != 1:
+            raise trace_error(f"Boolean value of Tensor with {'no values' if a.size == 0 else 'more than one value'} "
+                              "is ambiguous (use .any() or .all())")
+        return builtins.bool(a.reshape(()).item())
 
     def __float__(self):
-        return float(self._materialize())
+        return builtins.float(self._scalar("float()"))
 
     def __int__(self):
-        return int(self._materialize())
+        return builtins.int(self._scalar("int()"))
+
+    def __complex__(self):
+        return builtins.complex(self._scalar("complex()"))
 
     def __index__(self):
-        return int(self._materialize().__index__())
+        if self._type.dtype not in ("i64", "i32", "bool"):
+            raise TypeError(f"only integer tensors of a single element can be converted to an index (got {self._type})")
+        return builtins.int(self._scalar("index"))
 
     def __format__(self, spec):
         return format(self._materialize().item(), spec) if self.ndim == 0 else format(str(self), spec)
@@ -661,3 +749,6 @@ def flush_if_reads(arrays) -> None:
                 t._tape, t._value = None, None
             tape.closed = True
             return
+
+
+from .replay import module_call  # noqa: E402  (replay builds on Tensor and Tape above)

@@ -7,11 +7,13 @@ from typing import Iterator
 import numpy as np
 
 from ..ir import GraphcError, ShapeError
-from ..tracing import current_tracer, eager_forward
+from .. import eager as _eager
+from ..tracing import current_tracer
 from .parameter import Parameter
 
 
 _version = [0]  # bumped whenever a Parameter or sub-module is (re)assigned anywhere
+_attr_version = [0]  # bumped by every other Module attribute assignment (graphc.replay's guard)
 
 
 def _structure_changed() -> None:
@@ -49,6 +51,7 @@ class Module:
             raise AttributeError(f"cannot assign {name!r} before Module.__init__() is called (call super().__init__() first)")
         params, modules = self.__dict__["_parameters"], self.__dict__["_modules"]
         buffers = self.__dict__.get("_buffers", {})
+        _attr_version[0] += 1
         if name in buffers and not isinstance(value, (Parameter, Module)):
             buffers[name] = _as_buffer(self, name, value)  # torch: assigning to a buffer's name replaces it
             return
@@ -89,6 +92,7 @@ class Module:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __delattr__(self, name):
+        _attr_version[0] += 1
         for store in ("_parameters", "_modules", "_buffers"):
             if name in self.__dict__[store]:
                 del self.__dict__[store][name]
@@ -128,7 +132,7 @@ class Module:
     def __call__(self, *args, **kwargs):
         if current_tracer() is not None:
             return self.forward(*args, **kwargs)
-        return eager_forward(self.forward, args, kwargs)
+        return _eager.module_call(self, args, kwargs)  # eagerly: replayed when already recorded (graphc.replay)
 
     # ---- traversal ----
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:

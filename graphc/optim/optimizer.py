@@ -179,16 +179,22 @@ class Optimizer:
 
     # ---- stepping
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad[...] = 0
+        if _eager._pending is not None:
+            _eager.flush_pending()  # a deferred backward runs first, as if it had run at once
+        for g in self.param_groups:
+            for p in g["params"]:
+                if not set_to_none:
+                    if p.grad is not None:
+                        p.grad[...] = 0
+                elif type(p) is Parameter:
+                    p.__dict__["_grad"] = None  # Parameter.grad's setter, without its frames (a loop runs this every step)
+                else:
+                    p.grad = None
 
     def step(self, closure: Callable[[], Any] | None = None):
         """One update of every parameter that has a gradient (params whose .grad is None are skipped)."""
         if closure is None and _eager._pending is not None:
-            from ..autograd import join_step
+            from ..autograd import join_step  # noqa: PLC0415  (autograd imports the optimizers)
 
             if join_step(self):  # the deferred backward and this update ran as one compiled plan
                 return None

@@ -1,0 +1,398 @@
+"""graphc.replay: a training step recorded before is replayed, not recorded again.
+
+Why: graphc.Tensor's autograd records every operation of a step into IR in Python. A loop
+records the same graph every iteration; re-recording it op by op costs far more than the
+compiled step it ends up running (issue 16: the S loop was ~2x torch eager, not 20x).
+
+What: an outermost eager module call (`model(x)`, `crit(out, y)`) is recorded once as a
+*fragment*: the nodes its forward emitted, with every value it read named by where it came
+from (argument i, a Parameter by identity, a fresh Dropout seed). The fragment is kept per
+module and call signature (argument shapes and dtypes; which earlier call's output an argument
+is; Python scalars by value). A later call with the same signature, while nothing that could
+change the recording has changed, does not run forward: it appends an Event (the fragment and
+this call's arguments) and returns lazy Tensors at once. When `loss.backward(); opt.step()`
+then close a recording made only of events whose joined plan is known, graphc.autograd runs
+that plan directly; anything else fills the graph from the events first (`fill`), which writes
+exactly the nodes a full recording would have, and takes the ordinary path.
+
+When a call is replayed instead of run (all must hold; anything else runs forward again):
+  - the module's structure counter and attribute counter (nn.module: any Parameter or
+    sub-module assignment, train()/eval(), requires_grad changes, any plain attribute
+    assignment on any Module) are what they were when the fragment was recorded; a changed
+    counter re-records the call and keeps the old fragment when the new one is the same;
+  - grad mode is on and the call is not inside another recorded forward;
+  - the recording of the call was clean: forward read no value (no .item(), printing,
+    data-dependent branch), assigned no module attribute, kept no intermediate alive (no
+    side channel), read only its arguments, Parameters and Dropout seeds (no array made
+    inside forward, no buffer), returned lazy Tensors (one or a tuple), and drew no other
+    random numbers (graphc.random's draw count moved only by its Dropout seeds).
+What it cannot see: forward reading Python state that is not a Module attribute (a global,
+a closure, a list mutated in place) to decide what to record. Set `graphc.replay.ENABLED =
+False` (or GRAPHC_REPLAY=0) for such models; `GRAPHC_LOG=recompiles` logs every re-recording
+whose fragment changed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+
+import numpy as np
+
+from . import eager as _eager
+from . import random as _random
+from .eager import Tensor
+from .ir.graph import Node
+from .tracing import _eager_depth, from_eager, to_eager
+
+ENABLED = os.environ.get("GRAPHC_REPLAY", "1") != "0"
+log = logging.getLogger("graphc.recompiles")
+stats = {"captures": 0, "replayed_calls": 0, "rerecorded": 0}
+
+LAZY, DATA, OBJ, RNG = 0, 1, 2, 3  # where a fragment's external value comes from
+_sites: dict[int, dict] = {}        # id(module) -> {call signature: Site}
+_Parameter = None
+_versions = None                    # nn.module's (structure, attribute) counters
+
+
+class Fragment:
+    """What one module call recorded: external values, nodes over local value indices, outputs."""
+
+    __slots__ = ("ext", "nodes", "outputs", "out_types", "single", "norm", "template", "per_call")
+
+    def __init__(self, ext, nodes, outputs, out_types, single):
+        self.ext, self.nodes, self.outputs, self.out_types, self.single = ext, nodes, outputs, out_types, single
+        # a replay's binds: Parameters are the same every call; the rest is filled per call
+        self.template = [o if k == OBJ else None for k, o, _ in ext]
+        self.per_call = tuple((j, k, o) for j, (k, o, _) in enumerate(ext) if k != OBJ)
+        # what two recordings must share to be the same (Parameters by identity)
+        self.norm = (tuple((k, id(o) if k == OBJ else o, kind) for k, o, kind in ext), nodes, outputs, single)
+
+
+class Site:
+    """One module called with one signature: its fragment (None: not replayable, `why`)."""
+
+    __slots__ = ("module", "frag", "versions", "why", "__weakref__")
+
+    def __init__(self, module, frag, versions, why):
+        self.module, self.frag, self.versions, self.why = weakref.ref(module), frag, versions, why
+
+
+class Event:
+    """One replayed (or recorded-as-fragment) call on a tape: its site, what its external values
+    are this time, its output handles, and (once filled) the input names they got."""
+
+    __slots__ = ("site", "binds", "outs", "names")
+
+    def __init__(self, site, binds, outs):
+        self.site, self.binds, self.outs, self.names = site, binds, outs, None
+
+
+def reset() -> None:
+    _sites.clear()
+    for k in stats:
+        stats[k] = 0
+
+
+def _setup():
+    global _Parameter, _versions
+    from .nn.module import _attr_version, _version
+    from .nn.parameter import Parameter
+
+    _Parameter, _versions = Parameter, (_version, _attr_version)
+
+
+# ------------------------------------------------------------------ the module call
+
+
+def module_call(module, args, kwargs):
+    """Module.__call__ outside a trace: replay a known call, or run (and maybe record) forward."""
+    if (not ENABLED or kwargs or _eager_depth.get() or not _eager._grad_enabled.get()
+            or _eager._pending is not None):
+        return _forward(module, args, kwargs)
+    if _versions is None:
+        _setup()
+    sig = _signature(args)
+    if sig is None:
+        return _forward(module, args, kwargs)
+    by_sig = _sites.get(id(module))
+    site = by_sig.get(sig) if by_sig is not None else None
+    if site is not None and site.module() is module:
+        v, a = _versions
+        if site.versions == (v[0], a[0]):
+            if site.frag is None:
+                _eager.open_tape().pure = False
+                return _forward(module, args, kwargs)
+            return _replay(site, args)
+    else:
+        site = None
+    return _capture(module, args, sig, site)
+
+
+def _forward(module, args, kwargs):
+    from .tracing import eager_forward
+
+    return eager_forward(module.forward, args, kwargs)
+
+
+def _signature(args):
+    """The call's signature, or None when it cannot be replayed (other argument kinds)."""
+    tape = _eager._tape
+    sig = []
+    for a in args:
+        t = type(a)
+        if t is Tensor:
+            if a._tape is not None and not a._tape.closed:
+                if a._tape is not tape or a._ref is None:
+                    return None
+                t = a._type
+                sig.append((a._ref, t.shape, t.dtype))  # (TensorType's own hash is a Python frame)
+            elif a._requires_grad:
+                return None  # a leaf that requires grad: its identity decides the graph
+            else:
+                t = a._type
+                sig.append((t.shape, t.dtype, "T"))
+        elif isinstance(a, np.ndarray):
+            if t is _Parameter:
+                return None
+            sig.append((a.shape, a.dtype))
+        elif t in (int, float, bool, str) or a is None:
+            sig.append((t, a))
+        else:
+            return None
+    return tuple(sig)
+
+
+def _replay(site, args):
+    tape = _eager._tape
+    if tape is None or tape.closed:
+        tape = _eager.open_tape()
+    frag = site.frag
+    binds = frag.template.copy()
+    for j, kind, o in frag.per_call:
+        if kind == DATA:
+            a = args[o]
+            # data is copied, as Tape.input_for does (the recording reads its values as they are now)
+            binds[j] = a.copy() if type(a) is np.ndarray else a if type(a) is Tensor else np.array(a, copy=True)
+        elif kind == LAZY:
+            binds[j] = args[o]
+        else:
+            binds[j] = _random.next_seed()  # an int (a graph input of its own once filled)
+    n = len(tape.events)
+    lazy = Tensor._lazy
+    if frag.single:
+        h = lazy(tape, None, frag.out_types[0])
+        h._ref = (n, 0)
+        refs = [weakref.ref(h)]
+        out = h
+    else:
+        out = tuple(lazy(tape, None, t) for t in frag.out_types)
+        refs = []
+        for j, h in enumerate(out):
+            h._ref = (n, j)
+            refs.append(weakref.ref(h))
+    tape.tensors.extend(refs)
+    tape.events.append(Event(site, binds, refs))
+    tape.sites.append(site)
+    stats["replayed_calls"] += 1
+    return out
+
+
+def fill(tape) -> None:
+    """Write the events not yet in tape's graph as nodes: the same inputs (names, order) and nodes
+    a full recording of those calls would have made."""
+    b = tape._b
+    types = b.types
+    events = tape.events
+    while tape.filled < len(events):
+        ev = events[tape.filled]
+        frag = ev.site.frag
+        vals = []
+        for (kind, o, ikind), v in zip(frag.ext, ev.binds):
+            if kind == LAZY:
+                vals.append(v._value)
+            elif kind == RNG:
+                vals.append(tape.add_source(np.asarray(v, dtype=np.int64), "rng"))  # a fresh array: its own input
+            else:
+                vals.append(tape.add_source(v, ikind))
+        ev.names = list(vals)
+        for op, ins, out_types, attrs, loc in frag.nodes:
+            outs = tuple(b.fresh() for _ in out_types)
+            for o, t in zip(outs, out_types):
+                types[o] = t
+            b.nodes.append(Node(op, tuple(vals[i] for i in ins), outs, out_types, attrs, loc, None))
+            vals.extend(outs)
+        for r, k in zip(ev.outs, frag.outputs):
+            h = r()
+            if h is not None:
+                h._value = vals[k]
+        tape.filled += 1
+
+
+# ------------------------------------------------------------------ recording a call as a fragment
+
+
+def _capture(module, args, sig, old):
+    """Run forward with recording on; keep what it recorded as the site's fragment if it is clean."""
+    tape = _eager.current_tape()
+    b = tape._b
+    n_nodes, n_tensors = len(b.nodes), len(tape.tensors)
+    v, a = _versions
+    before = (v[0], a[0])
+    reads = _eager.reads
+    draws = _random.generator().bit_generator.state  # (settled: the seeds handed out so far are drawn)
+    wrapped = [to_eager(x) for x in args]
+    token = _eager_depth.set(1)
+    _eager.capturing += 1
+    try:
+        out = module.forward(*wrapped)
+    finally:
+        _eager.capturing -= 1
+        _eager_depth.reset(token)
+    out = from_eager(out)
+    why = None
+    if _eager._tape is not tape or tape.closed or _eager._pending is not None or _eager.reads != reads:
+        why = "forward read a value (a data-dependent recording)"
+    elif (v[0], a[0]) != before:
+        why = "forward assigned a module attribute"
+    frag = names = None
+    if why is None:
+        frag, why, names = _fragment(tape, n_nodes, n_tensors, wrapped, out, draws)
+    stats["captures"] += 1
+    versions = (v[0], a[0])
+    if frag is not None and old is not None and old.frag is not None and old.frag.norm == frag.norm:
+        site = old  # re-recorded after a counter moved, and nothing changed: keep the site (and its plans)
+        site.versions = versions
+    else:
+        if old is not None:
+            stats["rerecorded"] += 1
+            if log.isEnabledFor(logging.INFO):
+                log.info("eager call of %s (%s) recorded again, not replayed: %s", type(module).__name__,
+                         _moved(old.versions, versions), why or _describe(old.frag, frag))
+        site = Site(module, frag, versions, why)
+        by_sig = _sites.get(id(module))
+        if by_sig is None or not by_sig or next(iter(by_sig.values())).module() is not module:
+            by_sig = _sites[id(module)] = {}
+        by_sig[sig] = site
+    if frag is None:
+        if _eager._tape is tape:
+            tape.pure = False
+        return out
+    # this call is the tape's next event (its nodes are already in the graph)
+    outs = out if isinstance(out, tuple) else (out,)
+    n = len(tape.events)
+    refs = []
+    for j, h in enumerate(outs):
+        h._ref = (n, j)
+        refs.append(weakref.ref(h))
+    ev = Event(site, _binds(tape, frag, wrapped, names), refs)
+    ev.names = names
+    tape.events.append(ev)
+    tape.sites.append(site)
+    tape.filled += 1
+    return out
+
+
+def _moved(old, new) -> str:
+    if old[0] != new[0]:
+        return "a Parameter or sub-module was assigned, or a mode or requires_grad changed"
+    return "a module attribute was assigned"
+
+
+def _describe(old, new) -> str:
+    """What differs between two fragments of one call, in the user's terms."""
+    if old is None:
+        return "it can be replayed now"
+    for (op1, _, _, a1, _), (op2, _, _, a2, loc) in zip(old.nodes, new.nodes):
+        if op1 != op2:
+            return f"operation at {loc}: {op1} -> {op2} (a mode or control flow changed)"
+        if a1 != a2:
+            return f"{op2} at {loc}: attributes {dict(a1)} -> {dict(a2)}"
+    if len(old.nodes) != len(new.nodes):
+        return f"{len(old.nodes)} -> {len(new.nodes)} operations recorded (a mode or control flow changed)"
+    for (k1, o1, kind1), (k2, o2, kind2) in zip(old.ext, new.ext):
+        if k1 != k2 or (o1 is not o2 if k1 == OBJ else o1 != o2):
+            return "it reads another Parameter or argument (a Parameter was replaced)"
+        if kind1 != kind2:
+            return "a Parameter's requires_grad changed"
+    return "its inputs or outputs changed"
+
+
+def _fragment(tape, n_nodes, n_tensors, wrapped, out, draws):
+    """(Fragment, None), or (None, why the call cannot be replayed)."""
+    outs = out if isinstance(out, tuple) else (out,)
+    if not outs or any(type(h) is not Tensor or h._tape is not tape or h._value is None for h in outs):
+        return None, "forward did not return recorded tensors (one, or a tuple)", None
+    if len({id(h) for h in outs}) != len(outs):
+        return None, "forward returned one tensor twice", None
+    alive = {id(h) for h in outs}
+    for r in tape.tensors[n_tensors:]:
+        h = r()
+        if h is not None and id(h) not in alive and h._tape is tape:
+            return None, "forward kept an intermediate tensor (a side effect the replay would skip)", None
+    b = tape._b
+    nodes = b.nodes[n_nodes:]
+    if not nodes:
+        return None, "forward recorded nothing", None
+    lazy_args = {x._value: i for i, x in enumerate(wrapped) if type(x) is Tensor and x._tape is tape}
+    arg_ids = {id(x): i for i, x in enumerate(wrapped)}
+    kinds = {i.name: i.kind for i in b.inputs}
+    produced = {o for n in nodes for o in n.outputs}
+    # external values, in order of first use (the order a full recording creates its inputs in)
+    ext, ext_names, local = [], [], {}
+    for node in nodes:
+        for name in node.inputs:
+            if name in local or name in produced:
+                continue
+            if name in lazy_args:
+                e = (LAZY, lazy_args[name], None)
+            elif name in kinds:
+                kind = kinds[name]
+                src = tape.origin.get(name)
+                if kind == "rng":
+                    e = (RNG, None, "rng")
+                elif id(src) in arg_ids and type(src) is not _Parameter:
+                    e = (DATA, arg_ids[id(src)], kind)
+                elif type(src) is _Parameter:
+                    e = (OBJ, src, kind)
+                else:
+                    return None, f"forward read an array that is neither an argument nor a Parameter (%{name})", None
+            else:
+                return None, "forward used a tensor recorded outside it", None
+            local[name] = len(ext)
+            ext.append(e)
+            ext_names.append(name)
+    k = len(ext)
+    for node in nodes:
+        for o in node.outputs:
+            local[o] = k
+            k += 1
+    fnodes = tuple((n.op, tuple(local[i] for i in n.inputs), n.types, n.attrs, n.loc) for n in nodes)
+    outputs = []
+    for h in outs:
+        k = local.get(h._value)
+        if k is None or k < len(ext):
+            return None, "forward returned one of its inputs", None
+        outputs.append(k)
+    if not _only_seeds_drawn(draws, sum(1 for e in ext if e[0] == RNG)):
+        return None, "forward drew random numbers other than its Dropout seeds", None
+    return Fragment(tuple(ext), fnodes, tuple(outputs), tuple(h._type for h in outs),
+                    not isinstance(out, tuple)), None, ext_names
+
+
+def _only_seeds_drawn(before: dict, n: int) -> bool:
+    """Whether graphc's generator moved by exactly n Dropout seeds since it was at `before`
+    (a replay draws those seeds again, and nothing else)."""
+    bg = _random.generator().bit_generator
+    expect = type(bg)()
+    expect.state = before
+    if n:
+        expect.random_raw(n)
+    return expect.state == bg.state
+
+
+def _binds(tape, frag, wrapped, names):
+    """The external values of a call recorded in full (what a replay of it would have bound)."""
+    src_of = dict(zip((i.name for i in tape._b.inputs), tape._sources))
+    return [wrapped[o] if kind == LAZY else int(src_of[name]) if kind == RNG else src_of[name]
+            for (kind, o, _), name in zip(frag.ext, names)]

@@ -1,0 +1,157 @@
+"""graphc.replay: a recognised loop step is replayed, bit for bit what the full recording gives,
+and anything that could change the recording falls back to it."""
+import numpy as np
+import pytest
+import torch
+
+import graphc
+import graphc.nn as nn
+from graphc import replay
+from models import SimpleNet
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((64, 10)).astype(np.float32)
+Y = rng.standard_normal((64, 1)).astype(np.float32)
+
+
+def scripted_loop(enabled: bool):
+    """The standard loop, with every change a user makes mid-training; returns what it observed."""
+    graphc.autograd.reset()
+    replay.ENABLED = enabled
+    try:
+        graphc.manual_seed(0)
+        model, crit = SimpleNet(), nn.MSELoss()
+        opt = graphc.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        seen = []
+        for step in range(15):
+            x, y = X, Y
+            if step == 4:
+                opt.param_groups[0]["lr"] = 0.02           # a hyperparameter value: no recompile
+            if step == 6:
+                model.dropout.p = 0.25                      # a module attribute: re-recorded
+            if step == 7:
+                model.dropout.p = 0.5
+            if step == 8:
+                x, y = X[:32], Y[:32]                       # another signature
+            if step == 9:
+                model.eval()                                # a mode: no Dropout
+            if step == 10:
+                model.train()
+                model.linear2.weight.requires_grad_(False)  # not a leaf any more: no joined step
+            if step == 11:
+                model.linear2.weight.requires_grad_(True)
+            if step == 13:
+                model.linear2.bias = nn.Parameter(np.full(1, 0.5, np.float32))  # replaced: read, not the old one
+            opt.zero_grad()
+            out = model(x)
+            loss = crit(out, y)
+            loss.backward()
+            opt.step()
+            if step == 12:
+                seen.append(out.detach().numpy().copy())    # a kept output is a value of the same plan
+            del out
+            seen.append(loss.item())
+        seen += [p.detach().numpy().copy() for p in model.parameters()]
+        return seen, dict(graphc.autograd.stats), dict(replay.stats)
+    finally:
+        replay.ENABLED = True
+
+
+def test_replayed_loop_equals_the_full_recording_bit_for_bit():
+    full, full_stats, _ = scripted_loop(False)
+    fast, stats, rstats = scripted_loop(True)
+    assert len(full) == len(fast)
+    for a, b in zip(full, fast):
+        np.testing.assert_array_equal(a, b)
+    assert stats["replayed_steps"] >= 4, stats   # steps 2, 3, 4 (lr changed), 5, 12
+    assert stats["compiles"] == full_stats["compiles"] and stats["recompiles"] == full_stats["recompiles"], \
+        (stats, full_stats)
+    assert rstats["replayed_calls"] > 0 and full_stats["replayed_steps"] == 0
+
+
+def test_a_steady_loop_replays_without_recompiling():
+    graphc.autograd.reset()
+    graphc.manual_seed(0)
+    model, crit = SimpleNet(), nn.MSELoss()
+    tmodel = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 1))
+    model.dropout.p = 0.0  # torch draws other masks: compare without dropout
+    tmodel.load_state_dict({k.replace("linear1", "0").replace("linear2", "2"): torch.from_numpy(np.array(v))
+                            for k, v in model.state_dict().items()})
+    opt = graphc.optim.SGD(model.parameters(), lr=0.05)
+    topt = torch.optim.SGD(tmodel.parameters(), lr=0.05)
+    for _ in range(6):
+        opt.zero_grad()
+        loss = nn.MSELoss()(model(X), Y) if False else crit(model(X), Y)
+        loss.backward()
+        opt.step()
+        topt.zero_grad()
+        tloss = torch.nn.functional.mse_loss(tmodel(torch.from_numpy(X)), torch.from_numpy(Y))
+        tloss.backward()
+        topt.step()
+        assert loss.item() == pytest.approx(tloss.item(), rel=1e-5)
+    stats = graphc.autograd.stats
+    assert stats["compiles"] == 1 and stats["recompiles"] == 0 and stats["replayed_steps"] == 4, stats
+    for p, tp in zip(model.parameters(), tmodel.parameters()):
+        np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+class ReadsAValue(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(10, 1)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return h * 2.0 if h.sum().item() > 0 else h * -1.0  # data-dependent: never replayed
+
+
+class KeepsAnIntermediate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(10, 1)
+        self.kept = []
+
+    def forward(self, x):
+        h = self.lin(x)
+        self.kept.append(h)  # a side effect a replay would skip
+        return h * 2.0
+
+
+class MakesAnArray(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(10, 1)
+
+    def forward(self, x):
+        return self.lin(x) + graphc.randn(64, 1)  # fresh noise every call
+
+
+@pytest.mark.parametrize("cls, why", [(ReadsAValue, "read a value"), (KeepsAnIntermediate, "kept an intermediate"),
+                                      (MakesAnArray, "neither an argument nor a Parameter")])
+def test_forwards_that_cannot_be_replayed_run_every_time(cls, why, monkeypatch):
+    monkeypatch.setattr(graphc.autograd, "MODE", "interpret")  # no compiles: only the recording matters here
+    graphc.autograd.reset()
+    model = cls()
+    for _ in range(3):
+        (model(X) ** 2).mean().backward()
+    sites = [s for by_sig in replay._sites.values() for s in by_sig.values()]
+    assert len(sites) == 1 and sites[0].frag is None and why in sites[0].why, [s.why for s in sites]
+    assert replay.stats["replayed_calls"] == 0
+    if cls is KeepsAnIntermediate:
+        assert len(model.kept) == 3
+
+
+def test_number_conversions_follow_torch():
+    for data in (2.75, [2.75], [[-1.5]]):
+        t, tt = graphc.tensor(data), torch.tensor(data)
+        assert float(t) == float(tt) and int(t) == int(tt) and bool(t) == bool(tt)
+        assert isinstance(float(t), float) and isinstance(int(t), int)
+    x = graphc.tensor([1.5], requires_grad=True)
+    assert float(x * 2) == 3.0                      # a recorded value: computed, then converted
+    assert [0, 1, 2, 3][graphc.tensor(2)] == 2 and range(graphc.tensor([3]))[-1] == 2
+    with pytest.raises(TypeError, match="integer tensors"):
+        [0, 1][graphc.tensor(1.0)]
+    with pytest.raises(graphc.TraceError, match="2 elements cannot be converted"):
+        float(graphc.tensor([1.0, 2.0]))
+    with pytest.raises(graphc.TraceError, match="ambiguous"):
+        bool(graphc.tensor([1.0, 2.0]))
