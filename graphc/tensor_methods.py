@@ -9,14 +9,12 @@ tracing.py installs on TensorMethods (shared by traced Proxy and eager EagerArra
 from __future__ import annotations
 
 import math
-from collections import namedtuple
 
 import numpy as np
 
 from . import eager as _eager
 from .ir import TensorType, dtype_name
-from .tracing import EagerArray, Proxy, _norm_dim, _shape, _wrap_eager, current_tracer, dispatch, in_eager_forward, \
-    reduce, reshape, trace_error
+from .tracing import EagerArray, Proxy, _norm_dim, _shape, current_tracer, dispatch, reshape, trace_error
 
 # torch-style dtype names (graphc.float32, graphc.long, ...): numpy's types
 float32, float64, int64, long, bool_ = np.float32, np.float64, np.int64, np.int64, np.bool_
@@ -236,40 +234,6 @@ def pow_(x, exponent):
     return dispatch("pow", [x], {"exponent": e})
 
 
-def amax(x, dim=None, keepdim: bool = False):
-    return reduce("max", x, () if dim is None and not _shape(x) else dim, keepdim)
-
-
-def amin(x, dim=None, keepdim: bool = False):
-    return dispatch("neg", [amax(dispatch("neg", [x]), dim, keepdim)])
-
-
-MaxResult = namedtuple("max", ["values", "indices"])  # torch.return_types.max
-
-
-def max_(x, dim=None, keepdim: bool = False, *, axis=None, keepdims=None, out=None, **_numpy):
-    """torch's x.max() (a 0-d tensor) and x.max(dim) -> (values, indices: the first maximum);
-    numpy's own calls (axis=, keepdims=) get numpy's values-only answer."""
-    if out is not None:
-        raise trace_error("max: out= is not supported")
-    if axis is not None or keepdims is not None:
-        return amax(x, axis, bool(keepdims))
-    if dim is None:
-        return amax(x)
-    if isinstance(dim, (Proxy, np.ndarray)):  # torch.max(a, b): elementwise
-        return dispatch("maximum", [x, dim])
-    d = _norm_dim(int(dim), len(_shape(x)))
-    values = amax(x, d, True)
-    n = _shape(x)[d]
-    # first index of the maximum: n - 1 - max over the ties of (n - 1 - position)
-    pos = reshape(arange(n - 1, -1, -1), tuple(n if k == d else 1 for k in range(len(_shape(x)))))
-    hit = where(compare("eq", x, values), pos, -1)
-    indices = dispatch("sub", [_as_operand(n - 1, "i64"), amax(hit, d, True)])
-    if not keepdim:
-        values, indices = squeeze(values, d), squeeze(indices, d)
-    return MaxResult(values, indices)
-
-
 # ------------------------------------------------------------------ module-level functions (graphc.cat, ...)
 
 
@@ -364,7 +328,7 @@ METHODS = {
     "transpose": transpose_method, "swapaxes": swapdims, "swapdims": swapdims, "permute": permute,
     "contiguous": lambda self, *a, **k: self, "unsqueeze": unsqueeze, "squeeze": squeeze, "expand": expand,
     "split": split, "chunk": chunk, "narrow": lambda self, dim, start, length: narrow(self, dim, start, start + length),
-    "masked_fill": masked_fill, "max": max_, "amax": amax, "amin": amin,
+    "masked_fill": masked_fill,  # max/amax/amin: tracing.TensorMethods' (extremum, amax_amin) are the ones
     "sqrt": lambda self: dispatch("sqrt", [self]), "rsqrt": lambda self: dispatch("rsqrt", [self]),
     "pow": pow_, "__pow__": pow_, "float": lambda self: cast(self, np.float32),
     "double": lambda self: cast(self, np.float64), "long": lambda self: cast(self, np.int64),
