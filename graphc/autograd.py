@@ -153,10 +153,17 @@ def join_step(opt) -> bool:
         return False
     root, tape = _eager._pending
     if tape.filled != len(tape.events) and root._ref is not None and tape.pure:
-        key = _replay_key(tape, root)
+        live = []  # _replay_key, inline (this runs every step)
+        for r in tape.tensors:
+            t = r()
+            if t is not None and t is not root and t._data is None and t._tape is tape:
+                live.append(t._ref)
+        key = (tuple(tape.sites), root._ref, tuple(live))
         plan = _replays.get(key)
         if plan is not None and plan.opt() is opt and _run_replayed(plan, opt, root, tape):
             return True
+    elif tape.pure and tape.events and root._ref is not None:
+        key = _replay_key(tape, root)  # before the values below are set (they decide what is live)
     else:
         key = None
     from .optim import SGD, Adam, AdamW
@@ -209,8 +216,8 @@ def join_step(opt) -> bool:
         k += 1
     for (name, p), g in zip(leaves, entry.grad_slots):
         p.grad = outs[g] if g is not None else None  # the plan's gradient buffer (valid until the next step)
-    if tape.pure and tape.events and root._ref is not None and all(type(p) is not _eager.Tensor for _, p in leaves):
-        _remember_replay(key or _replay_key(tape, root), entry, opt, spec, tape, leaves, slots)
+    if key is not None and all(type(p) is not _eager.Tensor for _, p in leaves):
+        _remember_replay(key, entry, opt, spec, tape, leaves, slots)
     _close(tape)
     opt.count_step(groups=False)  # the plan advanced each group's step itself
     stats["joined_steps"] += 1
@@ -229,7 +236,8 @@ _replays: dict[tuple, "_Replay"] = {}
 
 
 class _Replay:
-    __slots__ = ("entry", "opt", "args", "live", "grads", "hyper_read", "hyper_seen", "structure", "group_of")
+    __slots__ = ("entry", "opt", "args", "live", "grads", "hyper_read", "hyper_seen", "structure", "group_of",
+                 "plain_count")
 
 
 def _replay_key(tape, root) -> tuple:
@@ -264,6 +272,9 @@ def _remember_replay(key, entry, opt, spec, tape, leaves, live_slots) -> None:
     plan.hyper_seen = tuple(map(plan.hyper_read, opt.param_groups))
     plan.structure = spec.structure()
     plan.group_of = dict(spec.group_of)
+    from .optim.optimizer import Optimizer
+
+    plan.plain_count = type(opt).count_step is Optimizer.count_step  # count_step(groups=False) is step_count += 1
     _replays[key] = plan
 
 
@@ -314,8 +325,11 @@ def _run_replayed(plan: _Replay, opt, root, tape) -> bool:
     for p, g in plan.grads:
         p.__dict__["_grad"] = outs[g] if g is not None else None  # the plan's gradient buffer, as above
     tape.closed = True
-    tape.clear()
-    opt.count_step(groups=False)
+    tape.events, tape.sites, tape.filled = [], [], 0  # (a replayed tape has no sources or leaves to drop)
+    if plan.plain_count:
+        opt.step_count += 1
+    else:
+        opt.count_step(groups=False)
     stats["native_runs"] += 1
     stats["joined_steps"] += 1
     stats["replayed_steps"] += 1

@@ -75,21 +75,38 @@ class Site:
     __slots__ = ("module", "frag", "versions", "why", "__weakref__")
 
     def __init__(self, module, frag, versions, why):
-        self.module, self.frag, self.versions, self.why = weakref.ref(module), frag, versions, why
+        self.module, self.frag, self.versions, self.why = _ref(module), frag, versions, why
+
+
+_refs: dict[int, weakref.ref] = {}  # id(module) -> one weakref whose callback forgets the module's sites
+
+
+def _ref(module) -> weakref.ref:
+    key = id(module)
+    r = _refs.get(key)
+    if r is None or r() is not module:
+        def forget(dead, key=key):
+            if _refs.get(key) is dead:
+                del _refs[key]
+                _sites.pop(key, None)
+
+        r = _refs[key] = weakref.ref(module, forget)
+    return r
 
 
 class Event:
     """One replayed (or recorded-as-fragment) call on a tape: its site, what its external values
     are this time, its output handles, and (once filled) the input names they got."""
 
-    __slots__ = ("site", "binds", "outs", "names")
+    __slots__ = ("site", "binds", "outs", "names", "out_names")
 
     def __init__(self, site, binds, outs):
-        self.site, self.binds, self.outs, self.names = site, binds, outs, None
+        self.site, self.binds, self.outs, self.names, self.out_names = site, binds, outs, None, None
 
 
 def reset() -> None:
     _sites.clear()
+    _refs.clear()
     for k in stats:
         stats[k] = 0
 
@@ -120,8 +137,7 @@ def module_call(module, args, kwargs):
     if site is not None and site.module() is module:
         v, a = _versions
         if site.versions == (v[0], a[0]):
-            if site.frag is None:
-                _eager.open_tape().pure = False
+            if site.frag is None:  # known not replayable (what it records marks the tape impure)
                 return _forward(module, args, kwargs)
             return _replay(site, args)
     else:
@@ -175,23 +191,25 @@ def _replay(site, args):
             # data is copied, as Tape.input_for does (the recording reads its values as they are now)
             binds[j] = a.copy() if type(a) is np.ndarray else a if type(a) is Tensor else np.array(a, copy=True)
         elif kind == LAZY:
-            binds[j] = args[o]
+            binds[j] = args[o]._ref  # (event, output): not the tensor itself, which may die before the step
         else:
             binds[j] = _random.next_seed()  # an int (a graph input of its own once filled)
     n = len(tape.events)
-    lazy = Tensor._lazy
+    new = object.__new__
     if frag.single:
-        h = lazy(tape, None, frag.out_types[0])
-        h._ref = (n, 0)
+        # Tensor._lazy inlined (a loop step runs this twice; each Python frame is a visible cost)
+        h = new(Tensor)
+        h._data, h._tape, h._value, h._type, h._requires_grad, h._grad, h._ref = \
+            None, tape, None, frag.out_types[0], False, None, (n, 0)
         refs = [weakref.ref(h)]
         out = h
     else:
-        out = tuple(lazy(tape, None, t) for t in frag.out_types)
+        out = tuple(Tensor._lazy(tape, None, t) for t in frag.out_types)
         refs = []
         for j, h in enumerate(out):
             h._ref = (n, j)
             refs.append(weakref.ref(h))
-    tape.tensors.extend(refs)
+    tape.tensors += refs
     tape.events.append(Event(site, binds, refs))
     tape.sites.append(site)
     stats["replayed_calls"] += 1
@@ -210,7 +228,7 @@ def fill(tape) -> None:
         vals = []
         for (kind, o, ikind), v in zip(frag.ext, ev.binds):
             if kind == LAZY:
-                vals.append(v._value)
+                vals.append(events[v[0]].out_names[v[1]])
             elif kind == RNG:
                 vals.append(tape.add_source(np.asarray(v, dtype=np.int64), "rng"))  # a fresh array: its own input
             else:
@@ -222,10 +240,11 @@ def fill(tape) -> None:
                 types[o] = t
             b.nodes.append(Node(op, tuple(vals[i] for i in ins), outs, out_types, attrs, loc, None))
             vals.extend(outs)
-        for r, k in zip(ev.outs, frag.outputs):
+        ev.out_names = [vals[k] for k in frag.outputs]
+        for r, name in zip(ev.outs, ev.out_names):
             h = r()
             if h is not None:
-                h._value = vals[k]
+                h._value = name
         tape.filled += 1
 
 
@@ -246,6 +265,9 @@ def _capture(module, args, sig, old):
     _eager.capturing += 1
     try:
         out = module.forward(*wrapped)
+    except BaseException:
+        tape.pure = False  # what it recorded before raising belongs to no event
+        raise
     finally:
         _eager.capturing -= 1
         _eager_depth.reset(token)
@@ -287,6 +309,7 @@ def _capture(module, args, sig, old):
         refs.append(weakref.ref(h))
     ev = Event(site, _binds(tape, frag, wrapped, names), refs)
     ev.names = names
+    ev.out_names = [h._value for h in outs]
     tape.events.append(ev)
     tape.sites.append(site)
     tape.filled += 1
@@ -336,6 +359,8 @@ def _fragment(tape, n_nodes, n_tensors, wrapped, out, draws):
         return None, "forward recorded nothing", None
     lazy_args = {x._value: i for i, x in enumerate(wrapped) if type(x) is Tensor and x._tape is tape}
     arg_ids = {id(x): i for i, x in enumerate(wrapped)}
+    arg_arrays = [(i, x._data if type(x) is Tensor else x) for i, x in enumerate(wrapped)
+                  if (type(x) is Tensor and x._data is not None) or (isinstance(x, np.ndarray) and type(x) is not _Parameter)]
     kinds = {i.name: i.kind for i in b.inputs}
     produced = {o for n in nodes for o in n.outputs}
     # external values, in order of first use (the order a full recording creates its inputs in)
@@ -355,6 +380,8 @@ def _fragment(tape, n_nodes, n_tensors, wrapped, out, draws):
                     e = (DATA, arg_ids[id(src)], kind)
                 elif type(src) is _Parameter:
                     e = (OBJ, src, kind)
+                elif (i := _same_memory(src, arg_arrays)) is not None:
+                    e = (DATA, i, kind)  # the argument seen through another view (np.asarray of it, say)
                 else:
                     return None, f"forward read an array that is neither an argument nor a Parameter (%{name})", None
             else:
@@ -391,8 +418,20 @@ def _only_seeds_drawn(before: dict, n: int) -> bool:
     return expect.state == bg.state
 
 
+def _same_memory(a, candidates):
+    """The index of the argument whose array `a` views exactly (same memory, shape, strides, dtype)."""
+    if not isinstance(a, np.ndarray):
+        return None
+    addr = a.__array_interface__["data"][0]
+    for i, b in candidates:
+        if (b.dtype == a.dtype and b.shape == a.shape and b.strides == a.strides
+                and b.__array_interface__["data"][0] == addr):
+            return i
+    return None
+
+
 def _binds(tape, frag, wrapped, names):
     """The external values of a call recorded in full (what a replay of it would have bound)."""
     src_of = dict(zip((i.name for i in tape._b.inputs), tape._sources))
-    return [wrapped[o] if kind == LAZY else int(src_of[name]) if kind == RNG else src_of[name]
+    return [wrapped[o]._ref if kind == LAZY else int(src_of[name]) if kind == RNG else src_of[name]
             for (kind, o, _), name in zip(frag.ext, names)]

@@ -57,9 +57,14 @@ def scripted_loop(enabled: bool):
         replay.ENABLED = True
 
 
-def test_replayed_loop_equals_the_full_recording_bit_for_bit():
+def test_replayed_loop_equals_the_full_recording_bit_for_bit(caplog):
+    import logging
+
     full, full_stats, _ = scripted_loop(False)
+    caplog.set_level(logging.INFO, logger="graphc.recompiles")
     fast, stats, rstats = scripted_loop(True)
+    assert "dropout at models.py:22: attributes {'p': 0.5, 'stream': 0} -> {'p': 0.25" in caplog.text
+    assert "a Parameter's requires_grad changed" in caplog.text
     assert len(full) == len(fast)
     for a, b in zip(full, fast):
         np.testing.assert_array_equal(a, b)
@@ -155,3 +160,17 @@ def test_number_conversions_follow_torch():
         float(graphc.tensor([1.0, 2.0]))
     with pytest.raises(graphc.TraceError, match="ambiguous"):
         bool(graphc.tensor([1.0, 2.0]))
+
+
+def test_a_dead_module_leaves_no_fragment_behind(monkeypatch):
+    import gc
+
+    monkeypatch.setattr(graphc.autograd, "MODE", "interpret")
+    graphc.autograd.reset()
+    model = nn.Linear(10, 1)
+    (model(X) ** 2).mean().backward()
+    assert id(model) in replay._sites
+    key = id(model)
+    del model
+    gc.collect()
+    assert key not in replay._sites

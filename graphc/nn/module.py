@@ -8,7 +8,9 @@ import numpy as np
 
 from ..ir import GraphcError, ShapeError
 from .. import eager as _eager
-from ..tracing import current_tracer
+from ..tracing import _active, current_tracer
+
+_tracing_now = _active.get
 from .parameter import Parameter
 
 
@@ -130,7 +132,7 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        if current_tracer() is not None:
+        if _tracing_now() is not None:  # current_tracer(), without its frame
             return self.forward(*args, **kwargs)
         return _eager.module_call(self, args, kwargs)  # eagerly: replayed when already recorded (graphc.replay)
 

@@ -30,6 +30,9 @@ from ..ir import GraphcError
 from ..nn.parameter import Parameter
 
 
+_join_step = None  # graphc.autograd.join_step, once imported
+
+
 class OptimizerError(GraphcError, ValueError):
     """An optimizer was built or loaded with an invalid setting; the message names it."""
 
@@ -194,9 +197,10 @@ class Optimizer:
     def step(self, closure: Callable[[], Any] | None = None):
         """One update of every parameter that has a gradient (params whose .grad is None are skipped)."""
         if closure is None and _eager._pending is not None:
-            from ..autograd import join_step  # noqa: PLC0415  (autograd imports the optimizers)
-
-            if join_step(self):  # the deferred backward and this update ran as one compiled plan
+            global _join_step
+            if _join_step is None:
+                from ..autograd import join_step as _join_step  # (graphc.autograd imports the optimizers)
+            if _join_step(self):  # the deferred backward and this update ran as one compiled plan
                 return None
         loss = closure() if closure is not None else None
         checked = [self._check(self._settings(g)) for g in self.param_groups]  # all groups before any update
