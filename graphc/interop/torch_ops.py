@@ -159,6 +159,13 @@ def _amax(x, dim=(), keepdim=False):
     return reduce("max", x, None if dim in ((), [], None) else dim, keepdim)
 
 
+def _max(x, dim=None, keepdim=False):
+    """torch.max: of all (a 0-d tensor), along dim ((values, indices)), or elementwise of two tensors."""
+    if dim is not None and not isinstance(dim, int):
+        return dispatch("maximum", [x, dim])
+    return x.max() if dim is None else x.max(dim, keepdim)
+
+
 def _cast_to(dtype):
     return lambda x, *a, **k: TM.cast(x, dtype)
 
@@ -334,8 +341,8 @@ FUNCTIONS = {
     "torch.clamp": _method("clamp"),
     "torch.clip": _method("clamp"),
     "torch.amax": _amax,
-    "torch.amin": TM.amin,
-    "torch.max": TM.max_,
+    "torch.amin": _method("amin"),
+    "torch.max": _max,
     "torch.cat": TM.cat,
     "torch.concat": TM.cat,
     "torch.stack": TM.stack,
