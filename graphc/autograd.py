@@ -267,7 +267,8 @@ def _remember_replay(key, entry, opt, spec, tape, leaves, live_slots) -> None:
         conv = 2 if type(ev.binds[j]) is _eager.Tensor else 0  # Dropout seeds are ints already
         plan.args.append((k, j, conv))
     plan.live = live_slots
-    plan.grads = [(p, g) for (_, p), g in zip(leaves, entry.grad_slots)]
+    # each Parameter's own __dict__ (where Parameter.grad keeps _grad; the object never changes)
+    plan.grads = [(p.__dict__, g) for (_, p), g in zip(leaves, entry.grad_slots)]
     plan.hyper_read = operator.itemgetter(*sorted(opt.defaults))
     plan.hyper_seen = tuple(map(plan.hyper_read, opt.param_groups))
     plan.structure = spec.structure()
@@ -279,8 +280,8 @@ def _remember_replay(key, entry, opt, spec, tape, leaves, live_slots) -> None:
 
 
 def _run_replayed(plan: _Replay, opt, root, tape) -> bool:
-    for p, _ in plan.grads:
-        if p.__dict__.get("_grad") is not None:
+    for d, _ in plan.grads:
+        if d.get("_grad") is not None:
             return False  # gradients accumulate into existing .grad: the full path decides
     entry = plan.entry
     hyper = tuple(map(plan.hyper_read, opt.param_groups))
@@ -322,8 +323,8 @@ def _run_replayed(plan: _Replay, opt, root, tape) -> bool:
             if t is not None and t is not root and t._data is None and t._tape is tape:
                 t._data = outs[plan.live[k]].copy()
                 k += 1
-    for p, g in plan.grads:
-        p.__dict__["_grad"] = outs[g] if g is not None else None  # the plan's gradient buffer, as above
+    for d, g in plan.grads:
+        d["_grad"] = outs[g] if g is not None else None  # the plan's gradient buffer, as above
     tape.closed = True
     tape.events, tape.sites, tape.filled = [], [], 0  # (a replayed tape has no sources or leaves to drop)
     if plan.plain_count:
