@@ -28,7 +28,7 @@ from .. import nn
 from .. import random as _random
 from ..ir import GraphcError
 from ..nn.parameter import Parameter
-from ..tracing import TraceError, source_line, trace
+from ..tracing import TraceError, _wrap_eager, source_line, trace
 from . import torch_ops
 
 __all__ = ["from_torch", "TorchImportError"]
@@ -141,7 +141,10 @@ class FromTorch(nn.Module):
     def _run(self, s: Step, args, kwargs):
         try:
             if s.kind == "get_attr":
-                return _walk(self, s.target)
+                v = _walk(self, s.target)
+                if type(v) is np.ndarray:  # a buffer read eagerly: give it the tensor methods, as Module.__call__ does
+                    v = _wrap_eager(v)
+                return s.fn(v) if s.fn else v
             if s.kind == "call_module":
                 return _walk(self, s.target)(*args, **kwargs)
             return s.fn(*args, **kwargs)
@@ -223,11 +226,12 @@ def _table_names() -> dict[int, str]:
     """id(torch function) -> its key in torch_ops.FUNCTIONS (whatever alias torch also has)."""
     if not _TABLE:
         import builtins
+        import math
         import operator
 
         import torch
 
-        roots = {"torch": torch, "operator": operator}
+        roots = {"torch": torch, "operator": operator, "math": math}
         for key in torch_ops.FUNCTIONS:
             head, *rest = key.split(".")
             obj = roots.get(head, builtins) if rest else getattr(builtins, head, None)
@@ -402,9 +406,16 @@ def _steps(graph, torch_module, extra, *, via: str) -> list[Step]:
             if not isinstance(attr, torch.Tensor):
                 missing.append((s, f"attribute self.{node.target} of type {type(attr).__name__}"))
             elif not _is_state(torch_module, node.target):
-                if attr.numel() != 1:
-                    missing.append((s, f"tensor constant self.{node.target} (register it as a parameter or buffer)"))
-                s.kind, s.fn, args = "call_function", (lambda v: (lambda: v))(attr.item() if attr.numel() == 1 else None), ()
+                if attr.numel() == 1:  # a Python number
+                    s.kind, s.fn, args = "call_function", (lambda v: (lambda: v))(attr.item()), ()
+                elif attr.dtype in (torch.float32, torch.float64, torch.int64, torch.bool):
+                    # a tensor made in forward from Python numbers only (torch.tril(torch.ones(8, 8))):
+                    # fx keeps it as self._tensor_constantN; graphc holds it as a non-persistent buffer
+                    # (bool as int64, read back through `!= 0`: graphc buffers are numbers)
+                    extra.setdefault("tensor_constants", {})[node.target] = attr
+                    s.fn = torch_ops.as_bool if attr.dtype == torch.bool else None
+                else:
+                    missing.append((s, f"tensor constant self.{node.target} of dtype {attr.dtype}"))
         elif node.op == "call_module":
             m = _walk(torch_module, node.target)
             s.what, s.target = f"{_module_name(m)} (self.{node.target})", node.target
@@ -554,7 +565,14 @@ def from_torch(module, *example_inputs, name: str | None = None):
                                    f"{type(module).__name__}.forward\n  torch.fx: {type(fx_error).__name__}: "
                                    f"{str(fx_error).strip().splitlines()[0]}\n  torch.export: "
                                    f"{type(export_error).__name__}: {str(export_error).strip().splitlines()[0]}") from None
-    steps = _steps(graph, module, extra, via=via)
+    try:
+        steps = _steps(graph, module, extra, via=via)
+    finally:
+        if via == "torch.fx":  # fx stored forward's tensor constants on the torch model itself: take them off
+            for path in extra.get("tensor_constants", {}):
+                owner, _, attr = path.rpartition(".")
+                if attr in vars(_walk(module, owner)):
+                    delattr(_walk(module, owner), attr)
     called = {s.target for s in steps if s.kind == "call_module"}
     body = _build_modules(module, called)
 
@@ -570,6 +588,10 @@ def from_torch(module, *example_inputs, name: str | None = None):
         gm.add_module(k, c)
     for k, b in getattr(body, "_buffers", {}).items():
         gm.register_buffer(k, b, persistent=k not in getattr(body, "_non_persistent", ()))
+    for path, t in extra.get("tensor_constants", {}).items():
+        owner, _, attr = path.rpartition(".")
+        value = _numpy(t.to(torch.int64) if t.dtype == torch.bool else t)
+        _walk(gm, owner).register_buffer(attr, value, persistent=False)
     object.__setattr__(gm, "_steps", steps)
     object.__setattr__(gm, "captured_with", via)
     gm.train(module.training)

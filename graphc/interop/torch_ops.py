@@ -13,6 +13,7 @@ Adding an op that graphc gained is one line in the matching table.
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -213,6 +214,11 @@ def _bool_via_f32(fn):
     return call
 
 
+def as_bool(x):
+    """A bool tensor that graphc holds as int64 (a buffer), read back as bool."""
+    return dispatch("ne", [x, TM._as_operand(0, "i64")])
+
+
 def _nn(name: str):
     """A graphc.nn layer class by name, looked up when a torch model needs it."""
     from .. import nn
@@ -288,6 +294,10 @@ FUNCTIONS = {
     "operator.eq": _compare("eq"),
     "operator.ne": _compare("ne"),
     "getattr": _getattr,
+    "math.sqrt": math.sqrt,  # on sizes (1 / math.sqrt(k.size(-1))): Python numbers at replay
+    "math.log": math.log,
+    "math.ceil": math.ceil,
+    "math.floor": math.floor,
     "torch.add": _method("add"),
     "torch.sub": _method("sub"),
     "torch.subtract": _method("sub"),
