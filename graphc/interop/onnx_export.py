@@ -364,7 +364,10 @@ def onnx_model(model, *example_inputs, opset: int = 17, dynamic_batch: bool = Tr
     params = dict(model.named_parameters())
     if hasattr(model, "named_buffers"):  # BatchNorm's running statistics, where graphc has buffers
         params.update(model.named_buffers())
+    used = {v for n in g.nodes for v in n.inputs} | {o.value for o in g.outputs}
     for i in g.inputs:
+        if i.kind in ("param", "buffer") and i.name not in used:  # num_batches_tracked: eval reads it not
+            continue
         if i.kind in ("param", "buffer"):
             c.initializers.append(onnx.numpy_helper.from_array(np.asarray(params[i.name]).view(np.ndarray), i.name))
         elif i.kind != "input":
