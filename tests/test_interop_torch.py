@@ -132,7 +132,7 @@ def test_simple_net_gradients_and_three_sgd_steps_match_torch_with_the_same_drop
         return tm.linear2(torch.relu(tm.linear1(tx)) * mask)
 
     gm = graphc.from_torch(tm, x)
-    cm = graphc.compile(gm, x)
+    cm = graphc.compile(gm, x, mode="interpret")  # the mapping is under test, not codegen: no numba compile
     gy = np.random.default_rng(1).standard_normal((8, 1)).astype(np.float32)
     graphc.manual_seed(7)
     seed = graphc.random.next_seed()
@@ -145,7 +145,8 @@ def test_simple_net_gradients_and_three_sgd_steps_match_torch_with_the_same_drop
     tm.zero_grad()
 
     gm2 = graphc.from_torch(tm, x)
-    step = graphc.compile_train_step(gm2, nn.MSELoss(), graphc.optim.SGD(gm2.parameters(), lr=0.1, momentum=0.9), x, y)
+    step = graphc.compile_train_step(gm2, nn.MSELoss(), graphc.optim.SGD(gm2.parameters(), lr=0.1, momentum=0.9), x, y,
+                                     mode="interpret")
     topt = torch.optim.SGD(tm.parameters(), lr=0.1, momentum=0.9)
     graphc.manual_seed(42)
     seeds = [graphc.random.next_seed() for _ in range(3)]
@@ -172,7 +173,8 @@ def test_simple_net_trains_with_dropout_and_switches_mode():
     gm = graphc.from_torch(SimpleNet(), data()[0])
     x, y = data(64)
     assert "dropout" in str(graphc.trace(gm, x))
-    step = graphc.compile_train_step(gm, nn.MSELoss(), graphc.optim.SGD(gm.parameters(), lr=0.05), x, y)
+    step = graphc.compile_train_step(gm, nn.MSELoss(), graphc.optim.SGD(gm.parameters(), lr=0.05), x, y,
+                                     mode="interpret")
     losses = [step(x, y) for _ in range(30)]
     assert losses[-1] < losses[0]
     gm.eval()
