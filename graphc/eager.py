@@ -105,12 +105,7 @@ class Tape:
     `sources`, `by_id`, `leaves`), so only a step that runs as a whole cached plan skips it."""
 
     def __init__(self):
-        self._b = None                     # the GraphBuilder, made when first needed (a replayed step needs none)
-        self._sources: list = []           # input k's array source (kept alive: ids stay unique)
-        self.keep: list = []               # arrays whose copies are sources (alive for the same reason)
-        self._by_id: dict[int, str] = {}   # id(source) -> input name
-        self._leaves: list[tuple[str, object]] = []  # (input name, leaf) for inputs that require grad
-        self.origin: dict[str, object] = {}         # input name -> what the recording was given (before copying)
+        self._b = None                     # the graph so far, made when first needed (see _graph)
         self.tensors: list[weakref.ref] = []        # lazy results, in order of recording
         self.closed = False
         self.events: list = []             # replay.Event per module call recorded as a reusable fragment
@@ -119,8 +114,13 @@ class Tape:
         self.pure = True                   # every node so far belongs to an event (replayable as a whole)
 
     def _graph(self) -> "Tape":
-        if self._b is None:
+        if self._b is None:  # a replayed step never gets here: it builds no graph
             self._b = GraphBuilder("eager")
+            self._sources: list = []           # input k's array source (kept alive: ids stay unique)
+            self.keep: list = []               # arrays whose copies are sources (alive for the same reason)
+            self._by_id: dict[int, str] = {}   # id(source) -> input name
+            self._leaves: list[tuple[str, object]] = []  # (input name, leaf) for inputs that require grad
+            self.origin: dict[str, object] = {}         # input name -> what the recording was given (before copying)
         if self.filled != len(self.events):
             from . import replay
 
@@ -134,8 +134,9 @@ class Tape:
 
     def clear(self) -> None:
         """Forget the recording (it ran): sources, leaves, events."""
-        self._sources, self._by_id, self._leaves, self.events, self.sites, self.filled = [], {}, [], [], [], 0
-        self.origin = {}
+        self.events, self.sites, self.filled = [], [], 0
+        if self._b is not None:
+            self._sources, self._by_id, self._leaves, self.origin = [], {}, [], {}
 
     def add_source(self, v, kind: str, t: TensorType | None = None) -> str:
         """Register v (already copied where it must be) as an input, or return its existing name."""
@@ -182,11 +183,6 @@ class Tape:
 
 _tape: Tape | None = None
 _pending = None  # (root, tape) of a deferred loss.backward(): see graphc.autograd
-
-
-def _set_pending(root) -> None:
-    global _pending
-    _pending = (root, root._tape)
 
 
 def flush_pending() -> None:
@@ -430,9 +426,10 @@ class Tensor(TensorMethods):
     # ---- autograd
     def backward(self, gradient=None, retain_graph=None, create_graph: bool = False, inputs=None):
         """Accumulate d(self)/d(leaf) into every leaf's .grad (gradient: d(loss)/d(self), for non-scalars)."""
+        global _pending
         if create_graph:
             raise trace_error("backward(create_graph=True): graphc has no second-order gradients")
-        if self.is_leaf or self._tape.closed:
+        if self._tape is None or self._tape.closed:  # (is_leaf, without its frame)
             if self._tape is not None:
                 raise trace_error("backward() through a graph that was already run: graphc frees the recording after "
                                   "backward(), as torch does without retain_graph=True; compute the loss again")
@@ -448,7 +445,7 @@ class Tensor(TensorMethods):
                 from . import autograd
 
                 autograd.defer(self)  # raises: the pending backward just ran this recording
-            _set_pending(self)
+            _pending = (self, self._tape)
         else:
             from . import autograd
 

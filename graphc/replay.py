@@ -51,6 +51,7 @@ stats = {"captures": 0, "replayed_calls": 0, "rerecorded": 0}
 
 LAZY, DATA, OBJ, RNG = 0, 1, 2, 3  # where a fragment's external value comes from
 _sites: dict[int, dict] = {}        # id(module) -> {call signature: Site}
+_seeds = _random.seeds              # the drawn block of Dropout seeds (next_seed pops from it)
 _Parameter = None
 _versions = None                    # nn.module's (structure, attribute) counters
 
@@ -123,7 +124,10 @@ def _setup():
 
 
 def module_call(module, args, kwargs):
-    """Module.__call__ outside a trace: replay a known call, or run (and maybe record) forward."""
+    """Module.__call__ outside a trace: replay a known call, or run (and maybe record) forward.
+
+    (A loop runs this twice a step: the signature and the replay are written inline, each
+    Python frame being a visible part of a small step.)"""
     if (not ENABLED or kwargs or _eager_depth.get() or not _eager._grad_enabled.get()
             or _eager._pending is not None):
         return _forward(module, args, kwargs)
@@ -134,15 +138,46 @@ def module_call(module, args, kwargs):
         return _forward(module, args, kwargs)
     by_sig = _sites.get(id(module))
     site = by_sig.get(sig) if by_sig is not None else None
-    if site is not None and site.module() is module:
-        v, a = _versions
-        if site.versions == (v[0], a[0]):
-            if site.frag is None:  # known not replayable (what it records marks the tape impure)
-                return _forward(module, args, kwargs)
-            return _replay(site, args)
+    if site is None or site.module() is not module:
+        return _capture(module, args, sig, None)
+    v, a = _versions
+    if site.versions != (v[0], a[0]):
+        return _capture(module, args, sig, site)
+    frag = site.frag
+    if frag is None:  # known not replayable (what it records marks the tape impure)
+        return _forward(module, args, kwargs)
+    # the replay: this call's external values, lazy outputs, one Event on the open tape
+    tape = _eager._tape
+    if tape is None or tape.closed:
+        tape = _eager.open_tape()
+    binds = frag.template.copy()
+    for j, kind, o in frag.per_call:
+        if kind == DATA:
+            a = args[o]
+            # data is copied, as Tape.input_for does (the recording reads its values as they are now)
+            binds[j] = a.copy() if type(a) is np.ndarray else a if type(a) is Tensor else np.array(a, copy=True)
+        elif kind == LAZY:
+            binds[j] = args[o]._ref  # (event, output): not the tensor itself, which may die before the step
+        else:  # a Dropout seed, an int (a graph input of its own once filled); next_seed(), inline
+            binds[j] = _seeds.pop() if _seeds else _random.next_seed()
+    n = len(tape.events)
+    if frag.single:
+        h = object.__new__(Tensor)  # Tensor._lazy, inline
+        h._data, h._tape, h._value, h._type, h._requires_grad, h._grad, h._ref = \
+            None, tape, None, frag.out_types[0], False, None, (n, 0)
+        refs = [weakref.ref(h)]
+        out = h
     else:
-        site = None
-    return _capture(module, args, sig, site)
+        out = tuple(Tensor._lazy(tape, None, t) for t in frag.out_types)
+        refs = []
+        for j, h in enumerate(out):
+            h._ref = (n, j)
+            refs.append(weakref.ref(h))
+    tape.tensors += refs
+    tape.events.append(Event(site, binds, refs))
+    tape.sites.append(site)
+    stats["replayed_calls"] += 1
+    return out
 
 
 def _forward(module, args, kwargs):
@@ -177,43 +212,6 @@ def _signature(args):
         else:
             return None
     return tuple(sig)
-
-
-def _replay(site, args):
-    tape = _eager._tape
-    if tape is None or tape.closed:
-        tape = _eager.open_tape()
-    frag = site.frag
-    binds = frag.template.copy()
-    for j, kind, o in frag.per_call:
-        if kind == DATA:
-            a = args[o]
-            # data is copied, as Tape.input_for does (the recording reads its values as they are now)
-            binds[j] = a.copy() if type(a) is np.ndarray else a if type(a) is Tensor else np.array(a, copy=True)
-        elif kind == LAZY:
-            binds[j] = args[o]._ref  # (event, output): not the tensor itself, which may die before the step
-        else:
-            binds[j] = _random.next_seed()  # an int (a graph input of its own once filled)
-    n = len(tape.events)
-    new = object.__new__
-    if frag.single:
-        # Tensor._lazy inlined (a loop step runs this twice; each Python frame is a visible cost)
-        h = new(Tensor)
-        h._data, h._tape, h._value, h._type, h._requires_grad, h._grad, h._ref = \
-            None, tape, None, frag.out_types[0], False, None, (n, 0)
-        refs = [weakref.ref(h)]
-        out = h
-    else:
-        out = tuple(Tensor._lazy(tape, None, t) for t in frag.out_types)
-        refs = []
-        for j, h in enumerate(out):
-            h._ref = (n, j)
-            refs.append(weakref.ref(h))
-    tape.tensors += refs
-    tape.events.append(Event(site, binds, refs))
-    tape.sites.append(site)
-    stats["replayed_calls"] += 1
-    return out
 
 
 def fill(tape) -> None:
