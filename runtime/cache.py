@@ -36,10 +36,12 @@ import numpy as np
 
 from graphc.ir import GraphcError
 
+from .plan_jit import glue_compile
+
 log = logging.getLogger("graphc.runtime")
 FORMAT = 1
 _RUNTIME_DIR = Path(__file__).resolve().parent
-_KEYED_SOURCES = ("kernels.py", "codegen.py", "memory.py", "cache.py")
+_KEYED_SOURCES = ("kernels.py", "codegen.py", "memory.py", "cache.py", "plan_jit.py")
 _loaded: dict[tuple[str, str], tuple[types.ModuleType, str]] = {}  # (cache folder, key) -> (module, entry), this process
 
 
@@ -269,7 +271,8 @@ def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, 
             t0 = time.perf_counter()
             mod = _import(d / "plan.py", modname, source)
             hits = _hits(mod.plan)
-            mod.plan.compile(signature)
+            with glue_compile():
+                mod.plan.compile(signature)
             seconds = time.perf_counter() - t0
             _loaded[memo] = (mod, str(d))
             if _hits(mod.plan) > hits:
@@ -287,7 +290,8 @@ def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, 
     (tmp / "plan.py").write_text(source)
     t0 = time.perf_counter()
     mod = _import(tmp / "plan.py", modname, source)
-    mod.plan.compile(signature)
+    with glue_compile():
+        mod.plan.compile(signature)
     seconds = time.perf_counter() - t0
     _write_manifest(tmp, key, name, seconds)
     try:

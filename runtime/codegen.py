@@ -4,7 +4,8 @@ The module holds `plan`, one numba function that calls the kernels in graph orde
 preallocated buffers (so a whole forward, backward or train step is a single call into native
 code), and `make_runner`, the plain-Python entry. `plan` takes the call's arrays and one int64
 `table` of addresses: the bound arrays (params, optimizer state, saved values) and the arenas,
-viewed with numba.carray, so a call crosses into native code with few arguments. `plan` checks
+so a call crosses into native code with few arguments; every value's storage is a `view` of one
+of them at an offset the memory plan fixed (runtime/plan_jit.py). `plan` checks
 the call's shapes itself (its numba signature, compiled once and frozen, checks dtypes, ranks
 and C order); the runner sends any call that fails those checks to the executable's slow path,
 which converts what it can and otherwise raises naming the input. The text is deterministic
@@ -26,9 +27,10 @@ from .lower import HELPERS, kernel_function
 from .memory import MemoryPlan
 
 # njit options of the generated plan (kernels carry their own)
-PLAN_JIT = 'cache=True, nogil=True, error_model="numpy"'
-RESERVED = {"np", "njit", "carray", "address", "plan", "make_runner", "run", "slow", "table", "e"}
+PLAN_JIT = 'cache=True, nogil=True, error_model="numpy", pipeline_class=PlanCompiler'
+RESERVED = {"np", "njit", "view", "math", "plan", "make_runner", "run", "slow", "table", "e"}
 SHAPE_MISMATCH = "graphc: call input shapes differ from the plan's"
+_KERNEL = "KERNEL"  # placeholder name of a generated kernel function while its source is compared
 
 
 @dataclass
@@ -101,32 +103,44 @@ class _Views:
             self.lines.append(((0, first) if first is not None else (1, len(self.lines)), line))
         return Code(name)
 
-    def _carray(self, name: str, entry: str, size: int, dtype: str) -> Code:
-        np_name = TensorType((), dtype).np_dtype.name
-        k = self.slot[entry]
-        return self._emit(name, f"{name} = carray(address(table[{k}]), ({size},), np.{np_name})", first=k)
+    def _np(self, dtype: str) -> str:
+        return f"np.{TensorType((), dtype).np_dtype.name}"
+
+    def _where(self, value: str) -> tuple[str, int] | None:
+        """(integer address expression, element offset) of a value's storage; None for a call input."""
+        s = self.mp.slots[value]
+        if s.kind == "input":
+            return (f"table[{self.slot[value]}]", 0) if value in self.slot else None
+        if s.kind in ("alias", "inplace"):
+            return self._where(s.target)
+        return self._buffer_where(s.buffer)
+
+    def _buffer_where(self, bid: int) -> tuple[str, int]:
+        b = self.mp.buffers[bid]
+        entry = f"arena:{b.dtype}"
+        base = self._emit(f"arena_{b.dtype}", f"arena_{b.dtype} = table[{self.slot[entry]}]", first=self.slot[entry])
+        return str(base), b.offset // TensorType((), b.dtype).np_dtype.itemsize
+
+    def _view(self, name: str, where: tuple[str, int], shape: tuple, dtype: str) -> Code:
+        return self._emit(name, f"{name} = view({where[0]}, {where[1]}, {shape!r}, {self._np(dtype)})")
 
     def buffer_flat(self, bid: int, size: int, tag: str) -> Code:
-        b = self.mp.buffers[bid]
-        item = TensorType((), b.dtype).np_dtype.itemsize
-        lo = b.offset // item
-        arena = self._carray(f"arena_{b.dtype}", f"arena:{b.dtype}", self.mp.arena_bytes[b.dtype] // item, b.dtype)
-        return self._emit(f"{tag}_f", f"{tag}_f = {arena}[{lo}:{lo + size}]")
+        return self._view(f"{tag}_f", self._buffer_where(bid), (size,), self.mp.buffers[bid].dtype)
 
     def flat(self, value: str) -> Code:
         s = self.mp.slots[value]
         n = self.names(value)
-        if s.kind == "input":
-            if value in self.scalars:
-                return self._emit(f"{n}_f", f"{n}_f = np.full(1, {n}, dtype=np.int64)")
-            if value in self.slot:  # bound: viewed through the address table
-                return self._carray(n if s.type.rank == 1 else f"{n}_f", value, max(s.type.size, 1), s.type.dtype)
+        if s.kind == "input" and value in self.scalars:
+            return self._emit(f"{n}_f", f"{n}_f = np.full(1, {n}, dtype=np.int64)")
+        if s.kind in ("alias", "inplace"):
+            return self.flat(s.target)
+        where = self._where(value)
+        if where is None:  # a call input
             if s.type.rank == 1:
                 return Code(n)
             return self._emit(f"{n}_f", f"{n}_f = {n}.reshape({max(s.type.size, 1)})")
-        if s.kind in ("alias", "inplace"):
-            return self.flat(s.target)
-        return self.buffer_flat(s.buffer, s.type.size, n)
+        name = n if s.kind == "input" and s.type.rank == 1 else f"{n}_f"
+        return self._view(name, where, (max(s.type.size, 1),), s.type.dtype)
 
     def shaped(self, value: str) -> Code:
         s = self.mp.slots[value]
@@ -137,8 +151,10 @@ class _Views:
             return self.shaped(s.target)
         if s.type.rank <= 1:
             return self.flat(value)
-        f = self.flat(value)
-        return self._emit(n, f"{n} = {f}.reshape({s.type.shape!r})")
+        where = self._where(value)
+        if where is None:  # an alias of a call input
+            return self._emit(n, f"{n} = {self.flat(value)}.reshape({s.type.shape!r})")
+        return self._view(n, where, s.type.shape, s.type.dtype)
 
     def scalar(self, value: str) -> Code:
         if value in self.scalars:
@@ -156,8 +172,7 @@ class _Views:
             return self.buffer_flat(slot.buffer, t.size, name)
 
         def shaped():
-            f = flat()
-            return f if t.rank <= 1 else self._emit(name, f"{name} = {f}.reshape({t.shape!r})")
+            return flat() if t.rank <= 1 else self._view(name, self._buffer_where(slot.buffer), t.shape, t.dtype)
 
         return _Lazy(t, shaped, flat, lambda: Code(f"{flat()}[0]"))
 
@@ -190,14 +205,17 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
         return Site(n, [views.operand(i) for i in n.inputs], [views.operand(o) for o in n.outputs],
                     [views.scratch_operand(s) for s in mp.scratch.get(k, ())])
 
-    defs: list[str] = []  # the generated kernel functions (one per kernel node)
+    defs: list[str] = []  # the generated kernel functions: one per distinct source
+    kernel_of: dict[str, str] = {}  # source (with a placeholder name) -> its function's name
     for k, n in enumerate(g.nodes):
         if n.op == "full" and mp.slots[n.out].kind == "const":
             continue  # filled once when the buffers are allocated
         if n.body is not None:  # a kernel of the kernel stage: its generated loop nest
-            fn = f"kernel{k}"
-            src, ins, outs = kernel_function(fn, n, {v for v in n.inputs if v in scalars}, names)
-            defs.append(src)
+            src, ins, outs = kernel_function(_KERNEL, n, {v for v in n.inputs if v in scalars}, names)
+            fn = kernel_of.get(src)
+            if fn is None:  # the first kernel of this structure: define it (later ones call it too)
+                fn = kernel_of[src] = f"kernel{len(kernel_of)}"
+                defs.append(src.replace(f"def {_KERNEL}(", f"def {fn}(", 1))
             members = n.body.nodes
             body.append(f"    # {fn}: kernel {{kind={n.attr['kind']}}} over {len(members)} nodes:")
             body += [f"    #   {format_node(m)}" for m in members]
@@ -228,8 +246,8 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
     lines = ['"""graphc plan ' + g.name + ": generated by graphc.runtime.codegen; the cache key covers this text.",
              "", *_quote(header), '"""',
              "import numpy as np",
-             "from numba import carray, njit", "",
-             "from graphc.runtime.kernels import address"]
+             "from numba import njit", "",
+             "from graphc.runtime.plan_jit import PlanCompiler, view"]
     lines += [f"from {used[f] or 'graphc.runtime.kernels'} import {f} as k_{f}" for f in sorted(used)]
     if defs:
         lines[lines.index("import numpy as np")] = "import math\n\nimport numpy as np"

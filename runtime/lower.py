@@ -136,7 +136,10 @@ def lowerable(n: Node) -> bool:
 
 def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[str, list[str], list[str]]:
     """(source of `def name(...)`, operand values in argument order, output values in argument
-    order). Operands travel as flat views, except scalars (rng seeds) as ints; outputs flat."""
+    order). Operands travel as flat views, except scalars (rng seeds) as ints; outputs flat.
+    The source names nothing of the plan (arguments a0.., o0..; locals t0.. in member order), so
+    two kernels of the same structure and shapes (a model's repeated layers) get the same source
+    and codegen emits and compiles it once. (`ident` is kept for callers; names stay canonical.)"""
     body = node.body
     kind = node.attr["kind"]
     members = list(body.nodes)
@@ -152,7 +155,7 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
     space = (types[red.inputs[0]].shape if red is not None else types[members[0].outputs[0]].shape)
     rank = len(space)
     idx = [f"i{d}" for d in range(rank)]
-    local = {v: f"t_{ident(v)}" for m in members for v in m.outputs}
+    local = {v: f"t{j}" for j, v in enumerate(v for m in members for v in m.outputs)}
 
     def read(v: str) -> str:
         """The expression of operand v at the current iteration (v external)."""
