@@ -5,9 +5,10 @@
 GPT of samples/char_gpt.py (same model code for both: gpt_classes(torch) / gpt_classes(graphc)):
 vocabulary 96, context 32, width 64, 4 heads, 2 layers, batch 32, float32. One step = forward,
 loss, backward, clip_grad_norm_(1.0), AdamW.step(), zero_grad. Prints median step times of
-PyTorch eager, torch.compile (and its compile time) and graphc (with its cold compile time in a
-fresh process and cache, its kernel count and the plans' peak bytes). Each implementation runs in
-its own process, one after the other.
+PyTorch eager, torch.compile (and its compile time) and graphc (with its kernel count and the
+plans' peak bytes), and graphc's compile times in fresh processes: cold (no caches), new plan
+(library kernels cached) and cached (plans loaded from disk). Each implementation runs in its own
+process, one after the other. `--compile-only` prints only graphc's compile times.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ WORKER = textwrap.dedent("""
             return loss
         step()
         info["compile_s"] = time.perf_counter() - t0
+        info["first_step_s"] = time.perf_counter() - t_start
         spec = cm._spec
         info["kernels"] = {{k: len(g.nodes) for k, g in (("forward", spec.plans.forward), ("backward", spec.plans.backward))}}
         from graphc.inspect.reports import peak_bytes
@@ -100,15 +102,25 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--skip-torch-compile", action="store_true")
+    ap.add_argument("--compile-only", action="store_true", help="only graphc's cold / new plan / cached compile times")
     args = ap.parse_args(argv)
     impls = ["torch eager"] + ([] if args.skip_torch_compile else ["torch.compile"]) + ["graphc"]
-    results = {}
+    if args.compile_only:
+        impls = ["graphc"]
+    results, starts = {}, {}
     for impl in impls:
-        if impl == "graphc":  # cold: fresh compile cache and numba cache
-            with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as k:
-                results[impl] = run(impl, args.steps, dict(os.environ, GRAPHC_CACHE_DIR=d, NUMBA_CACHE_DIR=k))
+        if impl == "graphc":  # each in a fresh process: cold (no caches), new plan, cached
+            with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as d2, tempfile.TemporaryDirectory() as k:
+                env = dict(os.environ, GRAPHC_CACHE_DIR=d, NUMBA_CACHE_DIR=k)
+                results[impl] = run(impl, 1 if args.compile_only else args.steps, env)
+                starts["new plan"] = run(impl, 1, dict(env, GRAPHC_CACHE_DIR=d2))
+                starts["cached"] = run(impl, 1, env)
+            starts["cold"] = results[impl]
         else:
             results[impl] = run(impl, args.steps)
+    g = results.get("graphc", {})
+    if args.compile_only:
+        return print_starts(starts)
     eager = results["torch eager"].get("median_s")
     print(f"workload T: GPT vocab 96, ctx 32, width 64, 4 heads, 2 layers, batch 32, f32, AdamW + clip, "
           f"{args.steps} timed steps; {os.cpu_count()} CPUs")
@@ -120,11 +132,19 @@ def main(argv=None):
         ratio = r["median_s"] / eager if eager else float("nan")
         comp = f"{r['compile_s']:.1f} s" if impl != "torch eager" else "-"
         print(f"{impl:<16}{1e3 * r['median_s']:>11.2f} ms{ratio:>14.2f}x{comp:>11}")
-    g = results.get("graphc", {})
     if "kernels" in g:
         print(f"graphc kernels (plan nodes): forward {g['kernels']['forward']}, backward {g['kernels']['backward']}; "
               f"peak bytes: forward {g['peak_bytes']['forward']}, backward {g['peak_bytes']['backward']}")
+    print_starts(starts)
     print("targets: graphc <= 0.6x torch eager, faster than torch.compile, cold compile <= 4 s")
+
+
+def print_starts(starts: dict) -> None:
+    print("graphc, process start to first step (fresh processes): " + "; ".join(
+        f"{label} {r['first_step_s']:.2f} s (compile or load {r['compile_s']:.2f} s)" if "compile_s" in r
+        else f"{label} failed: {r.get('error')}" for label, r in starts.items()))
+    print("  cold: no caches at all; new plan: graphc's library kernels in numba's cache (any earlier use), "
+          "this model's plans new; cached: the plans loaded from the disk cache")
 
 
 if __name__ == "__main__":

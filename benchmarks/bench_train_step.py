@@ -327,11 +327,12 @@ def compile_times(workload: str) -> dict:
         print(json.dumps({{"first_step_s": t1 - t0, "info": str(info)}}))
     """)
     out = {}
-    with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as kernels:
-        env = dict(os.environ, GRAPHC_CACHE_DIR=d)
-        # "cold": nothing cached, not even the op kernels (NUMBA_CACHE_DIR moves numba's cache);
-        # "plan cold": kernels cached as after any earlier use, this plan new; "cached": both on disk.
-        runs = [("cold", dict(env, NUMBA_CACHE_DIR=kernels)), ("cached", dict(env, NUMBA_CACHE_DIR=kernels))]
+    with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as d2, tempfile.TemporaryDirectory() as kernels:
+        env = dict(os.environ, GRAPHC_CACHE_DIR=d, NUMBA_CACHE_DIR=kernels)
+        # "cold": nothing cached, not even the library kernels (NUMBA_CACHE_DIR moves numba's cache);
+        # "new plan": library kernels cached (as after any earlier use of graphc), this plan new;
+        # "cached": the plan from the disk cache.
+        runs = [("cold", env), ("new plan", dict(env, GRAPHC_CACHE_DIR=d2)), ("cached", env)]
         for label, env in runs:
             r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
             if r.returncode != 0:
@@ -358,6 +359,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="few rounds, for a smoke test")
     ap.add_argument("--no-compile", action="store_true", help="skip the cold/cached compile measurement")
+    ap.add_argument("--compile-only", action="store_true", help="only S's cold / new plan / cached compile times")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -370,6 +372,9 @@ def main(argv=None):
           f"each implementation in its own process, interleaved round-robin")
     for name in args.workloads.split(","):
         w = WORKLOADS[name]
+        if args.compile_only:
+            print_compile_times(name)
+            continue
         times, n, info = measure(name, list(IMPLS), rounds)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"\n## {name}: {'->'.join(map(str, w['sizes']))}, {w['loss']}, batch {w['batch']}"
@@ -384,15 +389,21 @@ def main(argv=None):
         if info.get("memory"):
             print(f"\ngraphc {info['memory']}")
         if not args.no_compile and name == "S":
-            base = import_time()
-            c = compile_times(name)
-            for label in ("cold", "cached"):
-                r = c[label]
-                if "error" in r:
-                    print(f"graphc {label} compile: failed: {r['error']}")
-                else:
-                    print(f"graphc {label}: process start to first step {r['first_step_s']:.2f} s "
-                          f"(imports ~{base:.2f} s); {r['info']}")
+            print_compile_times(name)
+
+
+def print_compile_times(name: str) -> None:
+    """cold: no caches at all; new plan: library kernels in numba's cache (as after any earlier use
+    of graphc), this plan new; cached: the plan loaded from graphc's disk cache."""
+    base = import_time()
+    c = compile_times(name)
+    for label in ("cold", "new plan", "cached"):
+        r = c[label]
+        if "error" in r:
+            print(f"graphc {label} compile: failed: {r['error']}")
+        else:
+            print(f"graphc {label}: process start to first step {r['first_step_s']:.2f} s "
+                  f"(imports ~{base:.2f} s); {r['info']}")
 
 
 def _cpu_name() -> str:

@@ -1,0 +1,64 @@
+"""What keeps compiling cheap: identical kernels generated once, plans that view their storage
+directly, and a plan pipeline that optimises only its own glue (and leaves NUMBA_OPT as it was)."""
+import os
+import re
+import sys
+
+import numpy as np
+from numba.core import config
+
+import graphc
+from graphc.ir import parse
+from graphc.runtime import Executable, cache
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "samples"))
+from char_gpt import GPTConfig, gpt_classes  # noqa: E402
+
+
+def _kernel_counts(n_layer: int) -> dict[str, tuple[int, int]]:
+    """plan -> (generated kernel functions defined, kernel calls), in interpret mode (no native compile)."""
+    cfg = GPTConfig(block_size=8, vocab_size=11, n_layer=n_layer, n_head=2, n_embd=8)
+    graphc.manual_seed(0)
+    model = gpt_classes(graphc)(cfg)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))
+    cm = graphc.compile(model, x, y, mode="interpret")
+    cm(x, y)
+    out = {}
+    for name, exe in cm.executables.items():
+        src = exe.source.text
+        out[name] = (len(re.findall(r"^def kernel\d+\(", src, re.M)), len(re.findall(r"^    kernel\d+\(", src, re.M)))
+    return out
+
+
+def test_repeated_transformer_layers_compile_one_function_per_kernel_structure():
+    two, three = _kernel_counts(2), _kernel_counts(3)
+    assert set(two) == set(three) == {"forward_plan", "backward_plan"}
+    for plan in two:
+        (defs2, calls2), (defs3, calls3) = two[plan], three[plan]
+        assert calls3 > calls2 > defs2  # one more layer: more kernel calls ...
+        assert defs3 == defs2  # ... of the same functions: a layer's kernels are defined (and compiled) once
+
+
+PLAN = """graph glue {
+  input %x: f32[4,3]
+  param %w: f32[2,3]
+  %0: f32[4,2] = linear(%x, %w)
+  %1: f32[4,2] = relu(%0)
+  %2: f32[2,4] = transpose(%1) {perm=[1,0]}
+  return %2
+}"""
+
+
+def test_plan_views_its_storage_and_restores_numba_opt(cache_dir):
+    cache._loaded.clear()
+    before = config.OPT
+    w = np.arange(6, dtype=np.float32).reshape(2, 3) / 10
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    exe = Executable(parse(PLAN), bound={"w": w})
+    assert exe.compile_info.status == "compiled"
+    assert config.OPT == before and type(config.OPT) is type(before)  # the glue's lower level did not leak
+    exe(x)
+    np.testing.assert_allclose(exe.outputs[0], np.maximum(x @ w.T, 0).T, rtol=1e-6)
+    body = exe.source.text.split("def plan(", 1)[1]
+    assert "view(table[0], 0, (2, 3), np.float32)" in body and ".reshape(" not in body
