@@ -249,7 +249,8 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
     return "\n".join(src) + "\n", inputs, outputs + (["#scratch0"] if gemm_dst == "s0" else [])
 
 
-_JIT = 'cache=True, nogil=True, error_model="numpy"'
+# no cache=True: a generated kernel is compiled into its plan, whose cache entry holds its code
+_JIT = 'nogil=True, error_model="numpy"'
 
 
 def kernel_scratch(node: Node) -> list[TensorType]:

@@ -62,3 +62,23 @@ def test_plan_views_its_storage_and_restores_numba_opt(cache_dir):
     np.testing.assert_allclose(exe.outputs[0], np.maximum(x @ w.T, 0).T, rtol=1e-6)
     body = exe.source.text.split("def plan(", 1)[1]
     assert "view(table[0], 0, (2, 3), np.float32)" in body and ".reshape(" not in body
+
+
+def test_a_plan_with_generated_kernels_loads_from_the_disk_cache(cache_dir):
+    """Generated kernels are compiled into their plan (no cache of their own): the plan's entry
+    alone brings them back."""
+    def build():
+        cache._loaded.clear()
+        graphc.manual_seed(0)
+        model = graphc.nn.Sequential(graphc.nn.Linear(3, 4), graphc.nn.Tanh(), graphc.nn.Linear(4, 2), graphc.nn.Sigmoid())
+        model.eval()
+        cm = graphc.compile(model, X)
+        return cm, cm(X)
+
+    X = np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3)
+    first, y1 = build()
+    exe = next(iter(first.executables.values()))
+    assert "def kernel0(" in exe.source.text and exe.compile_info.status == "compiled"
+    again, y2 = build()
+    assert next(iter(again.executables.values())).compile_info.status == "cached"
+    np.testing.assert_array_equal(y1, y2)
