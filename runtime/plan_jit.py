@@ -11,7 +11,8 @@ callee is compiled) this pipeline lowers the plan with LLVM's pass level `GLUE_O
 code generator keeps numba's level, and the callees keep the code their own libraries optimised.
 
 `NUMBA_OPT` is numba's process-wide setting, read when a pass manager is built; the pass below
-sets it for the rest of this compile, and `glue_compile` restores it (also when compiling fails).
+sets it for the rest of this compile, the pipeline's last pass restores it, and `glue_compile`
+restores it too when a compile fails half-way.
 Every compile holds numba's global compiler lock, so no other compile sees the lowered level.
 """
 from __future__ import annotations
@@ -26,8 +27,7 @@ from numba.core.compiler_lock import require_global_compiler_lock
 from numba.core.compiler_machinery import AnalysisPass, register_pass
 from numba.core.typed_passes import NopythonTypeInference
 
-import os
-GLUE_OPT = int(os.environ.get("GRAPHC_GLUE_OPT", "1"))
+GLUE_OPT = 1  # LLVM pass level of the plan's own function (numba's default is 3)
 
 
 @register_pass(mutates_CFG=False, analysis_only=True)
@@ -40,12 +40,32 @@ class GlueOptLevel(AnalysisPass):
         AnalysisPass.__init__(self)
 
     def run_pass(self, state):
+        _saved.append(config.OPT)
         if int(config.OPT) > GLUE_OPT:
             config.OPT = config._OptLevel(GLUE_OPT)
         if state.library is None:  # numba's lowering pass takes the library it finds here
             state.library = PlanLibrary(state.targetctx.codegen(), state.func_id.func_qualname)
             state.library.enable_object_caching()
         return False
+
+
+@register_pass(mutates_CFG=False, analysis_only=True)
+class RestoreOptLevel(AnalysisPass):
+    """The pipeline's last pass: NUMBA_OPT back to what GlueOptLevel found (glue_compile() also
+    restores it when a compile fails half-way)."""
+
+    _name = "graphc_restore_opt_level"
+
+    def __init__(self):
+        AnalysisPass.__init__(self)
+
+    def run_pass(self, state):
+        if _saved:
+            config.OPT = _saved.pop()
+        return False
+
+
+_saved: list = []  # NUMBA_OPT as GlueOptLevel found it (compiles hold numba's global lock)
 
 
 class PlanLibrary(JITCodeLibrary):
@@ -78,6 +98,7 @@ class PlanCompiler(CompilerBase):
     def define_pipelines(self):
         pm = DefaultPassBuilder.define_nopython_pipeline(self.state)
         pm.add_pass_after(GlueOptLevel, NopythonTypeInference)
+        pm.add_pass(RestoreOptLevel, "restore NUMBA_OPT")
         pm.finalize()
         return [pm]
 
@@ -90,6 +111,7 @@ def glue_compile():
         yield
     finally:
         config.OPT = saved
+        _saved.clear()
 
 
 # ------------------------------------------------------------------ the plan's views of its storage
