@@ -8,7 +8,7 @@ Each implementation runs in its own worker process; they take turns round-robin 
 the machine's noise, and we report medians and ratios from one run. Also printed: graphc's
 kernel count and peak bytes (the train-step plan), torch.compile's compile time (its first
 step), graphc's cold compile (fresh process, empty plan and kernel caches) and cached start.
-`--im2col-vs-direct` times conv2d's im2col+BLAS kernel against a direct loop nest on C's shapes.
+`--im2col-vs-direct` times conv2d's two lowerings (im2col+BLAS, direct loops) on every conv layer of C and B.
 
     python benchmarks/bench_cnn.py [--workloads C,B] [--rounds 11] [--steps 20]
 """
@@ -157,52 +157,69 @@ def compile_times(workload) -> dict:
     return out
 
 
-def im2col_vs_direct(reps=200):
-    """conv2d forward on workload C's shapes: the im2col + BLAS kernel graphc uses vs a direct loop nest."""
-    from numba import njit
+# every conv layer of the two workloads: (name, input shape, weight shape, padding, input_grad)
+CONV_SHAPES = (("C conv1 1->6 5x5 pad 2, 28x28", (BATCH, 1, 28, 28), (6, 1, 5, 5), 2, False),
+               ("C conv2 6->16 5x5, 14x14", (BATCH, 6, 14, 14), (16, 6, 5, 5), 0, True),
+               ("B conv1 3->16 3x3 pad 1, 32x32", (BATCH, 3, 32, 32), (16, 3, 3, 3), 1, False),
+               ("B conv2 16->32 3x3 pad 1, 16x16", (BATCH, 16, 16, 16), (32, 16, 3, 3), 1, True),
+               ("B conv3 32->32 3x3 pad 1, 8x8", (BATCH, 32, 8, 8), (32, 32, 3, 3), 1, True))
 
-    from graphc.runtime.kernels import run_kernel
 
-    @njit(cache=True, fastmath={"reassoc", "contract"})
-    def direct(x, w, b, out, pad):
-        n_, c_, h_, w_ = x.shape
-        co_, _, kh_, kw_ = w.shape
-        oh_, ow_ = out.shape[2], out.shape[3]
-        for n in range(n_):
-            for co in range(co_):
-                for oh in range(oh_):
-                    for ow in range(ow_):
-                        s = b[co]
-                        for c in range(c_):
-                            for i in range(kh_):
-                                ih = oh - pad + i
-                                if ih < 0 or ih >= h_:
-                                    continue
-                                for j in range(kw_):
-                                    iw = ow - pad + j
-                                    if 0 <= iw < w_:
-                                        s += x[n, c, ih, iw] * w[co, c, i, j]
-                        out[n, co, oh, ow] = s
+def bound_kernel(op, inputs, attrs):
+    """op's native kernel bound to preallocated outputs and scratch: a no-argument callable (as
+    runtime.kernels.run_kernel, minus its per-call allocation)."""
+    from graphc.ir import GraphBuilder, TensorType, get_op
+    from graphc.runtime.kernels import KERNELS, Operand, Site, calls
+
+    b = GraphBuilder(op)
+    names = [b.add_input(f"in{k}", TensorType.of(x), "input") for k, x in enumerate(inputs)]
+    b.emit(op, names, get_op(op).normalize_attrs(attrs))
+    node = b.nodes[-1]
+    outs = [np.zeros(t.shape, t.np_dtype) for t in node.types]
+    scratch = [np.zeros(t.shape, t.np_dtype) for t in KERNELS[op].scratch(node, b.types)]
+
+    def operand(x):
+        return Operand(TensorType.of(x), x, x.reshape(-1), None)
+
+    site = Site(node, [operand(x) for x in inputs], [operand(x) for x in outs], [operand(x) for x in scratch])
+    fns = calls(KERNELS[op].call(site))
+
+    def run():
+        for fn, args in fns:
+            fn(*args)
+    return run, outs
+
+
+def im2col_vs_direct(reps=40):
+    """conv2d forward and backward kernels on every conv layer of C and B: im2col + BLAS against
+    the direct wide-row loop nests (runtime/conv_direct.py); min and median us per call,
+    interleaved so both see the same machine noise. passes/conv.py's rule comes from this table."""
+    from graphc.passes.conv import CHUNK_BYTES
 
     rng = np.random.default_rng(0)
     rows = []
-    for name, xs, ws, pad in (("conv1 1->6 5x5 pad 2, 28x28", (BATCH, 1, 28, 28), (6, 1, 5, 5), 2),
-                              ("conv2 6->16 5x5, 14x14", (BATCH, 6, 14, 14), (16, 6, 5, 5), 0)):
+    for name, xs, ws, pad, input_grad in CONV_SHAPES:
         x, w, b = (rng.standard_normal(s).astype(np.float32) for s in (xs, ws, ws[:1]))
-        attrs = {"padding": (pad,) * 4}
-        y = run_kernel("conv2d", [x, w, b], attrs)[0]
-        out = np.empty_like(y)
-        direct(x, w, b, out, pad)
-        np.testing.assert_allclose(out, y, rtol=1e-4, atol=1e-4)
-        res = {}
-        for label, fn in (("im2col+BLAS", lambda: run_kernel("conv2d", [x, w, b], attrs)),
-                          ("direct loops", lambda: direct(x, w, b, out, pad))):
-            ts = []
+        gy = None
+        fns, res = {}, {}
+        oh = xs[2] + 2 * pad - ws[2] + 1
+        chunk = max(1, CHUNK_BYTES // (xs[1] * ws[2] * ws[3] * oh * oh * 4))  # as passes/conv.py chooses
+        for algo in ("im2col", "direct"):
+            attrs = {"padding": (pad,) * 4, "algo": algo, "chunk": chunk if algo == "im2col" and chunk < BATCH else 0}
+            fwd, (y,) = bound_kernel("conv2d", [x, w, b], attrs)
+            gy = rng.standard_normal(y.shape).astype(np.float32) if gy is None else gy
+            bwd, _ = bound_kernel("conv2d_backward", [gy, x, w], {**attrs, "input_grad": input_grad})
+            fns[algo] = (fwd, bwd)
+            fwd(), bwd()
+        for part in (0, 1):
+            ts = {a: [] for a in fns}
             for _ in range(reps):
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
-            res[label] = statistics.median(ts)
+                for a, f in fns.items():
+                    t0 = time.perf_counter()
+                    f[part]()
+                    ts[a].append(time.perf_counter() - t0)
+            for a in fns:
+                res[("forward", "backward")[part] + " " + a] = (min(ts[a]), statistics.median(ts[a]))
         rows.append((name, res))
     return rows
 
@@ -220,9 +237,13 @@ def main(argv=None):
     if a.worker:
         return worker(*a.worker)
     if a.im2col_vs_direct:
-        print("conv2d forward kernel, batch 64, median us per call (run_kernel includes ~20 us of Python setup)")
+        print("conv2d kernels, batch 64, float32: min / median us per call")
+        print("| layer | forward im2col | forward direct | backward im2col | backward direct |")
+        print("|---|---:|---:|---:|---:|")
         for name, res in im2col_vs_direct():
-            print(f"  {name}: " + ", ".join(f"{k} {v * 1e6:,.0f}" for k, v in res.items()))
+            cells = [f"{res[k][0] * 1e6:,.0f} / {res[k][1] * 1e6:,.0f}" for k in
+                     ("forward im2col", "forward direct", "backward im2col", "backward direct")]
+            print(f"| {name} | " + " | ".join(cells) + " |")
         return
     for w in a.workloads.split(","):
         if a.compile_only:

@@ -6,7 +6,7 @@
 """
 from .manager import (PASSES, Checker, FusionRecord, PassContext, PassError, PassInfo, PassManager, PipelineResult,
                       Snapshot, get_pass, known_passes, register_pass)
-from . import cleanup, decompose, fusion, kernels  # noqa: F401  (registers the passes)
+from . import cleanup, conv, decompose, fusion, kernels  # noqa: F401  (registers the passes)
 from .pipeline import (CLEANUP_PIPELINE, FUSION_PIPELINE, INFERENCE_PIPELINE, PIPELINES, TRAIN_STEP_PIPELINE,
                        TRAINING_PIPELINE, CompiledPlans, compile_pipeline, default_pipeline)
 

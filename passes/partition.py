@@ -193,8 +193,10 @@ def _use_reason(u, pos: int, by_recompute: bool) -> str:
     if op == "matmul":
         return "GEMM operand of a matmul gradient"
     if op == "conv2d_backward":
-        return {1: "conv input: dW = gy (x)^T through im2col, which the backward rebuilds (the windows are not saved)",
-                2: "conv weight: dx = col2im(W^T gy)"}.get(pos, f"operand {pos} of conv2d_backward")
+        return {1: "conv input: dW = gy (x)^T through im2col or direct loops, which rebuild the windows (they are not saved)",
+                2: "conv weight: dx = col2im(W^T gy)",
+                3: "relu mask of a fused conv2d {relu=true}: output kept (pre-activation not needed)"}.get(
+            pos, f"operand {pos} of conv2d_backward")
     if op == "max_pool2d_backward":
         return ("argmax indices of max_pool2d: the backward scatters gy to them (one int64 per output, "
                 "instead of keeping the input and searching each window again)")

@@ -22,7 +22,7 @@ from .manager import Checker, FusionRecord, PassError, PassManager, Snapshot, ch
     run_reference, snapshot, unique_name
 
 CLEANUP_PIPELINE = ("fold_constants", "simplify", "cse", "dce")
-FUSION_PIPELINE = ("canonicalize_linear", "fuse_linear_relu", "fuse_cross_entropy")
+FUSION_PIPELINE = ("canonicalize_linear", "fuse_linear_relu", "fuse_conv_relu", "fuse_cross_entropy", "lower_conv")
 INFERENCE_PIPELINE = ("decompose", *CLEANUP_PIPELINE, "remove_dropout", *FUSION_PIPELINE, *CLEANUP_PIPELINE)
 TRAINING_PIPELINE = ("decompose", *CLEANUP_PIPELINE, *FUSION_PIPELINE, "autodiff", *CLEANUP_PIPELINE)
 # "build_train_step" is a stage of compile_pipeline (it needs the optimizer), not a registered pass.

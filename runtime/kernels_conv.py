@@ -18,6 +18,7 @@ from numba import njit
 
 from graphc.ir import TensorType
 
+from .conv_direct import conv2d_direct_backward, conv2d_direct_forward, wide_geometry
 from .kernels import JIT, kernel
 
 __all__ = ["conv2d_forward", "conv2d_backward_kernel", "max_pool2d_forward", "max_pool2d_scatter",
@@ -25,25 +26,37 @@ __all__ = ["conv2d_forward", "conv2d_backward_kernel", "max_pool2d_forward", "ma
 
 
 @njit(inline="always", **JIT)
+def _span(OW, W, sw, off):
+    """The outputs ow whose input column ow*sw + off lies inside [0, W): [lo, hi)."""
+    lo = max(0, -(off // sw))
+    hi = min(OW, (W - 1 - off) // sw + 1) if W - 1 - off >= 0 else 0
+    return lo, max(lo, hi)
+
+
+@njit(inline="always", **JIT)
 def _im2col(x, xo, col, ld, co, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw):
     """col[(c*KH + i)*KW + j, co + oh*OW + ow] = x[xo + (c*H + ih)*W + iw] (0 outside the input);
-    ld is col's row length (N*OH*OW), co this sample's first column."""
+    ld is col's row length, co this sample's first column. Rows go through slice views and the
+    in-bounds span is computed once per tap, so the copy loop has no branch and no negative-index
+    check (LLVM vectorizes it at stride 1)."""
     zero = col.dtype.type(0)
     for c in range(C):
         for i in range(KH):
             for j in range(KW):
                 r = ((c * KH + i) * KW + j) * ld + co
+                off = j * dw - pl
+                lo, hi = _span(OW, W, sw, off)
                 for oh in range(OH):
                     ih = oh * sh - pt + i * dh
-                    base = r + oh * OW
+                    cr = col[r + oh * OW:r + oh * OW + OW]
                     if ih < 0 or ih >= H:
-                        for ow in range(OW):
-                            col[base + ow] = zero
+                        cr[:] = zero
                         continue
-                    xrow = xo + (c * H + ih) * W
-                    for ow in range(OW):
-                        iw = ow * sw - pl + j * dw
-                        col[base + ow] = x[xrow + iw] if 0 <= iw < W else zero
+                    xr = x[xo + (c * H + ih) * W:xo + (c * H + ih + 1) * W]
+                    cr[:lo] = zero
+                    cr[hi:] = zero
+                    for ow in range(lo, hi):
+                        cr[ow] = xr[ow * sw + off]
 
 
 @njit(inline="always", **JIT)
@@ -53,77 +66,91 @@ def _col2im(dcol, ld, co, dx, xo, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, d
         for i in range(KH):
             for j in range(KW):
                 r = ((c * KH + i) * KW + j) * ld + co
+                off = j * dw - pl
+                lo, hi = _span(OW, W, sw, off)
                 for oh in range(OH):
                     ih = oh * sh - pt + i * dh
                     if ih < 0 or ih >= H:
                         continue
-                    xrow = xo + (c * H + ih) * W
-                    base = r + oh * OW
-                    for ow in range(OW):
-                        iw = ow * sw - pl + j * dw
-                        if 0 <= iw < W:
-                            dx[xrow + iw] += dcol[base + ow]
+                    xr = dx[xo + (c * H + ih) * W:xo + (c * H + ih + 1) * W]
+                    cr = dcol[r + oh * OW:r + oh * OW + OW]
+                    for ow in range(lo, hi):
+                        xr[ow * sw + off] += cr[ow]
 
 
 @njit(**JIT)
 def conv2d_forward(x, w, b, out, col, tmp, N, C, H, W, CO, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, groups,
-                   has_bias, relu):
-    """col = im2col(x) [C*kh*kw, N*OH*OW]; tmp = W_g @ col_g (one GEMM per group); then one pass
-    writes tmp back in NCHW order with the bias (and relu) epilogue."""
+                   has_bias, relu, NB):
+    """NB samples at a time: col = im2col(x) [C*kh*kw, NB*OH*OW]; tmp = W_g @ col_g (one GEMM per
+    group); then one pass writes tmp back in NCHW order with the bias (and relu) epilogue."""
     P = OH * OW
-    NP = N * P
     Cg, COg = C // groups, CO // groups
     Kg = Cg * KH * KW
     zero = out.dtype.type(0)
-    for n in range(N):
-        _im2col(x, n * C * H * W, col, NP, n * P, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw)
-    for g in range(groups):
-        wg = w[g * COg * Kg:(g + 1) * COg * Kg].reshape((COg, Kg))
-        cg = col[g * Kg * NP:(g + 1) * Kg * NP].reshape((Kg, NP))
-        np.dot(wg, cg, tmp[g * COg * NP:(g + 1) * COg * NP].reshape((COg, NP)))
-    for n in range(N):
-        for co in range(CO):
-            o = (n * CO + co) * P
-            t = co * NP + n * P
-            bv = b[co] if has_bias else zero
-            for p in range(P):
-                v = tmp[t + p] + bv
-                out[o + p] = zero if relu and v < zero else v
+    for n0 in range(0, N, NB):
+        nb = min(NB, N - n0)
+        BP = nb * P
+        for k in range(nb):
+            _im2col(x, (n0 + k) * C * H * W, col, BP, k * P, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw)
+        for g in range(groups):
+            wg = w[g * COg * Kg:(g + 1) * COg * Kg].reshape((COg, Kg))
+            cg = col[g * Kg * BP:(g + 1) * Kg * BP].reshape((Kg, BP))
+            np.dot(wg, cg, tmp[g * COg * BP:(g + 1) * COg * BP].reshape((COg, BP)))
+        for k in range(nb):
+            for co in range(CO):
+                o = ((n0 + k) * CO + co) * P
+                t = co * BP + k * P
+                o_row, t_row = out[o:o + P], tmp[t:t + P]
+                bv = b[co] if has_bias else zero
+                for p in range(P):
+                    v = t_row[p] + bv
+                    o_row[p] = zero if relu and v < zero else v
 
 
 @njit(**JIT)
-def conv2d_backward_kernel(gy, x, w, dx, dw, db, col, gyt, dcol, N, C, H, W, CO, KH, KW, OH, OW, sh, sw, pt, pl,
-                           dh, dw_, groups, input_grad, bias_grad):
-    """gyt = gy as [O, N*OH*OW] (db summed on the way); dW_g = gyt_g col_g^T; dcol_g = W_g^T gyt_g,
-    which col2im adds into dx: one GEMM per group and gradient."""
+def conv2d_backward_kernel(gy, x, w, y, dx, dw, db, col, gyt, dwt, dcol, N, C, H, W, CO, KH, KW, OH, OW, sh, sw,
+                           pt, pl, dh, dw_, groups, relu, input_grad, bias_grad, NB):
+    """NB samples at a time: gyt = gy as [O, NB*OH*OW] (masked where y <= 0 with relu; db summed on
+    the way); dW_g += gyt_g col_g^T; dcol_g = W_g^T gyt_g, which col2im adds into dx."""
     P = OH * OW
-    NP = N * P
     Cg, COg = C // groups, CO // groups
     Kg = Cg * KH * KW
-    for co in range(CO):
-        s = 0.0
-        for n in range(N):
-            o = (n * CO + co) * P
-            t = co * NP + n * P
-            for p in range(P):
-                v = gy[o + p]
-                gyt[t + p] = v
-                s += v
-        if bias_grad:
-            db[co] = s
-    for n in range(N):
-        _im2col(x, n * C * H * W, col, NP, n * P, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw_)
-    for g in range(groups):
-        gg = gyt[g * COg * NP:(g + 1) * COg * NP].reshape((COg, NP))
-        cg = col[g * Kg * NP:(g + 1) * Kg * NP].reshape((Kg, NP))
-        np.dot(gg, cg.T, dw[g * COg * Kg:(g + 1) * COg * Kg].reshape((COg, Kg)))
-        if input_grad:
-            wg = w[g * COg * Kg:(g + 1) * COg * Kg].reshape((COg, Kg))
-            np.dot(wg.T, gg, dcol[g * Kg * NP:(g + 1) * Kg * NP].reshape((Kg, NP)))
+    zero = gy.dtype.type(0)
+    dw[:] = zero
+    if bias_grad:
+        db[:] = zero
     if input_grad:
-        dx[:] = 0
-        for n in range(N):
-            _col2im(dcol, NP, n * P, dx, n * C * H * W, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw_)
+        dx[:] = zero
+    for n0 in range(0, N, NB):
+        nb = min(NB, N - n0)
+        BP = nb * P
+        for co in range(CO):
+            s = 0.0
+            for k in range(nb):
+                o = ((n0 + k) * CO + co) * P
+                t = co * BP + k * P
+                g_row, t_row, y_row = gy[o:o + P], gyt[t:t + P], y[o:o + P]
+                for p in range(P):
+                    v = g_row[p] if not relu or y_row[p] > zero else zero
+                    t_row[p] = v
+                    s += v
+            if bias_grad:
+                db[co] += s
+        for k in range(nb):
+            _im2col(x, (n0 + k) * C * H * W, col, BP, k * P, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw_)
+        for g in range(groups):
+            gg = gyt[g * COg * BP:(g + 1) * COg * BP].reshape((COg, BP))
+            cg = col[g * Kg * BP:(g + 1) * Kg * BP].reshape((Kg, BP))
+            dwg = dw[g * COg * Kg:(g + 1) * COg * Kg]
+            np.dot(gg, cg.T, dwt.reshape((COg, Kg)))
+            for q in range(COg * Kg):
+                dwg[q] += dwt[q]
+            if input_grad:
+                wg = w[g * COg * Kg:(g + 1) * COg * Kg].reshape((COg, Kg))
+                np.dot(wg.T, gg, dcol[g * Kg * BP:(g + 1) * Kg * BP].reshape((Kg, BP)))
+        if input_grad:
+            for k in range(nb):
+                _col2im(dcol, BP, k * P, dx, (n0 + k) * C * H * W, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw_)
 
 
 def _conv_geometry(s, x, w, y):
@@ -135,45 +162,76 @@ def _conv_geometry(s, x, w, y):
     return [n, c, h, wd, co, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, a["groups"]]
 
 
-def _col_type(node, types):
-    x, w, y = types[node.inputs[0]], types[node.inputs[1]], node.types[0]
-    return TensorType((x.shape[1] * w.shape[2] * w.shape[3], y.shape[0] * y.shape[2] * y.shape[3]), x.dtype)
+def _chunk(node, n: int) -> int:
+    """Samples per im2col chunk: the node's `chunk` (lower_conv's choice), 0 meaning the whole batch."""
+    return min(n, node.attr["chunk"]) or n
+
+
+def _im2col_types(node, x, w, y) -> tuple[TensorType, TensorType]:
+    """One chunk's im2col matrix [C*kh*kw, NB*OH*OW] and GEMM result (or gy) [O, NB*OH*OW]."""
+    cols = _chunk(node, y.shape[0]) * y.shape[2] * y.shape[3]
+    return TensorType((x.shape[1] * w.shape[2] * w.shape[3], cols), x.dtype), TensorType((y.shape[1], cols), x.dtype)
+
+
+def _wide(node, x, w, y):
+    """(padded plane [C*Hp*Wp], wide rows [O*L]) of the direct lowering (conv_direct.py)."""
+    hp, wp, L = wide_geometry(y.shape[2], y.shape[3], w.shape[2], w.shape[3], *node.attr["dilation"])
+    return TensorType((x.shape[1] * hp * wp,), x.dtype), TensorType((w.shape[0] * L,), x.dtype)
 
 
 def _conv_scratch(node, types):
-    """The batch's im2col matrix [C*kh*kw, N*OH*OW] and the GEMM result [O, N*OH*OW]."""
-    y = node.types[0]
-    return [_col_type(node, types), TensorType((y.shape[1], y.shape[0] * y.shape[2] * y.shape[3]), y.dtype)]
+    """im2col: one chunk's im2col matrix and GEMM result; direct: one sample's padded plane and
+    wide output rows."""
+    x, w, y = types[node.inputs[0]], types[node.inputs[1]], node.types[0]
+    if node.attr["algo"] == "direct":
+        return list(_wide(node, x, w, y))
+    return list(_im2col_types(node, x, w, y))
 
 
 @kernel("conv2d", scratch=_conv_scratch)
 def _(s):
     x, w, y = s.i[0], s.i[1], s.o[0]
     b = s.i[2].f if len(s.i) == 3 else w.f  # placeholder, never read without a bias
-    return conv2d_forward, [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, *_conv_geometry(s, x.type, w.type, y.type),
-                            len(s.i) == 3, False]
+    geo = _conv_geometry(s, x.type, w.type, y.type)
+    if s.attrs["algo"] == "direct":
+        return conv2d_direct_forward, [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, *geo[:9], *geo[11:],
+                                       len(s.i) == 3, s.attrs["relu"]]
+    return conv2d_forward, [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, *geo, len(s.i) == 3, s.attrs["relu"],
+                            _chunk(s.node, x.shape[0])]
 
 
 def _conv_backward_scratch(node, types):
-    """im2col of x, gy as [O, N*OH*OW], and (for dx) the im2col-shaped gradient."""
-    gy, x, w = (types[v] for v in node.inputs)
-    col = TensorType((x.shape[1] * w.shape[2] * w.shape[3], gy.shape[0] * gy.shape[2] * gy.shape[3]), x.dtype)
-    gyt = TensorType((gy.shape[1], gy.shape[0] * gy.shape[2] * gy.shape[3]), x.dtype)
-    return [col, gyt, col] if node.attr["input_grad"] else [col, gyt]
+    """im2col: one chunk's im2col of x and gy as [O, NB*OH*OW], one group's dW, and (for dx) the
+    chunk's im2col-shaped gradient; direct: one sample's padded plane, gy's wide rows and (for dx)
+    the padded gradient plane."""
+    gy, x, w = (types[v] for v in node.inputs[:3])
+    if node.attr["algo"] == "direct":
+        xp, gw = _wide(node, x, w, gy)
+        return [xp, gw, xp] if node.attr["input_grad"] else [xp, gw]
+    col, gyt = _im2col_types(node, x, w, gy)
+    dwt = TensorType((w.size // node.attr["groups"],), x.dtype)
+    return [col, gyt, dwt, col] if node.attr["input_grad"] else [col, gyt, dwt]
 
 
 @kernel("conv2d_backward", scratch=_conv_backward_scratch)
 def _(s):
-    gy, x, w = s.i
+    gy, x, w = s.i[:3]
     a = s.attrs
+    y = s.i[3].f if a["relu"] else gy.f  # the relu mask (a placeholder, never read, without relu)
     outs = list(s.o)
     dx = outs.pop(0).f if a["input_grad"] else x.f  # placeholders are never written
     dw = outs.pop(0).f
     db = outs.pop(0).f if a["bias_grad"] else w.f
-    col, gyt = s.t[0].f, s.t[1].f
-    dcol = s.t[2].f if len(s.t) > 2 else col
-    return conv2d_backward_kernel, [gy.f, x.f, w.f, dx, dw, db, col, gyt, dcol,
-                                    *_conv_geometry(s, x.type, w.type, gy.type), a["input_grad"], a["bias_grad"]]
+    geo = _conv_geometry(s, x.type, w.type, gy.type)
+    if a["algo"] == "direct":
+        xp, gw = s.t[0].f, s.t[1].f
+        dxp = s.t[2].f if a["input_grad"] else xp
+        return conv2d_direct_backward, [gy.f, x.f, w.f, y, dx, dw, db, xp, gw, dxp, *geo[:9], *geo[11:],
+                                        a["relu"], a["input_grad"], a["bias_grad"]]
+    col, gyt, dwt = s.t[0].f, s.t[1].f, s.t[2].f
+    dcol = s.t[3].f if a["input_grad"] else col
+    return conv2d_backward_kernel, [gy.f, x.f, w.f, y, dx, dw, db, col, gyt, dwt, dcol, *geo, a["relu"],
+                                    a["input_grad"], a["bias_grad"], _chunk(s.node, x.shape[0])]
 
 
 # ------------------------------------------------------------------ pooling

@@ -87,7 +87,26 @@ def unwindow(cols: np.ndarray, hw, kernel, stride, padding, dilation) -> np.ndar
 
 # ------------------------------------------------------------------ conv2d
 
-_CONV = {"stride": PAIR, "padding": PAD4, "dilation": PAIR, "groups": Attr("int", 1)}
+# algo: how the runtime lowers it, a choice recorded on the node by passes/conv.py (the values
+# are the same either way): "im2col" (windows unrolled, one BLAS GEMM per group) or "direct"
+# (stride-1 loop nests over wide rows, no unrolled matrix).
+# chunk: im2col's samples per GEMM (0: the whole batch), chosen by the same pass so that one
+# chunk's matrix stays in cache.
+CONV_ALGOS = ("im2col", "direct")
+_CONV = {"stride": PAIR, "padding": PAD4, "dilation": PAIR, "groups": Attr("int", 1), "algo": Attr("str", "im2col"),
+         "chunk": Attr("int", 0)}
+# relu: a fused relu epilogue (passes/conv.py's fuse_conv_relu, as linear_relu for linear); its
+# backward then takes the output y and masks gy where y <= 0, so no relu / relu_backward kernels run.
+_RELU = {"relu": Attr("bool", False)}
+
+
+def _algo_check(op: str, algo: str, stride, chunk: int = 0) -> None:
+    if chunk < 0:
+        raise ShapeError(f"{op}: chunk must be >= 0 (0: the whole batch), got {chunk}")
+    if algo not in CONV_ALGOS:
+        raise ShapeError(f"{op}: algo must be one of {', '.join(CONV_ALGOS)}, got {algo!r}")
+    if algo == "direct" and tuple(stride) != (1, 1):
+        raise ShapeError(f"{op}: algo=\"direct\" needs stride 1, got stride {list(stride)}")
 
 
 def _conv_rule(op: str, x: TensorType, w: TensorType, b: TensorType | None, stride, padding, dilation, groups):
@@ -109,7 +128,7 @@ def _conv_rule(op: str, x: TensorType, w: TensorType, b: TensorType | None, stri
     return TensorType((x.shape[0], w.shape[0], oh, ow), x.dtype)
 
 
-def _conv_ref(x, w, b=None, *, stride, padding, dilation, groups):
+def _conv_ref(x, w, b=None, *, stride, padding, dilation, groups, algo="im2col", chunk=0, relu=False):
     cols = windows(x, w.shape[2:], stride, padding, dilation)  # [N, C, kh, kw, OH, OW]
     n, c, kh, kw, oh, ow = cols.shape
     g, co = groups, w.shape[0]
@@ -118,12 +137,16 @@ def _conv_ref(x, w, b=None, *, stride, padding, dilation, groups):
     y = np.einsum("gok,ngkp->ngop", wg, cols).reshape(n, co, oh, ow)
     if b is not None:
         y = y + b.reshape(1, co, 1, 1)
+    if relu:
+        y = np.maximum(y, 0)
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
-@defop("conv2d", (2, 3), _CONV, kind="gemm",
-       doc="2-D convolution (cross-correlation, as torch): x [N,C,H,W], w [O,C/groups,kh,kw], optional bias [O]")
-def conv2d(t, stride, padding, dilation, groups):
+@defop("conv2d", (2, 3), {**_CONV, **_RELU}, kind="gemm",
+       doc="2-D convolution (cross-correlation, as torch): x [N,C,H,W], w [O,C/groups,kh,kw], optional bias [O]; "
+           "relu=true applies relu to the result (a fused epilogue)")
+def conv2d(t, stride, padding, dilation, groups, algo, chunk, relu):
+    _algo_check("conv2d", algo, stride, chunk)
     return _conv_rule("conv2d", t[0], t[1], t[2] if len(t) == 3 else None, stride, padding, dilation, groups)
 
 
@@ -135,7 +158,8 @@ def _(b, node, gys, needs):
     gy, x, w = gys[0], node.inputs[0], node.inputs[1]
     has_bias = len(node.inputs) == 3
     bias_grad = has_bias and needs[2]
-    outs = b.emit("conv2d_backward", [gy, x, w], {**dict(node.attrs), "input_grad": needs[0], "bias_grad": bias_grad})
+    ins = [gy, x, w] + ([node.outputs[0]] if node.attr["relu"] else [])
+    outs = b.emit("conv2d_backward", ins, {**dict(node.attrs), "input_grad": needs[0], "bias_grad": bias_grad})
     outs = list(outs) if isinstance(outs, tuple) else [outs]
     dx = outs.pop(0) if needs[0] else None
     dw = outs.pop(0)
@@ -143,12 +167,19 @@ def _(b, node, gys, needs):
     return [dx, dw if needs[1] else None] + ([db] if has_bias else [])
 
 
-@defop("conv2d_backward", 3, {**_CONV, "input_grad": Attr("bool", True), "bias_grad": Attr("bool", True)},
+@defop("conv2d_backward", (3, 4), {**_CONV, **_RELU, "input_grad": Attr("bool", True), "bias_grad": Attr("bool", True)},
        tags=("backward",), kind="gemm",
-       doc="gradients of conv2d in one op. Inputs (gy, x, w); outputs dx (if input_grad), dw, db (if bias_grad). "
-           "The windows of x are rebuilt here rather than saved by the forward")
-def conv2d_backward(t, stride, padding, dilation, groups, input_grad, bias_grad):
-    gy, x, w = t
+       doc="gradients of conv2d in one op. Inputs (gy, x, w, and y with relu=true: gy is masked where y <= 0); "
+           "outputs dx (if input_grad), dw, db (if bias_grad). The windows of x are rebuilt here rather than "
+           "saved by the forward")
+def conv2d_backward(t, stride, padding, dilation, groups, algo, chunk, relu, input_grad, bias_grad):
+    gy, x, w = t[:3]
+    if (len(t) == 4) != relu:
+        raise ShapeError(f"conv2d_backward: takes the forward's output y as a 4th input exactly when relu=true "
+                         f"(relu={relu}, {len(t)} inputs)")
+    if relu and t[3] != gy:
+        raise ShapeError(f"conv2d_backward: y must have gy's type {gy}, got {t[3]}")
+    _algo_check("conv2d_backward", algo, stride, chunk)
     y = _conv_rule("conv2d_backward", x, w, None, stride, padding, dilation, groups)
     if gy != y:
         raise ShapeError(f"conv2d_backward: gy must be {y} (the conv2d output), got {gy}")
@@ -160,7 +191,10 @@ def conv2d_backward(t, stride, padding, dilation, groups, input_grad, bias_grad)
 
 
 @conv2d_backward.ref
-def _(gy, x, w, *, stride, padding, dilation, groups, input_grad, bias_grad):
+def _(gy, x, w, y=None, *, stride, padding, dilation, groups, input_grad, bias_grad, algo="im2col", chunk=0,
+      relu=False):
+    if relu:
+        gy = np.where(y > 0, gy, 0).astype(gy.dtype)
     n, c, h, wd = x.shape
     co, cg, kh, kw = w.shape
     g = groups

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import random as _random
 from ..ir import GraphcError
+from ..ir.types import dtype_name
 from ..tracing import TraceError
 from . import functional as F
 from .layers import Dropout
@@ -142,9 +143,6 @@ class _BatchNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, dtype=np.float32):
         super().__init__()
-        if momentum is None:
-            raise GraphcError(f"{type(self).__name__}: momentum=None (a cumulative moving average) is not supported; "
-                              "give a float such as 0.1")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
@@ -170,11 +168,15 @@ class _BatchNorm(Module):
             if shape[1] != self.num_features:
                 raise F.trace_error(f"expected {self.num_features} channels (dim 1), got shape {list(shape)}")
             use_batch = self.training or not self.track_running_stats
+            momentum = self.momentum
             if self.training and self.track_running_stats:
-                F._update(self.num_batches_tracked, self.num_batches_tracked + 1)
+                tracked = self.num_batches_tracked + 1
+                F._update(self.num_batches_tracked, tracked)
+                if momentum is None:  # torch's cumulative moving average: weight 1 / (batches seen so far)
+                    momentum = 1.0 / F.dispatch("cast", [tracked], {"dtype": dtype_name(self.running_mean.dtype)})
             return F.batch_norm(input, self.running_mean if not use_batch or self.training else None,
                                 self.running_var if not use_batch or self.training else None,
-                                self.weight, self.bias, use_batch, self.momentum, self.eps)
+                                self.weight, self.bias, use_batch, 0.0 if momentum is None else momentum, self.eps)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
