@@ -95,3 +95,92 @@ def fuse_conv_relu(g: Graph, ctx: PassContext | None = None):
             ctx.not_fused("conv2d+max_pool2d", [format_node(p, comment=False), format_node(n, comment=False)],
                           f"%{p.out} (conv2d) -> %{n.outputs[0]} (max_pool2d): {POOL_NOT_FUSED}")
     return g, changed
+
+
+# ------------------------------------------------------------------ per-channel affine (eval BatchNorm) -> conv weights
+
+AFFINE_OPS = ("add", "sub", "mul", "div")
+
+
+def _per_channel(t, c: int) -> bool:
+    """A shape that broadcasts one value per channel of an NCHW output: [1,C,1,1] or [C,1,1]."""
+    return t.shape in ((1, c, 1, 1), (c, 1, 1))
+
+
+def _fold_chain(g: Graph, conv: Node, below: set[str]) -> list[tuple[Node, str]]:
+    """The elementwise nodes after `conv` that fold into its weights and bias: each one is the
+    only user of the value before it (not a graph output), computes v op o with o per channel
+    and not computed from the conv's output (`below`: the values downstream of it; a batch
+    statistic of training-mode BatchNorm is, so training BatchNorm never folds)."""
+    chain, v, c, dt = [], conv.out, conv.type.shape[1], conv.type.dtype
+    while g.uses(v) == 1 and v not in g.output_values:
+        u = g.users[v][0]
+        if u.op not in AFFINE_OPS or len(u.inputs) != 2:
+            break
+        pos = u.inputs.index(v)
+        if pos == 1 and u.op in ("sub", "div"):
+            break  # o - v and o / v are not affine in the conv's weights
+        o = u.inputs[1 - pos]
+        if o in below or not _per_channel(g.types[o], c) or g.types[o].dtype != dt or u.type != conv.type:
+            break
+        chain.append((u, o))
+        v = u.out
+    return chain
+
+
+def _downstream(g: Graph, v: str) -> set[str]:
+    seen = {v}
+    for n in g.nodes:  # topological order: one pass finds every value computed from v
+        if any(i in seen for i in n.inputs):
+            seen.update(n.outputs)
+    return seen
+
+
+@register_pass("fold_conv_affine")
+def fold_conv_affine(g: Graph, ctx: PassContext | None = None):
+    """conv2d followed by per-channel add/sub/mul/div (eval-mode BatchNorm after decomposition:
+    (y - mean) * rsqrt(var + eps) * gamma + beta) -> one conv2d with scaled weights and shifted
+    bias: w' = w * s[co], b' = b * s + t, computed on the [C]-sized operands, so no pass over
+    the activations remains. Runs in the inference pipeline (eval mode), before fuse_conv_relu."""
+    from graphc.ir import GraphBuilder
+    from graphc.ir.graph import Output
+
+    ctx = ctx or PassContext("fold_conv_affine")
+    chains: dict[int, list[tuple[Node, str]]] = {}
+    for k, n in enumerate(g.nodes):
+        if n.op == "conv2d" and not n.attr["relu"]:
+            chain = _fold_chain(g, n, _downstream(g, n.out))
+            if chain:
+                chains[k] = chain
+    if not chains:
+        return g, False
+    folded = {id(u): k for k, ch in chains.items() for u, _ in ch[:-1]}
+    last = {id(ch[-1][0]): k for k, ch in chains.items()}
+    b = GraphBuilder(g.name, like=g)
+    for i in g.inputs:
+        b.add_input(i.name, i.type, i.kind)
+    for k, n in enumerate(g.nodes):
+        if k in chains or id(n) in folded:
+            continue  # the conv moves to where its chain ends (its operands exist by then)
+        if id(n) not in last:
+            b.add_node(n)
+            continue
+        conv = g.nodes[last[id(n)]]
+        co = conv.type.shape[1]
+        w = conv.inputs[1]
+        bias = conv.inputs[2] if len(conv.inputs) == 3 else None
+        for u, o in chains[last[id(n)]]:
+            vec = b.emit("reshape", [o], {"shape": (co,)})
+            if u.op in ("mul", "div"):
+                w = b.emit(u.op, [w, b.emit("reshape", [o], {"shape": (co, 1, 1, 1)})])
+                bias = b.emit(u.op, [bias, vec]) if bias is not None else None
+            elif bias is None:
+                bias = vec if u.op == "add" else b.emit("neg", [vec])
+            else:
+                bias = b.emit(u.op, [bias, vec])
+        new = conv.replace(inputs=(conv.inputs[0], w, bias), outputs=n.outputs, types=n.types, grad_of=n.grad_of)
+        b.add_node(new)
+        ctx.fused("conv2d+affine", [format_node(conv, comment=False)] +
+                  [format_node(u, comment=False) for u, _ in chains[last[id(n)]]],
+                  f"{format_node(new, comment=False)}  (weights scaled and bias shifted per channel)")
+    return b.build([Output(o.value, o.label) for o in g.outputs], meta=dict(g.meta)), True

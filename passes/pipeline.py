@@ -23,7 +23,8 @@ from .manager import Checker, FusionRecord, PassError, PassManager, Snapshot, ch
 
 CLEANUP_PIPELINE = ("fold_constants", "simplify", "cse", "dce")
 FUSION_PIPELINE = ("canonicalize_linear", "fuse_linear_relu", "fuse_conv_relu", "fuse_cross_entropy", "lower_conv")
-INFERENCE_PIPELINE = ("decompose", *CLEANUP_PIPELINE, "remove_dropout", *FUSION_PIPELINE, *CLEANUP_PIPELINE)
+INFERENCE_PIPELINE = ("decompose", *CLEANUP_PIPELINE, "remove_dropout", "fold_conv_affine", *FUSION_PIPELINE,
+                      *CLEANUP_PIPELINE)
 TRAINING_PIPELINE = ("decompose", *CLEANUP_PIPELINE, *FUSION_PIPELINE, "autodiff", *CLEANUP_PIPELINE)
 # "build_train_step" is a stage of compile_pipeline (it needs the optimizer), not a registered pass.
 TRAIN_STEP_PIPELINE = ("decompose", *CLEANUP_PIPELINE, *FUSION_PIPELINE, "build_train_step", *CLEANUP_PIPELINE)

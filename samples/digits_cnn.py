@@ -94,6 +94,7 @@ def main(argv=None) -> float:
         if hasattr(epochs, "set_postfix"):
             epochs.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{100 * accs[-1]:.1f}%")
     seconds = time.perf_counter() - t0
+    print("test accuracy by epoch: " + " ".join(f"{100 * a:.1f}" for a in accs))
     print(f"test accuracy {100 * accs[-1]:.2f}% after {args.epochs} epochs in {seconds:.1f} s")
 
     png = os.path.join(args.out, "digits_cnn_curves.png")

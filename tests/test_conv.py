@@ -335,6 +335,40 @@ def test_ledger_keeps_pool_indices_and_memory_plan_has_conv_scratch():
     assert "conv2d_backward" in cm.ir("backward_plan")
 
 
+def test_eval_batchnorm_folds_into_the_conv_weights():
+    """Eval mode: conv -> BatchNorm becomes one conv2d with scaled weights and a shifted bias
+    (fold_conv_affine, recorded); values as torch's. A per-channel operand computed from the conv's
+    own output (a batch statistic) must not fold."""
+    def make(nn):
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                             nn.Conv2d(4, 5, 3, stride=2), nn.BatchNorm2d(5))
+
+    graphc.manual_seed(0)
+    m, t = make(nn), make(torch.nn)
+    x = np.random.default_rng(0).standard_normal((4, 3, 10, 10)).astype(np.float32)
+    m(x)  # training-mode calls move the running statistics away from 0 and 1
+    t.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in m.state_dict().items()})
+    m.eval(), t.eval()
+    cm = graphc.compile(m, x, mode="interpret")
+    np.testing.assert_allclose(cm(x), t(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+    plan = cm.graph("forward_plan")
+    activations = [n.op for n in plan.nodes if n.type.shape in ((4, 4, 10, 10), (4, 5, 4, 4))]
+    assert activations == ["conv2d", "conv2d"], activations
+    assert sum(r.fused for r in cm.plans.fusion_records if r.pattern == "conv2d+affine") == 2
+
+    class Centered(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y - y.mean((0, 2, 3), keepdim=True)
+
+    cm = graphc.compile(Centered().eval(), x, mode="interpret")
+    assert not any(r.pattern == "conv2d+affine" for r in cm.plans.fusion_records)
+
+
 def test_kernel_count_of_conv_bias_relu_pool():
     """conv2d with its bias and relu epilogue (fuse_conv_relu), then max_pool2d: two kernel calls
     (three before the fusion). The pool stays apart, and the record says why; the backward has no

@@ -205,6 +205,15 @@ def test_cnn_exports_with_batchnorm_statistics_as_initializers(tmp_path):
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_fused_conv_relu_exports_conv_then_relu(tmp_path):
+    """passes/conv.py fuses relu into conv2d {relu=true}: the export must keep the relu."""
+    model = graphc.nn.Sequential(graphc.nn.Conv2d(1, 2, 3), graphc.nn.ReLU()).eval()
+    x = np.random.default_rng(0).standard_normal((2, 1, 5, 5)).astype(np.float32)
+    path = graphc.export_onnx(model, tmp_path / "cr.onnx", x)
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["Conv", "Relu"]
+    np.testing.assert_allclose(run_onnx(path, input=x)[0], model(x), rtol=1e-5, atol=1e-6)
+
+
 def test_char_gpt_round_trip_with_dynamic_batch(tmp_path):
     """samples/char_gpt.py's model, small: embeddings (Gather over an Expand), causal attention
     (arange constants, Where, batched MatMul), LayerNorm, GELU; batch 3 at export, 1 and 5 run."""

@@ -221,10 +221,16 @@ def _pad(c, n):
 
 
 def _conv2d(c, n):
+    """Conv, and a Relu after it for a conv2d {relu=true} (passes/conv.py's fused epilogue); `algo`
+    and `chunk` are graphc's lowering choices and do not export."""
     a = n.attr
     top, bottom, left, right = a["padding"]
-    return c.add("Conv", n.inputs, n.outputs, n, strides=list(a["stride"]), pads=[top, left, bottom, right],
-                 dilations=list(a["dilation"]), group=a["groups"])
+    out = c.temp(n, "Conv") if a["relu"] else n.outputs[0]
+    c.add("Conv", n.inputs, [out], n, strides=list(a["stride"]), pads=[top, left, bottom, right],
+          dilations=list(a["dilation"]), group=a["groups"])
+    if a["relu"]:
+        c.add("Relu", [out], n.outputs, n)
+    return n.outputs[0]
 
 
 def _pool_window(n):
