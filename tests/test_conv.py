@@ -298,13 +298,25 @@ def _trace_error(model, x):
     return str(e.value)
 
 
+class _ConvPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = nn.Conv2d(3, 8, 5), nn.MaxPool2d(4)
+
+    def forward(self, x):
+        return self.pool(self.conv(x))  # the line the errors name
+
+
 def test_errors_name_the_layer_the_shapes_and_the_line():
-    msg = _trace_error(nn.Sequential(nn.Conv2d(3, 8, 3)), np.zeros((2, 4, 8, 8), np.float32))
-    assert "Conv2d(3, 8, kernel_size=(3, 3)" in msg and "3 channels" in msg and "[2,4,8,8]" in msg, msg
-    msg = _trace_error(nn.Sequential(nn.Conv2d(3, 8, 5)), np.zeros((2, 3, 4, 8), np.float32))
-    assert "height 4" in msg and "smaller than the kernel" in msg, msg
-    msg = _trace_error(nn.Sequential(nn.MaxPool2d(3)), np.zeros((2, 3, 2, 8), np.float32))
-    assert "MaxPool2d" in msg and "smaller than the kernel" in msg, msg
+    msg = _trace_error(_ConvPool(), np.zeros((2, 4, 8, 8), np.float32))
+    assert "Conv2d(3, 8, kernel_size=(5, 5)" in msg and "3 channels" in msg and "[2,4,8,8]" in msg, msg
+    assert "return self.pool(self.conv(x))" in msg and "test_conv.py" in msg, msg
+    msg = _trace_error(_ConvPool(), np.zeros((2, 3, 4, 8), np.float32))
+    assert "Conv2d(3, 8" in msg and "f32[2,3,4,8] height 4" in msg and "smaller than the kernel" in msg, msg
+    assert "return self.pool(self.conv(x))" in msg, msg
+    msg = _trace_error(_ConvPool(), np.zeros((2, 3, 6, 6), np.float32))
+    assert "MaxPool2d(kernel_size=4" in msg and "f32[2,8,2,2] height 2" in msg and "smaller than the kernel" in msg, msg
+    assert "return self.pool(self.conv(x))" in msg, msg
 
     class One(nn.Module):
         def __init__(self):

@@ -30,12 +30,14 @@ def _pair_check(op: str, name: str, v, lo: int) -> None:
         raise ShapeError(f"{op}: {name} must be two ints >= {lo}, got {list(v)}")
 
 
-def out_size(op: str, size: int, pad0: int, pad1: int, k: int, stride: int, dil: int, what: str) -> int:
-    """PyTorch's output size (floor mode), or a ShapeError when the padded input is smaller than the window."""
+def out_size(op: str, size: int, pad0: int, pad1: int, k: int, stride: int, dil: int, what: str, x=None) -> int:
+    """PyTorch's output size (floor mode), or a ShapeError (naming the input x) when the padded
+    input is smaller than the window."""
     span = dil * (k - 1) + 1
     padded = size + pad0 + pad1
     if padded < span:
-        raise ShapeError(f"{op}: input {what} {size} (padded: {padded}) is smaller than the kernel's extent {span} "
+        raise ShapeError(f"{op}: input {'' if x is None else f'{x} '}{what} {size} (padded: {padded}) is smaller "
+                         f"than the kernel's extent {span} "
                          f"(kernel {k}, dilation {dil}); use a smaller kernel, more padding or a larger input")
     return (padded - span) // stride + 1
 
@@ -50,8 +52,8 @@ def _window_out(op: str, x: TensorType, kernel, stride, padding, dilation) -> tu
         raise ShapeError(f"{op}: input must be 4-D [batch, channels, height, width], got {x}")
     if not x.is_float:
         raise ShapeError(f"{op}: input must be float (f32 or f64), got {x}")
-    oh = out_size(op, x.shape[2], padding[0], padding[1], kernel[0], stride[0], dilation[0], "height")
-    ow = out_size(op, x.shape[3], padding[2], padding[3], kernel[1], stride[1], dilation[1], "width")
+    oh = out_size(op, x.shape[2], padding[0], padding[1], kernel[0], stride[0], dilation[0], "height", x)
+    ow = out_size(op, x.shape[3], padding[2], padding[3], kernel[1], stride[1], dilation[1], "width", x)
     return oh, ow
 
 
