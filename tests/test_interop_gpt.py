@@ -143,3 +143,27 @@ def test_nanogpt_maps_onto_graphc_layers_and_ops():
     assert {n.loc for n in g.nodes if n.op == "softmax"} >= {f"test_interop_gpt.py:{line}"}
     np.testing.assert_allclose(np.asarray(gm(idx, targets)), tm(torch.from_numpy(idx), torch.from_numpy(targets)).item(),
                                rtol=1e-5)
+
+
+def test_char_gpt_written_in_torch_imports_for_training_and_for_inference(tmp_path):
+    """samples/char_gpt.py's model built with torch: forward(idx, targets=None) is captured once
+    with targets (the loss branch) and once without (fx traces the default: the logits branch)."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples"))
+    try:
+        from char_gpt import GPTConfig, gpt_classes
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(2)
+    tm = gpt_classes(torch)(GPTConfig(block_size=BLOCK, vocab_size=VOCAB, n_layer=1, n_head=HEADS, n_embd=D))
+    idx, targets = batch(2)
+    train = graphc.from_torch(tm, idx, targets)
+    np.testing.assert_allclose(np.asarray(train(idx, targets)),
+                               tm(torch.from_numpy(idx), torch.from_numpy(targets)).item(), rtol=1e-5)
+    tm.eval()
+    infer = graphc.from_torch(tm, idx)
+    np.testing.assert_allclose(np.asarray(infer(idx)), tm(torch.from_numpy(idx)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(graphc.GraphcError, match="captured for calls without that argument"):
+        infer(idx, targets)

@@ -302,8 +302,19 @@ def _arg(a, constants):
     return a
 
 
-def _fx_graph(module):
+def _fx_graph(module, n_given: int = 0):
+    """fx's graph; forward's arguments past the example inputs that have defaults are traced
+    with those defaults (fx's concrete_args), so `if targets is not None:` takes the branch the
+    call without targets takes (nanoGPT's forward(idx, targets=None))."""
     import torch
+
+    concrete = {}
+    try:
+        params = [p for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        concrete = {p.name: p.default for p in params[n_given:] if p.default is not p.empty}
+    except (TypeError, ValueError):
+        pass
 
     class _Tracer(torch.fx.Tracer):
         record_stack_traces = True
@@ -311,7 +322,7 @@ def _fx_graph(module):
 
     tracer = _Tracer()
     with _creation_calls_traced(tracer):
-        graph = tracer.trace(module)
+        graph = tracer.trace(module, concrete_args=concrete or None)
     return graph, {}
 
 
@@ -554,7 +565,7 @@ def from_torch(module, *example_inputs, name: str | None = None):
     arrays = [x.detach().cpu().numpy() for x in torch_inputs]
 
     try:
-        graph, extra = _fx_graph(module)
+        graph, extra = _fx_graph(module, len(example_inputs))
         via = "torch.fx"
     except Exception as fx_error:  # fx cannot trace it (Python control flow, ...): try torch.export
         try:

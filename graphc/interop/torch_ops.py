@@ -167,6 +167,13 @@ def _max(x, dim=None, keepdim=False):
     return x.max() if dim is None else x.max(dim, keepdim)
 
 
+def _assert_is_none(value, message):
+    """fx's guard for an argument traced at its default None (concrete_args)."""
+    if value is not None:
+        raise GraphcError(f"this model was captured for calls without that argument (it was None): {message}; "
+                          "capture again with it among the example inputs")
+
+
 def _cast_to(dtype):
     return lambda x, *a, **k: TM.cast(x, dtype)
 
@@ -294,6 +301,7 @@ FUNCTIONS = {
     "operator.eq": _compare("eq"),
     "operator.ne": _compare("ne"),
     "getattr": _getattr,
+    "torch.fx._symbolic_trace._assert_is_none": _assert_is_none,
     "math.sqrt": math.sqrt,  # on sizes (1 / math.sqrt(k.size(-1))): Python numbers at replay
     "math.log": math.log,
     "math.ceil": math.ceil,
