@@ -36,12 +36,13 @@ import numpy as np
 
 from graphc.ir import GraphcError
 
+from . import kernel_lib
 from .plan_jit import glue_compile
 
 log = logging.getLogger("graphc.runtime")
 FORMAT = 1
 _RUNTIME_DIR = Path(__file__).resolve().parent
-_KEYED_SOURCES = ("kernels.py", "codegen.py", "memory.py", "cache.py", "plan_jit.py")
+_KEYED_SOURCES = ("kernels.py", "codegen.py", "memory.py", "cache.py", "plan_jit.py", "lower.py", "kernel_lib.py")
 _loaded: dict[tuple[str, str], tuple[types.ModuleType, str]] = {}  # (cache folder, key) -> (module, entry), this process
 
 
@@ -56,6 +57,7 @@ class CompileInfo:
     codegen_seconds: float = 0.0
     seconds: float = 0.0  # compiling or loading, per status
     reason: str = ""  # why an existing entry was not used
+    kernels: dict | None = None  # generated kernels: how many compiled / loaded from the kernel library / reused
 
     @property
     def from_cache(self) -> bool:
@@ -65,6 +67,9 @@ class CompileInfo:
         what = {"compiled": "compiled", "cached": "loaded from cache", "reused": "reused (loaded earlier)",
                 "interpreted": "interpreted (no native code)", "python": "plain Python (NUMBA_DISABLE_JIT)"}[self.status]
         s = f"{what} in {self.seconds * 1e3:.1f} ms (codegen {self.codegen_seconds * 1e3:.1f} ms)"
+        if self.kernels and any(self.kernels.values()):
+            s += (f"; generated kernels: {self.kernels['compiled']} compiled, {self.kernels['cached']} from the "
+                  f"kernel library, {self.kernels['reused']} reused")
         if self.path:
             s += f", {self.path}"
         return s + (f"; {self.reason}" if self.reason else "")
@@ -191,15 +196,16 @@ def _write_manifest(d: Path, key: str, name: str, seconds: float) -> None:
     os.replace(tmp, d / "manifest.json")
 
 
-def _import(path: Path, modname: str, source: str) -> types.ModuleType:
-    """Execute the plan module from its file (no .pyc: numba's files are the only cache there).
-    numba rebuilds a cached function's environment by importing its module, hence sys.modules."""
+def _import(path: Path, modname: str, source: str, pin: str = "plan") -> types.ModuleType:
+    """Execute the plan module (or a kernel library entry's) from its file (no .pyc: numba's files
+    are the only cache there). numba rebuilds a cached function's environment by importing its
+    module, hence sys.modules."""
     mod = types.ModuleType(modname)
     mod.__file__ = str(path)
     sys.modules[modname] = mod
     exec(compile(source, str(path), "exec"), mod.__dict__)
     if not jit_disabled():
-        _pin_numba_cache(mod.plan, path)
+        _pin_numba_cache(getattr(mod, pin), path)
     return mod
 
 
@@ -241,9 +247,10 @@ def _pin_numba_cache(fn, path: Path) -> None:
     fn._cache = PinnedCache(fn.py_func)
 
 
-def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, CompileInfo]:
+def load_or_build(source: str, name: str, signature, kernels=()) -> tuple[types.ModuleType, CompileInfo]:
     """The plan module for `source` with `plan` compiled for `signature` (numba types): loaded from
-    the cache when an intact entry exists, else compiled and stored."""
+    the cache when an intact entry exists, else compiled and stored (its generated `kernels`
+    first, through the kernel library)."""
     key = plan_key(source)
     root = trusted_root()
     modname = f"graphc_plan_{key[:20]}"
@@ -289,6 +296,7 @@ def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, 
     tmp.mkdir(parents=True)
     (tmp / "plan.py").write_text(source)
     t0 = time.perf_counter()
+    library = kernel_lib.prepare(root, list(kernels))
     mod = _import(tmp / "plan.py", modname, source)
     with glue_compile():
         mod.plan.compile(signature)
@@ -302,4 +310,4 @@ def load_or_build(source: str, name: str, signature) -> tuple[types.ModuleType, 
     where = d
     _loaded[memo] = (mod, str(d))
     log.info("plan %s: compiled in %.1f ms (%s)", name, seconds * 1e3, where)
-    return mod, CompileInfo("compiled", key, str(where), seconds=seconds, reason=reason)
+    return mod, CompileInfo("compiled", key, str(where), seconds=seconds, reason=reason, kernels=library)

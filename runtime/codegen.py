@@ -17,18 +17,19 @@ from __future__ import annotations
 import keyword
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from graphc.ir import Graph, TensorType
 from graphc.ir.text import format_node
 
 from .kernels import KERNELS, Code, Operand, Site, calls
+from .kernel_lib import KernelSource
 from .lower import HELPERS, kernel_function
 from .memory import MemoryPlan
 
 # njit options of the generated plan (kernels carry their own)
 PLAN_JIT = 'cache=True, nogil=True, error_model="numpy", pipeline_class=PlanCompiler'
-RESERVED = {"np", "njit", "view", "math", "plan", "make_runner", "run", "slow", "table", "e"}
+RESERVED = {"np", "njit", "view", "math", "library_kernel", "plan", "make_runner", "run", "slow", "table", "e"}
 SHAPE_MISMATCH = "graphc: call input shapes differ from the plan's"
 _KERNEL = "KERNEL"  # placeholder name of a generated kernel function while its source is compared
 
@@ -41,6 +42,7 @@ class PlanSource:
     scalar_inputs: list[str]  # call inputs passed as Python ints (rng seeds)
     arenas: list[str]  # dtypes of the arena arrays, in table order after the bound inputs
     returns_scalar: str | None  # the value whose first element `plan` returns
+    kernels: list[KernelSource] = field(default_factory=list)  # its generated kernels, for the library
 
     @property
     def table(self) -> list[str]:
@@ -206,16 +208,23 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
                     [views.scratch_operand(s) for s in mp.scratch.get(k, ())])
 
     defs: list[str] = []  # the generated kernel functions: one per distinct source
-    kernel_of: dict[str, str] = {}  # source (with a placeholder name) -> its function's name
+    kernel_of: dict[tuple, str] = {}  # (source with a placeholder name, dtypes) -> its function's name
+    kernels: list[KernelSource] = []  # the same, for the kernel library
     for k, n in enumerate(g.nodes):
         if n.op == "full" and mp.slots[n.out].kind == "const":
             continue  # filled once when the buffers are allocated
         if n.body is not None:  # a kernel of the kernel stage: its generated loop nest
             src, ins, outs = kernel_function(_KERNEL, n, {v for v in n.inputs if v in scalars}, names)
-            fn = kernel_of.get(src)
+            dtypes = ["i64 scalar" if v in scalars else g.types[v].dtype for v in ins]
+            dtypes += [g.types[v].dtype for v in outs if not v.startswith("#")]
+            dtypes += [sl.type.dtype for sl in mp.scratch.get(k, ())]
+            fn = kernel_of.get((src, tuple(dtypes)))
             if fn is None:  # the first kernel of this structure: define it (later ones call it too)
-                fn = kernel_of[src] = f"kernel{len(kernel_of)}"
-                defs.append(src.replace(f"def {_KERNEL}(", f"def {fn}(", 1))
+                fn = kernel_of[(src, tuple(dtypes))] = f"kernel{len(kernel_of)}"
+                body_src = src[src.index(f"def {_KERNEL}("):]  # without lower's @njit line
+                ks = KernelSource(body_src.replace(f"def {_KERNEL}(", "def kernel(", 1), dtypes)
+                kernels.append(ks)
+                defs.append(f"@library_kernel({ks.key!r})\n" + body_src.replace(f"def {_KERNEL}(", f"def {fn}(", 1))
             members = n.body.nodes
             body.append(f"    # {fn}: kernel {{kind={n.attr['kind']}}} over {len(members)} nodes:")
             body += [f"    #   {format_node(m)}" for m in members]
@@ -251,7 +260,8 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
     lines += [f"from {used[f] or 'graphc.runtime.kernels'} import {f} as k_{f}" for f in sorted(used)]
     if defs:
         lines[lines.index("import numpy as np")] = "import math\n\nimport numpy as np"
-        lines += [f"from graphc.runtime.lower import {', '.join(HELPERS)}"]
+        lines += [f"from graphc.runtime.lower import {', '.join(HELPERS)}",
+                  "from graphc.runtime.kernel_lib import library_kernel"]
         lines += ["", "", *("\n\n".join(defs).rstrip("\n").split("\n"))]
     lines += ["", "", f"@njit({PLAN_JIT})", f"def plan({', '.join(params)}):"]
     if checked:
@@ -262,7 +272,7 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
         lines += [f"    {ln}" for _, ln in sorted(views.lines)]
     lines += body or ["    pass"]
     lines += ["", ""] + _runner([names(v) for v in call_inputs])
-    return PlanSource("\n".join(lines) + "\n", call_inputs, bound_inputs, sorted(scalars), arenas, returns)
+    return PlanSource("\n".join(lines) + "\n", call_inputs, bound_inputs, sorted(scalars), arenas, returns, kernels)
 
 
 def _quote(text: str) -> list[str]:

@@ -73,7 +73,8 @@ class Executable:
             self.compile_info = cache.CompileInfo("interpreted", codegen_seconds=codegen_s)
             self.run = self._interpret
         else:
-            self.module, self.compile_info = cache.load_or_build(self.source.text, self.name, self._signature())
+            self.module, self.compile_info = cache.load_or_build(self.source.text, self.name, self._signature(),
+                                                                    self.source.kernels)
             self.compile_info.codegen_seconds = codegen_s
             self.plan = self.module.plan
             if cache.jit_disabled():  # plain Python accepts anything: check every call up front

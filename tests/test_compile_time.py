@@ -9,7 +9,7 @@ from numba.core import config
 
 import graphc
 from graphc.ir import parse
-from graphc.runtime import Executable, cache
+from graphc.runtime import Executable, cache, kernel_lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "samples"))
 from char_gpt import GPTConfig, gpt_classes  # noqa: E402
@@ -82,3 +82,51 @@ def test_a_plan_with_generated_kernels_loads_from_the_disk_cache(cache_dir):
     again, y2 = build()
     assert next(iter(again.executables.values())).compile_info.status == "cached"
     np.testing.assert_array_equal(y1, y2)
+
+
+def _mlp(out: int):
+    graphc.manual_seed(0)
+    model = graphc.nn.Sequential(graphc.nn.Linear(3, 4), graphc.nn.Tanh(), graphc.nn.Linear(4, out), graphc.nn.Sigmoid())
+    model.eval()
+    return model
+
+
+def _compile(model, x):
+    cm = graphc.compile(model, x)
+    y = cm(x)
+    return next(iter(cm.executables.values())), y
+
+
+def _new_process():
+    """Forget what this process loaded: plans and kernels come from the disk again."""
+    cache._loaded.clear()
+    kernel_lib._ready.clear()
+
+
+def test_two_models_share_a_kernel_through_the_kernel_library(cache_dir, caplog):
+    x = np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3)
+    _new_process()
+    a, _ = _compile(_mlp(2), x)
+    assert a.compile_info.kernels == {"compiled": 2, "cached": 0, "reused": 0}
+    _new_process()
+    b, yb = _compile(_mlp(5), x)  # its first layer's kernel (GEMM + tanh, same shapes) is a's
+    assert b.compile_info.kernels == {"compiled": 1, "cached": 1, "reused": 0}, b.compile_info
+    assert all(len(fn.signatures) == 1 for fn in kernel_lib._ready.values())  # the plan used them as prepared
+    np.testing.assert_allclose(yb, 1 / (1 + np.exp(-(np.tanh(x @ _w(0).T + _b(0)) @ _w(2, 5).T + _b(2, 5)))), rtol=1e-5)
+
+    # a damaged entry is rebuilt, as a plan's is
+    shared = cache_dir / "kernels" / next(iter(k.key for k in b.source.kernels))
+    idx = next((shared / "__pycache__").glob("*.nbi"))
+    idx.write_bytes(idx.read_bytes() + b"x")
+    _new_process()
+    c, _ = _compile(_mlp(6), x)
+    assert c.compile_info.kernels == {"compiled": 2, "cached": 0, "reused": 0}
+    assert "checksum mismatch" in caplog.text
+
+
+def _w(k, out=None):
+    return np.array(_mlp(out or 2)[k].weight)
+
+
+def _b(k, out=None):
+    return np.array(_mlp(out or 2)[k].bias)
