@@ -86,13 +86,13 @@ class CacheError(GraphcError, OSError):
 
 def trusted_root() -> Path:
     """cache_root(), created private (0700) if missing; CacheError if it is not a folder, is
-    another user's, or group/others may write it (the same for its plans/ folder)."""
+    another user's, or group/others may write it (the same for its plans/ and kernels/ folders)."""
     root = cache_root()
     where = f"the compile cache {root} (GRAPHC_CACHE_DIR)" if os.environ.get("GRAPHC_CACHE_DIR") else \
         f"the compile cache {root}"
     if root.exists() and not root.is_dir():
         raise CacheError(f"{where} is a file, not a folder: point GRAPHC_CACHE_DIR at a folder")
-    for d in (root, root / "plans"):
+    for d in (root, root / "plans", root / "kernels"):
         if not d.exists():
             old = os.umask(0o077)
             try:

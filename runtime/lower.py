@@ -249,7 +249,7 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
     return "\n".join(src) + "\n", inputs, outputs + (["#scratch0"] if gemm_dst == "s0" else [])
 
 
-# no cache=True: a generated kernel is compiled into its plan, whose cache entry holds its code
+# codegen replaces this line: runtime/kernel_lib.py compiles and caches each distinct kernel
 _JIT = 'nogil=True, error_model="numpy"'
 
 

@@ -65,8 +65,7 @@ def test_plan_views_its_storage_and_restores_numba_opt(cache_dir):
 
 
 def test_a_plan_with_generated_kernels_loads_from_the_disk_cache(cache_dir):
-    """Generated kernels are compiled into their plan (no cache of their own): the plan's entry
-    alone brings them back."""
+    """A cached plan holds its kernels' code: loading it compiles nothing."""
     def build():
         cache._loaded.clear()
         graphc.manual_seed(0)
