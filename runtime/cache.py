@@ -276,6 +276,7 @@ def load_or_build(source: str, name: str, signature, kernels=()) -> tuple[types.
         problem = _check_entry(d, key, source)
         if problem is None:
             t0 = time.perf_counter()
+            kernel_lib.modules(root, list(kernels))
             mod = _import(d / "plan.py", modname, source)
             hits = _hits(mod.plan)
             with glue_compile():

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -106,16 +107,12 @@ def prepare(root: Path, kernels: list[KernelSource]) -> dict[str, int]:
             if problem is not None:
                 log.warning("kernel library entry %s is unusable (%s); rebuilding", d, problem)
                 shutil.rmtree(d, ignore_errors=True)
-        if not d.exists():
-            tmp = lib / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir(parents=True)
-            (tmp / "kernel.py").write_text(text)
-            try:
-                os.rename(tmp, d)
-            except OSError:  # another process stored it first: the same text
-                shutil.rmtree(tmp, ignore_errors=True)
-        mod = cache._import(d / "kernel.py", f"graphc_kernel_{key[:20]}", text, "kernel")
-        fn = mod.kernel
+                sys.modules.pop(_modname(key), None)  # a fresh dispatcher: compiled and stored again
+        fn = _module(lib, k).kernel
+        if _signature(k.args) in fn.overloads:  # imported and compiled earlier in this process
+            counts["reused"] += 1
+            _ready[key] = fn
+            continue
         hits = cache._hits(fn)
         t0 = time.perf_counter()
         fn.compile(_signature(k.args))
@@ -126,6 +123,38 @@ def prepare(root: Path, kernels: list[KernelSource]) -> dict[str, int]:
             _write_manifest(d, key, time.perf_counter() - t0)
         _ready[key] = fn
     return counts
+
+
+def modules(root: Path, kernels: list[KernelSource]) -> None:
+    """Import the kernels' entry modules, compiling nothing: a plan loaded from its cache holds the
+    kernels' code, but numba rebuilds each callee's environment from its module by name."""
+    for k in kernels:
+        if _modname(k.key) not in sys.modules:
+            _module(root / "kernels", k)
+
+
+def _modname(key: str) -> str:
+    return f"graphc_kernel_{key[:20]}"
+
+
+def _module(lib: Path, k: KernelSource):
+    """The entry's module, its kernel.py written first if missing (atomically: write, rename)."""
+    from . import cache
+
+    key, text = k.key, k.text
+    d = lib / key
+    if _modname(key) in sys.modules and sys.modules[_modname(key)].__file__ == str(d / "kernel.py"):
+        return sys.modules[_modname(key)]
+    if not (d / "kernel.py").is_file() or (d / "kernel.py").read_text() != text:
+        shutil.rmtree(d, ignore_errors=True)
+        tmp = lib / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        (tmp / "kernel.py").write_text(text)
+        try:
+            os.rename(tmp, d)
+        except OSError:  # another process stored it first: the same text
+            shutil.rmtree(tmp, ignore_errors=True)
+    return cache._import(d / "kernel.py", _modname(key), text, "kernel")
 
 
 def _check(d: Path, key: str, text: str) -> str | None:

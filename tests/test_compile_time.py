@@ -2,7 +2,9 @@
 directly, and a plan pipeline that optimises only its own glue (and leaves NUMBA_OPT as it was)."""
 import os
 import re
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 from numba.core import config
@@ -100,6 +102,8 @@ def _new_process():
     """Forget what this process loaded: plans and kernels come from the disk again."""
     cache._loaded.clear()
     kernel_lib._ready.clear()
+    for m in [m for m in sys.modules if m.startswith(("graphc_kernel_", "graphc_plan_"))]:
+        del sys.modules[m]
 
 
 def test_two_models_share_a_kernel_through_the_kernel_library(cache_dir, caplog):
@@ -129,3 +133,21 @@ def _w(k, out=None):
 
 def _b(k, out=None):
     return np.array(_mlp(out or 2)[k].bias)
+
+
+def test_a_second_process_loads_a_plan_whose_kernels_come_from_the_library(cache_dir):
+    code = textwrap.dedent("""
+        import numpy as np, graphc
+        graphc.manual_seed(0)
+        m = graphc.nn.Sequential(graphc.nn.Linear(3, 4), graphc.nn.Tanh(), graphc.nn.Linear(4, 2))
+        m.eval()
+        x = np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3)
+        cm = graphc.compile(m, x)
+        y = cm(x)
+        print(next(iter(cm.executables.values())).compile_info.status, float(y.sum()))
+    """)
+    env = dict(os.environ, GRAPHC_CACHE_DIR=str(cache_dir))
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
+    (s1, y1), (s2, y2) = (r.stdout.split() for r in runs)
+    assert (s1, s2) == ("compiled", "cached") and y1 == y2
