@@ -338,7 +338,13 @@ def compare_outputs(before: Sequence[Output], want: list, after: Sequence[Output
         if a.shape != b.shape or a.dtype != b.dtype:
             return f"{what}: expected {a.dtype}{list(a.shape)}, got {b.dtype}{list(b.shape)}"
         if a.dtype.kind == "f":
-            ok = np.allclose(a, b, equal_nan=True, **_tolerance(a.dtype))
+            # atol scales with the output's magnitude: a pass that reassociates (fold_conv_affine
+            # scales the weights before the sum, not the sum) may move a cancelling element by
+            # rounding errors of the large terms it sums (f32 on checked mode's random inputs).
+            tol = _tolerance(a.dtype)
+            finite = np.abs(a[np.isfinite(a)])
+            tol["atol"] *= max(1.0, float(finite.max()) if finite.size else 1.0)
+            ok = np.allclose(a, b, equal_nan=True, **tol)
         else:
             ok = np.array_equal(a, b)
         if not ok:
