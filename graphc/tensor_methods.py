@@ -1,10 +1,11 @@
 """The tensor methods and module-level functions a nanoGPT-style model uses (issue 11), with
-torch's names and semantics: `x.transpose(1, 2)`, `x[:, -1, :]`, `x.split(n, dim=2)`,
-`x.masked_fill(mask, v)`, `graphc.cat`, `graphc.tril`, `graphc.arange`, ...
+torch's names and semantics: `x.split(n, dim=2)`, `x.expand(...)`, `x.masked_fill(mask, v)`,
+`graphc.cat`, `graphc.tril`, `graphc.arange`, ... (transpose, permute, indexing, pow, softmax, casts
+are tracing.TensorMethods' own methods; nothing here repeats them).
 
 Each is a composition of op-table ops through `dispatch`, so the same code runs traced (one IR
-node per op; the kernel pass fuses them) and eagerly on numpy arrays. `METHODS` is the table
-tracing.py installs on TensorMethods (shared by traced Proxy and eager EagerArray).
+node per op; the kernel pass fuses them) and eagerly on numpy arrays. `METHODS` holds the
+methods tracing.py installs on TensorMethods (shared by traced Proxy and eager EagerArray).
 """
 from __future__ import annotations
 
@@ -44,40 +45,6 @@ def swapdims(x, dim0: int, dim1: int):
     perm = list(range(rank))
     perm[a], perm[b] = perm[b], perm[a]
     return x if a == b else dispatch("transpose", [x], {"perm": tuple(perm)})
-
-
-def transpose_method(x, *args):
-    """torch's x.transpose(d0, d1); numpy's x.transpose() / x.transpose(axes) (numpy calls it so)."""
-    rank = len(_shape(x))
-    if len(args) == 2 and not isinstance(args[0], (tuple, list)):
-        return swapdims(x, *args)
-    perm = _sizes(args) if args and args[0] is not None else tuple(reversed(range(rank)))
-    return permute(x, *perm)
-
-
-def permute(x, *dims):
-    rank = len(_shape(x))
-    perm = tuple(_norm_dim(d, rank) for d in _sizes(dims))
-    if sorted(perm) != list(range(rank)):
-        raise trace_error(f"permute: {list(perm)} is not a permutation of the {rank} dims of a {list(_shape(x))} tensor")
-    return x if perm == tuple(range(rank)) else dispatch("transpose", [x], {"perm": perm})
-
-
-def unsqueeze(x, dim: int):
-    s = _shape(x)
-    d = _norm_dim(int(dim), len(s) + 1)
-    return reshape(x, s[:d] + (1,) + s[d:])
-
-
-def squeeze(x, dim=None, *, axis=None):
-    s = _shape(x)
-    dim = axis if dim is None else dim
-    if dim is None:
-        dims = {k for k, n in enumerate(s) if n == 1}
-    else:
-        dims = {_norm_dim(int(d), len(s)) for d in ((dim,) if isinstance(dim, (int, np.integer)) else dim)}
-        dims = {d for d in dims if s[d] == 1}  # torch: squeezing a dim that is not 1 changes nothing
-    return reshape(x, tuple(n for k, n in enumerate(s) if k not in dims)) if dims else x
 
 
 def expand(x, *sizes):
@@ -136,46 +103,6 @@ def chunk(x, chunks: int, dim: int = 0):
     if chunks <= 0:
         raise trace_error(f"chunk: chunks must be positive, got {chunks}")
     return split(x, max(1, math.ceil(n / chunks)), dim)
-
-
-def getitem(x, key):
-    """Constant indexing: ints (negative too), slices with constant bounds, None, Ellipsis."""
-    s = _shape(x)
-    key = key if isinstance(key, tuple) else (key,)
-    for k in key:
-        if isinstance(k, Proxy) or isinstance(k, np.ndarray) or isinstance(k, (list, bool)):
-            what = f"traced value %{k.name} ({k.type})" if isinstance(k, Proxy) else type(k).__name__
-            raise trace_error(f"indexing with a tensor-dependent index ({what}) is not supported: indices and slice "
-                              "bounds must be Python ints (use graphc.where or masked_fill for masks)")
-        if not (k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice))):
-            raise trace_error(f"unsupported index {k!r} of type {type(k).__name__}")
-    if sum(k is Ellipsis for k in key) > 1:
-        raise trace_error("an index can only have a single ellipsis ('...')")
-    used = sum(1 for k in key if k is not None and k is not Ellipsis)
-    if used > len(s):
-        raise trace_error(f"too many indices for a tensor of shape {list(s)}: {used} given")
-    if Ellipsis in key:
-        e = key.index(Ellipsis)
-        key = key[:e] + (slice(None),) * (len(s) - used) + key[e + 1:]
-    else:
-        key = key + (slice(None),) * (len(s) - used)
-    dim, out_shape = 0, []
-    for k in key:
-        if k is None:
-            out_shape.append(1)
-            continue
-        n = s[dim]
-        if isinstance(k, slice):
-            x = narrow(x, dim, k.start, k.stop, k.step)
-            out_shape.append(_shape(x)[dim])
-        else:
-            i = int(k)
-            if not -n <= i < n:
-                raise trace_error(f"index {i} is out of bounds for dim {dim} with size {n}")
-            i %= n
-            x = narrow(x, dim, i, i + 1)
-        dim += 1
-    return reshape(x, tuple(out_shape)) if tuple(out_shape) != _shape(x) else x
 
 
 # ------------------------------------------------------------------ elementwise, masks, comparisons
@@ -250,7 +177,7 @@ def stack(tensors, dim: int = 0):
     if not tensors:
         raise trace_error("stack: expected a non-empty list of tensors")
     d = _norm_dim(int(dim), len(_shape(tensors[0])) + 1)
-    return cat([unsqueeze(t, d) for t in tensors], d)
+    return cat([reshape(t, _shape(t)[:d] + (1,) + _shape(t)[d:]) for t in tensors], d)
 
 
 def _constant(op: str, attrs: dict, eager):
@@ -319,53 +246,22 @@ def triu(input, diagonal: int = 0):
 # ------------------------------------------------------------------ the method table
 
 
-def _size(self, dim=None):
-    s = _shape(self)
-    return s if dim is None else s[_norm_dim(int(dim), len(s))]
-
-
+# Only the methods tracing.TensorMethods does not define live here; install() refuses a name the
+# class already has, so a second (shadowed, never-called) implementation cannot creep back in.
 METHODS = {
-    "transpose": transpose_method, "swapaxes": swapdims, "swapdims": swapdims, "permute": permute,
-    "contiguous": lambda self, *a, **k: self, "unsqueeze": unsqueeze, "squeeze": squeeze, "expand": expand,
-    "split": split, "chunk": chunk, "narrow": lambda self, dim, start, length: narrow(self, dim, start, start + length),
-    "masked_fill": masked_fill,  # max/amax/amin: tracing.TensorMethods' (extremum, amax_amin) are the ones
-    "sqrt": lambda self: dispatch("sqrt", [self]), "rsqrt": lambda self: dispatch("rsqrt", [self]),
-    "pow": pow_, "__pow__": pow_, "float": lambda self: cast(self, np.float32),
-    "double": lambda self: cast(self, np.float64), "long": lambda self: cast(self, np.int64),
-    "to": lambda self, dtype: cast(self, dtype), "type_as": lambda self, other: cast(self, other.dtype),
-    "softmax": lambda self, dim: dispatch("softmax", [self], {"dim": _norm_dim(dim, len(_shape(self)))}),
-    "log_softmax": lambda self, dim: dispatch("log_softmax", [self], {"dim": _norm_dim(dim, len(_shape(self)))}),
-    "tril": tril, "triu": triu,
-}
-# traced values only: EagerArray keeps numpy's indexing, comparisons and `size` attribute
-PROXY_METHODS = {
-    "__getitem__": getitem, "size": _size,
-    "__lt__": lambda a, b: compare("lt", a, b), "__le__": lambda a, b: compare("le", a, b),
-    "__gt__": lambda a, b: compare("gt", a, b), "__ge__": lambda a, b: compare("ge", a, b),
-    "__eq__": lambda a, b: compare("eq", a, b), "__ne__": lambda a, b: compare("ne", a, b),
+    "swapaxes": swapdims, "swapdims": swapdims, "expand": expand, "split": split, "chunk": chunk,
+    "narrow": lambda self, dim, start, length: narrow(self, dim, start, start + length),
+    "masked_fill": masked_fill, "tril": tril, "triu": triu,
 }
 
 
-class _Size(int):
-    """EagerArray.size: numpy's element count that torch code can also call (x.size(), x.size(1))."""
-
-    shape: tuple = ()
-
-    def __call__(self, dim=None):
-        return self.shape if dim is None else self.shape[_norm_dim(int(dim), len(self.shape))]
-
-
-def _eager_size(self):
-    n = _Size(np.ndarray.__dict__["size"].__get__(self))
-    n.shape = np.ndarray.__dict__["shape"].__get__(self)
-    return n
-
-
-def install(methods_cls, proxy_cls, eager_cls) -> None:
+def install(methods_cls) -> None:
+    """Add METHODS to the shared method table (graphc.Tensor, Proxy, Parameter, EagerArray)."""
     for name, fn in METHODS.items():
-        if not hasattr(methods_cls, name):
-            setattr(methods_cls, name, fn)
-    # numpy's own max(axis=...) on EagerArray goes through max_ (it accepts numpy's spelling)
+        if hasattr(methods_cls, name):
+            raise AssertionError(f"tensor_methods.METHODS[{name!r}] duplicates {methods_cls.__name__}.{name}: "
+                                 "keep one implementation (delete one of the two)")
+        setattr(methods_cls, name, fn)
 
 
 __all__ = ["cat", "stack", "where", "tril", "triu", "ones", "zeros", "full", "arange", "float32", "float64", "int64",

@@ -293,7 +293,10 @@ class TensorMethods:
     def permute(self, *dims):
         dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
         rank = len(_shape(self))
-        return dispatch("transpose", [self], {"perm": tuple(_norm_dim(d, rank) for d in dims)})
+        perm = tuple(_norm_dim(int(d), rank) for d in dims)
+        if sorted(perm) != list(range(rank)):
+            raise trace_error(f"permute: {list(perm)} is not a permutation of the {rank} dims of a {list(_shape(self))} tensor")
+        return dispatch("transpose", [self], {"perm": perm})
 
     def reshape(self, *shape, order="C"):
         if order != "C":
@@ -963,4 +966,4 @@ from . import eager as _tensor  # noqa: E402  (graphc.Tensor builds on this modu
 # where the shared method table does not already have them
 from .tensor_methods import install as _install_methods  # noqa: E402
 
-_install_methods(TensorMethods, Proxy, EagerArray)
+_install_methods(TensorMethods)

@@ -25,6 +25,27 @@ def test_eager_and_traced_share_one_method_table():
     assert public(graphc.tracing.TensorMethods) <= public(nn.Parameter)
 
 
+def test_every_tensor_methods_entry_is_what_the_tensor_classes_call():
+    """One implementation per method: each tensor_methods.METHODS entry is the very function eager
+    tensors, traced values and parameters expose (a shadowed duplicate would never run), and
+    install() refuses a name the method table already defines."""
+    from graphc import tensor_methods
+    for name, fn in tensor_methods.METHODS.items():
+        for cls in (Tensor, Proxy, nn.Parameter, graphc.tracing.EagerArray):
+            assert getattr(cls, name) is fn, (cls.__name__, name)
+
+    class Table:
+        def transpose(self, a, b): ...
+    saved = dict(tensor_methods.METHODS)
+    try:
+        tensor_methods.METHODS["transpose"] = lambda self, *a: self
+        with pytest.raises(AssertionError, match="duplicates Table.transpose"):
+            tensor_methods.install(Table)
+    finally:
+        tensor_methods.METHODS.clear()
+        tensor_methods.METHODS.update(saved)
+
+
 def test_creation_functions_follow_torch():
     assert graphc.tensor([1.0, 2.0]).dtype == np.float32 and graphc.tensor([1, 2]).dtype == np.int64
     assert graphc.tensor(np.zeros(2)).dtype == np.float64  # numpy arrays keep their dtype
