@@ -7,9 +7,17 @@ legal by their fusion kinds (the op table's `kind`, TVM's pattern kinds):
   their outputs);
 - a GEMM (2-D `matmul`, `linear`, `linear_relu`) starts a kernel that takes elementwise
   consumers of its output shape as its epilogue (BLAS call, then one loop);
-- a reduction takes the elementwise chain that produces its operand when they share the
-  iteration space (one loop nest that computes and accumulates); it ends its kernel;
+- a reduction takes the elementwise chain (or GEMM epilogue) that produces its operand when
+  they share the iteration space (one loop nest that computes and accumulates); it ends its
+  kernel;
+- a 2-D `transpose` whose only user is a 2-D `matmul` is that GEMM's prologue: a transposed
+  view handed to BLAS, never a copy;
 - injective and opaque ops are kernels of their own (their one-node lowering in runtime/).
+
+Before grouping, every `linear_backward` is rewritten into its op-table decomposition (relu
+mask, dx = dz @ w, dw = dz.T @ x, db = sum(dz, 0)), keeping its output names: its GEMMs then
+take epilogues (the previous layer's dropout and relu mask ride in the dx GEMM's loop, the
+bias gradient is summed in that same loop) instead of separate passes. Recorded as a note.
 
 A node may join a kernel only if every other operand it reads exists before that kernel
 starts (the kernel runs where its first member was). Values used only inside a kernel get
@@ -23,8 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from graphc.ir import Graph, get_op
-from graphc.ir.graph import KERNEL, Node, kernel_node
+from graphc.ir import Graph, GraphBuilder, get_op
+from graphc.ir.graph import KERNEL, Node, kernel_node, rename_values
 from graphc.ir.text import format_node
 
 from .manager import PassContext, register_pass
@@ -50,9 +58,112 @@ def _short(n: Node) -> str:
     return f"%{n.outputs[0]} ({n.op})"
 
 
+DECOMPOSED = ("linear_backward",)  # opaque composites whose GEMMs gain epilogues once decomposed
+
+
+def decompose_for_kernels(g: Graph, ctx: PassContext | None = None) -> Graph:
+    """Each node of an op in DECOMPOSED -> its op-table decomposition; the outputs keep their names
+    (and every new node the composite's source line and `grad of`), so the plan reads the same."""
+    if not any(n.op in DECOMPOSED for n in g.nodes):
+        return g
+    b = GraphBuilder(g.name, like=g)
+    for i in g.inputs:
+        b.add_input(i.name, i.type, i.kind)
+    for n in g.nodes:
+        for o, t in zip(n.outputs, n.types):
+            b.types[o] = t
+    for n in g.nodes:
+        if n.op not in DECOMPOSED or n.body is not None:
+            b.add_node(n)
+            continue
+        start = len(b.nodes)
+        outs = get_op(n.op).decompose(b, n)
+        outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+        names = {new: old for new, old in zip(outs, n.outputs)}
+        made = [m.replace(loc=n.loc, grad_of=n.grad_of) for m in b.nodes[start:]]
+        sub = rename_values(Graph("d", (), tuple(made), ()), names)
+        b.nodes[start:] = list(sub.nodes)
+        if ctx is not None:
+            ctx.note(f"%{n.outputs[0]} = {n.op}(...) decomposed into {len(made)} nodes "
+                     f"({', '.join(m.op for m in made)}) so its GEMMs take prologues and epilogues")
+    return b.build(g.outputs, meta=dict(g.meta))
+
+
+def dropout_mask_from_output(g: Graph, ctx: PassContext | None = None) -> Graph:
+    """relu_backward(dropout(g, seed), r) where the forward computed y = dropout(r, seed) with the
+    same p and stream -> relu_backward(where(y > 0, g * scale, g * 0), r): the keep mask read back
+    from the forward's output instead of the random stream drawn again, bit for bit the same.
+
+    Why exact: r is the mask relu_backward uses, so only r > 0 matters; there y > 0 exactly when
+    the element was kept (scale >= 1 cannot underflow a positive r; a dropped +inf gives NaN, not
+    > 0), and g * scale, g * 0 are what dropout's backward multiplies by (NaN and -0.0 included).
+    Applies only where y is in the plan and the backward dropout's value has no other reader."""
+    producer = {o: n for n in g.nodes for o in n.outputs}
+    users: dict[str, int] = {}
+    for n in g.nodes:
+        for i in n.inputs:
+            users[i] = users.get(i, 0) + 1
+    outputs = set(g.output_values)
+    fwd = {}
+    for n in g.nodes:  # (relu output, seed, p, stream) -> the forward dropout's output y
+        if n.op == "dropout" and n.grad_of is None:
+            fwd.setdefault((n.inputs[0], n.inputs[1], n.attr["p"], n.attr["stream"]), n.out)
+    plan = {}
+    for n in g.nodes:
+        d = producer.get(n.inputs[0]) if n.op == "relu_backward" else None
+        if d is None or d.op != "dropout" or d.grad_of is None or users.get(d.out) != 1 or d.out in outputs:
+            continue
+        y = fwd.get((n.inputs[1], d.inputs[1], d.attr["p"], d.attr["stream"]))
+        if y is not None:
+            plan[n.out] = (d, y)
+    if not plan:
+        return g
+    dropped = {d.out for d, _ in plan.values()}
+    b = GraphBuilder(g.name, like=g)
+    for i in g.inputs:
+        b.add_input(i.name, i.type, i.kind)
+    for n in g.nodes:
+        if n.out in dropped:
+            continue
+        if n.out not in plan:
+            b.add_node(n)
+            continue
+        d, y = plan[n.out]
+        gy, t = d.inputs[0], b.types[d.inputs[0]]
+        p = float(d.attr["p"])
+        at = dict(loc=d.loc, grad_of=d.grad_of)
+        full = lambda v: b.emit("full", [], {"shape": (), "value": v, "dtype": t.dtype}, **at)  # noqa: E731
+        zero = full(0.0)
+        kept = b.emit("gt", [y, zero], **at)
+        w = b.emit("where", [kept, b.emit("mul", [gy, full(1.0 / (1.0 - p))], **at), b.emit("mul", [gy, zero], **at)], **at)
+        b.emit("relu_backward", [w, n.inputs[1]], loc=n.loc, grad_of=n.grad_of, outputs=[n.out])
+        if ctx is not None:
+            ctx.note(f"%{d.out} = dropout(%{gy}, ...) (backward): keep mask read from the forward's %{y} > 0 "
+                     f"under relu_backward's mask %{n.inputs[1]}, not drawn again from the random stream")
+    return b.build(g.outputs, meta=dict(g.meta))
+
+
+def _prologue(g: Graph, k: int, n: Node, producer, users, of, outputs) -> list[int]:
+    """The 2-D transposes a 2-D matmul reads as BLAS views: each one used only by this matmul."""
+    found = []
+    for i in n.inputs[:2]:
+        p = producer.get(i)
+        if p is None or p in of or i in outputs or users.get(i, 0) != 1:
+            continue
+        t = g.nodes[p]
+        if t.op == "transpose" and tuple(t.attr["perm"]) == (1, 0) and g.types[t.inputs[0]].rank == 2:
+            found.append(p)
+    return found
+
+
 def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str, list[str], str]]]:
     """(groups, node index -> group index, refusals as (pattern, [producer, consumer lines], reason))."""
     producer = {o: k for k, n in enumerate(g.nodes) for o in n.outputs}
+    users: dict[str, int] = {}
+    for n in g.nodes:
+        for i in n.inputs:
+            users[i] = users.get(i, 0) + 1
+    outputs = set(g.output_values)
     groups: list[Group] = []
     of: dict[int, int] = {}
     refused: list[tuple[str, list[str], str]] = []
@@ -69,7 +180,7 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
         for p in feeders:
             gi = of[p]
             grp = groups[gi]
-            why = _why_not(g, grp, n, kind, producer, of, gi)
+            why = _why_not(g, grp, n, kind, producer, of, groups)
             if why is None:
                 joined = gi
                 break
@@ -79,7 +190,9 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
             grp.members.append(k)
             of[k] = joined
             if kind == "reduce":
-                grp.kind, grp.closed = "reduce", "a reduction ends its kernel: its consumers loop over another space"
+                grp.closed = "a reduction ends its kernel: its consumers loop over another space"
+                if grp.kind == "elementwise":
+                    grp.kind = "reduce"
             continue
         # a kernel of its own, which later nodes may join
         t = n.types[0]
@@ -88,7 +201,10 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
         if kind in ("elementwise", "broadcast"):
             groups.append(Group("elementwise", t.shape, k, [k]))
         elif kind == "gemm" and n.op in GEMMS and all(g.types[i].rank == 2 for i in n.inputs[:2]):
-            groups.append(Group("gemm", t.shape, k, [k]))
+            pro = _prologue(g, k, n, producer, users, of, outputs) if n.op == "matmul" else []
+            groups.append(Group("gemm", t.shape, k, [*pro, k]))
+            for p in pro:
+                of[p] = len(groups) - 1
         elif kind == "reduce" and n.op != "sum_to":
             groups.append(Group("reduce", g.types[n.inputs[0]].shape, k, [k], closed="a reduction ends its kernel"))
         else:
@@ -97,7 +213,7 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
     return groups, of, refused
 
 
-def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, gi) -> str | None:
+def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> str | None:
     """None if node n may join group grp, else the reason it may not."""
     if grp.closed:
         return grp.closed
@@ -110,8 +226,8 @@ def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, gi) -> str 
     if n.op == "full":
         return "a constant is filled once"
     if kind == "reduce":
-        if grp.kind != "elementwise":
-            return f"a reduction fuses with elementwise producers only (this kernel is a {grp.kind})"
+        if grp.kind not in ("elementwise", "gemm"):
+            return f"a reduction fuses with elementwise producers or a GEMM epilogue only (this kernel is a {grp.kind})"
         if n.op == "sum_to" or g.types[n.inputs[0]].shape != grp.space:
             return "different iteration space (the reduction's operand is not the kernel's shape)"
     elif n.types[0].shape != grp.space:
@@ -121,7 +237,8 @@ def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, gi) -> str 
         p = producer.get(i)
         if p is None or p in mine:
             continue
-        if p >= grp.first and g.nodes[p].op != "full":  # (constants move to the top of the plan)
+        at = groups[of[p]].first if p in of else p  # a grouped value is computed where its kernel runs
+        if at >= grp.first and g.nodes[p].op != "full":  # (constants move to the top of the plan)
             return f"operand %{i} is computed after the kernel starts (by {_short(g.nodes[p])})"
     for i in n.inputs:  # values of the kernel are read at the iteration index: same shape only
         p = producer.get(i)
@@ -136,6 +253,9 @@ def kernels(g: Graph, ctx: PassContext | None = None):
     ctx = ctx or PassContext("kernels")
     if any(n.op == KERNEL for n in g.nodes):
         return g, False
+    decomposed = dropout_mask_from_output(decompose_for_kernels(g, ctx), ctx)
+    changed = decomposed is not g
+    g = decomposed
     groups, of, refused = group_kernels(g)
     for pattern, lines, reason in refused:
         ctx.not_fused(pattern, lines, reason)
@@ -163,7 +283,7 @@ def kernels(g: Graph, ctx: PassContext | None = None):
                   f"{format_node(node, comment=False)}  ({len(members)} nodes, iteration space {list(grp.space)}; "
                   f"{len(made) - len(outputs)} values stay inside)")
     if not start:
-        return g, False
+        return g, changed
     nodes = [n for n in g.nodes if n.op == "full"]  # constants first: kernels may read them from anywhere
     for k, n in enumerate(g.nodes):
         if n.op == "full":

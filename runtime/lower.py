@@ -7,8 +7,10 @@ the body into source, one to one.
   (`t_<value>`) computed from its operands' locals; outputs are stored at the end of the
   iteration; operands of the iteration shape are read at the flat index, broadcast ones
   through their strides, one-element ones once before the loop.
-- gemm: the BLAS call (np.dot) of its first member into an output buffer of its type, then
-  the same loop as elementwise over the GEMM's output for the epilogue (bias, relu, ...).
+- gemm: the BLAS call (np.dot) of its GEMM member into an output buffer of its type (operands
+  behind a prologue `transpose` go as transposed views), then the same loop as elementwise over
+  the GEMM's output for the epilogue (bias, relu, ...), ending in a reduction if the kernel
+  has one (a bias gradient summed while the epilogue writes).
 - reduce: the loop nest over the reduction's operand space computes the producers and
   accumulates into the output (0 or -inf first; mean divides after).
 
@@ -41,6 +43,8 @@ def uniform1(key, i):
 
 
 HELPERS = ("sigmoid1", "uniform1", "stream_key")
+GEMMS = ("matmul", "linear", "linear_relu")  # the BLAS member of a gemm kernel (passes/kernels.py's)
+REDUCTIONS = ("sum", "mean", "max")  # a kernel's last member may accumulate
 
 
 def _np(dtype: str) -> str:
@@ -150,9 +154,11 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
     out = {v: f"o{k}" for k, v in enumerate(outputs)}
     c = _Ctx()
     lines: list[str] = []
-    gemm = members[0] if kind == "gemm" else None
-    red = members[-1] if kind == "reduce" else None
-    space = (types[red.inputs[0]].shape if red is not None else types[members[0].outputs[0]].shape)
+    gemm = next(m for m in members if m.op in GEMMS) if kind == "gemm" else None
+    prologue = {m.outputs[0]: m.inputs[0] for m in members[:members.index(gemm)]} if gemm is not None else {}
+    red = members[-1] if members[-1].op in REDUCTIONS else None
+    space = (types[gemm.outputs[0]].shape if gemm is not None else
+             types[red.inputs[0]].shape if red is not None else types[members[0].outputs[0]].shape)
     rank = len(space)
     idx = [f"i{d}" for d in range(rank)]
     local = {v: f"t{j}" for j, v in enumerate(v for m in members for v in m.outputs)}
@@ -172,9 +178,11 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
 
     gemm_dst = None
     if gemm is not None:
-        x, w = gemm.inputs[0], gemm.inputs[1]
-        a2 = c.hoist(f"{arg[x]}.reshape({types[x].shape!r})")
-        b2 = c.hoist(f"{arg[w]}.reshape({types[w].shape!r})")
+        def operand(v):
+            src = prologue.get(v, v)
+            return c.hoist(f"{arg[src]}.reshape({types[src].shape!r}){'.T' if v in prologue else ''}")
+
+        a2, b2 = operand(gemm.inputs[0]), operand(gemm.inputs[1])
         g_out = gemm.outputs[0]
         g_t = types[g_out]
         if g_out in out:
@@ -186,6 +194,8 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
 
     loop: list[str] = []
     for m in members:
+        if m.outputs[0] in prologue:
+            continue
         if m is gemm:
             e = f"{gemm_dst}[i]"
             if len(m.inputs) == 3:  # the bias
@@ -257,7 +267,7 @@ def kernel_scratch(node: Node) -> list[TensorType]:
     """A GEMM kernel whose product stays inside and matches no output's type needs a buffer."""
     if node.attr["kind"] != "gemm":
         return []
-    g = node.body.nodes[0]
+    g = next(m for m in node.body.nodes if m.op in GEMMS)
     t = g.types[0]
     if g.outputs[0] in node.outputs or any(ot == t for ot in node.types):
         return []

@@ -669,6 +669,20 @@ def _(gy, x, w, y=None, *, relu, input_grad, bias_grad):
     return tuple(outs)
 
 
+@linear_backward.decomp
+def _(b, node):
+    """dz = relu_backward(gy, y) (with relu), then dx = dz @ w, dw = dz.T @ x, db = sum(dz, 0): the
+    form in which the kernel pass gives each GEMM its epilogue and prologue (passes/kernels.py)."""
+    gy, x, w = node.inputs[:3]
+    a = node.attr
+    dz = b.emit("relu_backward", [gy, node.inputs[3]]) if a["relu"] else gy
+    outs = [b.emit("matmul", [dz, w])] if a["input_grad"] else []
+    outs.append(b.emit("matmul", [b.emit("transpose", [dz], {"perm": (1, 0)}), x]))
+    if a["bias_grad"]:
+        outs.append(b.emit("sum", [dz], {"dims": (0,)}))
+    return outs
+
+
 for _op in OPS.values():
     if "backward" in _op.tags:
         _op.grad(no_gradient("a backward op: graphc does not take second derivatives"))
