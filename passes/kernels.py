@@ -110,7 +110,7 @@ def dropout_mask_from_output(g: Graph, ctx: PassContext | None = None) -> Graph:
             fwd.setdefault((n.inputs[0], n.inputs[1], n.attr["p"], n.attr["stream"]), n.out)
     plan = {}
     for n in g.nodes:
-        d = producer.get(n.inputs[0]) if n.op == "relu_backward" else None
+        d = producer.get(n.inputs[0]) if n.op == "relu_backward" else None  # (single-output ops here)
         if d is None or d.op != "dropout" or d.grad_of is None or users.get(d.out) != 1 or d.out in outputs:
             continue
         y = fwd.get((n.inputs[1], d.inputs[1], d.attr["p"], d.attr["stream"]))
@@ -123,9 +123,9 @@ def dropout_mask_from_output(g: Graph, ctx: PassContext | None = None) -> Graph:
     for i in g.inputs:
         b.add_input(i.name, i.type, i.kind)
     for n in g.nodes:
-        if n.out in dropped:
+        if n.outputs[0] in dropped:
             continue
-        if n.out not in plan:
+        if n.outputs[0] not in plan:
             b.add_node(n)
             continue
         d, y = plan[n.out]

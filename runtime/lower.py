@@ -88,6 +88,14 @@ def _uniform(a, n: Node, c: _Ctx) -> str:
     return f"{_np(n.types[0].dtype)}(uniform1({key}, i))"
 
 
+def _arange(a, n: Node, c: _Ctx) -> str:
+    """As the reference: i64 in integers; floats computed in f64, then cast."""
+    at = n.attr
+    if at["dtype"] == "i64":
+        return f"np.int64({int(at['start'])} + {int(at['step'])} * i)"
+    return f"{_np(at['dtype'])}({float(at['start'])!r} + {float(at['step'])!r} * np.float64(i))"
+
+
 def _relu(a, n, c):
     z = c.const(n.types[0].dtype, 0.0)
     return f"({z} if {a[0]} < {z} else {a[0]})"
@@ -121,6 +129,7 @@ EXPR = {
     "tanh_backward": lambda a, n, c: f"({a[0]} * ({c.const(n.types[0].dtype, 1.0)} - {a[1]} * {a[1]}))",
     "dropout": _dropout,
     "uniform": _uniform,
+    "arange": _arange,
     "mse_loss_backward": lambda a, n, c: f"(({a[1]} - {a[2]}) * ({a[0]} * "
                                          f"{c.const(n.types[0].dtype, 2.0 / (_size(n) if n.attr['reduction'] == 'mean' else 1))}))",
 }

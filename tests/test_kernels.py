@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 import graphc
 import graphc.nn as nn
 from graphc.ir import GraphBuilder, TensorType, VerifyError, interpret, parse
+from graphc.ir.graph import members
 from graphc.passes.kernels import kernel_count, kernels
 from graphc.passes.manager import PassContext
 from graphc.runtime import Executable
@@ -40,9 +41,14 @@ def test_simple_net_train_step_kernels():
     step = _train_step(SimpleNet(), nn.MSELoss(), x, y, mode="interpret")
     g = _stage(step)
     ks = _kernel_nodes(g)
-    # linear_relu + dropout (GEMM + epilogue) and linear + mse_loss_backward (GEMM + epilogue)
-    assert [[m.op for m in k.body.nodes] for k in ks] == [["linear_relu", "dropout"], ["linear", "mse_loss_backward"]]
-    assert kernel_count(g) == 11  # 2 fused, mse_loss, 2 linear_backward, dropout, 4 sgd_update, the step counter
+    # forward GEMMs with epilogues (the second also starts the backward: loss gradient, bias gradient);
+    # linear_backward decomposed: the dx GEMM takes the dropout and relu masks and the bias gradient,
+    # each weight-gradient GEMM reads its transposed operand as a view (prologue)
+    assert [[m.op for m in k.body.nodes] for k in ks] == [
+        ["linear_relu", "dropout", "gt"], ["linear", "mse_loss_backward", "sum"],
+        ["matmul", "mul", "mul", "where", "relu_backward", "sum"], ["transpose", "matmul"], ["transpose", "matmul"]]
+    assert kernel_count(g) == 11  # 5 kernels, mse_loss, 4 sgd_update, the step counter
+    assert not any(n.op in ("dropout", "uniform") for k in ks[1:] for n in k.body.nodes)  # no second draw
     assert "kernel count" in step.passes_report() or "kernels" in step.passes_report()
 
 
@@ -50,9 +56,14 @@ def test_m_mlp_train_step_kernels():
     x, y = R.random((128, 784), np.float32), R.integers(0, 10, 128)
     step = _train_step(mlp((784, 512, 512, 10)), nn.CrossEntropyLoss(), x, y, mode="interpret")
     g = _stage(step)
-    assert len(_kernel_nodes(g)) == 0  # linear_relu's take no elementwise consumer here: nothing to fuse
-    # forward GEMMs, loss, loss gradient, backward GEMMs (linear_backward), updates, step counter
-    assert kernel_count(g) == 3 + 1 + 1 + 3 + 6 + 1
+    ks = _kernel_nodes(g)
+    # dx GEMMs with the next relu mask and bias gradient as epilogue; dW GEMMs with transposed views
+    assert [[m.op for m in k.body.nodes] for k in ks] == [
+        ["matmul", "relu_backward", "sum"], ["transpose", "matmul"], ["matmul", "relu_backward", "sum"],
+        ["transpose", "matmul"], ["transpose", "matmul"]]
+    # forward GEMMs, loss, loss gradient, 5 backward GEMM kernels, the last layer's bias gradient,
+    # updates, step counter
+    assert kernel_count(g) == 3 + 1 + 1 + 5 + 1 + 6 + 1
 
 
 def _graph(build):
@@ -135,15 +146,33 @@ def _jit(g, args):
 # ------------------------------------------------------------------ the IR form of a kernel
 
 GOLDEN_SIMPLE_NET = """\
-  %1: f32[64,20], %2: f32[64,20] = kernel(%x, %linear1.weight, %linear1.bias, %seed) {kind="gemm"} {
+  %1: f32[64,20], %2: f32[64,20], %26: bool[64,20] = kernel(%x, %linear1.weight, %linear1.bias, %seed, %25) {kind="gemm"} {
     %1: f32[64,20] = linear_relu(%x, %linear1.weight, %linear1.bias)
     %2: f32[64,20] = dropout(%1, %seed) {p=0.5}
+    %26: bool[64,20] = gt(%2, %25)
   }
-  %3: f32[64,1], %6: f32[64,1] = kernel(%2, %linear2.weight, %linear2.bias, %5, %target) {kind="gemm"} {
+  %3: f32[64,1], %6: f32[64,1], %9: f32[1] = kernel(%2, %linear2.weight, %linear2.bias, %5, %target) {kind="gemm"} {
     %3: f32[64,1] = linear(%2, %linear2.weight, %linear2.bias)
     %6: f32[64,1] = mse_loss_backward(%5, %3, %target)
+    %9: f32[1] = sum(%6) {dims=[0]}
   }
-  %4: f32[] = mse_loss(%3, %target)"""
+  %4: f32[] = mse_loss(%3, %target)
+  %23: f32[64,20], %12: f32[20] = kernel(%6, %linear2.weight, %27, %25, %26, %1) {kind="gemm"} {
+    %7: f32[64,20] = matmul(%6, %linear2.weight)
+    %28: f32[64,20] = mul(%7, %27)
+    %29: f32[64,20] = mul(%7, %25)
+    %30: f32[64,20] = where(%26, %28, %29)
+    %23: f32[64,20] = relu_backward(%30, %1)
+    %12: f32[20] = sum(%23) {dims=[0]}
+  }
+  %8: f32[1,20] = kernel(%6, %2) {kind="gemm"} {
+    %20: f32[1,64] = transpose(%6) {perm=[1,0]}
+    %8: f32[1,20] = matmul(%20, %2)
+  }
+  %11: f32[20,10] = kernel(%23, %x) {kind="gemm"} {
+    %24: f32[20,64] = transpose(%23) {perm=[1,0]}
+    %11: f32[20,10] = matmul(%24, %x)
+  }"""
 
 
 def _no_comments(text: str) -> str:
@@ -163,12 +192,12 @@ GOLDEN_MLP = """graph t {
   input %x: f32[4,3]
   param %w: f32[5,3]
   param %b: f32[5]
-  %2: f32[4,5] = kernel(%x, %w, %b) {kind="gemm"} {
+  %3: f32[4] = kernel(%x, %w, %b) {kind="gemm"} {
     %0: f32[4,5] = linear(%x, %w, %b)
     %1: f32[4,5] = tanh(%0)
     %2: f32[4,5] = sigmoid(%1)
+    %3: f32[4] = sum(%2) {dims=[1]}
   }
-  %3: f32[4] = sum(%2) {dims=[1]}
   return %3
 }"""
 
@@ -185,6 +214,92 @@ def test_golden_small_model_round_trips_and_runs():
     new, _ = _run_kernels(g)
     assert str(new) == GOLDEN_MLP
     assert parse(GOLDEN_MLP) == new
+    _agree(g, new)
+
+
+GOLDEN_LINEAR_BACKWARD = ("""graph t {
+  input %gy: f32[8,6]
+  input %x: f32[8,5]
+  param %w: f32[6,5]
+  input %y: f32[8,6]
+  %0: f32[8,5], %1: f32[6,5], %2: f32[6] = linear_backward(%gy, %x, %w, %y) {relu=true}
+  return %0, %1, %2
+}""", """graph t {
+  input %gy: f32[8,6]
+  input %x: f32[8,5]
+  param %w: f32[6,5]
+  input %y: f32[8,6]
+  %3: f32[8,6], %2: f32[6] = kernel(%gy, %y) {kind="reduce"} {
+    %3: f32[8,6] = relu_backward(%gy, %y)
+    %2: f32[6] = sum(%3) {dims=[0]}
+  }
+  %0: f32[8,5] = matmul(%3, %w)
+  %1: f32[6,5] = kernel(%3, %x) {kind="gemm"} {
+    %5: f32[6,8] = transpose(%3) {perm=[1,0]}
+    %1: f32[6,5] = matmul(%5, %x)
+  }
+  return %0, %1, %2
+}""")
+
+
+def test_linear_backward_is_decomposed_for_its_gemms():
+    """IR in, IR out: the relu mask and bias gradient in one loop, dx a plain GEMM, dw a GEMM that
+    reads dz transposed as a view (no transpose copy); output names kept."""
+    before, after = GOLDEN_LINEAR_BACKWARD
+    g = parse(before)
+    new, ctx = _run_kernels(g)
+    assert str(new) == after
+    assert any("linear_backward(...) decomposed" in n for n in ctx.notes)
+    _agree(g, new)
+
+
+def test_backward_dropout_reads_its_mask_from_the_forward_output():
+    """relu -> dropout, and in backward dropout -> relu_backward: the backward draws no random
+    numbers, and the result is bit-equal to the redraw, NaN / inf / -0.0 gradients included."""
+    def build(b):
+        h = b.add_input("h", TensorType((6, 7)))
+        gy = b.add_input("gy", TensorType((6, 7)))
+        seed = b.add_input("seed", TensorType((), "i64"), "rng")
+        r = b.emit("relu", [h])
+        y = b.emit("dropout", [r, seed], {"p": 0.4})
+        d = b.emit("dropout", [gy, seed], {"p": 0.4}, grad_of=y)
+        return [y, b.emit("relu_backward", [d, r], grad_of=r)]
+
+    g = _graph(build)
+    new, ctx = _run_kernels(g)
+    assert [n.op for n in members(new) if n.op in ("dropout", "uniform")] == ["dropout"]  # the forward's only
+    assert any("keep mask read from the forward" in n for n in ctx.notes)
+    h = R.standard_normal((6, 7)).astype(np.float32)
+    h[0, :3] = [np.inf, np.nan, 0.0]
+    gy = R.standard_normal((6, 7)).astype(np.float32)
+    gy[1, :4] = [np.nan, np.inf, -np.inf, -0.0]
+    gy[2:4] = np.nan
+    args = [h, gy, np.int64(1234)]
+    want = interpret(g, args)
+    for got in (interpret(new, args), _jit(new, args)):
+        for a, b in zip(got, want):
+            assert np.array_equal(np.signbit(a), np.signbit(b)) and np.array_equal(a, b, equal_nan=True)
+
+
+def test_every_fusable_op_has_a_loop_expression():
+    """The kernel pass fuses ops by their op-table kind; the lowering must have the scalar
+    expression of each (`full` is never fused: constants are filled once)."""
+    from graphc.ir.ops import OPS
+    from graphc.runtime.lower import EXPR
+
+    fusable = {n for n, op in OPS.items() if op.kind in ("elementwise", "broadcast")} - {"full"}
+    assert sorted(fusable - set(EXPR)) == []
+
+
+def test_arange_fuses_with_its_consumer():
+    def build(b):
+        x = b.add_input("x", TensorType((5,)))
+        r = b.emit("arange", [], {"start": 2.0, "step": 0.5, "size": 5, "dtype": "f32"})
+        return b.emit("mul", [b.emit("add", [r, x]), x])
+
+    g = _graph(build)
+    new, _ = _run_kernels(g)
+    assert [[m.op for m in k.body.nodes] for k in _kernel_nodes(new)] == [["arange", "add", "mul"]]
     _agree(g, new)
 
 

@@ -404,9 +404,10 @@ uniform.grad(no_gradient("random numbers: a function of the seed only"))
 # ------------------------------------------------------------------ constants: arange (issue 11)
 
 
-# opaque, not elementwise: a source op (no inputs) that the kernel lowering has no loop expression for
+# elementwise: element i is start + step * i, a function of the loop index as uniform's is
+# (runtime/lower.py's EXPR; tests/test_kernels.py checks every elementwise op has one)
 @defop("arange", 0, {"start": Attr("float", 0.0), "step": Attr("float", 1.0), "size": Attr("int"),
-                     "dtype": Attr("str", "i64", ("f32", "f64", "i64"))}, kind="opaque", tags=("recompute",),
+                     "dtype": Attr("str", "i64", ("f32", "f64", "i64"))}, kind="elementwise", tags=("recompute",),
        doc="[start, start + step, ...] with `size` elements (torch.arange; position ids and causal masks)")
 def arange(t, start, step, size, dtype):
     if size < 0:
