@@ -257,6 +257,7 @@ def worker(impl: str, workload: str) -> None:
                 info["fused"] = sum(1 for n in g.nodes if n.body is not None) if g is not None else None
                 plan = step.memory_plan()
                 info["memory"] = next((ln.strip() for ln in plan.splitlines() if "peak" in ln), plan.splitlines()[0])
+                info["blas"] = _blas_threads()
             print(json.dumps(info), flush=True)
         elif cmd:
             n = int(cmd)
@@ -266,6 +267,41 @@ def worker(impl: str, workload: str) -> None:
             for _ in range(n):
                 fn()
             print(json.dumps({"seconds": (time.perf_counter() - t0) / n}), flush=True)
+
+
+def _blas_threads() -> str:
+    """The BLAS libraries this process loaded (numba's np.dot calls scipy's OpenBLAS) and their threads."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (what numba's np.dot binds to)
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+    return ", ".join(f"{d['prefix']} {d.get('version')} {d['num_threads']} threads" for d in threadpool_info()
+                     if d["user_api"] == "blas")
+
+
+# issue 9's targets: (torch eager / graphc at least, graphc / torch eager at most, graphc / GEMMs alone at most)
+TARGETS = {"S": (40.0, None, None), "A": (25.0, None, None), "B": (25.0, None, None), "C": (25.0, None, None),
+           "D": (25.0, None, None), "M": (None, 0.80, 1.05), "L": (None, 0.90, 1.03)}
+
+
+def target_line(name: str, med: dict) -> str | None:
+    """One line per workload: graphc against issue 9's targets, from this run's medians."""
+    if name not in TARGETS or "graphc" not in med or "torch eager" not in med:
+        return None
+    speedup_min, time_max, gemm_max = TARGETS[name]
+    speedup, time_ratio = med["torch eager"] / med["graphc"], med["graphc"] / med["torch eager"]
+    gemm = med["graphc"] / med["GEMMs alone"] if "GEMMs alone" in med else float("nan")
+    parts = []
+    if speedup_min is not None:
+        parts.append(f"{speedup:.1f}x faster than torch eager (target >= {speedup_min:g}x: "
+                     f"{'met' if speedup >= speedup_min else 'NOT met'})")
+    if time_max is not None:
+        parts.append(f"{time_ratio:.2f}x torch eager's time (target <= {time_max:.2f}x: "
+                     f"{'met' if time_ratio <= time_max else 'NOT met'})")
+    if gemm_max is not None:
+        parts.append(f"{gemm:.2f}x its GEMMs alone (target <= {gemm_max:.2f}x: {'met' if gemm <= gemm_max else 'NOT met'})")
+    return f"issue 9 target, this run: graphc {'; '.join(parts)}"
 
 
 class Worker:
@@ -368,7 +404,8 @@ def main(argv=None):
     import torch
 
     print(f"# graphc train-step benchmark, {time.strftime('%Y-%m-%d')}, {platform.machine()} {_cpu_name()}, "
-          f"{os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}; "
+          f"{os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads, "
+          f"BLAS {'MKL' if torch.backends.mkl.is_available() else 'not MKL'}), numpy {np.__version__}; "
           f"each implementation in its own process, interleaved round-robin")
     for name in args.workloads.split(","):
         w = WORKLOADS[name]
@@ -388,6 +425,11 @@ def main(argv=None):
                   f"{med[k] / med['GEMMs alone']:.2f}x |")
         if info.get("memory"):
             print(f"\ngraphc {info['memory']}")
+        if info.get("blas"):
+            print(f"graphc's BLAS (numba's np.dot): {info['blas']}")
+        line = target_line(name, med)
+        if line:
+            print(line)
         if not args.no_compile and name == "S":
             print_compile_times(name)
 

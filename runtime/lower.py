@@ -256,14 +256,17 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
     params = [arg[v] for v in inputs] + [out[v] for v in outputs] + (["s0"] if gemm_dst == "s0" else [])
     src = [f"@njit({_JIT})", f"def {name}({', '.join(params)}):"]
     src += [f"    {ln}" for ln in c.pre]
-    src.append("    i = 0")
     ind = "    "
     for d in range(rank):
         src.append(f"{ind}for i{d} in range({space[d]}):")
         ind += "    "
+    # the flat index from the loop indices, not a counter carried across the nest: with a
+    # counter LLVM sees no induction variable and neither vectorizes nor simplifies the body
+    # (measured 10x slower on SimpleNet's backward epilogue)
+    flat = " + ".join(f"i{d} * {st}" if st != 1 else f"i{d}" for d, st in enumerate(c_strides(space))) or "0"
+    src.append(f"{ind}i = {flat}")
     for ln in loop:
         src.append(ind + ln.replace("{ind}", ind))
-    src.append(f"{ind}i += 1")
     src += [f"    {ln}" for ln in post]
     return "\n".join(src) + "\n", inputs, outputs + (["#scratch0"] if gemm_dst == "s0" else [])
 

@@ -132,15 +132,17 @@ def test_debug_logging_shows_compile_cache_miss_then_hit_and_the_train_step_repo
     second run's output still shows the MSE + SGD train step and its saved/memory reports. (One
     compile serves both checks: they used to be two tests compiling the same plan.)"""
     args = ("inspect", SIMPLE, "--input", "16x10", "--train", "--loss", "mse", "--optim", "sgd",
-            "--report", "saved", "--report", "memory")
+            "--report", "saved", "--report", "memory", "--stage", "kernels")
     first = graphc_cmd(*args, env={"GRAPHC_LOG": "debug"})
     second = graphc_cmd(*args, env={"GRAPHC_LOG": "debug"})
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     assert "compiled in" in first.stderr and "loaded from cache" not in first.stderr
     assert "loaded from cache" in second.stderr
     for p in (first, second):
-        assert "linear_relu" in p.stdout and "linear_backward" in p.stdout
+        assert "linear_relu" in p.stdout and "relu_backward" in p.stdout  # (linear_backward, decomposed by the kernel pass)
         assert "saved values" in p.stdout and "peak" in p.stdout
+        # `--stage kernels`: the kernel stage, each kernel with its members (issue 9)
+        assert '= kernel(' in p.stdout and '{kind="gemm"} {' in p.stdout and "transpose(" in p.stdout
 
 
 # ------------------------------------------------------------------ errors: one line, non-zero exit
