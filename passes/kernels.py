@@ -66,6 +66,7 @@ def decompose_for_kernels(g: Graph, ctx: PassContext | None = None) -> Graph:
     (and every new node the composite's source line and `grad of`), so the plan reads the same."""
     if not any(n.op in DECOMPOSED for n in g.nodes):
         return g
+    used = set(g.output_values) | {i for n in g.nodes for i in n.inputs}
     b = GraphBuilder(g.name, like=g)
     for i in g.inputs:
         b.add_input(i.name, i.type, i.kind)
@@ -81,6 +82,7 @@ def decompose_for_kernels(g: Graph, ctx: PassContext | None = None) -> Graph:
         outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
         names = {new: old for new, old in zip(outs, n.outputs)}
         made = [m.replace(loc=n.loc, grad_of=n.grad_of) for m in b.nodes[start:]]
+        made = _live(made, {new for new, old in names.items() if old in used})
         sub = rename_values(Graph("d", (), tuple(made), ()), names)
         b.nodes[start:] = list(sub.nodes)
         if ctx is not None:
@@ -141,6 +143,17 @@ def dropout_mask_from_output(g: Graph, ctx: PassContext | None = None) -> Graph:
             ctx.note(f"%{d.out} = dropout(%{gy}, ...) (backward): keep mask read from the forward's %{y} > 0 "
                      f"under relu_backward's mask %{n.inputs[1]}, not drawn again from the random stream")
     return b.build(g.outputs, meta=dict(g.meta))
+
+
+def _live(made: list[Node], wanted: set[str]) -> list[Node]:
+    """The decomposed nodes that compute a wanted value (a composite computes outputs nobody
+    reads, e.g. dw of a frozen weight; its decomposition need not)."""
+    keep: list[Node] = []
+    for m in reversed(made):
+        if any(o in wanted for o in m.outputs):
+            keep.append(m)
+            wanted |= set(m.inputs)
+    return keep[::-1]
 
 
 def _prologue(g: Graph, k: int, n: Node, producer, users, of, outputs) -> list[int]:
@@ -276,6 +289,8 @@ def kernels(g: Graph, ctx: PassContext | None = None):
         inputs = list(dict.fromkeys(i for m in members for i in m.inputs if i not in made))
         outputs = [o for m in members for o in m.outputs
                    if o in graph_outputs or any(u not in mine for u in out_users.get(o, ()))]
+        if not outputs:
+            continue  # nothing it computes is read: leave the nodes as they are (dead code)
         node = kernel_node(members, inputs, outputs, types, grp.kind)
         start[grp.first] = node
         absorbed |= mine
