@@ -350,8 +350,9 @@ def test_random_mlps_jit_interpret_torch_agree(depth, data):
     batch = data.draw(st.integers(1, 16))
     if loss == "ce" and widths[-1] < 2:
         widths[-1] = 2
-    x = R.standard_normal((batch, widths[0])).astype(np.float32)
-    y = R.integers(0, widths[-1], batch) if loss == "ce" else R.standard_normal((batch, widths[-1])).astype(np.float32)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="data seed"))  # reproducible examples
+    x = rng.standard_normal((batch, widths[0])).astype(np.float32)
+    y = rng.integers(0, widths[-1], batch) if loss == "ce" else rng.standard_normal((batch, widths[-1])).astype(np.float32)
     loss_g = nn.CrossEntropyLoss() if loss == "ce" else nn.MSELoss()
     results = {}
     for mode in ("jit", "interpret"):
@@ -362,9 +363,12 @@ def test_random_mlps_jit_interpret_torch_agree(depth, data):
         losses = [step(x, y) for _ in range(3)]
         results[mode] = (losses, [np.array(p) for p in model.parameters()])
     (l1, p1), (l2, p2) = results["jit"], results["interpret"]
+    # Adam divides by sqrt(v): a weight whose gradients are rounding-sized moves by up to lr per step,
+    # so float32 sums in another order may move it by more than sgd's 1e-5 (seen: 2e-5 after 3 steps)
+    ptol = dict(rtol=1e-4, atol=1e-4 if opt == "adam" else 1e-5)
     np.testing.assert_allclose(l1, l2, rtol=1e-4, atol=1e-5)  # the same dropout masks: same numbers
     for a, b in zip(p1, p2):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, **ptol)
     if not any(drop[:depth - 1]):  # torch draws other masks: compare where no dropout runs
         graphc.manual_seed(11)
         model, tmodel = _models(widths, acts, drop)
@@ -381,7 +385,7 @@ def test_random_mlps_jit_interpret_torch_agree(depth, data):
             tlosses.append(out.item())
         np.testing.assert_allclose(l1, tlosses, rtol=1e-4, atol=1e-5)
         for a, b in zip(p1, tmodel.parameters()):
-            np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a, b.detach().numpy(), **ptol)
 
 
 def test_layer_norm_layer_trains_like_torch():
