@@ -82,6 +82,19 @@ class _Specialisation:
     def __init__(self, sig: Signature, training: bool, plans, executables: dict[str, Executable]):
         self.sig, self.training, self.plans, self.executables = sig, training, plans, executables
         self.version = structure_version()  # Module structure counter when last known current
+        self.id_checks = ()  # the traced graph's meta "id_checks" (see _explain_bad_ids)
+
+
+def _explain_bad_ids(id_checks, by_name: dict, error: Exception) -> Exception:
+    """A plan stopped (a gather's index out of range): if an Embedding's ids input holds an id out of
+    range, the error eager mode gives (the layer, the id, its position) and the source line; else `error`."""
+    from .nn.transformer_functional import ids_out_of_range
+
+    for name, n, layer, loc in id_checks:
+        msg = ids_out_of_range(np.asarray(by_name[name]), n, layer) if name in by_name else None
+        if msg:
+            return GraphcError(msg + (f" (at {loc})" if loc else ""))
+    return error
 
 
 def _module_state(module) -> tuple:
@@ -213,6 +226,7 @@ class CompiledModule(_Inspectable):
             for m, mode in was:
                 object.__setattr__(m, "training", mode)
         _check_no_empty_dims(graph, f"graphc.compile({type(self.module).__name__})")
+        id_checks = graph.meta.get("id_checks", ())
         frozen = {n for n, p in self.module.named_parameters() if not getattr(p, "requires_grad", True)}
         wrt = [i.name for i in graph.inputs if (i.kind == "param" and i.name not in frozen)
                or (self.input_grads and i.kind == "input" and i.type.is_float)]
@@ -249,6 +263,7 @@ class CompiledModule(_Inspectable):
         spec.user_outputs = [k for k, o in enumerate(plans.forward.outputs)
                              if o.label != "saved" and not (o.label or "").startswith("update:")]
         spec.params = params
+        spec.id_checks = id_checks
         self._specs[key] = spec
         return spec
 
@@ -261,7 +276,10 @@ class CompiledModule(_Inspectable):
             _check_like(self.example_types, arrays, f"compiled {type(self.module).__name__}")
             spec = self._spec = self._specialise(sig, self.training)
         seed = _random.next_seed() if spec.fwd_rng else None
-        spec.fwd(*[seed if k is None else arrays[k] for k in spec.fwd_args])
+        try:
+            spec.fwd(*[seed if k is None else arrays[k] for k in spec.fwd_args])
+        except (GraphcError, IndexError, ValueError) as e:
+            raise _explain_bad_ids(spec.id_checks, dict(zip(spec.input_names, arrays)), e) from None
         outs = [spec.fwd.outputs[k].copy() for k in spec.user_outputs]
         if spec.bwd is not None:
             self._pending = (spec, dict(zip(spec.input_names, arrays)), seed)

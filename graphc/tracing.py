@@ -110,6 +110,13 @@ class Tracer:
         self.buffer_updates: dict[str, Proxy] = {}  # buffer input name -> its new value ("update:" output)
         self._seed: Proxy | None = None
         self._streams = 0
+        # (input name, num_embeddings, layer, source line) for each Embedding reading a graph input:
+        # a compiled forward whose gather stops on a bad id explains it from these (graph meta "id_checks")
+        self.id_checks: list[tuple[str, int, str, str | None]] = []
+
+    def check_ids(self, ids: "Proxy", n: int, layer: str) -> None:
+        if any(i.name == ids.name and i.kind == "input" for i in self.builder.inputs):
+            self.id_checks.append((ids.name, n, layer, user_location()))
 
     def input(self, name: str, type: TensorType, kind: str) -> "Proxy":
         return Proxy(self, self.builder.add_input(name, type, kind), type)
@@ -776,13 +783,18 @@ def extremum(x, op: str, dim=None, keepdim: bool = False):
     """max/min: over everything (a scalar) or along `dim` ((values, indices), as torch returns)."""
     rank = len(_shape(x))
     if isinstance(x, Proxy) or (_tensor._requires_grad(x) and _tensor.is_grad_enabled()):
-        if not _has(op):
+        via_max = op == "min" and not _has("min") and _has("max")  # min(x) = -max(-x)
+        if not _has(op) and not via_max:
             if isinstance(x, Proxy):
                 x._unsupported(f".{op}()")
             raise trace_error(f".{op}() of a tensor that requires grad is not recorded yet (no {op} op); "
                               "use it under graphc.no_grad() or on .detach()")
         dims = tuple(range(rank)) if dim is None else (_norm_dim(dim, rank),)
-        values = dispatch(op, [x], {"dims": dims, "keepdim": bool(keepdim and dim is not None)})
+        attrs = {"dims": dims, "keepdim": bool(keepdim and dim is not None)}
+        if via_max:
+            values = dispatch("neg", [dispatch("max", [dispatch("neg", [x])], attrs)])
+        else:
+            values = dispatch(op, [x], attrs)
         if dim is None:
             return values
         return MinMax(values, arg_extremum(x.detach() if not isinstance(x, Proxy) else x, "arg" + op, dim, keepdim))
@@ -824,8 +836,11 @@ def arg_extremum(x, op: str, dim=None, keepdim: bool = False):
     """argmax/argmin (int64 indices, no gradient): computed on the value."""
     if isinstance(x, Proxy):
         if _has(op):
-            rank = len(_shape(x))
-            return dispatch(op, [x], {"dim": _norm_dim(dim, rank) if dim is not None else -1, "keepdim": bool(keepdim)})
+            if dim is None:  # an index into the flattened tensor, as torch
+                flat = reshape(x, (int(np.prod(_shape(x), dtype=np.int64)),))
+                out = dispatch(op, [flat], {"dim": 0, "keepdim": False})
+                return reshape(out, (1,) * len(_shape(x))) if keepdim else out
+            return dispatch(op, [x], {"dim": _norm_dim(dim, len(_shape(x))), "keepdim": bool(keepdim)})
         x._unsupported(f".{op}()")
     v = _value(x, f".{op}()")
     fn = np.argmax if op == "argmax" else np.argmin
@@ -956,7 +971,8 @@ def trace(model, *example_inputs, name: str | None = None) -> Graph:
         if not isinstance(o, Proxy):
             raise TraceError(f"{name}.forward must return traced values computed from its inputs; output {k} is {type(o).__name__}")
     updates = [Output(v.name, "update:" + b) for b, v in tracer.buffer_updates.items()]
-    graph = tracer.builder.build([Output(o.name) for o in outs] + updates, meta={"training": bool(getattr(model, "training", False))})
+    graph = tracer.builder.build([Output(o.name) for o in outs] + updates, meta={"training": bool(getattr(model, "training", False)),
+                                                                                 "id_checks": tuple(tracer.id_checks)})
     return graph.verify()
 
 

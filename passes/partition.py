@@ -120,7 +120,14 @@ def _choose(g: Graph, boundary: list[str], fwd_values: set[str]) -> tuple[list[s
                 i not in fwd_values or i in saved or i in recompute for i in n.inputs if i != v):
             del saved[v]
             recompute[v] = None
-    return list(saved), list(recompute)
+        elif n.op == "reshape" and n.inputs[0] in g.producers:
+            # a reshape is a view of its operand: keeping the operand costs the same bytes and
+            # the backward's reshape is free, while keeping the reshape would copy it in the forward
+            del saved[v]
+            saved[n.inputs[0]] = None
+            recompute[v] = None
+    order = {o: k for k, n in enumerate(g.nodes) for o in n.outputs}
+    return sorted(saved, key=order.__getitem__), list(recompute)
 
 
 # ------------------------------------------------------------------ the two plans

@@ -147,6 +147,38 @@ def _(s):
     return [(fill, [out.f, init]), (strided, [MAXACC, x.f, sa, x.f, sa, out.f, so, shape])]
 
 
+# ------------------------------------------------------------------ argmax / argmin (x seen as [outer, n, inner])
+
+
+@njit(**JIT)
+def arg_extremum(x, out, outer, n, inner, largest):
+    """out[o, i] = index of the first max (min) of x[o, :, i]; a NaN wins, as in numpy and torch."""
+    for o in range(outer):
+        for i in range(inner):
+            base = o * n * inner + i
+            best, k_best = x[base], 0
+            if best == best:
+                for k in range(1, n):
+                    v = x[base + k * inner]
+                    if v != v:
+                        best, k_best = v, k
+                        break
+                    if (v > best) if largest else (v < best):
+                        best, k_best = v, k
+            out[o * inner + i] = k_best
+
+
+def _arg_call(s: Site):
+    x, dim = s.i[0], s.attrs["dim"]
+    outer = int(np.prod(x.shape[:dim], dtype=np.int64))
+    inner = int(np.prod(x.shape[dim + 1:], dtype=np.int64))
+    return arg_extremum, [x.f, s.o[0].f, outer, x.shape[dim], inner, s.node.op == "argmax"]
+
+
+kernel("argmax")(_arg_call)
+kernel("argmin")(_arg_call)
+
+
 # ------------------------------------------------------------------ movement
 
 

@@ -113,6 +113,8 @@ def cases(dt):
         "concat": [([x, f(2, 7, dtype=dt)], {"dim": 0}), ([x, f(5, 1, dtype=dt), f(5, 3, dtype=dt)], {"dim": 1}), ([x], {"dim": 1})],
         "pad": [([x], {"widths": (1, 2, 0, 3)}), ([x], {"widths": (0, 0, 1, 1), "value": -1.5}),
                 ([f(2, 3, 4, dtype=dt)], {"widths": (1, 0, 0, 0, 2, 1), "interior": (0, 2, 1)})],
+        "argmax": [([x], {"dim": 1}), ([f(2, 3, 4, dtype=dt)], {"dim": 1, "keepdim": True})],
+        "argmin": [([x], {"dim": 0}), ([np.array([[1, 3, 3], [2, 2, 0]], dt)], {"dim": 1})],
         "gather": [([x, R.integers(0, 5, (3, 7))], {"dim": 0}), ([x, R.integers(0, 7, (5, 1))], {"dim": 1}),
                    ([f(2, 3, 4, dtype=dt), R.integers(0, 3, (2, 5, 4))], {"dim": 1})],
         "scatter_add": [([x, R.integers(0, 5, (3, 7)), f(3, 7, dtype=dt)], {"dim": 0}),

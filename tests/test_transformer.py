@@ -242,6 +242,8 @@ METHOD_CASES = {
                    (2, 3, 4)),
     "math": (lambda x: (x * x + 1).sqrt() + (x * x + 2).rsqrt() + x.tanh() + x.exp().log() + x.pow(3) + (x * x + 1) ** 1.5,
              (3, 4)),
+    "max_dim_argmax": (lambda x: x.max(dim=1).values + x.max(1)[1].to(x.dtype) + x.min(-1).values
+                       + x.argmax(dim=-1, keepdim=True).to(x.dtype) + x.argmin().to(x.dtype), (3, 4)),
     "arange_zeros": (lambda x: x + lib.arange(4).to(x.dtype) + lib.zeros(3, 4, dtype=x.dtype)
                      + lib.arange(0.5, 2.5, 0.5).type_as(x), (3, 4)),
 }
@@ -464,3 +466,65 @@ def test_errors_name_the_problem():
         _trace(lambda q: q[:, 5], x)
     with pytest.raises(graphc.TraceError, match="comparison >"):
         _trace(lambda q: q if q.sum() > 0 else -q, x)
+
+
+def test_compiled_embedding_names_the_layer_the_bad_id_and_its_position():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(5, 3)
+
+        def forward(self, idx):
+            return self.emb(idx).sum()
+
+    cm = graphc.compile(M(), np.zeros((2, 2), np.int64), mode="interpret")
+    with pytest.raises(graphc.GraphcError, match=r"Embedding\(5, 3\): token id 7 at position \[1, 0\] is out of "
+                                                 r"range.*\(at .*test_transformer.py:\d+\)"):
+        cm(np.array([[0, 1], [7, 2]]))
+    assert float(cm(np.array([[0, 1], [4, 2]]))) == pytest.approx(float(cm.module(np.array([[0, 1], [4, 2]])).sum()))
+
+
+def attention_classes(lib):
+    class CausalAttention(lib.nn.Module):
+        """nanoGPT's non-flash attention: the causal mask is a registered buffer, sliced to T."""
+
+        def __init__(self, d=8, h=2, block=6):
+            super().__init__()
+            self.qkv, self.h = lib.nn.Linear(d, 3 * d), h
+            self.register_buffer("bias", lib.tril(lib.ones(block, block)).view(1, 1, block, block))
+
+        def forward(self, x):
+            B, T, C = x.size()
+            q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // self.h))
+            att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf")).softmax(dim=-1)
+            return (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+
+    return CausalAttention
+
+
+def test_registered_causal_mask_buffer_is_a_graph_input_and_matches_torch():
+    gm, tm = attention_classes(graphc)(), attention_classes(torch)().double()
+    tm.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in gm.state_dict().items()})
+    g = graphc.trace(gm, np.zeros((2, 5, 8), np.float32))
+    assert [(i.name, i.kind) for i in g.inputs if i.name == "bias"] == [("bias", "buffer")]
+    x = np.random.default_rng(0).standard_normal((2, 5, 8))
+    want = tm(torch.tensor(x)).detach().numpy()
+    np.testing.assert_allclose(graphc.compile(gm.to(np.float64), x, mode="interpret")(x), want, rtol=1e-10, atol=1e-12)
+
+
+def test_ledger_reports_what_attention_keeps():
+    """sdpa's backward needs q, k, v and the softmax output; the scores before the softmax, the
+    mask and the transposes are not kept (recomputed or not needed)."""
+
+    class M(nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True).sum()
+
+    q = np.zeros((2, 3, 5, 4), np.float32)
+    cm = graphc.compile(M(), q, q, q, mode="interpret", input_grads=True)
+    ledger = cm.plans.ledger
+    kept = sorted((s.op, s.type.shape) for s in ledger)
+    assert ("softmax", (2, 3, 5, 5)) in kept
+    assert all(op not in ("mul", "where", "matmul") for op, _ in kept), cm.plans.partition.format_ledger()
+    assert sum(s.nbytes for s in ledger) <= 4 * (2 * 3 * 5 * 5) + 3 * 4 * q.size, cm.plans.partition.format_ledger()

@@ -203,6 +203,27 @@ def _(b, node, gys, needs):
     return [b.emit("mul", [mask, b.emit("div", [gy, count])])]
 
 
+def _arg_extremum(name: str, fn):
+    @defop(name, 1, {"dim": Attr("int"), "keepdim": Attr("bool", False)}, kind="opaque",
+           doc=f"int64 index of the first {name[3:]}imum along dim (torch.{name}; NaN counts as the extremum)")
+    def rule(t, dim, keepdim):
+        x = t[0]
+        if x.dtype == "bool":
+            raise ShapeError(f"{name}: input must be numeric, got {x}")
+        _check_dim(name, x, dim)
+        if x.shape[dim] == 0:
+            raise ShapeError(f"{name}: cannot reduce an empty dim of {x}")
+        return TensorType(_reduced(x.shape, (dim,), keepdim), "i64")
+
+    rule.ref(lambda x, dim, keepdim: np.asarray(fn(x, axis=dim, keepdims=keepdim), dtype=np.int64))
+    rule.grad(no_gradient("an index: its output is int64"))
+    return rule
+
+
+argmax = _arg_extremum("argmax", np.argmax)
+argmin = _arg_extremum("argmin", np.argmin)
+
+
 # ------------------------------------------------------------------ movement: slice, concat, pad
 
 

@@ -25,8 +25,9 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
     """weight[input]: rows of weight [num_embeddings, dim] picked by integer ids of any shape.
 
     One gather along dim 0 (its VJP is a scatter_add into the weight's gradient). Ids must be
-    int64; eagerly an id outside [0, num_embeddings) is an error naming the layer, the id and
-    where it is (compiled, the gather kernel stops with an index-out-of-range error). With
+    int64; an id outside [0, num_embeddings) is an error naming the layer, the id and where it is
+    (eagerly before the gather; compiled, when the gather kernel stops, for ids that are graph
+    inputs: the tracer records them in the graph's meta "id_checks"). With
     padding_idx, positions holding it output zeros and send no gradient to that row (torch
     keeps that row at zero, so outputs agree unless the row is overwritten by hand)."""
     if max_norm is not None or scale_grad_by_freq or sparse:
@@ -35,15 +36,14 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
     if isinstance(input, Proxy):
         if input.type.dtype != "i64":
             raise trace_error(f"{_layer}: ids must be int64 (token ids), got {input.type}")
+        input.tracer.check_ids(input, n, _layer)
     else:
         ids = np.asarray(input)
         if ids.dtype.kind not in "iu":
             raise trace_error(f"{_layer}: ids must be integers, got dtype {ids.dtype}")
-        bad = np.argwhere((ids < 0) | (ids >= n))
-        if len(bad):
-            pos = tuple(int(i) for i in bad[0])
-            raise trace_error(f"{_layer}: token id {int(ids[pos])} at position {list(pos)} is out of range for an "
-                              f"Embedding with num_embeddings={n} (ids must be in [0, {n}))")
+        bad = ids_out_of_range(ids, n, _layer)
+        if bad:
+            raise trace_error(bad)
         input = ids.astype(np.int64, copy=False)
     s = tuple(_shape(input))
     rows = int(np.prod(s, dtype=np.int64))
@@ -56,6 +56,17 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
         keep = dispatch("cast", [compare("ne", reshape(input, (rows, 1)), p)], {"dtype": _dtype_of(weight)})
         out = dispatch("mul", [out, keep])
     return reshape(out, s + (d,))
+
+
+def ids_out_of_range(ids: np.ndarray, n: int, layer: str) -> str | None:
+    """The error for the first id outside [0, n), naming the layer, the id and its position (or None).
+    Eager calls check before the gather; a compiled forward checks here when its gather kernel stops."""
+    bad = np.argwhere((ids < 0) | (ids >= n))
+    if not len(bad):
+        return None
+    pos = tuple(int(i) for i in bad[0])
+    return (f"{layer}: token id {int(ids[pos])} at position {list(pos)} is out of range for an "
+            f"Embedding with num_embeddings={n} (ids must be in [0, {n}))")
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
