@@ -70,9 +70,13 @@ def gradient_buckets(g: Graph, bucket_bytes: int) -> list[Bucket]:
 
 
 def _tags(op: str):
+    """The op's tags; a kernel node of the kernel stage has none of its own (its members keep theirs).
+    Updates are never kernel members (sgd_update/adam_update are opaque), so the gradients they read
+    stay visible as kernel outputs and the buckets are the same before and after the kernel stage."""
     from graphc.ir import get_op
+    from graphc.ir.graph import KERNEL
 
-    return get_op(op).tags
+    return () if op == KERNEL else get_op(op).tags
 
 
 def all_reduce_gradients(g: Graph, spec: DistributedSpec, ctx=None) -> Graph:

@@ -78,7 +78,8 @@ def test_distributed_step_of_one_rank_is_the_plain_step():
 
 def _train_step_graph(model, x, y):
     opt = graphc.optim.Adam(model.parameters(), lr=1e-3)
-    return graphc.compile_train_step(model, nn.CrossEntropyLoss(), opt, x, y).plans.train_step
+    plans = graphc.compile_train_step(model, nn.CrossEntropyLoss(), opt, x, y).plans
+    return plans.stage("train_step_plan").graph  # all-reduces go in before the kernel stage, as in the pipeline
 
 
 def test_buckets_follow_the_backward_and_the_cap():
