@@ -27,6 +27,8 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from compile_env import compile_env  # noqa: E402  (graphc as installed: .pyc written)
 BATCH = 64
 
 
@@ -149,7 +151,7 @@ def compile_times(workload) -> dict:
     """)
     out = {}
     with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as d2, tempfile.TemporaryDirectory() as kernels:
-        env = dict(os.environ, GRAPHC_CACHE_DIR=d, NUMBA_CACHE_DIR=kernels)
+        env = compile_env(d, kernels)
         # cold: no caches at all; new plan: library kernels cached (any earlier use), plan new; cached: plan on disk
         for label, e in (("cold", env), ("new plan", dict(env, GRAPHC_CACHE_DIR=d2)), ("cached", env)):
             r = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True)

@@ -22,6 +22,8 @@ import textwrap
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from compile_env import compile_env  # noqa: E402  (graphc as installed: .pyc written)
 SAMPLES = os.path.join(os.path.dirname(HERE), "samples")
 
 WORKER = textwrap.dedent("""
@@ -111,7 +113,7 @@ def main(argv=None):
     for impl in impls:
         if impl == "graphc":  # each in a fresh process: cold (no caches), new plan, cached
             with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as d2, tempfile.TemporaryDirectory() as k:
-                env = dict(os.environ, GRAPHC_CACHE_DIR=d, NUMBA_CACHE_DIR=k)
+                env = compile_env(d, k)
                 results[impl] = starts["cold"] = run(impl, 1 if args.compile_only else args.steps, env)
                 starts["new plan"] = run(impl, 1, dict(env, GRAPHC_CACHE_DIR=d2))
                 starts["cached"] = run(impl, 1, env)

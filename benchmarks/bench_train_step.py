@@ -30,6 +30,8 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from compile_env import compile_env  # noqa: E402  (graphc as installed: .pyc written)
 WORKLOADS = {
     "S": dict(sizes=(10, 20, 1), batch=64, loss="mse", dropout=0.5),
     "M": dict(sizes=(784, 512, 512, 10), batch=128, loss="cross_entropy", dropout=0.0),
@@ -364,7 +366,7 @@ def compile_times(workload: str) -> dict:
     """)
     out = {}
     with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as d2, tempfile.TemporaryDirectory() as kernels:
-        env = dict(os.environ, GRAPHC_CACHE_DIR=d, NUMBA_CACHE_DIR=kernels)
+        env = compile_env(d, kernels)
         # "cold": nothing cached, not even the library kernels (NUMBA_CACHE_DIR moves numba's cache);
         # "new plan": library kernels cached (as after any earlier use of graphc), this plan new;
         # "cached": the plan from the disk cache.
@@ -381,7 +383,7 @@ def compile_times(workload: str) -> dict:
 def import_time() -> float:
     """Process start to `import graphc, numba` done: subtracted to isolate compile/load time."""
     r = subprocess.run([sys.executable, "-c", "import time;t=time.perf_counter();import graphc, graphc.nn, graphc.runtime, numba, numpy;print(time.perf_counter()-t)"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=compile_env(tempfile.gettempdir(), tempfile.gettempdir()))
     return float(r.stdout.strip() or "nan")
 
 
