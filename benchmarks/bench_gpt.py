@@ -23,7 +23,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from compile_env import compile_env  # noqa: E402  (graphc as installed: .pyc written)
+from compile_env import compile_env, warmed_numba_cache  # noqa: E402  (graphc as installed: .pyc written)
 SAMPLES = os.path.join(os.path.dirname(HERE), "samples")
 
 WORKER = textwrap.dedent("""
@@ -116,6 +116,7 @@ def main(argv=None):
                 env = compile_env(d, k)
                 results[impl] = starts["cold"] = run(impl, 1 if args.compile_only else args.steps, env)
                 starts["new plan"] = run(impl, 1, dict(env, GRAPHC_CACHE_DIR=d2))
+                starts["after warmup"] = run(impl, 1, compile_env(tempfile.mkdtemp(), warmed_numba_cache()))
                 starts["cached"] = run(impl, 1, env)
         else:
             results[impl] = run(impl, args.steps)
@@ -145,6 +146,7 @@ def print_starts(starts: dict) -> None:
         f"{label} {r['first_step_s']:.2f} s (compile or load {r['compile_s']:.2f} s)" if "compile_s" in r
         else f"{label} failed: {r.get('error')}" for label, r in starts.items()))
     print("  cold: no caches at all; new plan: graphc's library kernels in numba's cache (any earlier use), "
+          "this model's plans new; after warmup: numba's cache as `graphc warmup` left it (an install), "
           "this model's plans new; cached: the plans loaded from the disk cache")
 
 

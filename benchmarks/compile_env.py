@@ -5,13 +5,16 @@ from .pyc files. A shell with PYTHONDONTWRITEBYTECODE=1 (this project's CI image
 would instead recompile every module from source in every measured process and charge that
 to graphc's compile time, so the measured processes run without it, after one byte-compiling
 pass that is not timed. The caches (graphc's plans and kernels, numba's library kernels) go
-where the caller says: that is what "cold", "new plan" and "cached" vary.
+where the caller says: that is what "cold", "new plan", "after warmup" and "cached" vary.
 """
 from __future__ import annotations
 
 import compileall
 import importlib.util
 import os
+import subprocess
+import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,3 +42,18 @@ def byte_compile() -> None:
     for d in dirs:
         compileall.compile_dir(d, quiet=2, workers=0)
     _done = True
+
+
+def warmed_numba_cache() -> str:
+    """A numba cache folder after `graphc warmup` (run once per benchmark process, untimed; a
+    second run finds everything cached and takes seconds): the state of a user's install."""
+    global _warm
+    d = os.path.join(tempfile.gettempdir(), f"graphc-bench-warm-numba-{os.getuid()}")
+    if _warm is None:
+        env = compile_env(tempfile.mkdtemp(prefix="graphc-bench-warm-plans-"), d)
+        subprocess.run([sys.executable, "-m", "graphc", "warmup"], env=env, check=True, capture_output=True)
+        _warm = d
+    return d
+
+
+_warm = None

@@ -51,6 +51,7 @@ _LAZY = {
     "export_onnx": ("graphc.interop.onnx_export", "export_onnx"),
     "load_safetensors": ("graphc.interop.safetensors", "load_safetensors"),
     "save_safetensors": ("graphc.interop.safetensors", "save_safetensors"),
+    "warmup": ("graphc.kernel_warmup", "warmup"),
 }
 
 

@@ -361,6 +361,19 @@ def demo_module():
     return importlib.import_module(DEMO)
 
 
+def cmd_warmup(args) -> int:
+    from graphc.kernel_warmup import FAMILIES, warmup
+
+    unknown = [f for f in args.families if f not in FAMILIES]
+    if unknown:
+        print(f"graphc warmup: unknown families {unknown}; expected some of {list(FAMILIES)}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    warmup(args.families or FAMILIES)
+    print(f"graphc warmup: done in {time.perf_counter() - t0:.1f} s (library kernels in numba's cache)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     try:
         module = demo_module()
@@ -449,6 +462,14 @@ def parser() -> argparse.ArgumentParser:
                                    "Other arguments go to the sample (e.g. graphc demo --epochs 5).")
     p.add_argument("demo_args", nargs=argparse.REMAINDER, help="arguments for the sample's main()")
     p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("warmup", help="compile the runtime's library kernels once (an install step, ~1-2 min)",
+                       description="Compile and run a few small models (MLPs, a CNN, a GPT block, the eager loop) "
+                                   "so that numba's cache holds every library kernel: the first model a user "
+                                   "compiles then pays only for its own kernels. See graphc/kernel_warmup.py.")
+    p.add_argument("families", nargs="*", metavar="FAMILY",
+                   help="only these model families (default: all of mlp mlp64 cnn gpt eager)")
+    p.set_defaults(run=cmd_warmup)
     return ap
 
 
