@@ -8,7 +8,7 @@ Each implementation runs in its own worker process; they take turns round-robin 
 the machine's noise, and we report medians and ratios from one run. Also printed: graphc's
 kernel count and peak bytes (the train-step plan), torch.compile's compile time (its first
 step), graphc's cold compile (fresh process, empty plan and kernel caches) and cached start.
-`--im2col-vs-direct` times conv2d's two lowerings (im2col+BLAS, direct loops) on every conv layer of C and B.
+`--im2col-vs-direct` times conv2d's three lowerings (im2col+BLAS, direct loops, wide im2col+BLAS) on every conv layer of C and B.
 
     python benchmarks/bench_cnn.py [--workloads C,B] [--rounds 11] [--steps 20]
 """
@@ -180,7 +180,8 @@ def bound_kernel(op, inputs, attrs):
     b.emit(op, names, get_op(op).normalize_attrs(attrs))
     node = b.nodes[-1]
     outs = [np.zeros(t.shape, t.np_dtype) for t in node.types]
-    scratch = [np.zeros(t.shape, t.np_dtype) for t in KERNELS[op].scratch(node, b.types)]
+    scratch_of = KERNELS[op].scratch
+    scratch = [np.zeros(t.shape, t.np_dtype) for t in (scratch_of(node, b.types) if scratch_of else [])]
 
     def operand(x):
         return Operand(TensorType.of(x), x, x.reshape(-1), None)
@@ -195,10 +196,12 @@ def bound_kernel(op, inputs, attrs):
 
 
 def im2col_vs_direct(reps=40):
-    """conv2d forward and backward kernels on every conv layer of C and B: im2col + BLAS against
-    the direct wide-row loop nests (runtime/conv_direct.py); min and median us per call,
-    interleaved so both see the same machine noise. passes/conv.py's rule comes from this table."""
-    from graphc.passes.conv import CHUNK_BYTES
+    """conv2d forward and backward kernels on every conv layer of C and B: im2col + BLAS, the
+    direct wide-row loop nests (runtime/conv_direct.py) and wide im2col + BLAS
+    (runtime/conv_wide.py); min and median us of process CPU time per call (load distorts it less
+    than wall time; run with OPENBLAS_NUM_THREADS=1), interleaved so all see the same machine
+    noise. passes/conv.py's rule comes from this table."""
+    from graphc.passes.conv import CHUNK_BYTES, WIDE_CHUNK_BYTES
 
     rng = np.random.default_rng(0)
     rows = []
@@ -208,8 +211,11 @@ def im2col_vs_direct(reps=40):
         fns, res = {}, {}
         oh = xs[2] + 2 * pad - ws[2] + 1
         chunk = max(1, CHUNK_BYTES // (xs[1] * ws[2] * ws[3] * oh * oh * 4))  # as passes/conv.py chooses
-        for algo in ("im2col", "direct"):
-            attrs = {"padding": (pad,) * 4, "algo": algo, "chunk": chunk if algo == "im2col" and chunk < BATCH else 0}
+        wp = oh + ws[3] - 1
+        wide = max(1, WIDE_CHUNK_BYTES // (xs[1] * ws[2] * ws[3] * ((oh - 1) * wp + oh) * 4))
+        chunks = {"im2col": chunk if chunk < BATCH else 0, "direct": 0, "wide": wide if wide < BATCH else 0}
+        for algo in ("im2col", "direct", "wide"):
+            attrs = {"padding": (pad,) * 4, "algo": algo, "chunk": chunks[algo]}
             fwd, (y,) = bound_kernel("conv2d", [x, w, b], attrs)
             gy = rng.standard_normal(y.shape).astype(np.float32) if gy is None else gy
             bwd, _ = bound_kernel("conv2d_backward", [gy, x, w], {**attrs, "input_grad": input_grad})
@@ -219,9 +225,9 @@ def im2col_vs_direct(reps=40):
             ts = {a: [] for a in fns}
             for _ in range(reps):
                 for a, f in fns.items():
-                    t0 = time.perf_counter()
+                    t0 = time.process_time()
                     f[part]()
-                    ts[a].append(time.perf_counter() - t0)
+                    ts[a].append(time.process_time() - t0)
             for a in fns:
                 res[("forward", "backward")[part] + " " + a] = (min(ts[a]), statistics.median(ts[a]))
         rows.append((name, res))
@@ -241,12 +247,12 @@ def main(argv=None):
     if a.worker:
         return worker(*a.worker)
     if a.im2col_vs_direct:
-        print("conv2d kernels, batch 64, float32: min / median us per call")
-        print("| layer | forward im2col | forward direct | backward im2col | backward direct |")
-        print("|---|---:|---:|---:|---:|")
+        print("conv2d kernels, batch 64, float32: min / median us of CPU time per call")
+        cols = [f"{p} {a}" for p in ("forward", "backward") for a in ("im2col", "direct", "wide")]
+        print("| layer | " + " | ".join(cols) + " |")
+        print("|---|" + "---:|" * len(cols))
         for name, res in im2col_vs_direct():
-            cells = [f"{res[k][0] * 1e6:,.0f} / {res[k][1] * 1e6:,.0f}" for k in
-                     ("forward im2col", "forward direct", "backward im2col", "backward direct")]
+            cells = [f"{res[k][0] * 1e6:,.0f} / {res[k][1] * 1e6:,.0f}" for k in cols]
             print(f"| {name} | " + " | ".join(cells) + " |")
         return
     for w in a.workloads.split(","):

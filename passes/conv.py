@@ -7,21 +7,27 @@ relu_backward is a kernel of its own). It runs before autodiff, like every fusio
 passes/fusion.py. A following max_pool2d is not fused (recorded): its windows span output rows
 of several channels' epilogue passes, and its argmax indices are a second output.
 
-lower_conv: which of conv2d's two native lowerings each layer runs.
+lower_conv: which of conv2d's native lowerings each layer runs.
 
 Written on the node as `algo` (so the IR shows what runs, and the backward op the VJP emits
 inherits the forward's choice), and noted with the reason in the pass record:
 
-- "im2col": the windows unrolled into a [C/g*kh*kw, N*OH*OW] scratch matrix, then one BLAS
-  GEMM per group. Wins when K = C/g*kh*kw is large: the GEMM's register blocking pays for
-  writing and reading the kh*kw-times-larger matrix.
-- "direct": stride-1 loop nests over wide rows (runtime/conv_direct.py), no unrolled matrix.
-  Wins when K is small: the GEMM is then memory-bound on the matrix it reads.
+- "wide" (every stride-1 conv): the windows unrolled in the wide-row layout of
+  runtime/conv_direct.py (row stride of the padded input, so one copy of a whole plane per tap
+  instead of one per output row), `chunk` samples at a time, then one BLAS GEMM per group
+  (runtime/conv_wide.py).
+- "im2col" (strided convs): the windows unrolled into a [C/g*kh*kw, NB*OH*OW] scratch matrix,
+  one copy per tap and output row, then one BLAS GEMM per group.
+- "direct": stride-1 loop nests over wide rows, no unrolled matrix; the pass no longer picks
+  it (kept as a reference lowering, tested like the others).
 
-The threshold comes from `python benchmarks/bench_cnn.py --im2col-vs-direct` (README, CNN
-section), min of 40 interleaved calls on the shared 2-core machine, one BLAS thread: direct was
-2-3x faster at K = 25 and 27 (LeNet conv1, a 3->16 3x3 conv), tied at K = 150 forward and 1.8x
-slower backward (LeNet conv2), and 1.5-4x slower at K = 144 and 288 with 32 output channels.
+The rule comes from `python benchmarks/bench_cnn.py --im2col-vs-direct` (README, CNN section),
+min of 40 interleaved calls of process CPU time, one BLAS thread, on the shared 2-core machine:
+wide was the fastest forward on every conv layer of workloads C and B (1.4-3x faster than
+im2col, 1.4-3x faster than direct) and the fastest backward on all but LeNet's conv1 (tied
+with direct there: 760 vs 665 us min, 864 vs 941 us median). LeNet's conv2 backward, the
+largest kernel of C's step, went from 4.6 ms (im2col) to 1.8 ms: im2col copied 10-element
+rows, 1,500 of them a sample, and col2im added them back the same way.
 """
 from __future__ import annotations
 
@@ -32,26 +38,38 @@ from graphc.ir.text import format_node
 from .fusion import fuse_pairs
 from .manager import PassContext, register_pass
 
-DIRECT_MAX_K = 64  # the largest C/groups*kh*kw lowered as direct loops
 # im2col runs NB samples at a time, NB chosen so that one chunk's matrix is at most this many
 # bytes (it then stays in L2 between im2col writing it and the GEMM reading it): LeNet's conv2
 # (60 KB a sample) took 1.2 ms in chunks of 8 against 2.1 ms for the whole batch of 64.
 CHUNK_BYTES = 512 * 1024
+# The wide lowering's chunk bound: LeNet's conv1 and conv2 (89 and 82 KB of wide matrix a
+# sample) were fastest in chunks of 2 samples, forward and backward (1 to 6 measured).
+WIDE_CHUNK_BYTES = 192 * 1024
+
+
+def _chunk_of(n: int, per_sample: int, limit: int) -> int:
+    chunk = max(1, min(n, limit // per_sample))
+    return 0 if chunk >= n else chunk
 
 
 def choose_algo(n: Node, types) -> tuple[str, int, str]:
     """(algo, chunk, why) for one conv2d node."""
     x, w, y = types[n.inputs[0]], types[n.inputs[1]], n.types[0]
     k = w.shape[1] * w.shape[2] * w.shape[3]
-    if tuple(n.attr["stride"]) == (1, 1) and k <= DIRECT_MAX_K:
-        return "direct", 0, f"K = C/groups*kh*kw = {k} <= {DIRECT_MAX_K}: no im2col matrix to write and read"
-    why = (f"stride {list(n.attr['stride'])}: the direct loops need stride 1" if tuple(n.attr["stride"]) != (1, 1)
-           else f"K = C/groups*kh*kw = {k} > {DIRECT_MAX_K}: the GEMM's blocking wins")
-    per_sample = x.shape[1] * w.shape[2] * w.shape[3] * y.shape[2] * y.shape[3] * x.np_dtype.itemsize
-    chunk = max(1, min(x.shape[0], CHUNK_BYTES // per_sample))
-    chunk = 0 if chunk >= x.shape[0] else chunk
-    return "im2col", chunk, (f"{why}; {chunk or x.shape[0]} samples per GEMM ({per_sample:,} B of im2col matrix "
-                             f"a sample, at most {CHUNK_BYTES:,} B a chunk)")
+    item = x.np_dtype.itemsize
+    if tuple(n.attr["stride"]) == (1, 1):
+        dh, dw = n.attr["dilation"]
+        wp = y.shape[3] + dw * (w.shape[3] - 1)
+        per_sample = x.shape[1] * w.shape[2] * w.shape[3] * ((y.shape[2] - 1) * wp + y.shape[3]) * item
+        chunk = _chunk_of(x.shape[0], per_sample, WIDE_CHUNK_BYTES)
+        return "wide", chunk, (f"stride 1: windows unrolled as wide rows (one copy of a whole plane per tap, "
+                               f"K = C/groups*kh*kw = {k}), then BLAS; {chunk or x.shape[0]} samples per GEMM "
+                               f"({per_sample:,} B of wide matrix a sample, at most {WIDE_CHUNK_BYTES:,} B a chunk)")
+    per_sample = x.shape[1] * w.shape[2] * w.shape[3] * y.shape[2] * y.shape[3] * item
+    chunk = _chunk_of(x.shape[0], per_sample, CHUNK_BYTES)
+    return "im2col", chunk, (f"stride {list(n.attr['stride'])}: the wide rows need stride 1; {chunk or x.shape[0]} "
+                             f"samples per GEMM ({per_sample:,} B of im2col matrix a sample, at most "
+                             f"{CHUNK_BYTES:,} B a chunk)")
 
 
 @register_pass("lower_conv")
@@ -136,7 +154,7 @@ def _downstream(g: Graph, v: str) -> set[str]:
     return seen
 
 
-@register_pass("fold_conv_affine")
+@register_pass("fold_conv_affine", reassociates=True)
 def fold_conv_affine(g: Graph, ctx: PassContext | None = None):
     """conv2d followed by per-channel add/sub/mul/div (eval-mode BatchNorm after decomposition:
     (y - mean) * rsqrt(var + eps) * gamma + beta) -> one conv2d with scaled weights and shifted

@@ -33,6 +33,8 @@ def torch_avg_pool2d(x, a):
 CONV_A = {"stride": (2, 1), "padding": (1, 2, 0, 1), "dilation": (1, 2), "groups": 2}
 # the direct lowering (stride 1) with groups, dilation, asymmetric padding and the relu epilogue
 DIRECT_A = {"padding": (1, 2, 0, 1), "dilation": (1, 2), "groups": 2, "algo": "direct"}
+# the wide im2col lowering: the same, one sample per GEMM (the batch of 2 in two chunks)
+WIDE_A = {**DIRECT_A, "algo": "wide", "chunk": 1}
 POOL_A = {"kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 1, 1, 1)}
 
 
@@ -46,7 +48,9 @@ def kernel_cases(dt, f):
                    ([x, f(6, 2, 3, 2, dtype=dt), f(6, dtype=dt)], {**DIRECT_A, "relu": True}),
                    ([x, f(3, 4, 1, 1, dtype=dt)], {"algo": "direct"}),
                    ([x, f(6, 2, 3, 2, dtype=dt), f(6, dtype=dt)], {**CONV_A, "chunk": 1, "relu": True}),
-                   ([x, f(5, 4, 3, 3, dtype=dt)], {"padding": (1, 1, 1, 1), "relu": True})],
+                   ([x, f(5, 4, 3, 3, dtype=dt)], {"padding": (1, 1, 1, 1), "relu": True}),
+                   ([x, f(6, 2, 3, 2, dtype=dt), f(6, dtype=dt)], {**WIDE_A, "relu": True}),
+                   ([x, f(3, 4, 1, 1, dtype=dt)], {"algo": "wide"})],
         "conv2d_backward": [([f(2, 6, 4, 5, dtype=dt), x, f(6, 2, 3, 2, dtype=dt)], CONV_A),
                             ([f(2, 3, 7, 6, dtype=dt), x, f(3, 4, 1, 1, dtype=dt)], {"bias_grad": False}),
                             ([f(2, 5, 5, 4, dtype=dt), x, f(5, 4, 3, 3, dtype=dt)], {"input_grad": False}),
@@ -56,7 +60,12 @@ def kernel_cases(dt, f):
                             ([f(2, 6, 4, 5, dtype=dt), x, f(6, 2, 3, 2, dtype=dt), f(2, 6, 4, 5, dtype=dt)],
                              {**CONV_A, "chunk": 1, "relu": True}),
                             ([f(2, 5, 5, 4, dtype=dt), x, f(5, 4, 3, 3, dtype=dt), f(2, 5, 5, 4, dtype=dt)],
-                             {"input_grad": False, "relu": True})],
+                             {"input_grad": False, "relu": True}),
+                            ([f(2, 6, 8, 5, dtype=dt), x, f(6, 2, 3, 2, dtype=dt), f(2, 6, 8, 5, dtype=dt)],
+                             {**WIDE_A, "relu": True}),
+                            ([f(2, 3, 7, 6, dtype=dt), x, f(3, 4, 1, 1, dtype=dt)], {"algo": "wide", "bias_grad": False}),
+                            ([f(2, 5, 7, 6, dtype=dt), x, f(5, 4, 3, 3, dtype=dt)],
+                             {"algo": "wide", "padding": (1, 1, 1, 1), "input_grad": False})],
         "max_pool2d": [([x], {**POOL_A, "dilation": (1, 2)}), ([x], {"kernel_size": (2, 2), "stride": (2, 2)})],
         "max_pool2d_backward": [([f(2, 3, 2, 2, dtype=dt), idx], {"input_size": (4, 3)})],
         "avg_pool2d": [([x], POOL_A), ([x], {**POOL_A, "count_include_pad": False})],
@@ -75,7 +84,9 @@ def grad_specs(Spec):
                    Spec([("f", (2, 3, 5, 5)), ("f", (4, 3, 3, 3))], lambda t, a: torch_conv2d(t[0], t[1], None, a),
                         {"padding": (1, 1, 1, 1)}),
                    Spec([("f", (2, 4, 6, 5)), ("f", (6, 2, 3, 2)), ("f", (6,))],
-                        lambda t, a: torch_conv2d(t[0], t[1], t[2], a).relu(), {**DIRECT_A, "relu": True})],
+                        lambda t, a: torch_conv2d(t[0], t[1], t[2], a).relu(), {**DIRECT_A, "relu": True}),
+                   Spec([("f", (2, 4, 6, 5)), ("f", (6, 2, 3, 2)), ("f", (6,))],
+                        lambda t, a: torch_conv2d(t[0], t[1], t[2], a).relu(), {**WIDE_A, "relu": True})],
         "max_pool2d": [Spec([("f", (2, 3, 6, 5))], lambda t, a: torch_max_pool2d(t[0], a), {**POOL_A, "dilation": (1, 2)})],
         "avg_pool2d": [Spec([("f", (2, 3, 6, 5))], lambda t, a: torch_avg_pool2d(t[0], a), POOL_A),
                        Spec([("f", (2, 3, 6, 5))], lambda t, a: torch_avg_pool2d(t[0], a), {**POOL_A, "count_include_pad": False})],

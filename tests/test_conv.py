@@ -36,8 +36,8 @@ def conv_configs(draw):
     h = max(1, dh * (kh - 1) + 1 - pad[0] - pad[1]) + draw(st.integers(0, 5))
     w = max(1, dw * (kw - 1) + 1 - pad[2] - pad[3]) + draw(st.integers(0, 5))
     n = draw(st.integers(1, 3))
-    algo = draw(st.sampled_from(["im2col", "direct"])) if (sh, sw) == (1, 1) else "im2col"
-    chunk = draw(st.integers(0, 2)) if algo == "im2col" else 0  # samples per im2col GEMM (0: all)
+    algo = draw(st.sampled_from(["im2col", "direct", "wide"])) if (sh, sw) == (1, 1) else "im2col"
+    chunk = draw(st.integers(0, 2)) if algo != "direct" else 0  # samples per GEMM (0: all)
     attrs = {"stride": (sh, sw), "padding": pad, "dilation": (dh, dw), "groups": groups, "algo": algo, "chunk": chunk}
     return (n, cin, h, w), (cout, cin // groups, kh, kw), draw(st.booleans()), attrs
 
@@ -114,6 +114,25 @@ def test_pool_configs_match_torch_and_kernels(cfg, kind, dt):
     else:
         back = run_kernel("avg_pool2d_backward", [gy], {**attrs, "input_size": xs[2:]})
     np.testing.assert_allclose(back[0], tx.grad.numpy(), **TOL[dt])
+
+    if kind == "max":  # the native argmax is the reference's, index for index
+        np.testing.assert_array_equal(outs[1], OPS["max_pool2d"].reference(x, **OPS["max_pool2d"].normalize_attrs(attrs))[1])
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_max_pool_kernel_ties_nan_and_minus_inf_pick_the_references_argmax(dt):
+    """Ties keep the first maximum, the first NaN wins, a window of -inf still gets an index, and
+    padding never wins: the native kernel's compare-and-select matches numpy's argmax rule."""
+    x = np.array([[1, 1, -np.inf, -np.inf, 2, np.nan],
+                  [1, 0, -np.inf, -np.inf, np.nan, np.nan],
+                  [-5, -7, 3, 3, 0, 0],
+                  [-6, -5, 3, 4, -0.0, 0.0]], dt)[None, None]
+    for attrs in ({"kernel_size": (2, 2), "stride": (2, 2)}, {"kernel_size": (3, 3), "stride": (1, 2), "padding": (1, 1, 1, 1)}):
+        attrs = OPS["max_pool2d"].normalize_attrs(attrs)
+        want = OPS["max_pool2d"].reference(x, **attrs)
+        got = run_kernel("max_pool2d", [x], attrs)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
 
 
 # ------------------------------------------------------------------ models
@@ -200,11 +219,14 @@ def _check_state(m, t, dt):
                                             ("block", np.float32, "interpret"), ("block", np.float64, "interpret")],
                          ids=["lenet-f32", "lenet-f64-interpret", "block-f32-interpret", "block-f64-interpret"])
 def test_models_match_torch(which, dt, mode):
-    """LeNet in float32 runs natively (conv lowerings, the fused relu, pooling); the other cases run
-    the same plans on the reference interpreter. Their native kernels are checked against the
-    references op by op (test_runtime_kernels.py, float32 and float64) and kernel by kernel
-    (test_kernels.py), and the BatchNorm CNN of samples/digits_cnn.py trains natively in
-    test_samples.py: a native compile of the block's BatchNorm plans took minutes here."""
+    """LeNet in float32 runs its forward and backward plans natively (conv lowerings, the fused
+    relu, pooling: every native kernel of the model against torch); its train steps and eval
+    forward, and the other cases, run the same plans on the reference interpreter (two native
+    plan compiles instead of four; the native train step runs in bench_cnn and test_samples).
+    Their native kernels are checked against the references op by op (test_runtime_kernels.py,
+    float32 and float64) and kernel by kernel (test_kernels.py), and the BatchNorm CNN of
+    samples/digits_cnn.py trains natively in test_samples.py: a native compile of the block's
+    BatchNorm plans took minutes here."""
     make, make_t, shape = {"lenet": (LeNet5, TorchLeNet5, (6, 1, 28, 28)), "block": (Block, TorchBlock, (4, 3, 9, 9))}[which]
     r = np.random.default_rng(0)
     x = r.standard_normal(shape).astype(dt)
@@ -226,7 +248,7 @@ def test_models_match_torch(which, dt, mode):
     # three SGD-momentum train steps
     opt = graphc.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
     topt = torch.optim.SGD(t.parameters(), lr=0.05, momentum=0.9)
-    step = graphc.compile_train_step(m, nn.CrossEntropyLoss(), opt, x, y, mode=mode)
+    step = graphc.compile_train_step(m, nn.CrossEntropyLoss(), opt, x, y, mode="interpret")
     for _ in range(3):
         loss = step(x, y)
         topt.zero_grad()
@@ -239,7 +261,7 @@ def test_models_match_torch(which, dt, mode):
     # eval mode reads the running statistics
     m.eval()
     t.eval()
-    np.testing.assert_allclose(graphc.compile(m, x, mode=mode)(x), t(torch.from_numpy(x)).detach().numpy(), **TOL[dt])
+    np.testing.assert_allclose(graphc.compile(m, x, mode="interpret")(x), t(torch.from_numpy(x)).detach().numpy(), **TOL[dt])
 
 
 def test_batchnorm_eager_and_state_dict_round_trip():
@@ -387,18 +409,19 @@ def test_eval_batchnorm_folds_into_the_conv_weights():
 def test_kernel_count_of_conv_bias_relu_pool():
     """conv2d with its bias and relu epilogue (fuse_conv_relu), then max_pool2d: two kernel calls
     (three before the fusion). The pool stays apart, and the record says why; the backward has no
-    relu_backward (conv2d_backward {relu=true} masks gy itself). lower_conv chose the direct loops
-    for this K = 3*3*3 = 27 layer and says so."""
+    relu_backward (conv2d_backward {relu=true} masks gy itself). lower_conv chose the wide im2col
+    for this stride-1 layer and says so."""
     m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2))
     x = np.zeros((2, 3, 10, 10), np.float32)
     cm = graphc.compile(m.eval(), x)
     exe = next(iter(cm.executables.values()))
     calls = [ln.strip().split("(")[0] for ln in exe.source.text.splitlines() if ln.strip().startswith("k_")]
-    assert calls == ["k_conv2d_direct_forward", "k_max_pool2d_forward"], calls
-    assert "conv2d(%input, %0.weight, %0.bias) {algo=\"direct\", relu=true}" in cm.ir("forward_plan")
+    assert calls == ["k_conv2d_wide_forward", "k_max_pool2d_2x2"], calls
+    assert "conv2d(%input, %0.weight, %0.bias) {algo=\"wide\", relu=true}" in cm.ir("forward_plan")
     records = [r for r in cm.plans.fusion_records if r.pattern.startswith("conv2d+")]
     assert [r.fused for r in records] == [True, False] and "argmax indices" in records[1].reason
     notes = [n for s in cm.plans.stages if s.name == "lower_conv" for n in s.notes]
-    assert any("algo=direct: K = C/groups*kh*kw = 27" in n for n in notes), notes
+    assert any("algo=wide: stride 1: windows unrolled as wide rows" in n and "K = C/groups*kh*kw = 27" in n
+               for n in notes), notes
     train = graphc.compile(m.train(), x)
     assert "relu" not in train.ir("backward_plan").replace("relu=true", "")

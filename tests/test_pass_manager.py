@@ -207,3 +207,17 @@ def test_checker_inputs_are_deterministic_and_shared_across_stages():
 def test_passes_can_be_called_without_a_manager():
     out, changed = get_pass("cse").fn(G)
     assert changed and len(out.nodes) == len(G.nodes) - 1
+
+
+def test_only_reassociating_passes_get_an_atol_scaled_by_the_output():
+    """A 0.3 error on a 1e5-sized f32 output is rounding for fold_conv_affine (registered with
+    reassociates=True), a bug for any other pass: checked mode keeps the plain tolerance there."""
+    from graphc.ir.graph import Output
+    from graphc.passes.manager import PASSES, compare_outputs
+
+    want = np.array([1e5, 0.0], np.float32)
+    got = np.array([1e5, 0.3], np.float32)
+    outs = [Output("y", "y")]
+    assert "values differ" in compare_outputs(outs, [want], outs, [got])
+    assert compare_outputs(outs, [want], outs, [got], scale_atol=True) is None
+    assert [n for n, p in sorted(PASSES.items()) if p.reassociates] == ["fold_conv_affine"]

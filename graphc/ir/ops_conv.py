@@ -91,10 +91,11 @@ def unwindow(cols: np.ndarray, hw, kernel, stride, padding, dilation) -> np.ndar
 
 # algo: how the runtime lowers it, a choice recorded on the node by passes/conv.py (the values
 # are the same either way): "im2col" (windows unrolled, one BLAS GEMM per group) or "direct"
-# (stride-1 loop nests over wide rows, no unrolled matrix).
-# chunk: im2col's samples per GEMM (0: the whole batch), chosen by the same pass so that one
-# chunk's matrix stays in cache.
-CONV_ALGOS = ("im2col", "direct")
+# (stride-1 loop nests over wide rows, no unrolled matrix) or "wide" (stride-1 im2col in the
+# direct loops' wide-row layout, one contiguous copy per tap, then BLAS).
+# chunk: im2col's and wide's samples per GEMM (0: the whole batch), chosen by the same pass so
+# that one chunk's matrix stays in cache.
+CONV_ALGOS = ("im2col", "direct", "wide")
 _CONV = {"stride": PAIR, "padding": PAD4, "dilation": PAIR, "groups": Attr("int", 1), "algo": Attr("str", "im2col"),
          "chunk": Attr("int", 0)}
 # relu: a fused relu epilogue (passes/conv.py's fuse_conv_relu, as linear_relu for linear); its
@@ -107,8 +108,8 @@ def _algo_check(op: str, algo: str, stride, chunk: int = 0) -> None:
         raise ShapeError(f"{op}: chunk must be >= 0 (0: the whole batch), got {chunk}")
     if algo not in CONV_ALGOS:
         raise ShapeError(f"{op}: algo must be one of {', '.join(CONV_ALGOS)}, got {algo!r}")
-    if algo == "direct" and tuple(stride) != (1, 1):
-        raise ShapeError(f"{op}: algo=\"direct\" needs stride 1, got stride {list(stride)}")
+    if algo in ("direct", "wide") and tuple(stride) != (1, 1):
+        raise ShapeError(f"{op}: algo=\"{algo}\" needs stride 1, got stride {list(stride)}")
 
 
 def _conv_rule(op: str, x: TensorType, w: TensorType, b: TensorType | None, stride, padding, dilation, groups):
