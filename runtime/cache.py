@@ -42,7 +42,8 @@ from .plan_jit import glue_compile
 log = logging.getLogger("graphc.runtime")
 FORMAT = 1
 _RUNTIME_DIR = Path(__file__).resolve().parent
-_KEYED_SOURCES = ("kernels.py", "codegen.py", "memory.py", "cache.py", "plan_jit.py", "lower.py", "kernel_lib.py")
+_KEYED_SOURCES = ("kernels.py", "codegen.py", "memory.py", "cache.py", "plan_jit.py", "lower.py", "kernel_lib.py",
+                  "lower_llvm.py")
 _loaded: dict[tuple[str, str], tuple[types.ModuleType, str]] = {}  # (cache folder, key) -> (module, entry), this process
 
 
@@ -57,7 +58,9 @@ class CompileInfo:
     codegen_seconds: float = 0.0
     seconds: float = 0.0  # compiling or loading, per status
     reason: str = ""  # why an existing entry was not used
-    kernels: dict | None = None  # generated kernels: how many compiled / loaded from the kernel library / reused
+    kernels: dict | None = None  # generated kernels: how many compiled / loaded from the kernel library / reused,
+    # and how many were lowered to LLVM IR / through numba
+    fallbacks: list[str] | None = None  # why each numba-lowered kernel was not lowered to LLVM IR
 
     @property
     def from_cache(self) -> bool:
@@ -69,7 +72,9 @@ class CompileInfo:
         s = f"{what} in {self.seconds * 1e3:.1f} ms (codegen {self.codegen_seconds * 1e3:.1f} ms)"
         if self.kernels and any(self.kernels.values()):
             s += (f"; generated kernels: {self.kernels['compiled']} compiled, {self.kernels['cached']} from the "
-                  f"kernel library, {self.kernels['reused']} reused")
+                  f"kernel library, {self.kernels['reused']} reused ({self.kernels.get('llvm', 0)} LLVM, "
+                  f"{self.kernels.get('numba', 0)} numba")
+            s += f": {'; '.join(self.fallbacks)})" if self.fallbacks else ")"
         if self.path:
             s += f", {self.path}"
         return s + (f"; {self.reason}" if self.reason else "")
@@ -247,6 +252,10 @@ def _pin_numba_cache(fn, path: Path) -> None:
     fn._cache = PinnedCache(fn.py_func)
 
 
+def _fallbacks(kernels) -> list[str] | None:
+    return [k.fallback for k in kernels if getattr(k, "fallback", "")] or None
+
+
 def load_or_build(source: str, name: str, signature, kernels=()) -> tuple[types.ModuleType, CompileInfo]:
     """The plan module for `source` with `plan` compiled for `signature` (numba types): loaded from
     the cache when an intact entry exists, else compiled and stored (its generated `kernels`
@@ -311,4 +320,5 @@ def load_or_build(source: str, name: str, signature, kernels=()) -> tuple[types.
     where = d
     _loaded[memo] = (mod, str(d))
     log.info("plan %s: compiled in %.1f ms (%s)", name, seconds * 1e3, where)
-    return mod, CompileInfo("compiled", key, str(where), seconds=seconds, reason=reason, kernels=library)
+    return mod, CompileInfo("compiled", key, str(where), seconds=seconds, reason=reason, kernels=library,
+                            fallbacks=_fallbacks(kernels))

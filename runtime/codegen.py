@@ -23,13 +23,15 @@ from graphc.ir import Graph, TensorType
 from graphc.ir.text import format_node
 
 from .kernels import KERNELS, Code, Operand, Site, calls
-from .kernel_lib import KernelSource
+from . import lower_llvm
+from .kernel_lib import KernelSource, LlvmKernel
 from .lower import HELPERS, kernel_function
 from .memory import MemoryPlan
 
 # njit options of the generated plan (kernels carry their own)
 PLAN_JIT = 'cache=True, nogil=True, error_model="numpy", pipeline_class=PlanCompiler'
-RESERVED = {"np", "njit", "view", "math", "library_kernel", "plan", "make_runner", "run", "slow", "table", "e"}
+RESERVED = {"np", "njit", "view", "math", "library_kernel", "llvm_kernel", "plan", "make_runner", "run", "slow", "table",
+            "e"}
 SHAPE_MISMATCH = "graphc: call input shapes differ from the plan's"
 _KERNEL = "KERNEL"  # placeholder name of a generated kernel function while its source is compared
 
@@ -42,7 +44,7 @@ class PlanSource:
     scalar_inputs: list[str]  # call inputs passed as Python ints (rng seeds)
     arenas: list[str]  # dtypes of the arena arrays, in table order after the bound inputs
     returns_scalar: str | None  # the value whose first element `plan` returns
-    kernels: list[KernelSource] = field(default_factory=list)  # its generated kernels, for the library
+    kernels: list = field(default_factory=list)  # its generated kernels (KernelSource, LlvmKernel), for the library
 
     @property
     def table(self) -> list[str]:
@@ -190,8 +192,19 @@ class _Lazy(Operand):
     s = property(lambda self: self._s())
 
 
+def use_llvm() -> bool:
+    """Kernels lower to LLVM IR unless plans run as plain Python (NUMBA_DISABLE_JIT) or GRAPHC_LLVM=0
+    asks for numba's lowering of every kernel (to compare the two)."""
+    import os
+
+    from numba.core import config
+
+    return not config.DISABLE_JIT and os.environ.get("GRAPHC_LLVM", "1") != "0"
+
+
 def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> PlanSource:
     names = _Names()
+    llvm = use_llvm()
     scalars = {i.name for i in g.inputs if i.name not in bound and is_scalar_input(i)}
     call_inputs = [i.name for i in g.inputs if i.name not in bound]
     bound_inputs = [i.name for i in g.inputs if i.name in bound]
@@ -214,24 +227,44 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
         if n.op == "full" and mp.slots[n.out].kind == "const":
             continue  # filled once when the buffers are allocated
         if n.body is not None:  # a kernel of the kernel stage: its generated loop nest
-            src, ins, outs = kernel_function(_KERNEL, n, {v for v in n.inputs if v in scalars}, names)
-            dtypes = ["i64 scalar" if v in scalars else g.types[v].dtype for v in ins]
-            dtypes += [g.types[v].dtype for v in outs if not v.startswith("#")]
-            dtypes += [sl.type.dtype for sl in mp.scratch.get(k, ())]
-            fn = kernel_of.get((src, tuple(dtypes)))
-            if fn is None:  # the first kernel of this structure: define it (later ones call it too)
-                fn = kernel_of[(src, tuple(dtypes))] = f"kernel{len(kernel_of)}"
-                body_src = src[src.index(f"def {_KERNEL}("):]  # without lower's @njit line
-                ks = KernelSource(body_src.replace(f"def {_KERNEL}(", "def kernel(", 1), dtypes)
-                kernels.append(ks)
-                defs.append(f"@library_kernel({ks.key!r})\n" + body_src.replace(f"def {_KERNEL}(", f"def {fn}(", 1))
+            node_scalars = {v for v in n.inputs if v in scalars}
+            why = "GRAPHC_LLVM=0" if not llvm else ""
+            lowered = None
+            if llvm:
+                try:
+                    lowered = lower_llvm.kernel_ir(n, node_scalars)
+                except lower_llvm.Unsupported as e:  # this kernel keeps numba's lowering
+                    why = str(e)
+            if lowered is not None:
+                ir, ins, outs, dtypes = lowered
+                fn = kernel_of.get((ir, tuple(dtypes)))
+                if fn is None:
+                    fn = kernel_of[(ir, tuple(dtypes))] = f"kernel{len(kernel_of)}"
+                    lk = LlvmKernel(ir, dtypes)
+                    kernels.append(lk)
+                    defs.append(f"# LLVM IR (runtime/lower_llvm.py), compiled by llvmlite into the kernel library\n"
+                                f"{fn} = llvm_kernel({lk.symbol!r}, {tuple(dtypes)!r})\n"
+                                + "".join(f"#   {ln}\n" if ln else "#\n" for ln in ir.rstrip("\n").split("\n")))
+            else:
+                src, ins, outs = kernel_function(_KERNEL, n, node_scalars, names)
+                dtypes = ["i64 scalar" if v in scalars else g.types[v].dtype for v in ins]
+                dtypes += [g.types[v].dtype for v in outs if not v.startswith("#")]
+                dtypes += [sl.type.dtype for sl in mp.scratch.get(k, ())]
+                fn = kernel_of.get((src, tuple(dtypes)))
+                if fn is None:  # the first kernel of this structure: define it (later ones call it too)
+                    fn = kernel_of[(src, tuple(dtypes))] = f"kernel{len(kernel_of)}"
+                    body_src = src[src.index(f"def {_KERNEL}("):]  # without lower's @njit line
+                    ks = KernelSource(body_src.replace(f"def {_KERNEL}(", "def kernel(", 1), dtypes, why)
+                    kernels.append(ks)
+                    defs.append(f"@library_kernel({ks.key!r})\n" + body_src.replace(f"def {_KERNEL}(", f"def {fn}(", 1))
             members = n.body.nodes
             body.append(f"    # {fn}: kernel {{kind={n.attr['kind']}}} over {len(members)} nodes:")
             body += [f"    #   {format_node(m)}" for m in members]
-            scratch = [views.scratch_operand(sl).f for sl in mp.scratch.get(k, ())]
-            args = [views.scalar(v) if v in scalars else views.flat(v) for v in ins]
-            args += [views.flat(v) for v in outs if not v.startswith("#")] + scratch
-            body.append(f"    {fn}({', '.join(str(x) for x in args)})")
+            ptr = ".ctypes" if lowered is not None else ""  # LLVM kernels take the arrays' data pointers
+            scratch = [f"{views.scratch_operand(sl).f}{ptr}" for sl in mp.scratch.get(k, ())]
+            args = [str(views.scalar(v)) if v in scalars else f"{views.flat(v)}{ptr}" for v in ins]
+            args += [f"{views.flat(v)}{ptr}" for v in outs if not v.startswith("#")] + scratch
+            body.append(f"    {fn}({', '.join(args)})")
             continue
         body.append(f"    # {format_node(n)}")
         for fn, args in calls(KERNELS[n.op].call(site(k, n))):
@@ -258,10 +291,13 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
              "from numba import njit", "",
              "from graphc.runtime.plan_jit import PlanCompiler, view"]
     lines += [f"from {used[f] or 'graphc.runtime.kernels'} import {f} as k_{f}" for f in sorted(used)]
-    if defs:
+    if any(isinstance(k, KernelSource) for k in kernels):
         lines[lines.index("import numpy as np")] = "import math\n\nimport numpy as np"
         lines += [f"from graphc.runtime.lower import {', '.join(HELPERS)}",
                   "from graphc.runtime.kernel_lib import library_kernel"]
+    if any(isinstance(k, LlvmKernel) for k in kernels):
+        lines += ["from graphc.runtime.kernel_lib import llvm_kernel"]
+    if defs:
         lines += ["", "", *("\n\n".join(defs).rstrip("\n").split("\n"))]
     lines += ["", "", f"@njit({PLAN_JIT})", f"def plan({', '.join(params)}):"]
     if checked:

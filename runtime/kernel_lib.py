@@ -14,6 +14,15 @@ A plan module marks its kernel functions `@library_kernel("<key>")`: when the pl
 library's compiled function; when the plan loads from its own cache nothing of the kernels is
 needed (the plan's code holds theirs) and the decorator leaves a lazily compiled local function,
 used only if numba had to recompile the plan.
+
+Kernels lowered to LLVM IR (runtime/lower_llvm.py; most of them) are entries too:
+`kernel.ll` (the function, readable), `kernel.o` (its object code, for this CPU) and the
+manifest. Their key adds llvmlite's and LLVM's versions and the host CPU's name and features
+(object code is machine specific). Loading one adds its object code to one process-wide MCJIT
+engine and registers its symbol (`graphc_k_<hash of the IR>`) with LLVM, which the plan's numba
+glue calls it by (`llvm_kernel`): the glue, compiled or loaded from numba's cache, holds the
+name, never an address. The symbol names the IR alone, so a plan's text does not depend on the
+machine; the entry's key does.
 """
 from __future__ import annotations
 
@@ -45,11 +54,13 @@ _ready: dict[str, object] = {}  # key -> the library's compiled dispatcher, this
 
 @dataclass
 class KernelSource:
-    """One distinct generated kernel of a plan: its source (named `kernel`) and argument dtypes
-    ("i64 scalar" for an rng seed, else the flat array's dtype)."""
+    """One distinct generated kernel of a plan lowered through numba: its source (named `kernel`)
+    and argument dtypes ("i64 scalar" for an rng seed, else the flat array's dtype); `fallback`
+    says why it is not lowered to LLVM IR."""
 
     source: str
     args: list[str]
+    fallback: str = ""
 
     @property
     def key(self) -> str:
@@ -88,15 +99,21 @@ def _signature(args: list[str]):
                  numba.types.Array(numba.from_dtype(TensorType((), a).np_dtype), 1, "C") for a in args)
 
 
-def prepare(root: Path, kernels: list[KernelSource]) -> dict[str, int]:
+def prepare(root: Path, kernels: list) -> dict[str, int]:
     """Every kernel compiled or loaded from its library entry (and memoised for this process),
-    before the plan that calls them is compiled. Returns counts: compiled, cached, reused."""
+    before the plan that calls them is compiled. Returns counts: compiled, cached, reused, and
+    how many were lowered to LLVM IR and how many through numba."""
     from . import cache
 
-    counts = {"compiled": 0, "cached": 0, "reused": 0}
+    counts = {"compiled": 0, "cached": 0, "reused": 0, "llvm": 0, "numba": 0}
     lib = root / "kernels"
     for k in kernels:
         key = k.key
+        if isinstance(k, LlvmKernel):
+            counts["llvm"] += 1
+            counts[_prepare_llvm(lib, k)] += 1
+            continue
+        counts["numba"] += 1
         if key in _ready:
             counts["reused"] += 1
             continue
@@ -125,11 +142,14 @@ def prepare(root: Path, kernels: list[KernelSource]) -> dict[str, int]:
     return counts
 
 
-def modules(root: Path, kernels: list[KernelSource]) -> None:
-    """Import the kernels' entry modules, compiling nothing: a plan loaded from its cache holds the
-    kernels' code, but numba rebuilds each callee's environment from its module by name."""
+def modules(root: Path, kernels: list) -> None:
+    """Import the numba kernels' entry modules, compiling nothing: a plan loaded from its cache holds
+    those kernels' code, but numba rebuilds each callee's environment from its module by name.
+    LLVM kernels are loaded (their symbols registered), which the cached glue links against."""
     for k in kernels:
-        if _modname(k.key) not in sys.modules:
+        if isinstance(k, LlvmKernel):
+            _prepare_llvm(root / "kernels", k)
+        elif _modname(k.key) not in sys.modules:
             _module(root / "kernels", k)
 
 
@@ -200,3 +220,196 @@ def _write_manifest(d: Path, key: str, seconds: float) -> None:
     tmp = d / f"manifest.json.{uuid.uuid4().hex}"
     tmp.write_text(json.dumps(m, indent=1, sort_keys=True))
     os.replace(tmp, d / "manifest.json")
+
+
+# ------------------------------------------------------------------ kernels lowered to LLVM IR
+
+
+@dataclass
+class LlvmKernel:
+    """One distinct kernel of a plan lowered to LLVM IR (runtime/lower_llvm.py): its canonical
+    text (function @kernel) and argument dtypes ("i64 scalar" or the array's dtype)."""
+
+    ir: str
+    args: list[str]
+
+    @property
+    def symbol(self) -> str:
+        """The name the plan calls it by: a hash of the IR and argument dtypes only."""
+        h = hashlib.sha256(self.ir.encode() + b"\0" + " ".join(self.args).encode())
+        return f"graphc_k_{h.hexdigest()[:24]}"
+
+    @property
+    def key(self) -> str:
+        from .cache import _runtime_hash, _versions
+
+        h = hashlib.sha256()
+        h.update(json.dumps(_versions(), sort_keys=True).encode())
+        h.update(json.dumps(_llvm_versions(), sort_keys=True).encode())
+        h.update(_runtime_hash().encode())
+        h.update(self.symbol.encode() + b"\0" + self.ir.encode())
+        return h.hexdigest()[:32]
+
+    @property
+    def text(self) -> str:
+        return self.ir.replace("define void @kernel(", f"define void @{self.symbol}(", 1)
+
+
+def llvm_kernel(symbol: str, args: tuple[str, ...]):
+    """What a plan module calls an LLVM kernel by: numba's ExternalFunction of that symbol
+    (pointers to the flat arrays, int64 rng seeds), resolved when the plan's code is linked."""
+    from numba import types
+
+    return types.ExternalFunction(symbol, types.void(*[types.int64 if a == "i64 scalar" else types.voidptr
+                                                       for a in args]))
+
+
+_jit = None  # (target machine, MCJIT engine): one per process, created on first use
+_in_engine: dict[str, int] = {}  # symbol -> address of every object loaded (MCJIT cannot unload)
+_LLVM_VERSIONS: dict | None = None
+# the BLAS entry points numba's np.dot calls (scipy's Fortran ones), as lower_llvm declares them
+BLAS = ("sgemm", "dgemm", "sgemv", "dgemv", "sdot", "ddot")
+LIBM = ("expf", "exp", "logf", "log", "powf", "pow", "tanhf", "tanh", "erf", "erff", "floorf", "sqrtf")
+
+
+def _llvm_versions() -> dict:
+    """What object code depends on besides the IR: LLVM and the CPU it was generated for."""
+    global _LLVM_VERSIONS
+    if _LLVM_VERSIONS is None:
+        import llvmlite
+        import llvmlite.binding as ll
+
+        _LLVM_VERSIONS = {"llvmlite": llvmlite.__version__, "llvm": ".".join(map(str, ll.llvm_version_info)),
+                          "cpu": ll.get_host_cpu_name(), "features": ll.get_host_cpu_features().flatten()}
+    return _LLVM_VERSIONS
+
+
+def _engine():
+    """The process's target machine (the host CPU, as numba's) and MCJIT engine, with the BLAS
+    and libm symbols the kernels call registered first."""
+    global _jit
+    if _jit is None:
+        import ctypes
+
+        import llvmlite.binding as ll
+
+        ll.initialize_native_target()
+        ll.initialize_native_asmprinter()
+        v = _llvm_versions()
+        tm = ll.Target.from_default_triple().create_target_machine(
+            cpu=v["cpu"], features=v["features"], opt=3, reloc="static", codemodel="jitdefault")
+        from scipy.linalg import cython_blas
+
+        get_name, get_ptr = ctypes.pythonapi.PyCapsule_GetName, ctypes.pythonapi.PyCapsule_GetPointer
+        get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+        get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        for name in BLAS:
+            cap = cython_blas.__pyx_capi__[name]
+            ll.add_symbol(f"graphc_blas_{name}", get_ptr(cap, get_name(cap)))
+        try:
+            libm = ctypes.CDLL("libm.so.6")
+            for name in LIBM:
+                ll.add_symbol(name, ctypes.cast(getattr(libm, name), ctypes.c_void_p).value)
+        except OSError:  # not glibc: LLVM finds them in the process
+            pass
+        _jit = (tm, ll.create_mcjit_compiler(ll.parse_assembly(""), tm))
+    return _jit
+
+
+def compile_ir(text: str) -> tuple[bytes, str]:
+    """(object code, optimised IR) of an LLVM kernel: numba's pipeline (O3, the loop vectorizer,
+    no SLP) for the host CPU."""
+    import llvmlite.binding as ll
+
+    tm, _ = _engine()
+    mod = ll.parse_assembly(text)
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    mod.verify()
+    pto = ll.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization, pto.slp_vectorization = True, False
+    pb = ll.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return tm.emit_object(mod), str(mod)
+
+
+def _load_object(symbol: str, obj: bytes) -> int:
+    """Add the object code to the process's engine (once per symbol) and register its symbol."""
+    import llvmlite.binding as ll
+
+    if symbol not in _in_engine:
+        _, engine = _engine()
+        engine.add_object_file(ll.ObjectFileRef.from_data(obj))
+        engine.finalize_object()
+        addr = engine.get_function_address(symbol)
+        if not addr:
+            raise RuntimeError(f"kernel library: {symbol} is not defined by its object code")
+        ll.add_symbol(symbol, addr)
+        _in_engine[symbol] = addr
+    return _in_engine[symbol]
+
+
+def _prepare_llvm(lib: Path, k: LlvmKernel) -> str:
+    """Load (or compile and store) one LLVM kernel; "reused", "cached" or "compiled"."""
+    key = k.key
+    if key in _ready:
+        return "reused"
+    d = lib / key
+    text = k.text
+    if d.exists():
+        problem = _check_llvm(d, key, text)
+        if problem is None:
+            _ready[key] = _load_object(k.symbol, (d / "kernel.o").read_bytes())
+            return "cached"
+        log.warning("kernel library entry %s is unusable (%s); rebuilding", d, problem)
+        shutil.rmtree(d, ignore_errors=True)
+    t0 = time.perf_counter()
+    obj, _ = compile_ir(text)
+    tmp = lib / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    (tmp / "kernel.ll").write_text(text)
+    (tmp / "kernel.o").write_bytes(obj)
+    _write_llvm_manifest(tmp, key, time.perf_counter() - t0)
+    try:
+        os.rename(tmp, d)
+    except OSError:  # another process stored it first: the same code
+        shutil.rmtree(tmp, ignore_errors=True)
+    _ready[key] = _load_object(k.symbol, obj)
+    return "compiled"
+
+
+def _check_llvm(d: Path, key: str, text: str) -> str | None:
+    """None if the LLVM entry is complete and intact, else the problem."""
+    from . import cache
+
+    mf = d / "manifest.json"
+    if not mf.exists():
+        return "incomplete entry (no manifest)"
+    try:
+        m = json.loads(mf.read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest ({e.__class__.__name__})"
+    if (not isinstance(m, dict) or m.get("key") != key or m.get("versions") != cache._versions()
+            or m.get("llvm") != _llvm_versions()):
+        return "manifest of another key or other versions"
+    files = m.get("files")
+    if not isinstance(files, dict) or set(files) != {"kernel.ll", "kernel.o"}:
+        return "manifest lists no kernel.ll and kernel.o"
+    for rel, digest in sorted(files.items()):
+        p = d / rel
+        if not p.is_file():
+            return f"missing file {rel}"
+        if cache._sha(p) != digest:
+            return f"checksum mismatch in {rel}"
+    if (d / "kernel.ll").read_text() != text:
+        return "kernel.ll differs from the generated IR"
+    return None
+
+
+def _write_llvm_manifest(d: Path, key: str, seconds: float) -> None:
+    from . import cache
+
+    m = {"key": key, "versions": cache._versions(), "llvm": _llvm_versions(),
+         "files": {name: cache._sha(d / name) for name in ("kernel.ll", "kernel.o")},
+         "compile_seconds": round(seconds, 4), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (d / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))

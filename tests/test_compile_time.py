@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from numba.core import config
 
 import graphc
@@ -29,7 +30,8 @@ def _kernel_counts(n_layer: int) -> dict[str, tuple[int, int]]:
     out = {}
     for name, exe in cm.executables.items():
         src = exe.source.text
-        out[name] = (len(re.findall(r"^def kernel\d+\(", src, re.M)), len(re.findall(r"^    kernel\d+\(", src, re.M)))
+        defs = re.findall(r"^(?:def kernel\d+\(|kernel\d+ = llvm_kernel\()", src, re.M)
+        out[name] = (len(defs), len(re.findall(r"^    kernel\d+\(", src, re.M)))
     return out
 
 
@@ -79,7 +81,7 @@ def test_a_plan_with_generated_kernels_loads_from_the_disk_cache(cache_dir):
     X = np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3)
     first, y1 = build()
     exe = next(iter(first.executables.values()))
-    assert "def kernel0(" in exe.source.text and exe.compile_info.status == "compiled"
+    assert "kernel0 = llvm_kernel(" in exe.source.text and exe.compile_info.status == "compiled"
     again, y2 = build()
     assert next(iter(again.executables.values())).compile_info.status == "cached"
     np.testing.assert_array_equal(y1, y2)
@@ -106,24 +108,29 @@ def _new_process():
         del sys.modules[m]
 
 
-def test_two_models_share_a_kernel_through_the_kernel_library(cache_dir, caplog):
+@pytest.mark.parametrize("lowering", ["llvm", "numba"])
+def test_two_models_share_a_kernel_through_the_kernel_library(cache_dir, caplog, monkeypatch, lowering):
+    if lowering == "numba":
+        monkeypatch.setenv("GRAPHC_LLVM", "0")
+    way = {"llvm": 2, "numba": 0} if lowering == "llvm" else {"llvm": 0, "numba": 2}
     x = np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3)
     _new_process()
     a, _ = _compile(_mlp(2), x)
-    assert a.compile_info.kernels == {"compiled": 2, "cached": 0, "reused": 0}
+    assert a.compile_info.kernels == {"compiled": 2, "cached": 0, "reused": 0, **way}
     _new_process()
     b, yb = _compile(_mlp(5), x)  # its first layer's kernel (GEMM + tanh, same shapes) is a's
-    assert b.compile_info.kernels == {"compiled": 1, "cached": 1, "reused": 0}, b.compile_info
-    assert all(len(fn.signatures) == 1 for fn in kernel_lib._ready.values())  # the plan used them as prepared
+    assert b.compile_info.kernels == {"compiled": 1, "cached": 1, "reused": 0, **way}, b.compile_info
+    if lowering == "numba":
+        assert all(len(fn.signatures) == 1 for fn in kernel_lib._ready.values())  # the plan used them as prepared
     np.testing.assert_allclose(yb, 1 / (1 + np.exp(-(np.tanh(x @ _w(0).T + _b(0)) @ _w(2, 5).T + _b(2, 5)))), rtol=1e-5)
 
     # a damaged entry is rebuilt, as a plan's is
     shared = cache_dir / "kernels" / next(iter(k.key for k in b.source.kernels))
-    idx = next((shared / "__pycache__").glob("*.nbi"))
+    idx = shared / "kernel.o" if lowering == "llvm" else next((shared / "__pycache__").glob("*.nbi"))
     idx.write_bytes(idx.read_bytes() + b"x")
     _new_process()
     c, _ = _compile(_mlp(6), x)
-    assert c.compile_info.kernels == {"compiled": 2, "cached": 0, "reused": 0}
+    assert c.compile_info.kernels == {"compiled": 2, "cached": 0, "reused": 0, **way}
     assert "checksum mismatch" in caplog.text
 
 

@@ -1,0 +1,673 @@
+"""Lowering of the kernel stage to LLVM IR: one kernel node -> the text of one LLVM function.
+
+Why: numba compiles a small generated kernel in 0.25-0.45 s (its Python-side typing and
+lowering, not LLVM), which made compile time the target every workload missed; llvmlite parses,
+optimises (O3) and emits this text in ~30 ms. Codegen still decides nothing: the members, kind
+and iteration space come from passes/kernels.py, and this lowers them with exactly the
+semantics of runtime/lower.kernel_function (read that first; this mirrors it line for line):
+
+- the iteration space, one counted loop per dim of size > 1 (size-1 dims are index 0), the flat
+  index computed from the loop indices (affine in the innermost one, so the loop vectorizes);
+- operands of the space's shape read at the flat index, broadcast ones through their strides,
+  one-element ones (and rng seeds, passed as i64) once before the loop;
+- a gemm kernel first calls BLAS as numba's np.dot(a, b, out) does (the same scipy BLAS entry
+  points, the same choice of dot / gemv / gemm and transpose flags, so results are bit-equal),
+  prologue transposes as transpose flags, then the epilogue loop over the product;
+- a trailing reduction accumulates while the loop stores (a full sum in double, as numba's
+  `acc = 0.0` does), outputs are stored at the end of each iteration.
+
+Every member computes in its own dtype; the helpers numba's kernels call are ported where bits
+matter (`stream_key`/`uniform1`: dropout masks equal the interpreter's) or where they keep loops
+vectorizable (`exp32`/`erf32`, float32 polynomials); the rest are LLVM intrinsics (sqrt, fabs,
+floor, exp/log/pow, which LLVM turns into the same libm calls numba's become) and libm (tanh, erf).
+
+The text names nothing of the plan (arguments %a0.. %o0.. %s0, function @kernel), so identical
+kernels have identical text; kernel_lib renames @kernel to its symbol. A kernel using something
+not lowered here raises Unsupported, and codegen keeps numba's lowering for that kernel.
+"""
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from graphc.ir import TensorType
+from graphc.ir.graph import Node
+
+from .kernels import broadcast_strides, c_strides
+from .lower import GEMMS, REDUCTIONS
+
+_VAL = {"f32": "float", "f64": "double", "i64": "i64", "bool": "i1",  # the type of a value
+        "i32": "i32", "i8": "i8", "ptr": "ptr"}  # (and of the helpers' intermediates)
+_MEM = {"f32": "float", "f64": "double", "i64": "i64", "bool": "i8"}  # the type of an array element
+_SIZE = {"f32": 4, "f64": 8, "i64": 8, "bool": 1}
+FLOATS = ("f32", "f64")
+MASK = (1 << 64) - 1
+_GOLDEN, _MIX1, _MIX2, _STREAM = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x632BE59BD9B4E019
+
+
+class Unsupported(Exception):
+    """This kernel uses something the LLVM lowering does not have: codegen lowers it through numba."""
+
+
+def _i(v: int) -> str:
+    """An i64 literal of the unsigned 64-bit v (LLVM reads decimal literals as signed)."""
+    v &= MASK
+    return str(v - (1 << 64) if v >> 63 else v)
+
+
+def fconst(dtype: str, value) -> str:
+    """An exact LLVM literal of value rounded to dtype (hex: NaN, inf, -0.0 and every bit kept)."""
+    if dtype == "f32":
+        value = float(np.float32(value))  # LLVM writes float literals as the double of the same value
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(value)))[0]
+
+
+def const(dtype: str, value) -> str:
+    if dtype in FLOATS:
+        return fconst(dtype, value)
+    if dtype == "bool":
+        return "true" if value else "false"
+    return str(int(value))
+
+
+class V:
+    """A value of the kernel: its IR dtype, its LLVM operand text, and whether it is known before
+    the loop (constants, hoisted loads, scalar arguments) or per iteration."""
+
+    def __init__(self, dtype: str, ref: str, pre: bool = False):
+        self.dtype, self.ref, self.pre = dtype, ref, pre
+
+    @property
+    def ty(self) -> str:
+        return _VAL[self.dtype]
+
+    def __str__(self) -> str:
+        return f"{self.ty} {self.ref}"
+
+
+class _Fn:
+    """The function being written: numbered SSA names, the sections of its entry block and the
+    declarations it needs. `at` is the section instructions go to (see kernel_ir for the order)."""
+
+    def __init__(self):
+        self.n = 0
+        self.sections: dict[str, list[str]] = {s: [] for s in ("alloca", "gemm", "hoist", "init", "body", "post")}
+        self.decls: dict[str, str] = {}
+        self.at = "body"
+        self.index: V | None = None  # the flat index of the iteration
+
+    def fresh(self, stem: str = "t") -> str:
+        self.n += 1
+        return f"%{stem}{self.n}"
+
+    def line(self, text: str, section: str | None = None) -> None:
+        self.sections[section or self.at].append("  " + text)
+
+    def ins(self, text: str, dtype: str, stem: str = "t") -> V:
+        name = self.fresh(stem)
+        self.line(f"{name} = {text}")
+        return V(dtype, name, self.at != "body")
+
+    def declare(self, name: str, text: str) -> str:
+        self.decls[name] = text
+        return name
+
+    def call(self, fn: str, ret: str, args: list[V], dtype: str) -> V:
+        """A call of an LLVM intrinsic (`llvm.sqrt`, ...: overloaded on the type) or a libm function."""
+        tys = ", ".join(a.ty for a in args)
+        name = f"{fn}.{'f32' if ret == 'float' else 'f64'}" if fn.startswith("llvm.") else fn
+        self.declare(name, f"declare {ret} @{name}({tys})")
+        return self.ins(f"call {ret} @{name}({', '.join(str(a) for a in args)})", dtype)
+
+    def c(self, dtype: str, value) -> V:
+        return V(dtype, const(dtype, value), True)
+
+
+# ------------------------------------------------------------------ scalar expressions, one per op
+
+
+def _float_or(n: Node, a: list[V], allowed=FLOATS) -> str:
+    dt = a[0].dtype
+    if dt not in allowed or any(x.dtype != dt for x in a):
+        raise Unsupported(f"{n.op} on {'/'.join(x.dtype for x in a)}")
+    return dt
+
+
+def _arith(fop: str, iop: str | None):
+    def lower(f: _Fn, a: list[V], n: Node) -> V:
+        dt = _float_or(n, a, FLOATS + (("i64",) if iop else ()))
+        op = fop if dt in FLOATS else iop
+        return f.ins(f"{op} {a[0]}, {a[1].ref}", dt)
+    return lower
+
+
+_FCMP = {"eq": "oeq", "ne": "une", "lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge"}  # numba's (Python's) semantics
+_ICMP = {"eq": "eq", "ne": "ne", "lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge"}
+
+
+def _cmp(f: _Fn, kind: str, a: V, b: V) -> V:
+    if a.dtype in FLOATS:
+        return f.ins(f"fcmp {_FCMP[kind]} {a}, {b.ref}", "bool")
+    if a.dtype == "i64" or (a.dtype == "bool" and kind in ("eq", "ne")):
+        return f.ins(f"icmp {_ICMP[kind]} {a}, {b.ref}", "bool")
+    raise Unsupported(f"{kind} on {a.dtype}")
+
+
+def _compare(kind: str):
+    def lower(f, a, n):
+        if a[0].dtype != a[1].dtype:
+            raise Unsupported(f"{n.op} on {a[0].dtype}/{a[1].dtype}")
+        return _cmp(f, kind, a[0], a[1])
+    return lower
+
+
+def _select(f: _Fn, c: V, a: V, b: V) -> V:
+    return f.ins(f"select i1 {c.ref}, {a}, {b}", a.dtype)
+
+
+def _extremum(kind: str):
+    """`a if a > b or a != a else b` (maximum; `<` for minimum): NaN in a propagates, as numba's."""
+    def lower(f, a, n):
+        dt = _float_or(n, a, FLOATS + ("i64",))
+        win = _cmp(f, kind, a[0], a[1])
+        if dt in FLOATS:
+            win = f.ins(f"or i1 {win.ref}, {_cmp(f, 'ne', a[0], a[0]).ref}", "bool")
+        return _select(f, win, a[0], a[1])
+    return lower
+
+
+def _neg(f, a, n):
+    dt = _float_or(n, a, FLOATS + ("i64",))
+    return f.ins(f"fneg {a[0]}", dt) if dt in FLOATS else f.ins(f"sub i64 0, {a[0].ref}", dt)
+
+
+def _intrinsic(name: str):
+    def lower(f, a, n):
+        dt = _float_or(n, a)
+        return f.call(f"llvm.{name}", a[0].ty, a, dt)
+    return lower
+
+
+def _libm(f32: str, f64: str):
+    def lower(f, a, n):
+        dt = _float_or(n, a)
+        return f.call(f32 if dt == "f32" else f64, a[0].ty, a, dt)
+    return lower
+
+
+def _exp(f, a, n):
+    dt = _float_or(n, a)
+    return exp32(f, a[0]) if dt == "f32" else f.call("llvm.exp", "double", a, dt)
+
+
+def _erf(f, a, n):
+    dt = _float_or(n, a)
+    return erf32(f, a[0]) if dt == "f32" else f.call("erf", "double", a, dt)
+
+
+def _rsqrt(f, a, n):
+    dt = _float_or(n, a)
+    s = f.call("llvm.sqrt", a[0].ty, a, dt)
+    return f.ins(f"fdiv {f.c(dt, 1.0)}, {s.ref}", dt)
+
+
+def _pow(f, a, n):
+    dt = _float_or(n, a)
+    return f.call("llvm.pow", a[0].ty, [a[0], f.c(dt, n.attr["exponent"])], dt)
+
+
+def _relu(f, a, n):
+    dt = _float_or(n, a, FLOATS + ("i64",))
+    z = f.c(dt, 0)
+    return _select(f, _cmp(f, "lt", a[0], z), z, a[0])
+
+
+def _sigmoid(f, a, n):
+    """sigmoid1: exp of -|v| in v's dtype, the rest in double (numba's 1.0 literals), then v's dtype."""
+    dt = _float_or(n, a)
+    v = a[0]
+    e = f.call("llvm.exp", v.ty, [f.ins(f"fneg {f.call('llvm.fabs', v.ty, [v], dt)}", dt)], dt)
+    ed = f.ins(f"fpext {e} to double", "f64") if dt == "f32" else e
+    one = f.c("f64", 1.0)
+    d = f.ins(f"fadd {one}, {ed.ref}", "f64")
+    pos = f.ins(f"fdiv {one}, {d.ref}", "f64")
+    neg = f.ins(f"fdiv {ed}, {d.ref}", "f64")
+    vd = f.ins(f"fpext {v} to double", "f64") if dt == "f32" else v
+    r = _select(f, _cmp(f, "ge", vd, f.c("f64", 0.0)), pos, neg)
+    return f.ins(f"fptrunc {r} to float", dt) if dt == "f32" else r
+
+
+def convert(f: _Fn, x: V, dt: str) -> V:
+    """numba's conversion of a scalar to dtype dt (`np.float32(x)`, `x != 0` for bool)."""
+    s = x.dtype
+    if s == dt:
+        return x
+    if dt == "bool":
+        return _cmp(f, "ne", x, f.c(s, 0))
+    to = _VAL[dt]
+    if s == "bool":
+        return f.ins(f"{'uitofp' if dt in FLOATS else 'zext'} {x} to {to}", dt)
+    if s in FLOATS and dt in FLOATS:
+        return f.ins(f"{'fpext' if dt == 'f64' else 'fptrunc'} {x} to {to}", dt)
+    if s in FLOATS:
+        return f.ins(f"fptosi {x} to {to}", dt)
+    return f.ins(f"sitofp {x} to {to}", dt)
+
+
+def _cast(f, a, n):
+    return convert(f, a[0], n.attr["dtype"])
+
+
+def _relu_backward(f, a, n):
+    dt = _float_or(n, a, FLOATS + ("i64",))
+    z = f.c(dt, 0)
+    return _select(f, _cmp(f, "gt", a[1], z), a[0], z)
+
+
+def _sigmoid_backward(f, a, n):  # gy * y * (1 - y)
+    dt = _float_or(n, a)
+    t = f.ins(f"fmul {a[0]}, {a[1].ref}", dt)
+    return f.ins(f"fmul {t}, {f.ins(f'fsub {f.c(dt, 1.0)}, {a[1].ref}', dt).ref}", dt)
+
+
+def _tanh_backward(f, a, n):  # gy * (1 - y * y)
+    dt = _float_or(n, a)
+    yy = f.ins(f"fmul {a[1]}, {a[1].ref}", dt)
+    return f.ins(f"fmul {a[0]}, {f.ins(f'fsub {f.c(dt, 1.0)}, {yy.ref}', dt).ref}", dt)
+
+
+def _mse_loss_backward(f, a, n):  # (input - target) * (gy * 2/N)
+    dt = _float_or(n, a)
+    size = TensorType(n.types[0].shape).size
+    d = f.ins(f"fsub {a[1]}, {a[2].ref}", dt)
+    s = f.ins(f"fmul {a[0]}, {const(dt, 2.0 / (size if n.attr['reduction'] == 'mean' else 1))}", dt)
+    return f.ins(f"fmul {d}, {s.ref}", dt)
+
+
+def splitmix64(f: _Fn, x: V) -> V:
+    z = f.ins(f"add i64 {x.ref}, {_i(_GOLDEN)}", "i64")
+    for shift, mul in ((30, _MIX1), (27, _MIX2)):
+        s = f.ins(f"lshr i64 {z.ref}, {shift}", "i64")
+        z = f.ins(f"mul i64 {f.ins(f'xor i64 {z.ref}, {s.ref}', 'i64').ref}, {_i(mul)}", "i64")
+    return f.ins(f"xor i64 {z.ref}, {f.ins(f'lshr i64 {z.ref}, 31', 'i64').ref}", "i64")
+
+
+def stream_key(f: _Fn, seed: V, stream: int) -> V:
+    """splitmix64(uint64(seed) ^ uint64(stream) * STREAM), before the loop when the seed is."""
+    at, f.at = f.at, ("hoist" if seed.pre else f.at)
+    key = splitmix64(f, f.ins(f"xor i64 {seed.ref}, {_i(stream * _STREAM)}", "i64"))
+    f.at = at
+    return key
+
+
+def uniform1(f: _Fn, key: V) -> V:
+    """The top 53 bits of splitmix64(key + i) as a double in [0, 1) (graphc/ir/rng.py)."""
+    z = splitmix64(f, f.ins(f"add i64 {key.ref}, {f.index.ref}", "i64"))
+    u = f.ins(f"uitofp i64 {f.ins(f'lshr i64 {z.ref}, 11', 'i64').ref} to double", "f64")
+    return f.ins(f"fmul double {u.ref}, {fconst('f64', 1.0 / 9007199254740992.0)}", "f64")
+
+
+def _dropout(f, a, n):  # x * (1/(1-p) if u >= p else 0)
+    dt = _float_or(n, a[:1])
+    if a[1].dtype != "i64":
+        raise Unsupported(f"dropout seed of dtype {a[1].dtype}")
+    u = uniform1(f, stream_key(f, a[1], int(n.attr["stream"])))
+    keep = f.ins(f"fcmp oge double {u.ref}, {fconst('f64', float(n.attr['p']))}", "bool")
+    m = _select(f, keep, f.c(dt, 1.0 / (1.0 - n.attr["p"])), f.c(dt, 0.0))
+    return f.ins(f"fmul {a[0]}, {m.ref}", dt)
+
+
+def _uniform(f, a, n):
+    if a[0].dtype != "i64":
+        raise Unsupported(f"uniform seed of dtype {a[0].dtype}")
+    return convert(f, uniform1(f, stream_key(f, a[0], int(n.attr["stream"]))), n.types[0].dtype)
+
+
+def _arange(f, a, n):
+    """As the reference: i64 in integers; floats computed in double, then cast."""
+    at = n.attr
+    i = f.index
+    if at["dtype"] == "i64":
+        step = f.ins(f"mul i64 {int(at['step'])}, {i.ref}", "i64")
+        return f.ins(f"add i64 {int(at['start'])}, {step.ref}", "i64")
+    x = f.ins(f"sitofp {i} to double", "f64")
+    x = f.ins(f"fmul double {fconst('f64', float(at['step']))}, {x.ref}", "f64")
+    return convert(f, f.ins(f"fadd double {fconst('f64', float(at['start']))}, {x.ref}", "f64"), at["dtype"])
+
+
+def _where(f, a, n):
+    if a[1].dtype != a[2].dtype:
+        raise Unsupported(f"where on {a[1].dtype}/{a[2].dtype}")
+    return _select(f, a[0], a[1], a[2])
+
+
+EXPR = {
+    "add": _arith("fadd", "add"), "sub": _arith("fsub", "sub"), "mul": _arith("fmul", "mul"), "div": _arith("fdiv", None),
+    "maximum": _extremum("gt"), "minimum": _extremum("lt"),
+    **{k: _compare(k) for k in _FCMP},
+    "where": _where, "neg": _neg, "exp": _exp, "log": _intrinsic("log"), "sqrt": _intrinsic("sqrt"),
+    "rsqrt": _rsqrt, "erf": _erf, "tanh": _libm("tanhf", "tanh"), "pow": _pow, "relu": _relu,
+    "sigmoid": _sigmoid, "cast": _cast, "relu_backward": _relu_backward, "sigmoid_backward": _sigmoid_backward,
+    "tanh_backward": _tanh_backward, "dropout": _dropout, "uniform": _uniform, "arange": _arange,
+    "mse_loss_backward": _mse_loss_backward,
+}
+
+# ------------------------------------------------------------------ exp32 / erf32 (runtime/kernels.py), ported
+
+
+def _f(f: _Fn, op: str, a: V, b) -> V:
+    return f.ins(f"{op} {a}, {b.ref if isinstance(b, V) else fconst('f32', b)}", "f32")
+
+
+def exp32(f: _Fn, x: V) -> V:
+    """runtime/kernels.exp32 op for op (Cephes' expf polynomial; both sides selected: vectorizes)."""
+    lo, hi = -87.33654, 88.72283
+    xc = _select(f, _cmp(f, "gt", x, f.c("f32", lo)), x, f.c("f32", lo))  # max(x, lo)
+    xc = _select(f, _cmp(f, "lt", xc, f.c("f32", hi)), xc, f.c("f32", hi))  # min(., hi)
+    n = f.call("llvm.floor", "float", [_f(f, "fadd", _f(f, "fmul", xc, 1.44269504088896341), 0.5)], "f32")
+    r = _f(f, "fsub", _f(f, "fsub", xc, _f(f, "fmul", n, 0.693359375)), _f(f, "fmul", n, -2.12194440e-4))
+    p = f.c("f32", 1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = _f(f, "fadd", _f(f, "fmul", p, r), c)
+    p = _f(f, "fadd", _f(f, "fadd", _f(f, "fmul", p, _f(f, "fmul", r, r)), r), 1.0)
+    k = f.ins(f"fptosi {n} to i32", "i32")
+    h = f.ins(f"ashr i32 {k.ref}, 1", "i32")
+    b1 = f.ins(f"shl i32 {f.ins(f'add i32 {h.ref}, 127', 'i32').ref}, 23", "i32")
+    kh = f.ins(f"sub i32 {k.ref}, {h.ref}", "i32")
+    b2 = f.ins(f"shl i32 {f.ins(f'add i32 {kh.ref}, 127', 'i32').ref}, 23", "i32")
+    e = _f(f, "fmul", _f(f, "fmul", p, f.ins(f"bitcast i32 {b1.ref} to float", "f32")),
+           f.ins(f"bitcast i32 {b2.ref} to float", "f32"))
+    e = _select(f, _cmp(f, "lt", x, f.c("f32", lo)), f.c("f32", 0.0), e)
+    e = _select(f, _cmp(f, "gt", x, f.c("f32", hi)), f.c("f32", math.inf), e)
+    return _select(f, _cmp(f, "ne", x, x), x, e)
+
+
+def _horner(f: _Fn, t: V, coefs) -> V:
+    """c0 + t * (c1 + t * (... + t * cn)), innermost first, as written in runtime/kernels.py."""
+    acc = f.c("f32", coefs[-1])
+    for c in reversed(coefs[:-1]):
+        acc = f.ins(f"fadd {f.c('f32', c)}, {_f(f, 'fmul', t, acc).ref}", "f32")
+    return acc
+
+
+def erf32(f: _Fn, x: V) -> V:
+    """runtime/kernels.erf32 op for op (musl's erff below 0.84375, Numerical Recipes' erfc above)."""
+    z = _f(f, "fmul", x, x)
+    num = _horner(f, z, (1.2837916613e-01, -3.2504209876e-01, -2.8481749818e-02, -5.7702702470e-03, -2.3763017452e-05))
+    den = _horner(f, z, (1.0, 3.9791721106e-01, 6.5022252500e-02, 5.0813062117e-03, 1.3249473704e-04, -3.9602282413e-06))
+    small = _f(f, "fadd", x, _f(f, "fmul", x, _f(f, "fdiv", num, den)))
+    a = f.call("llvm.fabs", "float", [x], "f32")
+    t = f.ins(f"fdiv {f.c('f32', 1.0)}, {_f(f, 'fadd', f.c('f32', 1.0), _f(f, 'fmul', f.c('f32', 0.5), a)).ref}", "f32")
+    poly = _horner(f, t, (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398,
+                          1.48851587, -0.82215223, 0.17087277))
+    big = f.ins(f"fsub {f.c('f32', 1.0)}, {_f(f, 'fmul', t, exp32(f, _f(f, 'fsub', poly, z))).ref}", "f32")
+    big = _select(f, _cmp(f, "lt", x, f.c("f32", 0.0)), f.ins(f"fneg {big}", "f32"), big)
+    return _select(f, _cmp(f, "lt", a, f.c("f32", 0.84375)), small, big)
+
+
+def lowerable(n: Node) -> bool:
+    """Whether a member's op has an LLVM form here (its dtypes are checked while lowering)."""
+    return n.op in EXPR or n.op in GEMMS or n.op in REDUCTIONS
+
+
+# ------------------------------------------------------------------ one kernel -> one function
+
+
+def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str], list[str]]:
+    """(IR text of `define void @kernel(...)`, operand values in argument order, output values in
+    argument order (+ "#scratch0"), argument types: "i64 scalar" or the array's dtype). Raises
+    Unsupported when the kernel holds something this lowering lacks."""
+    body = node.body
+    kind = node.attr["kind"]
+    if kind not in ("elementwise", "gemm", "reduce"):
+        raise Unsupported(f"kernel kind {kind}")
+    members = list(body.nodes)
+    types = body.types
+    inputs = [i.name for i in body.inputs]
+    outputs = list(node.outputs)
+    for k, m in enumerate(members):
+        if not lowerable(m) and not (kind == "gemm" and m.op == "transpose"):
+            raise Unsupported(f"op {m.op}")
+        if m.op in REDUCTIONS and k != len(members) - 1:
+            raise Unsupported(f"{m.op} before the kernel's last member")
+    if any(t.size == 0 for t in types.values()):
+        raise Unsupported("an empty tensor")
+    f = _Fn()
+    gemm = next(m for m in members if m.op in GEMMS) if kind == "gemm" else None
+    prologue = {m.outputs[0]: m.inputs[0] for m in members[:members.index(gemm)]} if gemm is not None else {}
+    red = members[-1] if members[-1].op in REDUCTIONS else None
+    space = (types[gemm.outputs[0]].shape if gemm is not None else
+             types[red.inputs[0]].shape if red is not None else types[members[0].outputs[0]].shape)
+    ptr = {v: f"%a{k}" for k, v in enumerate(inputs)}
+    ptr.update({v: f"%o{k}" for k, v in enumerate(outputs)})
+    idx = [V("i64", f"%i{d}") if n != 1 else V("i64", "0", True) for d, n in enumerate(space)]
+    cache: dict[str, V] = {}
+
+    def load(p: str, dt: str, at: V) -> V:
+        q = f.ins(f"getelementptr inbounds {_MEM[dt]}, ptr {p}, i64 {at.ref}", "ptr", "p")
+        x = f.ins(f"load {_MEM[dt]}, ptr {q.ref}", dt if dt != "bool" else "i8", "x")
+        return f.ins(f"icmp ne i8 {x.ref}, 0", "bool") if dt == "bool" else x
+
+    def store(p: str, dt: str, at: V, x: V) -> None:
+        q = f.ins(f"getelementptr inbounds {_MEM[dt]}, ptr {p}, i64 {at.ref}", "ptr", "p")
+        if dt == "bool":
+            x = f.ins(f"zext i1 {x.ref} to i8", "i8")
+        f.line(f"store {_MEM[dt]} {x.ref}, ptr {q.ref}")
+
+    def offset(strides) -> V:
+        terms = [(ix, s) for ix, s in zip(idx, strides) if s and ix.ref != "0"]
+        if not terms:
+            return V("i64", "0", True)
+        acc = None
+        for ix, s in terms:
+            t = ix if s == 1 else f.ins(f"mul nuw nsw i64 {ix.ref}, {s}", "i64")
+            acc = t if acc is None else f.ins(f"add nuw nsw i64 {acc.ref}, {t.ref}", "i64")
+        return acc
+
+    def read(v: str) -> V:
+        """Operand v (external to the members) at the current iteration."""
+        if v in cache:
+            return cache[v]
+        t = types[v]
+        if v in scalars:
+            got = V("i64", ptr[v], True)
+        elif t.size == 1:
+            at, f.at = f.at, "hoist"
+            got = load(ptr[v], t.dtype, V("i64", "0", True))
+            f.at = at
+        elif t.shape == space:
+            got = load(ptr[v], t.dtype, f.index)
+        else:
+            got = load(ptr[v], t.dtype, offset(broadcast_strides(t.shape, space)))
+        cache[v] = got
+        return got
+
+    # the flat index of the iteration, from the loop indices
+    f.index = offset(c_strides(space))
+    gemm_dst = None
+    if gemm is not None:
+        g_out, g_t = gemm.outputs[0], types[gemm.outputs[0]]
+        if g_out in outputs:
+            gemm_dst = ptr[g_out]
+        else:
+            gemm_dst = next((ptr[o] for o in outputs if types[o] == g_t), None) or "%s0"
+        _blas(f, gemm, types, prologue, ptr, gemm_dst)
+
+    local: dict[str, V] = {}
+    for m in members:
+        if m.outputs[0] in prologue or m is red:
+            continue
+        if m is gemm:
+            e = load(gemm_dst, m.types[0].dtype, f.index)
+            if len(m.inputs) == 3:  # the bias
+                e = EXPR["add"](f, [e, read(m.inputs[2])], m)
+            if m.op == "linear_relu":
+                e = _relu(f, [e], m)
+            local[m.outputs[0]] = e
+            continue
+        ops = [local[i] if i in local else read(i) for i in m.inputs]
+        got = EXPR[m.op](f, ops, m)
+        if got.dtype != m.types[0].dtype:
+            raise Unsupported(f"{m.op} gives {got.dtype}, the IR says {m.types[0].dtype}")
+        local[m.outputs[0]] = got
+    for v in outputs:
+        if red is None or v != red.outputs[0]:
+            store(ptr[v], types[v].dtype, f.index, local[v])
+    if red is not None:
+        _reduction(f, red, types, space, local, read, idx, offset, load, store, ptr)
+
+    params = [f"i64 {ptr[v]}" if v in scalars else f"ptr {ptr[v]}" for v in inputs]
+    params += [f"ptr {ptr[v]}" for v in outputs] + (["ptr %s0"] if gemm_dst == "%s0" else [])
+    text = _assemble(f, space, params, [m.op for m in members], kind)
+    args = ["i64 scalar" if v in scalars else types[v].dtype for v in inputs]
+    args += [types[v].dtype for v in outputs]
+    if gemm_dst == "%s0":
+        args.append(gemm.types[0].dtype)
+    return text, inputs, outputs + (["#scratch0"] if gemm_dst == "%s0" else []), args
+
+
+def _reduction(f: _Fn, red: Node, types, space, local, read, idx, offset, load, store, ptr) -> None:
+    r_out, r_in, dims = red.outputs[0], red.inputs[0], red.attr["dims"]
+    src = local[r_in] if r_in in local else read(r_in)
+    rt = types[r_out]
+    o = ptr[r_out]
+    count = int(np.prod([space[d] for d in dims], dtype=np.int64))
+    if rt.dtype == "bool" or (red.op == "mean" and rt.dtype not in FLOATS):
+        raise Unsupported(f"{red.op} of {rt.dtype}")
+    if rt.size == 1 and red.op != "max":  # numba's `acc = 0.0`: a double accumulator
+        f.line("%acc = alloca double", "alloca")
+        f.line(f"store double {fconst('f64', 0.0)}, ptr %acc", "init")
+        a = f.ins("load double, ptr %acc", "f64")
+        s = f.ins(f"fadd {a}, {convert(f, src, 'f64').ref}", "f64")
+        f.line(f"store double {s.ref}, ptr %acc")
+        f.at = "post"
+        total = f.ins("load double, ptr %acc", "f64")
+        if red.op == "mean":
+            total = f.ins(f"fdiv {total}, {fconst('f64', count)}", "f64")
+        store(o, rt.dtype, V("i64", "0", True), convert(f, total, rt.dtype))
+        return
+    init = -math.inf if rt.is_float else -(1 << 63)
+    _fill(f, "init", o, rt, const(rt.dtype, 0 if red.op != "max" else init))
+    keep = tuple(1 if d in dims else n for d, n in enumerate(space))
+    at = offset([0 if d in dims else s for d, s in enumerate(c_strides(keep))])
+    old = load(o, rt.dtype, at)
+    if red.op == "max":  # `if v > o[off] or v != v: o[off] = v`, as a select
+        new = _extremum("gt")(f, [src, old], red)
+    else:
+        new = f.ins(f"{'fadd' if rt.is_float else 'add'} {old}, {src.ref}", rt.dtype)
+    store(o, rt.dtype, at, new)
+    if red.op == "mean":  # o[q] = o[q] / count for every q, after the loop
+        ty, c = _MEM[rt.dtype], const(rt.dtype, count)
+        f.sections["post"] += [
+            "  br label %mean", "mean:", "  %m.q = phi i64 [ 0, %done ], [ %m.next, %mean ]",
+            f"  %m.p = getelementptr inbounds {ty}, ptr {o}, i64 %m.q", f"  %m.x = load {ty}, ptr %m.p",
+            f"  %m.y = fdiv {ty} %m.x, {c}", f"  store {ty} %m.y, ptr %m.p", "  %m.next = add nuw nsw i64 %m.q, 1",
+            f"  %m.end = icmp eq i64 %m.next, {rt.size}", "  br i1 %m.end, label %mean.done, label %mean", "mean.done:"]
+
+
+def _fill(f: _Fn, section: str, p: str, t: TensorType, value: str) -> None:
+    """p[q] = value for every q, before the loop (the reduction's start)."""
+    if t.size == 1:
+        f.line(f"store {_MEM[t.dtype]} {value}, ptr {p}", section)
+        return
+    s = f.sections[section]
+    s += ["  br label %fill", "fill:", "  %f.q = phi i64 [ 0, %start ], [ %f.next, %fill ]",
+          f"  %f.p = getelementptr inbounds {_MEM[t.dtype]}, ptr {p}, i64 %f.q",
+          f"  store {_MEM[t.dtype]} {value}, ptr %f.p",
+          "  %f.next = add nuw nsw i64 %f.q, 1", f"  %f.end = icmp eq i64 %f.next, {t.size}",
+          "  br i1 %f.end, label %filled, label %fill", "filled:"]
+
+
+def _blas(f: _Fn, gemm: Node, types, prologue, ptr, dst: str) -> None:
+    """np.dot(A, B, out) as numba's dot_3_mm calls BLAS: (1,k)x(k,1) -> dot, a vector on either
+    side -> gemv, else gemm computing C^T = B^T A^T in BLAS's column-major terms; an operand
+    behind a prologue transpose (or linear's weight) is an F-ordered view: a transpose flag."""
+    at, f.at = f.at, "gemm"
+    a_v, b_v = gemm.inputs[0], gemm.inputs[1]
+    dt = gemm.types[0].dtype
+    if dt not in FLOATS:
+        raise Unsupported(f"{gemm.op} on {dt}")
+    kind = "s" if dt == "f32" else "d"
+    ty = _VAL[dt]
+
+    def operand(v, transposed):
+        src = prologue.get(v, v)
+        shape = types[src].shape
+        if v in prologue:
+            transposed = not transposed
+        return ptr[src], ("F" if transposed else "C"), ((shape[1], shape[0]) if transposed else shape)
+
+    pa, la, (m, k) = operand(a_v, False)
+    pb, lb, (_, n) = operand(b_v, gemm.op != "matmul")  # linear: x @ w.T
+    slots: dict[str, str] = {}
+
+    def slot(ty_: str, value) -> str:
+        key = f"{ty_} {value}"
+        if key not in slots:
+            name = f"%b{len(slots)}"
+            f.line(f"{name} = alloca {ty_}", "alloca")
+            f.line(f"store {ty_} {value}, ptr {name}")
+            slots[key] = name
+        return slots[key]
+
+    def i32(x: int) -> str:
+        return slot("i32", x)
+
+    one, zero, inc = slot(ty, fconst(dt, 1.0)), slot(ty, fconst(dt, 0.0)), i32(1)
+    if m == 1 and n == 1:  # V * V
+        fn = f.declare(f"graphc_blas_{kind}dot", f"declare {ty} @graphc_blas_{kind}dot(ptr, ptr, ptr, ptr, ptr)")
+        r = f.fresh("dot")
+        f.line(f"{r} = call {ty} @{fn}(ptr {i32(k)}, ptr {pa}, ptr {inc}, ptr {pb}, ptr {inc})")
+        f.line(f"store {ty} {r}, ptr {dst}")
+    elif n == 1 or m == 1:  # M * V (the matrix is A) or V * M (the matrix is B)
+        if n == 1:
+            mat, lay, (rows, cols), vec, trans = pa, la, (m, k), pb, la == "C"
+        else:
+            mat, lay, (rows, cols), vec, trans = pb, lb, (k, n), pa, lb != "C"
+        mm, nn, lda = (rows, cols, rows) if lay == "F" else (cols, rows, cols)
+        fn = f.declare(f"graphc_blas_{kind}gemv", f"declare void @graphc_blas_{kind}gemv(" + ", ".join(["ptr"] * 11) + ")")
+        f.line(f"call void @{fn}(ptr {slot('i8', ord('t' if trans else 'n'))}, ptr {i32(mm)}, ptr {i32(nn)}, "
+               f"ptr {one}, ptr {mat}, ptr {i32(lda)}, ptr {vec}, ptr {inc}, ptr {zero}, ptr {dst}, ptr {inc})")
+    else:  # M * M: C^T (n x m) = B^T A^T, B first
+        ta, lda_ = ("n", n) if lb == "C" else ("t", k)
+        tb, ldb_ = ("n", k) if la == "C" else ("t", m)
+        fn = f.declare(f"graphc_blas_{kind}gemm", f"declare void @graphc_blas_{kind}gemm(" + ", ".join(["ptr"] * 13) + ")")
+        f.line(f"call void @{fn}(ptr {slot('i8', ord(ta))}, ptr {slot('i8', ord(tb))}, ptr {i32(n)}, ptr {i32(m)}, "
+               f"ptr {i32(k)}, ptr {one}, ptr {pb}, ptr {i32(lda_)}, ptr {pa}, ptr {i32(ldb_)}, ptr {zero}, "
+               f"ptr {dst}, ptr {i32(n)})")
+    f.at = at
+
+
+def _assemble(f: _Fn, space, params, ops, kind) -> str:
+    """The function: allocas, BLAS call, hoisted values, reduction start, the loop nest, the end."""
+    s = f.sections
+    out = [f"; graphc kernel {{kind={kind}}}: {', '.join(ops)}; iteration space {list(space)}",
+           f"define void @kernel({', '.join(params)}) #0 {{", "entry:"]
+    out += s["alloca"] + s["gemm"] + s["hoist"] + ["  br label %start", "start:"] + s["init"]
+    loops = [d for d, n in enumerate(space) if n != 1]
+    prev = "%start" if not any(ln == "filled:" for ln in s["init"]) else "%filled"
+    for j, d in enumerate(loops):
+        out.append(f"  br label %loop{d}")
+        out.append(f"loop{d}:")
+        back = f"%latch{loops[j + 1]}" if j + 1 < len(loops) else f"%loop{d}"
+        out.append(f"  %i{d} = phi i64 [ 0, {prev} ], [ %i{d}.next, {back} ]")
+        prev = f"%loop{d}"
+    out += s["body"]
+    for j, d in reversed(list(enumerate(loops))):
+        if j + 1 < len(loops):
+            out.append(f"latch{loops[j + 1]}:")
+        out.append(f"  %i{d}.next = add nuw nsw i64 %i{d}, 1")
+        out.append(f"  %i{d}.end = icmp eq i64 %i{d}.next, {space[d]}")
+        nxt = f"latch{d}" if j > 0 else "done"
+        out.append(f"  br i1 %i{d}.end, label %{nxt}, label %loop{d}")
+    if not loops:
+        out.append("  br label %done")
+    out.append("done:")
+    out += s["post"]
+    out.append("  ret void")
+    out.append("}")
+    out += [""] + [f.decls[k] for k in sorted(f.decls)]
+    out += ["", "attributes #0 = { nounwind }"]
+    return "\n".join(out) + "\n"
