@@ -1,0 +1,280 @@
+"""The LLVM lowering of the kernel stage (runtime/lower_llvm.py) against numba's lowering of the same
+kernel (runtime/lower.py) and the reference interpreter: every scalar op on random inputs with the
+edge values (NaN, inf, -0.0, exp's range ends), float32 and float64, broadcasting; dropout masks
+bit-equal; GEMM kernels (gemm, gemv, dot as numba's np.dot picks them) with prologue transposes,
+epilogues and a trailing reduction; the IR text; fallback to numba; the kernel library entry."""
+import ctypes
+import re
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.ir import GraphBuilder, TensorType, interpret
+from graphc.ir.graph import kernel_node
+from graphc.runtime import cache, kernel_lib, lower_llvm
+from graphc.runtime.kernel_lib import LlvmKernel
+from graphc.runtime.lower import HELPERS, kernel_function
+
+R = np.random.default_rng(7)
+DT = {"f32": np.float32, "f64": np.float64}
+
+
+def _kernel(build, inputs: dict, kind="elementwise"):
+    """(kernel node, the graph of its members): build(b, *input names) emits the members; every
+    member's output is an output of the kernel."""
+    b = GraphBuilder("k")
+    names = [b.add_input(n, TensorType(a.shape, graphc.ir.types.dtype_name(a.dtype)),
+                         "rng" if n == "seed" else "input") for n, a in inputs.items()]
+    build(b, *names)
+    outs = [o for n in b.nodes for o in n.outputs if not (kind == "gemm" and n.op == "transpose")]
+    g = b.build(outs)
+    return kernel_node(list(g.nodes), names, outs, g.types, kind), g
+
+
+def run_llvm(node, arrays: dict, scalars=()):
+    ir, ins, outs, args = lower_llvm.kernel_ir(node, set(scalars))
+    k = LlvmKernel(ir, args)
+    obj, _ = kernel_lib.compile_ir(k.text)
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_int64 if a == "i64 scalar" else ctypes.c_void_p for a in args])(
+        kernel_lib._load_object(k.symbol, obj))
+    res = _outputs(node, outs)
+    fn(*[int(arrays[v]) if v in scalars else arrays[v].ctypes.data for v in ins], *[a.ctypes.data for a in res])
+    return res
+
+
+def run_numba(node, arrays: dict, scalars=()):
+    src, ins, outs = kernel_function("k", node, set(scalars), None)
+    ns = {}
+    exec("import math\nimport numpy as np\nfrom numba import njit\nfrom graphc.runtime.lower import "
+         + ", ".join(HELPERS) + "\n" + src, ns)
+    res = _outputs(node, outs)
+    ns["k"](*[int(arrays[v]) if v in scalars else arrays[v].reshape(-1) for v in ins], *[a.reshape(-1) for a in res])
+    return res
+
+
+def _outputs(node, outs):
+    got = []
+    for v in outs:
+        t = node.body.types[v] if not v.startswith("#") else next(m for m in node.body.nodes if m.op in
+                                                                  lower_llvm.GEMMS).types[0]
+        got.append(np.full(t.shape, 123, t.np_dtype))  # garbage first: every element must be written
+    return got
+
+
+def _same(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    if a.dtype.kind == "f":
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        a, b = np.nan_to_num(a, nan=0.0), np.nan_to_num(b, nan=0.0)
+    np.testing.assert_array_equal(a, b)
+
+
+def _data(dt):
+    t = DT[dt]
+    x = R.uniform(-3, 3, (4, 6)).astype(t)
+    x.flat[:8] = [np.nan, np.inf, -np.inf, -0.0, 0.0, 90.0, -90.0, 1e-30]  # the edges: exp32's range ends
+    return {"x": x, "y": R.uniform(-3, 3, 6).astype(t), "z": R.uniform(-3, 3, (4, 1)).astype(t),
+            "pos": R.uniform(0.1, 4, (4, 6)).astype(t), "c": R.uniform(size=(4, 6)) > 0.5,
+            "g": np.array(0.75, t), "seed": np.array(987654321, np.int64)}
+
+
+def _every_op(b, x, y, z, pos, c, g, seed):
+    for op in ("add", "sub", "mul", "div", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge"):
+        b.emit(op, [x, y])
+    b.emit("sub", [z, x])
+    b.emit("maximum", [y, x])
+    b.emit("minimum", [z, x])
+    b.emit("where", [c, x, z])
+    for op in ("neg", "exp", "erf", "tanh", "relu", "sigmoid"):
+        b.emit(op, [x])
+    for op in ("log", "sqrt", "rsqrt"):
+        b.emit(op, [pos])
+    for e in (2.0, 3.0, 0.5, -1.5):
+        b.emit("pow", [pos], {"exponent": e})
+    for dt in ("f32", "f64", "i64", "bool"):
+        b.emit("cast", [x if dt != "i64" else pos], {"dtype": dt})
+    b.emit("cast", [c], {"dtype": "f32"})
+    b.emit("relu_backward", [pos, x])
+    b.emit("sigmoid_backward", [x, pos])
+    b.emit("tanh_backward", [x, pos])
+    b.emit("mse_loss_backward", [g, x, pos], {"reduction": "mean"})
+    b.emit("dropout", [x, seed], {"p": 0.3, "stream": 5})
+    b.emit("uniform", [seed], {"shape": (4, 6), "stream": 2, "dtype": "f32"})
+    b.emit("uniform", [seed], {"shape": (4, 6), "stream": 9, "dtype": "f64"})
+
+
+def test_every_scalar_op_has_an_llvm_form():
+    assert set(lower_llvm.EXPR) == set(__import__("graphc.runtime.lower", fromlist=["EXPR"]).EXPR)
+
+
+@pytest.mark.parametrize("dt", ["f32", "f64"])
+def test_every_op_llvm_equals_numba_bit_for_bit_and_the_interpreter(dt):
+    data = _data(dt)
+    node, g = _kernel(_every_op, data)
+    want = interpret(g, data)
+    with np.errstate(all="ignore"):
+        llvm = run_llvm(node, data, {"seed"})
+        numba_ = run_numba(node, data, {"seed"})
+    for m, a, b, w in zip(g.nodes, llvm, numba_, want):
+        _same(a, b)  # the same operations in the same order: the same bits
+        w = np.asarray(w)
+        if m.op == "cast" and m.attr["dtype"] == "i64":
+            w = np.asarray(w)
+        tol = {"exp": 4e-7, "erf": 4e-7}.get(m.op, 1e-6) if dt == "f32" else 1e-13
+        np.testing.assert_allclose(a.astype(np.float64), w.astype(np.float64), rtol=tol, atol=tol,
+                                   err_msg=f"{m.op} {dt}", equal_nan=True)
+
+
+def test_dropout_masks_are_bit_equal_to_the_interpreter():
+    data = {"x": R.standard_normal((33, 65)).astype(np.float32), "seed": np.array(-5, np.int64)}
+    node, g = _kernel(lambda b, x, seed: b.emit("dropout", [x, seed], {"p": 0.5, "stream": 3}), data)
+    got = run_llvm(node, data, {"seed"})[0]
+    _same(got, interpret(g, data)[0])
+    node, g = _kernel(lambda b, x, seed: b.emit("dropout", [x, seed], {"p": 0.1, "stream": 0}), data)
+    _same(run_llvm(node, data)[0], interpret(g, data)[0])  # the seed read from an array, not an argument
+
+
+def test_arange_and_integer_ops():
+    def build(b, i, j):
+        b.emit("arange", [], {"start": 3.0, "step": -2.0, "size": 12, "dtype": "i64"})
+        b.emit("add", [i, j]), b.emit("mul", [i, j]), b.emit("maximum", [i, j])
+        b.emit("lt", [i, j]), b.emit("cast", [i], {"dtype": "f32"})
+
+    data = {"i": R.integers(-9, 9, 12), "j": R.integers(-9, 9, 12)}
+    node, g = _kernel(build, data)
+    for a, b, w in zip(run_llvm(node, data), run_numba(node, data), interpret(g, data)):
+        _same(a, b)
+        _same(a, np.asarray(w))
+    node, g = _kernel(lambda b: b.emit("arange", [], {"start": 0.5, "step": 0.1, "size": 10, "dtype": "f32"}), {})
+    _same(run_llvm(node, {})[0], interpret(g, {})[0])
+
+
+@pytest.mark.parametrize("m,k,n,dt", [(5, 3, 4, "f32"), (5, 3, 1, "f32"), (1, 3, 4, "f32"), (1, 3, 1, "f32"),
+                                      (5, 3, 4, "f64")])  # gemm, gemv M*V, gemv V*M, dot
+def test_gemm_kernels_call_blas_as_numba_does(m, k, n, dt):
+    t = DT[dt]
+    data = {"x": R.standard_normal((m, k)).astype(t), "w": R.standard_normal((n, k)).astype(t),
+            "b": R.standard_normal(n).astype(t), "d": R.standard_normal((k, m)).astype(t),
+            "v": R.standard_normal((k, n)).astype(t)}
+
+    def linear(b_, x, w, bias, d, v):  # linear_relu + epilogue + bias-grad reduction
+        y = b_.emit("linear_relu", [x, w, bias])
+        b_.emit("sum", [b_.emit("mul", [y, y])], {"dims": (0,)})
+
+    def prologue(b_, x, w, bias, d, v):  # d.T @ v, then tanh
+        b_.emit("tanh", [b_.emit("matmul", [b_.emit("transpose", [d], {"perm": (1, 0)}), v])])
+
+    for build in (linear, prologue):
+        node, g = _kernel(build, data, kind="gemm")
+        got, ref = run_llvm(node, data), run_numba(node, data)
+        for a, b in zip(got, ref):
+            _same(a, b)  # the same BLAS routine with the same arguments
+        for a, w in zip(got, interpret(g, data)):
+            np.testing.assert_allclose(a, w, rtol=1e-5 if dt == "f32" else 1e-12, atol=1e-5)
+
+
+def test_a_gemm_product_that_stays_inside_goes_to_scratch():
+    data = {"x": R.standard_normal((6, 4)).astype(np.float32), "w": R.standard_normal((3, 4)).astype(np.float32)}
+
+    def build(b, x, w):
+        b.emit("sum", [b.emit("linear", [x, w])], {"dims": (0, 1)})
+
+    b = GraphBuilder("k")
+    ins = [b.add_input(n, TensorType(a.shape)) for n, a in data.items()]
+    build(b, *ins)
+    g = b.build([b.nodes[-1].out])
+    node = kernel_node(list(g.nodes), ins, [g.nodes[-1].out], g.types, "gemm")
+    ir, _, outs, args = lower_llvm.kernel_ir(node, set())
+    assert outs[-1] == "#scratch0" and args == ["f32"] * 4 and "ptr %s0" in ir
+    got = run_llvm(node, data)
+    _same(got[0], run_numba(node, data)[0])
+    np.testing.assert_allclose(got[0], [(data["x"] @ data["w"].T).astype(np.float64).sum()], rtol=1e-5)
+
+
+@pytest.mark.parametrize("op,dims", [("sum", (0,)), ("sum", (1,)), ("sum", (0, 1)), ("mean", (0,)), ("mean", (0, 1)),
+                                     ("max", (1,)), ("max", (0, 1))])
+def test_reduce_kernels(op, dims):
+    data = {"x": R.standard_normal((7, 9)).astype(np.float32), "y": R.standard_normal(9).astype(np.float32)}
+    data["x"][3, 4] = np.nan if op == "max" else data["x"][3, 4]
+    node, g = _kernel(lambda b, x, y: b.emit(op, [b.emit("mul", [x, y])], {"dims": dims}), data, kind="reduce")
+    got, ref, want = run_llvm(node, data), run_numba(node, data), interpret(g, data)
+    for a, b, w in zip(got, ref, want):
+        _same(a, b)
+        np.testing.assert_allclose(a, w, rtol=1e-5, equal_nan=True)
+
+
+def test_ir_text_is_canonical_and_reads_as_the_kernel():
+    data = {"x": np.zeros((64, 10), np.float32), "w": np.zeros((20, 10), np.float32),
+            "b": np.zeros(20, np.float32), "seed": np.array(0, np.int64)}
+
+    def build(b, x, w, bias, seed):
+        b.emit("dropout", [b.emit("linear_relu", [x, w, bias]), seed], {"p": 0.5})
+
+    node, _ = _kernel(build, data, kind="gemm")
+    ir, ins, outs, args = lower_llvm.kernel_ir(node, {"seed"})
+    assert ins == ["x", "w", "b", "seed"] and args == ["f32", "f32", "f32", "i64 scalar", "f32", "f32"]
+    lines = ir.splitlines()
+    assert lines[0] == "; graphc kernel {kind=gemm}: linear_relu, dropout; iteration space [64, 20]"
+    assert lines[1] == "define void @kernel(ptr %a0, ptr %a1, ptr %a2, i64 %a3, ptr %o0, ptr %o1) #0 {"
+    # x @ w.T as BLAS sees it: C^T = (w.T)^T-flagged times x, M=20, N=64, K=10
+    assert re.search(r"call void @graphc_blas_sgemm\(ptr %b\d+, ptr %b\d+, ptr %b\d+, ptr %b\d+, ptr %b\d+, ptr %b0, "
+                     r"ptr %a1, ptr %b\d+, ptr %a0, ptr %b\d+, ptr %b1, ptr %o0, ptr %b\d+\)", ir)
+    assert "store i8 116" in ir and "store i8 110" in ir  # 't' for the weight, 'n' for x
+    assert "%i0 = phi i64 [ 0, %start ], [ %i0.next, %latch1 ]" in ir
+    assert "fcmp oge double" in ir and "%i1.end = icmp eq i64 %i1.next, 20" in ir
+    assert not re.search(r"linear1|%x\b|seed", ir)  # names nothing of the plan
+    again, *_ = lower_llvm.kernel_ir(_kernel(build, {**data, "x": np.ones((64, 10), np.float32)}, kind="gemm")[0],
+                                     {"seed"})
+    assert again == ir
+
+
+def test_float32_exp_and_erf_loops_vectorize():
+    data = {"x": np.zeros((64, 48), np.float32)}
+    node, _ = _kernel(lambda b, x: b.emit("erf", [b.emit("exp", [x])]), data)
+    _, opt = kernel_lib.compile_ir(LlvmKernel(*lower_llvm.kernel_ir(node, set())[::3]).text)
+    assert re.search(r"fmul <\d+ x float>", opt) and "call float @expf" not in opt
+
+
+def test_a_kernel_the_llvm_lowering_lacks_falls_back_to_numba(cache_dir, monkeypatch):
+    monkeypatch.delitem(lower_llvm.EXPR, "tanh")
+    cache._loaded.clear()
+    graphc.manual_seed(0)
+    model = graphc.nn.Sequential(graphc.nn.Linear(3, 4), graphc.nn.Tanh(), graphc.nn.Linear(4, 2), graphc.nn.Sigmoid())
+    model.eval()
+    x = np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3)
+    cm = graphc.compile(model, x)
+    y = cm(x)
+    exe = next(iter(cm.executables.values()))
+    info = exe.compile_info
+    assert (info.kernels["llvm"], info.kernels["numba"]) == (1, 1) and info.fallbacks == ["op tanh"]
+    assert "1 LLVM, 1 numba: op tanh" in str(info)
+    assert "kernel0 = llvm_kernel(" in exe.source.text or "kernel1 = llvm_kernel(" in exe.source.text
+    w1, b1, w2, b2 = (np.asarray(p) for p in model.parameters())
+    np.testing.assert_allclose(y, 1 / (1 + np.exp(-(np.tanh(x @ w1.T + b1) @ w2.T + b2))), rtol=1e-5, atol=1e-6)
+
+
+def test_library_entry_round_trip_and_damage(tmp_path, caplog):
+    node, _ = _kernel(lambda b, x: b.emit("sqrt", [b.emit("exp", [x])]), {"x": np.zeros(37, np.float64)})
+    ir, _, _, args = lower_llvm.kernel_ir(node, set())
+    k = LlvmKernel(ir, args)
+    kernel_lib._ready.pop(k.key, None)
+    assert kernel_lib._prepare_llvm(tmp_path, k) == "compiled"
+    d = tmp_path / k.key
+    assert sorted(p.name for p in d.iterdir()) == ["kernel.ll", "kernel.o", "manifest.json"]
+    assert (d / "kernel.ll").read_text().startswith("; graphc kernel") and f"@{k.symbol}(" in (d / "kernel.ll").read_text()
+    assert kernel_lib._prepare_llvm(tmp_path, k) == "reused"
+    kernel_lib._ready.pop(k.key)
+    assert kernel_lib._prepare_llvm(tmp_path, k) == "cached"
+    (d / "kernel.ll").write_text((d / "kernel.ll").read_text() + "\n")
+    kernel_lib._ready.pop(k.key)
+    assert kernel_lib._prepare_llvm(tmp_path, k) == "compiled" and "checksum mismatch in kernel.ll" in caplog.text
+    m = d / "manifest.json"
+    m.write_text(m.read_text().replace('"llvmlite"', '"llvmlite_"'))
+    kernel_lib._ready.pop(k.key)
+    assert kernel_lib._prepare_llvm(tmp_path, k) == "compiled" and "other versions" in caplog.text
+    x = R.standard_normal(37)
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3)(kernel_lib._ready[k.key])
+    e, out = np.empty(37), np.empty(37)
+    fn(x.ctypes.data, e.ctypes.data, out.ctypes.data)
+    np.testing.assert_allclose(out, np.sqrt(np.exp(x)), rtol=1e-15)  # (numpy's exp is not libm's)
