@@ -147,7 +147,9 @@ def compile_times(workload) -> dict:
         from bench_cnn import graphc_step
         fn, info = graphc_step({workload!r})
         fn()
-        print(json.dumps({{"first_step_s": time.perf_counter() - t0}}))
+        import resource
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps({{"first_step_s": time.perf_counter() - t0, "cpu_s": ru.ru_utime + ru.ru_stime}}))
     """)
     out = {}
     with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as d2, tempfile.TemporaryDirectory() as kernels:
@@ -157,7 +159,9 @@ def compile_times(workload) -> dict:
         for label, e in (("cold", env), ("new plan", dict(env, GRAPHC_CACHE_DIR=d2)),
                          ("after warmup", compile_env(tempfile.mkdtemp(), warmed_numba_cache())), ("cached", env)):
             r = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True)
-            out[label] = json.loads(r.stdout.strip().splitlines()[-1])["first_step_s"] if r.returncode == 0 else float("nan")
+            got = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {}
+            out[label] = got.get("first_step_s", float("nan"))
+            out[label + " CPU"] = got.get("cpu_s", float("nan"))
     return out
 
 
@@ -261,6 +265,8 @@ def main(argv=None):
             print(f"{w}: graphc process start to first step: {ct['cold']:.2f} s cold (no caches), "
                   f"{ct['new plan']:.2f} s new plan (library kernels cached), {ct['after warmup']:.2f} s after "
                   f"`graphc warmup`, {ct['cached']:.2f} s cached")
+            print(f"{w}: the same, CPU seconds of each process: " + ", ".join(
+                f"{label} {ct[label + ' CPU']:.2f} s" for label in ("cold", "new plan", "after warmup", "cached")))
             continue
         med, infos = run_workload(w, a.rounds, a.steps)
         eager = med["torch eager"]

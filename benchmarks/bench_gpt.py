@@ -55,6 +55,9 @@ WORKER = textwrap.dedent("""
         step()
         info["compile_s"] = time.perf_counter() - t0
         info["first_step_s"] = time.perf_counter() - t_start
+        import resource
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        info["cpu_s"] = ru.ru_utime + ru.ru_stime  # CPU seconds of the process to its first step
         spec = cm._spec
         from graphc.passes.kernels import kernel_count
         info["kernels"] = {{k: kernel_count(g) for k, g in (("forward", spec.plans.forward), ("backward", spec.plans.backward))}}
@@ -143,7 +146,8 @@ def main(argv=None):
 
 def print_starts(starts: dict) -> None:
     print("graphc, process start to first step (fresh processes): " + "; ".join(
-        f"{label} {r['first_step_s']:.2f} s (compile or load {r['compile_s']:.2f} s)" if "compile_s" in r
+        f"{label} {r['first_step_s']:.2f} s, CPU {r.get('cpu_s', float('nan')):.2f} s (compile or load {r['compile_s']:.2f} s)"
+        if "compile_s" in r
         else f"{label} failed: {r.get('error')}" for label, r in starts.items()))
     print("  cold: no caches at all; new plan: graphc's library kernels in numba's cache (any earlier use), "
           "this model's plans new; after warmup: numba's cache as `graphc warmup` left it (an install), "

@@ -298,8 +298,7 @@ def _engine():
         v = _llvm_versions()
         tm = ll.Target.from_default_triple().create_target_machine(
             cpu=v["cpu"], features=v["features"], opt=3, reloc="static", codemodel="jitdefault")
-        from scipy.linalg import cython_blas
-
+        cython_blas = _cython_blas()
         get_name, get_ptr = ctypes.pythonapi.PyCapsule_GetName, ctypes.pythonapi.PyCapsule_GetPointer
         get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
         get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
@@ -314,6 +313,29 @@ def _engine():
             pass
         _jit = (tm, ll.create_mcjit_compiler(ll.parse_assembly(""), tm))
     return _jit
+
+
+def _cython_blas():
+    """scipy's Cython BLAS module (the entry points numba's np.dot uses), loaded from its file
+    without scipy.linalg's package __init__ (0.15-0.4 s of imports a plan without np.dot never
+    needs); the normal import when that is already done or the file is not found."""
+    import importlib.util
+
+    mod = sys.modules.get("scipy.linalg.cython_blas")
+    if mod is not None:
+        return mod
+    import scipy
+
+    folder = Path(scipy.__file__).parent / "linalg"
+    found = sorted(folder.glob("cython_blas*.so")) + sorted(folder.glob("cython_blas*.pyd"))
+    if not found:
+        from scipy.linalg import cython_blas
+
+        return cython_blas
+    spec = importlib.util.spec_from_file_location("scipy.linalg.cython_blas", found[0])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def compile_ir(text: str) -> tuple[bytes, str]:
