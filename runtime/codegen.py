@@ -125,6 +125,24 @@ class _Views:
         base = self._emit(f"arena_{b.dtype}", f"arena_{b.dtype} = table[{self.slot[entry]}]", first=self.slot[entry])
         return str(base), b.offset // TensorType((), b.dtype).np_dtype.itemsize
 
+    def address(self, value: str) -> str:
+        """An integer expression of the address of a value's first element: what an LLVM kernel
+        takes (no view to type and build, unlike `flat`)."""
+        s = self.mp.slots[value]
+        if s.kind in ("alias", "inplace"):
+            return self.address(s.target)
+        where = self._where(value)
+        if where is None:  # a call input
+            return f"{self.names(value)}.ctypes.data"
+        return self._offset(where, s.type.dtype)
+
+    def buffer_address(self, bid: int) -> str:
+        return self._offset(self._buffer_where(bid), self.mp.buffers[bid].dtype)
+
+    def _offset(self, where: tuple[str, int], dtype: str) -> str:
+        base, off = where
+        return f"{base} + {off * TensorType((), dtype).np_dtype.itemsize}" if off else base
+
     def _view(self, name: str, where: tuple[str, int], shape: tuple, dtype: str) -> Code:
         return self._emit(name, f"{name} = view({where[0]}, {where[1]}, {shape!r}, {self._np(dtype)})")
 
@@ -260,10 +278,14 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
             members = n.body.nodes
             body.append(f"    # {fn}: kernel {{kind={n.attr['kind']}}} over {len(members)} nodes:")
             body += [f"    #   {format_node(m)}" for m in members]
-            ptr = ".ctypes" if lowered is not None else ""  # LLVM kernels take the arrays' data pointers
-            scratch = [f"{views.scratch_operand(sl).f}{ptr}" for sl in mp.scratch.get(k, ())]
-            args = [str(views.scalar(v)) if v in scalars else f"{views.flat(v)}{ptr}" for v in ins]
-            args += [f"{views.flat(v)}{ptr}" for v in outs if not v.startswith("#")] + scratch
+            if lowered is not None:  # LLVM kernels take addresses: no views to build
+                scratch = [views.buffer_address(sl.buffer) for sl in mp.scratch.get(k, ())]
+                args = [str(views.scalar(v)) if v in scalars else views.address(v) for v in ins]
+                args += [views.address(v) for v in outs if not v.startswith("#")] + scratch
+            else:
+                scratch = [str(views.scratch_operand(sl).f) for sl in mp.scratch.get(k, ())]
+                args = [str(views.scalar(v)) if v in scalars else str(views.flat(v)) for v in ins]
+                args += [str(views.flat(v)) for v in outs if not v.startswith("#")] + scratch
             body.append(f"    {fn}({', '.join(args)})")
             continue
         body.append(f"    # {format_node(n)}")

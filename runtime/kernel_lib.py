@@ -256,12 +256,12 @@ class LlvmKernel:
 
 
 def llvm_kernel(symbol: str, args: tuple[str, ...]):
-    """What a plan module calls an LLVM kernel by: numba's ExternalFunction of that symbol
-    (pointers to the flat arrays, int64 rng seeds), resolved when the plan's code is linked."""
+    """What a plan module calls an LLVM kernel by: numba's ExternalFunction of that symbol, resolved
+    when the plan's code is linked. Arguments are int64: the arrays' addresses (the IR declares
+    them `ptr`; both travel in the same integer registers) and rng seeds."""
     from numba import types
 
-    return types.ExternalFunction(symbol, types.void(*[types.int64 if a == "i64 scalar" else types.voidptr
-                                                       for a in args]))
+    return types.ExternalFunction(symbol, types.void(*[types.int64] * len(args)))
 
 
 _jit = None  # (target machine, MCJIT engine): one per process, created on first use
