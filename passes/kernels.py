@@ -36,6 +36,7 @@ from graphc.ir.graph import KERNEL, Node, kernel_node, rename_values
 from graphc.ir.text import format_node
 
 from .manager import PassContext, register_pass
+from .update_gemm import fuse_update_gemm
 
 MAX_MEMBERS = 32  # the size limit of one kernel's body
 GEMMS = ("matmul", "linear", "linear_relu")
@@ -266,7 +267,7 @@ def kernels(g: Graph, ctx: PassContext | None = None):
     ctx = ctx or PassContext("kernels")
     if any(n.op == KERNEL for n in g.nodes):
         return g, False
-    decomposed = dropout_mask_from_output(decompose_for_kernels(g, ctx), ctx)
+    decomposed = fuse_update_gemm(dropout_mask_from_output(decompose_for_kernels(g, ctx), ctx), ctx)
     changed = decomposed is not g
     g = decomposed
     groups, of, refused = group_kernels(g)

@@ -420,6 +420,27 @@ def linear_backward(gy, x, w, y, dz, dx, dw, db, relu, input_grad, bias_grad):
         np.dot(g, w, dx)
 
 
+# BLAS gemm through numba's own C helper (the one its np.dot calls), named by symbol so a plan
+# that calls it stays cacheable; unlike np.dot it takes alpha and beta and transposed operands.
+_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
+    types.char, types.char, types.char, types.intp, types.intp, types.intp, types.voidptr, types.voidptr,
+    types.intp, types.voidptr, types.intp, types.voidptr, types.voidptr, types.intp))
+_N, _T = 110, 116  # BLAS's 'n' and 't'
+
+
+@njit(**JIT)
+def addmm(c, a, b, out, m, n, k, trans_a, trans_b, alpha, s, beta):
+    """out = beta * c + alpha * s * op(a) @ op(b) on flat row-major operands, one BLAS gemm:
+    row-major C is column-major C^T, so BLAS computes C^T = op(b)^T op(a)^T with the operands
+    swapped. out may be c's own buffer (the update is then in place)."""
+    _into(c, out)
+    coef = np.empty(2, out.dtype)
+    coef[0] = alpha * s
+    coef[1] = beta
+    _xxgemm(115 if out.itemsize == 4 else 100, _T if trans_b else _N, _T if trans_a else _N, n, m, k,
+            coef.ctypes, b.ctypes, k if trans_b else n, a.ctypes, m if trans_a else k, coef[1:].ctypes, out.ctypes, n)
+
+
 # ------------------------------------------------------------------ softmax family (x seen as [outer, n, inner])
 
 
@@ -646,19 +667,20 @@ class Kernel:
     pairs run in order (pad: fill, then copy the interior; concat: one copy per input).
 
     inplace: elementwise, so an output may share its buffer with a same-shaped input (the
-    runtime writes "update:" outputs straight into the param / state buffer then).
+    runtime writes "update:" outputs straight into the param / state buffer then); a tuple of
+    input positions: only those inputs may share the output's buffer (addmm's c, not a or b).
     scratch: scratch(node) -> TensorTypes of temporaries the kernel needs for the node's duration."""
 
     op: str
     call: Callable[["Site"], tuple[Any, list]]
-    inplace: bool = False
+    inplace: bool | tuple[int, ...] = False
     scratch: Callable | None = None
 
 
 KERNELS: dict[str, Kernel] = {}
 
 
-def kernel(op: str, inplace: bool = False, scratch: Callable | None = None):
+def kernel(op: str, inplace: bool | tuple[int, ...] = False, scratch: Callable | None = None):
     def register(call):
         if op in KERNELS:
             raise ValueError(f"kernel for {op!r} registered twice")
@@ -878,6 +900,16 @@ kernel("dropout", inplace=True)(lambda s: (dropout, [s.i[0].f, s.i[1].s, s.o[0].
 def _or_none(x):
     """A number, or None when it is 0 / false: the update kernels compile that term away."""
     return x if x else None
+
+
+@kernel("addmm", inplace=(0,))
+def _(s):
+    a = s.attrs
+    c, x, y = s.i[:3]
+    m, n = s.o[0].shape
+    k = x.shape[0] if a["trans_a"] else x.shape[1]
+    return addmm, [c.f, x.f, y.f, s.o[0].f, m, n, k, a["trans_a"], a["trans_b"], float(a["alpha"]),
+                   s.i[3].s if len(s.i) == 4 else 1.0, float(a["beta"])]
 
 
 # The hyperparameters are f64[] operands (the optimizer's param_groups, read at each call);

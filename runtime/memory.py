@@ -229,6 +229,16 @@ def plan_memory(g: Graph) -> MemoryPlan:
     return MemoryPlan(g.name, n_nodes, slots, buffers, scratch, output_copies, update_copies, arena)
 
 
+def _may_share(n, x: str, root: dict[str, str]) -> bool:
+    """Whether node n may write its output into input x's buffer: its kernel reads x elementwise
+    (inplace=True, and x itself, not a view of it), or only at the input positions it names."""
+    k = KERNELS.get(n.op)
+    if k is None or not k.inplace:
+        return False
+    allowed = range(len(n.inputs)) if k.inplace is True else k.inplace
+    return all(i == x and j in allowed for j, i in enumerate(n.inputs) if root[i] == x)
+
+
 def _safe_updates(g: Graph, updates: dict[str, str], root: dict[str, str], last: dict[str, int]) -> dict[str, str]:
     """The "update:" outputs that can be written straight into their target input's buffer.
 
@@ -251,7 +261,7 @@ def _safe_updates(g: Graph, updates: dict[str, str], root: dict[str, str], last:
         reads_target = [i for i in n.inputs if root[i] == x]
         if last.get(x, -1) > k:
             continue
-        if reads_target and not (n.op in KERNELS and KERNELS[n.op].inplace and all(i == x for i in reads_target)):
+        if reads_target and not _may_share(n, x, root):
             continue
         safe[v] = x
     return safe

@@ -142,7 +142,7 @@ def test_debug_logging_shows_compile_cache_miss_then_hit_and_the_train_step_repo
         assert "linear_relu" in p.stdout and "relu_backward" in p.stdout  # (linear_backward, decomposed by the kernel pass)
         assert "saved values" in p.stdout and "peak" in p.stdout
         # `--stage kernels`: the kernel stage, each kernel with its members (issue 9)
-        assert '= kernel(' in p.stdout and '{kind="gemm"} {' in p.stdout and "transpose(" in p.stdout
+        assert '= kernel(' in p.stdout and '{kind="gemm"} {' in p.stdout and "addmm(" in p.stdout
 
 
 # ------------------------------------------------------------------ errors: one line, non-zero exit

@@ -42,12 +42,13 @@ def test_simple_net_train_step_kernels():
     g = _stage(step)
     ks = _kernel_nodes(g)
     # forward GEMMs with epilogues (the second also starts the backward: loss gradient, bias gradient);
-    # linear_backward decomposed: the dx GEMM takes the dropout and relu masks and the bias gradient,
-    # each weight-gradient GEMM reads its transposed operand as a view (prologue)
+    # linear_backward decomposed: the dx GEMM takes the dropout and relu masks and the bias gradient;
+    # each weight-gradient GEMM writes its SGD update itself (addmm, transposed operand as a flag)
     assert [[m.op for m in k.body.nodes] for k in ks] == [
         ["linear_relu", "dropout", "gt"], ["linear", "mse_loss_backward", "sum"],
-        ["matmul", "mul", "mul", "where", "relu_backward", "sum"], ["transpose", "matmul"], ["transpose", "matmul"]]
-    assert kernel_count(g) == 11  # 5 kernels, mse_loss, 4 sgd_update, the step counter
+        ["matmul", "mul", "mul", "where", "relu_backward", "sum"]]
+    assert [n.op for n in g.nodes if n.op == "addmm"] == ["addmm", "addmm"]
+    assert kernel_count(g) == 9  # 3 kernels, mse_loss, 2 addmm, 2 bias sgd_update, the step counter
     assert not any(n.op in ("dropout", "uniform") for k in ks[1:] for n in k.body.nodes)  # no second draw
     assert "kernel count" in step.passes_report() or "kernels" in step.passes_report()
 
@@ -57,13 +58,11 @@ def test_m_mlp_train_step_kernels():
     step = _train_step(mlp((784, 512, 512, 10)), nn.CrossEntropyLoss(), x, y, mode="interpret")
     g = _stage(step)
     ks = _kernel_nodes(g)
-    # dx GEMMs with the next relu mask and bias gradient as epilogue; dW GEMMs with transposed views
-    assert [[m.op for m in k.body.nodes] for k in ks] == [
-        ["matmul", "relu_backward", "sum"], ["transpose", "matmul"], ["matmul", "relu_backward", "sum"],
-        ["transpose", "matmul"], ["transpose", "matmul"]]
-    # forward GEMMs, loss, loss gradient, 5 backward GEMM kernels, the last layer's bias gradient,
-    # updates, step counter
-    assert kernel_count(g) == 3 + 1 + 1 + 5 + 1 + 6 + 1
+    # dx GEMMs with the next relu mask and bias gradient as epilogue; dW GEMMs write the SGD update (addmm)
+    assert [[m.op for m in k.body.nodes] for k in ks] == [["matmul", "relu_backward", "sum"]] * 2
+    # forward GEMMs, loss, loss gradient, 2 dx GEMM kernels, 3 addmm, the last layer's bias gradient,
+    # 3 bias updates, step counter
+    assert kernel_count(g) == 3 + 1 + 1 + 2 + 3 + 1 + 3 + 1
 
 
 def _graph(build):
@@ -165,14 +164,9 @@ GOLDEN_SIMPLE_NET = """\
     %23: f32[64,20] = relu_backward(%30, %1)
     %12: f32[20] = sum(%23) {dims=[0]}
   }
-  %8: f32[1,20] = kernel(%6, %2) {kind="gemm"} {
-    %20: f32[1,64] = transpose(%6) {perm=[1,0]}
-    %8: f32[1,20] = matmul(%20, %2)
-  }
-  %11: f32[20,10] = kernel(%23, %x) {kind="gemm"} {
-    %24: f32[20,64] = transpose(%23) {perm=[1,0]}
-    %11: f32[20,10] = matmul(%24, %x)
-  }"""
+  %13: f32[20,10] = addmm(%linear1.weight, %23, %x, %hyper.group0.lr) {alpha=-1.0, trans_a=true}
+  %14: f32[20] = sgd_update(%linear1.bias, %12, %hyper.group0.lr, %hyper.group0.momentum, %hyper.group0.dampening, %hyper.group0.weight_decay)
+  %15: f32[1,20] = addmm(%linear2.weight, %6, %2, %hyper.group0.lr) {alpha=-1.0, trans_a=true}"""
 
 
 def _no_comments(text: str) -> str:

@@ -132,6 +132,12 @@ def cases(dt):
                         {"momentum": True, "weight_decay": True}),
                        ([x, f(5, 7, dtype=dt), *h(0.1, 0.9, 0, 0), f(5, 7, dtype=dt), step(3)],
                         {"momentum": True, "nesterov": True})],
+        # beta * c + alpha * s * op(a) @ op(b): the SGD update a weight-gradient GEMM writes itself
+        "addmm": [([f(5, 7, dtype=dt), f(3, 5, dtype=dt), f(3, 7, dtype=dt), *h(0.1)],
+                   {"trans_a": True, "alpha": -1.0}),
+                  ([f(5, 7, dtype=dt), f(5, 4, dtype=dt), f(7, 4, dtype=dt)], {"trans_b": True, "beta": 0.5}),
+                  ([f(5, 7, dtype=dt), f(4, 5, dtype=dt), f(4, 7, dtype=dt)], {"trans_a": True, "alpha": 2.0, "beta": 0.0}),
+                  ([f(1, 7, dtype=dt), f(1, 3, dtype=dt), f(3, 7, dtype=dt), *h(0.3)], {"alpha": -1.0})],
         "adam_update": [([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(0),
                           *h(0.01, 0.9, 0.999, 1e-8, 0)], {}),
                         ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(7),

@@ -784,6 +784,34 @@ def _(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay_, *, weight_decay, d
     return p.astype(p.dtype), m.astype(p.dtype), v.astype(p.dtype)
 
 
+@defop("addmm", (3, 4), {"trans_a": Attr("bool", False), "trans_b": Attr("bool", False),
+                        "alpha": Attr("float", 1.0), "beta": Attr("float", 1.0)}, kind="opaque", tags=("optimizer",),
+       doc="BLAS gemm's contract, as torch.addmm: beta * c + alpha * s * op(a) @ op(b) with op(x) = x.T where "
+           "trans_x; s an optional f64[] runtime scalar (a learning rate). Made by passes/update_gemm.py from an SGD "
+           "update of a weight gradient, so the GEMM writes the new weight itself: no gradient buffer, no update pass")
+def addmm(t, trans_a, trans_b, alpha, beta):
+    c, a, b = t[:3]
+    _float("addmm", c)
+    _same_dtype("addmm", c, a, b)
+    if a.rank != 2 or b.rank != 2 or c.rank != 2:
+        raise ShapeError(f"addmm: operands must be 2-D, got c {c}, a {a}, b {b}")
+    (m, k), (k2, n) = (a.shape[::-1] if trans_a else a.shape), (b.shape[::-1] if trans_b else b.shape)
+    if k != k2 or c.shape != (m, n):
+        raise ShapeError(f"addmm: op(a) {[m, k]} @ op(b) {[k2, n]} does not give c's shape {list(c.shape)}")
+    if len(t) == 4 and t[3] != TensorType((), "f64"):
+        raise ShapeError(f"addmm: the scalar s must be f64[] (a runtime hyperparameter), got {t[3]}")
+    return c
+
+
+@addmm.ref
+def _(c, a, b, s=None, *, trans_a, trans_b, alpha, beta):
+    # Python floats, so numpy computes in c's dtype (as torch with scalar arguments)
+    scale = float(alpha) * (float(s) if s is not None else 1.0)
+    prod = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    return (float(beta) * c + scale * prod).astype(c.dtype) if beta != 1.0 else (c + scale * prod).astype(c.dtype)
+
+
+addmm.grad(no_gradient("made after autodiff (passes/update_gemm.py), as an optimizer update"))
 sgd_update.grad(no_gradient("an optimizer update: it runs after the gradients"))
 adam_update.grad(no_gradient("an optimizer update: it runs after the gradients"))
 
