@@ -20,9 +20,10 @@ take epilogues (the previous layer's dropout and relu mask ride in the dx GEMM's
 bias gradient is summed in that same loop) instead of separate passes. Recorded as a note.
 
 A node may join a kernel only if every other operand it reads exists before that kernel
-starts (the kernel runs where its first member was). Values used only inside a kernel get
-no buffer; values used outside become the kernel node's outputs. A group of one node stays a
-plain node. Every decision is recorded (PassContext.fused / not_fused): each kernel with its
+starts (the kernel runs where its first member was); constants and reshapes of graph inputs
+(BatchNorm's weight as [1,C,1,1]) move to the top of the plan, so they always do. Values used
+only inside a kernel get no buffer; values used outside become the kernel node's outputs. A
+group of one node stays a plain node. Every decision is recorded (PassContext.fused / not_fused): each kernel with its
 members, and for each producer -> consumer edge that does not fuse, why.
 
 Rewrites nothing else and never fails the compile: a pair it cannot fuse stays apart.
@@ -49,6 +50,12 @@ class Group:
     first: int  # index (in the plan) of the first member: where the kernel runs
     members: list[int] = field(default_factory=list)
     closed: str | None = None  # why nothing more may join (a reduction ended it)
+
+
+def hoistable(g: Graph, n: Node) -> bool:
+    """Nodes the pass moves to the top of the plan: constants (filled once) and reshapes of graph
+    inputs (a view, or a copy of a value that exists from the start): any kernel may read them."""
+    return n.op == "full" or (n.op == "reshape" and all(i in g.input_by_name for i in n.inputs))
 
 
 def op_kind(n: Node) -> str:
@@ -252,7 +259,7 @@ def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> 
         if p is None or p in mine:
             continue
         at = groups[of[p]].first if p in of else p  # a grouped value is computed where its kernel runs
-        if at >= grp.first and g.nodes[p].op != "full":  # (constants move to the top of the plan)
+        if at >= grp.first and not hoistable(g, g.nodes[p]):  # (those move to the top of the plan)
             return f"operand %{i} is computed after the kernel starts (by {_short(g.nodes[p])})"
     for i in n.inputs:  # values of the kernel are read at the iteration index: same shape only
         p = producer.get(i)
@@ -300,9 +307,10 @@ def kernels(g: Graph, ctx: PassContext | None = None):
                   f"{len(made) - len(outputs)} values stay inside)")
     if not start:
         return g, changed
-    nodes = [n for n in g.nodes if n.op == "full"]  # constants first: kernels may read them from anywhere
+    top = {k for k, n in enumerate(g.nodes) if hoistable(g, n) and k not in absorbed}
+    nodes = [g.nodes[k] for k in sorted(top)]  # constants and input reshapes first: any kernel may read them
     for k, n in enumerate(g.nodes):
-        if n.op == "full":
+        if k in top:
             continue
         if k in start:
             nodes.append(start[k])

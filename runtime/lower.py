@@ -112,6 +112,7 @@ EXPR = {
     "minimum": lambda a, n, c: f"({a[0]} if {a[0]} < {a[1]} or {a[0]} != {a[0]} else {a[1]})",
     "eq": _bin("=="), "ne": _bin("!="), "lt": _bin("<"), "le": _bin("<="), "gt": _bin(">"), "ge": _bin(">="),
     "where": lambda a, n, c: f"({a[1]} if {a[0]} else {a[2]})",
+    "broadcast_to": lambda a, n, c: a[0],  # its operand, already read through broadcast strides
     "neg": lambda a, n, c: f"(-{a[0]})",
     "exp": lambda a, n, c: f"exp32({a[0]})" if n.types[0].dtype == "f32" else f"np.exp({a[0]})",
     "log": lambda a, n, c: f"np.log({a[0]})",

@@ -425,3 +425,22 @@ def test_kernel_count_of_conv_bias_relu_pool():
                for n in notes), notes
     train = graphc.compile(m.train(), x)
     assert "relu" not in train.ir("backward_plan").replace("relu=true", "")
+
+
+def test_batchnorm_train_step_has_no_materialized_broadcast_or_lone_elementwise_pass():
+    """Training BatchNorm's primitives fuse: broadcast_to (the gradients of its means) is read
+    through broadcast strides inside the consumer's loop, never copied out, and the reshaped
+    weight and bias ([1,C,1,1] views of the parameters, moved to the top of the plan) no longer
+    split normalise, scale, shift and relu into separate passes. Counted on the plan: every
+    activation-sized node is a kernel or a conv/pool op (B's step: 71 -> 56 kernel calls)."""
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(4 * 6 * 6, 2))
+    x = np.random.default_rng(0).standard_normal((4, 3, 6, 6)).astype(np.float32)
+    y = np.array([0, 1, 1, 0])
+    step = graphc.compile_train_step(m, nn.CrossEntropyLoss(), graphc.optim.SGD(m.parameters(), lr=0.1), x, y,
+                                     mode="interpret")
+    plan = step.ir("kernels")
+    big = [ln.split("= ")[1].split("(")[0] for ln in plan.splitlines()
+           if "f32[4,4,6,6]" in ln.split("=")[0] and " = " in ln and not ln.startswith("    ")]
+    assert "broadcast_to" not in big and "mul" not in big and "add" not in big, big
+    assert set(big) <= {"kernel", "conv2d", "conv2d_backward", "reshape"}, big  # (reshape: a view)

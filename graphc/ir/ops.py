@@ -266,7 +266,8 @@ sum_to.ref(sum_to_shape)
 sum_to.grad(lambda b, node, gys, needs: [_broadcast_back(b, gys[0], node.inputs[0])])
 
 
-@defop("broadcast_to", 1, {"shape": Attr("ints")}, kind="injective", doc="repeat along broadcast dims (gradients of reductions)",
+@defop("broadcast_to", 1, {"shape": Attr("ints")}, kind="broadcast", doc="repeat along broadcast dims (gradients of reductions); "
+       "in a kernel it is its operand read through broadcast strides, never a materialized copy",
        tags=("recompute",))
 def broadcast_to(t, shape):
     x = t[0]
