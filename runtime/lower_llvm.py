@@ -352,6 +352,7 @@ EXPR = {
     "sigmoid": _sigmoid, "cast": _cast, "relu_backward": _relu_backward, "sigmoid_backward": _sigmoid_backward,
     "tanh_backward": _tanh_backward, "dropout": _dropout, "uniform": _uniform, "arange": _arange,
     "mse_loss_backward": _mse_loss_backward,
+    "broadcast_to": lambda f, a, n: a[0],  # its operand, already read through broadcast strides
 }
 
 # ------------------------------------------------------------------ exp32 / erf32 (runtime/kernels.py), ported
