@@ -12,12 +12,20 @@ legal by their fusion kinds (the op table's `kind`, TVM's pattern kinds):
   kernel;
 - a 2-D `transpose` whose only user is a 2-D `matmul` is that GEMM's prologue: a transposed
   view handed to BLAS, never a copy;
+- a reduction of the last dim with keepdim (softmax's max and sum, LayerNorm's means) does not
+  end its kernel: the kernel becomes a `rows` kernel over rows of its operand's shape, and
+  later nodes of the full shape or of the row shape (`[..., 1]`) join it, further row
+  reductions too (one pass over a row per reduction, the consumers in the last pass): scale,
+  mask, softmax and its normalising consumer, or all of LayerNorm, are one kernel;
 - injective and opaque ops are kernels of their own (their one-node lowering in runtime/).
 
 Before grouping, every `linear_backward` is rewritten into its op-table decomposition (relu
 mask, dx = dz @ w, dw = dz.T @ x, db = sum(dz, 0)), keeping its output names: its GEMMs then
 take epilogues (the previous layer's dropout and relu mask ride in the dx GEMM's loop, the
-bias gradient is summed in that same loop) instead of separate passes. Recorded as a note.
+bias gradient is summed in that same loop) instead of separate passes. Likewise softmax,
+log_softmax and their backward ops along the last dim become their primitives (max, sub, exp,
+sum, div...), so they group into `rows` kernels with their producers and consumers.
+Recorded as a note.
 
 A node may join a kernel only if every other operand it reads exists before that kernel
 starts (the kernel runs where its first member was); constants and reshapes of graph inputs
@@ -67,12 +75,35 @@ def _short(n: Node) -> str:
 
 
 DECOMPOSED = ("linear_backward",)  # opaque composites whose GEMMs gain epilogues once decomposed
+# composites along one dim: decomposed when that dim is the last, so they become `rows` kernels
+ROW_DECOMPOSED = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
+ROW_REDUCTIONS = ("sum", "max", "mean")
+
+
+def _decomposes(g: Graph, n: Node) -> bool:
+    if n.body is not None:
+        return False
+    if n.op in DECOMPOSED:
+        return True
+    if n.op not in ROW_DECOMPOSED:
+        return False
+    t = g.types[n.inputs[0]]
+    return t.is_float and t.rank >= 1 and n.attr["dim"] % t.rank == t.rank - 1 and t.shape[-1] > 1 and t.size > 0
+
+
+def row_reduction(g: Graph, n: Node) -> bool:
+    """A float sum/max/mean of the last dim only, keepdim (one value per row of its operand)."""
+    if n.op not in ROW_REDUCTIONS or not n.attr.get("keepdim"):
+        return False
+    t = g.types[n.inputs[0]]
+    return (t.is_float and t.rank >= 1 and t.shape[-1] > 1 and t.size > 0
+            and tuple(d % t.rank for d in n.attr["dims"]) == (t.rank - 1,))
 
 
 def decompose_for_kernels(g: Graph, ctx: PassContext | None = None) -> Graph:
     """Each node of an op in DECOMPOSED -> its op-table decomposition; the outputs keep their names
     (and every new node the composite's source line and `grad of`), so the plan reads the same."""
-    if not any(n.op in DECOMPOSED for n in g.nodes):
+    if not any(_decomposes(g, n) for n in g.nodes):
         return g
     used = set(g.output_values) | {i for n in g.nodes for i in n.inputs}
     b = GraphBuilder(g.name, like=g)
@@ -82,7 +113,7 @@ def decompose_for_kernels(g: Graph, ctx: PassContext | None = None) -> Graph:
         for o, t in zip(n.outputs, n.types):
             b.types[o] = t
     for n in g.nodes:
-        if n.op not in DECOMPOSED or n.body is not None:
+        if not _decomposes(g, n):
             b.add_node(n)
             continue
         start = len(b.nodes)
@@ -95,7 +126,9 @@ def decompose_for_kernels(g: Graph, ctx: PassContext | None = None) -> Graph:
         b.nodes[start:] = list(sub.nodes)
         if ctx is not None:
             ctx.note(f"%{n.outputs[0]} = {n.op}(...) decomposed into {len(made)} nodes "
-                     f"({', '.join(m.op for m in made)}) so its GEMMs take prologues and epilogues")
+                     f"({', '.join(m.op for m in made)}) so "
+                     + ("its GEMMs take prologues and epilogues" if n.op in DECOMPOSED else
+                        "its row reductions and their producers and consumers group into one rows kernel"))
     return b.build(g.outputs, meta=dict(g.meta))
 
 
@@ -153,6 +186,92 @@ def dropout_mask_from_output(g: Graph, ctx: PassContext | None = None) -> Graph:
     return b.build(g.outputs, meta=dict(g.meta))
 
 
+def row_forms(g: Graph, ctx: PassContext | None = None) -> Graph:
+    """Two rewrites that put gradients of row-wise ops (LayerNorm's, autodiff's sum_to and
+    broadcast_to) in the form rows kernels take, each recorded as a note:
+    - sum_to(x) {shape = x's shape with the last dim 1} -> sum(x) {dims=[last], keepdim}: the same
+      sum, now a row reduction;
+    - broadcast_to(v) whose readers are all broadcasting ops (add, mul, where, ...) that keep
+      their output shape when reading v itself -> they read v (they broadcast it anyway), and the
+      copy is gone."""
+    users: dict[str, list[Node]] = {}
+    for n in g.nodes:
+        for i in n.inputs:
+            users.setdefault(i, []).append(n)
+    outputs = set(g.output_values)
+    to_sum: set[str] = set()
+    dropped: dict[str, str] = {}  # broadcast_to output -> its operand
+    for n in g.nodes:
+        if n.body is not None:
+            continue
+        if n.op == "sum_to":
+            t, want = g.types[n.inputs[0]], tuple(n.attr["shape"])
+            if t.is_float and t.rank >= 1 and t.shape[-1] > 1 and want == t.shape[:-1] + (1,):
+                to_sum.add(n.out)
+        elif n.op == "broadcast_to" and n.out not in outputs and users.get(n.out):
+            v = n.inputs[0]
+            if all(op_kind(u) == "broadcast" and _broadcast(
+                    [g.types[v].shape if i == n.out else g.types[i].shape for i in u.inputs]) == u.types[0].shape
+                   for u in users[n.out]):
+                dropped[n.out] = v
+    if not to_sum and not dropped:
+        return g
+    nodes = []
+    for n in g.nodes:
+        if n.outputs[0] in dropped:
+            if ctx is not None:
+                ctx.note(f"%{n.out} = broadcast_to(%{n.inputs[0]}) dropped: its readers broadcast %{n.inputs[0]} themselves")
+            continue
+        if n.outputs[0] in to_sum:
+            rank = g.types[n.inputs[0]].rank
+            n = n.replace(op="sum", attrs=(("dims", (rank - 1,)), ("keepdim", True)))
+            if ctx is not None:
+                ctx.note(f"%{n.out} = sum_to(%{n.inputs[0]}) is a sum of the last dim: a row reduction")
+        if any(i in dropped for i in n.inputs):
+            n = n.replace(inputs=tuple(dropped.get(i, i) for i in n.inputs))
+        nodes.append(n)
+    return g.replace(nodes=tuple(nodes))
+
+
+def sum_through_reshape(g: Graph, ctx: PassContext | None = None) -> Graph:
+    """sum(reshape(x)) {dims=[0]} where the reshape only merges x's leading dims -> sum(x) over
+    those dims: the same numbers (a bias gradient, summed over batch and time), now over the
+    shape of the kernel that computes x, so it joins that kernel's loop. The reshape stays for
+    its other readers (the GEMMs)."""
+    producer = {o: n for n in g.nodes for o in n.outputs}
+    nodes, changed = [], False
+    for n in g.nodes:
+        p = producer.get(n.inputs[0]) if n.op == "sum" and n.body is None else None
+        if p is not None and p.op == "reshape" and tuple(n.attr["dims"]) == (0,) and not n.attr["keepdim"]:
+            x, shape = g.types[p.inputs[0]].shape, g.types[p.out].shape
+            j = next((j for j in range(2, len(x) + 1) if x[j:] == shape[1:]), None)
+            if j is not None and len(shape) >= 1 and _prod(x[:j]) == shape[0]:
+                n = n.replace(inputs=(p.inputs[0],), attrs=(("dims", tuple(range(j))), ("keepdim", False)))
+                changed = True
+                if ctx is not None:
+                    ctx.note(f"%{n.out} = sum(%{p.out}) reads %{p.inputs[0]} (summed over dims {list(range(j))}): "
+                             f"%{p.out} only merges its leading dims, so the sum joins the kernel that computes it")
+        nodes.append(n)
+    return g.replace(nodes=tuple(nodes)) if changed else g
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+def _broadcast(shapes) -> tuple:
+    """numpy's broadcast of shapes (shapes that do not broadcast give None)."""
+    try:
+        import numpy as np
+
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        return None
+
+
 def _live(made: list[Node], wanted: set[str]) -> list[Node]:
     """The decomposed nodes that compute a wanted value (a composite computes outputs nobody
     reads, e.g. dw of a frozen weight; its decomposition need not)."""
@@ -206,11 +325,16 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
                 joined = gi
                 break
             refuse(p, n, why)
+        if joined is None and kind in ("elementwise", "broadcast") and n.op != "full":
+            joined = _sibling(g, groups, n, kind, producer, of)
         if joined is not None:
             grp = groups[joined]
             grp.members.append(k)
             of[k] = joined
             if kind == "reduce":
+                if grp.kind in ("elementwise", "rows") and row_reduction(g, n):
+                    grp.kind = "rows"  # stays open: consumers of the full and the row shape join
+                    continue
                 grp.closed = "a reduction ends its kernel: its consumers loop over another space"
                 if grp.kind == "elementwise":
                     grp.kind = "reduce"
@@ -226,12 +350,34 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
             groups.append(Group("gemm", t.shape, k, [*pro, k]))
             for p in pro:
                 of[p] = len(groups) - 1
+        elif kind == "reduce" and row_reduction(g, n):
+            groups.append(Group("rows", g.types[n.inputs[0]].shape, k, [k]))
         elif kind == "reduce" and n.op != "sum_to":
             groups.append(Group("reduce", g.types[n.inputs[0]].shape, k, [k], closed="a reduction ends its kernel"))
         else:
             continue
         of[k] = len(groups) - 1
     return groups, of, refused
+
+
+SIBLING_WINDOW = 3  # how many of the latest kernels a node with no producer in a kernel may join
+
+
+def _sibling(g: Graph, groups: list[Group], n: Node, kind: str, producer, of) -> int | None:
+    """A node none of whose producers it may join can still join one of the latest open
+    elementwise or rows kernels that reads one of its operands (a sibling: GELU's x * 0.5 beside
+    erf(x * c), LayerNorm backward's rstd**3 beside the rows kernel that reads rstd), when that is
+    legal: the same space, every operand ready before the kernel starts. One loop instead of two."""
+    reads = {i for i in n.inputs if i not in producer or g.nodes[producer[i]].op != "full"}
+    for gi in range(len(groups) - 1, max(-1, len(groups) - 1 - SIBLING_WINDOW), -1):
+        grp = groups[gi]
+        if grp.kind not in ("elementwise", "rows") or grp.closed:
+            continue
+        if not any(i in reads for m in grp.members for i in g.nodes[m].inputs):
+            continue
+        if _why_not(g, grp, n, kind, producer, of, groups) is None:
+            return gi
+    return None
 
 
 def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> str | None:
@@ -246,6 +392,8 @@ def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> 
         return "a GEMM starts its own kernel (a GEMM takes an epilogue, not a prologue)"
     if n.op == "full":
         return "a constant is filled once"
+    if grp.kind == "rows":
+        return _why_not_rows(g, grp, n, kind, producer, of, groups)
     if kind == "reduce":
         if grp.kind not in ("elementwise", "gemm"):
             return f"a reduction fuses with elementwise producers or a GEMM epilogue only (this kernel is a {grp.kind})"
@@ -253,6 +401,19 @@ def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> 
             return "different iteration space (the reduction's operand is not the kernel's shape)"
     elif n.types[0].shape != grp.space:
         return f"different iteration space: {list(n.types[0].shape)} against the kernel's {list(grp.space)}"
+    late = _late_operand(g, grp, n, producer, of, groups)
+    if late:
+        return late
+    mine = set(grp.members)
+    for i in n.inputs:  # values of the kernel are read at the iteration index: same shape only
+        p = producer.get(i)
+        if p in mine and g.types[i].shape != grp.space:
+            return f"%{i} does not have the kernel's shape"
+    return None
+
+
+def _late_operand(g: Graph, grp: Group, n: Node, producer, of, groups) -> str | None:
+    """Why n cannot run inside grp: an operand from outside that is computed after grp starts."""
     mine = set(grp.members)
     for i in n.inputs:
         p = producer.get(i)
@@ -261,11 +422,27 @@ def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> 
         at = groups[of[p]].first if p in of else p  # a grouped value is computed where its kernel runs
         if at >= grp.first and not hoistable(g, g.nodes[p]):  # (those move to the top of the plan)
             return f"operand %{i} is computed after the kernel starts (by {_short(g.nodes[p])})"
-    for i in n.inputs:  # values of the kernel are read at the iteration index: same shape only
-        p = producer.get(i)
-        if p in mine and g.types[i].shape != grp.space:
-            return f"%{i} does not have the kernel's shape"
     return None
+
+
+def _why_not_rows(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> str | None:
+    """None if n may join the rows kernel grp: elementwise over the full shape or the row shape
+    ([..., 1]), or another reduction of the row."""
+    row = grp.space[:-1] + (1,)
+    if len(grp.members) >= MAX_MEMBERS:
+        return f"size limit: a kernel holds at most {MAX_MEMBERS} nodes"
+    if kind in ("injective", "opaque"):
+        return f"{n.op} is {kind}: it runs as a kernel of its own"
+    if kind == "gemm":
+        return "a GEMM starts its own kernel (a GEMM takes an epilogue, not a prologue)"
+    if n.op == "full":
+        return "a constant is filled once"
+    if kind == "reduce":
+        if not row_reduction(g, n) or g.types[n.inputs[0]].shape != grp.space:
+            return "a rows kernel takes reductions of its rows only (last dim, keepdim, the kernel's shape)"
+    elif n.types[0].shape not in (grp.space, row):
+        return f"different iteration space: {list(n.types[0].shape)} is neither the rows kernel's {list(grp.space)} nor its row shape {list(row)}"
+    return _late_operand(g, grp, n, producer, of, groups)
 
 
 @register_pass("kernels")
@@ -274,7 +451,8 @@ def kernels(g: Graph, ctx: PassContext | None = None):
     ctx = ctx or PassContext("kernels")
     if any(n.op == KERNEL for n in g.nodes):
         return g, False
-    decomposed = fuse_update_gemm(dropout_mask_from_output(decompose_for_kernels(g, ctx), ctx), ctx)
+    decomposed = dropout_mask_from_output(decompose_for_kernels(g, ctx), ctx)
+    decomposed = sum_through_reshape(row_forms(fuse_update_gemm(decomposed, ctx), ctx), ctx)
     changed = decomposed is not g
     g = decomposed
     groups, of, refused = group_kernels(g)
@@ -320,5 +498,7 @@ def kernels(g: Graph, ctx: PassContext | None = None):
 
 
 def kernel_count(g: Graph) -> int:
-    """How many kernels a plan runs: kernel nodes plus plain nodes (constants are filled once)."""
-    return sum(1 for n in g.nodes if n.op != "full")
+    """How many kernels a plan runs: kernel nodes plus plain nodes, but constants (filled once) and
+    reshapes that are not graph outputs (views of their operand's buffer in the memory plan: no call)."""
+    outputs = set(g.output_values)
+    return sum(1 for n in g.nodes if n.op != "full" and not (n.op == "reshape" and n.out not in outputs))

@@ -13,6 +13,10 @@ the body into source, one to one.
   has one (a bias gradient summed while the epilogue writes).
 - reduce: the loop nest over the reduction's operand space computes the producers and
   accumulates into the output (0 or -inf first; mean divides after).
+- rows: a loop over the rows of the kernel's shape (all dims but the last); in each row, one
+  pass over the row per row reduction (the members before it, then the accumulation into a
+  local), the row-shaped members once between the passes, and a last pass for the members
+  after the last reduction (`rows_function`).
 
 `EXPR[op]` is the scalar expression of each op that may sit in a kernel body.
 """
@@ -156,6 +160,8 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
     and codegen emits and compiles it once. (`ident` is kept for callers; names stay canonical.)"""
     body = node.body
     kind = node.attr["kind"]
+    if kind == "rows":
+        return rows_function(name, node, scalars)
     members = list(body.nodes)
     types = body.types
     inputs = [i.name for i in body.inputs]
@@ -276,7 +282,10 @@ _JIT = 'nogil=True, error_model="numpy"'
 
 
 def kernel_scratch(node: Node) -> list[TensorType]:
-    """A GEMM kernel whose product stays inside and matches no output's type needs a buffer."""
+    """A GEMM kernel whose product stays inside and matches no output's type needs a buffer; a
+    rows kernel, one row of each value that one pass computes and a later pass reads."""
+    if node.attr["kind"] == "rows":
+        return [TensorType((_rows_plan(node)[0][-1],), node.body.types[v].dtype) for v in _rows_plan(node)[2]]
     if node.attr["kind"] != "gemm":
         return []
     g = next(m for m in node.body.nodes if m.op in GEMMS)
@@ -284,3 +293,165 @@ def kernel_scratch(node: Node) -> list[TensorType]:
     if g.outputs[0] in node.outputs or any(ot == t for ot in node.types):
         return []
     return [t]
+
+
+# ------------------------------------------------------------------ rows kernels
+
+
+def _rows_plan(node: Node):
+    """(space, passes, kept): the kernel's full shape; its members cut after each reduction; the
+    full-shape values that are not outputs and that a later pass reads (one row of scratch each)."""
+    members, types = list(node.body.nodes), node.body.types
+    space = next(types[m.inputs[0]].shape for m in members if m.op in REDUCTIONS)
+    passes: list[list[Node]] = [[]]
+    for m in members:
+        passes[-1].append(m)
+        if m.op in REDUCTIONS:
+            passes.append([])
+    made_in = {v: p for p, ms in enumerate(passes) for m in ms for v in m.outputs}
+    outs = set(node.outputs)
+    later = [i for p, ms in enumerate(passes) for m in ms for i in m.inputs if i in made_in and made_in[i] < p]
+    # a reduction accumulates in a loop of its own, over the row its pass stored: the pass's loop
+    # then has no reduction in it and vectorizes (exp32 and friends)
+    reduced = [ms[-1].inputs[0] for p, ms in enumerate(passes)
+               if ms and ms[-1].op in REDUCTIONS and made_in.get(ms[-1].inputs[0]) == p]
+    kept = list(dict.fromkeys(i for i in later + reduced if types[i].shape == space and i not in outs))
+    return space, passes, kept
+
+
+def rows_function(name: str, node: Node, scalars: set[str]) -> tuple[str, list[str], list[str]]:
+    """A rows kernel (kernel_function's contract): for each row, each pass is one loop over the row
+    (its full-shape members, then its reduction accumulated in a local), the row-shaped members
+    computed once before the pass that first needs them. A full-shape value a later pass reads
+    comes back from its output, or from a row of scratch."""
+    body = node.body
+    types = body.types
+    inputs = [i.name for i in body.inputs]
+    outputs = list(node.outputs)
+    space, passes, kept = _rows_plan(node)
+    n, lead = space[-1], space[:-1]
+    arg = {v: f"a{k}" for k, v in enumerate(inputs)}
+    out = {v: f"o{k}" for k, v in enumerate(outputs)}
+    scratch = {v: f"s{k}" for k, v in enumerate(kept)}
+    local = {v: f"t{j}" for j, v in enumerate(v for m in body.nodes for v in m.outputs)}
+    c = _Ctx()
+    idx = [f"i{d}" for d in range(len(lead))]
+    lines: list[str] = []  # (the row's body, indented under the loops over the leading dims)
+    bases: dict[tuple, str] = {}
+
+    def base(st) -> str:
+        """The offset of the row's first element in an operand of broadcast strides st (per row)."""
+        st = tuple(st[:-1])
+        if st not in bases:
+            bases[st] = f"b{len(bases)}"
+            off = " + ".join(f"{ix} * {s}" if s != 1 else ix for ix, s in zip(idx, st) if s) or "0"
+            lines.append(f"{bases[st]} = {off}")
+        return bases[st]
+
+    def read_row(v: str) -> str:
+        """External operand v at the current row (v broadcasts along the row)."""
+        if v in scalars:
+            return arg[v]
+        if types[v].size == 1:
+            return c.hoist(f"{arg[v]}[0]")
+        return f"{arg[v]}[{base(broadcast_strides(types[v].shape, space))}]"
+
+    def read_full(v: str) -> str:
+        st = broadcast_strides(types[v].shape, space)
+        if v in scalars or types[v].size == 1 or st[-1] == 0:
+            return read_row(v)
+        return f"{arg[v]}[{base(st)} + k{'' if st[-1] == 1 else f' * {st[-1]}'}]"
+
+    row_base = base(c_strides(space))  # the row's offset in full-shape outputs (r * n)
+    row_index = " + ".join(f"{ix} * {s}" if s != 1 else ix for ix, s in zip(idx, c_strides(lead)) if s) or "0"
+    lines.append(f"r = {row_index}")
+    done: set[str] = set()  # values available as locals outside the passes' loops (row values)
+    for p, ms in enumerate(passes):
+        row_ms = [m for m in ms if types[m.outputs[0]].shape != space and m.op not in REDUCTIONS]
+        full_ms = [m for m in ms if types[m.outputs[0]].shape == space]
+        red = ms[-1] if ms and ms[-1].op in REDUCTIONS else None
+        if row_ms:
+            lines.append("i = r")
+        for m in row_ms:
+            ops = [local[i] if i in done else read_row(i) for i in m.inputs]
+            lines.append(f"{local[m.outputs[0]]} = {EXPR[m.op](ops, m, c)}")
+            done.add(m.outputs[0])
+            if m.outputs[0] in out:
+                lines.append(f"{out[m.outputs[0]]}[r] = {local[m.outputs[0]]}")
+        if not full_ms and red is None:
+            continue
+        here: set[str] = set()
+        loop: list[str] = [f"i = {row_base} + k"]
+
+        def operand(i: str) -> str:
+            if i in here or i in done:
+                return local[i]
+            if i in out and types[i].shape == space:
+                return f"{out[i]}[i]"
+            if i in scratch:
+                return f"{scratch[i]}[k]"
+            return read_full(i)
+
+        for m in full_ms:
+            v = m.outputs[0]
+            loop.append(f"{local[v]} = {EXPR[m.op]([operand(i) for i in m.inputs], m, c)}")
+            here.add(v)
+            if v in out:
+                loop.append(f"{out[v]}[i] = {local[v]}")
+            if v in scratch:
+                loop.append(f"{scratch[v]}[k] = {local[v]}")
+        if full_ms:
+            lines.append(f"for k in range({n}):")
+            lines += [f"    {ln}" for ln in loop]
+        if red is not None:
+            v, dt = red.outputs[0], types[red.outputs[0]].dtype
+            here.clear()  # the reduction's loop reads what the pass stored
+            src = operand(red.inputs[0])
+            lines += _accumulate(red.op, src, row_base, n, f"{_np(dt)}(-np.inf)" if red.op == "max" else c.const(dt, 0.0))
+        if red is not None:
+            v = red.outputs[0]
+            div = f" / {c.const(types[v].dtype, n)}" if red.op == "mean" else ""
+            lines.append(f"{local[v]} = acc{div}")
+            done.add(v)
+            if v in out:
+                lines.append(f"{out[v]}[r] = {local[v]}")
+    params = [arg[v] for v in inputs] + [out[v] for v in outputs] + [scratch[v] for v in kept]
+    src = [f"@njit({_JIT})", f"def {name}({', '.join(params)}):"]
+    src += [f"    {ln}" for ln in c.pre]
+    ind = "    "
+    for d, size in enumerate(lead):
+        src.append(f"{ind}for i{d} in range({size}):")
+        ind += "    "
+    if not lead:
+        src.append(f"{ind}if True:")
+        ind += "    "
+    for ln in lines:
+        src += [ind + part for part in ln.split("\n")]
+    return "\n".join(src) + "\n", inputs, outputs + [f"#scratch{k}" for k in range(len(kept))]
+
+
+LANES = 8  # independent accumulators of a row reduction: the compiler packs them into one vector
+
+
+def _accumulate(op: str, src: str, row_base: str, n: int, init: str) -> list[str]:
+    """`acc` = the sum or max (NaN wins, as numpy's) of src over the row. Rows of a multiple of
+    LANES use LANES accumulators, combined pairwise at the end: a fixed order (deterministic), and
+    a loop whose adds or compares vectorize, which one running accumulator (an exact order of
+    float adds) does not."""
+    def step(a: str, x: str) -> str:
+        return f"{a} = {x} if ({x} > {a} or {x} != {x}) else {a}" if op == "max" else f"{a} += {x}"
+
+    if n % LANES or n < 2 * LANES:
+        return [f"acc = {init}", f"for k in range({n}):", f"    i = {row_base} + k", f"    x = {src}", f"    {step('acc', 'x')}"]
+    out = [f"acc{j} = {init}" for j in range(LANES)] + [f"for k0 in range(0, {n}, {LANES}):"]
+    for j in range(LANES):
+        out += [f"    k = k0 + {j}", f"    i = {row_base} + k", f"    x{j} = {src}", f"    {step(f'acc{j}', f'x{j}')}"]
+    level = [f"acc{j}" for j in range(LANES)]
+    while len(level) > 1:  # pairwise: ((a0 . a1) . (a2 . a3)) . ...
+        nxt = []
+        for a, b in zip(level[::2], level[1::2]):
+            out.append(step(a, b))
+            nxt.append(a)
+        level = nxt
+    out.append(f"acc = {level[0]}")
+    return out

@@ -182,6 +182,8 @@ def test_decompositions_agree_with_the_references():
              "cross_entropy": ([x, np.array([1, 2, 0, 5])], {"reduction": "sum"}),
              "dropout": ([x, np.array(5, np.int64)], {"p": 0.3, "stream": 2}),
              "layer_norm": ([x, R.standard_normal(6), R.standard_normal(6)], {}),
+             "softmax_backward": ([x, np.exp(x) / np.exp(x).sum(1, keepdims=True)], {"dim": 1}),
+             "log_softmax_backward": ([x, x - np.log(np.exp(x).sum(0, keepdims=True))], {"dim": 0}),
              "linear_backward": ([R.standard_normal((4, 3)), x, R.standard_normal((3, 6)), R.standard_normal((4, 3))],
                                  {"relu": True})}
     with_decomposition = sorted(n for n, op in OPS.items() if op.decompose is not None)

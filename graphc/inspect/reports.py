@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphc.ir import Graph, Node, TensorType
+from graphc.passes.kernels import kernel_count
 
 from . import access
 from .access import field
@@ -102,7 +103,7 @@ def passes_report(obj) -> str:
         g = getattr(s, "graph", None)
         if s.name.endswith("kernels") and isinstance(g, Graph):
             kern = [n for n in g.nodes if n.body is not None]
-            runs = sum(1 for n in g.nodes if n.op != "full")
+            runs = kernel_count(g)
             counts.append(f"{s.name}: {runs} kernels ({len(kern)} fused from {sum(len(n.body.nodes) for n in kern)} nodes)")
     tail = ("; " + ", ".join(counts)) if counts else ""
     return f"{head}\n{passes} stages after {first}, {changed} changed the graph, {total * 1e3:.2f} ms in all{tail}"

@@ -592,6 +592,20 @@ log_softmax_backward = _like_first("log_softmax_backward", 2, "gy - exp(y) * sum
 log_softmax_backward.ref(lambda gy, y, dim: gy - np.exp(y) * gy.sum(axis=dim, keepdims=True))
 
 
+@softmax_backward.decomp
+def _(b, node):
+    gy, y = node.inputs
+    s = b.emit("sum", [b.emit("mul", [gy, y])], {"dims": (node.attr["dim"],), "keepdim": True})
+    return b.emit("mul", [y, b.emit("sub", [gy, s])])
+
+
+@log_softmax_backward.decomp
+def _(b, node):
+    gy, y = node.inputs
+    s = b.emit("sum", [gy], {"dims": (node.attr["dim"],), "keepdim": True})
+    return b.emit("sub", [gy, b.emit("mul", [b.emit("exp", [y]), s])])
+
+
 @defop("mse_loss_backward", 3, {"reduction": _REDUCTION}, kind="broadcast", tags=("backward",), doc="d mse / d input = gy * 2 (input - target) / N")
 def mse_loss_backward(t, reduction):
     gy, a, b = t
