@@ -138,7 +138,7 @@ def main(argv=None):
         comp = f"{r['compile_s']:.1f} s" if impl != "torch eager" else "-"
         print(f"{impl:<16}{1e3 * r['median_s']:>11.2f} ms{ratio:>14.2f}x{comp:>11}")
     if "kernels" in g:
-        print(f"graphc kernels (plan nodes but constants): forward {g['kernels']['forward']}, backward {g['kernels']['backward']}; "
+        print(f"graphc kernel calls (plan nodes but constants and view reshapes): forward {g['kernels']['forward']}, backward {g['kernels']['backward']}; "
               f"peak bytes: forward {g['peak_bytes']['forward']}, backward {g['peak_bytes']['backward']}")
     print_starts(starts)
     print("targets: graphc <= 0.6x torch eager, faster than torch.compile, cold compile <= 4 s")
