@@ -25,7 +25,9 @@ take epilogues (the previous layer's dropout and relu mask ride in the dx GEMM's
 bias gradient is summed in that same loop) instead of separate passes. Likewise softmax,
 log_softmax and their backward ops along the last dim become their primitives (max, sub, exp,
 sum, div...), so they group into `rows` kernels with their producers and consumers.
-Recorded as a note.
+Recorded as a note. Likewise every other `sum_to` that one `sum {dims, keepdim}` equals
+becomes that sum, so it reduces the elementwise chain computing its operand in the same loop
+nest (BatchNorm's backward: its gradient terms are summed as they are made).
 
 A node may join a kernel only if every other operand it reads exists before that kernel
 starts (the kernel runs where its first member was); constants and reshapes of graph inputs
@@ -270,6 +272,42 @@ def _broadcast(shapes) -> tuple:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:
         return None
+def _sum_dims(src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[tuple[int, ...], bool] | None:
+    """(dims, keepdim) of the `sum` equal to sum_to(x: src -> dst), or None when no single sum is
+    (leading dims dropped and size-1 dims kept at once)."""
+    lead = len(src) - len(dst)
+    if lead < 0:
+        return None
+    dims = tuple(range(lead)) + tuple(d for d in range(lead, len(src)) if dst[d - lead] == 1 and src[d] != 1)
+    keep = lead == 0
+    if not keep and any(dst[d - lead] == 1 and src[d] != 1 for d in range(lead, len(src))):
+        return None
+    if not keep and any(src[d] != dst[d - lead] for d in range(lead, len(src))):
+        return None
+    return dims, keep
+
+
+def sum_to_as_sum(g: Graph, ctx: PassContext | None = None) -> Graph:
+    """sum_to(x) {shape} -> sum(x) {dims, keepdim}, the same sums (output name kept): a `sum`
+    takes the elementwise chain that produces its operand into its loop nest, so BatchNorm's
+    backward reduces its gradient terms while it computes them instead of reading them again."""
+    new, done = [], []
+    for n in g.nodes:
+        red = _sum_dims(g.types[n.inputs[0]].shape, n.types[0].shape) if n.op == "sum_to" else None
+        if red is None or not red[0]:
+            new.append(n)
+            continue
+        attrs = get_op("sum").normalize_attrs({"dims": red[0], "keepdim": red[1]})
+        if tuple(get_op("sum").infer_types([g.types[n.inputs[0]]], attrs)) != tuple(n.types):
+            new.append(n)
+            continue
+        new.append(Node("sum", n.inputs, n.outputs, n.types, tuple(attrs.items()), n.loc, n.grad_of))
+        done.append(f"%{n.out}")
+    if not done:
+        return g
+    if ctx is not None:
+        ctx.note(f"{', '.join(done)} = sum_to(...) rewritten as sum {{dims, keepdim}} so they fuse as reductions")
+    return g.replace(nodes=tuple(new))
 
 
 def _live(made: list[Node], wanted: set[str]) -> list[Node]:
@@ -452,7 +490,7 @@ def kernels(g: Graph, ctx: PassContext | None = None):
     if any(n.op == KERNEL for n in g.nodes):
         return g, False
     decomposed = dropout_mask_from_output(decompose_for_kernels(g, ctx), ctx)
-    decomposed = sum_through_reshape(row_forms(fuse_update_gemm(decomposed, ctx), ctx), ctx)
+    decomposed = sum_to_as_sum(sum_through_reshape(row_forms(fuse_update_gemm(decomposed, ctx), ctx), ctx), ctx)
     changed = decomposed is not g
     g = decomposed
     groups, of, refused = group_kernels(g)

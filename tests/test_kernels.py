@@ -447,3 +447,15 @@ def test_layer_norm_layer_trains_like_torch():
         np.testing.assert_allclose(step(x, y), out.item(), rtol=1e-5, atol=1e-6)
     for a, b in zip(model.parameters(), t.parameters()):
         np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_sum_to_is_rewritten_only_where_one_sum_equals_it():
+    """sum_to -> sum {dims, keepdim} (so it fuses as a reduction) only where a single sum gives the
+    same shape: size-1 dims kept, or leading dims dropped, not both."""
+    from graphc.passes.kernels import _sum_dims
+
+    assert _sum_dims((64, 32, 8, 8), (1, 32, 1, 1)) == ((0, 2, 3), True)
+    assert _sum_dims((64, 10), (10,)) == ((0,), False)
+    assert _sum_dims((4, 5, 6), (5, 6)) == ((0,), False)
+    assert _sum_dims((4, 5, 6), (5, 1)) is None  # leading dim dropped and a size-1 dim kept
+    assert _sum_dims((3,), (2, 3)) is None
