@@ -278,3 +278,24 @@ def test_library_entry_round_trip_and_damage(tmp_path, caplog):
     e, out = np.empty(37), np.empty(37)
     fn(x.ctypes.data, e.ctypes.data, out.ctypes.data)
     np.testing.assert_allclose(out, np.sqrt(np.exp(x)), rtol=1e-15)  # (numpy's exp is not libm's)
+
+
+def test_the_report_links_an_llvm_kernel_to_its_calls():
+    from graphc.inspect.html_code import plan_calls, source_html
+
+    source = '''"""doc"""
+# LLVM IR (runtime/lower_llvm.py), compiled by llvmlite into the kernel library
+kernel3 = llvm_kernel('graphc_k_0', ('f32', 'f32'))
+#   define void @kernel(ptr %a0, ptr %o0) #0 {
+
+
+def plan(x, table):
+    # kernel3: kernel {kind=elementwise} over 2 nodes:
+    #   %1: f32[4] = relu(%x)
+    #   %2: f32[4] = mul(%1, %1)
+    kernel3(x.ctypes.data, table[0])
+'''
+    calls = plan_calls(source)
+    assert [c.kernels for c in calls] == [["kernel3"]] and calls[0].values == ["1", "2"]
+    html = source_html(source, calls, 5, lambda v: f"s5-v-{v}")
+    assert 'id="code-5-fn-kernel3"' in html and 'href="#code-5-fn-kernel3">code of kernel3</a>' in html

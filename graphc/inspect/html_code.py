@@ -17,7 +17,7 @@ from .html_ir import colour_line, defined_values, value_span
 STORAGE = "# storage:"  # codegen's comment above the buffer views
 _CALL = re.compile(r"^\s+(?:k_(\w+)|(kernel\d+))\(")  # a runtime kernel, or a kernel generated for the plan
 _IR_COMMENT = re.compile(r"^(\s+#\s+)(%[\w.]+\s*:.*)$")
-_DEF = re.compile(r"^def (\w+)\(")
+_DEF = re.compile(r"^(?:def (\w+)\(|(kernel\d+) = llvm_kernel\()")  # a generated numba function or LLVM kernel
 _FUSED_NOTE = re.compile(r"\s+\((fused:[^)]*)\)\s*$")
 _PY = re.compile(
     r"(?P<c>#.*$)"
@@ -26,6 +26,10 @@ _PY = re.compile(
     r"pass)\b)"
     r"|(?P<fn>\bk_\w+|\bkernel\d+\b)"
     r"|(?P<d>@\w+)")
+
+
+def _name(m: re.Match) -> str:
+    return m.group(1) or m.group(2)
 
 
 @dataclass
@@ -114,7 +118,7 @@ def source_html(source: str, calls: list[Call], stage: int, resolve: Callable[[s
     for c in calls:
         for f in c.kernels:
             called.setdefault(f, []).append(c.index)
-    defs = {m.group(1): called[m.group(1)] for m in map(_DEF.match, lines) if m and m.group(1) in called}
+    defs = {_name(m): called[_name(m)] for m in map(_DEF.match, lines) if m and _name(m) in called}
     out = []
     if doc_end:
         doc = escape("\n".join(lines[:doc_end]))
@@ -133,9 +137,9 @@ def source_html(source: str, calls: list[Call], stage: int, resolve: Callable[[s
             k = end
             continue
         d = _DEF.match(lines[k]) if c is None else None
-        if d and d.group(1) in defs:  # a kernel function generated for this plan: where its calls link to
-            back = " · ".join(f'<a href="#{call_id(stage, j)}">called as kernel {j}</a>' for j in defs[d.group(1)])
-            out.append(f'<div class="ln" id="{fn_id(stage, d.group(1))}">{colour_python(lines[k])}'
+        if d and _name(d) in defs:  # a kernel function generated for this plan: where its calls link to
+            back = " · ".join(f'<a href="#{call_id(stage, j)}">called as kernel {j}</a>' for j in defs[_name(d)])
+            out.append(f'<div class="ln" id="{fn_id(stage, _name(d))}">{colour_python(lines[k])}'
                        f'<span class="x">{back}</span></div>')
             k += 1
             continue
