@@ -253,7 +253,9 @@ def _pin_numba_cache(fn, path: Path) -> None:
 
 
 def _fallbacks(kernels) -> list[str] | None:
-    return [k.fallback for k in kernels if getattr(k, "fallback", "")] or None
+    """Why kernels kept numba's lowering, each reason once (with a count when several share it)."""
+    why = [k.fallback for k in kernels if getattr(k, "fallback", "")]
+    return [r if why.count(r) == 1 else f"{r} (x{why.count(r)})" for r in dict.fromkeys(why)] or None
 
 
 def load_or_build(source: str, name: str, signature, kernels=()) -> tuple[types.ModuleType, CompileInfo]:
