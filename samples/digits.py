@@ -20,6 +20,9 @@ import graphc.nn as nn
 from graphc.data import DataLoader, TensorDataset
 from graphc.utils import MetricsLog
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # digits_common, when imported from elsewhere
+from digits_common import epoch_bar, evaluator, load_digits_split, load_state, plot_curves, save_state, show  # noqa: E402
+
 
 class DigitsMLP(nn.Module):
     def __init__(self, hidden: int = 128):
@@ -34,55 +37,6 @@ class DigitsMLP(nn.Module):
         x = self.dropout(self.relu(self.fc1(x)))
         x = self.relu(self.fc2(x))
         return self.fc3(x)
-
-
-def load_digits_split(seed: int = 0):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    idx = np.random.default_rng(seed).permutation(len(x))
-    n_test = len(x) // 5
-    return x[idx[n_test:]], y[idx[n_test:]], x[idx[:n_test]], y[idx[:n_test]]
-
-
-def evaluator(model, x, y):
-    """Compile the model once in eval mode (no Dropout); it reads the live weights on every call."""
-    was_training = model.training
-    predict = graphc.compile(model.eval(), x)
-    model.train(was_training)
-    return lambda: float((predict(x).argmax(axis=1) == y).mean())
-
-
-def save_weights(model, path: str) -> None:
-    np.savez(path, **model.state_dict())
-
-
-def load_weights(model, path: str):
-    with np.load(path, allow_pickle=False) as f:
-        model.load_state_dict({k: f[k] for k in f.files})
-    return model
-
-
-def plot_curves(losses, accs, path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install graphc[samples]); no figure written")
-        return False
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.plot(range(1, len(losses) + 1), losses)
-    a.set(xlabel="epoch", ylabel="train loss (cross-entropy)", title="loss")
-    b.plot(range(1, len(accs) + 1), [100 * v for v in accs])
-    b.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
 
 
 def main(argv=None) -> float:
@@ -123,12 +77,7 @@ def main(argv=None) -> float:
         step = graphc.compile_train_step(model, nn.CrossEntropyLoss(), opt, x_train[: args.batch_size],
                                          y_train[: args.batch_size])
 
-    try:
-        from tqdm import tqdm
-
-        epochs = tqdm(range(args.epochs), desc="training", ncols=80, file=sys.stdout, disable=not main_rank)
-    except ImportError:
-        epochs = range(args.epochs)
+    epochs = epoch_bar(args.epochs, disable=not main_rank)
     test_accuracy = evaluator(model, x_test, y_test)
     losses, accs = [], []
     for epoch in epochs:
@@ -137,8 +86,7 @@ def main(argv=None) -> float:
         loss = float(np.mean([step(xb, yb) for xb, yb in loader]))
         losses.append(float(dist.all_reduce_mean(loss)) if args.distributed else loss)
         accs.append(test_accuracy())  # every rank holds the same weights
-        if hasattr(epochs, "set_postfix"):
-            epochs.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{100 * accs[-1]:.1f}%")
+        show(epochs, losses[-1], accs[-1])
     seconds = time.perf_counter() - t0
     if not main_rank:  # rank 0 reports and saves
         return accs[-1]
@@ -153,8 +101,8 @@ def main(argv=None) -> float:
             metrics.log(epoch=k, train_loss=loss, test_accuracy=acc)
     print(f"metrics written to {metrics.path}")
     weights = os.path.join(args.out, "digits_mlp.npz")
-    save_weights(model, weights)
-    reloaded = load_weights(DigitsMLP(), weights)
+    save_state(model, weights)
+    reloaded = load_state(DigitsMLP(), weights)
     acc_reloaded = evaluator(reloaded, x_test, y_test)()
     print(f"weights saved to {weights}; reloaded model scores {100 * acc_reloaded:.2f}%")
     if acc_reloaded != accs[-1]:

@@ -21,8 +21,8 @@ import graphc
 import graphc.nn as nn
 from graphc.data import DataLoader, TensorDataset
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from digits import load_digits_split, plot_curves  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # digits_common, when imported from elsewhere
+from digits_common import epoch_bar, evaluator, load_digits_split, load_state, plot_curves, save_state, show  # noqa: E402
 
 
 class DigitsCNN(nn.Module):
@@ -41,24 +41,6 @@ class DigitsCNN(nn.Module):
 
 def images(x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, 1, 8, 8)
-
-
-def evaluator(model, x, y):
-    """Compile the model once in eval mode (running statistics, no Dropout); it reads the live weights."""
-    was_training = model.training
-    predict = graphc.compile(model.eval(), x)
-    model.train(was_training)
-    return lambda: float((predict(x).argmax(axis=1) == y).mean())
-
-
-def save_state(model, path: str) -> None:
-    np.savez(path, **model.state_dict())
-
-
-def load_state(model, path: str):
-    with np.load(path, allow_pickle=False) as f:
-        model.load_state_dict({k: f[k] for k in f.files})
-    return model
 
 
 def main(argv=None) -> float:
@@ -81,18 +63,12 @@ def main(argv=None) -> float:
     test_accuracy = evaluator(model, x_test, y_test)
     print(f"compiled in {time.perf_counter() - t0:.1f} s")
 
-    try:
-        from tqdm import tqdm
-
-        epochs = tqdm(range(args.epochs), desc="training", ncols=80, file=sys.stdout)
-    except ImportError:
-        epochs = range(args.epochs)
+    epochs = epoch_bar(args.epochs)
     losses, accs = [], []
     for _ in epochs:
         losses.append(float(np.mean([step(xb, yb) for xb, yb in loader])))
         accs.append(test_accuracy())
-        if hasattr(epochs, "set_postfix"):
-            epochs.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{100 * accs[-1]:.1f}%")
+        show(epochs, losses[-1], accs[-1])
     seconds = time.perf_counter() - t0
     print("test accuracy by epoch: " + " ".join(f"{100 * a:.1f}" for a in accs))
     print(f"test accuracy {100 * accs[-1]:.2f}% after {args.epochs} epochs in {seconds:.1f} s")

@@ -87,3 +87,30 @@ def copy_to_torch(model, torch_model):
     sd = {k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}
     torch_model.load_state_dict(sd)
     return torch_model.to(next(iter(sd.values())).dtype)
+
+
+def train_like_torch(step, tmodel, topt, tloss, x, y, steps: int = 3, rel: float = 1e-5, tforward=None):
+    """`steps` train steps side by side: graphc's `step(x, y)`, then torch's zero_grad, loss
+    `tloss(output, target)`, backward and step on `tmodel` (its output is `tforward(k)` at step k
+    when given, e.g. a forward with step k's dropout masks). Each step's two losses must agree to
+    `rel`; returns graphc's losses."""
+    import pytest
+    import torch
+
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    losses = []
+    for k in range(steps):
+        loss = step(x, y)
+        topt.zero_grad()
+        tl = tloss(tforward(k) if tforward is not None else tmodel(tx), ty)
+        tl.backward()
+        topt.step()
+        assert loss == pytest.approx(tl.item(), rel=rel), f"step {k}"
+        losses.append(loss)
+    return losses
+
+
+def assert_same_weights(model, tmodel, rtol: float = 1e-4, atol: float = 1e-6):
+    """A graphc model's parameters equal its torch twin's, in order, each named in a failure."""
+    for (name, p), tp in zip(model.named_parameters(), tmodel.parameters()):
+        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=rtol, atol=atol, err_msg=name)

@@ -13,6 +13,7 @@ import graphc  # noqa: E402
 import graphc.nn as nn  # noqa: E402
 from graphc.interop.torch_fx import TorchImportError  # noqa: E402
 from graphc.ir.ops import dropout_mask  # noqa: E402
+from models import assert_same_weights, train_like_torch  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 
@@ -125,7 +126,7 @@ def test_simple_net_gradients_and_three_sgd_steps_match_torch_with_the_same_drop
     tm = SimpleNet()
     before = {k: v.clone() for k, v in tm.state_dict().items()}
     x, y = data()
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    tx = torch.from_numpy(x)
 
     def torch_forward(seed):  # torch's SimpleNet with graphc's mask for this call's seed
         mask = torch.from_numpy(dropout_mask(seed, 0.5, 0, (8, 20), np.float32))
@@ -151,13 +152,7 @@ def test_simple_net_gradients_and_three_sgd_steps_match_torch_with_the_same_drop
     graphc.manual_seed(42)
     seeds = [graphc.random.next_seed() for _ in range(3)]
     graphc.manual_seed(42)
-    for s in seeds:
-        loss = step(x, y)
-        topt.zero_grad()
-        tloss = TF.mse_loss(torch_forward(s), ty)
-        tloss.backward()
-        topt.step()
-        assert loss == pytest.approx(tloss.item(), rel=1e-5)
+    train_like_torch(step, tm, topt, TF.mse_loss, x, y, tforward=lambda k: torch_forward(seeds[k]))
     for k, v in gm2.state_dict().items():
         np.testing.assert_allclose(v.numpy(), tm.state_dict()[k].numpy(), rtol=1e-4, atol=1e-6, err_msg=k)
     # the weights go back into a fresh torch model with the same keys
@@ -205,15 +200,8 @@ def test_sequential_mlp_gradients_and_three_adam_steps_match_torch():
     opt = graphc.optim.Adam(gm.parameters(), lr=0.01)
     topt = torch.optim.Adam(tm.parameters(), lr=0.01)
     step = graphc.compile_train_step(gm, nn.CrossEntropyLoss(), opt, x, labels, mode="interpret")
-    for _ in range(3):
-        loss = step(x, labels)
-        topt.zero_grad()
-        tloss = TF.cross_entropy(tm(torch.from_numpy(x)), torch.from_numpy(labels))
-        tloss.backward()
-        topt.step()
-        assert loss == pytest.approx(tloss.item(), rel=1e-5)
-    for (name, p), tp in zip(gm.named_parameters(), tm.parameters()):
-        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+    train_like_torch(step, tm, topt, TF.cross_entropy, x, labels)
+    assert_same_weights(gm, tm)
 
 
 # ------------------------------------------------------------------ residual add and tensor methods
@@ -250,15 +238,8 @@ def test_residual_module_with_tensor_methods_matches_torch():
     step = graphc.compile_train_step(gm2, nn.MSELoss(), graphc.optim.SGD(gm2.parameters(), lr=0.1), x, y,
                                      mode="interpret")
     topt = torch.optim.SGD(tm.parameters(), lr=0.1)
-    for _ in range(3):
-        loss = step(x, y)
-        topt.zero_grad()
-        tloss = TF.mse_loss(tm(torch.from_numpy(x)), torch.from_numpy(y))
-        tloss.backward()
-        topt.step()
-        assert loss == pytest.approx(tloss.item(), rel=1e-5)
-    for (name, p), tp in zip(gm2.named_parameters(), tm.parameters()):
-        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+    train_like_torch(step, tm, topt, TF.mse_loss, x, y)
+    assert_same_weights(gm2, tm)
     assert "Tensor.view" in gm2.captured() and "torch.nn.functional.dropout" in gm2.captured()
 
 
@@ -404,13 +385,7 @@ def test_cnn_with_batchnorm_buffers_matches_torch_in_value_gradient_and_steps():
     step = graphc.compile_train_step(gm, nn.CrossEntropyLoss(), graphc.optim.SGD(gm.parameters(), lr=0.1), x, labels,
                                      mode="interpret")
     topt = torch.optim.SGD(tm.parameters(), lr=0.1)
-    for _ in range(3):  # training mode: batch statistics, running stats move
-        loss = step(x, labels)
-        topt.zero_grad()
-        tloss = TF.cross_entropy(tm(torch.from_numpy(x)), torch.from_numpy(labels))
-        tloss.backward()
-        topt.step()
-        assert loss == pytest.approx(tloss.item(), rel=1e-5)
+    train_like_torch(step, tm, topt, TF.cross_entropy, x, labels)  # training mode: batch statistics, running stats move
     for k, v in gm.state_dict().items():
         np.testing.assert_allclose(v.numpy(), tm.state_dict()[k].numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
     gm.eval()

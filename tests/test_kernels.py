@@ -15,7 +15,7 @@ from graphc.ir.graph import members
 from graphc.passes.kernels import kernel_count, kernels
 from graphc.passes.manager import PassContext
 from graphc.runtime import Executable
-from models import SimpleNet, copy_to_torch, mlp, torch_mlp
+from models import SimpleNet, assert_same_weights, copy_to_torch, mlp, train_like_torch
 
 R = np.random.default_rng(0)
 
@@ -438,15 +438,8 @@ def test_layer_norm_layer_trains_like_torch():
     copy_to_torch(model, t)
     x, y = R.standard_normal((5, 6)).astype(np.float32), R.standard_normal((5, 2)).astype(np.float32)
     step = _train_step(model, nn.MSELoss(), x, y)
-    topt = torch.optim.SGD(t.parameters(), lr=0.05)
-    for _ in range(3):
-        topt.zero_grad()
-        out = torch.nn.functional.mse_loss(t(torch.from_numpy(x)), torch.from_numpy(y))
-        out.backward()
-        topt.step()
-        np.testing.assert_allclose(step(x, y), out.item(), rtol=1e-5, atol=1e-6)
-    for a, b in zip(model.parameters(), t.parameters()):
-        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-4, atol=1e-5)
+    train_like_torch(step, t, torch.optim.SGD(t.parameters(), lr=0.05), torch.nn.functional.mse_loss, x, y)
+    assert_same_weights(model, t, rtol=1e-4, atol=1e-5)
 
 
 def test_sum_to_is_rewritten_only_where_one_sum_equals_it():

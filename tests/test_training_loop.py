@@ -9,7 +9,7 @@ import torch
 import graphc
 import graphc.nn as nn
 from graphc.optim import lr_scheduler as S
-from models import copy_to_torch, mlp, torch_mlp
+from models import assert_same_weights, copy_to_torch, mlp, torch_mlp
 
 SIZES = (6, 12, 3)
 
@@ -32,11 +32,6 @@ def torch_step(tm, topt, x, y):
     loss.backward()
     topt.step()
     return loss.item()
-
-
-def assert_same_weights(m, tm, rtol=1e-4, atol=1e-6):
-    for (n, p), tp in zip(m.named_parameters(), tm.parameters()):
-        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=rtol, atol=atol, err_msg=n)
 
 
 def groups_of(params: dict, lr2=None):

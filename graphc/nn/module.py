@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -163,24 +163,24 @@ class Module:
             p.requires_grad_(requires_grad)
         return self
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+    def _named_members(self, store: str, prefix: str) -> Iterator[tuple[str, Any]]:
+        """(dotted name, array) of every module's `store` ("_parameters" or "_buffers"), each array
+        once (a tied weight under its first name), None entries skipped, as torch's order."""
         seen = set()
         for mname, m in self.named_modules(prefix):
-            for pname, p in m._parameters.items():
-                if p is not None and id(p) not in seen:
-                    seen.add(id(p))
-                    yield (f"{mname}.{pname}" if mname else pname), p
+            for name, a in getattr(m, store).items():
+                if a is not None and id(a) not in seen:
+                    seen.add(id(a))
+                    yield (f"{mname}.{name}" if mname else name), a
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        return self._named_members("_parameters", prefix)
 
     def parameters(self):
         return (p for _, p in self.named_parameters())
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
-        seen = set()
-        for mname, m in self.named_modules(prefix):
-            for bname, b in m._buffers.items():
-                if b is not None and id(b) not in seen:
-                    seen.add(id(b))
-                    yield (f"{mname}.{bname}" if mname else bname), b
+        return self._named_members("_buffers", prefix)
 
     def buffers(self):
         return (b for _, b in self.named_buffers())
