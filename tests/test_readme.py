@@ -16,7 +16,10 @@ def test_readme_has_python_blocks():
 
 
 @pytest.mark.parametrize("k", range(len(BLOCKS)))
-def test_readme_block_runs(k, tmp_path, cache_dir):
+def test_readme_block_runs(k, tmp_path):
+    """In the run's compile cache (GRAPHC_CACHE_DIR, fresh in .ci/run), not a private one: a block
+    checks what the code does, and a plan or kernel an earlier block compiled loads from disk
+    (the cold and miss paths are tested with the cache_dir fixture, test_runtime_cache.py)."""
     r = subprocess.run([sys.executable, "-c", BLOCKS[k]], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, MPLBACKEND="Agg"))
     assert r.returncode == 0, f"README block {k} failed:\n{BLOCKS[k]}\n--- stderr ---\n{r.stderr[-3000:]}"
