@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -265,6 +266,7 @@ def llvm_kernel(symbol: str, args: tuple[str, ...]):
 
 
 _jit = None  # (target machine, MCJIT engine): one per process, created on first use
+_jit_lock = threading.RLock()  # two threads building plans must not add objects to the engine at once
 _in_engine: dict[str, int] = {}  # symbol -> address of every object loaded (MCJIT cannot unload)
 _LLVM_VERSIONS: dict | None = None
 # the BLAS entry points numba's np.dot calls (scipy's Fortran ones), as lower_llvm declares them
@@ -288,31 +290,37 @@ def _engine():
     """The process's target machine (the host CPU, as numba's) and MCJIT engine, with the BLAS
     and libm symbols the kernels call registered first."""
     global _jit
-    if _jit is None:
-        import ctypes
-
-        import llvmlite.binding as ll
-
-        ll.initialize_native_target()
-        ll.initialize_native_asmprinter()
-        v = _llvm_versions()
-        tm = ll.Target.from_default_triple().create_target_machine(
-            cpu=v["cpu"], features=v["features"], opt=3, reloc="static", codemodel="jitdefault")
-        cython_blas = _cython_blas()
-        get_name, get_ptr = ctypes.pythonapi.PyCapsule_GetName, ctypes.pythonapi.PyCapsule_GetPointer
-        get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-        get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-        for name in BLAS:
-            cap = cython_blas.__pyx_capi__[name]
-            ll.add_symbol(f"graphc_blas_{name}", get_ptr(cap, get_name(cap)))
-        try:
-            libm = ctypes.CDLL("libm.so.6")
-            for name in LIBM:
-                ll.add_symbol(name, ctypes.cast(getattr(libm, name), ctypes.c_void_p).value)
-        except OSError:  # not glibc: LLVM finds them in the process
-            pass
-        _jit = (tm, ll.create_mcjit_compiler(ll.parse_assembly(""), tm))
+    with _jit_lock:
+        if _jit is None:
+            _jit = _new_engine()
     return _jit
+
+
+def _new_engine():
+    """The target machine and an empty MCJIT engine, the BLAS and libm symbols registered."""
+    import ctypes
+
+    import llvmlite.binding as ll
+
+    ll.initialize_native_target()
+    ll.initialize_native_asmprinter()
+    v = _llvm_versions()
+    tm = ll.Target.from_default_triple().create_target_machine(
+        cpu=v["cpu"], features=v["features"], opt=3, reloc="static", codemodel="jitdefault")
+    cython_blas = _cython_blas()
+    get_name, get_ptr = ctypes.pythonapi.PyCapsule_GetName, ctypes.pythonapi.PyCapsule_GetPointer
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    for name in BLAS:
+        cap = cython_blas.__pyx_capi__[name]
+        ll.add_symbol(f"graphc_blas_{name}", get_ptr(cap, get_name(cap)))
+    try:
+        libm = ctypes.CDLL("libm.so.6")
+        for name in LIBM:
+            ll.add_symbol(name, ctypes.cast(getattr(libm, name), ctypes.c_void_p).value)
+    except OSError:  # not glibc: LLVM finds them in the process
+        pass
+    return tm, ll.create_mcjit_compiler(ll.parse_assembly(""), tm)
 
 
 def _cython_blas():
@@ -359,8 +367,13 @@ def _load_object(symbol: str, obj: bytes) -> int:
     """Add the object code to the process's engine (once per symbol) and register its symbol."""
     import llvmlite.binding as ll
 
+    _, engine = _engine()
+    with _jit_lock:
+        return _add_object(ll, engine, symbol, obj)
+
+
+def _add_object(ll, engine, symbol: str, obj: bytes) -> int:
     if symbol not in _in_engine:
-        _, engine = _engine()
         engine.add_object_file(ll.ObjectFileRef.from_data(obj))
         engine.finalize_object()
         addr = engine.get_function_address(symbol)
