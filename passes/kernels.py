@@ -483,7 +483,11 @@ def _why_not_rows(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups
     return _late_operand(g, grp, n, producer, of, groups)
 
 
-@register_pass("kernels")
+# reassociates: a rows or reduce kernel accumulates its sums in 8 lanes (so the loop vectorizes),
+# an order other than the reference's pairwise numpy sum; where a sum is subtracted again
+# (LayerNorm's x - mean(x) on checked mode's random inputs, |x| ~ 200) a cancelling element
+# moves by rounding of the terms, so checked mode scales atol with the output (manager.py).
+@register_pass("kernels", reassociates=True)
 def kernels(g: Graph, ctx: PassContext | None = None):
     """Group the plan into kernels (see the module docstring); groups of one node stay plain nodes."""
     ctx = ctx or PassContext("kernels")

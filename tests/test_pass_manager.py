@@ -220,4 +220,4 @@ def test_only_reassociating_passes_get_an_atol_scaled_by_the_output():
     outs = [Output("y", "y")]
     assert "values differ" in compare_outputs(outs, [want], outs, [got])
     assert compare_outputs(outs, [want], outs, [got], scale_atol=True) is None
-    assert [n for n, p in sorted(PASSES.items()) if p.reassociates] == ["fold_conv_affine"]
+    assert [n for n, p in sorted(PASSES.items()) if p.reassociates] == ["fold_conv_affine", "kernels"]
