@@ -85,7 +85,11 @@ def _render(x) -> str:
         return repr(x)
     if isinstance(x, float):
         return repr(x) if math.isfinite(x) else f"float({str(x)!r})"
-    if isinstance(x, (int, tuple)):
+    if isinstance(x, int):
+        # np.int64(n), not n: numba types a constant argument as Literal[int](n) and compiles the
+        # library kernel once per value, so every new shape recompiled every kernel it calls
+        return f"np.int64({x!r})"
+    if isinstance(x, tuple):
         return repr(x)
     raise TypeError(f"cannot render kernel argument {x!r}")
 
