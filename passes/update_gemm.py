@@ -31,15 +31,11 @@ def _plain_sgd(n) -> bool:
 
 def fuse_update_gemm(g: Graph, ctx: PassContext | None = None) -> Graph:
     """Each plain SGD update of a 2-D matmul's product read by nothing else -> one addmm."""
-    producer = {o: n for n in g.nodes for o in n.outputs}
-    users: dict[str, int] = {}
-    for n in g.nodes:
-        for i in n.inputs:
-            users[i] = users.get(i, 0) + 1
+    producer = g.producers
     outputs = set(g.output_values)
 
     def alone(v: str) -> bool:
-        return users.get(v) == 1 and v not in outputs
+        return g.uses(v) == 1 and v not in outputs
 
     def operand(v: str) -> tuple[str, bool, list]:
         """v, or the input of a 2-D transpose read only here (then trans=True)."""
@@ -73,10 +69,9 @@ def fuse_update_gemm(g: Graph, ctx: PassContext | None = None) -> Graph:
             continue
         n, mm, a, ta, b, tb, gone = plan[n.out]
         p, lr = n.inputs[0], n.inputs[2]
-        new = bld.emit("addmm", [p, a, b, lr], {"trans_a": ta, "trans_b": tb, "alpha": -1.0, "beta": 1.0},
-                       loc=n.loc, grad_of=n.grad_of, outputs=[n.out])
+        bld.emit("addmm", [p, a, b, lr], {"trans_a": ta, "trans_b": tb, "alpha": -1.0, "beta": 1.0},
+                 loc=n.loc, grad_of=n.grad_of, outputs=[n.out])
         if ctx is not None:
             ctx.fused("sgd_update+matmul", [format_node(m, comment=False) for m in [*gone[::-1], n]],
                       format_node(bld.nodes[-1], comment=False))
-        del new
     return bld.build(g.outputs, meta=dict(g.meta))
