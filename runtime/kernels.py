@@ -249,7 +249,7 @@ def reduce_sum(a, out, sa, so, shape, count, mean):
         out[0] = s / count if mean else s
         return
     out[:] = 0
-    strided(ACC, a, sa, a, sa, out, so, shape)
+    strided(np.int64(ACC), a, sa, a, sa, out, so, shape)
     if mean:
         c = out.dtype.type(count)
         for i in range(out.size):

@@ -158,3 +158,40 @@ def test_a_second_process_loads_a_plan_whose_kernels_come_from_the_library(cache
     assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
     (s1, y1), (s2, y2) = (r.stdout.split() for r in runs)
     assert (s1, s2) == ("compiled", "cached") and y1 == y2
+
+
+def _strided_plan(n: int, m: int, bias: bool) -> str:
+    b = f", %b" if bias else ""
+    return f"""graph shapes {{
+  input %x: f32[{n},{m}]
+  param %w: f32[3,{m}]
+{"  param %b: f32[3]" if bias else ""}
+  %0: f32[{n},3] = linear(%x, %w{b})
+  %1: f32[3,{n}] = transpose(%0) {{perm=[1,0]}}
+  return %1
+}}"""
+
+
+def test_library_kernels_compile_once_per_dtype_not_once_per_shape(cache_dir):
+    """Shapes, strides and flags reach library kernels as int64 / bool values, not constants:
+    numba types a constant argument (an int, a tuple of ints, True) as a Literal and compiles
+    the kernel again for every value, so every new shape recompiled every kernel it called."""
+    from graphc.runtime import kernels
+
+    def f32_sigs():
+        return {fn.__name__: {s for s in fn.overloads if "Array(float32" in str(s)} for fn in (kernels.strided, kernels.linear)}
+
+    rng = np.random.default_rng(0)
+    after_first = None
+    for n, m, bias in ((4, 5, True), (6, 7, False), (9, 2, True)):
+        w, b = rng.standard_normal((3, m)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+        exe = Executable(parse(_strided_plan(n, m, bias)), bound={"w": w, "b": b} if bias else {"w": w})
+        x = rng.standard_normal((n, m)).astype(np.float32)
+        exe(x)
+        np.testing.assert_allclose(exe.outputs[0], (x @ w.T + (b if bias else 0)).T, rtol=1e-5, atol=1e-6)
+        assert "k_strided(np.int64(4), v0_f, (i64(0), " in exe.source.text and "np.bool_(" in exe.source.text
+        sigs = f32_sigs()
+        assert not any("Literal" in str(s) for group in sigs.values() for s in group), sigs
+        if after_first is None:
+            after_first = sigs
+    assert f32_sigs() == after_first  # new shapes and another bias flag: nothing compiled again
