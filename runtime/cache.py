@@ -162,8 +162,10 @@ def _entry_dir(root: Path, name: str, key: str) -> Path:
     return root / "plans" / f"{safe}-{key[:24]}"
 
 
-def _check_entry(d: Path, key: str, source: str) -> str | None:
-    """None if the entry is complete and intact, else what is wrong with it."""
+def check_manifest(d: Path, key: str, extra: dict | None = None, required=None) -> str | None:
+    """None if `d`'s manifest.json is of this key and these versions (and `extra`'s fields), lists
+    what `required(files)` asks for, and every file it lists is there with its sha256; else what
+    is wrong. Plans, numba kernels and LLVM kernels all store their entries this way."""
     mf = d / "manifest.json"
     if not mf.exists():
         return "incomplete entry (no manifest)"
@@ -171,34 +173,51 @@ def _check_entry(d: Path, key: str, source: str) -> str | None:
         m = json.loads(mf.read_text())
     except (OSError, ValueError) as e:
         return f"unreadable manifest ({e.__class__.__name__})"
-    if not isinstance(m, dict) or m.get("key") != key or m.get("versions") != _versions():
+    if (not isinstance(m, dict) or m.get("key") != key or m.get("versions") != _versions()
+            or any(m.get(k) != v for k, v in (extra or {}).items())):
         return "manifest of another key or other versions"
     files = m.get("files")
-    if not isinstance(files, dict) or "plan.py" not in files or not any(f.endswith(".nbi") for f in files):
-        return "manifest lists no plan or numba index"
+    if not isinstance(files, dict) or (required is not None and not required(files)):
+        return "manifest lists no " + getattr(required, "__doc__", "files")
     for rel, digest in sorted(files.items()):
         p = d / rel
         if not p.is_file():
             return f"missing file {rel}"
         if _sha(p) != digest:
             return f"checksum mismatch in {rel}"
-    if (d / "plan.py").read_text() != source:
-        return "plan.py differs from the generated source"
     return None
 
 
-def _write_manifest(d: Path, key: str, name: str, seconds: float) -> None:
-    files = {"plan.py": _sha(d / "plan.py")}
-    pyc = d / "__pycache__"
-    if pyc.is_dir():
-        for p in sorted(pyc.iterdir()):
-            if p.suffix in (".nbi", ".nbc"):
-                files[f"__pycache__/{p.name}"] = _sha(p)
-    m = {"key": key, "name": name, "versions": _versions(), "files": files, "compile_seconds": round(seconds, 4),
-         "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+def write_manifest(d: Path, key: str, files: list[str], seconds: float, extra: dict | None = None) -> None:
+    """Write `d`'s manifest.json atomically: key, versions, `extra`, and a sha256 of each file."""
+    m = {"key": key, "versions": _versions(), **(extra or {}), "files": {rel: _sha(d / rel) for rel in files},
+         "compile_seconds": round(seconds, 4), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = d / f"manifest.json.{uuid.uuid4().hex}"
     tmp.write_text(json.dumps(m, indent=1, sort_keys=True))
     os.replace(tmp, d / "manifest.json")
+
+
+def numba_cache_files(d: Path) -> list[str]:
+    """The numba cache files (index and data) in `d`/__pycache__, relative to `d`."""
+    pyc = d / "__pycache__"
+    return [f"__pycache__/{p.name}" for p in sorted(pyc.iterdir()) if p.suffix in (".nbi", ".nbc")] if pyc.is_dir() else []
+
+
+def _plan_and_index(files) -> bool:
+    """plan or numba index"""
+    return "plan.py" in files and any(f.endswith(".nbi") for f in files)
+
+
+def _check_entry(d: Path, key: str, source: str) -> str | None:
+    """None if the entry is complete and intact, else what is wrong with it."""
+    problem = check_manifest(d, key, required=_plan_and_index)
+    if problem is None and (d / "plan.py").read_text() != source:
+        return "plan.py differs from the generated source"
+    return problem
+
+
+def _write_manifest(d: Path, key: str, name: str, seconds: float) -> None:
+    write_manifest(d, key, ["plan.py", *numba_cache_files(d)], seconds, {"name": name})
 
 
 def _import(path: Path, modname: str, source: str, pin: str = "plan") -> types.ModuleType:

@@ -178,6 +178,11 @@ def _module(lib: Path, k: KernelSource):
     return cache._import(d / "kernel.py", _modname(key), text, "kernel")
 
 
+def _kernel_py(files) -> bool:
+    """kernel"""
+    return "kernel.py" in files
+
+
 def _check(d: Path, key: str, text: str) -> str | None:
     """None if the entry is intact (or holds only its kernel.py, not compiled yet), else the problem."""
     from . import cache
@@ -186,41 +191,15 @@ def _check(d: Path, key: str, text: str) -> str | None:
         return "missing kernel.py"
     if (d / "kernel.py").read_text() != text:
         return "kernel.py differs from the generated source"
-    mf = d / "manifest.json"
-    if not mf.exists():
+    if not (d / "manifest.json").exists():
         return None if not (d / "__pycache__").exists() else "numba cache without a manifest"
-    try:
-        m = json.loads(mf.read_text())
-    except (OSError, ValueError) as e:
-        return f"unreadable manifest ({e.__class__.__name__})"
-    if not isinstance(m, dict) or m.get("key") != key or m.get("versions") != cache._versions():
-        return "manifest of another key or other versions"
-    files = m.get("files")
-    if not isinstance(files, dict) or "kernel.py" not in files:
-        return "manifest lists no kernel"
-    for rel, digest in sorted(files.items()):
-        p = d / rel
-        if not p.is_file():
-            return f"missing file {rel}"
-        if cache._sha(p) != digest:
-            return f"checksum mismatch in {rel}"
-    return None
+    return cache.check_manifest(d, key, required=_kernel_py)
 
 
 def _write_manifest(d: Path, key: str, seconds: float) -> None:
     from . import cache
 
-    files = {"kernel.py": cache._sha(d / "kernel.py")}
-    pyc = d / "__pycache__"
-    if pyc.is_dir():
-        for p in sorted(pyc.iterdir()):
-            if p.suffix in (".nbi", ".nbc"):
-                files[f"__pycache__/{p.name}"] = cache._sha(p)
-    m = {"key": key, "versions": cache._versions(), "files": files, "compile_seconds": round(seconds, 4),
-         "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = d / f"manifest.json.{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(m, indent=1, sort_keys=True))
-    os.replace(tmp, d / "manifest.json")
+    cache.write_manifest(d, key, ["kernel.py", *cache.numba_cache_files(d)], seconds)
 
 
 # ------------------------------------------------------------------ kernels lowered to LLVM IR
@@ -413,38 +392,22 @@ def _prepare_llvm(lib: Path, k: LlvmKernel) -> str:
     return "compiled"
 
 
+def _ll_and_o(files) -> bool:
+    """kernel.ll and kernel.o"""
+    return set(files) == {"kernel.ll", "kernel.o"}
+
+
 def _check_llvm(d: Path, key: str, text: str) -> str | None:
     """None if the LLVM entry is complete and intact, else the problem."""
     from . import cache
 
-    mf = d / "manifest.json"
-    if not mf.exists():
-        return "incomplete entry (no manifest)"
-    try:
-        m = json.loads(mf.read_text())
-    except (OSError, ValueError) as e:
-        return f"unreadable manifest ({e.__class__.__name__})"
-    if (not isinstance(m, dict) or m.get("key") != key or m.get("versions") != cache._versions()
-            or m.get("llvm") != _llvm_versions()):
-        return "manifest of another key or other versions"
-    files = m.get("files")
-    if not isinstance(files, dict) or set(files) != {"kernel.ll", "kernel.o"}:
-        return "manifest lists no kernel.ll and kernel.o"
-    for rel, digest in sorted(files.items()):
-        p = d / rel
-        if not p.is_file():
-            return f"missing file {rel}"
-        if cache._sha(p) != digest:
-            return f"checksum mismatch in {rel}"
-    if (d / "kernel.ll").read_text() != text:
+    problem = cache.check_manifest(d, key, {"llvm": _llvm_versions()}, _ll_and_o)
+    if problem is None and (d / "kernel.ll").read_text() != text:
         return "kernel.ll differs from the generated IR"
-    return None
+    return problem
 
 
 def _write_llvm_manifest(d: Path, key: str, seconds: float) -> None:
     from . import cache
 
-    m = {"key": key, "versions": cache._versions(), "llvm": _llvm_versions(),
-         "files": {name: cache._sha(d / name) for name in ("kernel.ll", "kernel.o")},
-         "compile_seconds": round(seconds, 4), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (d / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))
+    cache.write_manifest(d, key, ["kernel.ll", "kernel.o"], seconds, {"llvm": _llvm_versions()})
