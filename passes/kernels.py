@@ -143,20 +143,14 @@ def dropout_mask_from_output(g: Graph, ctx: PassContext | None = None) -> Graph:
     the element was kept (scale >= 1 cannot underflow a positive r; a dropped +inf gives NaN, not
     > 0), and g * scale, g * 0 are what dropout's backward multiplies by (NaN and -0.0 included).
     Applies only where y is in the plan and the backward dropout's value has no other reader."""
-    producer = {o: n for n in g.nodes for o in n.outputs}
-    users: dict[str, int] = {}
-    for n in g.nodes:
-        for i in n.inputs:
-            users[i] = users.get(i, 0) + 1
-    outputs = set(g.output_values)
     fwd = {}
     for n in g.nodes:  # (relu output, seed, p, stream) -> the forward dropout's output y
         if n.op == "dropout" and n.grad_of is None:
             fwd.setdefault((n.inputs[0], n.inputs[1], n.attr["p"], n.attr["stream"]), n.out)
     plan = {}
     for n in g.nodes:
-        d = producer.get(n.inputs[0]) if n.op == "relu_backward" else None  # (single-output ops here)
-        if d is None or d.op != "dropout" or d.grad_of is None or users.get(d.out) != 1 or d.out in outputs:
+        d = g.producer(n.inputs[0]) if n.op == "relu_backward" else None  # (single-output ops here)
+        if d is None or d.op != "dropout" or d.grad_of is None or g.uses(d.out) != 1 or d.out in n.inputs[1:]:
             continue
         y = fwd.get((n.inputs[1], d.inputs[1], d.attr["p"], d.attr["stream"]))
         if y is not None:
