@@ -14,7 +14,11 @@ semantics of runtime/lower.kernel_function (read that first; this mirrors it lin
   points, the same choice of dot / gemv / gemm and transpose flags, so results are bit-equal),
   prologue transposes as transpose flags, then the epilogue loop over the product;
 - a trailing reduction accumulates while the loop stores (a full sum in double, as numba's
-  `acc = 0.0` does), outputs are stored at the end of each iteration.
+  `acc = 0.0` does), outputs are stored at the end of each iteration;
+- a rows kernel (`rows_ir`, mirroring lower.rows_function) loops over the rows; per row and
+  pass, its row-shaped members once, a loop over the row for its full-shape members, then the
+  row reduction in a loop of its own over what the pass stored, in the reduction's dtype with
+  lower._accumulate's accumulators (8 lanes combined pairwise, or one) in the same order.
 
 Every member computes in its own dtype; the helpers numba's kernels call are ported where bits
 matter (`stream_key`/`uniform1`: dropout masks equal the interpreter's) or where they keep loops
@@ -36,7 +40,7 @@ from graphc.ir import TensorType
 from graphc.ir.graph import Node
 
 from .kernels import broadcast_strides, c_strides
-from .lower import GEMMS, REDUCTIONS
+from .lower import GEMMS, LANES, REDUCTIONS, _rows_plan
 
 _VAL = {"f32": "float", "f64": "double", "i64": "i64", "bool": "i1",  # the type of a value
         "i32": "i32", "i8": "i8", "ptr": "ptr"}  # (and of the helpers' intermediates)
@@ -422,6 +426,8 @@ def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str],
     Unsupported when the kernel holds something this lowering lacks."""
     body = node.body
     kind = node.attr["kind"]
+    if kind == "rows":
+        return rows_ir(node, scalars)
     if kind not in ("elementwise", "gemm", "reduce"):
         raise Unsupported(f"kernel kind {kind}")
     members = list(body.nodes)
@@ -669,6 +675,243 @@ def _assemble(f: _Fn, space, params, ops, kind) -> str:
     out += s["post"]
     out.append("  ret void")
     out.append("}")
+    out += [""] + [f.decls[k] for k in sorted(f.decls)]
+    out += ["", "attributes #0 = { nounwind }"]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ rows kernels (runtime/lower.rows_function)
+
+
+def _load(f: _Fn, p: str, dt: str, at: V) -> V:
+    q = f.ins(f"getelementptr inbounds {_MEM[dt]}, ptr {p}, i64 {at.ref}", "ptr", "p")
+    x = f.ins(f"load {_MEM[dt]}, ptr {q.ref}", dt if dt != "bool" else "i8", "x")
+    return f.ins(f"icmp ne i8 {x.ref}, 0", "bool") if dt == "bool" else x
+
+
+def _store(f: _Fn, p: str, dt: str, at: V, x: V) -> None:
+    q = f.ins(f"getelementptr inbounds {_MEM[dt]}, ptr {p}, i64 {at.ref}", "ptr", "p")
+    if dt == "bool":
+        x = f.ins(f"zext i1 {x.ref} to i8", "i8")
+    f.line(f"store {_MEM[dt]} {x.ref}, ptr {q.ref}")
+
+
+def _affine(f: _Fn, terms) -> V:
+    """sum of index * stride over (index V, stride) pairs, as lower.py's offsets (0 when none)."""
+    acc = None
+    for ix, s in terms:
+        if not s or ix.ref == "0":
+            continue
+        t = ix if s == 1 else f.ins(f"mul nuw nsw i64 {ix.ref}, {s}", "i64")
+        acc = t if acc is None else f.ins(f"add nuw nsw i64 {acc.ref}, {t.ref}", "i64")
+    return acc if acc is not None else V("i64", "0", True)
+
+
+def rows_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str], list[str]]:
+    """kernel_ir of a rows kernel, mirroring runtime/lower.rows_function: a loop nest over the rows
+    (all dims but the last); in each row, per pass, its row-shaped members once (flat index i = the
+    row), one loop over the row for its full-shape members (i = row start + k), then its reduction
+    in a loop of its own that reads what the pass stored, with the same accumulators in the same
+    order (LANES of them combined pairwise when the row allows, else one; the reduction's dtype,
+    numba's `acc = np.float32(0.0)`), so the results are bit-equal to numba's."""
+    body = node.body
+    types = body.types
+    members = list(body.nodes)
+    inputs = [i.name for i in body.inputs]
+    outputs = list(node.outputs)
+    for m in members:
+        if m.op not in EXPR and m.op not in REDUCTIONS:
+            raise Unsupported(f"op {m.op}")
+    if any(t.size == 0 for t in types.values()):
+        raise Unsupported("an empty tensor")
+    space, passes, kept = _rows_plan(node)
+    n, lead = space[-1], space[:-1]
+    reds = [m for m in members if m.op in REDUCTIONS]
+    if n == 1:
+        raise Unsupported("rows of one element")
+    # numba types each of `acc`, `acc0`.., `x`.. once for the whole function (shared by the passes):
+    # reductions of different dtypes would unify to another dtype there, so they stay numba's
+    rdt = {(types[r.inputs[0]].dtype, types[r.outputs[0]].dtype) for r in reds}
+    if len(rdt) != 1 or next(iter(rdt))[0] != next(iter(rdt))[1] or next(iter(rdt))[0] not in FLOATS:
+        raise Unsupported(f"row reductions of {sorted(rdt)}")
+    f = _Fn()
+    ptr = {v: f"%a{k}" for k, v in enumerate(inputs)}
+    ptr.update({v: f"%o{k}" for k, v in enumerate(outputs)})
+    scratch = {v: f"%s{k}" for k, v in enumerate(kept)}
+    idx = [V("i64", f"%i{d}") if size != 1 else V("i64", "0", True) for d, size in enumerate(lead)]
+    f.sections["row"] = []  # the row's start: its offsets, computed before any of its loops
+    bases: dict[tuple, V] = {}
+    loops = [d for d, size in enumerate(lead) if size != 1]
+    cur = [f"loop{loops[-1]}" if loops else "start"]  # the block instructions go to now (a phi names its predecessor)
+    k_now: list[V] = [V("i64", "0", True)]  # the position in the row of the current iteration
+
+    def base(st) -> V:
+        st = tuple(st[:-1])
+        if st not in bases:
+            at, f.at = f.at, "row"
+            bases[st] = _affine(f, zip(idx, st))
+            f.at = at
+        return bases[st]
+
+    def read_row(v: str) -> V:
+        if v in scalars:
+            return V("i64", ptr[v], True)
+        if types[v].size == 1:
+            at, f.at = f.at, "hoist"
+            got = _load(f, ptr[v], types[v].dtype, V("i64", "0", True))
+            f.at = at
+            return got
+        return _load(f, ptr[v], types[v].dtype, base(broadcast_strides(types[v].shape, space)))
+
+    def read_full(v: str) -> V:
+        st = broadcast_strides(types[v].shape, space)
+        if v in scalars or types[v].size == 1 or st[-1] == 0:
+            return read_row(v)
+        k = k_now[0] if st[-1] == 1 else f.ins(f"mul nuw nsw i64 {k_now[0].ref}, {st[-1]}", "i64")
+        return _load(f, ptr[v], types[v].dtype, f.ins(f"add nuw nsw i64 {base(st).ref}, {k.ref}", "i64"))
+
+    def block(label: str) -> None:
+        f.line(f"br label %{label}")
+        f.sections["body"].append(f"{label}:")
+        cur[0] = label
+
+    def check(m: Node, got: V) -> V:
+        if got.dtype != m.types[0].dtype:
+            raise Unsupported(f"{m.op} gives {got.dtype}, the IR says {m.types[0].dtype}")
+        return got
+
+    row_base = base(c_strides(space))
+    at, f.at = f.at, "row"
+    r = _affine(f, zip(idx, c_strides(lead)))
+    f.at = at
+    local: dict[str, V] = {}
+    done: set[str] = set()
+    for p, ms in enumerate(passes):
+        row_ms = [m for m in ms if types[m.outputs[0]].shape != space and m.op not in REDUCTIONS]
+        full_ms = [m for m in ms if types[m.outputs[0]].shape == space]
+        red = ms[-1] if ms and ms[-1].op in REDUCTIONS else None
+        f.index = r
+        for m in row_ms:
+            v = m.outputs[0]
+            local[v] = check(m, EXPR[m.op](f, [local[i] if i in done else read_row(i) for i in m.inputs], m))
+            done.add(v)
+            if v in outputs:
+                _store(f, ptr[v], types[v].dtype, r, local[v])
+        if not full_ms and red is None:
+            continue
+        here: set[str] = set()
+
+        def operand(i: str) -> V:
+            if i in here or i in done:
+                return local[i]
+            if i in outputs and types[i].shape == space:
+                return _load(f, ptr[i], types[i].dtype, f.index)
+            if i in scratch:
+                return _load(f, scratch[i], types[i].dtype, k_now[0])
+            return read_full(i)
+
+        if full_ms:
+            start = cur[0]
+            block(f"p{p}")
+            k = V("i64", f"%k{p}")
+            f.line(f"{k.ref} = phi i64 [ 0, %{start} ], [ {k.ref}.next, %p{p} ]")
+            k_now[0] = k
+            f.index = f.ins(f"add nuw nsw i64 {row_base.ref}, {k.ref}", "i64")
+            for m in full_ms:
+                v = m.outputs[0]
+                local[v] = check(m, EXPR[m.op](f, [operand(i) for i in m.inputs], m))
+                here.add(v)
+                if v in outputs:
+                    _store(f, ptr[v], types[v].dtype, f.index, local[v])
+                if v in scratch:
+                    _store(f, scratch[v], types[v].dtype, k, local[v])
+            _latch(f, k.ref, 1, n, f"p{p}")
+            cur[0] = f"p{p}.done"
+        if red is not None:
+            here.clear()  # the reduction's loop reads what the pass stored
+            v, dt = red.outputs[0], types[red.outputs[0]].dtype
+            acc = _row_reduce(f, red, dt, n, cur, p, row_base, k_now, lambda: operand(red.inputs[0]))
+            if red.op == "mean":
+                acc = f.ins(f"fdiv {acc}, {fconst(dt, n)}", dt)
+            local[v] = acc
+            done.add(v)
+            f.index = r
+            if v in outputs:
+                _store(f, ptr[v], dt, r, acc)
+    params = [f"i64 {ptr[v]}" if v in scalars else f"ptr {ptr[v]}" for v in inputs]
+    params += [f"ptr {ptr[v]}" for v in outputs] + [f"ptr {scratch[v]}" for v in kept]
+    text = _assemble_rows(f, space, params, [m.op for m in members], cur[0])
+    args = ["i64 scalar" if v in scalars else types[v].dtype for v in inputs]
+    args += [types[v].dtype for v in outputs] + [types[v].dtype for v in kept]
+    return text, inputs, outputs + [f"#scratch{k}" for k in range(len(kept))], args
+
+
+def _latch(f: _Fn, k: str, step: int, n: int, loop: str) -> None:
+    f.line(f"{k}.next = add nuw nsw i64 {k}, {step}")
+    f.line(f"{k}.end = icmp eq i64 {k}.next, {n}")
+    f.line(f"br i1 {k}.end, label %{loop}.done, label %{loop}")
+    f.sections["body"].append(f"{loop}.done:")
+
+
+def _row_reduce(f: _Fn, red: Node, dt: str, n: int, cur: list, p: int, row_base: V, k_now: list, src) -> V:
+    """lower._accumulate: the sum or max (NaN wins) of src() over the row, accumulated in dt; LANES
+    accumulators combined pairwise ((a0 . a1) . (a2 . a3)) . ... when n is a multiple of LANES
+    and at least 2 * LANES, else one. Returns the result (in the block after the loop)."""
+    def step(a: V, x: V) -> V:
+        return _extremum("gt")(f, [x, a], red) if red.op == "max" else f.ins(f"fadd {a}, {x.ref}", dt)
+
+    init = fconst(dt, -math.inf if red.op == "max" else 0.0)
+    lanes = 1 if n % LANES or n < 2 * LANES else LANES
+    start, loop = cur[0], f"r{p}"
+    f.line(f"br label %{loop}")
+    f.sections["body"].append(f"{loop}:")
+    k0 = V("i64", f"%k{p}r")
+    f.line(f"{k0.ref} = phi i64 [ 0, %{start} ], [ {k0.ref}.next, %{loop} ]")
+    accs, phis = [], []
+    for j in range(lanes):
+        a = V(dt, f.fresh("acc"))
+        phis.append(len(f.sections["body"]))
+        f.line("")  # the phi, written once its next value is known
+        accs.append(a)
+    nexts = []
+    for j, a in enumerate(accs):
+        k = k0 if j == 0 else f.ins(f"add nuw nsw i64 {k0.ref}, {j}", "i64")
+        k_now[0] = k
+        f.index = f.ins(f"add nuw nsw i64 {row_base.ref}, {k.ref}", "i64")
+        nexts.append(step(a, src()))
+    for a, at, nx in zip(accs, phis, nexts):
+        f.sections["body"][at] = f"  {a.ref} = phi {a.ty} [ {init}, %{start} ], [ {nx.ref}, %{loop} ]"
+    _latch(f, k0.ref, lanes, n, loop)
+    cur[0] = f"{loop}.done"
+    level = nexts
+    while len(level) > 1:
+        level = [step(a, b) for a, b in zip(level[::2], level[1::2])]
+    return level[0]
+
+
+def _assemble_rows(f: _Fn, space, params, ops, last: str) -> str:
+    """The function: hoisted values, the loops over the leading dims, in the innermost the row's
+    offsets then its passes (blocks of their own), the latches, the end."""
+    s = f.sections
+    lead = space[:-1]
+    out = [f"; graphc kernel {{kind=rows}}: {', '.join(ops)}; iteration space {list(space)}",
+           f"define void @kernel({', '.join(params)}) #0 {{", "entry:"]
+    out += s["alloca"] + s["hoist"] + ["  br label %start", "start:"]
+    loops = [d for d, size in enumerate(lead) if size != 1]
+    prev = "%start"
+    for d in loops:
+        out += [f"  br label %loop{d}", f"loop{d}:", f"  %i{d} = phi i64 [ 0, {prev} ], [ %i{d}.next, %latch{d} ]"]
+        prev = f"%loop{d}"
+    body = s["body"]
+    out += s["row"] + body
+    for j, d in reversed(list(enumerate(loops))):
+        out += [f"  br label %latch{d}", f"latch{d}:"] if j == len(loops) - 1 else [f"latch{d}:"]
+        out.append(f"  %i{d}.next = add nuw nsw i64 %i{d}, 1")
+        out.append(f"  %i{d}.end = icmp eq i64 %i{d}.next, {lead[d]}")
+        out.append(f"  br i1 %i{d}.end, label %{f'latch{loops[j - 1]}' if j > 0 else 'done'}, label %loop{d}")
+    if not loops:
+        out.append("  br label %done")
+    out += ["done:", "  ret void", "}"]
     out += [""] + [f.decls[k] for k in sorted(f.decls)]
     out += ["", "attributes #0 = { nounwind }"]
     return "\n".join(out) + "\n"

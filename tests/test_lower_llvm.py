@@ -14,7 +14,7 @@ from graphc.ir import GraphBuilder, TensorType, interpret
 from graphc.ir.graph import kernel_node
 from graphc.runtime import cache, kernel_lib, lower_llvm
 from graphc.runtime.kernel_lib import LlvmKernel
-from graphc.runtime.lower import HELPERS, kernel_function
+from graphc.runtime.lower import HELPERS, kernel_function, kernel_scratch
 
 R = np.random.default_rng(7)
 DT = {"f32": np.float32, "f64": np.float64}
@@ -54,10 +54,9 @@ def run_numba(node, arrays: dict, scalars=()):
 
 
 def _outputs(node, outs):
-    got = []
+    got, scratch = [], kernel_scratch(node)  # a gemm's product, a rows kernel's rows
     for v in outs:
-        t = node.body.types[v] if not v.startswith("#") else next(m for m in node.body.nodes if m.op in
-                                                                  lower_llvm.GEMMS).types[0]
+        t = node.body.types[v] if not v.startswith("#") else scratch[int(v.removeprefix("#scratch"))]
         got.append(np.full(t.shape, 123, t.np_dtype))  # garbage first: every element must be written
     return got
 
@@ -299,3 +298,141 @@ def plan(x, table):
     assert [c.kernels for c in calls] == [["kernel3"]] and calls[0].values == ["1", "2"]
     html = source_html(source, calls, 5, lambda v: f"s5-v-{v}")
     assert 'id="code-5-fn-kernel3"' in html and 'href="#code-5-fn-kernel3">code of kernel3</a>' in html
+
+
+# ------------------------------------------------------------------ rows kernels (softmax, LayerNorm, attention, loss)
+
+
+def _softmax_rows(b, t):  # softmax, its backward; a NaN row and a -inf in another (NaN wins, exp(-inf) = 0)
+    x, gy = b.add_input("x", t((6, 40))), b.add_input("gy", t((6, 40)))
+    return [b.emit("softmax_backward", [gy, b.emit("softmax", [x], {"dim": 1})], {"dim": 1})]
+
+
+def _log_softmax_rows(b, t):  # rows of 7: one accumulator, not LANES
+    x, gy = b.add_input("x", t((5, 7))), b.add_input("gy", t((5, 7)))
+    return [b.emit("log_softmax_backward", [gy, b.emit("log_softmax", [x], {"dim": 1})], {"dim": 1})]
+
+
+def _layer_norm_rows(b, t):  # LayerNorm with affine from primitives (as graphc.nn.LayerNorm decomposes)
+    x, w, bias = b.add_input("x", t((6, 32))), b.add_input("w", t((32,)), "param"), b.add_input("b", t((32,)), "param")
+    mu = b.emit("mean", [x], {"dims": (1,), "keepdim": True})
+    d = b.emit("sub", [x, mu])
+    var = b.emit("mean", [b.emit("mul", [d, d])], {"dims": (1,), "keepdim": True})
+    r = b.emit("rsqrt", [b.emit("add", [var, b.emit("full", [], {"shape": (), "value": 1e-5, "dtype": t(()).dtype})])])
+    return [b.emit("add", [b.emit("mul", [b.emit("mul", [d, r]), w]), bias])]
+
+
+def _attention_rows(b, t):  # scores * scale, causal mask (where), softmax, and its backward
+    s, gy = b.add_input("s", t((2, 3, 5, 16))), b.add_input("gy", t((2, 3, 5, 16)))
+    mask = b.emit("le", [b.emit("arange", [], {"size": 16, "dtype": "i64"}),
+                         b.emit("reshape", [b.emit("arange", [], {"size": 5, "dtype": "i64"})], {"shape": (5, 1)})])
+    dt = t(()).dtype
+    z = b.emit("where", [mask, b.emit("mul", [s, b.emit("full", [], {"shape": (), "value": 0.25, "dtype": dt})]),
+                         b.emit("full", [], {"shape": (), "value": float("-inf"), "dtype": dt})])
+    return [b.emit("softmax_backward", [gy, b.emit("softmax", [z], {"dim": 3})], {"dim": 3})]
+
+
+def _cross_entropy_rows(dt):
+    """The loss as the sample GPT has it (ignore_index given: log_softmax, gather, where, sums):
+    its log_softmax rows, in the forward plan of a compiled (interpreted) model."""
+    import graphc.nn.functional as F
+
+    class M(graphc.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = graphc.nn.Linear(8, 24)
+
+        def forward(self, x, t):
+            return F.cross_entropy(self.lin(x), t, ignore_index=-1)
+
+    graphc.manual_seed(0)
+    x, t = np.zeros((6, 8), DT[dt]), np.zeros(6, np.int64)
+    cm = graphc.compile(M().to(DT[dt]), x, t, mode="interpret")
+    cm(x, t)
+    return cm._spec.plans.forward
+
+
+ROWS = {"softmax": (_softmax_rows, 1), "log_softmax": (_log_softmax_rows, 2), "layer_norm": (_layer_norm_rows, 1),
+        "attention": (_attention_rows, 1), "cross_entropy": (_cross_entropy_rows, 1)}  # (graph, rows kernels)
+
+
+def _kernel_stage(case, dt):
+    build, _ = ROWS[case]
+    if case == "cross_entropy":
+        return build(dt)
+    from graphc.passes.kernels import kernels
+
+    b = GraphBuilder(case)
+    outs = build(b, lambda shape: TensorType(shape, dt))
+    return kernels(b.build(outs).verify())[0]
+
+
+@pytest.mark.parametrize("dt", ["f32", "f64"])
+@pytest.mark.parametrize("case", sorted(ROWS))
+def test_rows_kernels_llvm_equal_numba_bit_for_bit_and_the_interpreter(case, dt):
+    """Each rows kernel of softmax, log_softmax, LayerNorm, attention (forward and backward) and the
+    loss: the LLVM lowering's outputs equal numba's bit for bit (rows of 40/32/16/24: LANES
+    accumulators; of 7: one), and the interpreter's within rounding."""
+    new = _kernel_stage(case, dt)
+    args = {}
+    for i in new.inputs:
+        t = i.type
+        args[i.name] = (R.integers(0, 24, t.shape) if t.dtype == "i64" else
+                        R.standard_normal(t.shape).astype(t.np_dtype))
+    if case == "softmax":
+        args["x"][1, 7], args["x"][4, 3] = np.nan, -np.inf
+    with np.errstate(all="ignore"):
+        _, env = interpret(new, args, return_env=True)
+    rows = [n for n in new.nodes if n.op == "kernel" and n.attr["kind"] == "rows"]
+    assert len(rows) == ROWS[case][1]
+    for n in rows:
+        assert lower_llvm.kernel_ir(n, set())[0].startswith("; graphc kernel {kind=rows}")
+        data = {v: env[v] for v in n.inputs}
+        with np.errstate(all="ignore"):
+            got, ref = run_llvm(n, data), run_numba(n, data)
+        for v, a, r in zip(n.outputs, got, ref):
+            _same(a, r)  # the same accumulators in the same order: the same bits
+            tol = 2e-6 if dt == "f32" else 1e-14
+            np.testing.assert_allclose(a, env[v], rtol=tol, atol=tol, err_msg=f"{case} %{v}")
+
+
+def test_rows_reductions_of_mixed_dtypes_stay_with_numba():
+    """numba types `acc` once for the whole function: a f32 and a f64 row sum in one kernel would
+    accumulate both in f64 there, so that kernel keeps numba's lowering (the reason says why)."""
+    b = GraphBuilder("k")
+    x, y = b.add_input("x", TensorType((4, 16))), b.add_input("y", TensorType((4, 16), "f64"))
+    sx = b.emit("sum", [x], {"dims": (1,), "keepdim": True})
+    sy = b.emit("sum", [y], {"dims": (1,), "keepdim": True})
+    o = b.emit("mul", [y, b.emit("cast", [sx], {"dtype": "f64"})])
+    o2 = b.emit("div", [o, sy])
+    g = b.build([o2])
+    node = kernel_node(list(g.nodes), ["x", "y"], [o2], g.types, "rows")
+    with pytest.raises(lower_llvm.Unsupported, match="row reductions of"):
+        lower_llvm.kernel_ir(node, set())
+
+
+def test_the_gpt_blocks_rows_kernels_are_llvm():
+    """Every kernel of the sample GPT's train step, rows kernels (LayerNorm, attention softmax,
+    cross-entropy, their backward) included, is lowered to LLVM IR: no numba-lowered kernel left
+    (codegen only: the plans are interpreted, nothing is compiled)."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "samples"))
+    from char_gpt import GPTConfig, gpt_classes, init_weights
+
+    cfg = GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16)
+    model = gpt_classes(graphc)(cfg)
+    init_weights(model, seed=0)
+    idx = np.random.default_rng(0).integers(0, 11, (2, 8))
+    cm = graphc.compile(model, idx, idx, mode="interpret")
+    cm(idx, idx)
+    cm.backward()
+    rows = llvm = 0
+    for exe in (cm._spec.fwd, cm._spec.bwd):
+        text = exe.source.text
+        calls = re.findall(r"# (kernel\d+): kernel \{kind=(\w+)\}", text)
+        llvm_defs = set(re.findall(r"^(kernel\d+) = llvm_kernel\(", text, re.M))
+        assert "@library_kernel(" not in text and {k for k, _ in calls} <= llvm_defs, text
+        rows += sum(kind == "rows" for _, kind in calls)
+        llvm += len(calls)
+    assert rows >= 9 and llvm > rows  # 2 LayerNorms + attention per layer, ln_f, the loss; and backward
