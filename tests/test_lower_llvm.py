@@ -2,7 +2,9 @@
 kernel (runtime/lower.py) and the reference interpreter: every scalar op on random inputs with the
 edge values (NaN, inf, -0.0, exp's range ends), float32 and float64, broadcasting; dropout masks
 bit-equal; GEMM kernels (gemm, gemv, dot as numba's np.dot picks them) with prologue transposes,
-epilogues and a trailing reduction; the IR text; fallback to numba; the kernel library entry."""
+epilogues and a trailing reduction; rows kernels (softmax, log_softmax, LayerNorm, attention, the
+loss, their backward, dropout) bit-equal; the sample GPT's kernels all LLVM; the IR text; fallback
+to numba; the kernel library entry."""
 import ctypes
 import re
 
@@ -13,6 +15,7 @@ import graphc
 from graphc.ir import GraphBuilder, TensorType, interpret
 from graphc.ir.graph import kernel_node
 from graphc.runtime import cache, kernel_lib, lower_llvm
+from graphc.runtime.codegen import is_scalar_input
 from graphc.runtime.kernel_lib import LlvmKernel
 from graphc.runtime.lower import HELPERS, kernel_function, kernel_scratch
 
@@ -352,7 +355,13 @@ def _cross_entropy_rows(dt):
     return cm._spec.plans.forward
 
 
-ROWS = {"softmax": (_softmax_rows, 1), "log_softmax": (_log_softmax_rows, 2), "layer_norm": (_layer_norm_rows, 1),
+def _dropout_rows(b, t):  # attention-style dropout of softmax rows, a row-shaped draw (flat index = the row)
+    x, seed = b.add_input("x", t((4, 24))), b.add_input("seed", TensorType((), "i64"), "rng")
+    y = b.emit("dropout", [b.emit("softmax", [x], {"dim": 1}), seed], {"p": 0.3, "stream": 4})
+    return [b.emit("add", [y, b.emit("uniform", [seed], {"shape": (4, 1), "stream": 2, "dtype": t(()).dtype})])]
+
+
+ROWS = {"dropout": (_dropout_rows, 1), "softmax": (_softmax_rows, 1), "log_softmax": (_log_softmax_rows, 2), "layer_norm": (_layer_norm_rows, 1),
         "attention": (_attention_rows, 1), "cross_entropy": (_cross_entropy_rows, 1)}  # (graph, rows kernels)
 
 
@@ -370,14 +379,14 @@ def _kernel_stage(case, dt):
 @pytest.mark.parametrize("dt", ["f32", "f64"])
 @pytest.mark.parametrize("case", sorted(ROWS))
 def test_rows_kernels_llvm_equal_numba_bit_for_bit_and_the_interpreter(case, dt):
-    """Each rows kernel of softmax, log_softmax, LayerNorm, attention (forward and backward) and the
-    loss: the LLVM lowering's outputs equal numba's bit for bit (rows of 40/32/16/24: LANES
+    """Each rows kernel of softmax, log_softmax, LayerNorm, attention (forward and backward), the
+    loss and a dropout of softmax rows: the LLVM lowering's outputs equal numba's bit for bit (rows of 40/32/16/24: LANES
     accumulators; of 7: one), and the interpreter's within rounding."""
     new = _kernel_stage(case, dt)
     args = {}
     for i in new.inputs:
         t = i.type
-        args[i.name] = (R.integers(0, 24, t.shape) if t.dtype == "i64" else
+        args[i.name] = (R.integers(0, 24, t.shape) if t.dtype == "i64" else  # labels in [0, 24)
                         R.standard_normal(t.shape).astype(t.np_dtype))
     if case == "softmax":
         args["x"][1, 7], args["x"][4, 3] = np.nan, -np.inf
@@ -385,11 +394,12 @@ def test_rows_kernels_llvm_equal_numba_bit_for_bit_and_the_interpreter(case, dt)
         _, env = interpret(new, args, return_env=True)
     rows = [n for n in new.nodes if n.op == "kernel" and n.attr["kind"] == "rows"]
     assert len(rows) == ROWS[case][1]
+    scalars = {i.name for i in new.inputs if is_scalar_input(i)}  # rng seeds: i64 arguments
     for n in rows:
-        assert lower_llvm.kernel_ir(n, set())[0].startswith("; graphc kernel {kind=rows}")
+        assert lower_llvm.kernel_ir(n, scalars)[0].startswith("; graphc kernel {kind=rows}")
         data = {v: env[v] for v in n.inputs}
         with np.errstate(all="ignore"):
-            got, ref = run_llvm(n, data), run_numba(n, data)
+            got, ref = run_llvm(n, data, scalars), run_numba(n, data, scalars)
         for v, a, r in zip(n.outputs, got, ref):
             _same(a, r)  # the same accumulators in the same order: the same bits
             tol = 2e-6 if dt == "f32" else 1e-14
