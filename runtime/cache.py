@@ -36,7 +36,7 @@ import numpy as np
 
 from graphc.ir import GraphcError
 
-from . import kernel_lib
+from . import glue_llvm, kernel_lib
 from .plan_jit import glue_compile
 
 log = logging.getLogger("graphc.runtime")
@@ -61,6 +61,7 @@ class CompileInfo:
     kernels: dict | None = None  # generated kernels: how many compiled / loaded from the kernel library / reused,
     # and how many were lowered to LLVM IR / through numba
     fallbacks: list[str] | None = None  # why each numba-lowered kernel was not lowered to LLVM IR
+    glue: str = ""  # "llvm" (runtime/glue_llvm.py), or "numba" and why not LLVM
 
     @property
     def from_cache(self) -> bool:
@@ -75,6 +76,8 @@ class CompileInfo:
                   f"kernel library, {self.kernels['reused']} reused ({self.kernels.get('llvm', 0)} LLVM, "
                   f"{self.kernels.get('numba', 0)} numba")
             s += f": {'; '.join(self.fallbacks)})" if self.fallbacks else ")"
+        if self.glue:
+            s += f"; glue: {self.glue}"
         if self.path:
             s += f", {self.path}"
         return s + (f"; {self.reason}" if self.reason else "")
@@ -217,7 +220,8 @@ def _check_entry(d: Path, key: str, source: str) -> str | None:
 
 
 def _write_manifest(d: Path, key: str, name: str, seconds: float) -> None:
-    write_manifest(d, key, ["plan.py", *numba_cache_files(d)], seconds, {"name": name})
+    glue = [f for f in ("glue.ll", "glue.o") if (d / f).is_file()]
+    write_manifest(d, key, ["plan.py", *glue, *numba_cache_files(d)], seconds, {"name": name})
 
 
 def _import(path: Path, modname: str, source: str, pin: str = "plan") -> types.ModuleType:
@@ -277,7 +281,7 @@ def _fallbacks(kernels) -> list[str] | None:
     return [r if why.count(r) == 1 else f"{r} (x{why.count(r)})" for r in dict.fromkeys(why)] or None
 
 
-def load_or_build(source: str, name: str, signature, kernels=()) -> tuple[types.ModuleType, CompileInfo]:
+def load_or_build(source: str, name: str, signature, kernels=(), glue=None) -> tuple[types.ModuleType, CompileInfo]:
     """The plan module for `source` with `plan` compiled for `signature` (numba types): loaded from
     the cache when an intact entry exists, else compiled and stored (its generated `kernels`
     first, through the kernel library)."""
@@ -306,8 +310,13 @@ def load_or_build(source: str, name: str, signature, kernels=()) -> tuple[types.
         problem = _check_entry(d, key, source)
         if problem is None:
             t0 = time.perf_counter()
-            kernel_lib.modules(root, list(kernels))
+            if glue is None:
+                kernel_lib.modules(root, list(kernels))
+            else:  # the LLVM glue calls its numba kernels by address: load them from the library
+                kernel_lib.prepare(root, list(kernels))
             mod = _import(d / "plan.py", modname, source)
+            if glue is not None:
+                glue_llvm.load(glue, mod, d)
             hits = _hits(mod.plan)
             with glue_compile():
                 mod.plan.compile(signature)
@@ -327,10 +336,16 @@ def load_or_build(source: str, name: str, signature, kernels=()) -> tuple[types.
     tmp.mkdir(parents=True)
     (tmp / "plan.py").write_text(source)
     t0 = time.perf_counter()
-    library = kernel_lib.prepare(root, list(kernels))
-    mod = _import(tmp / "plan.py", modname, source)
-    with glue_compile():
-        mod.plan.compile(signature)
+    try:
+        library = kernel_lib.prepare(root, list(kernels))
+        mod = _import(tmp / "plan.py", modname, source)
+        if glue is not None:
+            glue_llvm.load(glue, mod, tmp)
+        with glue_compile():
+            mod.plan.compile(signature)
+    except BaseException:  # nothing half-built stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     seconds = time.perf_counter() - t0
     _write_manifest(tmp, key, name, seconds)
     try:

@@ -23,7 +23,7 @@ from graphc.ir import Graph, TensorType
 from graphc.ir.text import format_node
 
 from .kernels import KERNELS, Code, Operand, Site, calls
-from . import lower_llvm
+from . import glue_llvm, lower_llvm
 from .kernel_lib import KernelSource, LlvmKernel
 from .lower import HELPERS, kernel_function
 from .memory import MemoryPlan
@@ -31,8 +31,10 @@ from .memory import MemoryPlan
 # njit options of the generated plan (kernels carry their own)
 PLAN_JIT = 'cache=True, nogil=True, error_model="numpy", pipeline_class=PlanCompiler'
 RESERVED = {"np", "njit", "view", "math", "library_kernel", "llvm_kernel", "plan", "make_runner", "run", "slow", "table",
+            "glue", "glue_function", "plan_full", "i64",
             "e"}
 SHAPE_MISMATCH = "graphc: call input shapes differ from the plan's"
+GLUE_FAILED = "graphc: a kernel of the LLVM glue failed"  # the runner then runs plan_full for its error
 _KERNEL = "KERNEL"  # placeholder name of a generated kernel function while its source is compared
 
 
@@ -45,6 +47,8 @@ class PlanSource:
     arenas: list[str]  # dtypes of the arena arrays, in table order after the bound inputs
     returns_scalar: str | None  # the value whose first element `plan` returns
     kernels: list = field(default_factory=list)  # its generated kernels (KernelSource, LlvmKernel), for the library
+    glue: "glue_llvm.Glue | None" = None  # the glue lowered to LLVM IR (None: numba compiles `plan`)
+    glue_fallback: str = ""  # why not, when not
 
     @property
     def table(self) -> list[str]:
@@ -222,6 +226,13 @@ class _Lazy(Operand):
     s = property(lambda self: self._s())
 
 
+def use_llvm_glue() -> bool:
+    """The plan's glue lowers to LLVM IR (runtime/glue_llvm.py) unless GRAPHC_GLUE=numba."""
+    import os
+
+    return os.environ.get("GRAPHC_GLUE", "llvm").strip().lower() != "numba"
+
+
 def use_llvm() -> bool:
     """Kernels lower to LLVM IR unless plans run as plain Python (NUMBA_DISABLE_JIT) or GRAPHC_LLVM=0
     asks for numba's lowering of every kernel (to compare the two)."""
@@ -232,7 +243,9 @@ def use_llvm() -> bool:
     return not config.DISABLE_JIT and os.environ.get("GRAPHC_LLVM", "1") != "0"
 
 
-def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> PlanSource:
+def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", glue_ok: str = "") -> PlanSource:
+    """The plan module's source for `g` with memory plan `mp`. `glue_ok`: if not empty, why the
+    glue must not be lowered to LLVM IR (a reason found while loading an earlier attempt)."""
     names = _Names()
     llvm = use_llvm()
     scalars = {i.name for i in g.inputs if i.name not in bound and is_scalar_input(i)}
@@ -253,6 +266,7 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
     defs: list[str] = []  # the generated kernel functions: one per distinct source
     kernel_of: dict[tuple, str] = {}  # (source with a placeholder name, dtypes) -> its function's name
     kernels: list[KernelSource] = []  # the same, for the kernel library
+    kernel_by_fn: dict = {}  # function name -> its KernelSource or LlvmKernel
     for k, n in enumerate(g.nodes):
         if n.op == "full" and mp.slots[n.out].kind == "const":
             continue  # filled once when the buffers are allocated
@@ -272,6 +286,7 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
                     fn = kernel_of[(ir, tuple(dtypes))] = f"kernel{len(kernel_of)}"
                     lk = LlvmKernel(ir, dtypes)
                     kernels.append(lk)
+                    kernel_by_fn[fn] = lk
                     defs.append(f"# LLVM IR (runtime/lower_llvm.py), compiled by llvmlite into the kernel library\n"
                                 f"{fn} = llvm_kernel({lk.symbol!r}, {tuple(dtypes)!r})\n"
                                 + "".join(f"#   {ln}\n" if ln else "#\n" for ln in ir.rstrip("\n").split("\n")))
@@ -286,6 +301,7 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
                     body_src = src[src.index(f"def {_KERNEL}("):]  # without lower's @njit line
                     ks = KernelSource(body_src.replace(f"def {_KERNEL}(", "def kernel(", 1), dtypes, why)
                     kernels.append(ks)
+                    kernel_by_fn[fn] = ks
                     defs.append(f"@library_kernel({ks.key!r})\n" + body_src.replace(f"def {_KERNEL}(", f"def {fn}(", 1))
             members = n.body.nodes
             body.append(f"    # {fn}: kernel {{kind={n.attr['kind']}}} over {len(members)} nodes:")
@@ -314,11 +330,30 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
         body.append(f"    k_copy({views.flat(v)}, {views.flat(x)})")
 
     returns = next((o.value for o in g.outputs if g.types[o.value].shape == () and g.types[o.value].is_float), None)
-    if returns is not None:
-        body.append(f"    return float({views.scalar(returns)})")
+    ret = [f"    return float({views.scalar(returns)})"] if returns is not None else []
 
     params = [names(v) for v in call_inputs] + ["table"]
     checked = [v for v in call_inputs if v not in scalars]
+    view_lines = [f"    {ln}" for _, ln in sorted(views.lines)]
+    glue, glue_why = None, glue_ok or ("GRAPHC_GLUE=numba" if not use_llvm_glue() else "")
+    if llvm and not glue_why:
+        llvm_symbols = {fn: k.symbol for fn, k in kernel_by_fn.items() if isinstance(k, LlvmKernel)}
+        numba_keys = {fn: k.key for fn, k in kernel_by_fn.items() if isinstance(k, KernelSource)}
+
+        def resolve(name):
+            if name in llvm_symbols:
+                return "llvm", llvm_symbols[name]
+            if name.startswith("k_") and name[2:] in used:
+                return "numba", f"{used[name[2:]] or 'graphc.runtime.kernels'}:{name[2:]}"
+            if name in numba_keys:  # a generated kernel numba compiled (its library key names it)
+                return "numba", f"plan:{name}:{numba_keys[name]}"
+            raise glue_llvm.Unsupported(f"call of {name}")
+        try:
+            glue = glue_llvm.translate(view_lines + body, params[:-1], {names(v) for v in scalars}, resolve,
+                                       {names(v): (g.types[v].np_dtype.name, g.types[v].shape)
+                                        for v in call_inputs if v not in scalars})
+        except glue_llvm.Unsupported as e:
+            glue_why = str(e)
     lines = ['"""graphc plan ' + g.name + ": generated by graphc.runtime.codegen; the cache key covers this text.",
              "", *_quote(header), '"""',
              "import numpy as np",
@@ -334,16 +369,43 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "") -> Pla
         lines += ["from graphc.runtime.kernel_lib import llvm_kernel"]
     if defs:
         lines += ["", "", *("\n\n".join(defs).rstrip("\n").split("\n"))]
-    lines += ["", "", f"@njit({PLAN_JIT})", f"def plan({', '.join(params)}):"]
+    check = []
     if checked:
         cond = " or ".join(f"{names(v)}.shape != {g.types[v].shape!r}" for v in checked)
-        lines += [f"    if {cond}:", f"        raise ValueError({SHAPE_MISMATCH!r})"]
-    if views.lines:
-        lines.append("    # storage: views of the bound arrays, arenas and inputs (no allocation)")
-        lines += [f"    {ln}" for _, ln in sorted(views.lines)]
-    lines += body or ["    pass"]
+        check = [f"    if {cond}:", f"        raise ValueError({SHAPE_MISMATCH!r})"]
+    full = check + (["    # storage: views of the bound arrays, arenas and inputs (no allocation)"] if views.lines else [])
+    full += view_lines + (body + ret or ["    pass"])
+    if glue is None:
+        lines += ["", "", f"@njit({PLAN_JIT})", f"def plan({', '.join(params)}):", *full]
+    else:
+        lines += ["from graphc.runtime.kernel_lib import glue_function", "",
+                  "# the glue below, lowered to LLVM IR by runtime/glue_llvm.py (its text is kept in the",
+                  "# entry as glue.ll); numba compiles plan_full only to raise a failing kernel's own error",
+                  f"glue = glue_function({glue.symbol!r}, {len(params)})", "", "",
+                  f"@njit({PLAN_JIT.replace('cache=True, ', '')})", f"def plan_full({', '.join(params)}):", *full]
+        scalar_names = {names(v) for v in scalars}
+        glue_args = ["table.ctypes.data"] + [p if p in scalar_names else f"{p}.ctypes.data" for p in params[:-1]]
+        needed = _lines_for(ret, view_lines)
+        lines += ["", "", f"@njit({PLAN_JIT})", f"def plan({', '.join(params)}):", *check,
+                  f"    if glue({', '.join(glue_args)}) != 0:",
+                  f"        raise ValueError({GLUE_FAILED!r})", *needed, *ret]
     lines += ["", ""] + _runner([names(v) for v in call_inputs])
-    return PlanSource("\n".join(lines) + "\n", call_inputs, bound_inputs, sorted(scalars), arenas, returns, kernels)
+    return PlanSource("\n".join(lines) + "\n", call_inputs, bound_inputs, sorted(scalars), arenas, returns, kernels,
+                      glue, glue_why)
+
+
+def _lines_for(ret: list[str], view_lines: list[str]) -> list[str]:
+    """The view lines the return statement needs (its view, and the arena that view reads)."""
+    if not ret:
+        return []
+    defs = {ln.strip().split(" = ", 1)[0]: ln for ln in view_lines}
+    want, out = re.findall(r"[A-Za-z_]\w*", ret[0]), []
+    for name in want:
+        ln = defs.get(name)
+        if ln is not None and ln not in out:
+            out.insert(0, ln)
+            want += re.findall(r"[A-Za-z_]\w*", ln.split(" = ", 1)[1])
+    return sorted(out, key=view_lines.index)
 
 
 def _quote(text: str) -> list[str]:

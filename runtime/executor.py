@@ -24,8 +24,8 @@ import numpy as np
 
 from graphc.ir import Graph, GraphcError, ShapeError, TensorType, interpret
 
-from . import cache
-from .codegen import PlanSource, generate, is_scalar_input
+from . import cache, glue_llvm
+from .codegen import GLUE_FAILED, PlanSource, generate, is_scalar_input
 from .memory import ALIGN, MemoryPlan, plan_memory, update_targets
 
 MODES = ("jit", "interpret")
@@ -73,9 +73,15 @@ class Executable:
             self.compile_info = cache.CompileInfo("interpreted", codegen_seconds=codegen_s)
             self.run = self._interpret
         else:
-            self.module, self.compile_info = cache.load_or_build(self.source.text, self.name, self._signature(),
-                                                                    self.source.kernels)
+            try:
+                self.module, self.compile_info = cache.load_or_build(self.source.text, self.name, self._signature(),
+                                                                        self.source.kernels, self.source.glue)
+            except glue_llvm.Unsupported as e:  # found only when binding a callee: numba compiles the glue
+                self.source = generate(graph, self.memory_plan, set(self.bound), header, glue_ok=str(e))
+                self.module, self.compile_info = cache.load_or_build(self.source.text, self.name, self._signature(),
+                                                                        self.source.kernels)
             self.compile_info.codegen_seconds = codegen_s
+            self.compile_info.glue = "llvm" if self.source.glue is not None else f"numba ({self.source.glue_fallback})"
             self.plan = self.module.plan
             if cache.jit_disabled():  # plain Python accepts anything: check every call up front
                 runner = self.module.make_runner(self.plan, self._slow, self.table)
@@ -113,6 +119,11 @@ class Executable:
         """The runner's fallback: the native call rejected its arguments, or a kernel raised."""
         fixed = self._checked(args)
         if all(f is a for f, a in zip(fixed, args)):  # the arguments were fine: the error is the plan's
+            if str(error) == GLUE_FAILED:  # a kernel of the LLVM glue failed: numba's glue says why
+                try:
+                    self.module.plan_full(*args, self.table)
+                except (TypeError, ValueError) as e:
+                    error = e
             if isinstance(error, GraphcError) or not isinstance(error, ValueError):
                 raise error
             raise GraphcError(f"plan {self.name}: {error}") from None

@@ -244,6 +244,14 @@ def llvm_kernel(symbol: str, args: tuple[str, ...]):
     return types.ExternalFunction(symbol, types.void(*[types.int64] * len(args)))
 
 
+def glue_function(symbol: str, nargs: int):
+    """What a plan's `plan` calls its LLVM glue by (runtime/glue_llvm.py): the address table's and
+    the call inputs' addresses (or scalar values) as int64; returns 0, or 1 when a kernel failed."""
+    from numba import types
+
+    return types.ExternalFunction(symbol, types.int32(*[types.int64] * nargs))
+
+
 _jit = None  # (target machine, MCJIT engine): one per process, created on first use
 _jit_lock = threading.RLock()  # two threads building plans must not add objects to the engine at once
 _in_engine: dict[str, int] = {}  # symbol -> address of every object loaded (MCJIT cannot unload)

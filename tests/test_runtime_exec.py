@@ -240,7 +240,9 @@ def test_bound_array_checks():
 def test_source_is_readable_and_one_function():
     exe = Executable(parse(SMALL), bound={"w": np.ones((2, 3), np.float32)})
     src = exe.source.text
-    assert src.count("@njit") == 1 and "def plan(" in src and "# %0: f32[4,2] = linear(%x, %w)" in src
+    # the glue (plan_full, lowered to LLVM IR as `glue`) and the entry numba compiles (plan)
+    assert src.count("@njit") == 2 and "def plan(" in src and "# %0: f32[4,2] = linear(%x, %w)" in src
+    assert "def plan_full(" in src and exe.source.glue is not None and exe.source.glue.symbol in src
     assert "memory plan small" in src  # the module's docstring carries the plan and its memory plan
     assert os.path.isfile(os.path.join(exe.compile_info.path, "plan.py"))
 

@@ -59,7 +59,7 @@ def plan_calls(source: str) -> list[Call]:
     pending: list[tuple[int, str]] = []
     inside = after_call = False
     for k, line in enumerate(source.splitlines()):
-        if line.startswith("def plan("):
+        if line.startswith(("def plan(", "def plan_full(")):  # (plan_full: the glue, when LLVM IR runs it)
             inside = True
             continue
         if inside and line and not line.startswith(" "):
