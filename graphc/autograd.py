@@ -149,9 +149,10 @@ def flush() -> None:
 def join_step(opt) -> bool:
     """optimizer.step() on a deferred backward: run forward + backward + update as one plan when
     that is exactly what eager execution would do; True if it did."""
-    if _eager._pending is None:
+    pending = _eager._pending
+    if pending is None:
         return False
-    root, tape = _eager._pending
+    root, tape = pending
     if tape.filled != len(tape.events) and root._ref is not None and tape.pure:
         live = []  # _replay_key, inline (this runs every step)
         for r in tape.tensors:
@@ -166,6 +167,12 @@ def join_step(opt) -> bool:
         key = _replay_key(tape, root)  # before the values below are set (they decide what is live)
     else:
         key = None
+    return _join_recorded(opt, root, tape, key)
+
+
+def _join_recorded(opt, root, tape, key) -> bool:
+    """join_step on a recording that is not a known replayed step: the graph, its plan (compiled
+    from the second sighting), one run; remembered for replay under `key` when that is not None."""
     from .optim import SGD, Adam, AdamW
 
     params = opt.params
@@ -236,7 +243,7 @@ _replays: dict[tuple, "_Replay"] = {}
 
 
 class _Replay:
-    __slots__ = ("entry", "opt", "args", "live", "grads", "hyper_read", "hyper_seen", "structure", "group_of",
+    __slots__ = ("entry", "opt", "args", "live", "grads", "dicts", "hyper_read", "hyper_seen", "structure", "group_of",
                  "plain_count")
 
 
@@ -252,23 +259,33 @@ def _replay_key(tape, root) -> tuple:
 def _remember_replay(key, entry, opt, spec, tape, leaves, live_slots) -> None:
     import operator
 
-    where = {}
-    for k, ev in enumerate(tape.events):
-        for j, name in enumerate(ev.names):
-            where.setdefault(name, (k, j))
+    from .replay import OBJ
+
+    where = {}  # input name -> (event, index in its binds), or (None, the object) for a Parameter of a fragment
+    for k, ((site, _, _), (names, _)) in enumerate(zip(tape.events, tape.names)):
+        j = 0
+        for (kind, o, _), name in zip(site.frag.ext, names):
+            if kind == OBJ:
+                where.setdefault(name, (None, o))
+            else:
+                where.setdefault(name, (k, j))
+                j += 1
     if any(name not in where for name in entry.order):
         return
     plan = _Replay()
     plan.entry, plan.opt = entry, __import__("weakref").ref(opt)
     plan.args = []
-    for name in entry.order:  # (event, external value, 2: a Tensor to read)
+    for name in entry.order:  # (event, index in its binds, 2: a Tensor to read), or (None, a fixed object, 3)
         k, j = where[name]
-        ev = tape.events[k]
-        conv = 2 if type(ev.binds[j]) is _eager.Tensor else 0  # Dropout seeds are ints already
+        if k is None:
+            plan.args.append((k, j, 3))
+            continue
+        conv = 2 if type(tape.events[k][1][j]) is _eager.Tensor else 0  # Dropout seeds are ints already
         plan.args.append((k, j, conv))
     plan.live = live_slots
     # each Parameter's own __dict__ (where Parameter.grad keeps _grad; the object never changes)
     plan.grads = [(p.__dict__, g) for (_, p), g in zip(leaves, entry.grad_slots)]
+    plan.dicts = [d for d, _ in plan.grads]
     plan.hyper_read = operator.itemgetter(*sorted(opt.defaults))
     plan.hyper_seen = tuple(map(plan.hyper_read, opt.param_groups))
     plan.structure = spec.structure()
@@ -280,30 +297,23 @@ def _remember_replay(key, entry, opt, spec, tape, leaves, live_slots) -> None:
 
 
 def _run_replayed(plan: _Replay, opt, root, tape) -> bool:
-    for d, _ in plan.grads:
+    for d in plan.dicts:
         if d.get("_grad") is not None:
             return False  # gradients accumulate into existing .grad: the full path decides
     entry = plan.entry
     hyper = tuple(map(plan.hyper_read, opt.param_groups))
-    if hyper != plan.hyper_seen:
-        from .compiler import _optimizer_spec
-        from .passes.train_step import hyper_values
-
-        if len(opt.params) != len(plan.grads):
-            return False
-        spec = _optimizer_spec(opt, plan.group_of)
-        if spec.structure() != plan.structure:
-            return False
-        checked = [opt._check(opt._settings(g)) for g in opt.param_groups]  # invalid values raise, as eager step does
-        del checked
-        for name, value in hyper_values(spec).items():
-            entry.hyper[name][()] = value
-        plan.hyper_seen = hyper
+    if hyper != plan.hyper_seen and not _refill_hyper(plan, opt, hyper):
+        return False
     events = tape.events
     args = []
     for k, j, conv in plan.args:
-        a = events[k].binds[j]
-        args.append(a._materialize() if conv else a)
+        if conv == 0:
+            args.append(events[k][1][j])
+        elif conv == 2:  # a Tensor argument: its values now (a lazy one is computed first)
+            a = events[k][1][j]
+            args.append(a._data if a._data is not None else a._materialize())
+        else:
+            args.append(j)
     _eager._pending = None
     exe = entry.exe
     native = exe.native
@@ -326,7 +336,7 @@ def _run_replayed(plan: _Replay, opt, root, tape) -> bool:
     for d, g in plan.grads:
         d["_grad"] = outs[g] if g is not None else None  # the plan's gradient buffer, as above
     tape.closed = True
-    tape.events, tape.sites, tape.filled = [], [], 0  # (a replayed tape has no sources or leaves to drop)
+    tape.events, tape.sites, tape.filled = [], [], 0  # (a replayed tape has no sources, names or leaves to drop)
     if plan.plain_count:
         opt.step_count += 1
     else:
@@ -334,6 +344,25 @@ def _run_replayed(plan: _Replay, opt, root, tape) -> bool:
     stats["native_runs"] += 1
     stats["joined_steps"] += 1
     stats["replayed_steps"] += 1
+    return True
+
+
+def _refill_hyper(plan: _Replay, opt, hyper) -> bool:
+    """A hyperparameter value changed (a scheduler, `g['lr'] = ...`): refill the plan's hyper
+    inputs, or False when the optimizer's structure changed (the full path decides)."""
+    from .compiler import _optimizer_spec
+    from .passes.train_step import hyper_values
+
+    if len(opt.params) != len(plan.grads):
+        return False
+    spec = _optimizer_spec(opt, plan.group_of)
+    if spec.structure() != plan.structure:
+        return False
+    checked = [opt._check(opt._settings(g)) for g in opt.param_groups]  # invalid values raise, as eager step does
+    del checked
+    for name, value in hyper_values(spec).items():
+        plan.entry.hyper[name][()] = value
+    plan.hyper_seen = hyper
     return True
 
 

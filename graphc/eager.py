@@ -104,12 +104,16 @@ class Tape:
     nodes: the graph is filled from them the first time anything asks for it (`builder`,
     `sources`, `by_id`, `leaves`), so only a step that runs as a whole cached plan skips it."""
 
+    __slots__ = ("_b", "tensors", "closed", "events", "sites", "names", "filled", "pure",
+                 "_sources", "keep", "_by_id", "_leaves", "origin")
+
     def __init__(self):
         self._b = None                     # the graph so far, made when first needed (see _graph)
         self.tensors: list[weakref.ref] = []        # lazy results, in order of recording
         self.closed = False
-        self.events: list = []             # replay.Event per module call recorded as a reusable fragment
+        self.events: list = []             # (site, binds, outs) per module call recorded as a reusable fragment (graphc.replay)
         self.sites: list = []              # each event's replay.Site (what a replayed step is looked up by)
+        self.names: list = []              # per filled event: (its external values' input names, its outputs' names)
         self.filled = 0                    # events already written into the graph
         self.pure = True                   # every node so far belongs to an event (replayable as a whole)
 
@@ -134,7 +138,7 @@ class Tape:
 
     def clear(self) -> None:
         """Forget the recording (it ran): sources, leaves, events."""
-        self.events, self.sites, self.filled = [], [], 0
+        self.events, self.sites, self.names, self.filled = [], [], [], 0
         if self._b is not None:
             self._sources, self._by_id, self._leaves, self.origin = [], {}, [], {}
 

@@ -43,7 +43,7 @@ from . import eager as _eager
 from . import random as _random
 from .eager import Tensor
 from .ir.graph import Node
-from .tracing import _eager_depth, from_eager, to_eager
+from .tracing import _active, _eager_depth, from_eager, to_eager
 
 ENABLED = os.environ.get("GRAPHC_REPLAY", "1") != "0"
 log = logging.getLogger("graphc.recompiles")
@@ -59,13 +59,12 @@ _versions = None                    # nn.module's (structure, attribute) counter
 class Fragment:
     """What one module call recorded: external values, nodes over local value indices, outputs."""
 
-    __slots__ = ("ext", "nodes", "outputs", "out_types", "single", "norm", "template", "per_call")
+    __slots__ = ("ext", "nodes", "outputs", "out_types", "single", "norm", "per_call")
 
     def __init__(self, ext, nodes, outputs, out_types, single):
         self.ext, self.nodes, self.outputs, self.out_types, self.single = ext, nodes, outputs, out_types, single
-        # a replay's binds: Parameters are the same every call; the rest is filled per call
-        self.template = [o if k == OBJ else None for k, o, _ in ext]
-        self.per_call = tuple((j, k, o) for j, (k, o, _) in enumerate(ext) if k != OBJ)
+        # what a replay records per call (Parameters are the same every call: read from ext when filled)
+        self.per_call = tuple((k, o) for k, o, _ in ext if k != OBJ)
         # what two recordings must share to be the same (Parameters by identity)
         self.norm = (tuple((k, id(o) if k == OBJ else o, kind) for k, o, kind in ext), nodes, outputs, single)
 
@@ -95,17 +94,11 @@ def _ref(module) -> weakref.ref:
     return r
 
 
-class Event:
-    """One replayed (or recorded-as-fragment) call on a tape: its site, what its external values
-    are this time, its output handles, and (once filled) the input names they got."""
-
-    __slots__ = ("site", "binds", "outs", "names", "out_names")
-
-    def __init__(self, site, binds, outs):
-        self.site, self.binds, self.outs, self.names, self.out_names = site, binds, outs, None, None
-
-
-_new_event = object.__new__
+# An event (one replayed, or recorded-as-fragment, call on a tape) is a tuple (site, binds, outs):
+# binds are the call's own external values in frag.per_call order (an argument's data, a lazy
+# argument's (event, output) position, a Dropout seed), outs its outputs' weakrefs. A tuple, not
+# an object: a loop makes two a step. Once filled, tape.names[k] holds (input names of its
+# external values in ext order, names of its outputs).
 
 
 def reset() -> None:
@@ -115,30 +108,52 @@ def reset() -> None:
         stats[k] = 0
 
 
-def _setup():
+def setup(parameter_type, version, attr_version) -> None:
+    """graphc.nn.module hands over Parameter and its (structure, attribute) counters when it is
+    imported (it imports this module, so it cannot be imported from here at first)."""
     global _Parameter, _versions
-    from .nn.module import _attr_version, _version
-    from .nn.parameter import Parameter
-
-    _Parameter, _versions = Parameter, (_version, _attr_version)
+    _Parameter, _versions = parameter_type, (version, attr_version)
 
 
 # ------------------------------------------------------------------ the module call
 
 
-def module_call(module, args, kwargs):
-    """Module.__call__ outside a trace: replay a known call, or run (and maybe record) forward.
+def module_call(module, *args, **kwargs):
+    """Module.__call__: inside a trace, forward; eagerly, replay a known call, or run (and maybe
+    record) forward.
 
-    (A loop runs this twice a step: the signature and the replay are written inline, each
-    Python frame being a visible part of a small step.)"""
-    if (not ENABLED or kwargs or _eager_depth.get() or not _eager._grad_enabled.get()
-            or _eager._pending is not None):
+    (A loop runs this twice a step, so its common path is one frame: it is Module.__call__
+    itself, and the signature and the replay are written inline, each Python frame and
+    allocation being a visible part of a small step.)"""
+    if _tracing_now() is not None:  # current_tracer(), without its frame
+        return module.forward(*args, **kwargs)
+    if (kwargs or _eager._pending is not None or not ENABLED or _eager_depth.get()
+            or not _grad_enabled()):
         return _forward(module, args, kwargs)
-    if _versions is None:
-        _setup()
-    sig = _signature(args)
-    if sig is None:
-        return _forward(module, args, kwargs)
+    tape = _eager._tape
+    # the call's signature (_signature, inline)
+    sig = []
+    for a in args:
+        t = type(a)
+        if t is Tensor:
+            at = a._tape
+            if at is not None and not at.closed:
+                if at is not tape or a._ref is None:
+                    return _forward(module, args, kwargs)
+                t = a._type
+                sig.append((a._ref, t.shape, t.dtype))  # (TensorType's own hash is a Python frame)
+            elif a._requires_grad:
+                return _forward(module, args, kwargs)  # a leaf that requires grad: its identity decides the graph
+            else:
+                t = a._type
+                sig.append((t.shape, t.dtype, "T"))
+        elif t is np.ndarray or (isinstance(a, np.ndarray) and t is not _Parameter):
+            sig.append((a.shape, a.dtype))
+        elif t in _SCALARS or a is None:
+            sig.append((t, a))
+        else:
+            return _forward(module, args, kwargs)
+    sig = tuple(sig)
     by_sig = _sites.get(id(module))
     site = by_sig.get(sig) if by_sig is not None else None
     if site is None or site.module() is not module:
@@ -149,40 +164,45 @@ def module_call(module, args, kwargs):
     frag = site.frag
     if frag is None:  # known not replayable (what it records marks the tape impure)
         return _forward(module, args, kwargs)
-    # the replay: this call's external values, lazy outputs, one Event on the open tape
-    tape = _eager._tape
+    # the replay: this call's own external values, lazy outputs, one event on the open tape
     if tape is None or tape.closed:
         tape = _eager.open_tape()
-    binds = frag.template.copy()
-    for j, kind, o in frag.per_call:
+    binds = []
+    for kind, o in frag.per_call:
         if kind == DATA:
             a = args[o]
-            # data is copied, as Tape.input_for does (the recording reads its values as they are now)
-            binds[j] = a.copy() if type(a) is np.ndarray else a if type(a) is Tensor else np.array(a, copy=True)
+            t = type(a)
+            # data is copied, as Tape.input_for does (the recording reads its values as they are now);
+            # a Tensor is kept itself (its in-place writes run the recording first: flush_if_reads)
+            binds.append(a if t is Tensor else a.copy() if t is np.ndarray else np.array(a, copy=True))
         elif kind == LAZY:
-            binds[j] = args[o]._ref  # (event, output): not the tensor itself, which may die before the step
+            binds.append(args[o]._ref)  # (event, output): not the tensor itself, which may die before the step
         else:  # a Dropout seed, an int (a graph input of its own once filled); next_seed(), inline
-            binds[j] = _seeds.pop() if _seeds else _random.next_seed()
+            binds.append(_seeds.pop() if _seeds else _random.next_seed())
     n = len(tape.events)
     if frag.single:
-        h = object.__new__(Tensor)  # Tensor._lazy, inline
-        h._data, h._tape, h._value, h._type, h._requires_grad, h._grad, h._ref = \
+        out = object.__new__(Tensor)  # Tensor._lazy, inline
+        out._data, out._tape, out._value, out._type, out._requires_grad, out._grad, out._ref = \
             None, tape, None, frag.out_types[0], False, None, (n, 0)
-        refs = [weakref.ref(h)]
-        out = h
+        r = weakref.ref(out)
+        tape.tensors.append(r)
+        refs = (r,)
     else:
         out = tuple(Tensor._lazy(tape, None, t) for t in frag.out_types)
         refs = []
         for j, h in enumerate(out):
             h._ref = (n, j)
             refs.append(weakref.ref(h))
-    tape.tensors += refs
-    ev = _new_event(Event)  # Event(site, binds, refs), without its __init__ frame
-    ev.site, ev.binds, ev.outs, ev.names, ev.out_names = site, binds, refs, None, None
-    tape.events.append(ev)
+        tape.tensors += refs
+    tape.events.append((site, binds, refs))
     tape.sites.append(site)
     stats["replayed_calls"] += 1
     return out
+
+
+_SCALARS = frozenset((int, float, bool, str))
+_grad_enabled = _eager._grad_enabled.get
+_tracing_now = _active.get
 
 
 def _forward(module, args, kwargs):
@@ -191,60 +211,39 @@ def _forward(module, args, kwargs):
     return eager_forward(module.forward, args, kwargs)
 
 
-def _signature(args):
-    """The call's signature, or None when it cannot be replayed (other argument kinds)."""
-    tape = _eager._tape
-    sig = []
-    for a in args:
-        t = type(a)
-        if t is Tensor:
-            if a._tape is not None and not a._tape.closed:
-                if a._tape is not tape or a._ref is None:
-                    return None
-                t = a._type
-                sig.append((a._ref, t.shape, t.dtype))  # (TensorType's own hash is a Python frame)
-            elif a._requires_grad:
-                return None  # a leaf that requires grad: its identity decides the graph
-            else:
-                t = a._type
-                sig.append((t.shape, t.dtype, "T"))
-        elif isinstance(a, np.ndarray):
-            if t is _Parameter:
-                return None
-            sig.append((a.shape, a.dtype))
-        elif t in (int, float, bool, str) or a is None:
-            sig.append((t, a))
-        else:
-            return None
-    return tuple(sig)
-
-
 def fill(tape) -> None:
     """Write the events not yet in tape's graph as nodes: the same inputs (names, order) and nodes
     a full recording of those calls would have made."""
     b = tape._b
     types = b.types
     events = tape.events
+    names = tape.names
     while tape.filled < len(events):
-        ev = events[tape.filled]
-        frag = ev.site.frag
+        site, binds, outs = events[tape.filled]
+        frag = site.frag
         vals = []
-        for (kind, o, ikind), v in zip(frag.ext, ev.binds):
+        own = iter(binds)
+        for kind, o, ikind in frag.ext:
+            if kind == OBJ:
+                vals.append(tape.add_source(o, ikind))
+                continue
+            v = next(own)
             if kind == LAZY:
-                vals.append(events[v[0]].out_names[v[1]])
+                vals.append(names[v[0]][1][v[1]])
             elif kind == RNG:
                 vals.append(tape.add_source(np.asarray(v, dtype=np.int64), "rng"))  # a fresh array: its own input
             else:
                 vals.append(tape.add_source(v, ikind))
-        ev.names = list(vals)
+        ext_names = list(vals)
         for op, ins, out_types, attrs, loc in frag.nodes:
-            outs = tuple(b.fresh() for _ in out_types)
-            for o, t in zip(outs, out_types):
+            outs_ = tuple(b.fresh() for _ in out_types)
+            for o, t in zip(outs_, out_types):
                 types[o] = t
-            b.nodes.append(Node(op, tuple(vals[i] for i in ins), outs, out_types, attrs, loc, None))
-            vals.extend(outs)
-        ev.out_names = [vals[k] for k in frag.outputs]
-        for r, name in zip(ev.outs, ev.out_names):
+            b.nodes.append(Node(op, tuple(vals[i] for i in ins), outs_, out_types, attrs, loc, None))
+            vals.extend(outs_)
+        out_names = [vals[k] for k in frag.outputs]
+        names.append((ext_names, out_names))
+        for r, name in zip(outs, out_names):
             h = r()
             if h is not None:
                 h._value = name
@@ -310,11 +309,9 @@ def _capture(module, args, sig, old):
     for j, h in enumerate(outs):
         h._ref = (n, j)
         refs.append(weakref.ref(h))
-    ev = Event(site, _binds(tape, frag, wrapped, names), refs)
-    ev.names = names
-    ev.out_names = [h._value for h in outs]
-    tape.events.append(ev)
+    tape.events.append((site, _binds(tape, frag, wrapped, names), tuple(refs)))
     tape.sites.append(site)
+    tape.names.append((names, [h._value for h in outs]))
     tape.filled += 1
     return out
 
@@ -434,7 +431,7 @@ def _same_memory(a, candidates):
 
 
 def _binds(tape, frag, wrapped, names):
-    """The external values of a call recorded in full (what a replay of it would have bound)."""
+    """The call's own external values, recorded in full (what a replay of it would have bound)."""
     src_of = dict(zip((i.name for i in tape._b.inputs), tape._sources))
     return [wrapped[o]._ref if kind == LAZY else int(src_of[name]) if kind == RNG else src_of[name]
-            for (kind, o, _), name in zip(frag.ext, names)]
+            for (kind, o, _), name in zip(frag.ext, names) if kind != OBJ]

@@ -174,3 +174,31 @@ def test_a_dead_module_leaves_no_fragment_behind(monkeypatch):
     del model
     gc.collect()
     assert key not in replay._sites
+
+
+def test_replayed_calls_read_their_data_as_it_was_at_the_call():
+    """Tensor data (the ported script's torch.from_numpy) replays like numpy data; a numpy argument
+    changed in place between the call and opt.step() is seen as it was at the call (it was copied)."""
+    runs = []
+    for enabled, wrap in ((False, np.array), (True, np.array), (True, graphc.from_numpy)):
+        graphc.autograd.reset()
+        replay.ENABLED = enabled
+        try:
+            graphc.manual_seed(0)
+            model, crit = SimpleNet(), nn.MSELoss()
+            opt = graphc.optim.SGD(model.parameters(), lr=0.05)
+            x, y, losses = wrap(X.copy()), wrap(Y.copy()), []
+            for _ in range(5):
+                opt.zero_grad()
+                loss = crit(model(x), y)
+                if wrap is np.array:
+                    x *= 1.5  # after the call: this step must not see it
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            runs.append((losses, [p.copy() for p in model.parameters()], dict(graphc.autograd.stats)))
+        finally:
+            replay.ENABLED = True
+    (ref, ref_params, _), (got, params, stats), (_, _, tstats) = runs
+    assert got == ref and all(np.array_equal(a, b) for a, b in zip(params, ref_params))
+    assert stats["replayed_steps"] == 3 and tstats["replayed_steps"] == 3 and tstats["recompiles"] == 0, (stats, tstats)

@@ -8,9 +8,7 @@ import numpy as np
 
 from ..ir import GraphcError, ShapeError
 from .. import eager as _eager
-from ..tracing import _active, current_tracer
-
-_tracing_now = _active.get
+from ..tracing import current_tracer
 from .parameter import Parameter
 
 
@@ -131,10 +129,9 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
-    def __call__(self, *args, **kwargs):
-        if _tracing_now() is not None:  # current_tracer(), without its frame
-            return self.forward(*args, **kwargs)
-        return _eager.module_call(self, args, kwargs)  # eagerly: replayed when already recorded (graphc.replay)
+    # module(*args): inside a trace, forward; eagerly, a call already recorded is replayed
+    # (graphc.replay.module_call is __call__ itself: a loop makes several calls a step)
+    __call__ = _eager.module_call
 
     # ---- traversal ----
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
@@ -284,3 +281,8 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+from .. import replay as _replay  # noqa: E402
+
+_replay.setup(Parameter, _version, _attr_version)  # graphc.replay's guard reads the counters above

@@ -185,11 +185,13 @@ class Optimizer:
         if _eager._pending is not None:
             _eager.flush_pending()  # a deferred backward runs first, as if it had run at once
         for g in self.param_groups:
-            for p in g["params"]:
-                if not set_to_none:
+            if not set_to_none:
+                for p in g["params"]:
                     if p.grad is not None:
                         p.grad[...] = 0
-                elif type(p) is Parameter:
+                continue
+            for p in g["params"]:
+                if type(p) is Parameter:
                     p.__dict__["_grad"] = None  # Parameter.grad's setter, without its frames (a loop runs this every step)
                 else:
                     p.grad = None
@@ -202,6 +204,10 @@ class Optimizer:
                 from ..autograd import join_step as _join_step  # (graphc.autograd imports the optimizers)
             if _join_step(self):  # the deferred backward and this update ran as one compiled plan
                 return None
+        return self._step_eager(closure)
+
+    def _step_eager(self, closure):
+        """step() one parameter at a time (the update was not joined to a recorded step)."""
         loss = closure() if closure is not None else None
         checked = [self._check(self._settings(g)) for g in self.param_groups]  # all groups before any update
         flush_if_reads(self.params)  # values recorded from the old weights are computed first
