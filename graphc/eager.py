@@ -752,4 +752,4 @@ def flush_if_reads(arrays) -> None:
             return
 
 
-from .replay import module_call  # noqa: E402  (replay builds on Tensor and Tape above)
+from .replay import module_call, setup as replay_setup  # noqa: E402  (replay builds on Tensor and Tape above)

@@ -283,6 +283,4 @@ class Module:
         return head + "\n  " + "\n  ".join(lines) + "\n)"
 
 
-from .. import replay as _replay  # noqa: E402
-
-_replay.setup(Parameter, _version, _attr_version)  # graphc.replay's guard reads the counters above
+_eager.replay_setup(Parameter, _version, _attr_version)  # graphc.replay's guard reads the counters above
