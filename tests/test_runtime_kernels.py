@@ -208,6 +208,18 @@ def test_nan_flows_through():
     assert np.isnan(run_kernel("dropout", [x, seed()], {"p": 0.5})[0][0, 0])
 
 
+def test_one_element_binary_ops_and_cross_entropy_rows():
+    # one-element operands take binary_one (the step counter); cross_entropy's exps run as one flat loop
+    assert run_kernel("add", [np.array([41]), np.array([1])])[0].tolist() == [42]
+    assert np.isnan(run_kernel("maximum", [np.array([np.nan], np.float32), np.array([1.0], np.float32)])[0][0])
+    rng_ = np.random.default_rng(0)
+    for n, c in ((5, 1), (3, 9), (4, 1000)):
+        x, labels = (rng_.standard_normal((n, c)) * 20).astype(np.float32), rng_.integers(0, c, n)
+        gy = np.array(0.5, np.float32)
+        for op, args in (("cross_entropy", [x, labels]), ("cross_entropy_backward", [gy, x, labels])):
+            np.testing.assert_allclose(run_kernel(op, args)[0], _ref(op, args, {}), rtol=2e-5, atol=1e-6)
+
+
 def test_label_out_of_range_raises():
     with pytest.raises(ValueError, match="out of range"):
         run_kernel("cross_entropy", [f(3, 4), np.array([0, 4, 1])])
