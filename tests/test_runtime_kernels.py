@@ -213,7 +213,7 @@ def test_one_element_binary_ops_and_cross_entropy_rows():
     assert run_kernel("add", [np.array([41]), np.array([1])])[0].tolist() == [42]
     assert np.isnan(run_kernel("maximum", [np.array([np.nan], np.float32), np.array([1.0], np.float32)])[0][0])
     rng_ = np.random.default_rng(0)
-    for n, c in ((5, 1), (3, 9), (4, 1000)):
+    for n, c in ((5, 1), (3, 9), (4, 1000), (9, 1500)):  # the last: the forward's exps in blocks of two rows
         x, labels = (rng_.standard_normal((n, c)) * 20).astype(np.float32), rng_.integers(0, c, n)
         gy = np.array(0.5, np.float32)
         for op, args in (("cross_entropy", [x, labels]), ("cross_entropy_backward", [gy, x, labels])):
