@@ -19,6 +19,7 @@ import logging
 import numpy as np
 
 from . import eager as _eager
+from .eager import Tensor
 from .ir import GraphcError, interpret
 
 COMPILE_AFTER = 2  # sightings of one structure before it is compiled (1: compile at once)
@@ -73,8 +74,6 @@ def evaluate(tape) -> None:
 def backward(root, gradient, inputs=None):
     """Run the recording of `root` with autodiff. inputs=None: accumulate into every leaf's .grad;
     else return the gradients of those leaves (None where unreached), touching no .grad (graphc.func)."""
-    from .eager import Tensor
-
     if _eager._pending is not None and _eager._pending[0] is not root:
         flush()
     tape = root._tape
@@ -274,14 +273,7 @@ def _remember_replay(key, entry, opt, spec, tape, leaves, live_slots) -> None:
         return
     plan = _Replay()
     plan.entry, plan.opt = entry, __import__("weakref").ref(opt)
-    plan.args = []
-    for name in entry.order:  # (event, index in its binds, 2: a Tensor to read), or (None, a fixed object, 3)
-        k, j = where[name]
-        if k is None:
-            plan.args.append((k, j, 3))
-            continue
-        conv = 2 if type(tape.events[k][1][j]) is _eager.Tensor else 0  # Dropout seeds are ints already
-        plan.args.append((k, j, conv))
+    plan.args = [where[name] for name in entry.order]  # (event, index in its binds), or (None, a fixed object)
     plan.live = live_slots
     # each Parameter's own __dict__ (where Parameter.grad keeps _grad; the object never changes)
     plan.grads = [(p.__dict__, g) for (_, p), g in zip(leaves, entry.grad_slots)]
@@ -306,14 +298,14 @@ def _run_replayed(plan: _Replay, opt, root, tape) -> bool:
         return False
     events = tape.events
     args = []
-    for k, j, conv in plan.args:
-        if conv == 0:
-            args.append(events[k][1][j])
-        elif conv == 2:  # a Tensor argument: its values now (a lazy one is computed first)
-            a = events[k][1][j]
-            args.append(a._data if a._data is not None else a._materialize())
-        else:
+    for k, j in plan.args:
+        if k is None:
             args.append(j)
+            continue
+        a = events[k][1][j]
+        if type(a) is Tensor:  # a Tensor argument (not lazy: see replay's signature): its values now
+            a = a._data
+        args.append(a)
     _eager._pending = None
     exe = entry.exe
     native = exe.native

@@ -202,3 +202,27 @@ def test_replayed_calls_read_their_data_as_it_was_at_the_call():
     (ref, ref_params, _), (got, params, stats), (_, _, tstats) = runs
     assert got == ref and all(np.array_equal(a, b) for a, b in zip(params, ref_params))
     assert stats["replayed_steps"] == 3 and tstats["replayed_steps"] == 3 and tstats["recompiles"] == 0, (stats, tstats)
+
+
+def test_a_step_recorded_again_still_replays_natively(monkeypatch):
+    """Tensor labels that cross_entropy reads through a view: a step recorded again (another module
+    was built, so every call re-records once) leaves a replay plan that later replayed steps run on
+    the native call straight, not through the runner's fallback."""
+    from graphc.runtime import Executable
+
+    graphc.autograd.reset()
+    graphc.manual_seed(0)
+    model, crit = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3)), nn.CrossEntropyLoss()
+    opt = graphc.optim.SGD(model.parameters(), lr=0.1)
+    x, y = graphc.from_numpy(X), graphc.from_numpy(rng.integers(0, 3, 64))
+    for step in range(8):
+        if step == 3:
+            nn.Linear(2, 2)  # module attributes assigned: the next calls record again
+        if step == 5:
+            monkeypatch.setattr(Executable, "recover", lambda *a: pytest.fail("replayed step fell back to the runner"))
+        opt.zero_grad()
+        loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+        loss.item()
+    assert graphc.autograd.stats["replayed_steps"] >= 3 and graphc.autograd.stats["recompiles"] == 0
