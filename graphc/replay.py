@@ -9,8 +9,8 @@ What: an outermost eager module call (`model(x)`, `crit(out, y)`) is recorded on
 from (argument i, a Parameter by identity, a fresh Dropout seed). The fragment is kept per
 module and call signature (argument shapes and dtypes; which earlier call's output an argument
 is; Python scalars by value). A later call with the same signature, while nothing that could
-change the recording has changed, does not run forward: it appends an Event (the fragment and
-this call's arguments) and returns lazy Tensors at once. When `loss.backward(); opt.step()`
+change the recording has changed, does not run forward: it appends an event (its site and this
+call's own external values) and returns lazy Tensors at once. When `loss.backward(); opt.step()`
 then close a recording made only of events whose joined plan is known, graphc.autograd runs
 that plan directly; anything else fills the graph from the events first (`fill`), which writes
 exactly the nodes a full recording would have, and takes the ordinary path.
