@@ -17,6 +17,9 @@ legal by their fusion kinds (the op table's `kind`, TVM's pattern kinds):
   later nodes of the full shape or of the row shape (`[..., 1]`) join it, further row
   reductions too (one pass over a row per reduction, the consumers in the last pass): scale,
   mask, softmax and its normalising consumer, or all of LayerNorm, are one kernel;
+- a batched matmul (rank >= 3) takes the reshape / transpose / slice chains that make its
+  operands and a transpose of its product into one `strided_gemm` kernel that reads and writes
+  through strides (passes/strided_gemm.py): attention's head split and merge move nothing;
 - injective and opaque ops are kernels of their own (their one-node lowering in runtime/).
 
 Before grouping, every `linear_backward` is rewritten into its op-table decomposition (relu
@@ -47,6 +50,7 @@ from graphc.ir.graph import KERNEL, Node, kernel_node, rename_values
 from graphc.ir.text import format_node
 
 from .manager import PassContext, register_pass
+from .strided_gemm import strided_gemms
 from .update_gemm import fuse_update_gemm
 
 MAX_MEMBERS = 32  # the size limit of one kernel's body
@@ -340,12 +344,20 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
     of: dict[int, int] = {}
     refused: list[tuple[str, list[str], str]] = []
 
+    for k, members in strided_gemms(g, producer, users, outputs, set()):
+        groups.append(Group("strided_gemm", g.types[g.nodes[k].outputs[0]].shape, k, members,
+                            closed="a strided GEMM kernel takes no epilogue but a transpose (its product is written through strides)"))
+        for m in members:
+            of[m] = len(groups) - 1
+
     def refuse(p: int, n: Node, reason: str):
         pn = g.nodes[p]
         refused.append((f"{pn.op}+{n.op}", [format_node(pn, comment=False), format_node(n, comment=False)],
                         f"{_short(pn)} -> {_short(n)}: {reason}"))
 
     for k, n in enumerate(g.nodes):
+        if k in of:
+            continue  # a member of a strided GEMM kernel
         kind = op_kind(n)
         joined = None
         feeders = list(dict.fromkeys(producer[i] for i in n.inputs if i in producer and producer[i] in of))

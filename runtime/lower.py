@@ -31,6 +31,7 @@ from graphc.ir import TensorType
 from graphc.ir.graph import Node
 
 from .kernels import JIT, broadcast_strides, c_strides, erf32, exp32, splitmix64, stream_key
+from .lower_strided import gemm_view  # noqa: F401  (a helper of generated strided_gemm kernels)
 
 # ------------------------------------------------------------------ scalar helpers the generated loops call
 
@@ -46,7 +47,7 @@ def uniform1(key, i):
     return np.float64(splitmix64(key + np.uint64(i)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-HELPERS = ("sigmoid1", "uniform1", "stream_key", "exp32", "erf32")  # exp32/erf32: float32, vectorizable
+HELPERS = ("sigmoid1", "uniform1", "stream_key", "exp32", "erf32", "gemm_view")  # exp32/erf32: float32, vectorizable; gemm_view: lower_strided
 GEMMS = ("matmul", "linear", "linear_relu")  # the BLAS member of a gemm kernel (passes/kernels.py's)
 REDUCTIONS = ("sum", "mean", "max")  # a kernel's last member may accumulate
 
@@ -162,6 +163,10 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
     kind = node.attr["kind"]
     if kind == "rows":
         return rows_function(name, node, scalars)
+    if kind == "strided_gemm":
+        from .lower_strided import strided_gemm_function
+
+        return strided_gemm_function(name, node)
     members = list(body.nodes)
     types = body.types
     inputs = [i.name for i in body.inputs]

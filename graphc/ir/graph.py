@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from .types import TensorType
 
 KERNEL = "kernel"  # the op name of a kernel-stage node with a body (not an op-table entry)
-KERNEL_KINDS = ("elementwise", "gemm", "reduce", "rows")
+KERNEL_KINDS = ("elementwise", "gemm", "reduce", "rows", "strided_gemm")
 
 # What a graph input is for; the runtime and the pictures treat the kinds differently.
 # "hyper": an optimizer hyperparameter (lr, betas, ...), a runtime f64[] read from param_groups at each step.
