@@ -50,6 +50,7 @@ from graphc.ir.graph import KERNEL, Node, kernel_node, rename_values
 from graphc.ir.text import format_node
 
 from .manager import PassContext, register_pass
+from .pad_concat import pads_as_concat
 from .strided_gemm import strided_gemms
 from .update_gemm import fuse_update_gemm
 
@@ -501,6 +502,7 @@ def kernels(g: Graph, ctx: PassContext | None = None):
         return g, False
     decomposed = dropout_mask_from_output(decompose_for_kernels(g, ctx), ctx)
     decomposed = sum_to_as_sum(sum_through_reshape(row_forms(fuse_update_gemm(decomposed, ctx), ctx), ctx), ctx)
+    decomposed = pads_as_concat(decomposed, ctx)  # the gradient of a split: one concat, not padded sums
     changed = decomposed is not g
     g = decomposed
     groups, of, refused = group_kernels(g)

@@ -126,8 +126,32 @@ def _choose(g: Graph, boundary: list[str], fwd_values: set[str]) -> tuple[list[s
             del saved[v]
             saved[n.inputs[0]] = None
             recompute[v] = None
+    _slices_as_operand(g, saved, recompute)
     order = {o: k for k, n in enumerate(g.nodes) for o in n.outputs}
     return sorted(saved, key=order.__getitem__), list(recompute)
+
+
+def _slices_as_operand(g: Graph, saved: dict, recompute: dict) -> None:
+    """Saved slices that together hold as many elements as their operand (attention's q, k, v
+    split of c_attn's output): keep the operand instead, the same bytes, and recompute the
+    slices in the backward, where they are views (strided GEMM operands), not copies; in the
+    forward they then have no reader but attention's kernels, so they are views there too."""
+    by: dict[str, list[str]] = {}
+    for v in saved:
+        n = g.producers[v]
+        if n.op == "slice" and len(n.outputs) == 1 and n.inputs[0] in g.producers:
+            by.setdefault(n.inputs[0], []).append(v)
+    for x, vs in by.items():
+        if sum(g.types[v].size for v in vs) < g.types[x].size:
+            continue
+        for v in vs:
+            del saved[v]
+            recompute[v] = None
+        p = g.producers[x]
+        if p.op == "reshape" and p.inputs[0] in g.producers:  # a view of its operand (as above)
+            recompute[x] = None
+            x = p.inputs[0]
+        saved[x] = None
 
 
 # ------------------------------------------------------------------ the two plans

@@ -114,3 +114,24 @@ def test_a_transpose_read_twice_stays_a_copy_and_a_non_unit_stride_view_is_not_f
     exe = Executable(new, mode="jit")
     exe.run(*args)
     np.testing.assert_allclose(np.array(exe.outputs[0]), interpret(g, args)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_zero_pads_that_tile_a_dim_and_are_summed_become_one_concat():
+    """The gradient of a split (slice's VJP pads with zeros): pad(a) + pad(b) + pad(c) -> concat."""
+    from graphc.passes.pad_concat import pads_as_concat
+
+    def build(b, tile=True):
+        xs = [b.add_input(f"x{j}", TensorType((2, 3, 4))) for j in range(3)]
+        w = [(8, 0), (4, 4), (0, 8)] if tile else [(8, 0), (4, 4), (1, 7)]
+        p = [b.emit("pad", [x], {"widths": (0, 0, 0, 0, lo, hi)}) for x, (lo, hi) in zip(xs, w)]
+        return b.emit("add", [b.emit("add", [p[0], p[1]]), p[2]])
+
+    g = _graph(build)
+    ctx = PassContext("kernels")
+    new = pads_as_concat(g, ctx).verify()
+    assert [(n.op, n.inputs) for n in new.nodes] == [("concat", ("x2", "x1", "x0"))]
+    assert any("concat" in n for n in ctx.notes)
+    args = [R.standard_normal((2, 3, 4)).astype(np.float32) for _ in range(3)]
+    np.testing.assert_array_equal(interpret(new, args)[0], interpret(g, args)[0])
+    overlapping = _graph(build, tile=False)
+    assert pads_as_concat(overlapping) is overlapping
