@@ -428,6 +428,10 @@ def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str],
     kind = node.attr["kind"]
     if kind == "rows":
         return rows_ir(node, scalars)
+    if kind == "strided_gemm":
+        from .lower_strided import strided_gemm_ir
+
+        return strided_gemm_ir(node)
     if kind not in ("elementwise", "gemm", "reduce"):
         raise Unsupported(f"kernel kind {kind}")
     members = list(body.nodes)

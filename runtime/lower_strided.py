@@ -79,7 +79,10 @@ def _sum(terms, const=0) -> str:
     return " + ".join(([str(const)] if const else []) + parts) or "0"
 
 
-def strided_gemm_function(name: str, node: Node) -> tuple[str, list[str], list[str]]:
+def _plan(node: Node):
+    """What both lowerings need: kernel inputs, the output value, the batch shape, (m, n, k), and
+    for A, B and C (root argument, constant element offset, per-batch-dim strides, transposed,
+    leading dim); when C's matrices are stored transposed, C^T = B^T A^T is computed instead."""
     body = node.body
     types_ = body.types
     gemm = next(m for m in body.nodes if m.op == "matmul")
@@ -93,26 +96,77 @@ def strided_gemm_function(name: str, node: Node) -> tuple[str, list[str], list[s
     batch, (m_, n_), k_ = shape[:-2], shape[-2:], sha[-1]
     la, lb, lc = blas_layout(m_, k_, sta[-2:]), blas_layout(k_, n_, stb[-2:]), blas_layout(m_, n_, cst[-2:])
     inputs = [i.name for i in body.inputs]
-    arg = {v: f"a{j}" for j, v in enumerate(inputs)}
-    bi = [f"b{d}" for d in range(len(batch))]
-    pa = _sum(zip(bi, _batch_strides(sha, sta, batch)), oa)
-    pb = _sum(zip(bi, _batch_strides(shb, stb, batch)), ob)
-    pc = _sum(zip(bi, cst[:-2]))
-    A, B = (arg[ra], pa, la[1], int(la[0])), (arg[rb], pb, lb[1], int(lb[0]))
+    A = (inputs.index(ra), oa, _batch_strides(sha, sta, batch), int(la[0]), la[1])
+    B = (inputs.index(rb), ob, _batch_strides(shb, stb, batch), int(lb[0]), lb[1])
+    C = (0, cst[:-2], lc[1])
     if lc[0]:  # C stored transposed: C^T = B^T A^T, row-major
-        call = (f"gemm_view({B[0]}, {B[1]}, {B[2]}, {1 - B[3]}, {A[0]}, {A[1]}, {A[2]}, {1 - A[3]}, "
-                f"o0, {pc}, {lc[1]}, {n_}, {m_}, {k_})")
-    else:
-        call = f"gemm_view({A[0]}, {A[1]}, {A[2]}, {A[3]}, {B[0]}, {B[1]}, {B[2]}, {B[3]}, o0, {pc}, {lc[1]}, {m_}, {n_}, {k_})"
-    src = [f"@njit({_JIT})", f"def {name}({', '.join(arg[v] for v in inputs)}, o0):"]
+        A, B = (B[0], B[1], B[2], 1 - B[3], B[4]), (A[0], A[1], A[2], 1 - A[3], A[4])
+        m_, n_ = n_, m_
+    return inputs, out, batch, (m_, n_, k_), A, B, C
+
+
+def strided_gemm_function(name: str, node: Node) -> tuple[str, list[str], list[str]]:
+    """numba's lowering (GRAPHC_LLVM=0): the batch loops around `gemm_view`."""
+    inputs, out, batch, (m_, n_, k_), A, B, C = _plan(node)
+    bi = [f"b{d}" for d in range(len(batch))]
+    pa, pb, pc = _sum(zip(bi, A[2]), A[1]), _sum(zip(bi, B[2]), B[1]), _sum(zip(bi, C[1]))
+    call = (f"gemm_view(a{A[0]}, {pa}, {A[4]}, {A[3]}, a{B[0]}, {pb}, {B[4]}, {B[3]}, "
+            f"o0, {pc}, {C[2]}, {m_}, {n_}, {k_})")
+    src = [f"@njit({_JIT})", f"def {name}({', '.join(f'a{j}' for j in range(len(inputs)))}, o0):"]
     ind = "    "
     for d, b in enumerate(bi):
         src.append(f"{ind}for {b} in range({batch[d]}):")
         ind += "    "
     src.append(ind + call)
-    if not bi:
-        src.append("    pass")
     return "\n".join(src) + "\n", inputs, [out]
+
+
+def strided_gemm_ir(node: Node) -> tuple[str, list[str], list[str], list[str]]:
+    """LLVM IR (runtime/lower_llvm.py's convention: pointer arguments, the kernel library's BLAS
+    symbols): one loop over the flattened batch, each batch index split by constant divisions,
+    calling Fortran gemm with C^T = B^T A^T (column-major terms) as `gemm_view` does."""
+    inputs, out, batch, (m_, n_, k_), A, B, C = _plan(node)
+    dt = node.body.types[out].dtype
+    ty, kind = ("float", "s") if dt == "f32" else ("double", "d")
+    total = 1
+    for d in batch:
+        total *= d
+    inner = [1] * len(batch)
+    for d in range(len(batch) - 2, -1, -1):
+        inner[d] = inner[d + 1] * batch[d + 1]
+    lines = [f"; graphc kernel {{kind=strided_gemm}}: batched gemm [{m_}, {k_}] @ [{k_}, {n_}] over batch {list(batch)}",
+             f"define void @kernel({', '.join(f'ptr %a{j}' for j in range(len(inputs)))}, ptr %o0) #0 {{", "entry:"]
+    slots = {"ta": ("i8", ord("t" if B[3] else "n")), "tb": ("i8", ord("t" if A[3] else "n")),
+             "m": ("i32", n_), "n": ("i32", m_), "k": ("i32", k_), "lda": ("i32", B[4]), "ldb": ("i32", A[4]),
+             "ldc": ("i32", C[2]), "alpha": (ty, "1.0"), "beta": (ty, "0.0")}
+    for name, (t, v) in slots.items():
+        lines += [f"  %{name} = alloca {t}", f"  store {t} {v}, ptr %{name}"]
+    lines += ["  br label %loop", "loop:", "  %t = phi i64 [ 0, %entry ], [ %t.next, %loop ]"]
+    for d in range(len(batch)):
+        lines += [f"  %q{d}.0 = udiv i64 %t, {inner[d]}", f"  %q{d} = urem i64 %q{d}.0, {batch[d]}"]
+
+    def offset(tag, base, strides):
+        acc = str(base)
+        for d, s in enumerate(strides):
+            if s:
+                lines.append(f"  %{tag}{d}.m = mul i64 %q{d}, {s}")
+                lines.append(f"  %{tag}{d}.s = add i64 {acc}, %{tag}{d}.m")
+                acc = f"%{tag}{d}.s"
+        return acc
+
+    pa, pb, pc = offset("pa", A[1], A[2]), offset("pb", B[1], B[2]), offset("pc", 0, C[1])
+    lines += [f"  %A = getelementptr inbounds {ty}, ptr %a{A[0]}, i64 {pa}",
+              f"  %B = getelementptr inbounds {ty}, ptr %a{B[0]}, i64 {pb}",
+              f"  %C = getelementptr inbounds {ty}, ptr %o0, i64 {pc}",
+              f"  call void @graphc_blas_{kind}gemm(ptr %ta, ptr %tb, ptr %m, ptr %n, ptr %k, ptr %alpha, ptr %B, "
+              f"ptr %lda, ptr %A, ptr %ldb, ptr %beta, ptr %C, ptr %ldc)",
+              "  %t.next = add i64 %t, 1",
+              f"  %done = icmp eq i64 %t.next, {total}",
+              "  br i1 %done, label %exit, label %loop", "exit:", "  ret void", "}", "",
+              f"declare void @graphc_blas_{kind}gemm(" + ", ".join(["ptr"] * 13) + ")", "",
+              "attributes #0 = { nounwind }"]
+    dtypes = [node.body.types[v].dtype for v in inputs] + [dt]
+    return "\n".join(lines) + "\n", inputs, [out], dtypes
 
 
 _JIT = 'nogil=True, error_model="numpy"'

@@ -69,8 +69,9 @@ def _graph(build, **kw):
     return b.build([out]).verify()
 
 
-@pytest.mark.parametrize("dt", ["f32", "f64"])
-def test_attention_split_and_merge_fold_into_strided_gemms(dt):
+@pytest.mark.parametrize("dt,llvm", [("f32", "1"), ("f64", "1"), ("f32", "0")])
+def test_attention_split_and_merge_fold_into_strided_gemms(dt, llvm, monkeypatch):
+    monkeypatch.setenv("GRAPHC_LLVM", llvm)  # LLVM IR calling BLAS, or numba's loop around gemm_view
     g = _graph(_attention, dt=dt)
     ctx = PassContext("kernels")
     new, changed = kernels(g, ctx)
@@ -89,6 +90,7 @@ def test_attention_split_and_merge_fold_into_strided_gemms(dt):
     want = interpret(g, args)[0]
     np.testing.assert_allclose(interpret(new, args)[0], want, rtol=1e-12)
     exe = Executable(new, mode="jit")
+    assert ("llvm_kernel(" in exe.source.text) == (llvm == "1")
     exe.run(*args)
     np.testing.assert_allclose(np.array(exe.outputs[0]), want, rtol=1e-5 if dt == "f32" else 1e-12, atol=1e-6)
 
