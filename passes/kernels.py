@@ -345,7 +345,8 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
     of: dict[int, int] = {}
     refused: list[tuple[str, list[str], str]] = []
 
-    for k, members in strided_gemms(g, producer, users, outputs, set()):
+    copies: list = []
+    for k, members in strided_gemms(g, producer, users, outputs, set(), copies):
         groups.append(Group("strided_gemm", g.types[g.nodes[k].outputs[0]].shape, k, members,
                             closed="a strided GEMM kernel takes no epilogue but a transpose (its product is written through strides)"))
         for m in members:
@@ -355,6 +356,9 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
         pn = g.nodes[p]
         refused.append((f"{pn.op}+{n.op}", [format_node(pn, comment=False), format_node(n, comment=False)],
                         f"{_short(pn)} -> {_short(n)}: {reason}"))
+
+    for p, k, reason in copies:  # movement ops a strided GEMM could not read as views
+        refuse(p, g.nodes[k], reason)
 
     for k, n in enumerate(g.nodes):
         if k in of:

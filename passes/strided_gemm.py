@@ -27,14 +27,20 @@ from graphc.ir.strides import blas_layout, chain_view, written_as
 MOVEMENT = ("reshape", "transpose", "slice")
 
 
-def operand_chain(g: Graph, v: str, producer, users, outputs, taken) -> list[int]:
+def operand_chain(g: Graph, v: str, producer, users, outputs, taken, why: list | None = None) -> list[int]:
     """Indices (plan order) of the movement nodes that make operand v from a buffer, longest first
-    that is one strided view."""
+    that is one strided view. Where a movement op is left out because others read its value, the
+    reason goes to `why` as (its index, reason)."""
     chain: list[int] = []
-    while v in producer and v not in outputs and users.get(v, 0) == 1:
+    while v in producer:
         k = producer[v]
         n = g.nodes[k]
         if n.op not in MOVEMENT or n.body is not None or k in taken:
+            break
+        if v in outputs or users.get(v, 0) != 1:
+            if why is not None:
+                why.append((k, f"%{v} ({n.op}) is read by {users.get(v, 0)} nodes" + (" and is a plan output" if v in outputs else "")
+                            + ": it stays a copy (a view lives inside one kernel)"))
             break
         chain.insert(0, k)
         v = n.inputs[0]
@@ -47,9 +53,10 @@ def operand_chain(g: Graph, v: str, producer, users, outputs, taken) -> list[int
     return chain
 
 
-def strided_gemms(g: Graph, producer, users, outputs, taken) -> list[tuple[int, list[int]]]:
+def strided_gemms(g: Graph, producer, users, outputs, taken, why: list | None = None) -> list[tuple[int, list[int]]]:
     """[(matmul index, member indices in plan order)] for each batched matmul that folds at least
-    one movement op."""
+    one movement op; `why` collects (movement node index, matmul index, reason) for each operand's
+    movement op that stays a copy."""
     found = []
     for k, n in enumerate(g.nodes):
         if n.op != "matmul" or n.body is not None or k in taken or n.types[0].rank < 3:
@@ -58,7 +65,10 @@ def strided_gemms(g: Graph, producer, users, outputs, taken) -> list[tuple[int, 
             continue
         members = []
         for v in n.inputs[:2]:
-            members += operand_chain(g, v, producer, users, outputs, taken | set(members))
+            left: list = []
+            members += operand_chain(g, v, producer, users, outputs, taken | set(members), left)
+            if why is not None:
+                why += [(j, k, r) for j, r in left]
         out = n.outputs[0]
         if out not in outputs and users.get(out, 0) == 1:
             t = next((j for j in range(k + 1, len(g.nodes)) if out in g.nodes[j].inputs), None)

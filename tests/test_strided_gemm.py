@@ -137,3 +137,14 @@ def test_zero_pads_that_tile_a_dim_and_are_summed_become_one_concat():
     np.testing.assert_array_equal(interpret(new, args)[0], interpret(g, args)[0])
     overlapping = _graph(build, tile=False)
     assert pads_as_concat(overlapping) is overlapping
+
+
+def test_a_transpose_left_as_a_copy_is_recorded():
+    def build(b):
+        a = b.add_input("a", TensorType((2, 3, 4)))
+        t = b.emit("transpose", [a], {"perm": (0, 2, 1)})
+        return b.emit("matmul", [b.emit("matmul", [t, a]), t])
+
+    ctx = PassContext("kernels")
+    kernels(_graph(build), ctx)
+    assert any(not r.fused and "transpose+matmul" == r.pattern and "read by 2 nodes" in r.reason for r in ctx.fusion_records)
