@@ -82,6 +82,9 @@ def _short(n: Node) -> str:
 
 
 DECOMPOSED = ("linear_backward",)  # opaque composites whose GEMMs gain epilogues once decomposed
+# composites of elementwise ops and one reduction to a scalar: their decomposition is one reduce
+# kernel (generated, like every kernel) instead of a library kernel of their own
+REDUCE_DECOMPOSED = ("mse_loss",)
 # composites along one dim: decomposed when that dim is the last, so they become `rows` kernels
 ROW_DECOMPOSED = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
 ROW_REDUCTIONS = ("sum", "max", "mean")
@@ -90,7 +93,7 @@ ROW_REDUCTIONS = ("sum", "max", "mean")
 def _decomposes(g: Graph, n: Node) -> bool:
     if n.body is not None:
         return False
-    if n.op in DECOMPOSED:
+    if n.op in DECOMPOSED or n.op in REDUCE_DECOMPOSED:
         return True
     if n.op not in ROW_DECOMPOSED:
         return False
@@ -135,6 +138,7 @@ def decompose_for_kernels(g: Graph, ctx: PassContext | None = None) -> Graph:
             ctx.note(f"%{n.outputs[0]} = {n.op}(...) decomposed into {len(made)} nodes "
                      f"({', '.join(m.op for m in made)}) so "
                      + ("its GEMMs take prologues and epilogues" if n.op in DECOMPOSED else
+                        "it is one reduce kernel" if n.op in REDUCE_DECOMPOSED else
                         "its row reductions and their producers and consumers group into one rows kernel"))
     return b.build(g.outputs, meta=dict(g.meta))
 

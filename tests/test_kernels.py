@@ -41,14 +41,15 @@ def test_simple_net_train_step_kernels():
     step = _train_step(SimpleNet(), nn.MSELoss(), x, y, mode="interpret")
     g = _stage(step)
     ks = _kernel_nodes(g)
-    # forward GEMMs with epilogues (the second also starts the backward: loss gradient, bias gradient);
+    # forward GEMMs with epilogues (the second also computes the loss: mse_loss decomposed, its mean
+    # reduced in the epilogue); the loss gradient and its bias gradient in one reduce kernel;
     # linear_backward decomposed: the dx GEMM takes the dropout and relu masks and the bias gradient;
     # each weight-gradient GEMM writes its SGD update itself (addmm, transposed operand as a flag)
     assert [[m.op for m in k.body.nodes] for k in ks] == [
-        ["linear_relu", "dropout", "gt"], ["linear", "mse_loss_backward", "sum"],
+        ["linear_relu", "dropout", "gt"], ["linear", "sub", "mul", "mean"], ["mse_loss_backward", "sum"],
         ["matmul", "mul", "mul", "where", "relu_backward", "sum"]]
     assert [n.op for n in g.nodes if n.op == "addmm"] == ["addmm", "addmm"]
-    assert kernel_count(g) == 9  # 3 kernels, mse_loss, 2 addmm, 2 bias sgd_update, the step counter
+    assert kernel_count(g) == 9  # 4 kernels, 2 addmm, 2 bias sgd_update, the step counter
     assert not any(n.op in ("dropout", "uniform") for k in ks[1:] for n in k.body.nodes)  # no second draw
     assert "kernel count" in step.passes_report() or "kernels" in step.passes_report()
 
@@ -193,26 +194,30 @@ def _jit(g, args):
 # ------------------------------------------------------------------ the IR form of a kernel
 
 GOLDEN_SIMPLE_NET = """\
-  %1: f32[64,20], %2: f32[64,20], %26: bool[64,20] = kernel(%x, %linear1.weight, %linear1.bias, %seed, %25) {kind="gemm"} {
+  %1: f32[64,20], %2: f32[64,20], %29: bool[64,20] = kernel(%x, %linear1.weight, %linear1.bias, %seed, %28) {kind="gemm"} {
     %1: f32[64,20] = linear_relu(%x, %linear1.weight, %linear1.bias)
     %2: f32[64,20] = dropout(%1, %seed) {p=0.5}
-    %26: bool[64,20] = gt(%2, %25)
+    %29: bool[64,20] = gt(%2, %28)
   }
-  %3: f32[64,1], %6: f32[64,1], %9: f32[1] = kernel(%2, %linear2.weight, %linear2.bias, %5, %target) {kind="gemm"} {
+  %3: f32[64,1], %4: f32[] = kernel(%2, %linear2.weight, %linear2.bias, %target) {kind="gemm"} {
     %3: f32[64,1] = linear(%2, %linear2.weight, %linear2.bias)
+    %19: f32[64,1] = sub(%3, %target)
+    %20: f32[64,1] = mul(%19, %19)
+    %4: f32[] = mean(%20) {dims=[0,1]}
+  }
+  %6: f32[64,1], %9: f32[1] = kernel(%5, %3, %target) {kind="reduce"} {
     %6: f32[64,1] = mse_loss_backward(%5, %3, %target)
     %9: f32[1] = sum(%6) {dims=[0]}
   }
-  %4: f32[] = mse_loss(%3, %target)
-  %23: f32[64,20], %12: f32[20] = kernel(%6, %linear2.weight, %27, %25, %26, %1) {kind="gemm"} {
+  %26: f32[64,20], %12: f32[20] = kernel(%6, %linear2.weight, %30, %28, %29, %1) {kind="gemm"} {
     %7: f32[64,20] = matmul(%6, %linear2.weight)
-    %28: f32[64,20] = mul(%7, %27)
-    %29: f32[64,20] = mul(%7, %25)
-    %30: f32[64,20] = where(%26, %28, %29)
-    %23: f32[64,20] = relu_backward(%30, %1)
-    %12: f32[20] = sum(%23) {dims=[0]}
+    %31: f32[64,20] = mul(%7, %30)
+    %32: f32[64,20] = mul(%7, %28)
+    %33: f32[64,20] = where(%29, %31, %32)
+    %26: f32[64,20] = relu_backward(%33, %1)
+    %12: f32[20] = sum(%26) {dims=[0]}
   }
-  %13: f32[20,10] = addmm(%linear1.weight, %23, %x, %hyper.group0.lr) {alpha=-1.0, trans_a=true}
+  %13: f32[20,10] = addmm(%linear1.weight, %26, %x, %hyper.group0.lr) {alpha=-1.0, trans_a=true}
   %14: f32[20] = sgd_update(%linear1.bias, %12, %hyper.group0.lr, %hyper.group0.momentum, %hyper.group0.dampening, %hyper.group0.weight_decay)
   %15: f32[1,20] = addmm(%linear2.weight, %6, %2, %hyper.group0.lr) {alpha=-1.0, trans_a=true}"""
 
