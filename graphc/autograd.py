@@ -221,7 +221,8 @@ def _join_recorded(opt, root, tape, key) -> bool:
         slots.append(k)
         k += 1
     for (name, p), g in zip(leaves, entry.grad_slots):
-        p.grad = outs[g] if g is not None else None  # the plan's gradient buffer (valid until the next step)
+        # the plan's gradient buffer (valid until the next step), or the operands it was fused from
+        p.grad = outs[g] if type(g) is int else g
     if key is not None and all(type(p) is not _eager.Tensor for _, p in leaves):
         _remember_replay(key, entry, opt, spec, tape, leaves, slots)
     _close(tape)
@@ -326,7 +327,7 @@ def _run_replayed(plan: _Replay, opt, root, tape) -> bool:
                 t._data = outs[plan.live[k]].copy()
                 k += 1
     for d, g in plan.grads:
-        d["_grad"] = outs[g] if g is not None else None  # the plan's gradient buffer, as above
+        d["_grad"] = outs[g] if type(g) is int else g  # the plan's gradient buffer or operands, as above
     tape.closed = True
     tape.events, tape.sites, tape.filled = [], [], 0  # (a replayed tape has no sources, names or leaves to drop)
     if plan.plain_count:
@@ -376,7 +377,10 @@ def _compile_step(entry: _Entry, opt, leaves, spec) -> None:
         grads = [o for o in joint.outputs if o.label and o.label.startswith(GRAD_PREFIX)]
         extras = [o.__class__(o.value, "extra") for o in g.outputs[1:]]
         # the recorded outputs keep their places (loss, extras), then updates and gradients
-        return step.replace(outputs=(step.outputs[0], *extras, *step.outputs[1:], *grads)).verify(), True
+        step = step.replace(outputs=(step.outputs[0], *extras, *step.outputs[1:], *grads)).verify()
+        return (_defer_weight_grads(step) if defer else step), True
+
+    defer = all(type(v) is not Tensor for _, v in leaves)  # Parameter.grad resolves an eager.DeferredGrad
 
     train_step.__name__ = "build_train_step"
     _why(graph)
@@ -403,10 +407,55 @@ def _compile_step(entry: _Entry, opt, leaves, spec) -> None:
     entry.exe, entry.order = exe, [i.name for i in exe.call_inputs]
     entry.labels = [o.label for o in plan.outputs]
     slots = {lab[len(GRAD_PREFIX):]: k for k, lab in enumerate(entry.labels) if lab and lab.startswith(GRAD_PREFIX)}
+    operands = {}  # param -> {"a"/"b": the operand's output view, transposed as the GEMM reads it}
+    for k, lab in enumerate(entry.labels):
+        if lab and lab.startswith(DEFERRED_PREFIX):
+            _, name, which, trans = lab.rsplit(":", 3)
+            operands.setdefault(name, {})[which] = exe.outputs[k].T if trans == "1" else exe.outputs[k]
+    for name, ab in operands.items():  # one object per weight: the views stay, the values are each run's
+        slots[name] = _eager.DeferredGrad(ab["a"], ab["b"])
     entry.grad_slots = [slots.get(n) for n in wrt]
     if entry.labels.count("extra") != n_extra:
         raise GraphcError(f"internal: the joined step plan lost outputs: {entry.labels}")
     stats["compiles"] += 1
+
+
+DEFERRED_PREFIX = "gradmm:"  # gradmm:<param>:a|b:<transposed 0|1>, a weight gradient's GEMM operands
+
+
+def _defer_weight_grads(g):
+    """A weight gradient dW = op(a) @ op(b) that only a plain SGD update reads (and `.grad`): the
+    step outputs a and b in its place, so passes/update_gemm.py fuses the update into the GEMM
+    (as in compile_train_step, which stores no gradient) and `.grad` computes op(a) @ op(b) when
+    it is read (graphc.eager.DeferredGrad). The composite linear_backward is decomposed first
+    (as the kernel stage would) so that the GEMM and its operands are nodes of their own."""
+    from .passes.kernels import decompose_for_kernels
+    from .passes.update_gemm import _plain_sgd
+
+    g = decompose_for_kernels(g)
+    producer = g.producers
+    outs = []
+    changed = False
+    for o in g.outputs:
+        mm = producer.get(o.value) if o.label and o.label.startswith("grad:") else None
+        users = g.users.get(o.value, ())
+        if (mm is not None and mm.op == "matmul" and len(users) == 1 and _plain_sgd(users[0])
+                and users[0].inputs[1] == o.value and g.output_values.count(o.value) == 1
+                and all(len(g.types[v].shape) == 2 for v in (*mm.inputs, o.value))):
+            operands = []
+            for v in mm.inputs:
+                t = producer.get(v)
+                if t is not None and t.op == "transpose" and len(g.users.get(v, ())) == 1:
+                    operands.append((t.inputs[0], 1))  # update_gemm folds this transpose into the GEMM
+                else:
+                    operands.append((v, 0))
+            name = o.label[len("grad:"):]
+            outs += [o.__class__(v, f"{DEFERRED_PREFIX}{name}:{which}:{trans}")
+                     for (v, trans), which in zip(operands, "ab")]
+            changed = True
+        else:
+            outs.append(o)
+    return g.replace(outputs=tuple(outs)).verify() if changed else g
 
 
 # ------------------------------------------------------------------ running a recorded graph

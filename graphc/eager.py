@@ -185,6 +185,21 @@ class Tape:
         return out
 
 
+class DeferredGrad:
+    """A weight gradient the joined step did not store: its SGD update was fused into the GEMM
+    that computes it (graphc.autograd._defer_weight_grads, passes/update_gemm.py), so the plan
+    outputs the GEMM's operands instead (views of its buffers, valid until its next run, as its
+    gradient buffers are). Parameter.grad computes a @ b when first read, and keeps the result."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: np.ndarray, b: np.ndarray):
+        self.a, self.b = a, b
+
+    def value(self) -> np.ndarray:
+        return np.matmul(self.a, self.b)
+
+
 _tape: Tape | None = None
 _pending = None  # (root, tape) of a deferred loss.backward(): see graphc.autograd
 

@@ -226,3 +226,34 @@ def test_a_step_recorded_again_still_replays_natively(monkeypatch):
         opt.step()
         loss.item()
     assert graphc.autograd.stats["replayed_steps"] >= 3 and graphc.autograd.stats["recompiles"] == 0
+
+
+def test_joined_sgd_steps_fuse_the_update_and_still_give_grad():
+    """Plain SGD: the joined plan fuses each weight's update into its gradient GEMM (addmm, as
+    compile_train_step's) and `.grad` read after opt.step() is computed from the GEMM's operands;
+    it equals the gradient of a step that ran backward on its own (grads read before the step)."""
+    grads, labels = [], rng.integers(0, 3, 64)
+    for read_before_step in (False, True):
+        graphc.autograd.reset()
+        graphc.manual_seed(0)
+        model, crit = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3)), nn.CrossEntropyLoss()
+        opt = graphc.optim.SGD(model.parameters(), lr=0.1)
+        x, y = graphc.from_numpy(X), graphc.from_numpy(labels)
+        seen = []
+        for _ in range(4):
+            opt.zero_grad()
+            loss = crit(model(x), y)
+            loss.backward()
+            if read_before_step:
+                seen.append([p.grad.copy() for p in model.parameters()])
+            opt.step()
+            if not read_before_step:
+                seen.append([p.grad.copy() for p in model.parameters()])
+        grads.append(seen)
+        if not read_before_step:
+            (plan,) = graphc.autograd._replays.values()
+            ops = [n.op for n in plan.entry.exe.graph.nodes]
+            assert ops.count("addmm") == 2, ops
+    for fused, plain in zip(*grads):
+        for a, b in zip(fused, plain):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

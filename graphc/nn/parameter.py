@@ -84,7 +84,10 @@ class Parameter(ArrayMethods, np.ndarray):
         """The accumulated gradient (None until a backward computes one), as in torch."""
         if _eager._pending is not None:
             _eager.flush_pending()
-        return self.__dict__.get("_grad")
+        g = self.__dict__.get("_grad")
+        if type(g) is _eager.DeferredGrad:  # a joined step's gradient, computed on first read
+            g = self.__dict__["_grad"] = g.value()
+        return g
 
     @grad.setter
     def grad(self, value):
