@@ -432,7 +432,7 @@ def _defer_weight_grads(g):
     from .passes.kernels import decompose_for_kernels
     from .passes.update_gemm import _plain_sgd
 
-    g = decompose_for_kernels(g)
+    given, g = g, decompose_for_kernels(g)
     producer = g.producers
     outs = []
     changed = False
@@ -455,7 +455,7 @@ def _defer_weight_grads(g):
             changed = True
         else:
             outs.append(o)
-    return g.replace(outputs=tuple(outs)).verify() if changed else g
+    return g.replace(outputs=tuple(outs)).verify() if changed else given  # nothing deferred: as it came
 
 
 # ------------------------------------------------------------------ running a recorded graph
