@@ -43,10 +43,12 @@ _sites: dict[tuple, object] = {}  # call site -> the graph last compiled there (
 
 
 def reset() -> None:
-    """Forget every cached plan and counter (tests)."""
+    """Forget every cached plan and counter (tests), and start the next recording on a new tape:
+    operations recorded before (and never read) would otherwise join the next loop's first step."""
     from . import replay
 
     flush()
+    _eager._tape = None
     _cache.clear()
     _sites.clear()
     _replays.clear()
