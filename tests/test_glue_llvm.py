@@ -102,18 +102,7 @@ def test_a_second_process_loads_the_glue_object_from_the_entry(monkeypatch, tmp_
 
 
 def test_a_failing_kernel_keeps_its_own_message(cache_dir):
-    g = parse("""graph ce {
-      input %x: f32[2,3]
-      input %y: i64[2]
-      %0: f32[] = cross_entropy(%x, %y)
-      return %0
-    }""")
-    exe = Executable(g)
-    assert exe.source.glue is not None
-    with pytest.raises(GraphcError, match="out of range"):
-        exe(np.zeros((2, 3), np.float32), np.array([0, 3]))
-    assert exe(np.zeros((2, 3), np.float32), np.array([0, 2])) == pytest.approx(np.log(3), rel=1e-6)
-
+    """(tests/test_runtime_exec.py's out-of-range label runs through the LLVM glue too.)"""
     emb = nn.Embedding(5, 3)
     cm = graphc.compile(emb, np.array([[0, 1], [2, 3]]))
     with pytest.raises(GraphcError, match=r"token id 7 at position \[1, 0\] is out of range"):
