@@ -43,6 +43,7 @@ Rewrites nothing else and never fails the compile: a pair it cannot fuse stays a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from graphc.ir import Graph, GraphBuilder, get_op
@@ -250,7 +251,7 @@ def sum_through_reshape(g: Graph, ctx: PassContext | None = None) -> Graph:
         if p is not None and p.op == "reshape" and tuple(n.attr["dims"]) == (0,) and not n.attr["keepdim"]:
             x, shape = g.types[p.inputs[0]].shape, g.types[p.out].shape
             j = next((j for j in range(2, len(x) + 1) if x[j:] == shape[1:]), None)
-            if j is not None and len(shape) >= 1 and _prod(x[:j]) == shape[0]:
+            if j is not None and len(shape) >= 1 and math.prod(x[:j]) == shape[0]:
                 n = n.replace(inputs=(p.inputs[0],), attrs=(("dims", tuple(range(j))), ("keepdim", False)))
                 changed = True
                 if ctx is not None:
@@ -258,13 +259,6 @@ def sum_through_reshape(g: Graph, ctx: PassContext | None = None) -> Graph:
                              f"%{p.out} only merges its leading dims, so the sum joins the kernel that computes it")
         nodes.append(n)
     return g.replace(nodes=tuple(nodes)) if changed else g
-
-
-def _prod(xs) -> int:
-    out = 1
-    for x in xs:
-        out *= int(x)
-    return out
 
 
 def _broadcast(shapes) -> tuple:
@@ -480,16 +474,8 @@ def _late_operand(g: Graph, grp: Group, n: Node, producer, of, groups) -> str | 
 
 def _why_not_rows(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> str | None:
     """None if n may join the rows kernel grp: elementwise over the full shape or the row shape
-    ([..., 1]), or another reduction of the row."""
+    ([..., 1]), or another reduction of the row. (_why_not checked what holds for every kind.)"""
     row = grp.space[:-1] + (1,)
-    if len(grp.members) >= MAX_MEMBERS:
-        return f"size limit: a kernel holds at most {MAX_MEMBERS} nodes"
-    if kind in ("injective", "opaque"):
-        return f"{n.op} is {kind}: it runs as a kernel of its own"
-    if kind == "gemm":
-        return "a GEMM starts its own kernel (a GEMM takes an epilogue, not a prologue)"
-    if n.op == "full":
-        return "a constant is filled once"
     if kind == "reduce":
         if not row_reduction(g, n) or g.types[n.inputs[0]].shape != grp.space:
             return "a rows kernel takes reductions of its rows only (last dim, keepdim, the kernel's shape)"

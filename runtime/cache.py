@@ -61,7 +61,7 @@ class CompileInfo:
     kernels: dict | None = None  # generated kernels: how many compiled / loaded from the kernel library / reused,
     # and how many were lowered to LLVM IR / through numba
     fallbacks: list[str] | None = None  # why each numba-lowered kernel was not lowered to LLVM IR
-    glue: str = ""  # "llvm" (runtime/glue_llvm.py), or "numba" and why not LLVM
+    glue: str = ""  # "llvm (compiled|cached|reused)" (runtime/glue_llvm.py), or "numba (why not LLVM)"
 
     @property
     def from_cache(self) -> bool:
@@ -315,8 +315,7 @@ def load_or_build(source: str, name: str, signature, kernels=(), glue=None) -> t
             else:  # the LLVM glue calls its numba kernels by address: load them from the library
                 kernel_lib.prepare(root, list(kernels))
             mod = _import(d / "plan.py", modname, source)
-            if glue is not None:
-                glue_llvm.load(glue, mod, d)
+            how = _glue(glue, mod, d)
             hits = _hits(mod.plan)
             with glue_compile():
                 mod.plan.compile(signature)
@@ -324,10 +323,11 @@ def load_or_build(source: str, name: str, signature, kernels=(), glue=None) -> t
             _loaded[memo] = (mod, str(d))
             if _hits(mod.plan) > hits:
                 log.info("plan %s: loaded from cache in %.1f ms (%s)", name, seconds * 1e3, d)
-                return mod, CompileInfo("cached", key, str(d), seconds=seconds)
+                return mod, CompileInfo("cached", key, str(d), seconds=seconds, glue=how)
             # numba found its index stale and compiled: the entry now holds the new code
             _write_manifest(d, key, name, seconds)
-            return mod, CompileInfo("compiled", key, str(d), seconds=seconds, reason="numba's cache in the entry was stale")
+            return mod, CompileInfo("compiled", key, str(d), seconds=seconds, reason="numba's cache in the entry was stale",
+                                    glue=how)
         reason = f"rebuilt {d.name}: {problem}"
         log.warning("plan %s: cache entry %s is unusable (%s); rebuilding", name, d, problem)
         shutil.rmtree(d, ignore_errors=True)
@@ -339,8 +339,7 @@ def load_or_build(source: str, name: str, signature, kernels=(), glue=None) -> t
     try:
         library = kernel_lib.prepare(root, list(kernels))
         mod = _import(tmp / "plan.py", modname, source)
-        if glue is not None:
-            glue_llvm.load(glue, mod, tmp)
+        how = _glue(glue, mod, tmp)
         with glue_compile():
             mod.plan.compile(signature)
     except BaseException:  # nothing half-built stays behind
@@ -357,4 +356,10 @@ def load_or_build(source: str, name: str, signature, kernels=(), glue=None) -> t
     _loaded[memo] = (mod, str(d))
     log.info("plan %s: compiled in %.1f ms (%s)", name, seconds * 1e3, where)
     return mod, CompileInfo("compiled", key, str(where), seconds=seconds, reason=reason, kernels=library,
-                            fallbacks=_fallbacks(kernels))
+                            fallbacks=_fallbacks(kernels), glue=how)
+
+
+def _glue(glue, mod, folder: Path) -> str:
+    """Bind and load the plan's LLVM glue (before numba compiles or loads the entry that calls
+    it); what compile_info says of it."""
+    return "" if glue is None else f"llvm ({glue_llvm.load(glue, mod, folder)})"

@@ -94,14 +94,13 @@ def _render(x) -> str:
     if isinstance(x, float):
         return repr(x) if math.isfinite(x) else f"float({str(x)!r})"
     if isinstance(x, int):
-        # np.int64(n), not n: numba types a constant argument as Literal[int](n) and compiles the
-        # library kernel once per value, so every new shape recompiled every kernel it calls
-        return f"np.int64({x!r})"
+        # i64(n) (numpy's int64), not n: numba types a constant argument, and each int of a constant
+        # tuple, as Literal[int](n) and compiles the library kernel once per value, so every new
+        # shape or stride tuple recompiled every kernel it calls (GPT: 13 copies of `strided`)
+        return f"i64({x!r})"
     if isinstance(x, tuple):
         if x and all(isinstance(e, int) and not isinstance(e, bool) for e in x):
-            # likewise a constant tuple of ints is typed element by element as literals: every
-            # distinct stride or shape tuple compiled the kernel again (GPT: 13 copies of `strided`)
-            return "(" + ", ".join(f"i64({e!r})" for e in x) + ("," if len(x) == 1 else "") + ")"
+            return "(" + ", ".join(map(_render, x)) + ("," if len(x) == 1 else "") + ")"
         return repr(x)
     raise TypeError(f"cannot render kernel argument {x!r}")
 
@@ -243,8 +242,8 @@ def use_llvm() -> bool:
     return not config.DISABLE_JIT and os.environ.get("GRAPHC_LLVM", "1") != "0"
 
 
-def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", glue_ok: str = "") -> PlanSource:
-    """The plan module's source for `g` with memory plan `mp`. `glue_ok`: if not empty, why the
+def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", no_glue: str = "") -> PlanSource:
+    """The plan module's source for `g` with memory plan `mp`. `no_glue`: if not empty, why the
     glue must not be lowered to LLVM IR (a reason found while loading an earlier attempt)."""
     names = _Names()
     llvm = use_llvm()
@@ -335,7 +334,7 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", glue_o
     params = [names(v) for v in call_inputs] + ["table"]
     checked = [v for v in call_inputs if v not in scalars]
     view_lines = [f"    {ln}" for _, ln in sorted(views.lines)]
-    glue, glue_why = None, glue_ok or ("GRAPHC_GLUE=numba" if not use_llvm_glue() else "")
+    glue, glue_why = None, no_glue or ("GRAPHC_GLUE=numba" if not use_llvm_glue() else "")
     if llvm and not glue_why:
         llvm_symbols = {fn: k.symbol for fn, k in kernel_by_fn.items() if isinstance(k, LlvmKernel)}
         numba_keys = {fn: k.key for fn, k in kernel_by_fn.items() if isinstance(k, KernelSource)}

@@ -77,11 +77,14 @@ class Executable:
                 self.module, self.compile_info = cache.load_or_build(self.source.text, self.name, self._signature(),
                                                                         self.source.kernels, self.source.glue)
             except glue_llvm.Unsupported as e:  # found only when binding a callee: numba compiles the glue
-                self.source = generate(graph, self.memory_plan, set(self.bound), header, glue_ok=str(e))
+                self.source = generate(graph, self.memory_plan, set(self.bound), header, no_glue=str(e))
                 self.module, self.compile_info = cache.load_or_build(self.source.text, self.name, self._signature(),
                                                                         self.source.kernels)
             self.compile_info.codegen_seconds = codegen_s
-            self.compile_info.glue = "llvm" if self.source.glue is not None else f"numba ({self.source.glue_fallback})"
+            if self.source.glue is None:
+                self.compile_info.glue = f"numba ({self.source.glue_fallback})"
+            elif not self.compile_info.glue:  # loaded earlier in this process
+                self.compile_info.glue = "llvm (reused)"
             self.plan = self.module.plan
             if cache.jit_disabled():  # plain Python accepts anything: check every call up front
                 runner = self.module.make_runner(self.plan, self._slow, self.table)

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import math
 from dataclasses import dataclass, field
+
+from .lower_llvm import fconst
 
 
 class Unsupported(Exception):
@@ -53,7 +56,6 @@ class Glue:
     ir: str
     symbol: str
     callees: list[Callee] = field(default_factory=list)
-    externals: list[str] = field(default_factory=list)  # LLVM kernels' symbols it calls
 
 
 @dataclass
@@ -92,7 +94,6 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
     for k, p in enumerate(params):
         env[p] = ("int", f"%in{k}") if p in scalars else ("input", f"%in{k}")
     callees: dict[tuple, Callee] = {}
-    externals: dict[str, int] = {}
     decls: dict[str, str] = {}
     fntypes: dict[tuple, list[str]] = {}
 
@@ -164,7 +165,7 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
             v = view_of(e.func.value)
             shape = e.args[0]
             shape = tuple(const_int(x) for x in shape.elts) if isinstance(shape, ast.Tuple) else (const_int(shape),)
-            if _prod(shape) != _prod(v.shape):
+            if math.prod(shape) != math.prod(v.shape):
                 raise Unsupported(f"reshape {v.shape} -> {shape}")
             return _View(v.addr, v.dtype, shape)
         raise Unsupported(f"array expression {ast.unparse(e)}")
@@ -179,7 +180,7 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
         for d in reversed(v.shape):
             strides.insert(0, step)
             step *= d
-        return (["i8* null", "i8* null", f"i64 {_prod(v.shape)}", f"i64 {size}", f"{ll}* {data}"]
+        return (["i8* null", "i8* null", f"i64 {math.prod(v.shape)}", f"i64 {size}", f"{ll}* {data}"]
                 + [f"i64 {d}" for d in v.shape] + [f"i64 {s}" for s in strides])
 
     def argument(e):
@@ -188,21 +189,21 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
             if type(e.value) is bool:
                 return types.boolean, [f"i8 {int(e.value)}"]
             if type(e.value) is float:
-                return types.float64, [f"double {_double(e.value)}"]
+                return types.float64, [f"double {fconst('f64', e.value)}"]
             if e.value is None:
                 return types.none, ["i8* null"]
             raise Unsupported(f"constant argument {e.value!r} (numba would specialise on it)")
         if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub) and isinstance(e.operand, ast.Constant) \
                 and type(e.operand.value) is float:
-            return types.float64, [f"double {_double(-e.operand.value)}"]
+            return types.float64, [f"double {fconst('f64', -e.operand.value)}"]
         if isinstance(e, ast.Call) and isinstance(e.func, (ast.Name, ast.Attribute)) and len(e.args) == 1:
             f = ast.unparse(e.func)
-            if f in ("np.int64", "i64"):
+            if f == "i64":
                 return types.int64, [f"i64 {const_int(e.args[0])}"]
             if f == "np.bool_" and isinstance(e.args[0], ast.Constant):
                 return types.boolean, [f"i8 {int(bool(e.args[0].value))}"]
             if f == "float" and isinstance(e.args[0], ast.Constant):
-                return types.float64, [f"double {_double(float(e.args[0].value))}"]
+                return types.float64, [f"double {fconst('f64', float(e.args[0].value))}"]
         if isinstance(e, ast.Tuple) and e.elts:
             vals = [argument(x) for x in e.elts]
             if all(t == types.int64 for t, _ in vals):
@@ -247,9 +248,9 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
         kind, what = resolve(call.func.id)
         if kind == "llvm":
             args = [f"i64 {int_value(a)}" for a in call.args]
-            if externals.setdefault(what, len(args)) != len(args):
-                raise Unsupported(f"{what} called with {len(args)} arguments and {externals[what]}")
-            decls[what] = f"declare void @{what}({', '.join(['i64'] * len(args))})"
+            decl = f"declare void @{what}({', '.join(['i64'] * len(args))})"
+            if decls.setdefault(what, decl) != decl:
+                raise Unsupported(f"{what} called with {len(args)} arguments and with another count")
             out.append(f"  call void @{what}({', '.join(args)})")
             continue
         typed = [argument(a) for a in call.args]
@@ -278,7 +279,7 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
     head = [f"define i32 @{symbol}(i64* %table{''.join(f', i64 %in{k}' for k in range(len(params)))}) {{",
             "entry:", "  %ret = alloca i8*", f"  %exc = alloca {exc_t}", f"  store {exc_t} null, {exc_t}* %exc"]
     ir_text = "\n".join(sorted(decls.values()) + [""] + head + out + ["  ret i32 0", "fail:", "  ret i32 1", "}", ""])
-    return Glue(ir_text, symbol, list(callees.values()), list(externals))
+    return Glue(ir_text, symbol, list(callees.values()))
 
 
 def _function_type(sig) -> list[str]:
@@ -289,20 +290,6 @@ def _function_type(sig) -> list[str]:
 
     ctx = cpu_target.target_context
     return [str(t) for t in ctx.call_conv.get_function_type(types.none, list(sig)).args]
-
-
-def _double(x: float) -> str:
-    """An LLVM double constant, exact: the hex form of its bits."""
-    import struct
-
-    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", x))[0]
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 _bound: dict[str, int] = {}  # callee symbol -> address, bound in this process

@@ -189,7 +189,7 @@ def test_library_kernels_compile_once_per_dtype_not_once_per_shape(cache_dir):
         x = rng.standard_normal((n, m)).astype(np.float32)
         exe(x)
         np.testing.assert_allclose(exe.outputs[0], (x @ w.T + (b if bias else 0)).T, rtol=1e-5, atol=1e-6)
-        assert "k_strided(np.int64(4), v0_f, (i64(0), " in exe.source.text and "np.bool_(" in exe.source.text
+        assert "k_strided(i64(4), v0_f, (i64(0), " in exe.source.text and "np.bool_(" in exe.source.text
         sigs = f32_sigs()
         assert not any("Literal" in str(s) for group in sigs.values() for s in group), sigs
         if after_first is None:

@@ -33,7 +33,7 @@ def test_the_glue_is_one_llvm_function_calling_numba_kernels_by_their_abi(cache_
     x = rng.standard_normal((4, 5)).astype(np.float32)
     exe = Executable(parse(PLAN), bound={"w": w, "b": b})
     glue = exe.source.glue
-    assert glue is not None and exe.compile_info.glue == "llvm" and "glue: llvm" in str(exe.compile_info)
+    assert glue is not None and exe.compile_info.glue == "llvm (compiled)" and "glue: llvm" in str(exe.compile_info)
     assert glue.ir.count("define i32 @graphc_glue_") == 1
     assert "declare i32 @graphc_lib_" in glue.ir and "icmp eq i32" in glue.ir and "label %fail" in glue.ir
     # the Python glue is kept (plan_full, compiled only for a failing kernel's message); plan calls the LLVM glue
@@ -92,13 +92,14 @@ def test_a_second_process_loads_the_glue_object_from_the_entry(monkeypatch, tmp_
         rng = np.random.default_rng(0)
         x, y = rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))
         cm = graphc.compile(model, x, y)
-        print(repr(cm(x, y)), sorted(e.compile_info.status for e in cm.executables.values()))
+        print(repr(cm(x, y)), sorted(e.compile_info.status for e in cm.executables.values()),
+              sorted(e.compile_info.glue for e in cm.executables.values()))
     """)
     env = dict(os.environ, GRAPHC_CACHE_DIR=str(tmp_path))
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert "compiled" in first and second.split(" ", 1)[0] == first.split(" ", 1)[0]
-    assert "'cached', 'cached'" in second
+    assert "'cached', 'cached'" in second and "'llvm (cached)', 'llvm (cached)'" in second  # glue.o read back
 
 
 def test_a_failing_kernel_keeps_its_own_message(cache_dir):
