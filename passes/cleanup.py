@@ -126,7 +126,7 @@ def _as_full(value: np.ndarray, node: Node, out: str, t) -> Node | None:
         attrs = get_op("full").normalize_attrs({"shape": t.shape, "value": fv, "dtype": t.dtype})
     except GraphcError:  # a dtype `full` cannot make (bool, from a folded comparison): keep the node
         return None
-    return Node("full", (), (out,), (t,), tuple(attrs.items()), node.loc, node.grad_of)
+    return Node("full", (), (out,), (t,), tuple(attrs.items()), node.loc, node.grad_of, phase=node.phase)
 
 
 @register_pass("fold_constants")

@@ -104,7 +104,7 @@ def fuse_conv_relu(g: Graph, ctx: PassContext | None = None):
 
     def make(conv: Node, relu: Node) -> Node:
         attrs = tuple({**conv.attr, "relu": True}.items())
-        return Node("conv2d", conv.inputs, relu.outputs, relu.types, attrs, conv.loc, relu.grad_of)
+        return Node("conv2d", conv.inputs, relu.outputs, relu.types, attrs, conv.loc, relu.grad_of, phase=relu.phase)
 
     g, changed = fuse_pairs(g, ctx, "conv2d+relu", _match_conv_relu, make)
     for n in g.nodes:  # record why the pool after a conv stays a kernel of its own
@@ -196,7 +196,7 @@ def fold_conv_affine(g: Graph, ctx: PassContext | None = None):
                 bias = vec if u.op == "add" else b.emit("neg", [vec])
             else:
                 bias = b.emit(u.op, [bias, vec])
-        new = conv.replace(inputs=(conv.inputs[0], w, bias), outputs=n.outputs, types=n.types, grad_of=n.grad_of)
+        new = conv.replace(inputs=(conv.inputs[0], w, bias), outputs=n.outputs, types=n.types, grad_of=n.grad_of, phase=n.phase)
         b.add_node(new)
         ctx.fused("conv2d+affine", [format_node(conv, comment=False)] +
                   [format_node(u, comment=False) for u, _ in chains[last[id(n)]]],

@@ -32,7 +32,7 @@ def _rewrite(g: Graph, want, ctx: PassContext | None) -> tuple[Graph, bool]:
         outs = op.decompose(b, node)
         outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
         for k in range(start, len(b.nodes)):  # the new nodes keep the composite's provenance
-            b.nodes[k] = b.nodes[k].replace(loc=n.loc, grad_of=n.grad_of)
+            b.nodes[k] = b.nodes[k].replace(loc=n.loc, grad_of=n.grad_of, phase=n.phase)
         for o, v in zip(n.outputs, outs):
             env[o] = v
         if ctx is not None:

@@ -8,7 +8,7 @@ DDP's buckets are), closing a bucket at `bucket_bytes` (DDP's bucket_cap_mb); ea
 one `all_reduce` node, one MPI message, placed right after its last gradient is computed. The
 node reads the plan's communicator, a `comm` input named COMM_INPUT, which the runtime binds.
 
-    %31: f32[512,784], %32: f32[512] = all_reduce(%comm.world, %27, %28) {ranks=2}  # grads: 0.weight, 0.bias
+    %31: f32[512,784], %32: f32[512] = all_reduce(%comm.world, %27, %28) {ranks=2}  # backward, grads: 0.weight, 0.bias
     %33: f32[512,784] = sgd_update(%0.weight, %31, ...)
 
 The all_reduce is blocking: the plan runs on one thread, and MPI progresses a message only
@@ -94,7 +94,7 @@ def all_reduce_gradients(g: Graph, spec: DistributedSpec, ctx=None) -> Graph:
 
     def emit(k: int, bucket: Bucket):
         outs = b.emit("all_reduce", [COMM_INPUT, *bucket.grads], {"ranks": spec.ranks, "bucket": k},
-                      loc="grads: " + ", ".join(bucket.params))
+                      loc="grads: " + ", ".join(bucket.params), phase="backward")
         outs = outs if isinstance(outs, tuple) else (outs,)
         reduced.update(zip(bucket.grads, outs))
         if ctx is not None:

@@ -80,7 +80,7 @@ def fuse_linear_relu(g: Graph, ctx: PassContext | None = None):
     """relu(linear(x, w, b)) -> linear_relu(x, w, b): the relu runs in the GEMM epilogue.
     Its backward becomes one `linear_backward {relu=true}` that masks gy on the fly."""
     def make(lin: Node, relu: Node) -> Node:
-        return Node("linear_relu", lin.inputs, relu.outputs, relu.types, (), lin.loc, relu.grad_of)
+        return Node("linear_relu", lin.inputs, relu.outputs, relu.types, (), lin.loc, relu.grad_of, phase=relu.phase)
 
     return fuse_pairs(g, ctx, "linear+relu", _match_linear_relu, make)
 
@@ -104,7 +104,7 @@ def fuse_cross_entropy(g: Graph, ctx: PassContext | None = None):
     def make(ls: Node, nll: Node) -> Node:
         attrs = get_op("cross_entropy").normalize_attrs({"reduction": nll.attr["reduction"]})
         return Node("cross_entropy", (ls.inputs[0], nll.inputs[1]), nll.outputs, nll.types, tuple(attrs.items()),
-                    ls.loc, nll.grad_of)
+                    ls.loc, nll.grad_of, phase=nll.phase)
 
     return fuse_pairs(g, ctx, "log_softmax+nll_loss", _match_cross_entropy, make)
 
@@ -123,13 +123,13 @@ def canonicalize_linear(g: Graph, ctx: PassContext | None = None):
         if n.op == "matmul":
             t = producers.get(n.inputs[1])
             if t is not None and t.op == "transpose" and t.attr["perm"] == (1, 0):
-                return Node("linear", (n.inputs[0], t.inputs[0]), n.outputs, n.types, (), n.loc, n.grad_of)
+                return n.replace(op="linear", inputs=(n.inputs[0], t.inputs[0]), attrs=())
         if n.op == "add":
             for a, b in (n.inputs, n.inputs[::-1]):
                 lin = producers.get(a)
                 if (lin is not None and lin.op == "linear" and len(lin.inputs) == 2 and g.uses(a) == 1
                         and types[b].shape == (lin.type.shape[1],) and types[b].dtype == lin.type.dtype):
-                    return Node("linear", lin.inputs + (b,), n.outputs, n.types, (), lin.loc, n.grad_of)
+                    return n.replace(op="linear", inputs=lin.inputs + (b,), attrs=(), loc=lin.loc)
         return None
 
     return rewrite(g, rule)  # the transpose and bias-less linear left unused are dce's to remove

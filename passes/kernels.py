@@ -131,7 +131,7 @@ def decompose_for_kernels(g: Graph, ctx: PassContext | None = None) -> Graph:
         outs = get_op(n.op).decompose(b, n)
         outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
         names = {new: old for new, old in zip(outs, n.outputs)}
-        made = [m.replace(loc=n.loc, grad_of=n.grad_of) for m in b.nodes[start:]]
+        made = [m.replace(loc=n.loc, grad_of=n.grad_of, phase=n.phase) for m in b.nodes[start:]]
         made = _live(made, {new for new, old in names.items() if old in used})
         sub = rename_values(Graph("d", (), tuple(made), ()), names)
         b.nodes[start:] = list(sub.nodes)
@@ -180,12 +180,12 @@ def dropout_mask_from_output(g: Graph, ctx: PassContext | None = None) -> Graph:
         d, y = plan[n.out]
         gy, t = d.inputs[0], b.types[d.inputs[0]]
         p = float(d.attr["p"])
-        at = dict(loc=d.loc, grad_of=d.grad_of)
+        at = dict(loc=d.loc, grad_of=d.grad_of, phase=d.phase)
         full = lambda v: b.emit("full", [], {"shape": (), "value": v, "dtype": t.dtype}, **at)  # noqa: E731
         zero = full(0.0)
         kept = b.emit("gt", [y, zero], **at)
         w = b.emit("where", [kept, b.emit("mul", [gy, full(1.0 / (1.0 - p))], **at), b.emit("mul", [gy, zero], **at)], **at)
-        b.emit("relu_backward", [w, n.inputs[1]], loc=n.loc, grad_of=n.grad_of, outputs=[n.out])
+        b.emit("relu_backward", [w, n.inputs[1]], loc=n.loc, grad_of=n.grad_of, outputs=[n.out], phase=n.phase)
         if ctx is not None:
             ctx.note(f"%{d.out} = dropout(%{gy}, ...) (backward): keep mask read from the forward's %{y} > 0 "
                      f"under relu_backward's mask %{n.inputs[1]}, not drawn again from the random stream")
@@ -298,7 +298,7 @@ def sum_to_as_sum(g: Graph, ctx: PassContext | None = None) -> Graph:
         if tuple(get_op("sum").infer_types([g.types[n.inputs[0]]], attrs)) != tuple(n.types):
             new.append(n)
             continue
-        new.append(Node("sum", n.inputs, n.outputs, n.types, tuple(attrs.items()), n.loc, n.grad_of))
+        new.append(n.replace(op="sum", attrs=tuple(attrs.items())))
         done.append(f"%{n.out}")
     if not done:
         return g

@@ -170,6 +170,7 @@ def build_train_step(g: Graph, spec: OptimizerSpec) -> Graph:
         b.add_node(n)
 
     # part 2: one update per trained param, reading its gradient and its group's hyperparameters
+    b.phase = "optimizer"
     outputs = [Output(fwd_outs[0].value, "loss")] + buffer_updates  # the forward's outputs keep their places
     new_state = []
     op = "sgd_update" if spec.kind == "sgd" else "adam_update"

@@ -70,7 +70,7 @@ def fuse_update_gemm(g: Graph, ctx: PassContext | None = None) -> Graph:
         n, mm, a, ta, b, tb, gone = plan[n.out]
         p, lr = n.inputs[0], n.inputs[2]
         bld.emit("addmm", [p, a, b, lr], {"trans_a": ta, "trans_b": tb, "alpha": -1.0, "beta": 1.0},
-                 loc=n.loc, grad_of=n.grad_of, outputs=[n.out])
+                 loc=n.loc, grad_of=n.grad_of, outputs=[n.out], phase=n.phase)
         if ctx is not None:
             ctx.fused("sgd_update+matmul", [format_node(m, comment=False) for m in [*gone[::-1], n]],
                       format_node(bld.nodes[-1], comment=False))

@@ -66,7 +66,7 @@ def test_distributed_step_of_one_rank_is_the_plain_step():
     assert all(np.array_equal(a, b) for a, b in zip(results[0][1], results[1][1]))
     ir = step.ir("train_step_plan")
     assert "comm %comm.world: i64[8]" in ir
-    assert re.search(r"= all_reduce\(%comm\.world, %\d+, %\d+, %\d+, %\d+, %\d+, %\d+\) \{ranks=1\}  # grads: 4.weight, "
+    assert re.search(r"= all_reduce\(%comm\.world, %\d+, %\d+, %\d+, %\d+, %\d+, %\d+\) \{ranks=1\}  # backward, grads: 4.weight, "
                      r"4.bias, 2.weight, 2.bias, 0.weight, 0.bias", ir), ir
     assert "all_reduce_gradients" in step.stages
     assert "bucket 0: 6 gradient(s)" in step.passes_report()

@@ -222,6 +222,35 @@ GOLDEN_SIMPLE_NET = """\
   %15: f32[1,20] = addmm(%linear2.weight, %6, %2, %hyper.group0.lr) {alpha=-1.0, trans_a=true}"""
 
 
+def test_every_stage_records_each_nodes_phase_where_it_was_made():
+    """Tracing makes forward nodes, autodiff backward ones (grad_of), the train-step build the
+    optimizer's (updates and the step counter); passes that replace nodes pass the phase on, so
+    every stage, kernel members included, says it in the IR text and parses it back."""
+    x, y = R.random((16, 10), np.float32), R.random((16, 1), np.float32)
+    step = _train_step(SimpleNet(), nn.MSELoss(), x, y, mode="interpret")
+    for stage in step.stages:
+        g = step.graph(stage)
+        nodes = list(members(g))
+        assert all(n.phase == "backward" for n in nodes if n.grad_of), stage
+        updated = {o.value for o in g.outputs if (o.label or "").startswith("update:")}
+        makers = [n for n in nodes if set(n.outputs) & updated]
+        if makers:  # every update (parameters, momentum, the step counter) is made in the optimizer phase
+            assert {n.phase for n in makers} == {"optimizer"}, stage
+        assert {n.phase for n in nodes} <= {"forward", "backward", "optimizer"}
+        assert parse(str(g)) == g, stage
+    kernels_ = step.graph("kernels")
+    text = step.ir("kernels")
+    assert "# optimizer" in text
+    assert {n.phase for n in members(kernels_) if n.op == "linear_relu"} == {"forward"}
+    # the phase is what the text says, not guessed from where a node's inputs come from
+    g = parse("graph p {\n  input %x: f32[3]\n  %0: f32[3] = neg(%x)  # optimizer, my.py:3\n"
+              "  %1: f32[3] = neg(%0)  # grad of %0\n  %2: f32[3] = neg(%1)  # forward, grad of %0\n  return %2\n}")
+    assert [n.phase for n in g.nodes] == ["optimizer", "backward", "forward"]
+    assert g.nodes[0].loc == "my.py:3" and parse(str(g)) == g
+    from graphc.inspect.roles import phases
+    assert list(phases(g).values()) == ["optimizer", "backward", "forward"]
+
+
 def _no_comments(text: str) -> str:
     return "\n".join(ln.split("  #")[0] for ln in text.splitlines())
 

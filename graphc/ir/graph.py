@@ -21,6 +21,11 @@ KERNEL_KINDS = ("elementwise", "gemm", "reduce", "rows", "strided_gemm")
 # "buffer": a module buffer (BatchNorm's running statistics), read and updated in place.
 INPUT_KINDS = ("input", "param", "state", "hyper", "rng", "saved", "grad", "comm", "buffer")
 
+# What a node is part of, recorded where it is made: tracing and eager recording make forward
+# nodes, autodiff backward nodes (every node with grad_of), the train-step build optimizer nodes;
+# a pass that replaces nodes gives the new ones the phase of the nodes they replace.
+PHASES = ("forward", "backward", "optimizer")
+
 
 @dataclass(frozen=True)
 class Input:
@@ -48,6 +53,7 @@ class Node:
     # are the node's operands (same names) and whose outputs are the node's outputs (same
     # names): values made and used only inside the body never exist outside it.
     body: "Graph | None" = None
+    phase: str = "forward"  # one of PHASES
 
     @property
     def out(self) -> str:
@@ -196,7 +202,13 @@ def kernel_node(members: list[Node], inputs: list[str], outputs: list[str], type
     results `outputs` (values of the members that are used outside them)."""
     body = Graph(KERNEL, tuple(Input(v, types[v]) for v in inputs), tuple(members), tuple(Output(o) for o in outputs))
     return Node(KERNEL, tuple(inputs), tuple(outputs), tuple(types[o] for o in outputs), (("kind", kind),), None,
-                None, body)
+                None, body, kernel_phase(members))
+
+
+def kernel_phase(members: Iterable[Node]) -> str:
+    """A kernel's phase: its members' latest (a weight-gradient GEMM that also applies the SGD
+    update finishes in the optimizer phase). The inspect layer reads the members themselves."""
+    return max((m.phase for m in members), key=PHASES.index, default="forward")
 
 
 def members(g: Graph):
@@ -221,6 +233,7 @@ class GraphBuilder:
         self.nodes: list[Node] = []
         self.types: dict[str, TensorType] = {}
         self._next = 0
+        self.phase = "forward"  # stamped on every emitted node without grad_of or its own phase
         if like is not None:
             for n in like.nodes:
                 for o in n.outputs:
@@ -240,8 +253,11 @@ class GraphBuilder:
         return name
 
     def emit(self, op: str, inputs: Iterable[str] = (), attrs: dict | None = None, *,
-             loc: str | None = None, grad_of: str | None = None, outputs: Iterable[str] | None = None):
+             loc: str | None = None, grad_of: str | None = None, outputs: Iterable[str] | None = None,
+             phase: str | None = None):
         """Add `op(inputs) {attrs}`; return its output name (or a tuple for multi-output ops).
+
+        Its phase: `phase` if given, else backward for a gradient (grad_of), else the builder's.
 
         Raises ShapeError (from the op's rule) when the operand types do not fit.
         """
@@ -255,7 +271,8 @@ class GraphBuilder:
         outs = tuple(outputs) if outputs is not None else tuple(self.fresh() for _ in out_types)
         for o, t in zip(outs, out_types):
             self.types[o] = t
-        self.nodes.append(Node(op, inputs, outs, tuple(out_types), tuple(full_attrs.items()), loc, grad_of))
+        phase = phase or ("backward" if grad_of else self.phase)
+        self.nodes.append(Node(op, inputs, outs, tuple(out_types), tuple(full_attrs.items()), loc, grad_of, None, phase))
         return outs[0] if len(outs) == 1 else outs
 
     def add_node(self, node: Node) -> Node:

@@ -19,7 +19,7 @@ import math
 import re
 
 from .errors import ParseError, ShapeError
-from .graph import INPUT_KINDS, KERNEL, KERNEL_KINDS, Graph, Input, Node, Output
+from .graph import INPUT_KINDS, KERNEL, KERNEL_KINDS, PHASES, Graph, Input, Node, Output, kernel_phase
 from .opdef import OPS, REQUIRED, get_op
 from .types import TensorType
 
@@ -57,8 +57,16 @@ def format_attrs(node: Node) -> str:
     return " {" + ", ".join(shown) + "}" if shown else ""
 
 
+def _implied_phase(grad_of: str | None) -> str:
+    return "backward" if grad_of else "forward"
+
+
 def format_comment(node: Node) -> str:
+    """`  # [phase, ][grad of %v, ][file.py:3]`: the phase only where grad_of does not imply it
+    (a gradient is backward, anything else forward), so forward code reads as before."""
     parts = []
+    if node.phase != _implied_phase(node.grad_of):
+        parts.append(node.phase)
     if node.grad_of:
         parts.append(f"grad of %{node.grad_of}")
     if node.loc:
@@ -115,8 +123,8 @@ def _parse_attr(op: str, key: str, text: str, kind: str | None):
     return int(text)
 
 
-def _split_comment(line: str) -> tuple[str, str | None, str | None]:
-    """Split `code  # grad of %4, file.py:3` into (code, grad_of, loc)."""
+def _split_comment(line: str) -> tuple[str, str | None, str | None, str]:
+    """Split `code  # optimizer, grad of %4, file.py:3` into (code, grad_of, loc, phase)."""
     cut, quoted = None, False
     for k, c in enumerate(line):  # a `#` inside a quoted attribute is not a comment
         if c == '"' and (k == 0 or line[k - 1] != "\\"):
@@ -125,14 +133,18 @@ def _split_comment(line: str) -> tuple[str, str | None, str | None]:
             cut = k
             break
     if cut is None:
-        return line.strip(), None, None
+        return line.strip(), None, None, "forward"
     code, comment = line[:cut], line[cut + 1:]
     comment = comment.strip()
+    phase = None
+    m = re.match(rf"({'|'.join(PHASES)})\s*(?:,\s*|$)(.*)$", comment)
+    if m:
+        phase, comment = m.group(1), m.group(2)
     grad_of = None
     m = re.match(rf"grad of %({NAME})\s*(?:,\s*)?(.*)$", comment)
     if m:
         grad_of, comment = m.group(1), m.group(2)
-    return code.strip(), grad_of, (comment or None)
+    return code.strip(), grad_of, (comment or None), phase or _implied_phase(grad_of)
 
 
 def parse(text: str, verify: bool = True) -> Graph:
@@ -199,7 +211,7 @@ def parse(text: str, verify: bool = True) -> Graph:
 
 
 def _parse_node(line: str) -> Node:
-    code, grad_of, loc = _split_comment(line)
+    code, grad_of, loc, phase = _split_comment(line)
     m = _NODE.match(code)
     if not m:
         raise ValueError("expected `%out: type = op(%a, %b) {attr=value}`")
@@ -214,7 +226,8 @@ def _parse_node(line: str) -> Node:
             raise ValueError(f"bad operand {a!r}; operands are values like %0 or %x")
     if op == KERNEL:
         given = {k: _parse_attr(op, k, v, "str") for k, v in _ATTR.findall(m.group("attrs") or "")}
-        return Node(op, tuple(a[1:] for a in args), tuple(outs), tuple(types), tuple(sorted(given.items())), loc, grad_of)
+        return Node(op, tuple(a[1:] for a in args), tuple(outs), tuple(types), tuple(sorted(given.items())), loc, grad_of,
+                    None, phase)
     opdef = get_op(op)
     given = {}
     for k, v in _ATTR.findall(m.group("attrs") or ""):
@@ -226,7 +239,7 @@ def _parse_node(line: str) -> Node:
         # Keep what the text says (defaults filled in): verify() reports it with the IR around it.
         attrs = {k: given.get(k, spec.default) for k, spec in opdef.attrs.items() if k in given or spec.default is not REQUIRED}
         attrs = dict(sorted({**attrs, **given}.items()))
-    return Node(op, tuple(a[1:] for a in args), tuple(outs), tuple(types), tuple(attrs.items()), loc, grad_of)
+    return Node(op, tuple(a[1:] for a in args), tuple(outs), tuple(types), tuple(attrs.items()), loc, grad_of, None, phase)
 
 
 def _with_body(kernel: Node, body: list[Node], types: dict) -> Node:
@@ -234,5 +247,5 @@ def _with_body(kernel: Node, body: list[Node], types: dict) -> Node:
     if missing:
         raise ValueError(f"kernel operand %{missing[0]} is used before it is defined")
     g = Graph(KERNEL, tuple(Input(i, types[i]) for i in kernel.inputs), tuple(body), tuple(Output(o) for o in kernel.outputs))
-    return kernel.replace(body=g)
+    return kernel.replace(body=g, phase=kernel_phase(body))
 
