@@ -36,7 +36,8 @@ A node may join a kernel only if every other operand it reads exists before that
 starts (the kernel runs where its first member was); constants and reshapes of graph inputs
 (BatchNorm's weight as [1,C,1,1]) move to the top of the plan, so they always do. Values used
 only inside a kernel get no buffer; values used outside become the kernel node's outputs. A
-group of one node stays a plain node. Every decision is recorded (PassContext.fused / not_fused): each kernel with its
+group of one node stays a plain node, but a lone float sum or mean (`lone_reduction`: a bias or
+LayerNorm weight gradient summed over the batch) is a one-node reduce kernel. Every decision is recorded (PassContext.fused / not_fused): each kernel with its
 members, and for each producer -> consumer edge that does not fuse, why.
 
 Rewrites nothing else and never fails the compile: a pair it cannot fuse stays apart.
@@ -52,7 +53,7 @@ from graphc.ir.text import format_node
 
 from .manager import PassContext, register_pass
 from .pad_concat import pads_as_concat
-from .strided_gemm import strided_gemms
+from .strided_gemm import strided_gemms, views_per_reader
 from .update_gemm import fuse_update_gemm
 
 MAX_MEMBERS = 32  # the size limit of one kernel's body
@@ -69,9 +70,47 @@ class Group:
 
 
 def hoistable(g: Graph, n: Node) -> bool:
-    """Nodes the pass moves to the top of the plan: constants (filled once) and reshapes of graph
-    inputs (a view, or a copy of a value that exists from the start): any kernel may read them."""
-    return n.op == "full" or (n.op == "reshape" and all(i in g.input_by_name for i in n.inputs))
+    """Nodes the pass moves to the top of the plan: constants (filled once), reshapes of graph
+    inputs (a view, or a copy of a value that exists from the start) and values computed from
+    constants alone (`from_constants`): any kernel may read them."""
+    return (n.op == "full" or (n.op == "reshape" and all(i in g.input_by_name for i in n.inputs))
+            or n.outputs[0] in from_constants(g))
+
+
+_CONSTANT_SOURCES = ("full", "arange")
+_from_constants: dict[int, tuple[Graph, frozenset]] = {}
+
+
+def from_constants(g: Graph) -> frozenset:
+    """Values computed by elementwise, broadcast or injective nodes from `full` and `arange` alone
+    that some other node reads broadcast into a larger space (a causal mask
+    `arange(T)[None] <= arange(T)[:, None]`, read by attention's [B, H, T, T] scores), with the
+    constant values they are made from: they are computed at the top of the plan, so the kernel
+    of the attention scores takes the scale and the mask together (a mask computed between them
+    would split it). A constant value read only in its own shape (an arange added to an input)
+    stays in the loop of its consumer instead."""
+    hit = _from_constants.get(id(g))
+    if hit is not None and hit[0] is g:
+        return hit[1]
+    made: dict[str, Node] = {}
+    for n in g.nodes:
+        if n.body is not None:
+            continue
+        if (n.op in _CONSTANT_SOURCES and not n.inputs) or (
+                n.inputs and op_kind(n) in ("elementwise", "broadcast", "injective") and all(i in made for i in n.inputs)):
+            made.update((o, n) for o in n.outputs)
+    found: set[str] = set()
+    todo = [v for v, n in made.items() if n.op != "full"
+            and any(u.outputs[0] not in made and u.types[0].size > g.types[v].size for u in g.users.get(v, ()))]
+    while todo:
+        v = todo.pop()
+        if v not in found:
+            found.add(v)
+            todo += [i for i in made[v].inputs if made[i].op != "full"]
+    if len(_from_constants) > 64:
+        _from_constants.clear()
+    _from_constants[id(g)] = (g, frozenset(found))
+    return _from_constants[id(g)][1]
 
 
 def op_kind(n: Node) -> str:
@@ -343,6 +382,11 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
     of: dict[int, int] = {}
     refused: list[tuple[str, list[str], str]] = []
 
+    users_at: dict[str, list[int]] = {}
+    for k, n in enumerate(g.nodes):
+        for i in n.inputs:
+            users_at.setdefault(i, []).append(k)
+
     copies: list = []
     for k, members in strided_gemms(g, producer, users, outputs, set(), copies):
         groups.append(Group("strided_gemm", g.types[g.nodes[k].outputs[0]].shape, k, members,
@@ -361,6 +405,8 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
     for k, n in enumerate(g.nodes):
         if k in of:
             continue  # a member of a strided GEMM kernel
+        if n.op != "full" and hoistable(g, n) and n.outputs[0] in from_constants(g):
+            continue  # computed from constants at the top of the plan, in no kernel
         kind = op_kind(n)
         joined = None
         feeders = list(dict.fromkeys(producer[i] for i in n.inputs if i in producer and producer[i] in of))
@@ -376,6 +422,11 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
             joined = _sibling(g, groups, n, kind, producer, of)
         if joined is not None:
             grp = groups[joined]
+            for b in _floating_producers(g, groups, joined, n, k, producer, of, users_at):
+                grp.members[:0] = groups[b].members  # computed first, at the kernel's start
+                for m in groups[b].members:
+                    of[m] = joined
+                groups[b].members, groups[b].closed = [], f"merged into the kernel at node {grp.first}"
             grp.members.append(k)
             of[k] = joined
             if kind == "reduce":
@@ -405,6 +456,48 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
             continue
         of[k] = len(groups) - 1
     return groups, of, refused
+
+
+def _ready_before(g: Graph, v: str, at: int, producer, of, groups) -> bool:
+    """Whether value v exists before plan position `at` (a graph input, a hoisted node, or made
+    by a node or kernel that runs earlier)."""
+    p = producer.get(v)
+    if p is None or hoistable(g, g.nodes[p]):
+        return True
+    return (groups[of[p]].first if p in of else p) < at
+
+
+def _floating_producers(g: Graph, groups: list[Group], j: int, n: Node, k: int, producer, of, users_at) -> list[int]:
+    """Elementwise kernels that node n (joining kernel j) reads from and that can run inside j
+    instead of on their own: a LayerNorm backward recomputes `x_hat = (x - mean) * rstd` from saved
+    values near the top of the plan, where nothing it is used with exists yet, so its consumers
+    (the weight gradient's product and sum) cannot join it; moved down into the consumers'
+    kernel, it is computed in their loop instead of written and read back. Legal when the
+    producer kernel is elementwise over j's space, every value it reads exists before j starts,
+    and no node that runs before j starts reads what it makes."""
+    grp, found = groups[j], []
+    mine = set(grp.members)
+    for i in n.inputs:
+        p = producer.get(i)
+        if p is None or p not in of or of[p] == j or of[p] in found:
+            continue
+        b = groups[of[p]]
+        if b.kind != "elementwise" or b.closed or b.first >= grp.first or grp.kind not in ("elementwise", "reduce"):
+            continue
+        if len(b.members) + len(grp.members) + 1 > MAX_MEMBERS:
+            continue
+        if any(g.nodes[m].types[0].shape != grp.space for m in b.members):
+            continue
+        made = {o for m in b.members for o in g.nodes[m].outputs}
+        if not all(v in made or _ready_before(g, v, grp.first, producer, of, groups)
+                   for m in b.members for v in g.nodes[m].inputs):
+            continue
+        bm = set(b.members)
+        if any(u not in bm and u not in mine and u < k and (groups[of[u]].first if u in of else u) < grp.first
+               for o in made for u in users_at.get(o, ())):
+            continue  # already read before j starts
+        found.append(of[p])
+    return found
 
 
 SIBLING_WINDOW = 3  # how many of the latest kernels a node with no producer in a kernel may join
@@ -497,6 +590,7 @@ def kernels(g: Graph, ctx: PassContext | None = None):
     decomposed = dropout_mask_from_output(decompose_for_kernels(g, ctx), ctx)
     decomposed = sum_to_as_sum(sum_through_reshape(row_forms(fuse_update_gemm(decomposed, ctx), ctx), ctx), ctx)
     decomposed = pads_as_concat(decomposed, ctx)  # the gradient of a split: one concat, not padded sums
+    decomposed = views_per_reader(decomposed, ctx)  # a head split read by two batched matmuls: a view each
     changed = decomposed is not g
     g = decomposed
     groups, of, refused = group_kernels(g)
@@ -511,7 +605,7 @@ def kernels(g: Graph, ctx: PassContext | None = None):
     absorbed: set[int] = set()
     types = g.types
     for gi, grp in enumerate(groups):
-        if len(grp.members) < 2:
+        if len(grp.members) < 2 and not lone_reduction(g, grp):
             continue
         mine = set(grp.members)
         members = [g.nodes[k] for k in grp.members]
@@ -539,6 +633,18 @@ def kernels(g: Graph, ctx: PassContext | None = None):
         elif k not in absorbed:
             nodes.append(n)
     return g.replace(nodes=tuple(nodes)), True
+
+
+def lone_reduction(g: Graph, grp: Group) -> bool:
+    """A float sum or mean over some dims that joined nothing (a bias gradient summed over the
+    batch after a rows kernel, LayerNorm's weight gradient): a one-node reduce kernel, so it is a
+    generated loop nest (vectorized along the kept last dim) rather than the library's strided
+    reduction, which walks every element through its general six-dim index arithmetic."""
+    if grp.kind != "reduce" or len(grp.members) != 1:
+        return False
+    n = g.nodes[grp.members[0]]
+    t, o = g.types[n.inputs[0]], n.types[0]
+    return n.op in ("sum", "mean") and t.is_float and o.dtype == t.dtype and o.size > 1 and t.size > 0
 
 
 def kernel_count(g: Graph) -> int:

@@ -21,7 +21,7 @@ recorded with their members like every other kernel; a chain that stops early sa
 """
 from __future__ import annotations
 
-from graphc.ir import Graph
+from graphc.ir import Graph, GraphBuilder
 from graphc.ir.strides import blas_layout, chain_view, written_as
 
 MOVEMENT = ("reshape", "transpose", "slice")
@@ -81,3 +81,48 @@ def strided_gemms(g: Graph, producer, users, outputs, taken, why: list | None = 
             found.append((k, sorted(set(members + [k]))))
             taken = taken | set(members) | {k}
     return found
+
+
+def views_per_reader(g: Graph, ctx=None) -> Graph:
+    """A movement op read by several batched matmuls (attention backward's head split of the
+    output gradient: read by dP = dO @ V^T and dV = P^T @ dO) becomes one copy of the node per
+    reader, so each reader's strided GEMM folds its own as a view; as one node read twice it
+    would be a kernel of its own, a copy of the whole tensor. Only where every reader is a
+    batched matmul (which always folds a view it alone reads) and the value is no plan output."""
+    outputs = set(g.output_values)
+    readers: dict[str, list[int]] = {}
+    for k, n in enumerate(g.nodes):
+        for i in dict.fromkeys(n.inputs):
+            readers.setdefault(i, []).append(k)
+    split: dict[int, list[int]] = {}  # movement node index -> the readers that get a clone
+    for k, n in enumerate(g.nodes):
+        if n.op not in MOVEMENT or n.body is not None or n.out in outputs or n.types[0].dtype not in ("f32", "f64"):
+            continue
+        rs = readers.get(n.out, [])
+        if n.types[0].rank < 2:
+            continue
+        view = chain_view(g.types[n.inputs[0]].shape, [(n.op, n.attr)])
+        if view is None or blas_layout(*view[1][-2:], view[2][-2:]) is None:
+            continue  # not one view BLAS reads: the readers would each copy it
+        if len(rs) > 1 and all(g.nodes[r].op == "matmul" and g.nodes[r].body is None and g.nodes[r].types[0].rank >= 3
+                               and n.out in g.nodes[r].inputs[:2] for r in rs):
+            split[k] = rs[1:]
+    if not split:
+        return g
+    names = GraphBuilder(g.name, like=g)
+    rename: dict[int, dict[str, str]] = {}
+    nodes, done = [], []
+    for k, n in enumerate(g.nodes):
+        if k in rename:
+            n = n.replace(inputs=tuple(rename[k].get(i, i) for i in n.inputs))
+        nodes.append(n)
+        for r in split.get(k, ()):
+            v = names.fresh()
+            nodes.append(n.replace(outputs=(v,)))
+            rename.setdefault(r, {})[n.out] = v
+        if k in split:
+            done.append(f"%{n.out} ({n.op})")
+    if ctx is not None:
+        ctx.note(f"{', '.join(done)}: read by several batched matmuls, one node per reader, so each "
+                 "strided GEMM reads it as a view instead of a copy")
+    return g.replace(nodes=tuple(nodes))

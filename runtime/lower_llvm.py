@@ -55,6 +55,12 @@ class Unsupported(Exception):
     """This kernel uses something the LLVM lowering does not have: codegen lowers it through numba."""
 
 
+# every kernel function's attributes: 512-bit vectors where the CPU has them (AVX-512): LLVM's
+# default for those CPUs is 256, and the compute-bound loops (GELU's erf, exp) run ~1.5x faster
+# at 512. The same operations per lane in the same order: the results do not change.
+ATTRIBUTES = 'nounwind "prefer-vector-width"="512"'
+
+
 def _i(v: int) -> str:
     """An i64 literal of the unsigned 64-bit v (LLVM reads decimal literals as signed)."""
     v &= MASK
@@ -680,7 +686,7 @@ def _assemble(f: _Fn, space, params, ops, kind) -> str:
     out.append("  ret void")
     out.append("}")
     out += [""] + [f.decls[k] for k in sorted(f.decls)]
-    out += ["", "attributes #0 = { nounwind }"]
+    out += ["", f"attributes #0 = {{ {ATTRIBUTES} }}"]
     return "\n".join(out) + "\n"
 
 
@@ -917,5 +923,5 @@ def _assemble_rows(f: _Fn, space, params, ops, last: str) -> str:
         out.append("  br label %done")
     out += ["done:", "  ret void", "}"]
     out += [""] + [f.decls[k] for k in sorted(f.decls)]
-    out += ["", "attributes #0 = { nounwind }"]
+    out += ["", f"attributes #0 = {{ {ATTRIBUTES} }}"]
     return "\n".join(out) + "\n"

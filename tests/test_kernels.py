@@ -59,8 +59,10 @@ def test_m_mlp_train_step_kernels():
     step = _train_step(mlp((784, 512, 512, 10)), nn.CrossEntropyLoss(), x, y, mode="interpret")
     g = _stage(step)
     ks = _kernel_nodes(g)
-    # dx GEMMs with the next relu mask and bias gradient as epilogue; dW GEMMs write the SGD update (addmm)
-    assert [[m.op for m in k.body.nodes] for k in ks] == [["matmul", "relu_backward", "sum"]] * 2
+    # dx GEMMs with the next relu mask and bias gradient as epilogue; dW GEMMs write the SGD update
+    # (addmm); the last layer's bias gradient (the loss gradient summed over the batch) is a
+    # one-node reduce kernel (a generated loop, not the library's strided reduction)
+    assert [[m.op for m in k.body.nodes] for k in ks] == [["matmul", "relu_backward", "sum"], ["sum"], ["matmul", "relu_backward", "sum"]]
     # forward GEMMs, loss, loss gradient, 2 dx GEMM kernels, 3 addmm, the last layer's bias gradient,
     # 3 bias updates, step counter
     assert kernel_count(g) == 3 + 1 + 1 + 2 + 3 + 1 + 3 + 1
@@ -487,3 +489,66 @@ def test_sum_to_is_rewritten_only_where_one_sum_equals_it():
     assert _sum_dims((4, 5, 6), (5, 6)) == ((0,), False)
     assert _sum_dims((4, 5, 6), (5, 1)) is None  # leading dim dropped and a size-1 dim kept
     assert _sum_dims((3,), (2, 3)) is None
+
+
+# ------------------------------------------------------------------ the GPT's backward and attention shapes
+
+
+def test_a_lone_sum_over_leading_dims_is_a_reduce_kernel():
+    """A bias gradient summed over [B, T] that joins nothing is a one-node reduce kernel (a
+    generated loop), recorded like every kernel."""
+    def build(b):
+        x = b.add_input("x", TensorType((4, 6, 8)))
+        w = b.add_input("w", TensorType((8, 8)), "param")
+        return [b.emit("sum", [x], {"dims": [0, 1]}), b.emit("matmul", [b.emit("reshape", [x], {"shape": [24, 8]}), w])]
+
+    g = _graph(build)
+    new, ctx = _run_kernels(g)
+    assert [[m.op for m in k.body.nodes] for k in _kernel_nodes(new)] == [["sum"]]
+    assert _kernel_nodes(new)[0].attr["kind"] == "reduce"
+    _agree(g, new)
+
+
+def test_layernorm_backward_recompute_moves_into_the_weight_gradient_kernel():
+    """x_hat = x_c * rstd recomputed from saved values at the top of the backward, read only by
+    the weight gradient's product (with the upstream gradient, made later by a GEMM): the
+    product, its sum and x_hat are one reduce kernel, x_hat never written."""
+    def build(b):
+        xc = b.add_input("xc", TensorType((2, 3, 8)))
+        rstd = b.add_input("rstd", TensorType((2, 3, 1)))
+        dy = b.add_input("dy", TensorType((6, 8)))
+        w = b.add_input("w", TensorType((8, 8)), "param")
+        lw = b.add_input("lw", TensorType((8,)), "param")
+        xhat = b.emit("mul", [xc, rstd])
+        h = b.emit("reshape", [b.emit("matmul", [dy, w])], {"shape": [2, 3, 8]})
+        dx = b.emit("mul", [h, lw])
+        dw = b.emit("sum", [b.emit("mul", [h, xhat])], {"dims": [0, 1]})
+        return [dx, dw]
+
+    g = _graph(build)
+    new, ctx = _run_kernels(g)
+    ks = _kernel_nodes(new)
+    assert [[m.op for m in k.body.nodes] for k in ks] == [["mul", "mul", "mul", "sum"]]
+    assert ks[0].attr["kind"] == "reduce" and not any(n.op == "mul" for n in new.nodes)
+    _agree(g, new)
+
+
+def test_a_causal_mask_from_constants_lets_the_scale_join_the_softmax_rows_kernel():
+    """The mask arange(T)[None] <= arange(T)[:, None] is computed from constants only: it moves to
+    the top of the plan, so the scale (before it in the plan) and the masked softmax are one rows
+    kernel."""
+    def build(b):
+        s = b.add_input("s", TensorType((2, 3, 4, 4)))
+        scaled = b.emit("mul", [s, b.emit("full", [], {"shape": [], "value": 0.25})])
+        ar = b.emit("arange", [], {"size": 4, "dtype": "i64"})
+        mask = b.emit("le", [b.emit("reshape", [ar], {"shape": [1, 4]}), b.emit("reshape", [ar], {"shape": [4, 1]})])
+        w = b.emit("where", [mask, scaled, b.emit("full", [], {"shape": [], "value": float("-inf")})])
+        m = b.emit("max", [w], {"dims": [3], "keepdim": True})
+        e = b.emit("exp", [b.emit("sub", [w, m])])
+        return b.emit("div", [e, b.emit("sum", [e], {"dims": [3], "keepdim": True})])
+
+    g = _graph(build)
+    new, ctx = _run_kernels(g)
+    ks = _kernel_nodes(new)
+    assert len(ks) == 1 and ks[0].attr["kind"] == "rows" and ks[0].body.nodes[0].op == "mul"
+    _agree(g, new)
