@@ -201,6 +201,8 @@ class DeferredGrad:
 
 
 _tape: Tape | None = None
+CLOSED = Tape()       # the tape of values whose recording ran, when their own tape was emptied for the next step
+CLOSED.closed = True  # (graphc.autograd's replayed step reuses its tape: see _replay_runner)
 _pending = None  # (root, tape) of a deferred loss.backward(): see graphc.autograd
 
 
@@ -446,6 +448,11 @@ class Tensor(TensorMethods):
     def backward(self, gradient=None, retain_graph=None, create_graph: bool = False, inputs=None):
         """Accumulate d(self)/d(leaf) into every leaf's .grad (gradient: d(loss)/d(self), for non-scalars)."""
         global _pending
+        tape = self._tape
+        if (gradient is None and _pending is None and tape is not None and not tape.closed and not create_graph
+                and self._type.shape == ()):
+            _pending = (self, tape)  # the common case, deferred (as below, without its checks one by one)
+            return
         if create_graph:
             raise trace_error("backward(create_graph=True): graphc has no second-order gradients")
         if self._tape is None or self._tape.closed:  # (is_leaf, without its frame)

@@ -11,7 +11,7 @@ _generator = np.random.default_rng()
 # compiled train step ~0.14 us of its ~3.5; a pop from this list ~0.02 us). `seeds` holds the
 # block's unused seeds, the next one last; generator() first puts the generator back where
 # drawing them one at a time would have left it, so every other use sees the same numbers.
-SEED_BLOCK = 64
+SEED_BLOCK = 1024
 seeds: list[int] = []
 _before: dict | None = None  # the bit generator's state before the block was drawn
 # XORed into every Dropout seed: 0, except on ranks > 0 of a data-parallel job (graphc.distributed),

@@ -51,6 +51,7 @@ stats = {"captures": 0, "replayed_calls": 0, "rerecorded": 0}
 
 LAZY, DATA, OBJ, RNG = 0, 1, 2, 3  # where a fragment's external value comes from
 _sites: dict[int, dict] = {}        # id(module) -> {call signature: Site}
+_hot: dict[int, tuple] = {}         # id(module) -> (Site of its last replayed call, what each argument was)
 _seeds = _random.seeds              # the drawn block of Dropout seeds (next_seed pops from it)
 _Parameter = None
 _versions = None                    # nn.module's (structure, attribute) counters
@@ -72,10 +73,13 @@ class Fragment:
 class Site:
     """One module called with one signature: its fragment (None: not replayable, `why`)."""
 
-    __slots__ = ("module", "frag", "versions", "why", "__weakref__")
+    __slots__ = ("module", "frag", "v", "a", "why", "__weakref__")
 
     def __init__(self, module, frag, versions, why):
-        self.module, self.frag, self.versions, self.why = _ref(module), frag, versions, why
+        self.module, self.frag, self.why = _ref(module), frag, why
+        self.v, self.a = versions  # the (structure, attribute) counters it was recorded at (two ints: no tuple a call)
+
+    versions = property(lambda self: (self.v, self.a))
 
 
 _refs: dict[int, weakref.ref] = {}  # id(module) -> one weakref whose callback forgets the module's sites
@@ -89,6 +93,7 @@ def _ref(module) -> weakref.ref:
             if _refs.get(key) is dead:
                 del _refs[key]
                 _sites.pop(key, None)
+                _hot.pop(key, None)
 
         r = _refs[key] = weakref.ref(module, forget)
     return r
@@ -103,6 +108,7 @@ def _ref(module) -> weakref.ref:
 
 def reset() -> None:
     _sites.clear()
+    _hot.clear()
     _refs.clear()
     for k in stats:
         stats[k] = 0
@@ -131,39 +137,72 @@ def module_call(module, *args, **kwargs):
             or not _grad_enabled()):
         return _forward(module, args, kwargs)
     tape = _eager._tape
-    # the call's signature (_signature, inline)
-    sig = []
-    for a in args:
-        t = type(a)
-        if t is Tensor:
-            at = a._tape
-            if at is not None and not at.closed:
-                if at is not tape or a._ref is None:
-                    return _forward(module, args, kwargs)
-                t = a._type
-                sig.append((a._ref, t.shape, t.dtype))  # (TensorType's own hash is a Python frame)
-            elif a._requires_grad:
-                return _forward(module, args, kwargs)  # a leaf that requires grad: its identity decides the graph
+    # the module's last replayed call (_hot): the same site when every argument is a Tensor of
+    # the same TensorType object, a data Tensor as then, or this step's output of the same event
+    site = None
+    hot = _hot.get(id(module))
+    if hot is not None and len(hot) == len(args) + 1:
+        site = hot[0]
+        k = 0
+        for a in args:
+            k += 1
+            e = hot[k]
+            if type(a) is not Tensor:
+                site = None
+                break
+            if type(e) is tuple:  # (event, output) of a lazy argument, its type
+                if a._tape is not tape or a._ref != e[0] or a._type is not e[1] or tape.closed:
+                    site = None
+                    break
+            elif a._tape is not None or a._type is not e or a._requires_grad:
+                site = None
+                break
+        if site is not None:
+            v, a = _versions
+            # (no site.module() check: a module's _hot entry goes when the module does, see _ref)
+            if site.v != v[0] or site.a != a[0] or site.frag is None:
+                site = None
+    if site is None:
+        # the call's signature (_signature, inline), and what _hot checks
+        sig = []
+        checks = [None]
+        for a in args:
+            t = type(a)
+            if t is Tensor:
+                at = a._tape
+                if at is not None and not at.closed:
+                    if at is not tape or a._ref is None:
+                        return _forward(module, args, kwargs)
+                    t = a._type
+                    sig.append((a._ref, t.shape, t.dtype))  # (TensorType's own hash is a Python frame)
+                    checks.append((a._ref, t))
+                elif a._requires_grad:
+                    return _forward(module, args, kwargs)  # a leaf that requires grad: its identity decides the graph
+                else:
+                    t = a._type
+                    sig.append((t.shape, t.dtype, "T"))
+                    if at is None:
+                        checks.append(t)
+            elif t is np.ndarray or (isinstance(a, np.ndarray) and t is not _Parameter):
+                sig.append((a.shape, a.dtype))
+            elif t in _SCALARS or a is None:
+                sig.append((t, a))
             else:
-                t = a._type
-                sig.append((t.shape, t.dtype, "T"))
-        elif t is np.ndarray or (isinstance(a, np.ndarray) and t is not _Parameter):
-            sig.append((a.shape, a.dtype))
-        elif t in _SCALARS or a is None:
-            sig.append((t, a))
-        else:
+                return _forward(module, args, kwargs)
+        sig = tuple(sig)
+        by_sig = _sites.get(id(module))
+        site = by_sig.get(sig) if by_sig is not None else None
+        if site is None or site.module() is not module:
+            return _capture(module, args, sig, None)
+        v, a = _versions
+        if site.v != v[0] or site.a != a[0]:
+            return _capture(module, args, sig, site)
+        if site.frag is None:  # known not replayable (what it records marks the tape impure)
             return _forward(module, args, kwargs)
-    sig = tuple(sig)
-    by_sig = _sites.get(id(module))
-    site = by_sig.get(sig) if by_sig is not None else None
-    if site is None or site.module() is not module:
-        return _capture(module, args, sig, None)
-    v, a = _versions
-    if site.versions != (v[0], a[0]):
-        return _capture(module, args, sig, site)
+        if len(checks) == len(args) + 1:  # only Tensors: the next call may skip the signature
+            checks[0] = site
+            _hot[id(module)] = tuple(checks)
     frag = site.frag
-    if frag is None:  # known not replayable (what it records marks the tape impure)
-        return _forward(module, args, kwargs)
     # the replay: this call's own external values, lazy outputs, one event on the open tape
     if tape is None or tape.closed:
         tape = _eager.open_tape()
@@ -183,7 +222,7 @@ def module_call(module, *args, **kwargs):
     if frag.single:
         out = object.__new__(Tensor)  # Tensor._lazy, inline
         out._data, out._tape, out._value, out._type, out._requires_grad, out._grad, out._ref = \
-            None, tape, None, frag.out_types[0], False, None, (n, 0)
+            None, tape, None, frag.out_types[0], False, None, _REF0[n] if n < _NREF else (n, 0)
         r = weakref.ref(out)
         tape.tensors.append(r)
         refs = (r,)
@@ -201,6 +240,8 @@ def module_call(module, *args, **kwargs):
 
 
 _SCALARS = frozenset((int, float, bool, str))
+_NREF = 64
+_REF0 = [(n, 0) for n in range(_NREF)]  # the (event, output) of a single-output event n: no tuple made a call
 _grad_enabled = _eager._grad_enabled.get
 _tracing_now = _active.get
 
@@ -286,7 +327,7 @@ def _capture(module, args, sig, old):
     versions = (v[0], a[0])
     if frag is not None and old is not None and old.frag is not None and old.frag.norm == frag.norm:
         site = old  # re-recorded after a counter moved, and nothing changed: keep the site (and its plans)
-        site.versions = versions
+        site.v, site.a = versions
     else:
         if old is not None:
             stats["rerecorded"] += 1

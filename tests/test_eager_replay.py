@@ -14,8 +14,9 @@ X = rng.standard_normal((64, 10)).astype(np.float32)
 Y = rng.standard_normal((64, 1)).astype(np.float32)
 
 
-def scripted_loop(enabled: bool):
-    """The standard loop, with every change a user makes mid-training; returns what it observed."""
+def scripted_loop(enabled: bool, tensors: bool = False):
+    """The standard loop, with every change a user makes mid-training; returns what it observed.
+    tensors: the data as graphc Tensors (replay's fast path for a module's last call), else numpy."""
     graphc.autograd.reset()
     replay.ENABLED = enabled
     try:
@@ -42,6 +43,8 @@ def scripted_loop(enabled: bool):
                 model.linear2.weight.requires_grad_(True)
             if step == 13:
                 model.linear2.bias = nn.Parameter(np.full(1, 0.5, np.float32))  # replaced: read, not the old one
+            if tensors:
+                x, y = graphc.from_numpy(x), graphc.from_numpy(y)
             opt.zero_grad()
             out = model(x)
             loss = crit(out, y)
@@ -57,12 +60,13 @@ def scripted_loop(enabled: bool):
         replay.ENABLED = True
 
 
-def test_replayed_loop_equals_the_full_recording_bit_for_bit(caplog):
+@pytest.mark.parametrize("tensors", [False, True])
+def test_replayed_loop_equals_the_full_recording_bit_for_bit(caplog, tensors):
     import logging
 
-    full, full_stats, _ = scripted_loop(False)
+    full, full_stats, _ = scripted_loop(False, tensors)
     caplog.set_level(logging.INFO, logger="graphc.recompiles")
-    fast, stats, rstats = scripted_loop(True)
+    fast, stats, rstats = scripted_loop(True, tensors)
     assert "dropout at models.py:22: attributes {'p': 0.5, 'stream': 0} -> {'p': 0.25" in caplog.text
     assert "a Parameter's requires_grad changed" in caplog.text
     assert len(full) == len(fast)
@@ -257,3 +261,39 @@ def test_joined_sgd_steps_fuse_the_update_and_still_give_grad():
     for fused, plain in zip(*grads):
         for a, b in zip(fused, plain):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_replayed_steps_tensors_outlive_its_recording():
+    """A replayed step hands its tape on to the next step: the losses it returned keep their
+    values, read as finished values (not lazy), and cannot be differentiated again; a module's
+    next call with another shape, under no_grad, or after a Parameter is replaced, is not taken
+    for its last one."""
+    graphc.autograd.reset()
+    graphc.manual_seed(0)
+    model, crit = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 1)), nn.MSELoss()
+    opt = graphc.optim.SGD(model.parameters(), lr=0.1)
+    x, y = graphc.from_numpy(X), graphc.from_numpy(Y)
+    losses, items = [], []
+    for _ in range(6):
+        opt.zero_grad()
+        loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss)
+        items.append(loss.item())
+    assert graphc.autograd.stats["replayed_steps"] >= 3, graphc.autograd.stats
+    assert [v.item() for v in losses] == items and len(set(items)) == len(items)
+    assert all(v.requires_grad and not v.is_leaf for v in losses)
+    with pytest.raises(graphc.GraphcError, match="already run"):
+        losses[-1].backward()
+    assert (losses[0] * 2.0).item() == pytest.approx(2 * items[0])  # a finished value is data
+    w, b = (p.detach().numpy().copy() for p in model[0].parameters())
+    expect = lambda a: np.maximum(a @ w.T + b, 0) @ model[2].weight.detach().numpy().T + model[2].bias.detach().numpy()
+    half = graphc.from_numpy(X[:16])
+    np.testing.assert_allclose(model(half).detach().numpy(), expect(X[:16]), rtol=1e-5, atol=1e-6)
+    with graphc.no_grad():
+        out = model(x)
+        assert out.is_leaf and not out.requires_grad
+        np.testing.assert_allclose(out.numpy(), expect(X), rtol=1e-5, atol=1e-6)
+    model[2].bias = nn.Parameter(np.full(1, 3.0, np.float32))
+    np.testing.assert_allclose(model(x).detach().numpy(), expect(X), rtol=1e-5, atol=1e-6)
