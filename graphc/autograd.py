@@ -49,11 +49,11 @@ def reset() -> None:
 
     flush()
     _eager._tape = None
-    global _last
+    global _last, fast_step
     _cache.clear()
     _sites.clear()
     _replays.clear()
-    _last = None
+    _last, fast_step = None, join_step
     replay.reset()
     for k in stats:
         stats[k] = 0
@@ -157,7 +157,7 @@ def join_step(opt) -> bool:
         return False
     root, tape = pending
     if tape.filled != len(tape.events) and root._ref is not None and tape.pure:
-        global _last
+        global _last, fast_step
         live = []  # _replay_key, inline (this runs every step)
         for r in tape.tensors:
             t = r()
@@ -169,7 +169,7 @@ def join_step(opt) -> bool:
             key = (tuple(tape.sites), root._ref, tuple(live))
             plan = _replays.get(key)
         if plan is not None and plan.opt() is opt and plan.run(opt, root, tape):
-            _last = plan
+            _last, fast_step = plan, plan.step  # optimizer.step() calls it first next time
             return True
         if key is None:
             key = (tuple(tape.sites), root._ref, tuple(live))
@@ -178,6 +178,9 @@ def join_step(opt) -> bool:
     else:
         key = None
     return _join_recorded(opt, root, tape, key)
+
+
+fast_step = join_step  # what optimizer.step() calls on a pending backward: the last replayed plan's step, or join_step
 
 
 def _join_recorded(opt, root, tape, key) -> bool:
@@ -256,7 +259,7 @@ _last: "_Replay | None" = None  # the plan of the last replayed step (a loop's n
 
 class _Replay:
     __slots__ = ("entry", "opt", "args", "live", "grads", "dicts", "hyper_read", "hyper_seen", "structure", "group_of",
-                 "plain_count", "run", "sites", "root", "live_refs")
+                 "plain_count", "run", "step", "sites", "root", "live_refs")
 
 
 def _replay_key(tape, root) -> tuple:
@@ -298,44 +301,50 @@ def _remember_replay(key, entry, opt, spec, tape, leaves, live_slots) -> None:
     from .optim.optimizer import Optimizer
 
     plan.plain_count = type(opt).count_step is Optimizer.count_step  # count_step(groups=False) is step_count += 1
-    plan.run = _replay_runner(plan)
     plan.sites, plan.root, plan.live_refs = list(key[0]), key[1], list(key[2])  # the key, as join_step compares it
-    global _last
+    plan.run, plan.step = _replay_runner(plan)
+    global _last, fast_step
     _replays[key] = plan
-    _last = None  # (it may be the plan this one replaces)
+    _last, fast_step = None, join_step  # (it may be the plan this one replaces)
 
 
 def _replay_runner(plan: _Replay):
-    """plan's step as one Python function, run(opt, root, tape) -> bool, written for this plan.
+    """plan's step as Python functions written for this plan: run(opt, root, tape) -> bool, and
+    step(opt), which is optimizer.step()'s whole joined path while this plan is the last one
+    replayed (fast_step): join_step's checks that the pending recording is this plan's step,
+    then run's body, inline.
 
     Why generated: a replayed small step (S) is a few microseconds of native plan inside ~10 of
     Python, and most of that Python is loops over a handful of known items (the Parameters'
-    .grad, the optimizer's groups, the arguments). Unrolled, with every fixed object a constant
-    of the function, the step does the same checks and writes in about half the time. What it
-    does, in order (False, touching nothing, hands the step to the full path):
+    .grad, the optimizer's groups, the arguments, the key of the step). Unrolled, with every
+    fixed object a constant of the function, the step does the same checks and writes in about
+    half the time. What run does, in order (False, touching nothing, hands the step to the full
+    path; step calls join_step instead, which takes that path):
       - every Parameter's .grad is None (zero_grad ran; else gradients accumulate);
       - the optimizer's hyperparameters are the plan's (else refill its hyper inputs, or False);
       - the arguments: each from the step's events (a Tensor's current values), or fixed;
       - the native plan (its fallback on a rejected argument, as Executable.run's);
       - the loss and the values kept alive by the user; each .grad set to the plan's buffer (or
-        the GEMM operands it was fused from); the tape closed; the step counted."""
+        the GEMM operands it was fused from); the tape emptied for the next step (or closed);
+        the step counted."""
     exe = plan.entry.exe
     outs = exe.outputs
-    ns = {"Tensor": Tensor, "_eager": _eager, "stats": stats, "plan": plan, "exe": exe, "o0": outs[0], "CLOSED": _eager.CLOSED,
-          "refill": _refill_checked, "read": plan.hyper_read}
-    src = ["def run(opt, root, tape):"]
+    ns = {"Tensor": Tensor, "_eager": _eager, "stats": stats, "plan": plan, "exe": exe, "o0": outs[0],
+          "CLOSED": _eager.CLOSED, "refill": _refill_checked, "read": plan.hyper_read, "join_step": join_step,
+          "OPT": plan.opt, "SITES": plan.sites, "ROOT": plan.root, "LIVE": plan.live_refs}
+    src = []
     if plan.dicts:
         for k, d in enumerate(plan.dicts):
             ns[f"d{k}"] = d
         src.append("    if " + " or ".join(f"d{k}.get('_grad') is not None" for k in range(len(plan.dicts))) + ":")
-        src.append("        return False  # gradients accumulate into existing .grad: the full path decides")
+        src.append("        return FAIL  # gradients accumulate into existing .grad: the full path decides")
     n_groups = len(plan.hyper_seen)
     src.append("    g = opt.param_groups")
     src.append("    seen = plan.hyper_seen")
     src.append(f"    if len(g) != {n_groups} or " + " or ".join(f"read(g[{k}]) != seen[{k}]" for k in range(n_groups))
                + ":")
     src.append("        if not refill(plan, opt):")
-    src.append("            return False")
+    src.append("            return FAIL")
     names = []
     for k, (ev, j) in enumerate(plan.args):
         if ev is None:
@@ -388,8 +397,22 @@ def _replay_runner(plan: _Replay):
     for counter in ("native_runs", "joined_steps", "replayed_steps"):
         src.append(f"    stats[{counter!r}] += 1")
     src.append("    return True")
-    exec(compile("\n".join(src), f"<graphc replayed step {id(plan):x}>", "exec"), ns)
-    return ns["run"]
+    head = ["def step(opt):",
+            "    root, tape = _eager._pending",
+            "    if (OPT() is not opt or tape.sites != SITES or root._ref != ROOT or not tape.pure",
+            "            or tape.filled == len(tape.events)):",
+            "        return join_step(opt)",
+            "    kept = []" if plan.live else "",
+            "    for r in tape.tensors:  # the values the user kept: this plan's",
+            "        t = r()",
+            "        if t is not None and t is not root and t._data is None and t._tape is tape:",
+            "            kept.append(t._ref)" if plan.live else "            return join_step(opt)"]
+    if plan.live:
+        head += ["    if kept != LIVE:", "        return join_step(opt)"]
+    text = "\n".join(["def run(opt, root, tape):"] + [ln.replace("FAIL", "False") for ln in src]
+                     + head + [ln.replace("FAIL", "join_step(opt)") for ln in src])
+    exec(compile(text, f"<graphc replayed step {id(plan):x}>", "exec"), ns)
+    return ns["run"], ns["step"]
 
 
 def _refill_checked(plan: _Replay, opt) -> bool:

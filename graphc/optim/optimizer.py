@@ -30,7 +30,7 @@ from ..ir import GraphcError
 from ..nn.parameter import Parameter
 
 
-_join_step = None  # graphc.autograd.join_step, once imported
+_autograd = None  # graphc.autograd, once imported (its fast_step is join_step, or the last replayed plan's step)
 
 
 class OptimizerError(GraphcError, ValueError):
@@ -199,10 +199,10 @@ class Optimizer:
     def step(self, closure: Callable[[], Any] | None = None):
         """One update of every parameter that has a gradient (params whose .grad is None are skipped)."""
         if closure is None and _eager._pending is not None:
-            global _join_step
-            if _join_step is None:
-                from ..autograd import join_step as _join_step  # (graphc.autograd imports the optimizers)
-            if _join_step(self):  # the deferred backward and this update ran as one compiled plan
+            global _autograd
+            if _autograd is None:
+                from .. import autograd as _autograd  # (graphc.autograd imports the optimizers)
+            if _autograd.fast_step(self):  # the deferred backward and this update ran as one compiled plan
                 return None
         return self._step_eager(closure)
 
