@@ -334,7 +334,7 @@ def _emit(builder: GraphBuilder, op: str, names, attrs: dict, loc):
     return outs[0] if len(outs) == 1 else outs
 
 
-_array_types: dict = {}
+_array_types: dict = {}  # (shape, dtype.str) -> its TensorType (_type_of, _checked_type)
 
 
 def _type_of(v) -> TensorType:
@@ -616,8 +616,15 @@ def _rebuild(a, requires_grad):
 
 
 def _checked_type(a: np.ndarray) -> TensorType:
+    key = (a.shape, a.dtype.str)
+    t = _array_types.get(key)  # one TensorType object per shape and dtype (graphc.replay compares them by identity)
+    if t is not None:
+        return t
     try:
-        return TensorType(a.shape, dtype_name(a.dtype))
+        t = TensorType(a.shape, dtype_name(a.dtype))
+        if len(_array_types) < 4096:
+            _array_types[key] = t
+        return t
     except ShapeError:
         raise ShapeError(f"unsupported dtype {a.dtype}: graphc tensors are float32, float64, int64 or bool") from None
 

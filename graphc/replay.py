@@ -51,7 +51,7 @@ stats = {"captures": 0, "replayed_calls": 0, "rerecorded": 0}
 
 LAZY, DATA, OBJ, RNG = 0, 1, 2, 3  # where a fragment's external value comes from
 _sites: dict[int, dict] = {}        # id(module) -> {call signature: Site}
-_hot: dict[int, tuple] = {}         # id(module) -> (Site of its last replayed call, what each argument was)
+_hot: dict[int, object] = {}        # id(module) -> _hot_call's function for its last replayed call
 _seeds = _random.seeds              # the drawn block of Dropout seeds (next_seed pops from it)
 _Parameter = None
 _versions = None                    # nn.module's (structure, attribute) counters
@@ -73,10 +73,11 @@ class Fragment:
 class Site:
     """One module called with one signature: its fragment (None: not replayable, `why`)."""
 
-    __slots__ = ("module", "frag", "v", "a", "why", "__weakref__")
+    __slots__ = ("module", "frag", "v", "a", "why", "hot", "__weakref__")
 
     def __init__(self, module, frag, versions, why):
         self.module, self.frag, self.why = _ref(module), frag, why
+        self.hot = {}  # what each argument was -> _hot_call's function for calls like that
         self.v, self.a = versions  # the (structure, attribute) counters it was recorded at (two ints: no tuple a call)
 
     versions = property(lambda self: (self.v, self.a))
@@ -128,80 +129,65 @@ def module_call(module, *args, **kwargs):
     """Module.__call__: inside a trace, forward; eagerly, replay a known call, or run (and maybe
     record) forward.
 
-    (A loop runs this twice a step, so its common path is one frame: it is Module.__call__
-    itself, and the signature and the replay are written inline, each Python frame and
-    allocation being a visible part of a small step.)"""
+    (A loop runs this twice a step, so its common path is short: it is Module.__call__ itself,
+    and a module's last call is replayed by a function written for it (_hot_call); otherwise
+    the signature and the replay are written inline, each Python frame and allocation being a
+    visible part of a small step.)"""
     if _tracing_now() is not None:  # current_tracer(), without its frame
         return module.forward(*args, **kwargs)
     if (kwargs or _eager._pending is not None or not ENABLED or _eager_depth.get()
             or not _grad_enabled()):
         return _forward(module, args, kwargs)
     tape = _eager._tape
-    # the module's last replayed call (_hot): the same site when every argument is a Tensor of
-    # the same TensorType object, a data Tensor as then, or this step's output of the same event
-    site = None
+    # the module's last replayed call, when every argument was a Tensor: a function written for
+    # it (_hot_call) checks that this call is the same and replays it, or says None
     hot = _hot.get(id(module))
-    if hot is not None and len(hot) == len(args) + 1:
-        site = hot[0]
-        k = 0
-        for a in args:
-            k += 1
-            e = hot[k]
-            if type(a) is not Tensor:
-                site = None
-                break
-            if type(e) is tuple:  # (event, output) of a lazy argument, its type
-                if a._tape is not tape or a._ref != e[0] or a._type is not e[1] or tape.closed:
-                    site = None
-                    break
-            elif a._tape is not None or a._type is not e or a._requires_grad:
-                site = None
-                break
-        if site is not None:
-            v, a = _versions
-            # (no site.module() check: a module's _hot entry goes when the module does, see _ref)
-            if site.v != v[0] or site.a != a[0] or site.frag is None:
-                site = None
-    if site is None:
-        # the call's signature (_signature, inline), and what _hot checks
-        sig = []
-        checks = [None]
-        for a in args:
-            t = type(a)
-            if t is Tensor:
-                at = a._tape
-                if at is not None and not at.closed:
-                    if at is not tape or a._ref is None:
-                        return _forward(module, args, kwargs)
-                    t = a._type
-                    sig.append((a._ref, t.shape, t.dtype))  # (TensorType's own hash is a Python frame)
-                    checks.append((a._ref, t))
-                elif a._requires_grad:
-                    return _forward(module, args, kwargs)  # a leaf that requires grad: its identity decides the graph
-                else:
-                    t = a._type
-                    sig.append((t.shape, t.dtype, "T"))
-                    if at is None:
-                        checks.append(t)
-            elif t is np.ndarray or (isinstance(a, np.ndarray) and t is not _Parameter):
-                sig.append((a.shape, a.dtype))
-            elif t in _SCALARS or a is None:
-                sig.append((t, a))
+    if hot is not None:
+        out = hot(args, tape)
+        if out is not None:
+            return out
+    # the call's signature (_signature, inline), and what _hot checks
+    sig = []
+    checks = [None]
+    for a in args:
+        t = type(a)
+        if t is Tensor:
+            at = a._tape
+            if at is not None and not at.closed:
+                if at is not tape or a._ref is None:
+                    return _forward(module, args, kwargs)
+                t = a._type
+                sig.append((a._ref, t.shape, t.dtype))  # (TensorType's own hash is a Python frame)
+                checks.append((a._ref, t))
+            elif a._requires_grad:
+                return _forward(module, args, kwargs)  # a leaf that requires grad: its identity decides the graph
             else:
-                return _forward(module, args, kwargs)
-        sig = tuple(sig)
-        by_sig = _sites.get(id(module))
-        site = by_sig.get(sig) if by_sig is not None else None
-        if site is None or site.module() is not module:
-            return _capture(module, args, sig, None)
-        v, a = _versions
-        if site.v != v[0] or site.a != a[0]:
-            return _capture(module, args, sig, site)
-        if site.frag is None:  # known not replayable (what it records marks the tape impure)
+                t = a._type
+                sig.append((t.shape, t.dtype, "T"))
+                if at is None:
+                    checks.append(t)
+        elif t is np.ndarray or (isinstance(a, np.ndarray) and t is not _Parameter):
+            sig.append((a.shape, a.dtype))
+        elif t in _SCALARS or a is None:
+            sig.append((t, a))
+        else:
             return _forward(module, args, kwargs)
-        if len(checks) == len(args) + 1:  # only Tensors: the next call may skip the signature
-            checks[0] = site
-            _hot[id(module)] = tuple(checks)
+    sig = tuple(sig)
+    by_sig = _sites.get(id(module))
+    site = by_sig.get(sig) if by_sig is not None else None
+    if site is None or site.module() is not module:
+        return _capture(module, args, sig, None)
+    v, a = _versions
+    if site.v != v[0] or site.a != a[0]:
+        return _capture(module, args, sig, site)
+    if site.frag is None:  # known not replayable (what it records marks the tape impure)
+        return _forward(module, args, kwargs)
+    if len(checks) == len(args) + 1 and site.frag.single:  # only Tensors: the next call may skip the signature
+        checks = tuple(checks[1:])
+        fn = site.hot.get(checks)
+        if fn is None:
+            fn = site.hot[checks] = _hot_call(site, checks)
+        _hot[id(module)] = fn
     frag = site.frag
     # the replay: this call's own external values, lazy outputs, one event on the open tape
     if tape is None or tape.closed:
@@ -244,6 +230,62 @@ _NREF = 64
 _REF0 = [(n, 0) for n in range(_NREF)]  # the (event, output) of a single-output event n: no tuple made a call
 _grad_enabled = _eager._grad_enabled.get
 _tracing_now = _active.get
+
+
+def _hot_call(site: Site, checks: tuple):
+    """A function call(args, tape) -> the call's output, or None: the replay of a call of `site`
+    whose arguments are all Tensors, written for what each argument was (`checks`: a data
+    Tensor's TensorType object, or a lazy argument's (event, output) and type), so the next
+    call like it costs its checks and the replay itself (no signature, no loops).
+
+    It answers None (module_call then takes its full path) unless: the same number of
+    arguments; each a Tensor, a data one (no recording, not requiring grad) of that very
+    TensorType object (graphc interns them by shape and dtype), or this recording's output of
+    the same event and type; and the module counters the site was recorded at (a Parameter or
+    sub-module assigned, a mode, requires_grad, any module attribute: re-recorded). Grad mode,
+    tracing, nesting and a pending backward are module_call's own checks, made before."""
+    frag = site.frag
+    ns = {"Tensor": Tensor, "site": site, "V": _versions[0], "A": _versions[1], "open_tape": _eager.open_tape,
+          "_eager": _eager, "seeds": _seeds, "next_seed": _random.next_seed, "new": object.__new__,
+          "wref": weakref.ref, "REF0": _REF0, "NREF": _NREF, "OT": frag.out_types[0], "stats": stats}
+    src = ["def call(args, tape):", f"    if len(args) != {len(checks)}:", "        return None"]
+    lazy = False
+    for k, c in enumerate(checks):
+        src.append(f"    a{k} = args[{k}]")
+        if type(c) is tuple:
+            lazy = True
+            ns[f"R{k}"], ns[f"T{k}"] = c
+            src.append(f"    if (type(a{k}) is not Tensor or a{k}._tape is not tape or a{k}._ref != R{k} "
+                       f"or a{k}._type is not T{k} or tape.closed):")
+        else:
+            ns[f"T{k}"] = c
+            src.append(f"    if type(a{k}) is not Tensor or a{k}._tape is not None or a{k}._type is not T{k} "
+                       f"or a{k}._requires_grad:")
+        src.append("        return None")
+    src += ["    if site.v != V[0] or site.a != A[0]:", "        return None"]
+    if not lazy:
+        src += ["    if tape is None or tape.closed:", "        tape = open_tape()"]
+    binds = []
+    for kind, o in frag.per_call:
+        if kind == DATA:
+            binds.append(f"a{o}")  # a Tensor is kept itself, as module_call's replay keeps it
+        elif kind == LAZY:
+            binds.append(f"a{o}._ref")
+        else:
+            binds.append("(seeds.pop() if seeds else next_seed())")
+    src += ["    n = len(tape.events)",
+            f"    b = [{', '.join(binds)}]",
+            "    out = new(Tensor)",
+            "    out._data, out._tape, out._value, out._type, out._requires_grad, out._grad, out._ref = \\",
+            "        None, tape, None, OT, False, None, REF0[n] if n < NREF else (n, 0)",
+            "    r = wref(out)",
+            "    tape.tensors.append(r)",
+            "    tape.events.append((site, b, (r,)))",
+            "    tape.sites.append(site)",
+            "    stats['replayed_calls'] += 1",
+            "    return out"]
+    exec(compile("\n".join(src), f"<graphc replayed call {id(site):x}>", "exec"), ns)
+    return ns["call"]
 
 
 def _forward(module, args, kwargs):
