@@ -25,6 +25,7 @@ from graphc.ir.text import format_node
 from .kernels import KERNELS, Code, Operand, Site, calls
 from . import glue_llvm, lower_llvm
 from .kernel_lib import KernelSource, LlvmKernel
+from .llvm_ops import LlvmCall
 from .lower import HELPERS, kernel_function
 from .memory import MemoryPlan
 
@@ -317,6 +318,21 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", no_glu
             continue
         body.append(f"    # {format_node(n)}")
         for fn, args in calls(KERNELS[n.op].call(site(k, n))):
+            if isinstance(fn, LlvmCall):  # an op kernel lowered to LLVM IR for this node (runtime/llvm_ops.py)
+                name = kernel_of.get((fn.ir, fn.dtypes))
+                if name is None:
+                    name, j = f"k_ir_{fn.name}", 2  # k_: value names never start so (_Names)
+                    while name in kernel_by_fn:
+                        name, j = f"k_ir_{fn.name}_{j}", j + 1
+                    kernel_of[(fn.ir, fn.dtypes)] = name
+                    lk = LlvmKernel(fn.ir, list(fn.dtypes))
+                    kernels.append(lk)
+                    kernel_by_fn[name] = lk
+                    defs.append(f"# LLVM IR of an op kernel (runtime/llvm_ops.py), compiled by llvmlite into the kernel library\n"
+                                f"{name} = llvm_kernel({lk.symbol!r}, {fn.dtypes!r})\n"
+                                + "".join(f"#   {ln}\n" if ln else "#\n" for ln in fn.ir.rstrip("\n").split("\n")))
+                body.append(f"    {name}({', '.join(f'{a}.ctypes.data' for a in args)})")
+                continue
             used[fn.__name__] = fn.__module__
             body.append(f"    k_{fn.__name__}({', '.join(_render(a) for a in args)})")
     if mp.output_copies or mp.update_copies:

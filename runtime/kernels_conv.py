@@ -24,7 +24,9 @@ from numba import njit
 
 from graphc.ir import TensorType
 
+from . import conv_llvm
 from .conv_direct import conv2d_direct_backward, conv2d_direct_forward, wide_geometry
+from .llvm_ops import use_llvm
 from .conv_wide import conv2d_wide_backward, conv2d_wide_forward
 from .kernels import JIT, kernel
 
@@ -214,6 +216,10 @@ def _(s):
         return conv2d_direct_forward, [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, *geo[:9], *geo[11:],
                                        len(s.i) == 3, s.attrs["relu"]]
     if s.attrs["algo"] == "wide":
+        if use_llvm():
+            return (conv_llvm.wide_forward(x.type.dtype, *geo[:9], *geo[11:], len(s.i) == 3, s.attrs["relu"],
+                                           _chunk(s.node, x.shape[0])),
+                    [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, s.t[2].f])
         return conv2d_wide_forward, [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, s.t[2].f, *geo[:9], *geo[11:],
                                      len(s.i) == 3, s.attrs["relu"], _chunk(s.node, x.shape[0])]
     return conv2d_forward, [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, *geo, len(s.i) == 3, s.attrs["relu"],
@@ -255,6 +261,10 @@ def _(s):
     if a["algo"] == "wide":
         xp, col, gyw, dwt = (t.f for t in s.t[:4])
         dcol = s.t[4].f if a["input_grad"] else col
+        if use_llvm():
+            return (conv_llvm.wide_backward(x.type.dtype, *geo[:9], *geo[11:], a["relu"], a["input_grad"],
+                                            a["bias_grad"], _chunk(s.node, x.shape[0])),
+                    [gy.f, x.f, w.f, y, dx, dw, db, xp, col, gyw, dwt, dcol])
         return conv2d_wide_backward, [gy.f, x.f, w.f, y, dx, dw, db, xp, col, gyw, dwt, dcol, *geo[:9], *geo[11:],
                                       a["relu"], a["input_grad"], a["bias_grad"], _chunk(s.node, x.shape[0])]
     col, gyt, dwt = s.t[0].f, s.t[1].f, s.t[2].f
@@ -336,6 +346,8 @@ def _(s):
     n, c, h, w = x.shape
     oh, ow = y.shape[2:]
     (kh, kw), (sh, sw), (pt, _, pl, _), (dh, dw) = a["kernel_size"], a["stride"], a["padding"], a["dilation"]
+    if use_llvm():
+        return conv_llvm.max_pool2d(x.type.dtype, n * c, h, w, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw), [x.f, y.f, idx.f]
     if (kh, kw, dh, dw) == (2, 2, 1, 1) and not any(a["padding"]):
         return max_pool2d_2x2, [x.f, y.f, idx.f, n * c, h, w, oh, ow, sh, sw]
     return max_pool2d_forward, [x.f, y.f, idx.f, n * c, h, w, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw]
@@ -346,6 +358,8 @@ def _(s):
     gy, idx, dx = s.i[0], s.i[1], s.o[0]
     n, c, oh, ow = gy.shape
     h, w = s.attrs["input_size"]
+    if use_llvm():
+        return conv_llvm.max_pool2d_scatter(gy.type.dtype, n * c, h * w, oh * ow), [gy.f, idx.f, dx.f]
     return max_pool2d_scatter, [gy.f, idx.f, dx.f, n * c, h * w, oh * ow]
 
 
@@ -435,8 +449,16 @@ def _adaptive_args(x, y):
     return [x[0] * x[1], x[2], x[3], y[2], y[3]]
 
 
-kernel("adaptive_avg_pool2d")(lambda s: (adaptive_pool_forward, [s.i[0].f, s.o[0].f,
-                                                                 *_adaptive_args(s.i[0].shape, s.o[0].shape)]))
-kernel("adaptive_avg_pool2d_backward")(lambda s: (adaptive_pool_spread, [s.i[0].f, s.o[0].f,
-                                                                         *_adaptive_args(s.o[0].shape, s.i[0].shape)]))
+ADAPTIVE_UNROLL = 256  # the LLVM lowering writes each output window's loops out: up to this many windows
+
+
+def _adaptive(s, x, y, backward):
+    args = _adaptive_args(x, y)
+    if use_llvm() and y[2] * y[3] <= ADAPTIVE_UNROLL:
+        return conv_llvm.adaptive_pool(s.i[0].type.dtype, *args, backward), [s.i[0].f, s.o[0].f]
+    return (adaptive_pool_spread if backward else adaptive_pool_forward), [s.i[0].f, s.o[0].f, *args]
+
+
+kernel("adaptive_avg_pool2d")(lambda s: _adaptive(s, s.i[0].shape, s.o[0].shape, False))
+kernel("adaptive_avg_pool2d_backward")(lambda s: _adaptive(s, s.o[0].shape, s.i[0].shape, True))
 

@@ -1,0 +1,299 @@
+"""conv2d's "wide" lowering and the 2-D poolings as LLVM IR generated per node (runtime/llvm_ops.py).
+
+The same loops as the numba kernels they stand in for (conv_wide.py, kernels_conv.py: read
+those for why each loop is shaped as it is), with every shape, stride and flag a constant of the
+text: numba took 3 s to compile each of conv2d_wide_forward and conv2d_wide_backward cold
+(typing np.dot on reshaped views and its linalg implementation), llvmlite takes tens of
+milliseconds per node. What changes besides the compiler:
+- the per-tap copies of the wide unroll, the padded plane's rows and its crop are memcpy;
+- the padded plane's zero border is written once per call (the forward, and the backward
+  without an input gradient, only ever rewrite its interior);
+- the backward's dW GEMM accumulates into dW (BLAS beta = 1) instead of a per-group scratch
+  added afterwards: the same products, summed in another order within float rounding;
+- the GEMMs are Fortran sgemm/dgemm with numba's np.dot transpose flags (C^T = B^T A^T).
+Accumulations keep numba's types: the bias gradient and the average pools sum in double.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .conv_direct import wide_geometry
+from .llvm_ops import ELEM, FAST, I64, Fn, LlvmCall
+
+SIZE = {"f32": 4, "f64": 8, "i64": 8}
+DOUBLE = ir.DoubleType()
+
+
+def _f(dt: str, v: float) -> ir.Constant:
+    return ir.Constant(ELEM[dt], v)
+
+
+def _to_double(f: Fn, v, dt: str):
+    return f.b.fpext(v, DOUBLE) if dt == "f32" else v
+
+
+def _from_double(f: Fn, v, dt: str):
+    return f.b.fptrunc(v, ELEM[dt]) if dt == "f32" else v
+
+
+def _chunks(f: Fn, N: int, NB: int, body) -> None:
+    """body(n0, nb) for each chunk of NB samples (n0 an i64 value or int; nb an int): a loop over
+    the full chunks, then the last, smaller one."""
+    full, rest = divmod(N, NB)
+    if full:
+        with f.loop(full) as c:
+            body(f.mul(c, NB) if not isinstance(c, ir.Constant) else int(c.constant) * NB, NB)
+    if rest:
+        body(full * NB, rest)
+
+
+def _pad_interior(f: Fn, src, xp, C, H, W, Hp, Wp, pt, pl, sz) -> None:
+    """xp[c, pt + ih, pl:pl + W] = src[c, ih, :]: the padded plane's interior (its border is zero)."""
+    with f.loop(C) as c:
+        with f.loop(H) as ih:
+            f.memcpy(f.at(xp, f.lin((pt * Wp + pl), (c, Hp * Wp), (ih, Wp))), f.at(src, f.lin(0, (c, H * W), (ih, W))), W, sz)
+
+
+def _unroll(f: Fn, src, col, BL, k, C, Hp, Wp, KH, KW, L, dh, dw, sz) -> None:
+    """col[(c*KH + i)*KW + j, k*L:(k+1)*L] = src[c*Hp*Wp + i*dh*Wp + j*dw:][:L], one memcpy per tap."""
+    with f.loop(C) as c:
+        with f.loop(KH) as i:
+            with f.loop(KW) as j:
+                dst = f.lin(0, (c, KH * KW * BL), (i, KW * BL), (j, BL), (k, L))
+                f.memcpy(f.at(col, dst), f.at(src, f.lin(0, (c, Hp * Wp), (i, dh * Wp), (j, dw))), L, sz)
+
+
+def wide_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, has_bias, relu, NB) -> LlvmCall:
+    """conv_wide.conv2d_wide_forward for one node: arguments x, w, b (w when no bias), out, xp, col, tmp."""
+    Hp, Wp, L = wide_geometry(OH, OW, KH, KW, dh, dw)
+    Cg, COg = C // groups, CO // groups
+    Kg = Cg * KH * KW
+    padded = Hp != H or Wp != W
+    sz = SIZE[dt]
+    f = Fn([dt] * 7, f"conv2d wide forward x[{N},{C},{H},{W}] w[{CO},{Cg},{KH},{KW}] -> [{N},{CO},{OH},{OW}], "
+                     f"pad ({pt},{pl}) dilation ({dh},{dw}) groups {groups} bias {has_bias} relu {relu}, {NB} samples a GEMM")
+    x, w, b, out, xp, col, tmp = f.args
+    zero = _f(dt, 0.0)
+    if padded:
+        f.zero(xp, C * Hp * Wp, sz)
+
+    def chunk(n0, nb):
+        BL = nb * L
+        with f.loop(nb) as k:
+            src = f.at(x, f.lin(0, (f.add(n0, k) if not isinstance(n0, int) else f.add(k, n0), C * H * W)))
+            if padded:
+                _pad_interior(f, src, xp, C, H, W, Hp, Wp, pt, pl, sz)
+                src = xp
+            _unroll(f, src, col, BL, k, C, Hp, Wp, KH, KW, L, dh, dw, sz)
+        with f.loop(groups) as g:
+            f.gemm(dt, "n", "n", BL, COg, Kg, f.at(col, f.lin(0, (g, Kg * BL))), BL, f.at(w, f.lin(0, (g, COg * Kg))), Kg,
+                   f.at(tmp, f.lin(0, (g, COg * BL))), BL)
+        with f.loop(nb) as k:
+            n = f.add(n0, k) if not isinstance(n0, int) else f.add(k, n0)
+            with f.loop(CO) as co:
+                bv = f.load(b, co) if has_bias else zero
+                with f.loop(OH) as oh:
+                    o = f.lin(0, (n, CO * OH * OW), (co, OH * OW), (oh, OW))
+                    t = f.lin(0, (co, BL), (k, L), (oh, Wp))
+                    with f.loop(OW) as q:
+                        v = f.b.fadd(f.load(tmp, f.add(t, q)), bv)
+                        if relu:
+                            v = f.b.select(f.b.fcmp_ordered("<", v, zero), zero, v)
+                        f.store(v, out, f.add(o, q))
+
+    _chunks(f, N, NB, chunk)
+    return LlvmCall("conv2d_wide_forward", f.text(), tuple([dt] * 7))
+
+
+def wide_backward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, relu, input_grad, bias_grad,
+                  NB) -> LlvmCall:
+    """conv_wide.conv2d_wide_backward for one node: arguments gy, x, w, y, dx, dW, db, xp, col, gyw,
+    dwt, dcol (placeholders where numba's take them; dwt is not used: dW accumulates in the GEMM)."""
+    Hp, Wp, L = wide_geometry(OH, OW, KH, KW, dh, dw)
+    Cg, COg = C // groups, CO // groups
+    Kg = Cg * KH * KW
+    padded = Hp != H or Wp != W
+    sz = SIZE[dt]
+    f = Fn([dt] * 12, f"conv2d wide backward gy[{N},{CO},{OH},{OW}] x[{N},{C},{H},{W}] w[{CO},{Cg},{KH},{KW}], "
+                      f"pad ({pt},{pl}) dilation ({dh},{dw}) groups {groups} relu {relu} dx {input_grad} db {bias_grad}, "
+                      f"{NB} samples a GEMM")
+    gy, x, w, y, dx, dW, db, xp, col, gyw, _dwt, dcol = f.args
+    zero = _f(dt, 0.0)
+    f.zero(dW, CO * Kg, sz)
+    if bias_grad:
+        f.zero(db, CO, sz)
+    f.zero(gyw, CO * NB * L, sz)  # junk columns stay zero: every chunk writes only the valid ones
+    if padded and not input_grad:
+        f.zero(xp, C * Hp * Wp, sz)  # only the interior is rewritten below
+    acc = ir.IRBuilder(f.entry).alloca(DOUBLE)
+
+    def chunk(n0, nb):
+        BL = nb * L
+
+        def sample(k):
+            return f.add(n0, k) if not isinstance(n0, int) else f.add(k, n0)
+
+        with f.loop(CO) as co:
+            f.b.store(ir.Constant(DOUBLE, 0.0), acc)
+            with f.loop(nb) as k:
+                with f.loop(OH) as oh:
+                    o = f.lin(0, (sample(k), CO * OH * OW), (co, OH * OW), (oh, OW))
+                    t = f.lin(0, (co, BL), (k, L), (oh, Wp))
+                    with f.loop(OW) as q:
+                        v = f.load(gy, f.add(o, q))
+                        if relu:
+                            v = f.b.select(f.b.fcmp_ordered(">", f.load(y, f.add(o, q)), zero), v, zero)
+                        f.store(v, gyw, f.add(t, q))
+                        if bias_grad:
+                            f.b.store(f.b.fadd(f.b.load(acc), _to_double(f, v, dt), flags=FAST), acc)
+            if bias_grad:
+                s = f.b.fadd(_to_double(f, f.load(db, co), dt), f.b.load(acc))
+                f.store(_from_double(f, s, dt), db, co)
+        with f.loop(nb) as k:
+            src = f.at(x, f.lin(0, (sample(k), C * H * W)))
+            if padded:
+                if input_grad:  # the plane also accumulated the last chunk's input gradient
+                    f.zero(xp, C * Hp * Wp, sz)
+                _pad_interior(f, src, xp, C, H, W, Hp, Wp, pt, pl, sz)
+                src = xp
+            _unroll(f, src, col, BL, k, C, Hp, Wp, KH, KW, L, dh, dw, sz)
+        with f.loop(groups) as g:
+            gg = f.at(gyw, f.lin(0, (g, COg * BL)))
+            cg = f.at(col, f.lin(0, (g, Kg * BL)))
+            f.gemm(dt, "t", "n", Kg, COg, BL, cg, BL, gg, BL, f.at(dW, f.lin(0, (g, COg * Kg))), Kg, beta=1.0)
+            if input_grad:
+                f.gemm(dt, "n", "t", BL, Kg, COg, gg, BL, f.at(w, f.lin(0, (g, COg * Kg))), Kg,
+                       f.at(dcol, f.lin(0, (g, Kg * BL))), BL)
+        if not input_grad:
+            return
+        with f.loop(nb) as k:
+            n = sample(k)
+            dst = xp if padded else f.at(dx, f.lin(0, (n, C * H * W)))
+            f.zero(dst, C * Hp * Wp, sz)
+            with f.loop(C) as c:
+                with f.loop(KH) as i:
+                    with f.loop(KW) as j:
+                        d = f.lin(0, (c, Hp * Wp), (i, dh * Wp), (j, dw))
+                        s = f.lin(0, (c, KH * KW * BL), (i, KW * BL), (j, BL), (k, L))
+                        with f.loop(L) as p:
+                            at = f.at(dst, f.add(d, p))
+                            f.b.store(f.b.fadd(f.b.load(at), f.load(dcol, f.add(s, p))), at)
+            if padded:
+                with f.loop(C) as c:
+                    with f.loop(H) as ih:
+                        f.memcpy(f.at(dx, f.lin(0, (n, C * H * W), (c, H * W), (ih, W))),
+                                 f.at(xp, f.lin(pt * Wp + pl, (c, Hp * Wp), (ih, Wp))), W, sz)
+
+    _chunks(f, N, NB, chunk)
+    return LlvmCall("conv2d_wide_backward", f.text(), tuple([dt] * 12))
+
+
+# ------------------------------------------------------------------ pooling
+
+
+def _better(f: Fn, v, best):
+    """kernels_conv._better: v > best, or v is NaN and best is not (the first NaN wins)."""
+    b = f.b  # (v > best or v is NaN) and best is not NaN: two compares
+    return b.and_(b.fcmp_unordered(">", v, best), b.fcmp_ordered("ord", best, best))
+
+
+def max_pool2d(dt, NC, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw) -> LlvmCall:
+    """max_pool2d_forward (max_pool2d_2x2's unrolled window for 2x2 windows without padding or
+    dilation): arguments x, y, idx (i64, the argmax as h * W + w)."""
+    two = (KH, KW, dh, dw, pt, pl) == (2, 2, 1, 1, 0, 0)
+    f = Fn([dt, dt, "i64"], f"max_pool2d x[{NC},{H},{W}] -> [{NC},{OH},{OW}] window ({KH},{KW}) stride ({sh},{sw}) "
+                            f"pad ({pt},{pl}) dilation ({dh},{dw})")
+    x, y, idx = f.args
+    b = f.b
+    with f.loop(NC) as q:
+        with f.loop(OH) as oh:
+            with f.loop(OW) as ow:
+                xo = f.lin(0, (q, H * W))
+                o = f.lin(0, (q, OH * OW), (oh, OW), (ow, 1))
+                if two:
+                    p = f.lin(0, (oh, sh * W), (ow, sw))
+                    best, arg = f.load(x, f.add(xo, p)), f.i(p)
+                    for d in (1, W, W + 1):
+                        p2 = f.add(p, d) if not isinstance(p, int) else f.c(p + d)
+                        v = f.load(x, f.add(xo, p2))
+                        take = _better(f, v, best)
+                        best, arg = b.select(take, v, best), b.select(take, p2, arg)
+                else:
+                    best, arg = _window_max(f, x, xo, oh, ow, H, W, KH, KW, sh, sw, pt, pl, dh, dw, dt)
+                f.store(best, y, o)
+                f.store(arg, idx, o)
+    return LlvmCall("max_pool2d", f.text(), (dt, dt, "i64"))
+
+
+def _window_max(f: Fn, x, xo, oh, ow, H, W, KH, KW, sh, sw, pt, pl, dh, dw, dt):
+    """The window's max and argmax, the window unrolled: out-of-range taps are never taken (their
+    load reads the window's clamped position)."""
+    b = f.b
+    best, arg = _f(dt, float("-inf")), f.c(-1)
+    ih0 = b.sub(f.i(f.lin(0, (oh, sh))), f.c(pt))
+    iw0 = b.sub(f.i(f.lin(0, (ow, sw))), f.c(pl))
+    for i in range(KH):
+        ih = b.add(ih0, f.c(i * dh))
+        okh = b.and_(b.icmp_signed(">=", ih, f.c(0)), b.icmp_signed("<", ih, f.c(H)))
+        for j in range(KW):
+            iw = b.add(iw0, f.c(j * dw))
+            ok = b.and_(okh, b.and_(b.icmp_signed(">=", iw, f.c(0)), b.icmp_signed("<", iw, f.c(W))))
+            p = b.add(b.mul(ih, f.c(W)), iw)
+            v = f.load(x, b.add(xo if not isinstance(xo, int) else f.c(xo), b.select(ok, p, f.c(0))))
+            take = b.and_(ok, b.or_(_better(f, v, best), b.icmp_signed("<", arg, f.c(0))))
+            best, arg = b.select(take, v, best), b.select(take, p, arg)
+    return best, arg
+
+
+def max_pool2d_scatter(dt, NC, HW, P) -> LlvmCall:
+    """kernels_conv.max_pool2d_scatter: dx = 0, then dx[q, idx[q, p]] += gy[q, p]. Arguments gy, idx, dx."""
+    f = Fn([dt, "i64", dt], f"max_pool2d backward [{NC},{P}] -> [{NC},{HW}]")
+    gy, idx, dx = f.args
+    f.zero(dx, NC * HW, SIZE[dt])
+    with f.loop(NC) as q:
+        with f.loop(P) as p:
+            o = f.lin(0, (q, P), (p, 1))
+            at = f.at(dx, f.add(f.i(f.lin(0, (q, HW))), f.load(idx, o)))
+            f.b.store(f.b.fadd(f.b.load(at), f.load(gy, o)), at)
+    return LlvmCall("max_pool2d_scatter", f.text(), (dt, "i64", dt))
+
+
+def adaptive_pool(dt, NC, H, W, OH, OW, backward: bool) -> LlvmCall:
+    """adaptive_pool_forward / adaptive_pool_spread: every window's bounds are constants here
+    (floor(o*H/OH), ceil((o+1)*H/OH)), the sum in double as numba's. Arguments x, y or gy, dx."""
+    f = Fn([dt, dt], f"adaptive_avg_pool2d{' backward' if backward else ''} [{NC},{H},{W}] <-> [{NC},{OH},{OW}]")
+    a, o = f.args
+    b = f.b
+    if backward:
+        f.zero(o, NC * H * W, SIZE[dt])
+    with f.loop(NC) as q:
+        for oh in range(OH):
+            h0, h1 = (oh * H) // OH, -((-(oh + 1) * H) // OH)
+            for ow in range(OW):
+                w0, w1 = (ow * W) // OW, -((-(ow + 1) * W) // OW)
+                count = float((h1 - h0) * (w1 - w0))
+                at = f.lin(oh * OW + ow, (q, OH * OW))
+                if backward:
+                    g = b.fdiv(_to_double(f, f.load(a, at), dt), ir.Constant(DOUBLE, count))
+                    with f.loop(h1, h0) as ih:
+                        with f.loop(w1, w0) as iw:
+                            p = f.at(o, f.lin(0, (q, H * W), (ih, W), (iw, 1)))
+                            b.store(_from_double(f, b.fadd(_to_double(f, b.load(p), dt), g), dt), p)
+                    continue
+                _mean_window(f, a, o, q, at, h0, h1, w0, w1, H, W, count, dt)
+    return LlvmCall("adaptive_pool_spread" if backward else "adaptive_pool_forward", f.text(), (dt, dt))
+
+
+def _mean_window(f: Fn, x, y, q, at, h0, h1, w0, w1, H, W, count, dt) -> None:
+    """y[at] = the sum of x[q, h0:h1, w0:w1] (in double, in numba's order) / count."""
+    b = f.b
+    acc = ir.IRBuilder(f.entry).alloca(DOUBLE)
+    b.store(ir.Constant(DOUBLE, 0.0), acc)
+    with f.loop(h1, h0) as ih:
+        with f.loop(w1, w0) as iw:
+            v = _to_double(f, f.load(x, f.lin(0, (q, H * W), (ih, W), (iw, 1))), dt)
+            b.store(b.fadd(b.load(acc), v), acc)
+    f.store(_from_double(f, b.fdiv(b.load(acc), ir.Constant(DOUBLE, count)), dt), y, at)
+
+
+__all__ = ["wide_forward", "wide_backward", "max_pool2d", "max_pool2d_scatter", "adaptive_pool", "I64"]
