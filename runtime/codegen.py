@@ -23,7 +23,7 @@ from graphc.ir import Graph, TensorType
 from graphc.ir.text import format_node
 
 from .kernels import KERNELS, Code, Operand, Site, calls
-from . import glue_llvm, lower_llvm
+from . import glue_llvm, lower_llvm, lower_nodes
 from .kernel_lib import KernelSource, LlvmKernel
 from .llvm_ops import LlvmCall
 from .lower import HELPERS, kernel_function
@@ -267,6 +267,20 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", no_glu
     kernel_of: dict[tuple, str] = {}  # (source with a placeholder name, dtypes) -> its function's name
     kernels: list[KernelSource] = []  # the same, for the kernel library
     kernel_by_fn: dict = {}  # function name -> its KernelSource or LlvmKernel
+    def llvm_function(ir: str, dtypes: list[str], by: str = "lower_llvm") -> str:
+        """The plan's name of the LLVM kernel with this IR, defined on first use."""
+        fn = kernel_of.get((ir, tuple(dtypes)))
+        if fn is None:
+            fn = kernel_of[(ir, tuple(dtypes))] = f"kernel{len(kernel_of)}"
+            lk = LlvmKernel(ir, dtypes)
+            kernels.append(lk)
+            kernel_by_fn[fn] = lk
+            status = ", status=True" if lk.status else ""
+            defs.append(f"# LLVM IR (runtime/{by}.py), compiled by llvmlite into the kernel library\n"
+                        f"{fn} = llvm_kernel({lk.symbol!r}, {tuple(dtypes)!r}{status})\n"
+                        + "".join(f"#   {ln}\n" if ln else "#\n" for ln in ir.rstrip("\n").split("\n")))
+        return fn
+
     for k, n in enumerate(g.nodes):
         if n.op == "full" and mp.slots[n.out].kind == "const":
             continue  # filled once when the buffers are allocated
@@ -281,15 +295,7 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", no_glu
                     why = str(e)
             if lowered is not None:
                 ir, ins, outs, dtypes = lowered
-                fn = kernel_of.get((ir, tuple(dtypes)))
-                if fn is None:
-                    fn = kernel_of[(ir, tuple(dtypes))] = f"kernel{len(kernel_of)}"
-                    lk = LlvmKernel(ir, dtypes)
-                    kernels.append(lk)
-                    kernel_by_fn[fn] = lk
-                    defs.append(f"# LLVM IR (runtime/lower_llvm.py), compiled by llvmlite into the kernel library\n"
-                                f"{fn} = llvm_kernel({lk.symbol!r}, {tuple(dtypes)!r})\n"
-                                + "".join(f"#   {ln}\n" if ln else "#\n" for ln in ir.rstrip("\n").split("\n")))
+                fn = llvm_function(ir, dtypes)
             else:
                 src, ins, outs = kernel_function(_KERNEL, n, node_scalars, names)
                 dtypes = ["i64 scalar" if v in scalars else g.types[v].dtype for v in ins]
@@ -317,7 +323,19 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", no_glu
             body.append(f"    {fn}({', '.join(args)})")
             continue
         body.append(f"    # {format_node(n)}")
-        for fn, args in calls(KERNELS[n.op].call(site(k, n))):
+        library = calls(KERNELS[n.op].call(site(k, n)))
+        if llvm and library and not mp.scratch.get(k) and not any(isinstance(fn, LlvmCall) for fn, _ in library):  # the node's own LLVM function (runtime/lower_nodes.py)
+            try:
+                ir, ins, outs, dtypes = lower_nodes.node_ir(n, g.types, {v for v in n.inputs if v in scalars})
+            except lower_llvm.Unsupported:
+                pass  # its library kernel
+            else:
+                args = [str(views.scalar(v)) if v in scalars else views.address(v) for v in ins]
+                call = f"{llvm_function(ir, dtypes, 'lower_nodes')}({', '.join(args + [views.address(v) for v in outs])})"
+                error = lower_nodes.ERRORS.get(n.op)  # its status checked, its library kernel's error raised
+                body.append(f"    if {call} != 0: raise ValueError({error!r})" if error else f"    {call}")
+                continue
+        for fn, args in library:
             if isinstance(fn, LlvmCall):  # an op kernel lowered to LLVM IR for this node (runtime/llvm_ops.py)
                 name = kernel_of.get((fn.ir, fn.dtypes))
                 if name is None:

@@ -14,7 +14,9 @@ inputs' data addresses (or an int64 scalar input's value). Each line of the plan
 - `k_fn(args)`: a call of the library kernel's numba-compiled native function through numba's
   own calling convention (arrays built as numba builds them, C-contiguous, no meminfo), by a
   stable symbol `graphc_lib_<hash>` that the loader binds to the address numba gives;
-- `kernelN(addresses)` of an LLVM kernel: a call of its symbol.
+- `kernelN(addresses)` of an LLVM kernel: a call of its symbol;
+- `if kernelN(addresses) != 0: raise ...` of an LLVM kernel returning a status (a plain gather or
+  scatter_add, runtime/lower_nodes.py): the call, then a non-zero status fails as below.
 A kernel's non-zero status (it raised) returns 1 at once; the runner then runs the numba glue
 (`plan_full`, compiled only then) to raise the kernel's own error message.
 
@@ -239,6 +241,27 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
                 env[name] = view_of(e)
             else:
                 raise Unsupported(f"statement {st}")
+            continue
+        if isinstance(node, ast.If):  # `if kernelN(...) != 0: raise ...`: an LLVM kernel's status
+            test = node.test
+            if not (not node.orelse and len(node.body) == 1 and isinstance(node.body[0], ast.Raise)
+                    and isinstance(test, ast.Compare) and [type(o) for o in test.ops] == [ast.NotEq]
+                    and ast.unparse(test.comparators[0]) == "0" and isinstance(test.left, ast.Call)
+                    and isinstance(test.left.func, ast.Name) and not test.left.keywords):
+                raise Unsupported(f"statement {st}")
+            kind, what = resolve(test.left.func.id)
+            if kind != "llvm":
+                raise Unsupported(f"status of {test.left.func.id}")
+            args = [f"i64 {int_value(a)}" for a in test.left.args]
+            decl = f"declare i32 @{what}({', '.join(['i64'] * len(args))})"
+            if decls.setdefault(what, decl) != decl:
+                raise Unsupported(f"{what} declared twice differently")
+            s_, ok = tmp(), tmp()
+            out.append(f"  {s_} = call i32 @{what}({', '.join(args)})")
+            out.append(f"  {ok} = icmp eq i32 {s_}, 0")
+            label = f"ok{n[0]}"
+            out.append(f"  br i1 {ok}, label %{label}, label %fail")
+            out.append(f"{label}:")
             continue
         if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)):
             raise Unsupported(f"statement {st}")

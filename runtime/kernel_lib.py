@@ -232,16 +232,23 @@ class LlvmKernel:
 
     @property
     def text(self) -> str:
-        return self.ir.replace("define void @kernel(", f"define void @{self.symbol}(", 1)
+        ret = "i32" if self.status else "void"
+        return self.ir.replace(f"define {ret} @kernel(", f"define {ret} @{self.symbol}(", 1)
+
+    @property
+    def status(self) -> bool:
+        """Whether the function returns a status (i32, 0 = done: runtime/lower_nodes.ERRORS)."""
+        return "define i32 @kernel(" in self.ir
 
 
-def llvm_kernel(symbol: str, args: tuple[str, ...]):
+def llvm_kernel(symbol: str, args: tuple[str, ...], status: bool = False):
     """What a plan module calls an LLVM kernel by: numba's ExternalFunction of that symbol, resolved
     when the plan's code is linked. Arguments are int64: the arrays' addresses (the IR declares
-    them `ptr`; both travel in the same integer registers) and rng seeds."""
+    them `ptr`; both travel in the same integer registers) and rng seeds. status: it returns an
+    int32, 0 when done (an index out of range otherwise)."""
     from numba import types
 
-    return types.ExternalFunction(symbol, types.void(*[types.int64] * len(args)))
+    return types.ExternalFunction(symbol, (types.int32 if status else types.void)(*[types.int64] * len(args)))
 
 
 def glue_function(symbol: str, nargs: int):

@@ -172,11 +172,14 @@ def _strided_plan(n: int, m: int, bias: bool) -> str:
 }}"""
 
 
-def test_library_kernels_compile_once_per_dtype_not_once_per_shape(cache_dir):
+def test_library_kernels_compile_once_per_dtype_not_once_per_shape(cache_dir, monkeypatch):
     """Shapes, strides and flags reach library kernels as int64 / bool values, not constants:
     numba types a constant argument (an int, a tuple of ints, True) as a Literal and compiles
-    the kernel again for every value, so every new shape recompiled every kernel it called."""
+    the kernel again for every value, so every new shape recompiled every kernel it called.
+    (GRAPHC_LLVM=0: otherwise these nodes are LLVM functions of their own, runtime/lower_nodes.py.)"""
     from graphc.runtime import kernels
+
+    monkeypatch.setenv("GRAPHC_LLVM", "0")
 
     def f32_sigs():
         return {fn.__name__: {s for s in fn.overloads if "Array(float32" in str(s)} for fn in (kernels.strided, kernels.linear)}
