@@ -15,6 +15,8 @@ Accumulations keep numba's types: the bias gradient and the average pools sum in
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from llvmlite import ir
 
 from .conv_direct import wide_geometry
@@ -188,6 +190,193 @@ def wide_backward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, re
     return LlvmCall("conv2d_wide_backward", f.text(), tuple([dt] * 12))
 
 
+
+# ------------------------------------------------------------------ im2col (strided convs)
+
+
+def _floordiv(f: Fn, a, k: int):
+    """Python's a // k of an i64 a and a constant k > 0 (sdiv truncates toward zero)."""
+    b = f.b
+    neg = b.sub(f.c(0), b.sdiv(b.add(b.sub(f.c(0), a), f.c(k - 1)), f.c(k)))
+    return b.select(b.icmp_signed(">=", a, f.c(0)), b.sdiv(a, f.c(k)), neg)
+
+
+def _span(f: Fn, j, OW, W, sw, dw, pl):
+    """kernels_conv._span for tap column j: (off, lo, hi), the outputs ow whose input column
+    ow*sw + off lies in [0, W)."""
+    b = f.b
+    off = b.sub(f.i(f.lin(0, (j, dw))), f.c(pl))
+    lo = b.sub(f.c(0), _floordiv(f, off, sw))
+    lo = b.select(b.icmp_signed(">", lo, f.c(0)), lo, f.c(0))
+    room = b.sub(f.c(W - 1), off)
+    hi = b.add(_floordiv(f, room, sw), f.c(1))
+    hi = b.select(b.icmp_signed("<", hi, f.c(OW)), hi, f.c(OW))
+    hi = b.select(b.icmp_signed(">=", room, f.c(0)), hi, f.c(0))
+    hi = b.select(b.icmp_signed(">", hi, lo), hi, lo)
+    return off, lo, hi
+
+
+def _im2col_taps(f: Fn, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, body) -> None:
+    """For each tap (c, i, j) and output row oh whose input row ih is inside: body(c, i, j, oh, ih,
+    off, lo, hi); rows outside go to body with ih None (im2col zeroes them, col2im skips them)."""
+    b = f.b
+    with f.loop(C) as c:
+        with f.loop(KH) as i:
+            with f.loop(KW) as j:
+                off, lo, hi = _span(f, j, OW, W, sw, dw, pl)
+                with f.loop(OH) as oh:
+                    ih = b.add(b.sub(f.i(f.lin(0, (oh, sh))), f.c(pt)), f.i(f.lin(0, (i, dh))))
+                    inside = b.and_(b.icmp_signed(">=", ih, f.c(0)), b.icmp_signed("<", ih, f.c(H)))
+                    with b.if_else(inside) as (then, other):
+                        with then:
+                            body(c, i, j, oh, ih, off, lo, hi)
+                        with other:
+                            body(c, i, j, oh, None, off, lo, hi)
+
+
+def _im2col(f: Fn, x, xo, col, BP, co, dt, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw) -> None:
+    """kernels_conv._im2col: col[(c*KH + i)*KW + j, co + oh*OW + ow] = x[xo + (c*H + ih)*W + iw], 0 outside."""
+    b = f.b
+
+    def row(c, i, j, oh, ih, off, lo, hi):
+        r = f.i(f.lin(co, (c, KH * KW * BP), (i, KW * BP), (j, BP), (oh, OW)))
+        cr = f.at(col, r)
+        if ih is None:
+            f.zero(cr, OW, SIZE[dt])
+            return
+        f.zero(cr, lo, SIZE[dt])
+        f.zero(f.at(cr, hi), f.b.sub(f.c(OW), hi), SIZE[dt])
+        xr = b.add(f.i(xo), b.add(f.i(f.lin(0, (c, H * W))), b.mul(ih, f.c(W))))
+        with _range(f, lo, hi) as ow:
+            f.store(f.load(x, b.add(xr, b.add(b.mul(ow, f.c(sw)), off))), cr, ow)
+
+    _im2col_taps(f, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, row)
+
+
+@contextmanager
+def _range(f: Fn, lo, hi):
+    """for i in range(lo, hi) with i64 bounds computed in the kernel (a tap's in-bounds span)."""
+    b = f.b
+    pre = b.block
+    head, body, latch, done = (b.append_basic_block(n) for n in ("loop", "body", "latch", "done"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64, "i")
+    i.add_incoming(lo, pre)
+    b.cbranch(b.icmp_signed("<", i, hi), body, done)
+    b.position_at_end(body)
+    yield i
+    b.branch(latch)
+    b.position_at_end(latch)
+    i.add_incoming(b.add(i, f.c(1), flags=["nsw"]), latch)
+    b.branch(head)
+    b.position_at_end(done)
+
+
+def _col2im(f: Fn, dcol, BP, co, dx, xo, dt, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw) -> None:
+    """kernels_conv._col2im: dx[xo + ...] += every window element of dcol's columns co.."""
+    b = f.b
+
+    def row(c, i, j, oh, ih, off, lo, hi):
+        if ih is None:
+            return
+        r = f.i(f.lin(co, (c, KH * KW * BP), (i, KW * BP), (j, BP), (oh, OW)))
+        xr = b.add(f.i(xo), b.add(f.i(f.lin(0, (c, H * W))), b.mul(ih, f.c(W))))
+        with _range(f, lo, hi) as ow:
+            p = f.at(dx, b.add(xr, b.add(b.mul(ow, f.c(sw)), off)))
+            b.store(b.fadd(b.load(p), f.load(dcol, b.add(r, ow))), p)
+
+    _im2col_taps(f, C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, row)
+
+
+def im2col_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, groups, has_bias, relu,
+                   NB) -> LlvmCall:
+    """kernels_conv.conv2d_forward for one node: arguments x, w, b (w when no bias), out, col, tmp."""
+    P = OH * OW
+    Cg, COg = C // groups, CO // groups
+    Kg = Cg * KH * KW
+    f = Fn([dt] * 6, f"conv2d im2col forward x[{N},{C},{H},{W}] w[{CO},{Cg},{KH},{KW}] -> [{N},{CO},{OH},{OW}], "
+                     f"stride ({sh},{sw}) pad ({pt},{pl}) dilation ({dh},{dw}) groups {groups} bias {has_bias} "
+                     f"relu {relu}, {NB} samples a GEMM")
+    x, w, b, out, col, tmp = f.args
+    zero = _f(dt, 0.0)
+    geo = (C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw)
+
+    def chunk(n0, nb):
+        BP = nb * P
+        with f.loop(nb) as k:
+            _im2col(f, x, f.lin(0, (f.add(n0, k), C * H * W)), col, BP, f.lin(0, (k, P)), dt, *geo)
+        with f.loop(groups) as g:
+            f.gemm(dt, "n", "n", BP, COg, Kg, f.at(col, f.lin(0, (g, Kg * BP))), BP, f.at(w, f.lin(0, (g, COg * Kg))), Kg,
+                   f.at(tmp, f.lin(0, (g, COg * BP))), BP)
+        with f.loop(nb) as k:
+            with f.loop(CO) as co:
+                bv = f.load(b, co) if has_bias else zero
+                o = f.lin(0, (f.add(n0, k), CO * P), (co, P))
+                t = f.lin(0, (co, BP), (k, P))
+                with f.loop(P) as p:
+                    v = f.b.fadd(f.load(tmp, f.add(t, p)), bv)
+                    if relu:
+                        v = f.b.select(f.b.fcmp_ordered("<", v, zero), zero, v)
+                    f.store(v, out, f.add(o, p))
+
+    _chunks(f, N, NB, chunk)
+    return LlvmCall("conv2d_forward", f.text(), tuple([dt] * 6))
+
+
+def im2col_backward(dt, N, C, H, W, CO, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, groups, relu, input_grad,
+                    bias_grad, NB) -> LlvmCall:
+    """kernels_conv.conv2d_backward_kernel for one node: arguments gy, x, w, y, dx, dW, db, col, gyt,
+    dwt, dcol (placeholders where numba's take them; dW accumulates in the GEMM, dwt is not used)."""
+    P = OH * OW
+    Cg, COg = C // groups, CO // groups
+    Kg = Cg * KH * KW
+    f = Fn([dt] * 11, f"conv2d im2col backward gy[{N},{CO},{OH},{OW}] x[{N},{C},{H},{W}] w[{CO},{Cg},{KH},{KW}], "
+                      f"stride ({sh},{sw}) pad ({pt},{pl}) dilation ({dh},{dw}) groups {groups} relu {relu} "
+                      f"dx {input_grad} db {bias_grad}, {NB} samples a GEMM")
+    gy, x, w, y, dx, dW, db, col, gyt, _dwt, dcol = f.args
+    zero = _f(dt, 0.0)
+    sz = SIZE[dt]
+    geo = (C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw)
+    f.zero(dW, CO * Kg, sz)
+    if bias_grad:
+        f.zero(db, CO, sz)
+    if input_grad:
+        f.zero(dx, N * C * H * W, sz)
+    acc = ir.IRBuilder(f.entry).alloca(DOUBLE)
+
+    def chunk(n0, nb):
+        BP = nb * P
+        with f.loop(CO) as co:
+            f.b.store(ir.Constant(DOUBLE, 0.0), acc)
+            with f.loop(nb) as k:
+                o = f.lin(0, (f.add(n0, k), CO * P), (co, P))
+                t = f.lin(0, (co, BP), (k, P))
+                with f.loop(P) as p:
+                    v = f.load(gy, f.add(o, p))
+                    if relu:
+                        v = f.b.select(f.b.fcmp_ordered(">", f.load(y, f.add(o, p)), zero), v, zero)
+                    f.store(v, gyt, f.add(t, p))
+                    if bias_grad:
+                        f.b.store(f.b.fadd(f.b.load(acc), _to_double(f, v, dt), flags=FAST), acc)
+            if bias_grad:
+                f.store(_from_double(f, f.b.fadd(_to_double(f, f.load(db, co), dt), f.b.load(acc)), dt), db, co)
+        with f.loop(nb) as k:
+            _im2col(f, x, f.lin(0, (f.add(n0, k), C * H * W)), col, BP, f.lin(0, (k, P)), dt, *geo)
+        with f.loop(groups) as g:
+            gg = f.at(gyt, f.lin(0, (g, COg * BP)))
+            cg = f.at(col, f.lin(0, (g, Kg * BP)))
+            f.gemm(dt, "t", "n", Kg, COg, BP, cg, BP, gg, BP, f.at(dW, f.lin(0, (g, COg * Kg))), Kg, beta=1.0)
+            if input_grad:
+                f.gemm(dt, "n", "t", BP, Kg, COg, gg, BP, f.at(w, f.lin(0, (g, COg * Kg))), Kg,
+                       f.at(dcol, f.lin(0, (g, Kg * BP))), BP)
+        if input_grad:
+            with f.loop(nb) as k:
+                _col2im(f, dcol, BP, f.lin(0, (k, P)), dx, f.lin(0, (f.add(n0, k), C * H * W)), dt, *geo)
+
+    _chunks(f, N, NB, chunk)
+    return LlvmCall("conv2d_backward", f.text(), tuple([dt] * 11))
+
 # ------------------------------------------------------------------ pooling
 
 
@@ -296,4 +485,56 @@ def _mean_window(f: Fn, x, y, q, at, h0, h1, w0, w1, H, W, count, dt) -> None:
     f.store(_from_double(f, b.fdiv(b.load(acc), ir.Constant(DOUBLE, count)), dt), y, at)
 
 
-__all__ = ["wide_forward", "wide_backward", "max_pool2d", "max_pool2d_scatter", "adaptive_pool", "I64"]
+
+def avg_pool2d(dt, NC, H, W, KH, KW, OH, OW, sh, sw, pt, pl, include_pad, backward: bool) -> LlvmCall:
+    """avg_pool2d_forward / avg_pool2d_spread with the window written out (KH*KW taps, each
+    checked against the input's bounds), the count as _window_count's, sums in double as
+    numba's. Arguments x, y or gy, dx."""
+    f = Fn([dt, dt], f"avg_pool2d{' backward' if backward else ''} [{NC},{H},{W}] <-> [{NC},{OH},{OW}] window "
+                     f"({KH},{KW}) stride ({sh},{sw}) pad ({pt},{pl}) count_include_pad {include_pad}")
+    a, o = f.args
+    b = f.b
+    if backward:
+        f.zero(o, NC * H * W, SIZE[dt])
+    acc = ir.IRBuilder(f.entry).alloca(DOUBLE)
+
+    def smax(u, v):
+        return b.select(b.icmp_signed(">", u, v), u, v)
+
+    def smin(u, v):
+        return b.select(b.icmp_signed("<", u, v), u, v)
+
+    with f.loop(NC) as q:
+        with f.loop(OH) as oh:
+            with f.loop(OW) as ow:
+                h0 = b.sub(f.i(f.lin(0, (oh, sh))), f.c(pt))
+                w0 = b.sub(f.i(f.lin(0, (ow, sw))), f.c(pl))
+                if include_pad:
+                    count = ir.Constant(DOUBLE, float(KH * KW))
+                else:
+                    hc = b.sub(smin(b.add(h0, f.c(KH)), f.c(H)), smax(h0, f.c(0)))
+                    wc = b.sub(smin(b.add(w0, f.c(KW)), f.c(W)), smax(w0, f.c(0)))
+                    count = b.sitofp(b.mul(hc, wc), DOUBLE)
+                at = f.lin(0, (q, OH * OW), (oh, OW), (ow, 1))
+                xo = f.i(f.lin(0, (q, H * W)))
+                if backward:
+                    g = b.fdiv(_to_double(f, f.load(a, at), dt), count)
+                else:
+                    b.store(ir.Constant(DOUBLE, 0.0), acc)
+                for i in range(KH):
+                    ih = b.add(h0, f.c(i))
+                    okh = b.and_(b.icmp_signed(">=", ih, f.c(0)), b.icmp_signed("<", ih, f.c(H)))
+                    for j in range(KW):
+                        iw = b.add(w0, f.c(j))
+                        ok = b.and_(okh, b.and_(b.icmp_signed(">=", iw, f.c(0)), b.icmp_signed("<", iw, f.c(W))))
+                        with f.when(ok):
+                            p = f.at(o if backward else a, b.add(xo, b.add(b.mul(ih, f.c(W)), iw)))
+                            if backward:
+                                b.store(_from_double(f, b.fadd(_to_double(f, b.load(p), dt), g), dt), p)
+                            else:
+                                b.store(b.fadd(b.load(acc), _to_double(f, b.load(p), dt)), acc)
+                if not backward:
+                    f.store(_from_double(f, b.fdiv(b.load(acc), count), dt), o, at)
+    return LlvmCall("avg_pool2d_spread" if backward else "avg_pool2d_forward", f.text(), (dt, dt))
+
+__all__ = ["wide_forward", "wide_backward", "max_pool2d", "max_pool2d_scatter", "adaptive_pool", "avg_pool2d"]

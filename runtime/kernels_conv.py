@@ -222,6 +222,9 @@ def _(s):
                     [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, s.t[2].f])
         return conv2d_wide_forward, [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, s.t[2].f, *geo[:9], *geo[11:],
                                      len(s.i) == 3, s.attrs["relu"], _chunk(s.node, x.shape[0])]
+    if use_llvm():
+        return (conv_llvm.im2col_forward(x.type.dtype, *geo, len(s.i) == 3, s.attrs["relu"], _chunk(s.node, x.shape[0])),
+                [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f])
     return conv2d_forward, [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, *geo, len(s.i) == 3, s.attrs["relu"],
                             _chunk(s.node, x.shape[0])]
 
@@ -269,6 +272,10 @@ def _(s):
                                       a["relu"], a["input_grad"], a["bias_grad"], _chunk(s.node, x.shape[0])]
     col, gyt, dwt = s.t[0].f, s.t[1].f, s.t[2].f
     dcol = s.t[3].f if a["input_grad"] else col
+    if use_llvm():
+        return (conv_llvm.im2col_backward(x.type.dtype, *geo, a["relu"], a["input_grad"], a["bias_grad"],
+                                          _chunk(s.node, x.shape[0])),
+                [gy.f, x.f, w.f, y, dx, dw, db, col, gyt, dwt, dcol])
     return conv2d_backward_kernel, [gy.f, x.f, w.f, y, dx, dw, db, col, gyt, dwt, dcol, *geo, a["relu"],
                                     a["input_grad"], a["bias_grad"], _chunk(s.node, x.shape[0])]
 
@@ -412,9 +419,18 @@ def _avg_args(s, x, y):
     return [n * c, h, w, kh, kw, y[2], y[3], sh, sw, pt, pl, a["count_include_pad"]]
 
 
-kernel("avg_pool2d")(lambda s: (avg_pool2d_forward, [s.i[0].f, s.o[0].f, *_avg_args(s, s.i[0].shape, s.o[0].shape)]))
-kernel("avg_pool2d_backward")(lambda s: (avg_pool2d_spread, [s.i[0].f, s.o[0].f,
-                                                             *_avg_args(s, s.o[0].shape, s.i[0].shape)]))
+WINDOW_UNROLL = 64  # the LLVM lowering of avg_pool2d writes each window's taps out: up to this many
+
+
+def _avg(s, x, y, backward):
+    args = _avg_args(s, x, y)
+    if use_llvm() and args[3] * args[4] <= WINDOW_UNROLL:
+        return conv_llvm.avg_pool2d(s.i[0].type.dtype, *args, backward), [s.i[0].f, s.o[0].f]
+    return (avg_pool2d_spread if backward else avg_pool2d_forward), [s.i[0].f, s.o[0].f, *args]
+
+
+kernel("avg_pool2d")(lambda s: _avg(s, s.i[0].shape, s.o[0].shape, False))
+kernel("avg_pool2d_backward")(lambda s: _avg(s, s.o[0].shape, s.i[0].shape, True))
 
 
 @njit(**JIT)

@@ -58,10 +58,13 @@ _direct: dict[str, object] = {}  # symbol -> ctypes function, for direct calls i
 
 
 def use_llvm() -> bool:
-    """Op kernels are lowered to LLVM IR when the plan's generated kernels are (codegen.use_llvm)."""
+    """Op kernels are lowered to LLVM IR when the plan's generated kernels are (codegen.use_llvm),
+    unless GRAPHC_OP_LLVM=0 keeps numba's library kernels for them (to compare the two)."""
+    import os
+
     from .codegen import use_llvm as kernels_llvm
 
-    return kernels_llvm()
+    return kernels_llvm() and os.environ.get("GRAPHC_OP_LLVM", "1") != "0"
 
 
 class Fn:
@@ -141,13 +144,15 @@ class Fn:
         f = self._intrinsic("llvm.memcpy.p0i8.p0i8.i64", ir.FunctionType(ir.VoidType(), [p, p, I64, ir.IntType(1)]))
         self.b.call(f, [self.b.bitcast(dst, p), self.b.bitcast(src, p), self.c(n * size), ir.Constant(ir.IntType(1), 0)])
 
-    def zero(self, dst, n: int, size: int) -> None:
-        """n elements of `size` bytes at dst set to zero (all-zero bits: 0.0 in floats)."""
-        if n <= 0:
+    def zero(self, dst, n, size: int) -> None:
+        """n elements (an int, or an i64 value >= 0) of `size` bytes at dst set to zero (all-zero
+        bits: 0.0 in floats)."""
+        if isinstance(n, int) and n <= 0:
             return
         p = ir.IntType(8).as_pointer()
         f = self._intrinsic("llvm.memset.p0i8.i64", ir.FunctionType(ir.VoidType(), [p, I8, I64, ir.IntType(1)]))
-        self.b.call(f, [self.b.bitcast(dst, p), ir.Constant(I8, 0), self.c(n * size), ir.Constant(ir.IntType(1), 0)])
+        nbytes = self.c(n * size) if isinstance(n, int) else self.b.mul(n, self.c(size))
+        self.b.call(f, [self.b.bitcast(dst, p), ir.Constant(I8, 0), nbytes, ir.Constant(ir.IntType(1), 0)])
 
     # ---- control flow
     @contextmanager
