@@ -423,11 +423,24 @@ class _LossModule(Module):
         t = self._targets
 
         def forward(*args):
+            if loss_fn is None:  # the model returns its loss (nanoGPT's forward(idx, targets))
+                return model(*args)
             return loss_fn(model(*args[:-t]), *args[-t:])
 
         forward.__signature__ = _inspect.Signature(
             [_inspect.Parameter(n, _inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in self.named_for(n_inputs)])
         return forward
+
+
+def _max_norm(value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not v > 0 or v == float("inf"):
+        raise GraphcError(f"compile_train_step: clip_grad_norm must be a positive finite number (the max_norm of "
+                          f"torch.nn.utils.clip_grad_norm_), got {value!r}")
+    return v
 
 
 def _optimizer_spec(opt, group_of: dict | None = None):
@@ -467,11 +480,14 @@ class TrainStep(_Inspectable):
     """
 
     def __init__(self, model: Module, loss_fn, optimizer, example_inputs, passes=None, mode: str = "jit", disable=(),
-                 distributed=None, targets: int = 1):
+                 distributed=None, targets: int = 1, clip_grad_norm: float | None = None):
         self._dist = distributed  # a passes.distributed.DistributedSpec: gradients all-reduced across ranks
+        self._clip = None if clip_grad_norm is None else _max_norm(clip_grad_norm)
+        if loss_fn is None:
+            targets = 0  # every example input is the model's: its forward returns the loss
         if not isinstance(model, Module):
             raise GraphcError(f"compile_train_step expects a graphc.nn.Module, got {type(model).__name__}")
-        if targets < 1 or len(example_inputs) < 1 + targets:
+        if targets < (0 if loss_fn is None else 1) or len(example_inputs) < 1 + targets:
             raise GraphcError("compile_train_step needs example inputs: the model's inputs followed by the target"
                               + (f"s ({targets})" if targets != 1 else ""))
         _optimizer_spec(optimizer)  # a graphc optimizer with valid settings
@@ -548,7 +564,7 @@ class TrainStep(_Inspectable):
             raise GraphcError(f"compile_train_step: nothing to train in {type(self.model).__name__}: it has no parameters "
                               f"that require grad and are held by the optimizer")
         plans = compile_pipeline(graph, "train_step", optimizer=spec_opt, passes=self.passes, disable=self.disable,
-                                 distributed=self._dist)
+                                 distributed=self._dist, clip_grad_norm=self._clip)
         g = plans.train_step
         params = {**dict(w.named_buffers()), **dict(w.named_parameters())}
         bind = _bind(g, params)
@@ -733,23 +749,29 @@ class DistributedTrainStep(TrainStep):
 
 def compile_train_step(model: Module, loss_fn, optimizer, *example_inputs, passes=None, mode: str = "jit",
                        disable=(), distributed: bool = False, bucket_cap_mb: float = 25.0,
-                       targets: int = 1) -> TrainStep:
+                       targets: int = 1, clip_grad_norm: float | None = None) -> TrainStep:
     """Compile one training step: model inputs and target like `example_inputs` (the target last;
     with targets=k the last k example inputs are targets: loss_fn(model(*inputs), *targets)).
+    loss_fn=None: the model's forward returns the loss itself (nanoGPT's `forward(idx, targets)`);
+    every example input is the model's.
+
+    clip_grad_norm=max_norm: the gradients are clipped to that total 2-norm before the update,
+    inside the plan, as `torch.nn.utils.clip_grad_norm_(params, max_norm)` between backward and
+    `optimizer.step()` (passes/clip_grad.py).
 
     distributed=True: a data-parallel step (graphc.distributed.init() is called): each rank steps on
     its own batch and the gradients are averaged across ranks, in buckets of at most bucket_cap_mb
     MB, by all_reduce nodes of the train-step plan."""
     if not distributed:
         return TrainStep(model, loss_fn, optimizer, example_inputs, passes=passes, mode=mode, disable=disable,
-                         targets=targets)
+                         targets=targets, clip_grad_norm=clip_grad_norm)
     from . import distributed as dist
     from .passes.distributed import DistributedSpec
 
     dist.init()
     spec = DistributedSpec(dist.world_size(), max(1, int(bucket_cap_mb * 2**20)))
     return DistributedTrainStep(model, loss_fn, optimizer, example_inputs, passes=passes, mode=mode, disable=disable,
-                                distributed=spec, targets=targets)
+                                distributed=spec, targets=targets, clip_grad_norm=clip_grad_norm)
 
 
 __all__ = ["CompiledModule", "TrainStep", "DistributedTrainStep", "compile", "compile_train_step"]

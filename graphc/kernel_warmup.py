@@ -101,6 +101,7 @@ def _gpt() -> None:
     cm.backward()
     graphc.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
+    graphc.compile_train_step(model, None, opt, idx, tgt, clip_grad_norm=1.0)(idx, tgt)  # the one-plan step
     model.eval()
     graphc.compile(model, idx)(idx)
 

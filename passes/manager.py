@@ -222,7 +222,8 @@ class PassManager:
             get_pass(d)  # a typo in `disable` must not silently keep the pass on
         self.passes: list[PassInfo] = []
         for p in passes:
-            info = get_pass(p) if isinstance(p, str) else PassInfo(getattr(p, "__name__", "pass"), p, _takes_ctx(p))
+            info = get_pass(p) if isinstance(p, str) else PassInfo(getattr(p, "__name__", "pass"), p, _takes_ctx(p),
+                                                                    getattr(p, "reference", None))
             if info.name not in self.disable:
                 self.passes.append(info)
         self.check = checking_enabled(check)

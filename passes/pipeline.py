@@ -99,8 +99,21 @@ def _all_reduce_stage(distributed) -> Callable:
     return all_reduce_gradients
 
 
+def _clip_stage(max_norm: float) -> Callable:
+    from .clip_grad import clip_gradients
+
+    def clip_grad_norm(g: Graph, ctx=None):
+        return clip_gradients(g, max_norm, ctx), True
+
+    # it changes the updates on purpose: checked mode compares it with the clipped graph itself
+    # (what it means is tested against torch's clip_grad_norm_, tests/test_transformer.py)
+    clip_grad_norm.reference = lambda g: clip_gradients(g, max_norm)
+    return clip_grad_norm
+
+
 def compile_pipeline(graph: Graph, mode: str = "inference", optimizer=None, passes: Iterable | None = None,
-                     disable: Iterable[str] = (), check: bool | None = None, distributed=None) -> CompiledPlans:
+                     disable: Iterable[str] = (), check: bool | None = None, distributed=None,
+                     clip_grad_norm: float | None = None) -> CompiledPlans:
     """Run the passes for `mode` on a traced graph and build the plans.
 
     mode: "inference" (eval-mode forward), "training" (forward and backward plans; the graph's
@@ -109,6 +122,8 @@ def compile_pipeline(graph: Graph, mode: str = "inference", optimizer=None, pass
     OptimizerSpec; one graph does forward, backward and the parameter updates).
     distributed: a passes.distributed.DistributedSpec (train_step only): the gradients are averaged
     across ranks by all_reduce nodes, inserted right after build_train_step.
+    clip_grad_norm: a max_norm (train_step only): the gradients (averaged, when distributed) are
+    clipped to that total 2-norm before the updates (passes/clip_grad.py).
     passes: a custom list of pass names or callables replacing the mode's default list;
     disable: pass names to skip; check: checked mode (default: GRAPHC_CHECK in the environment).
     """
@@ -124,11 +139,16 @@ def compile_pipeline(graph: Graph, mode: str = "inference", optimizer=None, pass
         if optimizer is None:
             raise GraphcError("mode='train_step' needs an optimizer (an OptimizerSpec)")
         names = [_train_step_stage(optimizer) if p == "build_train_step" else p for p in names]
+        k = next((k for k, p in enumerate(names) if getattr(p, "__name__", None) == "build_train_step"), None)
         if distributed is not None:
-            k = next(k for k, p in enumerate(names) if getattr(p, "__name__", None) == "build_train_step")
             names.insert(k + 1, _all_reduce_stage(distributed))
+            k += 1
+        if clip_grad_norm is not None:
+            names.insert(k + 1, _clip_stage(clip_grad_norm))
     elif distributed is not None:
         raise GraphcError(f"distributed= needs mode='train_step', got mode={mode!r}")
+    elif clip_grad_norm is not None:
+        raise GraphcError(f"clip_grad_norm= needs mode='train_step', got mode={mode!r}")
 
     check = checking_enabled(check)
     checker = Checker(graph) if check else None

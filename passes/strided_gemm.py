@@ -84,45 +84,64 @@ def strided_gemms(g: Graph, producer, users, outputs, taken, why: list | None = 
 
 
 def views_per_reader(g: Graph, ctx=None) -> Graph:
-    """A movement op read by several batched matmuls (attention backward's head split of the
-    output gradient: read by dP = dO @ V^T and dV = P^T @ dO) becomes one copy of the node per
-    reader, so each reader's strided GEMM folds its own as a view; as one node read twice it
-    would be a kernel of its own, a copy of the whole tensor. Only where every reader is a
-    batched matmul (which always folds a view it alone reads) and the value is no plan output."""
+    """A chain of movement ops read only by batched matmuls, through any number of branches
+    (attention's head split of c_attn's output: read by q @ k^T and, in a train step, by the
+    backward's matmuls too; the backward's head split of the output gradient, read by dP = dO @ V^T
+    and dV = P^T @ dO) becomes one copy of the chain per reading matmul, so each reader's strided
+    GEMM folds its own chain as a view; as one node read twice a movement op is a kernel of its
+    own, a copy of the whole tensor. Only where every path ends in a batched matmul operand (which
+    folds a view it alone reads), each op of the chain is one BLAS-readable view of its operand,
+    and no value of the chain is a plan output."""
     outputs = set(g.output_values)
-    readers: dict[str, list[int]] = {}
+    slots = [[n] for n in g.nodes]  # each node, then the copies made of it (placed right after it)
+    readers: dict[str, list[tuple[int, int]]] = {}
     for k, n in enumerate(g.nodes):
         for i in dict.fromkeys(n.inputs):
-            readers.setdefault(i, []).append(k)
-    split: dict[int, list[int]] = {}  # movement node index -> the readers that get a clone
-    for k, n in enumerate(g.nodes):
-        if n.op not in MOVEMENT or n.body is not None or n.out in outputs or n.types[0].dtype not in ("f32", "f64"):
-            continue
-        rs = readers.get(n.out, [])
-        if n.types[0].rank < 2:
-            continue
-        view = chain_view(g.types[n.inputs[0]].shape, [(n.op, n.attr)])
-        if view is None or blas_layout(*view[1][-2:], view[2][-2:]) is None:
-            continue  # not one view BLAS reads: the readers would each copy it
-        if len(rs) > 1 and all(g.nodes[r].op == "matmul" and g.nodes[r].body is None and g.nodes[r].types[0].rank >= 3
-                               and n.out in g.nodes[r].inputs[:2] for r in rs):
-            split[k] = rs[1:]
-    if not split:
-        return g
+            readers.setdefault(i, []).append((k, 0))
+
+    def matmul_operand(r: int, v: str) -> bool:
+        m = g.nodes[r]
+        return m.op == "matmul" and m.body is None and m.types[0].rank >= 3 and v in m.inputs[:2] and v not in m.inputs[2:]
+
+    viewable: dict[int, bool] = {}  # movement node -> every path from it ends in a batched matmul operand
+
+    def ok(k: int) -> bool:
+        if k not in viewable:
+            n = g.nodes[k]
+            good = (n.op in MOVEMENT and n.body is None and len(n.outputs) == 1 and n.outputs[0] not in outputs
+                    and n.types[0].rank >= 2 and n.types[0].dtype in ("f32", "f64"))
+            if good:
+                view = chain_view(g.types[n.inputs[0]].shape, [(n.op, n.attr)])
+                good = view is not None and blas_layout(*view[1][-2:], view[2][-2:]) is not None
+            rs = readers.get(n.outputs[0], [])
+            good = good and bool(rs) and all(matmul_operand(r, n.outputs[0]) or ok(r) for r, _ in rs)
+            viewable[k] = good
+        return viewable[k]
+
     names = GraphBuilder(g.name, like=g)
-    rename: dict[int, dict[str, str]] = {}
-    nodes, done = [], []
-    for k, n in enumerate(g.nodes):
-        if k in rename:
-            n = n.replace(inputs=tuple(rename[k].get(i, i) for i in n.inputs))
-        nodes.append(n)
-        for r in split.get(k, ()):
+    split_any = []
+    # from the last node back: a node's readers (and their copies) exist before the node is split,
+    # so each copy of an upstream op feeds one copy of the downstream chain
+    for k in range(len(g.nodes) - 1, -1, -1):
+        if not ok(k):
+            continue
+        n = g.nodes[k]
+        v0 = n.outputs[0]
+        rs = readers[v0]
+        if len(rs) < 2:
+            continue
+        split_any.append(f"%{v0} ({n.op})")
+        for r, j in rs[1:]:
             v = names.fresh()
-            nodes.append(n.replace(outputs=(v,)))
-            rename.setdefault(r, {})[n.out] = v
-        if k in split:
-            done.append(f"%{n.out} ({n.op})")
+            slots[k].append(n.replace(outputs=(v,)))
+            m = slots[r][j]
+            slots[r][j] = m.replace(inputs=tuple(v if i == v0 else i for i in m.inputs))
+        readers[v0] = rs[:1]
+        for i in dict.fromkeys(n.inputs):  # the copies read n's operand too
+            readers[i] = readers[i] + [(k, j) for j in range(1, len(slots[k]))]
+    if not split_any:
+        return g
     if ctx is not None:
-        ctx.note(f"{', '.join(done)}: read by several batched matmuls, one node per reader, so each "
-                 "strided GEMM reads it as a view instead of a copy")
-    return g.replace(nodes=tuple(nodes))
+        ctx.note(f"{', '.join(reversed(split_any))}: read only by batched matmuls (through views): one node per "
+                 "reader, so each strided GEMM reads it as a view instead of a copy")
+    return g.replace(nodes=tuple(m for slot in slots for m in slot)).verify()

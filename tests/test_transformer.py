@@ -435,6 +435,43 @@ def test_adamw_and_clip_grad_norm_match_torch(dtype):
             np.testing.assert_allclose(p, t.detach().numpy(), **TOL[dtype])
 
 
+@DTYPES
+@pytest.mark.parametrize("max_norm", [0.3, 1e3])  # clipping on every step / never
+def test_compiled_train_step_with_clipping_matches_torch(dtype, max_norm):
+    """compile_train_step(model, None, AdamW, idx, tgt, clip_grad_norm=max_norm): the GPT's own
+    loss, clipping and AdamW in one plan, as torch's backward, clip_grad_norm_ and step."""
+    gm, tm = gpt_classes(graphc)(SMALL).to(dtype), gpt_classes(torch)(SMALL).to(TORCH_DT[dtype])
+    init_weights(gm, seed=5)
+    tm.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in gm.state_dict().items()}, strict=False)
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, SMALL.vocab_size, (3, SMALL.block_size))
+    tgt = rng.integers(0, SMALL.vocab_size, (3, SMALL.block_size))
+    gopt = graphc.optim.AdamW(gm.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    topt = torch.optim.AdamW(tm.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    mode = "jit" if dtype == np.float32 else "interpret"
+    step = graphc.compile_train_step(gm, None, gopt, idx, tgt, mode=mode, clip_grad_norm=max_norm)
+    assert any(n.op == "minimum" for n in step.graph("clip_grad_norm").nodes)
+    tparams = dict(tm.named_parameters())
+    for k in range(3):
+        loss = step(idx, tgt)
+        tl = tm(torch.tensor(idx), torch.tensor(tgt))
+        tl.backward()
+        norm = torch.nn.utils.clip_grad_norm_(tm.parameters(), max_norm).item()
+        assert (norm > max_norm) == (max_norm < 1)
+        topt.step()
+        topt.zero_grad()
+        np.testing.assert_allclose(loss, tl.item(), **TOL[dtype])
+        for n, p in gm.named_parameters():
+            np.testing.assert_allclose(p, tparams[n].detach().numpy(), **TOL[dtype], err_msg=f"{n} after step {k}")
+
+
+def test_clip_grad_norm_must_be_positive():
+    gm = gpt_classes(graphc)(SMALL)
+    idx = np.zeros((2, SMALL.block_size), np.int64)
+    with pytest.raises(graphc.GraphcError, match="clip_grad_norm must be a positive"):
+        graphc.compile_train_step(gm, None, graphc.optim.AdamW(gm.parameters()), idx, idx, clip_grad_norm=0)
+
+
 # ------------------------------------------------------------------ errors
 
 
