@@ -331,12 +331,14 @@ def _replay_runner(plan: _Replay):
     outs = exe.outputs
     ns = {"Tensor": Tensor, "_eager": _eager, "stats": stats, "plan": plan, "exe": exe, "o0": outs[0],
           "CLOSED": _eager.CLOSED, "refill": _refill_checked, "read": plan.hyper_read, "join_step": join_step,
-          "OPT": plan.opt, "SITES": plan.sites, "ROOT": plan.root, "LIVE": plan.live_refs}
+          "OPT": plan.opt, "SITES": plan.sites, "ROOT": plan.root, "LIVE": plan.live_refs,
+          "table": exe.table}
     src = []
     if plan.dicts:
         for k, d in enumerate(plan.dicts):
             ns[f"d{k}"] = d
-        src.append("    if " + " or ".join(f"d{k}.get('_grad') is not None" for k in range(len(plan.dicts))) + ":")
+        # (Parameter.__new__ and __array_finalize__ set _grad: every Parameter's __dict__ has it)
+        src.append("    if " + " or ".join(f"d{k}['_grad'] is not None" for k in range(len(plan.dicts))) + ":")
         src.append("        return FAIL  # gradients accumulate into existing .grad: the full path decides")
     n_groups = len(plan.hyper_seen)
     src.append("    g = opt.param_groups")
@@ -362,7 +364,7 @@ def _replay_runner(plan: _Replay):
     src.append(f"        exe.run({call})")
     src.append("    else:")
     src.append("        try:")
-    src.append(f"            native({call}{', ' if call else ''}exe.table)  # the plan straight, as TrainStep calls it")
+    src.append(f"            native({call}{', ' if call else ''}table)  # the plan straight, as TrainStep calls it")
     src.append("        except (TypeError, ValueError) as e:")
     src.append(f"            exe.recover(e{', ' if call else ''}{call})")
     # the tape: when it is the open one and no graph was built from it (the usual replayed step),
