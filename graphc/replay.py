@@ -245,7 +245,7 @@ def _hot_call(site: Site, checks: tuple):
     sub-module assigned, a mode, requires_grad, any module attribute: re-recorded). Grad mode,
     tracing, nesting and a pending backward are module_call's own checks, made before."""
     frag = site.frag
-    ns = {"Tensor": Tensor, "site": site, "V": _versions[0], "A": _versions[1], "open_tape": _eager.open_tape,
+    ns = {"Tensor": Tensor, "site": site, "A": _versions[1], "open_tape": _eager.open_tape,
           "_eager": _eager, "seeds": _seeds, "next_seed": _random.next_seed, "new": object.__new__,
           "wref": weakref.ref, "REF0": _REF0, "NREF": _NREF, "OT": frag.out_types[0], "stats": stats}
     src = ["def call(args, tape):", f"    if len(args) != {len(checks)}:", "        return None"]
@@ -262,7 +262,7 @@ def _hot_call(site: Site, checks: tuple):
             src.append(f"    if type(a{k}) is not Tensor or a{k}._tape is not None or a{k}._type is not T{k} "
                        f"or a{k}._requires_grad:")
         src.append("        return None")
-    src += ["    if site.v != V[0] or site.a != A[0]:", "        return None"]
+    src += ["    if site.a != A[0]:  # (nn.module bumps the attribute counter with the structure one)", "        return None"]
     if not lazy:
         src += ["    if tape is None or tape.closed:", "        tape = open_tape()"]
     binds = []
@@ -274,7 +274,7 @@ def _hot_call(site: Site, checks: tuple):
         else:
             binds.append("(seeds.pop() if seeds else next_seed())")
     src += ["    n = len(tape.events)",
-            f"    b = [{', '.join(binds)}]",
+            f"    b = ({''.join(x + ', ' for x in binds)})",  # (a tuple: binds are never changed)
             "    out = new(Tensor)",
             "    out._data, out._tape, out._value, out._type, out._requires_grad, out._grad, out._ref = \\",
             "        None, tape, None, OT, False, None, REF0[n] if n < NREF else (n, 0)",

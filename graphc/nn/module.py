@@ -13,11 +13,12 @@ from .parameter import Parameter
 
 
 _version = [0]  # bumped whenever a Parameter or sub-module is (re)assigned anywhere
-_attr_version = [0]  # bumped by every other Module attribute assignment (graphc.replay's guard)
+_attr_version = [0]  # bumped by every Module attribute assignment, and with _version (graphc.replay's guard)
 
 
 def _structure_changed() -> None:
     _version[0] += 1
+    _attr_version[0] += 1  # (so graphc.replay's fastest check, the attribute counter alone, sees it too)
 
 
 def structure_version() -> int:
