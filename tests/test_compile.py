@@ -471,11 +471,13 @@ def test_seed_block_keeps_the_generators_sequence():
     """next_seed() draws seeds a block at a time; generator() rewinds to where single draws would
     have left it, so seeds and every other draw are the numbers they were one at a time."""
     graphc.manual_seed(5)
+    n = 3 * graphc.random.MAX_SEED_BLOCK + 5  # blocks grow while no other draw rewinds the generator
     got = [graphc.random.next_seed() for _ in range(3)], graphc.random.generator().random(3), \
-        [graphc.random.next_seed() for _ in range(graphc.random.SEED_BLOCK + 5)], graphc.random.generator().integers(0, 9, 4)
+        [graphc.random.next_seed() for _ in range(n)], graphc.random.generator().integers(0, 9, 4), \
+        [graphc.random.next_seed() for _ in range(7)], graphc.random.generator().random(2)
     g = np.random.default_rng(5)
     bg = g.bit_generator
     want = [bg.random_raw() >> 1 for _ in range(3)], g.random(3), \
-        [bg.random_raw() >> 1 for _ in range(graphc.random.SEED_BLOCK + 5)], g.integers(0, 9, 4)
+        [bg.random_raw() >> 1 for _ in range(n)], g.integers(0, 9, 4), [bg.random_raw() >> 1 for _ in range(7)], g.random(2)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
