@@ -324,14 +324,18 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", no_glu
             continue
         body.append(f"    # {format_node(n)}")
         library = calls(KERNELS[n.op].call(site(k, n)))
-        if llvm and library and not mp.scratch.get(k) and not any(isinstance(fn, LlvmCall) for fn, _ in library):  # the node's own LLVM function (runtime/lower_nodes.py)
+        if llvm and library and not any(isinstance(fn, LlvmCall) for fn, _ in library):  # the node's own LLVM function (runtime/lower_nodes.py)
+            slots = mp.scratch.get(k, ())
             try:
-                ir, ins, outs, dtypes = lower_nodes.node_ir(n, g.types, {v for v in n.inputs if v in scalars})
+                ir, ins, outs, dtypes = lower_nodes.node_ir(n, g.types, {v for v in n.inputs if v in scalars},
+                                                            [sl.type for sl in slots])
             except lower_llvm.Unsupported:
                 pass  # its library kernel
             else:
                 args = [str(views.scalar(v)) if v in scalars else views.address(v) for v in ins]
-                call = f"{llvm_function(ir, dtypes, 'lower_nodes')}({', '.join(args + [views.address(v) for v in outs])})"
+                args += [views.buffer_address(slots[int(v.removeprefix("#scratch"))].buffer) if v.startswith("#")
+                         else views.address(v) for v in outs]
+                call = f"{llvm_function(ir, dtypes, 'lower_nodes')}({', '.join(args)})"
                 error = lower_nodes.ERRORS.get(n.op)  # its status checked, its library kernel's error raised
                 body.append(f"    if {call} != 0: raise ValueError({error!r})" if error else f"    {call}")
                 continue

@@ -27,7 +27,7 @@ from graphc.ir import TensorType
 from graphc.ir.graph import Node, kernel_node
 
 from .kernels import broadcast_strides, c_strides, collapse
-from .lower_llvm import _MEM, ATTRIBUTES, Unsupported, _Fn, const, kernel_ir
+from .lower_llvm import _MEM, _VAL, ATTRIBUTES, Unsupported, V, _Fn, _load, _store, const, exp32, fconst, kernel_ir
 
 # ops whose lower_llvm expression is the library kernel's computation, bit for bit
 SAME_AS_LIBRARY = ("add", "sub", "mul", "div", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "where",
@@ -40,19 +40,31 @@ MOVE = ("transpose", "slice", "concat", "pad", "reshape")
 # ops whose function returns a status (i32, 0 = done): codegen checks it and raises this, as the
 # library kernel raises it (the LLVM glue returns at once; the numba glue raises here)
 ERRORS = {"gather": "index out of range in gather / scatter_add",
-          "scatter_add": "index out of range in gather / scatter_add"}
+          "scatter_add": "index out of range in gather / scatter_add",
+          "cross_entropy": "class label out of range for the number of classes",
+          "cross_entropy_backward": "class label out of range for the number of classes"}
 
 
-def node_ir(n: Node, types: dict, scalars: set[str]) -> tuple[str, list[str], list[str], list[str]]:
-    """(IR text of `define void @kernel(...)`, operand values in argument order, output values,
-    argument types), as lower_llvm.kernel_ir returns for a kernel node; raises Unsupported."""
+def node_ir(n: Node, types: dict, scalars: set[str], scratch: list | None = None
+            ) -> tuple[str, list[str], list[str], list[str]]:
+    """(IR text of `define void @kernel(...)`, operand values in argument order, output values in
+    argument order (then "#scratch<k>" for each scratch buffer it takes), argument types), as
+    lower_llvm.kernel_ir returns for a kernel node; raises Unsupported. `scratch`: the
+    TensorTypes of the node's scratch buffers in the memory plan."""
+    scratch = list(scratch or ())
     if n.body is not None:
         raise Unsupported("a kernel node (lower_llvm.kernel_ir lowers those)")
     if any(t.size == 0 for t in (*n.types, *(types[i] for i in n.inputs))):
         raise Unsupported("an empty tensor")
+    if n.op in ("cross_entropy", "cross_entropy_backward"):
+        return _cross_entropy_ir(n, types, scratch)
+    if scratch:
+        raise Unsupported(f"{n.op} with scratch buffers")
+    if n.op == "sgd_update":
+        return _sgd_ir(n, types)
     if n.op in MOVE:
         return _move_ir(n, types)
-    if n.op in ERRORS:
+    if n.op in ("gather", "scatter_add"):
         return _indexing_ir(n, types)
     inputs = list(dict.fromkeys(n.inputs))
     sub = {v: types[v] for v in inputs}
@@ -278,3 +290,248 @@ def _indexing_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[
               f"attributes #0 = {{ {ATTRIBUTES} }}"]
     inputs = list(n.inputs)
     return no_unroll("\n".join(lines) + "\n"), inputs, list(n.outputs), [types[v].dtype for v in inputs] + [dt]
+
+
+# ------------------------------------------------------------------ losses and optimizer updates
+# Written as the library kernels' loops, statement for statement (runtime/kernels.py): the same
+# operations in the same dtypes (numba's promotions spelled out: a double accumulator, float32
+# values widened where numba widens them), so the results are bit-equal.
+
+
+class _Build:
+    """A function body written as straight-line text: counted loops (a counter in a stack slot,
+    which LLVM's SROA turns into the usual phi loop), stack slots for accumulators, a `fail` exit
+    for a label out of range. Instructions go through lower_llvm's _Fn (exp32 and friends)."""
+
+    def __init__(self):
+        self.f = _Fn()
+        self.k = 0
+
+    def ins(self, text: str, dtype: str) -> V:
+        return self.f.ins(text, dtype)
+
+    def raw(self, text: str) -> None:
+        self.f.sections["body"].append(text)
+
+    def label(self, stem: str) -> str:
+        self.k += 1
+        return f"{stem}{self.k}"
+
+    def slot(self, ty: str, init: str) -> str:
+        name = self.f.fresh("slot")
+        self.f.line(f"{name} = alloca {ty}", "alloca")
+        self.f.line(f"store {ty} {init}, ptr {name}")
+        return name
+
+    def loop(self, count: int, body) -> None:
+        """body(i) for i in range(count), count >= 1 (a constant)."""
+        if count < 1:
+            return
+        ctr = self.slot("i64", "0")
+        head = self.label("loop")
+        self.f.line(f"br label %{head}")
+        self.raw(f"{head}:")
+        i = self.ins(f"load i64, ptr {ctr}", "i64")
+        body(i)
+        nxt = self.ins(f"add nuw nsw i64 {i.ref}, 1", "i64")
+        self.f.line(f"store i64 {nxt.ref}, ptr {ctr}")
+        end = self.ins(f"icmp eq i64 {nxt.ref}, {count}", "bool")
+        out = self.label("after")
+        self.f.line(f"br i1 {end.ref}, label %{out}, label %{head}")
+        self.raw(f"{out}:")
+
+    def op(self, name: str, x: V, y: V) -> V:
+        """A binary instruction on two values of one dtype."""
+        return self.ins(f"{name} {x}, {y.ref}", x.dtype)
+
+    def accumulate(self, slot: str, x: V) -> None:
+        """*slot += x (a double accumulator)."""
+        s = self.ins(f"load double, ptr {slot}", "f64")
+        self.f.line(f"store double {self.op('fadd', s, x).ref}, ptr {slot}")
+
+    def check(self, bad: V) -> None:
+        ok = self.label("ok")
+        self.f.line(f"br i1 {bad.ref}, label %fail, label %{ok}")
+        self.raw(f"{ok}:")
+
+    def at(self, p: str, dt: str, i) -> V:
+        return _load(self.f, p, dt, i if isinstance(i, V) else V("i64", str(i), True))
+
+    def put(self, p: str, dt: str, i, x: V) -> None:
+        _store(self.f, p, dt, i if isinstance(i, V) else V("i64", str(i), True), x)
+
+    def add(self, a, b) -> V:
+        return self.ins(f"add nsw i64 {a.ref if isinstance(a, V) else a}, {b.ref if isinstance(b, V) else b}", "i64")
+
+    def mul(self, a, b) -> V:
+        return self.ins(f"mul nsw i64 {a.ref if isinstance(a, V) else a}, {b.ref if isinstance(b, V) else b}", "i64")
+
+    def text(self, params: list[str], comment: str, status: bool, unroll: bool = False) -> str:
+        """The function; its loops marked unroll.disable unless `unroll`."""
+        s = self.f.sections
+        ret = "i32" if status else "void"
+        lines = [f"; graphc node {comment}", f"define {ret} @kernel({', '.join(params)}) #0 {{", "entry:"]
+        lines += s["alloca"] + s["body"] + (["  ret i32 0", "fail:", "  ret i32 1"] if status else ["  ret void"]) + ["}", ""]
+        lines += [self.f.decls[k] for k in sorted(self.f.decls)] + ["", f"attributes #0 = {{ {ATTRIBUTES} }}"]
+        return "\n".join(lines) + "\n" if unroll else no_unroll("\n".join(lines) + "\n")
+
+
+def _widen(b: _Build, x: V) -> V:
+    return x if x.dtype == "f64" else b.ins(f"fpext float {x.ref} to double", "f64")
+
+
+def _narrow(b: _Build, x: V, dt: str) -> V:
+    return x if dt == "f64" else b.ins(f"fptrunc double {x.ref} to float", "f32")
+
+
+def _fexp(b: _Build, x: V) -> V:
+    """kernels.fexp: exp32 for float32, np.exp (llvm.exp) otherwise."""
+    return exp32(b.f, x) if x.dtype == "f32" else b.f.call("llvm.exp", "double", [x], "f64")
+
+
+def _shifted_exp(b: _Build, x: str, e: str, m: str, dt: str, r0, rows: int, c: int) -> None:
+    """kernels._shifted_exp over rows r0 .. r0 + rows of x [., c]: row maxima into m, x - max into e,
+    then exp over the block as one flat loop."""
+    ty = _VAL[dt]
+
+    def row(il: V):
+        i = b.add(r0, il)
+        base = b.mul(i, c)
+        mi = b.slot(ty, b.at(x, dt, base).ref)
+
+        def col(jj: V):
+            v = b.at(x, dt, b.add(base, b.add(jj, 1)))
+            cur = b.ins(f"load {ty}, ptr {mi}", dt)
+            gt = b.ins(f"fcmp ogt {v}, {cur.ref}", "bool")
+            b.f.line(f"store {ty} {b.ins(f'select i1 {gt.ref}, {v}, {cur}', dt).ref}, ptr {mi}")
+        b.loop(c - 1, col)
+        mv = b.ins(f"load {ty}, ptr {mi}", dt)
+        b.put(m, dt, il, mv)
+        ebase = b.mul(il, c)
+        b.loop(c, lambda j: b.put(e, dt, b.add(ebase, j), b.op("fsub", b.at(x, dt, b.add(base, j)), mv)))
+    b.loop(rows, row)
+    b.loop(rows * c, lambda k: b.put(e, dt, k, _fexp(b, b.at(e, dt, k))))
+
+
+def _cross_entropy_ir(n: Node, types: dict, scratch: list) -> tuple[str, list[str], list[str], list[str]]:
+    """kernels.cross_entropy (its exps in blocks of rows of the scratch's size) and
+    cross_entropy_backward (its exps written into its output); a label out of range returns 1."""
+    x = types[n.inputs[0 if n.op == "cross_entropy" else 1]]
+    dt = x.dtype
+    if dt not in ("f32", "f64") or types[n.inputs[-1]].dtype != "i64" or x.rank != 2:
+        raise Unsupported(f"{n.op} of {dt}")
+    rows_n, c = x.shape
+    mean = n.attr["reduction"] == "mean"
+    b = _Build()
+    label_of = "%a1" if n.op == "cross_entropy" else "%a2"
+
+    def label(i: V) -> V:
+        lab = b.at(label_of, "i64", i)
+        b.check(b.ins(f"icmp uge i64 {lab.ref}, {c}", "bool"))  # negative labels are huge unsigned
+        return lab
+
+    def row_sum(p: str, base: V) -> V:
+        s = b.slot("double", fconst("f64", 0.0))
+        b.loop(c, lambda j: b.accumulate(s, _widen(b, b.at(p, dt, b.add(base, j)))))
+        return b.ins(f"load double, ptr {s}", "f64")
+
+    if n.op == "cross_entropy":  # x, labels -> out[1]; scratch e [rows, c], m [rows]
+        if len(scratch) != 2:
+            raise Unsupported("cross_entropy without its two scratch buffers")
+        block = scratch[0].shape[0]
+        total = b.slot("double", fconst("f64", 0.0))
+
+        def block_of(r0, rows: int):
+            _shifted_exp(b, "%a0", "%s0", "%s1", dt, r0, rows, c)
+
+            def row(il: V):
+                i = b.add(r0, il)
+                lab = label(i)
+                ls = b.f.call("llvm.log", "double", [row_sum("%s0", b.mul(il, c))], "f64")
+                d = b.op("fsub", b.at("%a0", dt, b.add(b.mul(i, c), lab)), b.at("%s1", dt, il))
+                b.accumulate(total, b.ins(f"fsub double {ls.ref}, {_widen(b, d).ref}", "f64"))
+            b.loop(rows, row)
+        full, tail = divmod(rows_n, block)
+        b.loop(full, lambda blk: block_of(b.mul(blk, block), block))
+        if tail:
+            block_of(full * block, tail)
+        tot = b.ins(f"load double, ptr {total}", "f64")
+        if mean:
+            tot = b.ins(f"fdiv double {tot.ref}, {fconst('f64', rows_n)}", "f64")
+        b.put("%o0", dt, 0, _narrow(b, tot, dt))
+        params = ["ptr %a0", "ptr %a1", "ptr %o0", "ptr %s0", "ptr %s1"]
+        outs = list(n.outputs) + ["#scratch0", "#scratch1"]
+    else:  # gy, x, labels -> out [n, c]; scratch m [n]
+        if len(scratch) != 1:
+            raise Unsupported("cross_entropy_backward without its scratch buffer")
+        gy = b.at("%a0", dt, 0)
+        scale = b.ins(f"fdiv {gy}, {const(dt, rows_n)}", dt) if mean else gy
+        _shifted_exp(b, "%a1", "%o0", "%s0", dt, "0", rows_n, c)
+
+        def row(i: V):
+            lab = label(i)
+            base = b.mul(i, c)
+            r = _narrow(b, b.ins(f"fdiv double {_widen(b, scale).ref}, {row_sum('%o0', base).ref}", "f64"), dt)
+            b.loop(c, lambda j: b.put("%o0", dt, b.add(base, j), b.op("fmul", b.at("%o0", dt, b.add(base, j)), r)))
+            at = b.add(base, lab)
+            b.put("%o0", dt, at, b.op("fsub", b.at("%o0", dt, at), scale))
+        b.loop(rows_n, row)
+        params = ["ptr %a0", "ptr %a1", "ptr %a2", "ptr %o0", "ptr %s0"]
+        outs = list(n.outputs) + ["#scratch0"]
+    inputs = list(n.inputs)
+    # unrolled: the row loops of a few classes (C's 10) ran 1.4x slower rolled than numba's kernel
+    text = b.text(params, f"{n.op} {{reduction={n.attr['reduction']}}}: [{rows_n}, {c}] of {dt}", True, unroll=True)
+    return text, inputs, outs, [types[v].dtype for v in inputs] + [dt] + [t.dtype for t in scratch]
+
+
+def _sgd_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]:
+    """kernels.sgd / sgd_momentum: the param (and buffer) copied to the outputs unless in place,
+    then one pass; hyperparameters read from their f64[] operands, cast to the param's dtype."""
+    p = types[n.inputs[0]]
+    dt, size = p.dtype, p.size
+    if dt not in ("f32", "f64"):
+        raise Unsupported(f"{n.op} of {dt}")
+    a = n.attr
+    mom = a["momentum"]
+    b = _Build()
+    ty = _VAL[dt]
+
+    def scalar(k: int) -> V:  # dt(x) of the k-th input, an f64[]
+        return _narrow(b, b.at(f"%a{k}", "f64", 0), dt)
+
+    def into(src: str, dst: str) -> None:  # kernels._into
+        same = b.ins(f"icmp eq ptr {src}, {dst}", "bool")
+        copy, done = b.label("copy"), b.label("copied")
+        b.f.line(f"br i1 {same.ref}, label %{done}, label %{copy}")
+        b.raw(f"{copy}:")
+        b.loop(size, lambda i: b.put(dst, dt, i, b.at(src, dt, i)))
+        b.f.line(f"br label %{done}")
+        b.raw(f"{done}:")
+
+    into("%a0", "%o0")
+    lr = scalar(2)
+    wd = scalar(5) if a["weight_decay"] else None
+    if mom:
+        into("%a6", "%o1")
+        m = scalar(3)
+        damp = _narrow(b, b.op("fsub", V("f64", fconst("f64", 1.0), True), b.at("%a4", "f64", 0)), dt)
+        first = b.ins(f"icmp eq {b.at('%a7', 'i64', 0)}, 0", "bool")
+
+    def step(i: V):
+        d = b.at("%a1", dt, i)
+        if wd is not None:  # d + wd * p
+            d = b.op("fadd", d, b.op("fmul", wd, b.at("%o0", dt, i)))
+        u = d
+        if mom:  # d at the first step, else mom * buf + damp * d
+            later = b.op("fadd", b.op("fmul", m, b.at("%o1", dt, i)), b.op("fmul", damp, d))
+            u = b.ins(f"select i1 {first.ref}, {d}, {later}", dt)
+            b.put("%o1", dt, i, u)
+            if a["nesterov"]:
+                u = b.op("fadd", d, b.op("fmul", m, u))
+        b.put("%o0", dt, i, b.op("fsub", b.at("%o0", dt, i), b.op("fmul", lr, u)))
+    b.loop(size, step)
+    inputs = list(n.inputs)
+    params = [f"ptr %a{k}" for k in range(len(inputs))] + [f"ptr %o{k}" for k in range(len(n.outputs))]
+    flags = ", ".join(f"{k}={str(a[k]).lower()}" for k in ("momentum", "nesterov", "weight_decay"))
+    text = b.text(params, f"{n.op} {{{flags}}}: {size} of {dt}", False)
+    return text, inputs, list(n.outputs), [types[v].dtype for v in inputs] + [t.dtype for t in n.types]

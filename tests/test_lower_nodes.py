@@ -12,7 +12,7 @@ import graphc
 from graphc.ir import GraphBuilder, TensorType, get_op
 from graphc.runtime import kernel_lib, lower_llvm, lower_nodes
 from graphc.runtime.kernel_lib import LlvmKernel
-from graphc.runtime.kernels import run_kernel
+from graphc.runtime.kernels import KERNELS, run_kernel
 
 R = np.random.default_rng(11)
 
@@ -33,14 +33,17 @@ def _node(op, inputs, attrs):
 
 def run_llvm(op, inputs, attrs=None):
     n, types, names = _node(op, inputs, attrs)
-    ir, ins, outs, args = lower_nodes.node_ir(n, types, set())
+    scratch = KERNELS[op].scratch(n, types) if KERNELS[op].scratch else []
+    ir, ins, outs, args = lower_nodes.node_ir(n, types, set(), scratch)
     k = LlvmKernel(ir, args)
     obj, _ = kernel_lib.compile_ir(k.text)
     fn = ctypes.CFUNCTYPE(ctypes.c_int32 if k.status else None, *[ctypes.c_void_p] * len(args))(
         kernel_lib._load_object(k.symbol, obj))
     arrays = dict(zip(names, [np.ascontiguousarray(x) for x in inputs]))
     res = [np.full(t.shape, 123, t.np_dtype) for t in n.types]  # garbage first: every element must be written
-    status = fn(*[arrays[v].ctypes.data for v in ins], *[r.ctypes.data for r in res])
+    tmp = [np.full(t.shape, 7, t.np_dtype) for t in scratch]
+    assert outs == list(n.outputs) + [f"#scratch{j}" for j in range(len(scratch))]
+    status = fn(*[arrays[v].ctypes.data for v in ins], *[r.ctypes.data for r in res + tmp])
     if status:
         raise ValueError(lower_nodes.ERRORS[op])
     return tuple(res)
@@ -93,7 +96,23 @@ CASES = [
     ("scatter_add", lambda: [_f((6, 5), edges=False), R.integers(0, 6, (9, 5)), _f((9, 5), edges=False)], {"dim": 0}),
     ("scatter_add", lambda: [_f((4, 7, 3), np.float64), R.integers(0, 7, (4, 2, 3)), _f((4, 2, 3), np.float64)],
      {"dim": 1}),
+    ("cross_entropy", lambda: [_f((64, 10), edges=False), R.integers(0, 10, 64)], None),
+    ("cross_entropy", lambda: [_f((9, 1000), np.float64, edges=False), R.integers(0, 1000, 9)], {"reduction": "sum"}),
+    ("cross_entropy", lambda: [_f((1000, 9), edges=False) * 30, R.integers(0, 9, 1000)], None),  # blocks + a tail
+    ("cross_entropy_backward", lambda: [_f(()), _f((64, 10), edges=False), R.integers(0, 10, 64)], None),
+    ("cross_entropy_backward", lambda: [_f((), np.float64), _f((9, 7), np.float64), R.integers(0, 7, 9)],
+     {"reduction": "sum"}),
+    ("sgd_update", lambda: [_f((40,), edges=False), _f((40,), edges=False), *_h(0.1, 0, 0, 0)], None),
+    ("sgd_update", lambda: [_f((40,), np.float64, edges=False), _f((40,), np.float64, edges=False),
+                            *_h(0.1, 0, 0, 0.01)], {"weight_decay": True}),
+    *[("sgd_update", (lambda step=step, nes=nes: [_f((37,), edges=False), _f((37,), edges=False), *_h(0.05, 0.9, 0.1, 0.01),
+                                                   _f((37,), edges=False), np.array(step, np.int64)]),
+       {"momentum": True, "nesterov": nes, "weight_decay": True}) for step in (0, 3) for nes in (False, True)],
 ]
+
+
+def _h(*values):
+    return [np.array(v, np.float64) for v in values]
 
 
 @pytest.mark.parametrize("op, make, attrs", CASES, ids=[f"{c[0]}-{k}" for k, c in enumerate(CASES)])
@@ -126,6 +145,12 @@ def test_an_index_out_of_range_returns_a_status_where_the_library_raises(bad):
             run_kernel(op, inputs, {"dim": 0})
         with pytest.raises(ValueError, match="index out of range"):
             run_llvm(op, inputs, {"dim": 0})
+    labels = np.array([0, bad, 1])
+    for op, inputs in (("cross_entropy", [_f((3, 6)), labels]), ("cross_entropy_backward", [_f(()), _f((3, 6)), labels])):
+        with pytest.raises(ValueError, match="class label out of range"):
+            run_kernel(op, inputs)
+        with pytest.raises(ValueError, match="class label out of range"):
+            run_llvm(op, inputs)
 
 
 def test_the_gpt_plans_call_no_generic_library_kernel(cache_dir):
