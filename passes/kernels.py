@@ -51,6 +51,7 @@ from graphc.ir import Graph, GraphBuilder, get_op
 from graphc.ir.graph import KERNEL, Node, kernel_node, rename_values
 from graphc.ir.text import format_node
 
+from . import gemm_impl
 from .manager import PassContext, register_pass
 from .pad_concat import pads_as_concat
 from .strided_gemm import strided_gemms, views_per_reader
@@ -605,22 +606,26 @@ def kernels(g: Graph, ctx: PassContext | None = None):
     absorbed: set[int] = set()
     types = g.types
     for gi, grp in enumerate(groups):
-        if len(grp.members) < 2 and not lone_reduction(g, grp):
-            continue
-        mine = set(grp.members)
         members = [g.nodes[k] for k in grp.members]
+        impl, why = gemm_impl.choose(types, members) if grp.kind == "gemm" else (None, "")
+        if grp.kind == "gemm":
+            ctx.note(f"{_short(next(m for m in members if m.op in GEMMS))}: impl={impl} ({why})")
+        if len(grp.members) < 2 and not lone_reduction(g, grp) and impl != "loops":
+            continue  # (a lone GEMM run by loops is a kernel of one member: the IR says how it runs)
+        mine = set(grp.members)
         made = {o for m in members for o in m.outputs}
         inputs = list(dict.fromkeys(i for m in members for i in m.inputs if i not in made))
         outputs = [o for m in members for o in m.outputs
                    if o in graph_outputs or any(u not in mine for u in out_users.get(o, ()))]
         if not outputs:
             continue  # nothing it computes is read: leave the nodes as they are (dead code)
-        node = kernel_node(members, inputs, outputs, types, grp.kind)
+        node = kernel_node(members, inputs, outputs, types, grp.kind, "loops" if impl == "loops" else None)
         start[grp.first] = node
         absorbed |= mine
         ctx.fused(f"kernel:{grp.kind}", [format_node(m, comment=False) for m in members],
                   f"{format_node(node, comment=False)}  ({len(members)} nodes, iteration space {list(grp.space)}; "
-                  f"{len(made) - len(outputs)} values stay inside)")
+                  f"{len(made) - len(outputs)} values stay inside"
+                  + (f"; GEMM as loops: {why}" if impl == "loops" else "") + ")")
     if not start:
         return g, changed
     top = {k for k, n in enumerate(g.nodes) if hoistable(g, n) and k not in absorbed}

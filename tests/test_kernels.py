@@ -196,7 +196,7 @@ def _jit(g, args):
 # ------------------------------------------------------------------ the IR form of a kernel
 
 GOLDEN_SIMPLE_NET = """\
-  %1: f32[64,20], %2: f32[64,20], %29: bool[64,20] = kernel(%x, %linear1.weight, %linear1.bias, %seed, %28) {kind="gemm"} {
+  %1: f32[64,20], %2: f32[64,20], %29: bool[64,20] = kernel(%x, %linear1.weight, %linear1.bias, %seed, %28) {impl="loops", kind="gemm"} {
     %1: f32[64,20] = linear_relu(%x, %linear1.weight, %linear1.bias)
     %2: f32[64,20] = dropout(%1, %seed) {p=0.5}
     %29: bool[64,20] = gt(%2, %28)
@@ -211,7 +211,7 @@ GOLDEN_SIMPLE_NET = """\
     %6: f32[64,1] = mse_loss_backward(%5, %3, %target)
     %9: f32[1] = sum(%6) {dims=[0]}
   }
-  %26: f32[64,20], %12: f32[20] = kernel(%6, %linear2.weight, %30, %28, %29, %1) {kind="gemm"} {
+  %26: f32[64,20], %12: f32[20] = kernel(%6, %linear2.weight, %30, %28, %29, %1) {impl="loops", kind="gemm"} {
     %7: f32[64,20] = matmul(%6, %linear2.weight)
     %31: f32[64,20] = mul(%7, %30)
     %32: f32[64,20] = mul(%7, %28)

@@ -14,6 +14,7 @@ from .types import TensorType
 
 KERNEL = "kernel"  # the op name of a kernel-stage node with a body (not an op-table entry)
 KERNEL_KINDS = ("elementwise", "gemm", "reduce", "rows", "strided_gemm")
+GEMM_IMPLS = ("blas", "loops")  # a gemm kernel's {impl=...}: a BLAS call, or a generated loop nest
 
 # What a graph input is for; the runtime and the pictures treat the kinds differently.
 # "hyper": an optimizer hyperparameter (lr, betas, ...), a runtime f64[] read from param_groups at each step.
@@ -197,11 +198,14 @@ def rename_values(g: Graph, mapping: dict[str, str]) -> Graph:
     return Graph(g.name, inputs, nodes, outputs, dict(g.meta))
 
 
-def kernel_node(members: list[Node], inputs: list[str], outputs: list[str], types: dict, kind: str) -> Node:
+def kernel_node(members: list[Node], inputs: list[str], outputs: list[str], types: dict, kind: str,
+                impl: str | None = None) -> Node:
     """A kernel-stage node running `members` (in order) as one kernel: operands `inputs`,
-    results `outputs` (values of the members that are used outside them)."""
+    results `outputs` (values of the members that are used outside them). `impl` (a gemm kernel
+    only): how its GEMM runs, one of GEMM_IMPLS; absent means a BLAS call."""
     body = Graph(KERNEL, tuple(Input(v, types[v]) for v in inputs), tuple(members), tuple(Output(o) for o in outputs))
-    return Node(KERNEL, tuple(inputs), tuple(outputs), tuple(types[o] for o in outputs), (("kind", kind),), None,
+    attrs = (("impl", impl), ("kind", kind)) if impl is not None else (("kind", kind),)  # sorted, as parsed
+    return Node(KERNEL, tuple(inputs), tuple(outputs), tuple(types[o] for o in outputs), attrs, None,
                 None, body, kernel_phase(members))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from .errors import ShapeError, VerifyError
-from .graph import KERNEL, KERNEL_KINDS, Graph
+from .graph import GEMM_IMPLS, KERNEL, KERNEL_KINDS, Graph
 from .opdef import OPS
 
 _NAME = re.compile(r"[\w.]+")  # what the text form can print and read back
@@ -133,8 +133,12 @@ def _verify_kernel(g: Graph, n, defined: dict, fail) -> None:
     if n.op != KERNEL or n.body is None:
         fail("only a kernel node has a body, and a kernel node needs one")
     kind = dict(n.attrs).get("kind")
-    if tuple(k for k, _ in n.attrs) != ("kind",) or kind not in KERNEL_KINDS:
-        fail(f"kernel attributes must be {{kind=...}} with kind one of {KERNEL_KINDS}, got {dict(n.attrs)}")
+    if tuple(k for k, _ in n.attrs) not in (("kind",), ("impl", "kind")) or kind not in KERNEL_KINDS:
+        fail(f"kernel attributes must be {{kind=...}} (or {{impl=..., kind=...}}) with kind one of {KERNEL_KINDS}, "
+             f"got {dict(n.attrs)}")
+    impl = dict(n.attrs).get("impl")
+    if impl is not None and (kind != "gemm" or impl not in GEMM_IMPLS):
+        fail(f"impl={impl!r} needs kind=\"gemm\" and one of {GEMM_IMPLS}, got kind={kind!r}")
     for i in n.inputs:
         if i not in defined:
             fail(f"operand %{i} is not defined before this kernel")

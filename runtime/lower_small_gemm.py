@@ -1,0 +1,273 @@
+"""A small GEMM as a loop nest in LLVM IR, its shapes and strides compile-time constants.
+
+Why: for the GEMMs of small MLPs (M*N*K of 10^3-10^6) a BLAS call costs more than its
+arithmetic: argument checks, the choice of a kernel, packing both operands and, for the
+transposed layouts of a backward pass, the small-matrix paths OpenBLAS takes. A loop nest
+whose every bound and stride is a constant is a handful of vector FMAs per step that LLVM
+schedules and unrolls. The kernel pass chooses it (`impl="loops"` on the kernel node, with its
+reason recorded; passes/kernels.py), codegen only lowers that choice (runtime/lower_llvm.py).
+
+The loop nest (a register-blocked outer product, the BLIS micro-kernel shape):
+- C (M x N, written through strides) = op(A) (M x K) @ op(B) (K x N), optionally
+  C = beta * C0 + scale * op(A) @ op(B) (addmm's contract; scale a runtime f64);
+- the vector dimension is C's unit-stride dimension: N, or M when C's rows are one element wide
+  (then C^T = B^T A^T is computed: the same numbers);
+- B's rows are read as <W x T> vectors (W = 16 for f32, 8 for f64; LLVM splits them where the
+  CPU's registers are narrower); when B's rows are not unit-stride, or N is not a multiple of
+  W, B is first packed into a zero-padded stack buffer (K x N rounded up to W);
+- rows of A are taken MR at a time, columns NB vectors at a time: MR * NB accumulators live in
+  registers over the K loop, each step one vector load of B per column block and one broadcast
+  of A per row; the last, partial vector is stored through a mask.
+
+Sums run over k in order 0..K-1 with fused multiply-adds: results differ from BLAS's in the
+last bits (another summation order), as any two BLAS builds do; tests compare with tolerances.
+"""
+from __future__ import annotations
+
+ACCUMULATORS = 12  # vector accumulators per register block: enough to hide FMA latency on two ports
+NB = 2  # vectors of C's row per register block
+WIDTH = {"f32": 16, "f64": 8}  # elements per vector: one AVX-512 register
+_T = {"f32": "float", "f64": "double"}
+_SIZE = {"f32": 4, "f64": 8}
+
+
+class Lines:
+    """Where the loop nest goes: `body` (basic blocks; the first instructions join the current
+    block), `allocas` (entry-block stack slots) and `decls` (intrinsic declarations), with a
+    prefix that keeps its names apart from the rest of the function."""
+
+    def __init__(self, prefix: str = "g"):
+        self.p = prefix
+        self.n = 0
+        self.body: list[str] = []
+        self.allocas: list[str] = []
+        self.decls: dict[str, str] = {}
+
+    def fresh(self, stem: str) -> str:
+        self.n += 1
+        return f"%{self.p}{stem}{self.n}"
+
+    def label(self, stem: str) -> str:
+        self.n += 1
+        return f"{self.p}{stem}{self.n}"
+
+    def ins(self, text: str, stem: str = "v") -> str:
+        name = self.fresh(stem)
+        self.body.append(f"  {name} = {text}")
+        return name
+
+    def line(self, text: str) -> None:
+        self.body.append(f"  {text}")
+
+    def block(self, label: str) -> None:
+        self.body.append(f"{label}:")
+
+
+def plan_orientation(m: int, n: int, a: tuple, b: tuple, c: tuple):
+    """(m, n, a, b, c) with C's vector dimension last: swapped to C^T = B^T A^T when C's columns
+    are not unit-stride but its rows are (a column vector). a, b, c: (pointer, row stride, col stride)."""
+    if c[2] != 1 and c[1] == 1:
+        return n, m, (b[0], b[2], b[1]), (a[0], a[2], a[1]), (c[0], c[2], c[1])
+    return m, n, a, b, c
+
+
+def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, c: tuple,
+               scale: str | None = None, c0: tuple | None = None, beta: float = 0.0) -> None:
+    """Append the loop nest computing C = op(A) @ op(B) (or beta * C0 + scale * op(A) @ op(B)
+    when scale, an LLVM `double` operand, is given) to `out`. a, b, c, c0: (pointer, row
+    stride, column stride) in elements; c must have a unit stride in one dimension."""
+    m, n, a, b, c = plan_orientation(m, n, a, b, c)
+    if c0 is not None and c[2] != 1:  # the same swap for C0 (it has C's shape)
+        c0 = (c0[0], c0[2], c0[1])
+    if c[2] != 1:
+        raise ValueError("gemm_loops: C needs a unit stride in one dimension")
+    ty, w = _T[dt], WIDTH[dt]
+    vt = f"<{w} x {ty}>"
+    nv = -(-n // w)  # vectors per row of C
+    npad = nv * w
+    # B as rows of vectors: itself when unit-stride and whole vectors, else a padded copy
+    if b[2] == 1 and n % w == 0:
+        bp, ldb = b[0], b[1]
+    else:
+        bp, ldb = _pack(out, dt, k, n, npad, b), npad
+    fma = f"llvm.fmuladd.v{w}{'f32' if dt == 'f32' else 'f64'}"
+    out.decls[fma] = f"declare {vt} @{fma}({vt}, {vt}, {vt})"
+    mask_tail = n % w
+    if mask_tail:
+        st = f"llvm.masked.store.v{w}{'f32' if dt == 'f32' else 'f64'}.p0"
+        out.decls[st] = f"declare void @{st}({vt}, ptr, i32, <{w} x i1>)"
+        ld = f"llvm.masked.load.v{w}{'f32' if dt == 'f32' else 'f64'}.p0"
+        out.decls[ld] = f"declare {vt} @{ld}(ptr, i32, <{w} x i1>, {vt})"
+    mask = "<" + ", ".join(f"i1 {'true' if j < mask_tail else 'false'}" for j in range(w)) + ">"
+    zero = f"{vt} zeroinitializer"
+    svec = None
+    if scale is not None:
+        sf = out.ins(f"fptrunc double {scale} to {ty}") if dt == "f32" else scale
+        s1 = out.ins(f"insertelement {vt} poison, {ty} {sf}, i64 0")
+        svec = out.ins(f"shufflevector {vt} {s1}, {vt} poison, <{w} x i32> zeroinitializer")
+
+    mr = max(1, min(8, ACCUMULATORS // min(nv, NB)))  # rows of A per register block
+
+    def block_rows(i0: str, rows: int) -> None:
+        """C[i0:i0+rows, :] in column blocks of NB vectors; i0 an i64 operand."""
+        for j0 in range(0, nv, NB):
+            cols = list(range(j0, min(nv, j0 + NB)))
+            _micro(out, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta)
+
+    full = m // mr
+    if full:
+        head = out.label("rows")
+        pre = out.label("rows_pre")
+        out.line(f"br label %{pre}")
+        out.block(pre)
+        out.line(f"br label %{head}")
+        out.block(head)
+        ib = out.fresh("ib")
+        nxt = out.fresh("ibn")
+        latch = out.label("rows_latch")
+        out.line(f"{ib} = phi i64 [ 0, %{pre} ], [ {nxt}, %{latch} ]")
+        i0 = out.ins(f"mul nuw nsw i64 {ib}, {mr}")
+        block_rows(i0, mr)
+        out.line(f"br label %{latch}")
+        out.block(latch)
+        out.line(f"{nxt} = add nuw nsw i64 {ib}, 1")
+        done = out.ins(f"icmp eq i64 {nxt}, {full}")
+        after = out.label("rows_done")
+        out.line(f"br i1 {done}, label %{after}, label %{head}")
+        out.block(after)
+    if m % mr:
+        block_rows(str(full * mr), m % mr)
+
+
+def _pack(out: Lines, dt: str, k: int, n: int, npad: int, b: tuple) -> str:
+    """Copy B (k x n, any strides) into a zero-padded k x npad stack buffer; its pointer."""
+    ty = _T[dt]
+    buf = f"%{out.p}pack"
+    out.allocas.append(f"  {buf} = alloca [{k * npad} x {ty}], align 64")
+    if npad != n:
+        out.decls["llvm.memset.p0.i64"] = "declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)"
+        out.line(f"call void @llvm.memset.p0.i64(ptr align 64 {buf}, i8 0, i64 {k * npad * _SIZE[dt]}, i1 false)")
+    pre, head, inner, latch, done = (out.label(s) for s in ("pk_pre", "pk_k", "pk_n", "pk_latch", "pk_done"))
+    out.line(f"br label %{pre}")
+    out.block(pre)
+    out.line(f"br label %{head}")
+    out.block(head)
+    kk, kn = out.fresh("pk"), out.fresh("pkn")
+    out.line(f"{kk} = phi i64 [ 0, %{pre} ], [ {kn}, %{latch} ]")
+    src_row = out.ins(f"mul nuw nsw i64 {kk}, {b[1]}")
+    dst_row = out.ins(f"mul nuw nsw i64 {kk}, {npad}")
+    out.line(f"br label %{inner}")
+    out.block(inner)
+    jj, jn = out.fresh("pj"), out.fresh("pjn")
+    out.line(f"{jj} = phi i64 [ 0, %{head} ], [ {jn}, %{inner} ]")
+    so = out.ins(f"mul nuw nsw i64 {jj}, {b[2]}")
+    so = out.ins(f"add nuw nsw i64 {src_row}, {so}")
+    sp = out.ins(f"getelementptr inbounds {ty}, ptr {b[0]}, i64 {so}")
+    x = out.ins(f"load {ty}, ptr {sp}")
+    do = out.ins(f"add nuw nsw i64 {dst_row}, {jj}")
+    dp = out.ins(f"getelementptr inbounds {ty}, ptr {buf}, i64 {do}")
+    out.line(f"store {ty} {x}, ptr {dp}")
+    out.line(f"{jn} = add nuw nsw i64 {jj}, 1")
+    e = out.ins(f"icmp eq i64 {jn}, {n}")
+    out.line(f"br i1 {e}, label %{latch}, label %{inner}")
+    out.block(latch)
+    out.line(f"{kn} = add nuw nsw i64 {kk}, 1")
+    e = out.ins(f"icmp eq i64 {kn}, {k}")
+    out.line(f"br i1 {e}, label %{done}, label %{head}")
+    out.block(done)
+    return buf
+
+
+def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta):
+    """One register block: rows x len(cols) accumulators over the k loop, then the stores."""
+    ty = _T[dt]
+    nv = -(-n // w)
+    pre, head, done = out.label("k_pre"), out.label("k"), out.label("k_done")
+    out.line(f"br label %{pre}")
+    out.block(pre)
+    # row bases of A (i0 + r) * sa_m
+    abase = []
+    for r in range(rows):
+        ir = out.ins(f"add nuw nsw i64 {i0}, {r}")
+        abase.append(out.ins(f"mul nuw nsw i64 {ir}, {a[1]}"))
+    out.line(f"br label %{head}")
+    out.block(head)
+    kk, kn = out.fresh("k"), out.fresh("kn")
+    out.line(f"{kk} = phi i64 [ 0, %{pre} ], [ {kn}, %{head} ]")
+    acc = {}
+    nxt = {}
+    for r in range(rows):
+        for j in cols:
+            acc[r, j], nxt[r, j] = out.fresh("acc"), out.fresh("accn")
+            out.line(f"{acc[r, j]} = phi {vt} [ zeroinitializer, %{pre} ], [ {nxt[r, j]}, %{head} ]")
+    brow = out.ins(f"mul nuw nsw i64 {kk}, {ldb}")
+    bv = {}
+    for j in cols:
+        o = out.ins(f"add nuw nsw i64 {brow}, {j * w}")
+        p = out.ins(f"getelementptr inbounds {ty}, ptr {bp}, i64 {o}")
+        bv[j] = out.ins(f"load {vt}, ptr {p}, align {_SIZE[dt]}")
+    ak = out.ins(f"mul nuw nsw i64 {kk}, {a[2]}")
+    for r in range(rows):
+        o = out.ins(f"add nuw nsw i64 {abase[r]}, {ak}")
+        p = out.ins(f"getelementptr inbounds {ty}, ptr {a[0]}, i64 {o}")
+        x = out.ins(f"load {ty}, ptr {p}")
+        x1 = out.ins(f"insertelement {vt} poison, {ty} {x}, i64 0")
+        xs = out.ins(f"shufflevector {vt} {x1}, {vt} poison, <{w} x i32> zeroinitializer")
+        for j in cols:
+            out.line(f"{nxt[r, j]} = call {vt} @{fma}({vt} {xs}, {vt} {bv[j]}, {vt} {acc[r, j]})")
+    out.line(f"{kn} = add nuw nsw i64 {kk}, 1")
+    e = out.ins(f"icmp eq i64 {kn}, {k}")
+    out.line(f"br i1 {e}, label %{done}, label %{head}")
+    out.block(done)
+    sfx = "f32" if dt == "f32" else "f64"
+    for r in range(rows):
+        ir = out.ins(f"add nuw nsw i64 {i0}, {r}")
+        crow = out.ins(f"mul nuw nsw i64 {ir}, {c[1]}")
+        c0row = out.ins(f"mul nuw nsw i64 {ir}, {c0[1]}") if c0 is not None else None
+        for j in cols:
+            v = nxt[r, j]
+            partial = mask_tail and j == nv - 1
+            if svec is not None:
+                v = out.ins(f"fmul {vt} {v}, {svec}")
+                if c0 is not None and beta != 0.0:
+                    o = out.ins(f"add nuw nsw i64 {c0row}, {j * w}")
+                    p = out.ins(f"getelementptr inbounds {ty}, ptr {c0[0]}, i64 {o}")
+                    old = (out.ins(f"call {vt} @llvm.masked.load.v{w}{sfx}.p0(ptr {p}, i32 {_SIZE[dt]}, <{w} x i1> {mask}, {vt} zeroinitializer)")
+                           if partial else out.ins(f"load {vt}, ptr {p}, align {_SIZE[dt]}"))
+                    if beta != 1.0:
+                        from .lower_llvm import fconst
+                        bvv = "<" + ", ".join(f"{ty} {fconst(dt, beta)}" for _ in range(w)) + ">"
+                        old = out.ins(f"fmul {vt} {old}, {bvv}")
+                    v = out.ins(f"fadd {vt} {old}, {v}")
+            o = out.ins(f"add nuw nsw i64 {crow}, {j * w}")
+            p = out.ins(f"getelementptr inbounds {ty}, ptr {c[0]}, i64 {o}")
+            if partial:
+                out.line(f"call void @llvm.masked.store.v{w}{sfx}.p0({vt} {v}, ptr {p}, i32 {_SIZE[dt]}, <{w} x i1> {mask})")
+            else:
+                out.line(f"store {vt} {v}, ptr {p}, align {_SIZE[dt]}")
+
+
+def lower_gemm(f, gemm, types, prologue: dict, ptr: dict, dst: str) -> None:
+    """The GEMM of a kernel {impl="loops"} (runtime/lower_llvm.kernel_ir's `_blas`, as loops):
+    dst (C, row-major) = op(A) @ op(B); an operand behind a prologue transpose, and linear's
+    weight, is read through swapped strides."""
+    dt = gemm.types[0].dtype
+    if dt not in WIDTH:
+        from .lower_llvm import Unsupported
+
+        raise Unsupported(f"{gemm.op} on {dt}")
+
+    def operand(v, transposed):
+        src = prologue.get(v, v)
+        r, c = types[src].shape
+        if v in prologue:
+            transposed = not transposed
+        return (ptr[src], 1, c) if transposed else (ptr[src], c, 1), ((c, r) if transposed else (r, c))
+
+    a, (m, k) = operand(gemm.inputs[0], False)
+    b, (_, n) = operand(gemm.inputs[1], gemm.op != "matmul")  # linear: x @ w.T
+    out = Lines("g")
+    gemm_loops(out, dt, m, n, k, a, b, (dst, n, 1))
+    f.sections["alloca"] += out.allocas
+    f.sections["gemm"] += out.body
+    f.decls.update(out.decls)
