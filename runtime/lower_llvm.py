@@ -667,6 +667,7 @@ def _blas(f: _Fn, gemm: Node, types, prologue, ptr, dst: str) -> None:
 # vectorize the outer loop with gathers and scatters (B's [128, 32] linear_relu kernel: 4.2 ->
 # 2.5 us). Other trip counts vectorize worse as loops (a remainder loop; S's [64, 20]).
 KEEP_INNER = 16
+KEEP_MD = 100  # its metadata ids (lower_nodes.no_unroll numbers its own from 0)
 
 
 def _assemble(f: _Fn, space, params, ops, kind) -> str:
@@ -690,7 +691,7 @@ def _assemble(f: _Fn, space, params, ops, kind) -> str:
         out.append(f"  %i{d}.next = add nuw nsw i64 %i{d}, 1")
         out.append(f"  %i{d}.end = icmp eq i64 %i{d}.next, {space[d]}")
         nxt = f"latch{d}" if j > 0 else "done"
-        keep = ", !llvm.loop !0" if j == len(loops) - 1 and space[d] % KEEP_INNER == 0 else ""
+        keep = f", !llvm.loop !{KEEP_MD}" if j == len(loops) - 1 and space[d] % KEEP_INNER == 0 else ""
         out.append(f"  br i1 %i{d}.end, label %{nxt}, label %loop{d}{keep}")
     if not loops:
         out.append("  br label %done")
@@ -700,8 +701,8 @@ def _assemble(f: _Fn, space, params, ops, kind) -> str:
     out.append("}")
     out += [""] + [f.decls[k] for k in sorted(f.decls)]
     out += ["", f"attributes #0 = {{ {ATTRIBUTES} }}"]
-    if any(ln.endswith("!llvm.loop !0") for ln in out):
-        out += ['!0 = distinct !{!0, !1}', '!1 = !{!"llvm.loop.unroll.disable"}']
+    if any(ln.endswith(f"!llvm.loop !{KEEP_MD}") for ln in out):
+        out += [f"!{KEEP_MD} = distinct !{{!{KEEP_MD}, !{KEEP_MD + 1}}}", f'!{KEEP_MD + 1} = !{{!"llvm.loop.unroll.disable"}}']
     return "\n".join(out) + "\n"
 
 
