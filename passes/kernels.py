@@ -527,6 +527,13 @@ def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> 
         return grp.closed
     if len(grp.members) >= MAX_MEMBERS:
         return f"size limit: a kernel holds at most {MAX_MEMBERS} nodes"
+    if n.phase == "backward" and grp.kind == "elementwise" and g.nodes[grp.first].phase == "forward":
+        # a train step's backward recompute (GELU's exp(-x^2)) in the forward's loop would be one
+        # more value written there and kept until the backward reads it; in the backward's own
+        # kernel it is computed from the saved values that kernel reads anyway. (A GEMM's epilogue
+        # still takes them: SimpleNet's relu mask `gt` is one byte an element, and the epilogue
+        # is the loop that has the activation in registers.)
+        return "a backward node does not join a forward elementwise loop (its value would be stored until the backward)"
     if kind in ("injective", "opaque"):
         return f"{n.op} is {kind}: it runs as a kernel of its own"
     if kind == "gemm":

@@ -553,3 +553,15 @@ def test_a_causal_mask_from_constants_lets_the_scale_join_the_softmax_rows_kerne
     ks = _kernel_nodes(new)
     assert len(ks) == 1 and ks[0].attr["kind"] == "rows" and ks[0].body.nodes[0].op == "mul"
     _agree(g, new)
+
+
+def test_a_train_steps_backward_recompute_stays_out_of_the_forward_loop():
+    """GELU's backward term exp(-x^2/2) reads only forward values: it could join the forward's
+    elementwise kernel, but would then be written there and kept until the backward; it is
+    computed in the backward's kernel instead (every forward elementwise loop is forward only)."""
+    model = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 1))  # on [B, T, C]: GELU is a loop of its own
+    x, y = R.random((4, 8, 6), np.float32), R.random((4, 8, 1), np.float32)
+    g = _stage(_train_step(model, nn.MSELoss(), x, y, mode="interpret"))
+    ks = [k for k in _kernel_nodes(g) if k.attr["kind"] == "elementwise" and k.body.nodes[0].phase == "forward"]
+    assert ks and all(m.phase == "forward" for k in ks for m in k.body.nodes)
+    assert any(m.op == "exp" and m.phase == "backward" for k in _kernel_nodes(g) for m in k.body.nodes)
