@@ -168,6 +168,8 @@ def module_call(module, *args, **kwargs):
                     checks.append(t)
         elif t is np.ndarray or (isinstance(a, np.ndarray) and t is not _Parameter):
             sig.append((a.shape, a.dtype))
+            if t is np.ndarray:
+                checks.append(("A", a.shape, a.dtype))
         elif t in _SCALARS or a is None:
             sig.append((t, a))
         else:
@@ -182,7 +184,7 @@ def module_call(module, *args, **kwargs):
         return _capture(module, args, sig, site)
     if site.frag is None:  # known not replayable (what it records marks the tape impure)
         return _forward(module, args, kwargs)
-    if len(checks) == len(args) + 1 and site.frag.single:  # only Tensors: the next call may skip the signature
+    if len(checks) == len(args) + 1 and site.frag.single:  # Tensors and arrays: the next call may skip the signature
         checks = tuple(checks[1:])
         fn = site.hot.get(checks)
         if fn is None:
@@ -234,25 +236,30 @@ _tracing_now = _active.get
 
 def _hot_call(site: Site, checks: tuple):
     """A function call(args, tape) -> the call's output, or None: the replay of a call of `site`
-    whose arguments are all Tensors, written for what each argument was (`checks`: a data
-    Tensor's TensorType object, or a lazy argument's (event, output) and type), so the next
-    call like it costs its checks and the replay itself (no signature, no loops).
+    whose arguments are all Tensors or numpy arrays, written for what each argument was
+    (`checks`: a data Tensor's TensorType object, a lazy argument's (event, output) and type,
+    or ("A", shape, dtype) of an array), so the next call like it costs its checks and the
+    replay itself (no signature, no loops).
 
     It answers None (module_call then takes its full path) unless: the same number of
     arguments; each a Tensor, a data one (no recording, not requiring grad) of that very
     TensorType object (graphc interns them by shape and dtype), or this recording's output of
-    the same event and type; and the module counters the site was recorded at (a Parameter or
+    the same event and type; or a plain ndarray of that shape and dtype (copied, as every
+    replayed call copies arrays); and the module counters the site was recorded at (a Parameter or
     sub-module assigned, a mode, requires_grad, any module attribute: re-recorded). Grad mode,
     tracing, nesting and a pending backward are module_call's own checks, made before."""
     frag = site.frag
-    ns = {"Tensor": Tensor, "site": site, "A": _versions[1], "open_tape": _eager.open_tape,
+    ns = {"Tensor": Tensor, "ndarray": np.ndarray, "site": site, "A": _versions[1], "open_tape": _eager.open_tape,
           "_eager": _eager, "seeds": _seeds, "next_seed": _random.next_seed, "new": object.__new__,
           "wref": weakref.ref, "REF0": _REF0, "NREF": _NREF, "OT": frag.out_types[0], "stats": stats}
     src = ["def call(args, tape):", f"    if len(args) != {len(checks)}:", "        return None"]
     lazy = False
     for k, c in enumerate(checks):
         src.append(f"    a{k} = args[{k}]")
-        if type(c) is tuple:
+        if type(c) is tuple and c[0] == "A":  # a numpy array of that shape and dtype
+            ns[f"S{k}"], ns[f"D{k}"] = c[1], c[2]
+            src.append(f"    if type(a{k}) is not ndarray or a{k}.shape != S{k} or a{k}.dtype != D{k}:")
+        elif type(c) is tuple:
             lazy = True
             ns[f"R{k}"], ns[f"T{k}"] = c
             src.append(f"    if (type(a{k}) is not Tensor or a{k}._tape is not tape or a{k}._ref != R{k} "
@@ -267,7 +274,9 @@ def _hot_call(site: Site, checks: tuple):
         src += ["    if tape is None or tape.closed:", "        tape = open_tape()"]
     binds = []
     for kind, o in frag.per_call:
-        if kind == DATA:
+        if kind == DATA and type(checks[o]) is tuple:  # a numpy array: copied, as module_call's replay does
+            binds.append(f"a{o}.copy()")
+        elif kind == DATA:
             binds.append(f"a{o}")  # a Tensor is kept itself, as module_call's replay keeps it
         elif kind == LAZY:
             binds.append(f"a{o}._ref")
