@@ -358,13 +358,27 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", no_glu
             used[fn.__name__] = fn.__module__
             body.append(f"    k_{fn.__name__}({', '.join(_render(a) for a in args)})")
     if mp.output_copies or mp.update_copies:
-        used["copy"] = None
         body.append("    # outputs that are inputs, then updates that could not be written in place")
+
+    def llvm_copy(v: str, src: str, dst: str) -> bool:
+        """The copy as an LLVM function (runtime/lower_nodes.copy_ir), if it has one."""
+        try:
+            ir, dtypes = lower_nodes.copy_ir(g.types[v].dtype, g.types[v].size) if llvm else (None, None)
+        except lower_llvm.Unsupported:
+            ir = None
+        if ir is not None:
+            body.append(f"    {llvm_function(ir, dtypes, 'lower_nodes')}({src}, {dst})")
+        return ir is not None
+
     for v, bid in mp.output_copies:
         t = g.types[v]
-        body.append(f"    k_copy({views.flat(v)}, {views.buffer_flat(bid, t.size, f'out_{names(v)}')})")
+        if not llvm_copy(v, views.address(v), views.buffer_address(bid)):
+            used["copy"] = None
+            body.append(f"    k_copy({views.flat(v)}, {views.buffer_flat(bid, t.size, f'out_{names(v)}')})")
     for v, x in mp.update_copies:
-        body.append(f"    k_copy({views.flat(v)}, {views.flat(x)})")
+        if not llvm_copy(v, views.address(v), views.address(x)):
+            used["copy"] = None
+            body.append(f"    k_copy({views.flat(v)}, {views.flat(x)})")
 
     returns = next((o.value for o in g.outputs if g.types[o.value].shape == () and g.types[o.value].is_float), None)
     ret = [f"    return float({views.scalar(returns)})"] if returns is not None else []

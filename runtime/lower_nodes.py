@@ -62,6 +62,8 @@ def node_ir(n: Node, types: dict, scalars: set[str], scratch: list | None = None
         raise Unsupported(f"{n.op} with scratch buffers")
     if n.op == "sgd_update":
         return _sgd_ir(n, types)
+    if n.op == "adam_update":
+        return _adam_ir(n, types)
     if n.op in MOVE:
         return _move_ir(n, types)
     if n.op in ("gather", "scatter_add"):
@@ -499,20 +501,11 @@ def _sgd_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]
     def scalar(k: int) -> V:  # dt(x) of the k-th input, an f64[]
         return _narrow(b, b.at(f"%a{k}", "f64", 0), dt)
 
-    def into(src: str, dst: str) -> None:  # kernels._into
-        same = b.ins(f"icmp eq ptr {src}, {dst}", "bool")
-        copy, done = b.label("copy"), b.label("copied")
-        b.f.line(f"br i1 {same.ref}, label %{done}, label %{copy}")
-        b.raw(f"{copy}:")
-        b.loop(size, lambda i: b.put(dst, dt, i, b.at(src, dt, i)))
-        b.f.line(f"br label %{done}")
-        b.raw(f"{done}:")
-
-    into("%a0", "%o0")
+    _into(b, "%a0", "%o0", dt, size)
     lr = scalar(2)
     wd = scalar(5) if a["weight_decay"] else None
     if mom:
-        into("%a6", "%o1")
+        _into(b, "%a6", "%o1", dt, size)
         m = scalar(3)
         damp = _narrow(b, b.op("fsub", V("f64", fconst("f64", 1.0), True), b.at("%a4", "f64", 0)), dt)
         first = b.ins(f"icmp eq {b.at('%a7', 'i64', 0)}, 0", "bool")
@@ -535,3 +528,76 @@ def _sgd_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]
     flags = ", ".join(f"{k}={str(a[k]).lower()}" for k in ("momentum", "nesterov", "weight_decay"))
     text = b.text(params, f"{n.op} {{{flags}}}: {size} of {dt}", False)
     return text, inputs, list(n.outputs), [types[v].dtype for v in inputs] + [t.dtype for t in n.types]
+
+
+def _adam_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]:
+    """kernels.adam: inputs p, g, m, v, step, lr, beta1, beta2, eps, weight_decay (f64[]); outputs
+    p, m, v (in place or copied first); the bias corrections in double, as numba computes them."""
+    p = types[n.inputs[0]]
+    dt, size = p.dtype, p.size
+    if dt not in ("f32", "f64"):
+        raise Unsupported(f"{n.op} of {dt}")
+    a = n.attr
+    b = _Build()
+    for src, dst in (("%a0", "%o0"), ("%a2", "%o1"), ("%a3", "%o2")):
+        _into(b, src, dst, dt, size)
+    one = V("f64", fconst("f64", 1.0), True)
+    hyper = {name: b.at(f"%a{k}", "f64", 0) for k, name in enumerate(("lr", "beta1", "beta2", "eps", "wd"), 5)
+             if name != "wd" or a["weight_decay"]}
+    t = b.ins(f"sitofp i64 {b.add(b.at('%a4', 'i64', 0), 1).ref} to double", "f64")
+    bias1 = b.op("fsub", one, b.f.call("llvm.pow", "double", [hyper["beta1"], t], "f64"))
+    bias2 = b.op("fsub", one, b.f.call("llvm.pow", "double", [hyper["beta2"], t], "f64"))
+    w = b.op("fsub", one, hyper["beta1"])
+    low = b.ins(f"fcmp olt {w}, {fconst('f64', 0.5)}", "bool")
+    step_size = _narrow(b, b.op("fdiv", hyper["lr"], bias1), dt)
+    sqrt_bias2 = _narrow(b, b.f.call("llvm.pow", "double", [bias2, V("f64", fconst("f64", 0.5), True)], "f64"), dt)
+    w_, one_minus_w = _narrow(b, w, dt), _narrow(b, b.op("fsub", one, w), dt)
+    b2, one_minus_b2 = _narrow(b, hyper["beta2"], dt), _narrow(b, b.op("fsub", one, hyper["beta2"]), dt)
+    eps = _narrow(b, hyper["eps"], dt)
+    if a["weight_decay"]:
+        decay = (_narrow(b, b.op("fsub", one, b.op("fmul", hyper["lr"], hyper["wd"])), dt) if a["decoupled"]
+                 else _narrow(b, hyper["wd"], dt))
+
+    def step(i: V):
+        pi, gi = b.at("%o0", dt, i), b.at("%a1", dt, i)
+        if a["weight_decay"]:
+            if a["decoupled"]:
+                pi = b.op("fmul", pi, decay)
+            else:
+                gi = b.op("fadd", gi, b.op("fmul", decay, pi))
+        mi = b.at("%o1", dt, i)
+        lo = b.op("fadd", mi, b.op("fmul", w_, b.op("fsub", gi, mi)))
+        hi = b.op("fsub", gi, b.op("fmul", b.op("fsub", gi, mi), one_minus_w))
+        mi = b.ins(f"select i1 {low.ref}, {lo}, {hi}", dt)
+        vi = b.op("fadd", b.op("fmul", b2, b.at("%o2", dt, i)), b.op("fmul", one_minus_b2, b.op("fmul", gi, gi)))
+        b.put("%o1", dt, i, mi)
+        b.put("%o2", dt, i, vi)
+        den = b.op("fadd", b.op("fdiv", b.f.call("llvm.sqrt", _VAL[dt], [vi], dt), sqrt_bias2), eps)
+        b.put("%o0", dt, i, b.op("fsub", pi, b.op("fmul", step_size, b.op("fdiv", mi, den))))
+    b.loop(size, step)
+    inputs = list(n.inputs)
+    params = [f"ptr %a{k}" for k in range(len(inputs))] + [f"ptr %o{k}" for k in range(len(n.outputs))]
+    flags = ", ".join(f"{k}={str(a[k]).lower()}" for k in ("weight_decay", "decoupled"))
+    text = b.text(params, f"{n.op} {{{flags}}}: {size} of {dt}", False)
+    return text, inputs, list(n.outputs), [types[v].dtype for v in inputs] + [t.dtype for t in n.types]
+
+
+def _into(b: _Build, src: str, dst: str, dt: str, size: int) -> None:
+    """kernels._into: dst = src unless they are the same memory (the update then works in place)."""
+    same = b.ins(f"icmp eq ptr {src}, {dst}", "bool")
+    copy, done = b.label("copy"), b.label("copied")
+    b.f.line(f"br i1 {same.ref}, label %{done}, label %{copy}")
+    b.raw(f"{copy}:")
+    b.loop(size, lambda i: b.put(dst, dt, i, b.at(src, dt, i)))
+    b.f.line(f"br label %{done}")
+    b.raw(f"{done}:")
+
+
+def copy_ir(dtype: str, size: int) -> tuple[str, list[str]]:
+    """(IR, argument types) of kernels.copy for `size` elements of `dtype`: the plan's copies of
+    outputs that are inputs and of updates that could not be written in place."""
+    if dtype not in _MEM or size < 1:
+        raise Unsupported(f"copy of {size} {dtype}")
+    b = _Build()
+    b.loop(size, lambda i: b.put("%o0", dtype, i, b.at("%a0", dtype, i)))
+    return b.text(["ptr %a0", "ptr %o0"], f"copy: {size} of {dtype}", False), [dtype, dtype]

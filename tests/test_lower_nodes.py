@@ -1,7 +1,8 @@
 """Plain nodes lowered to LLVM functions of their own (runtime/lower_nodes.py) compute what their
 library kernels (runtime/kernels.py, primitive_kernels.py) compute, bit for bit: binaries with
 broadcasting and one-element operands, comparisons, where, reductions (full in double, partial,
-mean, max, sum_to), movement (transpose, slice, concat, pad, reshape), GEMMs, arange, cast; and
+mean, max, sum_to), movement (transpose, slice, concat, pad, reshape), GEMMs, arange, cast, gather and
+scatter_add, cross_entropy and its backward, the SGD and Adam updates; and
 what it leaves to the library (sigmoid, erf, integer division) raises Unsupported."""
 import ctypes
 
@@ -108,6 +109,12 @@ CASES = [
     *[("sgd_update", (lambda step=step, nes=nes: [_f((37,), edges=False), _f((37,), edges=False), *_h(0.05, 0.9, 0.1, 0.01),
                                                    _f((37,), edges=False), np.array(step, np.int64)]),
        {"momentum": True, "nesterov": nes, "weight_decay": True}) for step in (0, 3) for nes in (False, True)],
+    *[("adam_update", (lambda dt=dt, step=step, b1=b1: [_f((45,), dt, edges=False), _f((45,), dt, edges=False),
+                                                        _f((45,), dt, edges=False), np.abs(_f((45,), dt, edges=False)),
+                                                        np.array(step, np.int64), *_h(1e-3, b1, 0.999, 1e-8, 0.1)]),
+       {"weight_decay": wd, "decoupled": dec})
+      for dt, step, b1, wd, dec in ((np.float32, 0, 0.9, True, True), (np.float32, 4, 0.3, True, False),
+                                    (np.float64, 2, 0.9, False, False), (np.float32, 7, 0.9, False, False))],
 ]
 
 
