@@ -274,7 +274,7 @@ def _hot_call(site: Site, checks: tuple):
         src += ["    if tape is None or tape.closed:", "        tape = open_tape()"]
     binds = []
     for kind, o in frag.per_call:
-        if kind == DATA and type(checks[o]) is tuple:  # a numpy array: copied, as module_call's replay does
+        if kind == DATA and type(checks[o]) is tuple and checks[o][0] == "A":  # an array: copied, as module_call's replay does
             binds.append(f"a{o}.copy()")
         elif kind == DATA:
             binds.append(f"a{o}")  # a Tensor is kept itself, as module_call's replay keeps it
