@@ -16,6 +16,11 @@ conv2d has two lowerings, chosen per node by passes/conv.py and written on it as
   then BLAS, in conv_wide.py.
 The scratch of both is the memory plan's (`scratch=`), so a step allocates nothing.
 Pooling kernels are direct loop nests: they are memory-bound and have no GEMM inside.
+
+Which code runs: the "wide" and "im2col" convs and every pooling are generated as LLVM IR for
+the node (runtime/conv_llvm.py: the same loops with the node's shapes as constants, compiled by
+llvmlite in tens of ms where numba took seconds per kernel on a cold start); the numba functions
+here are what runs under GRAPHC_LLVM=0, GRAPHC_OP_LLVM=0 and NUMBA_DISABLE_JIT, and "direct".
 """
 from __future__ import annotations
 

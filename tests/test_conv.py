@@ -119,6 +119,51 @@ def test_pool_configs_match_torch_and_kernels(cfg, kind, dt):
         np.testing.assert_array_equal(outs[1], OPS["max_pool2d"].reference(x, **OPS["max_pool2d"].normalize_attrs(attrs))[1])
 
 
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_llvm_op_kernels_equal_numbas(dt, monkeypatch):
+    """The conv and pool kernels generated as LLVM IR per node (runtime/conv_llvm.py) against
+    numba's library kernels they replace (GRAPHC_OP_LLVM=0), which keep running under
+    GRAPHC_LLVM=0 and NUMBA_DISABLE_JIT: wide (padding, dilation, groups, a last smaller chunk)
+    and strided im2col convs, forward and every backward output; every pooling, max_pool2d's
+    indices exactly (with NaN and ties)."""
+    rng = np.random.default_rng(5)
+    tol = dict(rtol=1e-4, atol=1e-5) if dt == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+    def both(op, ins, attrs):
+        got = {}
+        for mode in ("0", "1"):
+            monkeypatch.setenv("GRAPHC_OP_LLVM", mode)
+            got[mode] = run_kernel(op, ins, attrs)
+        for a, b in zip(got["0"], got["1"]):
+            if a.dtype == np.int64 or op == "max_pool2d":
+                np.testing.assert_array_equal(b, a)
+            else:
+                np.testing.assert_allclose(b, a, **tol, err_msg=f"{op} {attrs}")
+        return got["1"]
+
+    x = rng.standard_normal((3, 4, 7, 6)).astype(dt)
+    w = rng.standard_normal((6, 2, 3, 2)).astype(dt)
+    b = rng.standard_normal(6).astype(dt)
+    for attrs in ({"padding": (1, 0, 2, 1), "dilation": (2, 1), "groups": 2, "algo": "wide", "chunk": 2},
+                  {"stride": (2, 3), "padding": (1, 1, 0, 2), "groups": 2, "algo": "im2col", "chunk": 2}):
+        attrs = {**attrs, "relu": True}
+        (y,) = both("conv2d", [x, w, b], attrs)
+        gy = rng.standard_normal(y.shape).astype(dt)
+        for input_grad in (True, False):
+            both("conv2d_backward", [gy, x, w, y], {**attrs, "input_grad": input_grad, "bias_grad": True})
+    xp = np.round(rng.standard_normal((2, 3, 7, 8)) * 2).astype(dt)  # ties
+    xp[0, 1, 2, 3] = np.nan
+    for pool in ({"kernel_size": (2, 2), "stride": (2, 2)}, {"kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 1, 1, 1)}):
+        y, idx = both("max_pool2d", [xp], pool)
+        both("max_pool2d_backward", [rng.standard_normal(y.shape).astype(dt), idx], {"input_size": (7, 8)})
+        for cip in (True, False):
+            (a,) = both("avg_pool2d", [xp], {**pool, "count_include_pad": cip})
+            both("avg_pool2d_backward", [rng.standard_normal(a.shape).astype(dt)],
+                 {**pool, "count_include_pad": cip, "input_size": (7, 8)})
+    (a,) = both("adaptive_avg_pool2d", [xp], {"output_size": (3, 5)})
+    both("adaptive_avg_pool2d_backward", [rng.standard_normal(a.shape).astype(dt)], {"input_size": (7, 8)})
+
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 def test_max_pool_kernel_ties_nan_and_minus_inf_pick_the_references_argmax(dt):
     """Ties keep the first maximum, the first NaN wins, a window of -inf still gets an index, and
