@@ -1,4 +1,5 @@
-"""conv2d's "wide" lowering and the 2-D poolings as LLVM IR generated per node (runtime/llvm_ops.py).
+"""conv2d's "wide" and "im2col" lowerings and the 2-D poolings as LLVM IR generated per node
+(runtime/llvm_ops.py).
 
 The same loops as the numba kernels they stand in for (conv_wide.py, kernels_conv.py: read
 those for why each loop is shaped as it is), with every shape, stride and flag a constant of the
@@ -10,7 +11,9 @@ milliseconds per node. What changes besides the compiler:
   without an input gradient, only ever rewrite its interior);
 - the backward's dW GEMM accumulates into dW (BLAS beta = 1) instead of a per-group scratch
   added afterwards: the same products, summed in another order within float rounding;
-- the GEMMs are Fortran sgemm/dgemm with numba's np.dot transpose flags (C^T = B^T A^T).
+- the GEMMs are Fortran sgemm/dgemm with numba's np.dot transpose flags (C^T = B^T A^T);
+- im2col's in-bounds span of each tap is computed in the kernel (integer selects), its rows
+  outside the input zeroed by memset.
 Accumulations keep numba's types: the bias gradient and the average pools sum in double.
 """
 from __future__ import annotations
@@ -41,7 +44,7 @@ def _from_double(f: Fn, v, dt: str):
 def _chunks(f: Fn, N: int, NB: int, body) -> None:
     """body(n0, nb) for each chunk of NB samples (n0 an i64 value or int; nb an int): a loop over
     the full chunks, then the last, smaller one."""
-    full, rest = divmod(N, NB)
+    full, rest = divmod(N, max(NB, 1))  # NB = 0 only with N = 0: no chunk
     if full:
         with f.loop(full) as c:
             body(f.mul(c, NB) if not isinstance(c, ir.Constant) else int(c.constant) * NB, NB)
@@ -82,7 +85,7 @@ def wide_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, has
     def chunk(n0, nb):
         BL = nb * L
         with f.loop(nb) as k:
-            src = f.at(x, f.lin(0, (f.add(n0, k) if not isinstance(n0, int) else f.add(k, n0), C * H * W)))
+            src = f.at(x, f.lin(0, (f.add(n0, k), C * H * W)))
             if padded:
                 _pad_interior(f, src, xp, C, H, W, Hp, Wp, pt, pl, sz)
                 src = xp
@@ -91,7 +94,7 @@ def wide_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, has
             f.gemm(dt, "n", "n", BL, COg, Kg, f.at(col, f.lin(0, (g, Kg * BL))), BL, f.at(w, f.lin(0, (g, COg * Kg))), Kg,
                    f.at(tmp, f.lin(0, (g, COg * BL))), BL)
         with f.loop(nb) as k:
-            n = f.add(n0, k) if not isinstance(n0, int) else f.add(k, n0)
+            n = f.add(n0, k)
             with f.loop(CO) as co:
                 bv = f.load(b, co) if has_bias else zero
                 with f.loop(OH) as oh:
@@ -132,14 +135,11 @@ def wide_backward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, re
     def chunk(n0, nb):
         BL = nb * L
 
-        def sample(k):
-            return f.add(n0, k) if not isinstance(n0, int) else f.add(k, n0)
-
         with f.loop(CO) as co:
             f.b.store(ir.Constant(DOUBLE, 0.0), acc)
             with f.loop(nb) as k:
                 with f.loop(OH) as oh:
-                    o = f.lin(0, (sample(k), CO * OH * OW), (co, OH * OW), (oh, OW))
+                    o = f.lin(0, (f.add(n0, k), CO * OH * OW), (co, OH * OW), (oh, OW))
                     t = f.lin(0, (co, BL), (k, L), (oh, Wp))
                     with f.loop(OW) as q:
                         v = f.load(gy, f.add(o, q))
@@ -152,7 +152,7 @@ def wide_backward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, re
                 s = f.b.fadd(_to_double(f, f.load(db, co), dt), f.b.load(acc))
                 f.store(_from_double(f, s, dt), db, co)
         with f.loop(nb) as k:
-            src = f.at(x, f.lin(0, (sample(k), C * H * W)))
+            src = f.at(x, f.lin(0, (f.add(n0, k), C * H * W)))
             if padded:
                 if input_grad:  # the plane also accumulated the last chunk's input gradient
                     f.zero(xp, C * Hp * Wp, sz)
@@ -169,7 +169,7 @@ def wide_backward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, re
         if not input_grad:
             return
         with f.loop(nb) as k:
-            n = sample(k)
+            n = f.add(n0, k)
             dst = xp if padded else f.at(dx, f.lin(0, (n, C * H * W)))
             f.zero(dst, C * Hp * Wp, sz)
             with f.loop(C) as c:
