@@ -333,7 +333,8 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", no_glu
                 pass  # its library kernel
             else:
                 args = [str(views.scalar(v)) if v in scalars else views.address(v) for v in ins]
-                args += [views.buffer_address(slots[int(v.removeprefix("#scratch"))].buffer) if v.startswith("#")
+                args += [str(v) if isinstance(v, int) else  # a constant argument (an element count)
+                         views.buffer_address(slots[int(v.removeprefix("#scratch"))].buffer) if v.startswith("#")
                          else views.address(v) for v in outs]
                 call = f"{llvm_function(ir, dtypes, 'lower_nodes')}({', '.join(args)})"
                 error = lower_nodes.ERRORS.get(n.op)  # its status checked, its library kernel's error raised

@@ -48,7 +48,8 @@ ERRORS = {"gather": "index out of range in gather / scatter_add",
 def node_ir(n: Node, types: dict, scalars: set[str], scratch: list | None = None
             ) -> tuple[str, list[str], list[str], list[str]]:
     """(IR text of `define void @kernel(...)`, operand values in argument order, output values in
-    argument order (then "#scratch<k>" for each scratch buffer it takes), argument types), as
+    argument order (then "#scratch<k>" for each scratch buffer it takes, and an int for a constant
+    argument: the updates' element count, so every param of a dtype shares one function), argument types), as
     lower_llvm.kernel_ir returns for a kernel node; raises Unsupported. `scratch`: the
     TensorTypes of the node's scratch buffers in the memory plan."""
     scratch = list(scratch or ())
@@ -325,10 +326,11 @@ class _Build:
         self.f.line(f"store {ty} {init}, ptr {name}")
         return name
 
-    def loop(self, count: int, body) -> None:
-        """body(i) for i in range(count), count >= 1 (a constant)."""
-        if count < 1:
+    def loop(self, count, body) -> None:
+        """body(i) for i in range(count): count a constant (nothing when < 1) or an i64 V, >= 1."""
+        if isinstance(count, int) and count < 1:
             return
+        count = count.ref if isinstance(count, V) else count
         ctr = self.slot("i64", "0")
         head = self.label("loop")
         self.f.line(f"br label %{head}")
@@ -490,7 +492,7 @@ def _sgd_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]
     """kernels.sgd / sgd_momentum: the param (and buffer) copied to the outputs unless in place,
     then one pass; hyperparameters read from their f64[] operands, cast to the param's dtype."""
     p = types[n.inputs[0]]
-    dt, size = p.dtype, p.size
+    dt, size = p.dtype, V("i64", "%n", True)  # the size is an argument: one function for every param
     if dt not in ("f32", "f64"):
         raise Unsupported(f"{n.op} of {dt}")
     a = n.attr
@@ -524,17 +526,17 @@ def _sgd_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]
         b.put("%o0", dt, i, b.op("fsub", b.at("%o0", dt, i), b.op("fmul", lr, u)))
     b.loop(size, step)
     inputs = list(n.inputs)
-    params = [f"ptr %a{k}" for k in range(len(inputs))] + [f"ptr %o{k}" for k in range(len(n.outputs))]
+    params = [f"ptr %a{k}" for k in range(len(inputs))] + [f"ptr %o{k}" for k in range(len(n.outputs))] + ["i64 %n"]
     flags = ", ".join(f"{k}={str(a[k]).lower()}" for k in ("momentum", "nesterov", "weight_decay"))
-    text = b.text(params, f"{n.op} {{{flags}}}: {size} of {dt}", False)
-    return text, inputs, list(n.outputs), [types[v].dtype for v in inputs] + [t.dtype for t in n.types]
+    text = b.text(params, f"{n.op} {{{flags}}}: %n elements of {dt}", False)
+    return text, inputs, list(n.outputs) + [p.size], [types[v].dtype for v in inputs] + [t.dtype for t in n.types] + ["i64 scalar"]
 
 
 def _adam_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]:
     """kernels.adam: inputs p, g, m, v, step, lr, beta1, beta2, eps, weight_decay (f64[]); outputs
     p, m, v (in place or copied first); the bias corrections in double, as numba computes them."""
     p = types[n.inputs[0]]
-    dt, size = p.dtype, p.size
+    dt, size = p.dtype, V("i64", "%n", True)  # the size is an argument: one function for every param
     if dt not in ("f32", "f64"):
         raise Unsupported(f"{n.op} of {dt}")
     a = n.attr
@@ -576,13 +578,13 @@ def _adam_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]
         b.put("%o0", dt, i, b.op("fsub", pi, b.op("fmul", step_size, b.op("fdiv", mi, den))))
     b.loop(size, step)
     inputs = list(n.inputs)
-    params = [f"ptr %a{k}" for k in range(len(inputs))] + [f"ptr %o{k}" for k in range(len(n.outputs))]
+    params = [f"ptr %a{k}" for k in range(len(inputs))] + [f"ptr %o{k}" for k in range(len(n.outputs))] + ["i64 %n"]
     flags = ", ".join(f"{k}={str(a[k]).lower()}" for k in ("weight_decay", "decoupled"))
-    text = b.text(params, f"{n.op} {{{flags}}}: {size} of {dt}", False)
-    return text, inputs, list(n.outputs), [types[v].dtype for v in inputs] + [t.dtype for t in n.types]
+    text = b.text(params, f"{n.op} {{{flags}}}: %n elements of {dt}", False)
+    return text, inputs, list(n.outputs) + [p.size], [types[v].dtype for v in inputs] + [t.dtype for t in n.types] + ["i64 scalar"]
 
 
-def _into(b: _Build, src: str, dst: str, dt: str, size: int) -> None:
+def _into(b: _Build, src: str, dst: str, dt: str, size) -> None:
     """kernels._into: dst = src unless they are the same memory (the update then works in place)."""
     same = b.ins(f"icmp eq ptr {src}, {dst}", "bool")
     copy, done = b.label("copy"), b.label("copied")

@@ -38,13 +38,14 @@ def run_llvm(op, inputs, attrs=None):
     ir, ins, outs, args = lower_nodes.node_ir(n, types, set(), scratch)
     k = LlvmKernel(ir, args)
     obj, _ = kernel_lib.compile_ir(k.text)
-    fn = ctypes.CFUNCTYPE(ctypes.c_int32 if k.status else None, *[ctypes.c_void_p] * len(args))(
-        kernel_lib._load_object(k.symbol, obj))
     arrays = dict(zip(names, [np.ascontiguousarray(x) for x in inputs]))
     res = [np.full(t.shape, 123, t.np_dtype) for t in n.types]  # garbage first: every element must be written
     tmp = [np.full(t.shape, 7, t.np_dtype) for t in scratch]
-    assert outs == list(n.outputs) + [f"#scratch{j}" for j in range(len(scratch))]
-    status = fn(*[arrays[v].ctypes.data for v in ins], *[r.ctypes.data for r in res + tmp])
+    consts = [v for v in outs if isinstance(v, int)]  # the updates' element count
+    assert outs == list(n.outputs) + [f"#scratch{j}" for j in range(len(scratch))] + consts
+    fn = ctypes.CFUNCTYPE(ctypes.c_int32 if k.status else None, *[ctypes.c_void_p] * (len(args) - len(consts)),
+                          *[ctypes.c_int64] * len(consts))(kernel_lib._load_object(k.symbol, obj))
+    status = fn(*[arrays[v].ctypes.data for v in ins], *[r.ctypes.data for r in res + tmp], *consts)
     if status:
         raise ValueError(lower_nodes.ERRORS[op])
     return tuple(res)
@@ -158,6 +159,17 @@ def test_an_index_out_of_range_returns_a_status_where_the_library_raises(bad):
             run_kernel(op, inputs)
         with pytest.raises(ValueError, match="class label out of range"):
             run_llvm(op, inputs)
+
+
+def test_every_param_of_a_dtype_shares_one_update_function():
+    texts = set()
+    for size in (3, 40, 4096):
+        n, types, _ = _node("adam_update", [np.zeros(size, np.float32)] * 4 + [np.array(0)] + _h(1e-3, 0.9, 0.999, 1e-8, 0.1),
+                            {"weight_decay": True, "decoupled": True})
+        ir, ins, outs, args = lower_nodes.node_ir(n, types, set())
+        assert outs[-1] == size and args[-1] == "i64 scalar"
+        texts.add(ir)
+    assert len(texts) == 1
 
 
 def test_the_gpt_plans_call_no_generic_library_kernel(cache_dir):
