@@ -3,34 +3,35 @@
 The kernel pass asks `choose(g, members)` for each gemm group and records the answer on the
 kernel node ({impl="loops", kind="gemm"}: printed, parsed back, verified) with its reason in the
 fusion report. runtime/lower_small_gemm.py lowers "loops"; without the attribute a kernel calls
-BLAS. The rule is a cost model of that loop nest, not a list of shapes:
-
-- small: M*N*K at most LOOPS_MAX_MACS. Measured on this project's 2-core AVX-512 machine
-  (BLAS = scipy's OpenBLAS as graphc calls it, one call timed in a loop): the loop nest is
-  1.0-2.2x faster than BLAS for 10^3-2.6*10^5 multiply-adds (x @ W.T layouts 1.5-2.2x, where
-  OpenBLAS's small "nt" path is slow), even at 64x64x64, and 0.8-0.9x at 128^3;
-- vector lanes used: the loop nest vectorizes C's unit-stride dimension in vectors of
-  VECTOR[dtype] elements (runtime/lower_small_gemm.WIDTH); it needs at least half of the lanes
-  busy (N = 1, 2, 4 outputs: 0.3-0.4x BLAS's gemv), C seen as C^T when it is one column wide;
-- packing: where the vector operand's rows are not unit-stride (linear's weight, a transposed
-  view), it is first copied; that copy must cost at most half the vector FMAs.
+BLAS. The rule is a cost model of both, not a list of shapes: the loop nest costs a start plus a
+time per vector FMA (C's unit-stride dimension in vectors of VECTOR[dtype] elements, so lanes
+left empty by N = 10 or 20 count) plus a time per element it packs (B's rows when strided:
+linear's weight); a BLAS call costs a start plus the multiply-adds at BLAS's rate (slower where
+B is transposed, OpenBLAS's small "nt" path). Fitted to single GEMMs timed on this project's
+2-core AVX-512 machine (thread CPU time, 15 shapes from 64x20x10 to 128^3): it picks the faster
+in all but near-ties (within ~10%). Where half the vector lanes or fewer would be busy (1-8
+outputs) BLAS is taken (its gemv and small-N paths: the loop nest took 2-3x its time), and
+beyond LOOPS_MAX_MACS (the sizes measured) too.
 """
 from __future__ import annotations
 
 import math
 
-from graphc.ir import Graph
 from graphc.ir.graph import Node
 
-LOOPS_MAX_MACS = 1 << 18
+LOOPS_MAX_MACS = 1 << 18  # the sizes the model was fitted to; beyond, BLAS without asking
 VECTOR = {"f32": 16, "f64": 8}  # elements per vector, as runtime/lower_small_gemm.WIDTH (tested equal)
 GEMMS = ("matmul", "linear", "linear_relu")
+# the cost model, in ns, fitted to single GEMMs timed on this project's 2-core AVX-512 machine
+# (f32; f64 has half the elements per vector and BLAS half the rate):
+LOOP_BASE, LOOP_FMA, LOOP_PACK = 100.0, 0.2, 0.3  # loop nest: start, per vector FMA, per packed element
+BLAS_BASE, BLAS_MACS_PER_NS, BLAS_NT_MACS_PER_NS = 450.0, 100.0, 45.0  # BLAS call: start, rate; "nt" rate
 
 
 def choose(types, members: list[Node]) -> tuple[str, str]:
     """("loops" | "blas", the reason) for the gemm group `members` (prologue transposes, then
-    the GEMM, then its epilogue); `types`: the plan's value types."""
-    gemm = next(m for m in members if m.op in GEMMS)
+    the GEMM, then its epilogue; or one addmm); `types`: the plan's value types."""
+    gemm = next(m for m in members if m.op in GEMMS or m.op == "addmm")
     dt = gemm.types[0].dtype
     if dt not in VECTOR:
         return "blas", f"{dt} GEMM"
@@ -43,27 +44,32 @@ def choose(types, members: list[Node]) -> tuple[str, str]:
             transposed = not transposed
         return ((c, r) if transposed else (r, c)), (1, c) if transposed else (c, 1)
 
-    (m, k), a_st = operand(gemm.inputs[0], False)
-    (_, n), b_st = operand(gemm.inputs[1], gemm.op != "matmul")
+    if gemm.op == "addmm":  # c + s * op(a) @ op(b): the GEMM of its operands 1 and 2
+        (m, k), a_st = operand(gemm.inputs[1], gemm.attr["trans_a"])
+        (_, n), b_st = operand(gemm.inputs[2], gemm.attr["trans_b"])
+    else:
+        (m, k), a_st = operand(gemm.inputs[0], False)
+        (_, n), b_st = operand(gemm.inputs[1], gemm.op != "matmul")
     macs = m * n * k
     w = VECTOR[dt]
     vm, vn, vb = (m, n, b_st) if n != 1 or m == 1 else (n, m, (a_st[1], a_st[0]))  # C^T = B^T A^T
-    vectors = math.ceil(vn / w)
-    fmas = vm * vectors * k
-    packed = k * vn if vb[1] != 1 or vn % w else 0
-    shape = f"{m}x{n}x{k} ({macs} multiply-adds)"
+    fmas = vm * math.ceil(vn / w) * k
+    packed = k * vn if vb[1] != 1 else 0
+    shape = f"{m}x{n}x{k}"
     if macs > LOOPS_MAX_MACS:
-        return "blas", f"{shape} > {LOOPS_MAX_MACS}: BLAS's blocked kernels win"
-    if 2 * vn < vectors * w:
-        return "blas", f"{shape}: {vn} of {vectors * w} vector lanes busy (< half): BLAS's gemv/gemm"
-    if 2 * packed > fmas:
-        return "blas", f"{shape}: packing {packed} elements for {fmas} vector FMAs"
-    return "loops", (f"{shape} <= {LOOPS_MAX_MACS}, {vn} of {vectors * w} lanes busy"
-                     + (f", {packed} elements packed for {fmas} vector FMAs" if packed else ""))
+        return "blas", f"{shape}: {macs} multiply-adds > {LOOPS_MAX_MACS}"
+    if 2 * vn <= math.ceil(vn / w) * w:  # N = 1..8 of 16: BLAS's gemv / small-N paths (0.3-0.5x BLAS's time)
+        return "blas", f"{shape}: {vn} of {math.ceil(vn / w) * w} vector lanes busy (half or fewer)"
+    loops = LOOP_BASE + LOOP_FMA * fmas + LOOP_PACK * packed
+    nt = b_st[1] != 1  # B's rows strided: BLAS's transposed-B ("nt") path, slower at these sizes
+    rate = (BLAS_NT_MACS_PER_NS if nt else BLAS_MACS_PER_NS) * 4 / (8 if dt == "f64" else 4)
+    blas = BLAS_BASE + macs / rate
+    why = (f"{shape}: loops ~{loops:.0f} ns ({fmas} vector FMAs" + (f", {packed} elements packed" if packed else "")
+           + f") against BLAS ~{blas:.0f} ns ({macs} multiply-adds{', transposed B' if nt else ''})")
+    return ("loops" if loops < blas else "blas"), why
 
 
-def gemm_members(g: Graph, n: Node) -> list[Node] | None:
-    """[n] when n is a lone 2-D GEMM a kernel of one member could run, else None."""
-    if n.op in GEMMS and n.body is None and all(g.types[i].rank == 2 for i in n.inputs[:2]):
-        return [n]
-    return None
+def lone_addmm(n: Node) -> bool:
+    """An addmm (a weight-gradient GEMM with its SGD update, passes/update_gemm.py) with no
+    kernel of its own: the kernel pass asks `choose` about it as a gemm kernel of one member."""
+    return n.op == "addmm" and n.body is None and n.attr["beta"] in (0.0, 1.0)

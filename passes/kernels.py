@@ -633,7 +633,7 @@ def kernels(g: Graph, ctx: PassContext | None = None):
                   f"{format_node(node, comment=False)}  ({len(members)} nodes, iteration space {list(grp.space)}; "
                   f"{len(made) - len(outputs)} values stay inside"
                   + (f"; GEMM as loops: {why}" if impl == "loops" else "") + ")")
-    if not start:
+    if not start and not any(gemm_impl.lone_addmm(n) for n in g.nodes):
         return g, changed
     top = {k for k, n in enumerate(g.nodes) if hoistable(g, n) and k not in absorbed}
     nodes = [g.nodes[k] for k in sorted(top)]  # constants and input reshapes first: any kernel may read them
@@ -642,8 +642,12 @@ def kernels(g: Graph, ctx: PassContext | None = None):
             continue
         if k in start:
             nodes.append(start[k])
+        elif k not in absorbed and gemm_impl.lone_addmm(n):
+            nodes.append(_addmm_kernel(g, n, ctx))
         elif k not in absorbed:
             nodes.append(n)
+    if not changed and not start and tuple(nodes) == g.nodes:
+        return g, False  # (only addmms, each left plain)
     return g.replace(nodes=tuple(nodes)), True
 
 
@@ -657,6 +661,19 @@ def lone_reduction(g: Graph, grp: Group) -> bool:
     n = g.nodes[grp.members[0]]
     t, o = g.types[n.inputs[0]], n.types[0]
     return n.op in ("sum", "mean") and t.is_float and o.dtype == t.dtype and o.size > 1 and t.size > 0
+
+
+def _addmm_kernel(g: Graph, n: Node, ctx: PassContext) -> Node:
+    """A lone addmm: a gemm kernel of one member {impl="loops"} when the rule says loops, else
+    the plain node (its library kernel calls BLAS). Recorded either way."""
+    impl, why = gemm_impl.choose(g.types, [n])
+    ctx.note(f"{_short(n)}: impl={impl} ({why})")
+    if impl != "loops":
+        return n
+    node = kernel_node([n], list(dict.fromkeys(n.inputs)), list(n.outputs), g.types, "gemm", "loops")
+    ctx.fused("kernel:gemm", [format_node(n, comment=False)],
+              f"{format_node(node, comment=False)}  (1 node; GEMM and update as loops: {why})")
+    return node
 
 
 def kernel_count(g: Graph) -> int:

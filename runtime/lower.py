@@ -167,6 +167,10 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
         from .lower_strided import strided_gemm_function
 
         return strided_gemm_function(name, node)
+    if body.nodes[0].op == "addmm":  # a gemm kernel {impl="loops"} of the SGD update's GEMM
+        from .lower_small_gemm import addmm_function
+
+        return addmm_function(name, node)
     members = list(body.nodes)
     types = body.types
     inputs = [i.name for i in body.inputs]
@@ -291,7 +295,7 @@ def kernel_scratch(node: Node) -> list[TensorType]:
     rows kernel, one row of each value that one pass computes and a later pass reads."""
     if node.attr["kind"] == "rows":
         return [TensorType((_rows_plan(node)[0][-1],), node.body.types[v].dtype) for v in _rows_plan(node)[2]]
-    if node.attr["kind"] != "gemm":
+    if node.attr["kind"] != "gemm" or node.body.nodes[0].op == "addmm":  # (addmm writes its output)
         return []
     g = next(m for m in node.body.nodes if m.op in GEMMS)
     t = g.types[0]

@@ -440,6 +440,10 @@ def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str],
         return strided_gemm_ir(node)
     if kind not in ("elementwise", "gemm", "reduce"):
         raise Unsupported(f"kernel kind {kind}")
+    if node.attr.get("impl") == "loops" and body.nodes[0].op == "addmm":  # the SGD update's GEMM as loops
+        from .lower_small_gemm import addmm_ir
+
+        return addmm_ir(node)
     members = list(body.nodes)
     types = body.types
     inputs = [i.name for i in body.inputs]

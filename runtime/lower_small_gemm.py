@@ -13,8 +13,9 @@ The loop nest (a register-blocked outer product, the BLIS micro-kernel shape):
 - the vector dimension is C's unit-stride dimension: N, or M when C's rows are one element wide
   (then C^T = B^T A^T is computed: the same numbers);
 - B's rows are read as <W x T> vectors (W = 16 for f32, 8 for f64; LLVM splits them where the
-  CPU's registers are narrower); when B's rows are not unit-stride, or N is not a multiple of
-  W, B is first packed into a zero-padded stack buffer (K x N rounded up to W);
+  CPU's registers are narrower), the last one through a mask when N is not a multiple of W;
+  when B's rows are not unit-stride, B is first packed into a zero-padded stack buffer (K x N
+  rounded up to W);
 - rows of A are taken MR at a time, columns NB vectors at a time: MR * NB accumulators live in
   registers over the K loop, each step one vector load of B per column block and one broadcast
   of A per row; the last, partial vector is stored through a mask.
@@ -86,10 +87,11 @@ def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, 
     nv = -(-n // w)  # vectors per row of C
     npad = nv * w
     # B as rows of vectors: itself when unit-stride and whole vectors, else a padded copy
-    if b[2] == 1 and n % w == 0:
+    if b[2] == 1:
         bp, ldb = b[0], b[1]
     else:
         bp, ldb = _pack(out, dt, k, n, npad, b), npad
+    tail_load = b[2] == 1 and n % w != 0  # the last vector of a row of B read through the mask
     fma = f"llvm.fmuladd.v{w}{'f32' if dt == 'f32' else 'f64'}"
     out.decls[fma] = f"declare {vt} @{fma}({vt}, {vt}, {vt})"
     mask_tail = n % w
@@ -112,7 +114,8 @@ def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, 
         """C[i0:i0+rows, :] in column blocks of NB vectors; i0 an i64 operand."""
         for j0 in range(0, nv, NB):
             cols = list(range(j0, min(nv, j0 + NB)))
-            _micro(out, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta)
+            _micro(out, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta,
+                   tail_load)
 
     full = m // mr
     if full:
@@ -178,7 +181,8 @@ def _pack(out: Lines, dt: str, k: int, n: int, npad: int, b: tuple) -> str:
     return buf
 
 
-def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta):
+def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta,
+           tail_load):
     """One register block: rows x len(cols) accumulators over the k loop, then the stores."""
     ty = _T[dt]
     nv = -(-n // w)
@@ -205,7 +209,11 @@ def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n
     for j in cols:
         o = out.ins(f"add nuw nsw i64 {brow}, {j * w}")
         p = out.ins(f"getelementptr inbounds {ty}, ptr {bp}, i64 {o}")
-        bv[j] = out.ins(f"load {vt}, ptr {p}, align {_SIZE[dt]}")
+        if tail_load and j == nv - 1:
+            sfx = "f32" if dt == "f32" else "f64"
+            bv[j] = out.ins(f"call {vt} @llvm.masked.load.v{w}{sfx}.p0(ptr {p}, i32 {_SIZE[dt]}, <{w} x i1> {mask}, {vt} zeroinitializer)")
+        else:
+            bv[j] = out.ins(f"load {vt}, ptr {p}, align {_SIZE[dt]}")
     ak = out.ins(f"mul nuw nsw i64 {kk}, {a[2]}")
     for r in range(rows):
         o = out.ins(f"add nuw nsw i64 {abase[r]}, {ak}")
@@ -271,3 +279,65 @@ def lower_gemm(f, gemm, types, prologue: dict, ptr: dict, dst: str) -> None:
     f.sections["alloca"] += out.allocas
     f.sections["gemm"] += out.body
     f.decls.update(out.decls)
+
+
+def addmm_ir(node) -> tuple[str, list[str], list[str], list[str]]:
+    """A gemm kernel {impl="loops"} whose one member is addmm (c + alpha * s * op(a) @ op(b), the
+    SGD update of a weight-gradient GEMM): the function, as lower_llvm.kernel_ir returns one.
+    The output may be c's own buffer (the update in place): each element of c is read once, by
+    the register block that then stores that element."""
+    from .lower_llvm import ATTRIBUTES, Unsupported, fconst
+
+    (n,) = node.body.nodes
+    types = node.body.types
+    dt = n.types[0].dtype
+    if dt not in WIDTH:
+        raise Unsupported(f"addmm on {dt}")
+    inputs = [i.name for i in node.body.inputs]
+    if inputs != list(n.inputs):
+        raise Unsupported("addmm reading one value twice")
+    ptr = {v: f"%a{k}" for k, v in enumerate(inputs)}
+
+    def operand(v, transposed):
+        r, c = types[v].shape
+        return ((ptr[v], 1, c) if transposed else (ptr[v], c, 1)), ((c, r) if transposed else (r, c))
+
+    a, (m, k) = operand(n.inputs[1], n.attr["trans_a"])
+    b, (_, nn) = operand(n.inputs[2], n.attr["trans_b"])
+    out = Lines("g")
+    alpha = fconst("f64", float(n.attr["alpha"]))
+    if len(n.inputs) == 4:
+        s = out.ins(f"load double, ptr {ptr[n.inputs[3]]}")
+        scale = out.ins(f"fmul double {alpha}, {s}")
+    else:
+        scale = alpha
+    beta = float(n.attr["beta"])
+    gemm_loops(out, dt, m, nn, k, a, b, ("%o0", nn, 1), scale=scale,
+               c0=(ptr[n.inputs[0]], nn, 1) if beta else None, beta=beta)
+    params = [f"ptr {ptr[v]}" for v in inputs] + ["ptr %o0"]
+    text = "\n".join([f"; graphc kernel {{impl=loops, kind=gemm}}: addmm {m}x{nn}x{k}",
+                      f"define void @kernel({', '.join(params)}) #0 {{", "entry:", *out.allocas, *out.body,
+                      "  ret void", "}", "", *[out.decls[d] for d in sorted(out.decls)], "",
+                      f"attributes #0 = {{ {ATTRIBUTES} }}"]) + "\n"
+    return text, inputs, list(node.outputs), [types[v].dtype for v in inputs] + [dt]
+
+
+def addmm_function(name: str, node) -> tuple[str, list[str], list[str]]:
+    """The numba lowering of the same kernel (GRAPHC_LLVM=0, or LLVM unavailable): np.dot, then
+    c + f32(alpha * s) * product elementwise, as the reference computes it."""
+    (n,) = node.body.nodes
+    types = node.body.types
+    inputs = [i.name for i in node.body.inputs]
+    c, a, b = (types[v] for v in n.inputs[:3])
+    op_a = f"a1.reshape({a.shape!r}){'.T' if n.attr['trans_a'] else ''}"
+    op_b = f"a2.reshape({b.shape!r}){'.T' if n.attr['trans_b'] else ''}"
+    s = "a3[0]" if len(n.inputs) == 4 else "1.0"
+    np_dt = "np.float32" if n.types[0].dtype == "f32" else "np.float64"
+    beta = float(n.attr["beta"])
+    keep = f"{beta!r} * a0[i]" if beta not in (0.0, 1.0) else "a0[i]" if beta else ""
+    src = [f"@njit(nogil=True, error_model=\"numpy\")", f"def {name}({', '.join(f'a{k}' for k in range(len(inputs)))}, o0):",
+           f"    p = np.dot({op_a}, {op_b}).ravel()",
+           f"    scale = {np_dt}({float(n.attr['alpha'])!r} * {s})",
+           f"    for i in range({c.size}):",
+           f"        o0[i] = {keep + ' + ' if keep else ''}scale * p[i]"]
+    return "\n".join(src) + "\n", inputs, list(node.outputs)

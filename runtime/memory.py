@@ -232,6 +232,8 @@ def plan_memory(g: Graph) -> MemoryPlan:
 def _may_share(n, x: str, root: dict[str, str]) -> bool:
     """Whether node n may write its output into input x's buffer: its kernel reads x elementwise
     (inplace=True, and x itself, not a view of it), or only at the input positions it names."""
+    if n.body is not None and len(n.body.nodes) == 1 and n.body.nodes[0].inputs == n.inputs:
+        n = n.body.nodes[0]  # a kernel of one member (an addmm as loops) reads its operands as that op does
     k = KERNELS.get(n.op)
     if k is None or not k.inplace:
         return False

@@ -113,9 +113,15 @@ def test_verify_rejects_impl_on_other_kernels_and_unknown_impls():
         parse(text.replace('"elementwise"', '"gemm"').replace('"loops"', '"fast"')).verify()
 
 
-def test_an_mlp_with_loop_gemms_trains_like_torch():
-    """Loop GEMMs forward and in the backward (dx with its relu mask and bias sum): torch agrees."""
+@pytest.mark.parametrize("llvm", ["1", "0"])
+def test_an_mlp_with_loop_gemms_trains_like_torch(llvm, monkeypatch, tmp_path):
+    """Loop GEMMs forward, in the backward (dx with its relu mask and bias sum) and the weight
+    gradients with their SGD updates (addmm, written in place): torch agrees, through the LLVM
+    lowering and through numba's (GRAPHC_LLVM=0)."""
     import torch
+
+    monkeypatch.setenv("GRAPHC_LLVM", llvm)
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
 
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((48, 16)).astype(np.float32), rng.standard_normal((48, 3)).astype(np.float32)
@@ -124,6 +130,8 @@ def test_an_mlp_with_loop_gemms_trains_like_torch():
     t = copy_to_torch(model, torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32),
                                                  torch.nn.ReLU(), torch.nn.Linear(32, 3)))
     step = graphc.compile_train_step(model, nn.MSELoss(), graphc.optim.SGD(model.parameters(), lr=0.05), x, y)
-    assert step.ir("kernels").count('impl="loops"') >= 3
+    text = step.ir("kernels")
+    assert text.count('impl="loops"') >= 5 and "= addmm(" in text.split('impl="loops"', 3)[-1]
+    assert "written in place into %0.weight" in step.memory_plan()
     train_like_torch(step, t, torch.optim.SGD(t.parameters(), lr=0.05), torch.nn.functional.mse_loss, x, y)
     assert_same_weights(model, t, rtol=1e-4, atol=1e-5)
