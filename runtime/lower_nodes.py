@@ -59,6 +59,8 @@ def node_ir(n: Node, types: dict, scalars: set[str], scratch: list | None = None
         raise Unsupported("an empty tensor")
     if n.op in ("cross_entropy", "cross_entropy_backward"):
         return _cross_entropy_ir(n, types, scratch)
+    if n.op == "addmm":  # its two-element scratch (alpha and beta) becomes two stack slots
+        return _addmm_ir(n, types)
     if scratch:
         raise Unsupported(f"{n.op} with scratch buffers")
     if n.op == "sgd_update":
@@ -603,3 +605,42 @@ def copy_ir(dtype: str, size: int) -> tuple[str, list[str]]:
     b = _Build()
     b.loop(size, lambda i: b.put("%o0", dtype, i, b.at("%a0", dtype, i)))
     return b.text(["ptr %a0", "ptr %o0"], f"copy: {size} of {dtype}", False), [dtype, dtype]
+
+
+def _addmm_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]:
+    """kernels.addmm: out = c unless in place, then one BLAS gemm with alpha * s and beta (passed by
+    reference in the param's dtype, as the library's two-element scratch holds them), the operands
+    swapped for row-major as the library calls numba's xxgemm helper (the same BLAS routine)."""
+    a = n.attr
+    c, x, y = (types[v] for v in n.inputs[:3])
+    dt = c.dtype
+    if dt not in ("f32", "f64"):
+        raise Unsupported(f"addmm of {dt}")
+    m, nn = n.types[0].shape
+    k = x.shape[0] if a["trans_a"] else x.shape[1]
+    b = _Build()
+    ty = _VAL[dt]
+    _into(b, "%a0", "%o0", dt, c.size)
+    alpha = V("f64", fconst("f64", float(a["alpha"])), True)
+    if len(n.inputs) == 4:  # alpha * s, s the fourth operand's element (numba: in double)
+        s = b.at("%a3", types[n.inputs[3]].dtype, 0)
+        alpha = b.op("fmul", alpha, _widen(b, s) if s.dtype == "f32" else s)
+    al = b.slot(ty, _narrow(b, alpha, dt).ref)
+    be = b.slot(ty, const(dt, float(a["beta"])))
+    ch = {True: b.slot("i8", str(ord("t"))), False: b.slot("i8", str(ord("n")))}
+    ints = {}
+
+    def i32(v: int) -> str:
+        if v not in ints:
+            ints[v] = b.slot("i32", str(v))
+        return ints[v]
+    kind = "s" if dt == "f32" else "d"
+    b.f.declare(f"graphc_blas_{kind}gemm", f"declare void @graphc_blas_{kind}gemm(" + ", ".join(["ptr"] * 13) + ")")
+    b.f.line(f"call void @graphc_blas_{kind}gemm(ptr {ch[a['trans_b']]}, ptr {ch[a['trans_a']]}, ptr {i32(nn)}, "
+             f"ptr {i32(m)}, ptr {i32(k)}, ptr {al}, ptr %a2, ptr {i32(k if a['trans_b'] else nn)}, ptr %a1, "
+             f"ptr {i32(m if a['trans_a'] else k)}, ptr {be}, ptr %o0, ptr {i32(nn)})")
+    inputs = list(n.inputs)
+    params = [f"ptr %a{j}" for j in range(len(inputs))] + ["ptr %o0"]
+    flags = ", ".join(f"{q}={str(a[q]).lower()}" for q in ("trans_a", "trans_b"))
+    text = b.text(params, f"addmm {{{flags}}}: [{m}, {nn}] += [{m}, {k}] @ [{k}, {nn}] of {dt}", False)
+    return text, inputs, list(n.outputs), [types[v].dtype for v in inputs] + [dt]

@@ -40,9 +40,10 @@ def run_llvm(op, inputs, attrs=None):
     obj, _ = kernel_lib.compile_ir(k.text)
     arrays = dict(zip(names, [np.ascontiguousarray(x) for x in inputs]))
     res = [np.full(t.shape, 123, t.np_dtype) for t in n.types]  # garbage first: every element must be written
-    tmp = [np.full(t.shape, 7, t.np_dtype) for t in scratch]
+    used = [v for v in outs if isinstance(v, str) and v.startswith("#scratch")]  # (addmm's are stack slots)
+    tmp = [np.full(t.shape, 7, t.np_dtype) for t in (scratch[int(v.removeprefix("#scratch"))] for v in used)]
     consts = [v for v in outs if isinstance(v, int)]  # the updates' element count
-    assert outs == list(n.outputs) + [f"#scratch{j}" for j in range(len(scratch))] + consts
+    assert outs == list(n.outputs) + used + consts
     fn = ctypes.CFUNCTYPE(ctypes.c_int32 if k.status else None, *[ctypes.c_void_p] * (len(args) - len(consts)),
                           *[ctypes.c_int64] * len(consts))(kernel_lib._load_object(k.symbol, obj))
     status = fn(*[arrays[v].ctypes.data for v in ins], *[r.ctypes.data for r in res + tmp], *consts)
@@ -110,6 +111,12 @@ CASES = [
     *[("sgd_update", (lambda step=step, nes=nes: [_f((37,), edges=False), _f((37,), edges=False), *_h(0.05, 0.9, 0.1, 0.01),
                                                    _f((37,), edges=False), np.array(step, np.int64)]),
        {"momentum": True, "nesterov": nes, "weight_decay": True}) for step in (0, 3) for nes in (False, True)],
+    *[("addmm", (lambda ta=ta, tb=tb, dt=dt, s=s: [_f((6, 5), dt, edges=False),
+                                                   _f((7, 6) if ta else (6, 7), dt, edges=False),
+                                                   _f((5, 7) if tb else (7, 5), dt, edges=False)] + (_h(0.3) if s else [])),
+       {"trans_a": ta, "trans_b": tb, "alpha": -0.5, "beta": 1.0})
+      for ta, tb, dt, s in ((False, False, np.float32, False), (True, False, np.float32, True),
+                            (False, True, np.float64, True), (True, True, np.float64, False))],
     *[("adam_update", (lambda dt=dt, step=step, b1=b1: [_f((45,), dt, edges=False), _f((45,), dt, edges=False),
                                                         _f((45,), dt, edges=False), np.abs(_f((45,), dt, edges=False)),
                                                         np.array(step, np.int64), *_h(1e-3, b1, 0.999, 1e-8, 0.1)]),
