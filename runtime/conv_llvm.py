@@ -203,11 +203,14 @@ def _floordiv(f: Fn, a, k: int):
 
 def _span(f: Fn, j, OW, W, sw, dw, pl):
     """kernels_conv._span for tap column j: (off, lo, hi), the outputs ow whose input column
-    ow*sw + off lies in [0, W)."""
+    ow*sw + off lies in [0, W), with 0 <= lo <= hi <= OW."""
     b = f.b
     off = b.sub(f.i(f.lin(0, (j, dw))), f.c(pl))
     lo = b.sub(f.c(0), _floordiv(f, off, sw))
     lo = b.select(b.icmp_signed(">", lo, f.c(0)), lo, f.c(0))
+    # at most OW: with more padding than input (W=1, KW=3, pl=2) the first tap's span starts past
+    # the row, and memset(cr, lo) / memset(cr + hi, OW - hi) would write beyond it (numba's slices clamp)
+    lo = b.select(b.icmp_signed("<", lo, f.c(OW)), lo, f.c(OW))
     room = b.sub(f.c(W - 1), off)
     hi = b.add(_floordiv(f, room, sw), f.c(1))
     hi = b.select(b.icmp_signed("<", hi, f.c(OW)), hi, f.c(OW))

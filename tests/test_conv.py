@@ -145,13 +145,16 @@ def test_llvm_op_kernels_equal_numbas(dt, monkeypatch):
     x = rng.standard_normal((3, 4, 7, 6)).astype(dt)
     w = rng.standard_normal((6, 2, 3, 2)).astype(dt)
     b = rng.standard_normal(6).astype(dt)
-    for attrs in ({"padding": (1, 0, 2, 1), "dilation": (2, 1), "groups": 2, "algo": "wide", "chunk": 2},
-                  {"stride": (2, 3), "padding": (1, 1, 0, 2), "groups": 2, "algo": "im2col", "chunk": 2}):
+    thin = rng.standard_normal((2, 4, 2, 1)).astype(dt)  # more padding than input: a tap's span starts past the row
+    wide_k = rng.standard_normal((6, 2, 3, 3)).astype(dt)
+    for xx, ww, attrs in ((x, w, {"padding": (1, 0, 2, 1), "dilation": (2, 1), "groups": 2, "algo": "wide", "chunk": 2}),
+                          (x, w, {"stride": (2, 3), "padding": (1, 1, 0, 2), "groups": 2, "algo": "im2col", "chunk": 2}),
+                          (thin, wide_k, {"stride": (2, 1), "padding": (2, 2, 2, 0), "groups": 2, "algo": "im2col"})):
         attrs = {**attrs, "relu": True}
-        (y,) = both("conv2d", [x, w, b], attrs)
+        (y,) = both("conv2d", [xx, ww, b], attrs)
         gy = rng.standard_normal(y.shape).astype(dt)
         for input_grad in (True, False):
-            both("conv2d_backward", [gy, x, w, y], {**attrs, "input_grad": input_grad, "bias_grad": True})
+            both("conv2d_backward", [gy, xx, ww, y], {**attrs, "input_grad": input_grad, "bias_grad": True})
     xp = np.round(rng.standard_normal((2, 3, 7, 8)) * 2).astype(dt)  # ties
     xp[0, 1, 2, 3] = np.nan
     for pool in ({"kernel_size": (2, 2), "stride": (2, 2)}, {"kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 1, 1, 1)}):
