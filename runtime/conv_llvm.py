@@ -445,8 +445,12 @@ def max_pool2d_scatter(dt, NC, HW, P) -> LlvmCall:
     with f.loop(NC) as q:
         with f.loop(P) as p:
             o = f.lin(0, (q, P), (p, 1))
-            at = f.at(dx, f.add(f.i(f.lin(0, (q, HW))), f.load(idx, o)))
-            f.b.store(f.b.fadd(f.b.load(at), f.load(gy, o)), at)
+            i = f.load(idx, o)
+            # -1: a window wholly in the padding (dilated windows over a thin input) took no
+            # element; it adds nothing (numba's index wrapped around, this would write before dx)
+            with f.when(f.b.icmp_signed(">=", i, f.c(0))):
+                at = f.at(dx, f.add(f.i(f.lin(0, (q, HW))), i))
+                f.b.store(f.b.fadd(f.b.load(at), f.load(gy, o)), at)
     return LlvmCall("max_pool2d_scatter", f.text(), (dt, "i64", dt))
 
 
