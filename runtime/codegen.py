@@ -267,11 +267,18 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", no_glu
     kernel_of: dict[tuple, str] = {}  # (source with a placeholder name, dtypes) -> its function's name
     kernels: list[KernelSource] = []  # the same, for the kernel library
     kernel_by_fn: dict = {}  # function name -> its KernelSource or LlvmKernel
-    def llvm_function(ir: str, dtypes: list[str], by: str = "lower_llvm") -> str:
-        """The plan's name of the LLVM kernel with this IR, defined on first use."""
+    def llvm_function(ir: str, dtypes: list[str], by: str = "lower_llvm", stem: str = "") -> str:
+        """The plan's name of the LLVM kernel with this IR, defined on first use: kernelN, or
+        k_ir_<stem> for an op kernel of runtime/llvm_ops.py (named after the library kernel it
+        replaces; k_: value names never start so, see _Names)."""
         fn = kernel_of.get((ir, tuple(dtypes)))
         if fn is None:
-            fn = kernel_of[(ir, tuple(dtypes))] = f"kernel{len(kernel_of)}"
+            fn = f"kernel{len(kernel_of)}"
+            if stem:
+                fn, j = f"k_ir_{stem}", 2
+                while fn in kernel_by_fn:
+                    fn, j = f"k_ir_{stem}_{j}", j + 1
+            kernel_of[(ir, tuple(dtypes))] = fn
             lk = LlvmKernel(ir, dtypes)
             kernels.append(lk)
             kernel_by_fn[fn] = lk
@@ -342,18 +349,7 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", no_glu
                 continue
         for fn, args in library:
             if isinstance(fn, LlvmCall):  # an op kernel lowered to LLVM IR for this node (runtime/llvm_ops.py)
-                name = kernel_of.get((fn.ir, fn.dtypes))
-                if name is None:
-                    name, j = f"k_ir_{fn.name}", 2  # k_: value names never start so (_Names)
-                    while name in kernel_by_fn:
-                        name, j = f"k_ir_{fn.name}_{j}", j + 1
-                    kernel_of[(fn.ir, fn.dtypes)] = name
-                    lk = LlvmKernel(fn.ir, list(fn.dtypes))
-                    kernels.append(lk)
-                    kernel_by_fn[name] = lk
-                    defs.append(f"# LLVM IR of an op kernel (runtime/llvm_ops.py), compiled by llvmlite into the kernel library\n"
-                                f"{name} = llvm_kernel({lk.symbol!r}, {fn.dtypes!r})\n"
-                                + "".join(f"#   {ln}\n" if ln else "#\n" for ln in fn.ir.rstrip("\n").split("\n")))
+                name = llvm_function(fn.ir, list(fn.dtypes), "llvm_ops", stem=fn.name)
                 body.append(f"    {name}({', '.join(f'{a}.ctypes.data' for a in args)})")
                 continue
             used[fn.__name__] = fn.__module__

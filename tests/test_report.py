@@ -324,6 +324,8 @@ def plan(x, table):
     # %3: f32[4] = linear(%2, %w)
     # %4: f32[4] = relu(%3)  # m.py:5  (fused: one pass)
     k_linear_relu(v2, w, v4)
+    # %5: f32[4,2] = gather(%w, %ids)
+    if kernel3(w, ids, v5) != 0: raise ValueError("index out of range")
     # outputs that are inputs, then updates that could not be written in place
     k_copy(a, b)
     k_copy(c, d)
@@ -333,8 +335,8 @@ def make_runner(plan):
     k_not_a_plan_call()
 '''
     calls = plan_calls(source)
-    assert [c.kernels for c in calls] == [["relu"], ["first", "second"], ["linear_relu"], ["copy"], ["copy"]]
-    assert [c.values for c in calls] == [["1"], ["2"], ["3", "4"], [], []]
+    assert [c.kernels for c in calls] == [["relu"], ["first", "second"], ["linear_relu"], ["kernel3"], ["copy"], ["copy"]]
+    assert [c.values for c in calls] == [["1"], ["2"], ["3", "4"], ["5"], [], []]
     assert calls[2].note == "fused: one pass" and calls[2].ir[1] == "%4: f32[4] = relu(%3)  # m.py:5"
     assert (calls[1].first, calls[1].line) == (6, 8)
 

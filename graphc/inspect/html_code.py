@@ -15,7 +15,9 @@ from typing import Callable
 from .html_ir import colour_line, defined_values, value_span
 
 STORAGE = "# storage:"  # codegen's comment above the buffer views
-_CALL = re.compile(r"^\s+(?:k_(\w+)|(kernel\d+))\(")  # a runtime kernel, or a kernel generated for the plan
+# a runtime kernel, or a kernel generated for the plan (`if kernelN(...) != 0: raise ...`: one that
+# returns a status, an index or label out of range)
+_CALL = re.compile(r"^\s+(?:if\s+)?(?:k_(\w+)|(kernel\d+))\(")
 _IR_COMMENT = re.compile(r"^(\s+#\s+)(%[\w.]+\s*:.*)$")
 _DEF = re.compile(r"^(?:def (\w+)\(|(kernel\d+) = llvm_kernel\()")  # a generated numba function or LLVM kernel
 _FUSED_NOTE = re.compile(r"\s+\((fused:[^)]*)\)\s*$")
