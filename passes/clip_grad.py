@@ -17,14 +17,9 @@ from __future__ import annotations
 
 from graphc.ir import Graph, GraphBuilder, GraphcError
 
+from .train_step import is_update
+
 EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s `total_norm + 1e-6`
-
-
-def _tags(op: str):
-    from graphc.ir import get_op
-    from graphc.ir.graph import KERNEL
-
-    return () if op == KERNEL else get_op(op).tags
 
 
 def clip_gradients(g: Graph, max_norm: float, ctx=None) -> Graph:
@@ -33,7 +28,7 @@ def clip_gradients(g: Graph, max_norm: float, ctx=None) -> Graph:
     max_norm = float(max_norm)
     if not max_norm > 0:
         raise GraphcError(f"clip_grad_norm: max_norm must be a positive number, got {max_norm}")
-    updates = [k for k, n in enumerate(g.nodes) if "optimizer" in _tags(n.op) and len(n.inputs) > 1]
+    updates = [k for k, n in enumerate(g.nodes) if is_update(n) and len(n.inputs) > 1]
     if not updates:
         raise GraphcError(f"clip_grad_norm: graph {g.name} has no optimizer updates (is it a train step?)")
     grads = list(dict.fromkeys(g.nodes[k].inputs[1] for k in updates))

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from graphc.ir import Graph, GraphBuilder, GraphcError, TensorType
 from graphc.ir.ops import COMM_WORDS
 
+from .train_step import is_update
+
 COMM_INPUT = "comm.world"
 DEFAULT_BUCKET_BYTES = 25 * 2**20  # torch DDP's bucket_cap_mb=25
 
@@ -53,7 +55,7 @@ def gradient_buckets(g: Graph, bucket_bytes: int) -> list[Bucket]:
     where = {o: k for k, n in enumerate(g.nodes) for o in n.outputs}
     grads: dict[str, str] = {}  # gradient value -> param, one entry per gradient
     for n in g.nodes:
-        if "optimizer" in _tags(n.op):
+        if is_update(n):
             grads.setdefault(n.inputs[1], n.inputs[0])
     order = sorted(grads, key=lambda v: (where.get(v, -1), g.producers[v].outputs.index(v) if v in where else 0))
     buckets: list[list[str]] = []
@@ -67,16 +69,6 @@ def gradient_buckets(g: Graph, bucket_bytes: int) -> list[Bucket]:
         size += t.nbytes
     return [Bucket(tuple(b), tuple(grads[v] for v in b), sum(g.types[v].nbytes for v in b), max(where.get(v, -1) for v in b))
             for b in buckets]
-
-
-def _tags(op: str):
-    """The op's tags; a kernel node of the kernel stage has none of its own (its members keep theirs).
-    Updates are never kernel members (sgd_update/adam_update are opaque), so the gradients they read
-    stay visible as kernel outputs and the buckets are the same before and after the kernel stage."""
-    from graphc.ir import get_op
-    from graphc.ir.graph import KERNEL
-
-    return () if op == KERNEL else get_op(op).tags
 
 
 def all_reduce_gradients(g: Graph, spec: DistributedSpec, ctx=None) -> Graph:
@@ -105,7 +97,7 @@ def all_reduce_gradients(g: Graph, spec: DistributedSpec, ctx=None) -> Graph:
     for k, bucket in [kb for kb in pending if kb[1].after < 0]:
         emit(k, bucket)
     for idx, n in enumerate(g.nodes):
-        if "optimizer" in _tags(n.op) and n.inputs[1] in reduced:
+        if is_update(n) and n.inputs[1] in reduced:
             n = n.replace(inputs=(n.inputs[0], reduced[n.inputs[1]], *n.inputs[2:]))
         b.add_node(n)
         for k, bucket in [kb for kb in pending if kb[1].after == idx]:

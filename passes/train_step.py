@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphc.ir import Graph, GraphBuilder, GraphcError, Output, TensorType
+from graphc.ir import Graph, GraphBuilder, GraphcError, Node, Output, TensorType, get_op
+from graphc.ir.graph import KERNEL
 from graphc.ir.ops import ADAM_SCALARS, SGD_SCALARS
 
 from .autodiff import GRAD_PREFIX, grad_graph, is_joint
@@ -131,6 +132,14 @@ def hyper_input(group: int, name: str) -> str:
 def hyper_values(spec: OptimizerSpec) -> dict[str, np.ndarray]:
     """The hyper inputs of `spec`'s train-step graph, filled with its values (f64[] arrays)."""
     return {hyper_input(k, n): np.asarray(v, np.float64) for k in range(len(spec.groups)) for n, v in spec.scalars(k).items()}
+
+
+def is_update(n: Node) -> bool:
+    """Whether `n` applies an optimizer update (reading its param as operand 0 and its gradient as
+    operand 1): the op table's "optimizer" tag. A kernel node of the kernel stage has no tags of its
+    own, and updates are never kernel members (sgd_update/adam_update are opaque), so the gradients
+    they read stay visible and passes find the same updates before and after the kernel stage."""
+    return n.op != KERNEL and "optimizer" in get_op(n.op).tags
 
 
 def build_train_step(g: Graph, spec: OptimizerSpec) -> Graph:
