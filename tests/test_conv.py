@@ -499,3 +499,39 @@ def test_batchnorm_train_step_has_no_materialized_broadcast_or_lone_elementwise_
     assert set(big) <= {"kernel", "conv2d", "conv2d_backward", "reshape", "add"}, big  # (reshape: a view)
     # the sums of the backward (sum_to rewritten as sum) reduce inside the kernels computing their operands
     assert not [ln for ln in plan.splitlines() if not ln.startswith("    ") and "= sum_to(" in ln]
+
+
+def test_max_pool_window_wholly_in_the_padding():
+    """A dilated window with every tap in the padding: -inf, as torch, and no gradient. Its argmax
+    index is -1, which the backward's scatter skips (b370c9c: it wrote one element before dx).
+    torch's own backward scatters such windows' gradients to indices it made up ([0, 1, 1] here)."""
+    x = np.random.default_rng(0).standard_normal((1, 1, 3, 1)).astype(np.float32)
+
+    class Pool(nn.Module):
+        def forward(self, x):
+            return F.max_pool2d(x, kernel_size=(1, 2), stride=1, padding=(0, 1), dilation=(1, 2)).sum()
+
+    want = torch.nn.functional.max_pool2d(torch.from_numpy(x), (1, 2), 1, (0, 1), (1, 2))
+    assert torch.isinf(want).all()
+    for mode in ("jit", "interpret"):
+        cm = graphc.compile(Pool(), x, input_grads=True, mode=mode)
+        assert cm(x) == -np.inf, mode
+        assert np.array_equal(cm.backward(), np.zeros_like(x)), mode
+
+
+def test_max_pool_of_minus_inf_credits_the_first_tap_inside_the_input():
+    """Every tap -inf: torch's argmax is the window's first tap inside the input (a padding tap is
+    never one), so its gradient goes there; jit and the reference interpreter agree with it."""
+    x = np.full((1, 2, 3, 3), -np.inf, np.float32)
+    x[0, 1, 1, 1] = 0.5  # one finite value: its windows credit it
+
+    class Pool(nn.Module):
+        def forward(self, x):
+            return F.max_pool2d(x, 2, stride=1, padding=1).sum()
+
+    t = torch.from_numpy(x).requires_grad_()
+    torch.nn.functional.max_pool2d(t, 2, stride=1, padding=1).sum().backward()
+    for mode in ("jit", "interpret"):
+        cm = graphc.compile(Pool(), x, input_grads=True, mode=mode)
+        cm(x)
+        assert np.array_equal(cm.backward(), t.grad.numpy()), mode

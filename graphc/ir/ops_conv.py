@@ -243,12 +243,19 @@ def _(x, *, kernel_size, stride, padding, dilation):
     cols = windows(x, kernel_size, stride, padding, dilation, fill=-np.inf)
     kh, kw, oh, ow = cols.shape[2:]
     flat = cols.reshape(n, c, kh * kw, oh, ow)
+    inside = windows(np.ones((1, 1, h, w), bool), kernel_size, stride, padding, dilation, fill=False)
+    inside = inside.reshape(1, 1, kh * kw, oh, ow)
     k = flat.argmax(axis=2)  # the first maximum in window order, as torch's CPU kernel
+    # torch looks at the taps inside the input only: where every one is -inf and a padding tap
+    # comes first, the first tap inside; a window wholly in the padding has none (index -1)
+    first_inside = np.broadcast_to(inside.argmax(axis=2), k.shape)
+    k = np.where(np.take_along_axis(np.broadcast_to(inside, flat.shape), k[:, :, None], axis=2)[:, :, 0], k, first_inside)
     y = np.take_along_axis(flat, k[:, :, None], axis=2)[:, :, 0]
     i, j = k // kw, k % kw
     rows = np.arange(oh)[:, None] * stride[0] - padding[0] + i * dilation[0]
     cols_ = np.arange(ow)[None, :] * stride[1] - padding[2] + j * dilation[1]
-    return np.ascontiguousarray(y, dtype=x.dtype), (rows * w + cols_).astype(np.int64)
+    idx = np.where(np.broadcast_to(inside.any(axis=2), k.shape), rows * w + cols_, -1)
+    return np.ascontiguousarray(y, dtype=x.dtype), idx.astype(np.int64)
 
 
 @max_pool2d.grad
@@ -273,7 +280,8 @@ def _(gy, idx, *, input_size):
     n, c = gy.shape[:2]
     dx = np.zeros((n * c, input_size[0] * input_size[1]), dtype=gy.dtype)
     rows = np.repeat(np.arange(n * c), idx[0, 0].size)
-    np.add.at(dx, (rows, idx.reshape(-1)), gy.reshape(-1))
+    kept = idx.reshape(-1) >= 0  # -1: a window wholly in the padding, no input element to credit
+    np.add.at(dx, (rows[kept], idx.reshape(-1)[kept]), gy.reshape(-1)[kept])
     return dx.reshape(n, c, *input_size)
 
 
