@@ -86,12 +86,13 @@ class V:
     """A value of the kernel: its IR dtype, its LLVM operand text, and whether it is known before
     the loop (constants, hoisted loads, scalar arguments) or per iteration."""
 
-    def __init__(self, dtype: str, ref: str, pre: bool = False):
-        self.dtype, self.ref, self.pre = dtype, ref, pre
+    def __init__(self, dtype: str, ref: str, pre: bool = False, width: int | None = None):
+        self.dtype, self.ref, self.pre, self.width = dtype, ref, pre, width
 
     @property
     def ty(self) -> str:
-        return _VAL[self.dtype]
+        """Its LLVM type: a vector of `width` lanes when it is one (a small GEMM's tile)."""
+        return f"<{self.width} x {_VAL[self.dtype]}>" if self.width else _VAL[self.dtype]
 
     def __str__(self) -> str:
         return f"{self.ty} {self.ref}"
@@ -107,6 +108,7 @@ class _Fn:
         self.decls: dict[str, str] = {}
         self.at = "body"
         self.index: V | None = None  # the flat index of the iteration
+        self.width: int | None = None  # lanes per value: set while a small GEMM's tile epilogue is lowered
 
     def fresh(self, stem: str = "t") -> str:
         self.n += 1
@@ -118,7 +120,7 @@ class _Fn:
     def ins(self, text: str, dtype: str, stem: str = "t") -> V:
         name = self.fresh(stem)
         self.line(f"{name} = {text}")
-        return V(dtype, name, self.at != "body")
+        return V(dtype, name, self.at != "body", self.width)
 
     def declare(self, name: str, text: str) -> str:
         self.decls[name] = text
@@ -132,6 +134,9 @@ class _Fn:
         return self.ins(f"call {ret} @{name}({', '.join(str(a) for a in args)})", dtype)
 
     def c(self, dtype: str, value) -> V:
+        if self.width:  # the constant in every lane
+            lane = f"{_VAL[dtype]} {const(dtype, value)}"
+            return V(dtype, "<" + ", ".join([lane] * self.width) + ">", True, self.width)
         return V(dtype, const(dtype, value), True)
 
 
@@ -174,7 +179,7 @@ def _compare(kind: str):
 
 
 def _select(f: _Fn, c: V, a: V, b: V) -> V:
-    return f.ins(f"select i1 {c.ref}, {a}, {b}", a.dtype)
+    return f.ins(f"select {c}, {a}, {b}", a.dtype)
 
 
 def _extremum(kind: str):
@@ -183,7 +188,7 @@ def _extremum(kind: str):
         dt = _float_or(n, a, FLOATS + ("i64",))
         win = _cmp(f, kind, a[0], a[1])
         if dt in FLOATS:
-            win = f.ins(f"or i1 {win.ref}, {_cmp(f, 'ne', a[0], a[0]).ref}", "bool")
+            win = f.ins(f"or {win}, {_cmp(f, 'ne', a[0], a[0]).ref}", "bool")
         return _select(f, win, a[0], a[1])
     return lower
 
@@ -444,6 +449,12 @@ def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str],
         from .lower_small_gemm import addmm_ir
 
         return addmm_ir(node)
+    if node.attr.get("impl") == "loops" and kind == "gemm":  # one pass: the epilogue on each register tile
+        from .lower_small_gemm import tile_epilogue_ir
+
+        got = tile_epilogue_ir(node, scalars)
+        if got is not None:
+            return got
     members = list(body.nodes)
     types = body.types
     inputs = [i.name for i in body.inputs]

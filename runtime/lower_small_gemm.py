@@ -73,10 +73,15 @@ def plan_orientation(m: int, n: int, a: tuple, b: tuple, c: tuple):
 
 
 def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, c: tuple,
-               scale: str | None = None, c0: tuple | None = None, beta: float = 0.0) -> None:
+               scale: str | None = None, c0: tuple | None = None, beta: float = 0.0, epilogue=None) -> None:
     """Append the loop nest computing C = op(A) @ op(B) (or beta * C0 + scale * op(A) @ op(B)
     when scale, an LLVM `double` operand, is given) to `out`. a, b, c, c0: (pointer, row
-    stride, column stride) in elements; c must have a unit stride in one dimension."""
+    stride, column stride) in elements; c must have a unit stride in one dimension.
+    epilogue(row, col, value, partial), when given, is called for each vector of C (row: an i64
+    operand, col: C's first column in it, partial: whether it is the masked last one) in place
+    of C's store: it emits what the kernel does with those elements (tile_epilogue_ir)."""
+    if epilogue is not None and c[2] != 1:
+        raise ValueError("gemm_loops: an epilogue needs C's rows unit-stride")
     m, n, a, b, c = plan_orientation(m, n, a, b, c)
     if c0 is not None and c[2] != 1:  # the same swap for C0 (it has C's shape)
         c0 = (c0[0], c0[2], c0[1])
@@ -115,7 +120,7 @@ def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, 
         for j0 in range(0, nv, NB):
             cols = list(range(j0, min(nv, j0 + NB)))
             _micro(out, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta,
-                   tail_load)
+                   tail_load, epilogue)
 
     full = m // mr
     if full:
@@ -182,7 +187,7 @@ def _pack(out: Lines, dt: str, k: int, n: int, npad: int, b: tuple) -> str:
 
 
 def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta,
-           tail_load):
+           tail_load, epilogue=None):
     """One register block: rows x len(cols) accumulators over the k loop, then the stores."""
     ty = _T[dt]
     nv = -(-n // w)
@@ -247,6 +252,9 @@ def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n
                         bvv = "<" + ", ".join(f"{ty} {fconst(dt, beta)}" for _ in range(w)) + ">"
                         old = out.ins(f"fmul {vt} {old}, {bvv}")
                     v = out.ins(f"fadd {vt} {old}, {v}")
+            if epilogue is not None:
+                epilogue(ir, j * w, v, bool(partial))
+                continue
             o = out.ins(f"add nuw nsw i64 {crow}, {j * w}")
             p = out.ins(f"getelementptr inbounds {ty}, ptr {c[0]}, i64 {o}")
             if partial:
@@ -341,3 +349,179 @@ def addmm_function(name: str, node) -> tuple[str, list[str], list[str]]:
            f"    for i in range({c.size}):",
            f"        o0[i] = {keep + ' + ' if keep else ''}scale * p[i]"]
     return "\n".join(src) + "\n", inputs, list(node.outputs)
+
+
+# the members an epilogue may hold to run on the GEMM's register tiles: elementwise ops whose
+# lowering (runtime/lower_llvm.EXPR) is written for vectors as for scalars (no libm call, no
+# random stream indexed by the flat position, no conversion)
+TILE_OPS = frozenset({"add", "sub", "mul", "div", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "where",
+                      "neg", "relu", "relu_backward", "sigmoid_backward", "tanh_backward", "broadcast_to"})
+_TILE_DTYPES = ("f32", "f64", "bool")
+
+
+def _tile_plan(node, scalars: set[str]):
+    """(gemm, prologue, epilogue members, space) when the kernel's epilogue can run on each
+    register tile: every member after the GEMM elementwise over the GEMM's output space (TILE_OPS),
+    every operand it reads indexable per row of a tile (the space's shape, a row broadcast along
+    the columns, a column broadcast along the rows, one element), every output of the space's
+    shape; else None (the kernel keeps its epilogue loop after the GEMM)."""
+    from .kernels import broadcast_strides
+    from .lower import GEMMS
+
+    members = list(node.body.nodes)
+    types = node.body.types
+    gemms = [m for m in members if m.op in GEMMS]
+    if len(gemms) != 1 or gemms[0].op not in ("matmul", "linear", "linear_relu"):
+        return None
+    gemm = gemms[0]
+    at = members.index(gemm)
+    if any(m.op != "transpose" for m in members[:at]):
+        return None
+    prologue = {m.outputs[0]: m.inputs[0] for m in members[:at]}
+    space = types[gemm.outputs[0]].shape
+    dt = gemm.types[0].dtype
+    if len(space) != 2 or dt not in WIDTH or any(types[v].shape != space or types[v].dtype not in _TILE_DTYPES
+                                                 for v in node.outputs):
+        return None
+    after = members[at + 1:]
+    made = {gemm.outputs[0]}
+    reads = list(gemm.inputs[2:])
+    for m in after:
+        if m.op not in TILE_OPS or types[m.outputs[0]].shape != space or m.types[0].dtype not in _TILE_DTYPES:
+            return None
+        reads += [i for i in m.inputs if i not in made]
+        made.add(m.outputs[0])
+    for v in reads:
+        t = types[v]
+        if v in scalars or t.dtype not in _TILE_DTYPES or v in prologue:
+            return None
+        if t.size != 1 and broadcast_strides(t.shape, space)[1] not in (0, 1):
+            return None
+    if any(v not in made for v in node.outputs):
+        return None
+    return gemm, prologue, after, space
+
+
+def tile_epilogue_ir(node, scalars: set[str]):
+    """A gemm kernel {impl="loops"} in one pass: each register tile of the GEMM's result goes
+    through the kernel's epilogue members (linear's bias and ReLU, relu_backward's mask, ...) as
+    vectors, then the kernel's outputs are stored; the GEMM's own result is never written to
+    memory unless it is an output. The members' lowering is runtime/lower_llvm's (EXPR) on
+    vectors: per element the same operations in the same order as the epilogue loop, so the
+    results are bit-equal to the two-pass form. None when the epilogue cannot run per tile
+    (_tile_plan); then kernel_ir lowers the kernel as before. Returns what kernel_ir returns."""
+    from .kernels import broadcast_strides
+    from .lower_llvm import ATTRIBUTES, EXPR, V, Unsupported, _Fn, _MEM, _relu
+
+    plan = _tile_plan(node, scalars)
+    if plan is None:
+        return None
+    gemm, prologue, after, space = plan
+    types = node.body.types
+    inputs = [i.name for i in node.body.inputs]
+    outputs = list(node.outputs)
+    dt = gemm.types[0].dtype
+    w = WIDTH[dt]
+    f = _Fn()
+    ptr = {v: f"%a{k}" for k, v in enumerate(inputs)}
+    ptr.update({v: f"%o{k}" for k, v in enumerate(outputs)})
+    out = Lines("g")
+    out.body = f.sections["gemm"]  # one list: the loop nest's lines and the epilogue's, in order
+    f.at = "gemm"
+    _, n = space
+    mask = "<" + ", ".join(f"i1 {'true' if j < n % w else 'false'}" for j in range(w)) + ">"
+
+    def sfx(mdt: str) -> str:
+        return f"v{w}{ {'f32': 'f32', 'f64': 'f64', 'bool': 'i8'}[mdt]}"
+
+    def address(p: str, mdt: str, at: str) -> str:
+        return f.ins(f"getelementptr inbounds {_MEM[mdt]}, ptr {p}, i64 {at}", "ptr", "p").ref
+
+    def offset(row: str, col: int, st) -> str:
+        o = f.ins(f"mul nuw nsw i64 {row}, {st[0]}", "i64").ref if st[0] else "0"
+        return f.ins(f"add nuw nsw i64 {o}, {col * st[1]}", "i64").ref if col * st[1] else o
+
+    def read(v: str, row: str, col: int, partial: bool) -> V:
+        t = types[v]
+        mt = _MEM[t.dtype]
+        st = broadcast_strides(t.shape, space) if t.size != 1 else (0, 0)
+        f.width = None
+        p = address(ptr[v], t.dtype, offset(row, col, st))
+        if st[1] == 0:  # one value for the whole row of the tile: loaded, then in every lane
+            x = f.ins(f"load {mt}, ptr {p}", "f64")
+            vt = f"<{w} x {mt}>"
+            x1 = f.ins(f"insertelement {vt} poison, {mt} {x.ref}, i64 0", "f64")
+            x = f.ins(f"shufflevector {vt} {x1.ref}, {vt} poison, <{w} x i32> zeroinitializer", "f64")
+        elif partial:
+            name = f"llvm.masked.load.{sfx(t.dtype)}.p0"
+            f.declare(name, f"declare <{w} x {mt}> @{name}(ptr, i32, <{w} x i1>, <{w} x {mt}>)")
+            x = f.ins(f"call <{w} x {mt}> @{name}(ptr {p}, i32 {_SIZE.get(t.dtype, 1)}, <{w} x i1> {mask}, "
+                      f"<{w} x {mt}> zeroinitializer)", "f64")
+        else:
+            x = f.ins(f"load <{w} x {mt}>, ptr {p}, align {_SIZE.get(t.dtype, 1)}", "f64")
+        f.width = w
+        if t.dtype == "bool":
+            return f.ins(f"icmp ne <{w} x i8> {x.ref}, zeroinitializer", "bool")
+        return V(t.dtype, x.ref, False, w)
+
+    def store(v: str, x: V, row: str, col: int, partial: bool) -> None:
+        t = types[v]
+        mt = _MEM[t.dtype]
+        f.width = None
+        p = address(ptr[v], t.dtype, offset(row, col, (n, 1)))
+        f.width = w
+        ref = x.ref
+        if t.dtype == "bool":
+            ref = f.ins(f"zext <{w} x i1> {x.ref} to <{w} x i8>", "bool").ref
+        if partial:
+            name = f"llvm.masked.store.{sfx(t.dtype)}.p0"
+            f.declare(name, f"declare void @{name}(<{w} x {mt}>, ptr, i32, <{w} x i1>)")
+            f.line(f"call void @{name}(<{w} x {mt}> {ref}, ptr {p}, i32 {_SIZE.get(t.dtype, 1)}, <{w} x i1> {mask})")
+        else:
+            f.line(f"store <{w} x {mt}> {ref}, ptr {p}, align {_SIZE.get(t.dtype, 1)}")
+
+    def epilogue(row: str, col: int, acc: str, partial: bool) -> None:
+        """kernel_ir's epilogue loop body, on one vector of the tile (the same members in order)."""
+        f.width = w
+        local: dict[str, V] = {}
+
+        def operand(v: str) -> V:
+            if v not in local:
+                local[v] = read(v, row, col, partial)
+            return local[v]
+
+        e = V(dt, acc, False, w)
+        if len(gemm.inputs) == 3:  # the bias
+            e = EXPR["add"](f, [e, operand(gemm.inputs[2])], gemm)
+        if gemm.op == "linear_relu":
+            e = _relu(f, [e], gemm)
+        local[gemm.outputs[0]] = e
+        for m in after:
+            got = EXPR[m.op](f, [operand(i) for i in m.inputs], m)
+            if got.dtype != m.types[0].dtype:
+                raise Unsupported(f"{m.op} gives {got.dtype}, the IR says {m.types[0].dtype}")
+            local[m.outputs[0]] = got
+        for v in outputs:
+            store(v, local[v], row, col, partial)
+        f.width = None
+
+    def operand_of(v, transposed):
+        src = prologue.get(v, v)
+        r, c = types[src].shape
+        if v in prologue:
+            transposed = not transposed
+        return (ptr[src], 1, c) if transposed else (ptr[src], c, 1), ((c, r) if transposed else (r, c))
+
+    a, (m, k) = operand_of(gemm.inputs[0], False)
+    b, (_, nn) = operand_of(gemm.inputs[1], gemm.op != "matmul")  # linear: x @ w.T
+    gemm_loops(out, dt, m, nn, k, a, b, ("%unused", nn, 1), epilogue=epilogue)
+    s = f.sections
+    params = [f"i64 {ptr[v]}" if v in scalars else f"ptr {ptr[v]}" for v in inputs]
+    params += [f"ptr {ptr[v]}" for v in outputs]
+    decls = {**out.decls, **f.decls}
+    ops = [mm.op for mm in node.body.nodes]
+    text = "\n".join([f"; graphc kernel {{impl=loops, kind=gemm}}: {', '.join(ops)}; epilogue per tile of {list(space)}",
+                      f"define void @kernel({', '.join(params)}) #0 {{", "entry:", *out.allocas, *s["alloca"],
+                      *s["gemm"], "  ret void", "}", "", *[decls[d] for d in sorted(decls)], "", f"attributes #0 = {{ {ATTRIBUTES} }}"]) + "\n"
+    args = ["i64 scalar" if v in scalars else types[v].dtype for v in inputs]
+    return text, inputs, outputs, args + [types[v].dtype for v in outputs]

@@ -135,3 +135,47 @@ def test_an_mlp_with_loop_gemms_trains_like_torch(llvm, monkeypatch, tmp_path):
     assert "written in place into %0.weight" in step.memory_plan()
     train_like_torch(step, t, torch.optim.SGD(t.parameters(), lr=0.05), torch.nn.functional.mse_loss, x, y)
     assert_same_weights(model, t, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("m,n,k", [(7, 20, 5), (33, 32, 9), (6, 1, 4)])
+@pytest.mark.parametrize("dt", ["f32", "f64"])
+def test_the_epilogue_on_register_tiles_is_bit_equal_to_the_two_pass_form(m, n, k, dt, monkeypatch):
+    """A loop GEMM's elementwise epilogue (bias, ReLU, masks, row/column/one-element broadcasts, a
+    bool output) runs on each register tile in one pass: bit-equal to the epilogue loop after the
+    GEMM (the same members in the same order per element); a trailing reduction keeps two passes."""
+    from graphc.ir import GraphBuilder, TensorType
+    from graphc.ir.graph import kernel_node
+    from graphc.runtime import lower_llvm, lower_small_gemm
+    from test_lower_llvm import _same, run_llvm
+
+    t = np.float32 if dt == "f32" else np.float64
+    rng = np.random.default_rng(m + n + k)
+    data = {"x": rng.standard_normal((m, k)).astype(t), "w": rng.standard_normal((n, k)).astype(t),
+            "bias": rng.standard_normal(n).astype(t), "row": rng.standard_normal(n).astype(t),
+            "col": rng.standard_normal((m, 1)).astype(t), "one": rng.standard_normal((1, 1)).astype(t),
+            "c": rng.uniform(size=(m, n)) > 0.5, "pos": rng.standard_normal((m, n)).astype(t)}
+
+    def node_of(reduce):
+        b = GraphBuilder("k")
+        names = [b.add_input(v, TensorType(a.shape, graphc.ir.types.dtype_name(a.dtype))) for v, a in data.items()]
+        x, w, bias, row, col, one, c, pos = names
+        y = b.emit("linear_relu", [x, w, bias])
+        s = b.emit("sub", [b.emit("mul", [y, row]), col])
+        z = b.emit("relu_backward", [b.emit("where", [c, s, b.emit("div", [s, one])]), pos])
+        b.emit("gt", [z, y])
+        if reduce:
+            b.emit("sum", [z], {"dims": (0,)})
+        outs = [o for nd in b.nodes for o in nd.outputs]
+        g = b.build(outs)
+        return kernel_node(list(g.nodes), names, outs, g.types, "gemm", impl="loops")
+
+    node = node_of(False)
+    text = lower_llvm.kernel_ir(node, set())[0]
+    assert "epilogue per tile" in text
+    one_pass = run_llvm(node, data)
+    monkeypatch.setattr(lower_small_gemm, "tile_epilogue_ir", lambda node, scalars: None)
+    assert "epilogue per tile" not in lower_llvm.kernel_ir(node, set())[0]
+    for a, b in zip(one_pass, run_llvm(node, data)):
+        _same(a, b)
+    monkeypatch.undo()
+    assert "epilogue per tile" not in lower_llvm.kernel_ir(node_of(True), set())[0]  # the bias-gradient sum's form
