@@ -301,27 +301,44 @@ def _mse_loss_backward(f, a, n):  # (input - target) * (gy * 2/N)
     return f.ins(f"fmul {d}, {s.ref}", dt)
 
 
+def _k64(f: _Fn, v: int) -> str:
+    """An i64 literal (_i), in every lane when f is lowering vectors."""
+    return "<" + ", ".join([f"i64 {_i(v)}"] * f.width) + ">" if f.width else _i(v)
+
+
+def splat(f: _Fn, x: V) -> V:
+    """A scalar x in every lane of an f.width vector."""
+    vt = f"<{f.width} x {_VAL[x.dtype]}>"
+    x1 = f.ins(f"insertelement {vt} poison, {x}, i64 0", x.dtype)
+    return f.ins(f"shufflevector {vt} {x1.ref}, {vt} poison, <{f.width} x i32> zeroinitializer", x.dtype)
+
+
 def splitmix64(f: _Fn, x: V) -> V:
-    z = f.ins(f"add i64 {x.ref}, {_i(_GOLDEN)}", "i64")
+    z = f.ins(f"add {x}, {_k64(f, _GOLDEN)}", "i64")
     for shift, mul in ((30, _MIX1), (27, _MIX2)):
-        s = f.ins(f"lshr i64 {z.ref}, {shift}", "i64")
-        z = f.ins(f"mul i64 {f.ins(f'xor i64 {z.ref}, {s.ref}', 'i64').ref}, {_i(mul)}", "i64")
-    return f.ins(f"xor i64 {z.ref}, {f.ins(f'lshr i64 {z.ref}, 31', 'i64').ref}", "i64")
+        s = f.ins(f"lshr {z}, {_k64(f, shift)}", "i64")
+        z = f.ins(f"mul {f.ins(f'xor {z}, {s.ref}', 'i64')}, {_k64(f, mul)}", "i64")
+    return f.ins(f"xor {z}, {f.ins(f'lshr {z}, {_k64(f, 31)}', 'i64').ref}", "i64")
 
 
 def stream_key(f: _Fn, seed: V, stream: int) -> V:
-    """splitmix64(uint64(seed) ^ uint64(stream) * STREAM), before the loop when the seed is."""
+    """splitmix64(uint64(seed) ^ uint64(stream) * STREAM), before the loop (a scalar) when the seed is."""
     at, f.at = f.at, ("hoist" if seed.pre else f.at)
-    key = splitmix64(f, f.ins(f"xor i64 {seed.ref}, {_i(stream * _STREAM)}", "i64"))
-    f.at = at
+    width = f.width
+    if seed.pre:
+        f.width = None
+    key = splitmix64(f, f.ins(f"xor {seed}, {_k64(f, stream * _STREAM)}", "i64"))
+    f.at, f.width = at, width
     return key
 
 
 def uniform1(f: _Fn, key: V) -> V:
     """The top 53 bits of splitmix64(key + i) as a double in [0, 1) (graphc/ir/rng.py)."""
-    z = splitmix64(f, f.ins(f"add i64 {key.ref}, {f.index.ref}", "i64"))
-    u = f.ins(f"uitofp i64 {f.ins(f'lshr i64 {z.ref}, 11', 'i64').ref} to double", "f64")
-    return f.ins(f"fmul double {u.ref}, {fconst('f64', 1.0 / 9007199254740992.0)}", "f64")
+    if f.width and not key.width:
+        key = splat(f, key)
+    z = splitmix64(f, f.ins(f"add {key}, {f.index.ref}", "i64"))
+    u = f.ins(f"uitofp {f.ins(f'lshr {z}, {_k64(f, 11)}', 'i64')} to {V('f64', '', False, f.width).ty}", "f64")
+    return f.ins(f"fmul {u}, {f.c('f64', 1.0 / 9007199254740992.0).ref}", "f64")
 
 
 def _dropout(f, a, n):  # x * (1/(1-p) if u >= p else 0)
@@ -329,7 +346,7 @@ def _dropout(f, a, n):  # x * (1/(1-p) if u >= p else 0)
     if a[1].dtype != "i64":
         raise Unsupported(f"dropout seed of dtype {a[1].dtype}")
     u = uniform1(f, stream_key(f, a[1], int(n.attr["stream"])))
-    keep = f.ins(f"fcmp oge double {u.ref}, {fconst('f64', float(n.attr['p']))}", "bool")
+    keep = f.ins(f"fcmp oge {u}, {f.c('f64', float(n.attr['p'])).ref}", "bool")
     m = _select(f, keep, f.c(dt, 1.0 / (1.0 - n.attr["p"])), f.c(dt, 0.0))
     return f.ins(f"fmul {a[0]}, {m.ref}", dt)
 

@@ -353,9 +353,9 @@ def addmm_function(name: str, node) -> tuple[str, list[str], list[str]]:
 
 # the members an epilogue may hold to run on the GEMM's register tiles: elementwise ops whose
 # lowering (runtime/lower_llvm.EXPR) is written for vectors as for scalars (no libm call, no
-# random stream indexed by the flat position, no conversion)
+# conversion; dropout's stream is drawn at a vector of flat indices)
 TILE_OPS = frozenset({"add", "sub", "mul", "div", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "where",
-                      "neg", "relu", "relu_backward", "sigmoid_backward", "tanh_backward", "broadcast_to"})
+                      "neg", "relu", "relu_backward", "sigmoid_backward", "tanh_backward", "broadcast_to", "dropout"})
 _TILE_DTYPES = ("f32", "f64", "bool")
 
 
@@ -389,7 +389,12 @@ def _tile_plan(node, scalars: set[str]):
     for m in after:
         if m.op not in TILE_OPS or types[m.outputs[0]].shape != space or m.types[0].dtype not in _TILE_DTYPES:
             return None
-        reads += [i for i in m.inputs if i not in made]
+        ins = list(m.inputs)
+        if m.op == "dropout":  # its seed: an i64 scalar argument
+            if ins[1] not in scalars or types[ins[1]].dtype != "i64":
+                return None
+            ins.pop(1)
+        reads += [i for i in ins if i not in made]
         made.add(m.outputs[0])
     for v in reads:
         t = types[v]
@@ -411,7 +416,7 @@ def tile_epilogue_ir(node, scalars: set[str]):
     results are bit-equal to the two-pass form. None when the epilogue cannot run per tile
     (_tile_plan); then kernel_ir lowers the kernel as before. Returns what kernel_ir returns."""
     from .kernels import broadcast_strides
-    from .lower_llvm import ATTRIBUTES, EXPR, V, Unsupported, _Fn, _MEM, _relu
+    from .lower_llvm import ATTRIBUTES, EXPR, V, Unsupported, _Fn, _MEM, _relu, splat
 
     plan = _tile_plan(node, scalars)
     if plan is None:
@@ -442,6 +447,8 @@ def tile_epilogue_ir(node, scalars: set[str]):
         return f.ins(f"add nuw nsw i64 {o}, {col * st[1]}", "i64").ref if col * st[1] else o
 
     def read(v: str, row: str, col: int, partial: bool) -> V:
+        if v in scalars:  # a dropout seed
+            return V("i64", ptr[v], True)
         t = types[v]
         mt = _MEM[t.dtype]
         st = broadcast_strides(t.shape, space) if t.size != 1 else (0, 0)
@@ -482,7 +489,12 @@ def tile_epilogue_ir(node, scalars: set[str]):
 
     def epilogue(row: str, col: int, acc: str, partial: bool) -> None:
         """kernel_ir's epilogue loop body, on one vector of the tile (the same members in order)."""
+        f.width = None
+        at = f.ins(f"mul nuw nsw i64 {row}, {n}", "i64")
+        at = f.ins(f"add nuw nsw i64 {at.ref}, {col}", "i64")
         f.width = w
+        lanes = "<" + ", ".join(f"i64 {j}" for j in range(w)) + ">"
+        f.index = f.ins(f"add {splat(f, at)}, {lanes}", "i64")  # the flat indices of the vector's elements
         local: dict[str, V] = {}
 
         def operand(v: str) -> V:
@@ -522,6 +534,6 @@ def tile_epilogue_ir(node, scalars: set[str]):
     ops = [mm.op for mm in node.body.nodes]
     text = "\n".join([f"; graphc kernel {{impl=loops, kind=gemm}}: {', '.join(ops)}; epilogue per tile of {list(space)}",
                       f"define void @kernel({', '.join(params)}) #0 {{", "entry:", *out.allocas, *s["alloca"],
-                      *s["gemm"], "  ret void", "}", "", *[decls[d] for d in sorted(decls)], "", f"attributes #0 = {{ {ATTRIBUTES} }}"]) + "\n"
+                      *s["hoist"], *s["gemm"], "  ret void", "}", "", *[decls[d] for d in sorted(decls)], "", f"attributes #0 = {{ {ATTRIBUTES} }}"]) + "\n"
     args = ["i64 scalar" if v in scalars else types[v].dtype for v in inputs]
     return text, inputs, outputs, args + [types[v].dtype for v in outputs]

@@ -140,8 +140,8 @@ def test_an_mlp_with_loop_gemms_trains_like_torch(llvm, monkeypatch, tmp_path):
 @pytest.mark.parametrize("m,n,k", [(7, 20, 5), (33, 32, 9), (6, 1, 4)])
 @pytest.mark.parametrize("dt", ["f32", "f64"])
 def test_the_epilogue_on_register_tiles_is_bit_equal_to_the_two_pass_form(m, n, k, dt, monkeypatch):
-    """A loop GEMM's elementwise epilogue (bias, ReLU, masks, row/column/one-element broadcasts, a
-    bool output) runs on each register tile in one pass: bit-equal to the epilogue loop after the
+    """A loop GEMM's elementwise epilogue (bias, ReLU, masks, dropout, row/column/one-element
+    broadcasts, a bool output) runs on each register tile in one pass: bit-equal to the epilogue loop after the
     GEMM (the same members in the same order per element); a trailing reduction keeps two passes."""
     from graphc.ir import GraphBuilder, TensorType
     from graphc.ir.graph import kernel_node
@@ -153,13 +153,15 @@ def test_the_epilogue_on_register_tiles_is_bit_equal_to_the_two_pass_form(m, n, 
     data = {"x": rng.standard_normal((m, k)).astype(t), "w": rng.standard_normal((n, k)).astype(t),
             "bias": rng.standard_normal(n).astype(t), "row": rng.standard_normal(n).astype(t),
             "col": rng.standard_normal((m, 1)).astype(t), "one": rng.standard_normal((1, 1)).astype(t),
-            "c": rng.uniform(size=(m, n)) > 0.5, "pos": rng.standard_normal((m, n)).astype(t)}
+            "c": rng.uniform(size=(m, n)) > 0.5, "pos": rng.standard_normal((m, n)).astype(t),
+            "seed": np.array(-5, np.int64)}
 
     def node_of(reduce):
         b = GraphBuilder("k")
-        names = [b.add_input(v, TensorType(a.shape, graphc.ir.types.dtype_name(a.dtype))) for v, a in data.items()]
-        x, w, bias, row, col, one, c, pos = names
-        y = b.emit("linear_relu", [x, w, bias])
+        names = [b.add_input(v, TensorType(a.shape, graphc.ir.types.dtype_name(a.dtype)),
+                             "rng" if v == "seed" else "input") for v, a in data.items()]
+        x, w, bias, row, col, one, c, pos, seed = names
+        y = b.emit("dropout", [b.emit("linear_relu", [x, w, bias]), seed], {"p": 0.3, "stream": 5})
         s = b.emit("sub", [b.emit("mul", [y, row]), col])
         z = b.emit("relu_backward", [b.emit("where", [c, s, b.emit("div", [s, one])]), pos])
         b.emit("gt", [z, y])
@@ -170,12 +172,14 @@ def test_the_epilogue_on_register_tiles_is_bit_equal_to_the_two_pass_form(m, n, 
         return kernel_node(list(g.nodes), names, outs, g.types, "gemm", impl="loops")
 
     node = node_of(False)
-    text = lower_llvm.kernel_ir(node, set())[0]
+    text = lower_llvm.kernel_ir(node, {"seed"})[0]
     assert "epilogue per tile" in text
-    one_pass = run_llvm(node, data)
+    one_pass = run_llvm(node, data, {"seed"})
     monkeypatch.setattr(lower_small_gemm, "tile_epilogue_ir", lambda node, scalars: None)
-    assert "epilogue per tile" not in lower_llvm.kernel_ir(node, set())[0]
-    for a, b in zip(one_pass, run_llvm(node, data)):
+    assert "epilogue per tile" not in lower_llvm.kernel_ir(node, {"seed"})[0]
+    two_pass = run_llvm(node, data, {"seed"})
+    assert 0 < np.count_nonzero(two_pass[1]) < two_pass[1].size  # dropout dropped some, kept some
+    for a, b in zip(one_pass, two_pass):
         _same(a, b)
     monkeypatch.undo()
-    assert "epilogue per tile" not in lower_llvm.kernel_ir(node_of(True), set())[0]  # the bias-gradient sum's form
+    assert "epilogue per tile" not in lower_llvm.kernel_ir(node_of(True), {"seed"})[0]  # the bias-gradient sum's form
