@@ -263,6 +263,22 @@ def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n
                 out.line(f"store {vt} {v}, ptr {p}, align {_SIZE[dt]}")
 
 
+def _operands(gemm, types, prologue: dict, ptr: dict):
+    """(A, B, (m, n, k)) of a kernel's GEMM as gemm_loops reads them: each operand (pointer, row
+    stride, column stride); one behind a prologue transpose, and linear's weight (x @ w.T), read
+    through swapped strides."""
+    def operand(v, transposed):
+        src = prologue.get(v, v)
+        r, c = types[src].shape
+        if v in prologue:
+            transposed = not transposed
+        return (ptr[src], 1, c) if transposed else (ptr[src], c, 1), ((c, r) if transposed else (r, c))
+
+    a, (m, k) = operand(gemm.inputs[0], False)
+    b, (_, n) = operand(gemm.inputs[1], gemm.op != "matmul")
+    return a, b, (m, n, k)
+
+
 def lower_gemm(f, gemm, types, prologue: dict, ptr: dict, dst: str) -> None:
     """The GEMM of a kernel {impl="loops"} (runtime/lower_llvm.kernel_ir's `_blas`, as loops):
     dst (C, row-major) = op(A) @ op(B); an operand behind a prologue transpose, and linear's
@@ -273,15 +289,7 @@ def lower_gemm(f, gemm, types, prologue: dict, ptr: dict, dst: str) -> None:
 
         raise Unsupported(f"{gemm.op} on {dt}")
 
-    def operand(v, transposed):
-        src = prologue.get(v, v)
-        r, c = types[src].shape
-        if v in prologue:
-            transposed = not transposed
-        return (ptr[src], 1, c) if transposed else (ptr[src], c, 1), ((c, r) if transposed else (r, c))
-
-    a, (m, k) = operand(gemm.inputs[0], False)
-    b, (_, n) = operand(gemm.inputs[1], gemm.op != "matmul")  # linear: x @ w.T
+    a, b, (m, n, k) = _operands(gemm, types, prologue, ptr)
     out = Lines("g")
     gemm_loops(out, dt, m, n, k, a, b, (dst, n, 1))
     f.sections["alloca"] += out.allocas
@@ -517,15 +525,7 @@ def tile_epilogue_ir(node, scalars: set[str]):
             store(v, local[v], row, col, partial)
         f.width = None
 
-    def operand_of(v, transposed):
-        src = prologue.get(v, v)
-        r, c = types[src].shape
-        if v in prologue:
-            transposed = not transposed
-        return (ptr[src], 1, c) if transposed else (ptr[src], c, 1), ((c, r) if transposed else (r, c))
-
-    a, (m, k) = operand_of(gemm.inputs[0], False)
-    b, (_, nn) = operand_of(gemm.inputs[1], gemm.op != "matmul")  # linear: x @ w.T
+    a, b, (m, nn, k) = _operands(gemm, types, prologue, ptr)
     gemm_loops(out, dt, m, nn, k, a, b, ("%unused", nn, 1), epilogue=epilogue)
     s = f.sections
     params = [f"i64 {ptr[v]}" if v in scalars else f"ptr {ptr[v]}" for v in inputs]
