@@ -68,6 +68,22 @@ def _unroll(f: Fn, src, col, BL, k, C, Hp, Wp, KH, KW, L, dh, dw, sz) -> None:
                 f.memcpy(f.at(col, dst), f.at(src, f.lin(0, (c, Hp * Wp), (i, dh * Wp), (j, dw))), L, sz)
 
 
+def _group_gemms(f: Fn, dt, groups, cols, COg, Kg, col, w, tmp) -> None:
+    """tmp_g[COg, cols] = w_g[COg, Kg] @ col_g[Kg, cols] for each group g (the forward's GEMMs)."""
+    with f.loop(groups) as g:
+        f.gemm(dt, "n", "n", cols, COg, Kg, f.at(col, f.lin(0, (g, Kg * cols))), cols, f.at(w, f.lin(0, (g, COg * Kg))),
+               Kg, f.at(tmp, f.lin(0, (g, COg * cols))), cols)
+
+
+def _bias_relu_row(f: Fn, tmp, t, out, o, count, bv, relu: bool, zero) -> None:
+    """out[o + q] = tmp[t + q] + bv (max'd with 0 when relu) for q < count: the forward's epilogue."""
+    with f.loop(count) as q:
+        v = f.b.fadd(f.load(tmp, f.add(t, q)), bv)
+        if relu:
+            v = f.b.select(f.b.fcmp_ordered("<", v, zero), zero, v)
+        f.store(v, out, f.add(o, q))
+
+
 def wide_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, has_bias, relu, NB) -> LlvmCall:
     """conv_wide.conv2d_wide_forward for one node: arguments x, w, b (w when no bias), out, xp, col, tmp."""
     Hp, Wp, L = wide_geometry(OH, OW, KH, KW, dh, dw)
@@ -90,21 +106,14 @@ def wide_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, has
                 _pad_interior(f, src, xp, C, H, W, Hp, Wp, pt, pl, sz)
                 src = xp
             _unroll(f, src, col, BL, k, C, Hp, Wp, KH, KW, L, dh, dw, sz)
-        with f.loop(groups) as g:
-            f.gemm(dt, "n", "n", BL, COg, Kg, f.at(col, f.lin(0, (g, Kg * BL))), BL, f.at(w, f.lin(0, (g, COg * Kg))), Kg,
-                   f.at(tmp, f.lin(0, (g, COg * BL))), BL)
+        _group_gemms(f, dt, groups, BL, COg, Kg, col, w, tmp)
         with f.loop(nb) as k:
             n = f.add(n0, k)
             with f.loop(CO) as co:
                 bv = f.load(b, co) if has_bias else zero
                 with f.loop(OH) as oh:
-                    o = f.lin(0, (n, CO * OH * OW), (co, OH * OW), (oh, OW))
-                    t = f.lin(0, (co, BL), (k, L), (oh, Wp))
-                    with f.loop(OW) as q:
-                        v = f.b.fadd(f.load(tmp, f.add(t, q)), bv)
-                        if relu:
-                            v = f.b.select(f.b.fcmp_ordered("<", v, zero), zero, v)
-                        f.store(v, out, f.add(o, q))
+                    _bias_relu_row(f, tmp, f.lin(0, (co, BL), (k, L), (oh, Wp)), out,
+                                   f.lin(0, (n, CO * OH * OW), (co, OH * OW), (oh, OW)), OW, bv, relu, zero)
 
     _chunks(f, N, NB, chunk)
     return LlvmCall("conv2d_wide_forward", f.text(), tuple([dt] * 7))
@@ -309,19 +318,12 @@ def im2col_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, g
         BP = nb * P
         with f.loop(nb) as k:
             _im2col(f, x, f.lin(0, (f.add(n0, k), C * H * W)), col, BP, f.lin(0, (k, P)), dt, *geo)
-        with f.loop(groups) as g:
-            f.gemm(dt, "n", "n", BP, COg, Kg, f.at(col, f.lin(0, (g, Kg * BP))), BP, f.at(w, f.lin(0, (g, COg * Kg))), Kg,
-                   f.at(tmp, f.lin(0, (g, COg * BP))), BP)
+        _group_gemms(f, dt, groups, BP, COg, Kg, col, w, tmp)
         with f.loop(nb) as k:
             with f.loop(CO) as co:
                 bv = f.load(b, co) if has_bias else zero
-                o = f.lin(0, (f.add(n0, k), CO * P), (co, P))
-                t = f.lin(0, (co, BP), (k, P))
-                with f.loop(P) as p:
-                    v = f.b.fadd(f.load(tmp, f.add(t, p)), bv)
-                    if relu:
-                        v = f.b.select(f.b.fcmp_ordered("<", v, zero), zero, v)
-                    f.store(v, out, f.add(o, p))
+                _bias_relu_row(f, tmp, f.lin(0, (co, BP), (k, P)), out, f.lin(0, (f.add(n0, k), CO * P), (co, P)), P,
+                               bv, relu, zero)
 
     _chunks(f, N, NB, chunk)
     return LlvmCall("conv2d_forward", f.text(), tuple([dt] * 6))
