@@ -35,8 +35,9 @@ def clip_gradients(g: Graph, max_norm: float, ctx=None) -> Graph:
     b = GraphBuilder(g.name, like=g)
     for i in g.inputs:
         b.add_input(i.name, i.type, i.kind)
+    moved = set(updates)  # (the updates are re-added below, after the clipping nodes)
     for k, n in enumerate(g.nodes):
-        if k not in updates:
+        if k not in moved:
             b.add_node(n)  # the backward (and anything else): the gradients exist before the clip
     b.phase = "optimizer"
     loc = f"clip_grad_norm(max_norm={max_norm:g})"
