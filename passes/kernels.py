@@ -406,7 +406,7 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
     for k, n in enumerate(g.nodes):
         if k in of:
             continue  # a member of a strided GEMM kernel
-        if n.op != "full" and hoistable(g, n) and n.outputs[0] in from_constants(g):
+        if n.op != "full" and n.outputs[0] in from_constants(g):
             continue  # computed from constants at the top of the plan, in no kernel
         kind = op_kind(n)
         joined = None
