@@ -70,16 +70,15 @@ class Group:
     closed: str | None = None  # why nothing more may join (a reduction ended it)
 
 
-def hoistable(g: Graph, n: Node) -> bool:
+def hoistable(g: Graph, n: Node, constants: frozenset) -> bool:
     """Nodes the pass moves to the top of the plan: constants (filled once), reshapes of graph
     inputs (a view, or a copy of a value that exists from the start) and values computed from
-    constants alone (`from_constants`): any kernel may read them."""
+    constants alone (`constants`, as `from_constants` found them): any kernel may read them."""
     return (n.op == "full" or (n.op == "reshape" and all(i in g.input_by_name for i in n.inputs))
-            or n.outputs[0] in from_constants(g))
+            or n.outputs[0] in constants)
 
 
 _CONSTANT_SOURCES = ("full", "arange")
-_from_constants: dict[int, tuple[Graph, frozenset]] = {}
 
 
 def from_constants(g: Graph) -> frozenset:
@@ -90,9 +89,6 @@ def from_constants(g: Graph) -> frozenset:
     of the attention scores takes the scale and the mask together (a mask computed between them
     would split it). A constant value read only in its own shape (an arange added to an input)
     stays in the loop of its consumer instead."""
-    hit = _from_constants.get(id(g))
-    if hit is not None and hit[0] is g:
-        return hit[1]
     made: dict[str, Node] = {}
     for n in g.nodes:
         if n.body is not None:
@@ -108,10 +104,27 @@ def from_constants(g: Graph) -> frozenset:
         if v not in found:
             found.add(v)
             todo += [i for i in made[v].inputs if made[i].op != "full"]
-    if len(_from_constants) > 64:
-        _from_constants.clear()
-    _from_constants[id(g)] = (g, frozenset(found))
-    return _from_constants[id(g)][1]
+    return frozenset(found)
+
+
+@dataclass
+class Grouping:
+    """What every grouping decision reads: the plan, who makes and who reads each value, the
+    values hoisted as computed from constants, and the kernels formed so far (`of`: node index
+    -> index of its group). One per run of `group_kernels`, passed to the helpers that decide."""
+    g: Graph
+    producer: dict[str, int]
+    users_at: dict[str, list[int]]
+    constants: frozenset
+    groups: list[Group] = field(default_factory=list)
+    of: dict[int, int] = field(default_factory=dict)
+
+    def hoisted(self, p: int) -> bool:
+        return hoistable(self.g, self.g.nodes[p], self.constants)
+
+    def runs_at(self, p: int) -> int:
+        """Where node p's value is computed: its kernel's first position, or its own."""
+        return self.groups[self.of[p]].first if p in self.of else p
 
 
 def op_kind(n: Node) -> str:
@@ -379,14 +392,14 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
         for i in n.inputs:
             users[i] = users.get(i, 0) + 1
     outputs = set(g.output_values)
-    groups: list[Group] = []
-    of: dict[int, int] = {}
     refused: list[tuple[str, list[str], str]] = []
 
     users_at: dict[str, list[int]] = {}
     for k, n in enumerate(g.nodes):
         for i in n.inputs:
             users_at.setdefault(i, []).append(k)
+    s = Grouping(g, producer, users_at, from_constants(g))
+    groups, of = s.groups, s.of
 
     copies: list = []
     for k, members in strided_gemms(g, producer, users, outputs, set(), copies):
@@ -406,24 +419,23 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
     for k, n in enumerate(g.nodes):
         if k in of:
             continue  # a member of a strided GEMM kernel
-        if n.op != "full" and n.outputs[0] in from_constants(g):
+        if n.op != "full" and n.outputs[0] in s.constants:
             continue  # computed from constants at the top of the plan, in no kernel
         kind = op_kind(n)
         joined = None
         feeders = list(dict.fromkeys(producer[i] for i in n.inputs if i in producer and producer[i] in of))
         for p in feeders:
             gi = of[p]
-            grp = groups[gi]
-            why = _why_not(g, grp, n, kind, producer, of, groups)
+            why = _why_not(s, groups[gi], n, kind)
             if why is None:
                 joined = gi
                 break
             refuse(p, n, why)
         if joined is None and kind in ("elementwise", "broadcast") and n.op != "full":
-            joined = _sibling(g, groups, n, kind, producer, of)
+            joined = _sibling(s, n, kind)
         if joined is not None:
             grp = groups[joined]
-            for b in _floating_producers(g, groups, joined, n, k, producer, of, users_at):
+            for b in _floating_producers(s, joined, n, k):
                 grp.members[:0] = groups[b].members  # computed first, at the kernel's start
                 for m in groups[b].members:
                     of[m] = joined
@@ -459,16 +471,14 @@ def group_kernels(g: Graph) -> tuple[list[Group], dict[int, int], list[tuple[str
     return groups, of, refused
 
 
-def _ready_before(g: Graph, v: str, at: int, producer, of, groups) -> bool:
+def _ready_before(s: Grouping, v: str, at: int) -> bool:
     """Whether value v exists before plan position `at` (a graph input, a hoisted node, or made
     by a node or kernel that runs earlier)."""
-    p = producer.get(v)
-    if p is None or hoistable(g, g.nodes[p]):
-        return True
-    return (groups[of[p]].first if p in of else p) < at
+    p = s.producer.get(v)
+    return p is None or s.hoisted(p) or s.runs_at(p) < at
 
 
-def _floating_producers(g: Graph, groups: list[Group], j: int, n: Node, k: int, producer, of, users_at) -> list[int]:
+def _floating_producers(s: Grouping, j: int, n: Node, k: int) -> list[int]:
     """Elementwise kernels that node n (joining kernel j) reads from and that can run inside j
     instead of on their own: a LayerNorm backward recomputes `x_hat = (x - mean) * rstd` from saved
     values near the top of the plan, where nothing it is used with exists yet, so its consumers
@@ -476,10 +486,11 @@ def _floating_producers(g: Graph, groups: list[Group], j: int, n: Node, k: int, 
     kernel, it is computed in their loop instead of written and read back. Legal when the
     producer kernel is elementwise over j's space, every value it reads exists before j starts,
     and no node that runs before j starts reads what it makes."""
+    g, groups, of = s.g, s.groups, s.of
     grp, found = groups[j], []
     mine = set(grp.members)
     for i in n.inputs:
-        p = producer.get(i)
+        p = s.producer.get(i)
         if p is None or p not in of or of[p] == j or of[p] in found:
             continue
         b = groups[of[p]]
@@ -490,12 +501,11 @@ def _floating_producers(g: Graph, groups: list[Group], j: int, n: Node, k: int, 
         if any(g.nodes[m].types[0].shape != grp.space for m in b.members):
             continue
         made = {o for m in b.members for o in g.nodes[m].outputs}
-        if not all(v in made or _ready_before(g, v, grp.first, producer, of, groups)
-                   for m in b.members for v in g.nodes[m].inputs):
+        if not all(v in made or _ready_before(s, v, grp.first) for m in b.members for v in g.nodes[m].inputs):
             continue
         bm = set(b.members)
-        if any(u not in bm and u not in mine and u < k and (groups[of[u]].first if u in of else u) < grp.first
-               for o in made for u in users_at.get(o, ())):
+        if any(u not in bm and u not in mine and u < k and s.runs_at(u) < grp.first
+               for o in made for u in s.users_at.get(o, ())):
             continue  # already read before j starts
         found.append(of[p])
     return found
@@ -504,25 +514,27 @@ def _floating_producers(g: Graph, groups: list[Group], j: int, n: Node, k: int, 
 SIBLING_WINDOW = 3  # how many of the latest kernels a node with no producer in a kernel may join
 
 
-def _sibling(g: Graph, groups: list[Group], n: Node, kind: str, producer, of) -> int | None:
+def _sibling(s: Grouping, n: Node, kind: str) -> int | None:
     """A node none of whose producers it may join can still join one of the latest open
     elementwise or rows kernels that reads one of its operands (a sibling: GELU's x * 0.5 beside
     erf(x * c), LayerNorm backward's rstd**3 beside the rows kernel that reads rstd), when that is
     legal: the same space, every operand ready before the kernel starts. One loop instead of two."""
-    reads = {i for i in n.inputs if i not in producer or g.nodes[producer[i]].op != "full"}
+    g, groups = s.g, s.groups
+    reads = {i for i in n.inputs if i not in s.producer or g.nodes[s.producer[i]].op != "full"}
     for gi in range(len(groups) - 1, max(-1, len(groups) - 1 - SIBLING_WINDOW), -1):
         grp = groups[gi]
         if grp.kind not in ("elementwise", "rows") or grp.closed:
             continue
         if not any(i in reads for m in grp.members for i in g.nodes[m].inputs):
             continue
-        if _why_not(g, grp, n, kind, producer, of, groups) is None:
+        if _why_not(s, grp, n, kind) is None:
             return gi
     return None
 
 
-def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> str | None:
+def _why_not(s: Grouping, grp: Group, n: Node, kind: str) -> str | None:
     """None if node n may join group grp, else the reason it may not."""
+    g = s.g
     if grp.closed:
         return grp.closed
     if len(grp.members) >= MAX_MEMBERS:
@@ -541,7 +553,7 @@ def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> 
     if n.op == "full":
         return "a constant is filled once"
     if grp.kind == "rows":
-        return _why_not_rows(g, grp, n, kind, producer, of, groups)
+        return _why_not_rows(s, grp, n, kind)
     if kind == "reduce":
         if grp.kind not in ("elementwise", "gemm"):
             return f"a reduction fuses with elementwise producers or a GEMM epilogue only (this kernel is a {grp.kind})"
@@ -549,40 +561,39 @@ def _why_not(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> 
             return "different iteration space (the reduction's operand is not the kernel's shape)"
     elif n.types[0].shape != grp.space:
         return f"different iteration space: {list(n.types[0].shape)} against the kernel's {list(grp.space)}"
-    late = _late_operand(g, grp, n, producer, of, groups)
+    late = _late_operand(s, grp, n)
     if late:
         return late
     mine = set(grp.members)
     for i in n.inputs:  # values of the kernel are read at the iteration index: same shape only
-        p = producer.get(i)
+        p = s.producer.get(i)
         if p in mine and g.types[i].shape != grp.space:
             return f"%{i} does not have the kernel's shape"
     return None
 
 
-def _late_operand(g: Graph, grp: Group, n: Node, producer, of, groups) -> str | None:
+def _late_operand(s: Grouping, grp: Group, n: Node) -> str | None:
     """Why n cannot run inside grp: an operand from outside that is computed after grp starts."""
     mine = set(grp.members)
     for i in n.inputs:
-        p = producer.get(i)
+        p = s.producer.get(i)
         if p is None or p in mine:
             continue
-        at = groups[of[p]].first if p in of else p  # a grouped value is computed where its kernel runs
-        if at >= grp.first and not hoistable(g, g.nodes[p]):  # (those move to the top of the plan)
-            return f"operand %{i} is computed after the kernel starts (by {_short(g.nodes[p])})"
+        if s.runs_at(p) >= grp.first and not s.hoisted(p):  # (hoisted ones move to the top of the plan)
+            return f"operand %{i} is computed after the kernel starts (by {_short(s.g.nodes[p])})"
     return None
 
 
-def _why_not_rows(g: Graph, grp: Group, n: Node, kind: str, producer, of, groups) -> str | None:
+def _why_not_rows(s: Grouping, grp: Group, n: Node, kind: str) -> str | None:
     """None if n may join the rows kernel grp: elementwise over the full shape or the row shape
     ([..., 1]), or another reduction of the row. (_why_not checked what holds for every kind.)"""
     row = grp.space[:-1] + (1,)
     if kind == "reduce":
-        if not row_reduction(g, n) or g.types[n.inputs[0]].shape != grp.space:
+        if not row_reduction(s.g, n) or s.g.types[n.inputs[0]].shape != grp.space:
             return "a rows kernel takes reductions of its rows only (last dim, keepdim, the kernel's shape)"
     elif n.types[0].shape not in (grp.space, row):
         return f"different iteration space: {list(n.types[0].shape)} is neither the rows kernel's {list(grp.space)} nor its row shape {list(row)}"
-    return _late_operand(g, grp, n, producer, of, groups)
+    return _late_operand(s, grp, n)
 
 
 # reassociates: a rows or reduce kernel accumulates its sums in 8 lanes (so the loop vectorizes),
@@ -635,7 +646,8 @@ def kernels(g: Graph, ctx: PassContext | None = None):
                   + (f"; GEMM as loops: {why}" if impl == "loops" else "") + ")")
     if not start and not any(gemm_impl.lone_addmm(n) for n in g.nodes):
         return g, changed
-    top = {k for k, n in enumerate(g.nodes) if hoistable(g, n) and k not in absorbed}
+    constants = from_constants(g)
+    top = {k for k, n in enumerate(g.nodes) if hoistable(g, n, constants) and k not in absorbed}
     nodes = [g.nodes[k] for k in sorted(top)]  # constants and input reshapes first: any kernel may read them
     for k, n in enumerate(g.nodes):
         if k in top:
