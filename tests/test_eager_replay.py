@@ -301,3 +301,48 @@ def test_a_replayed_steps_tensors_outlive_its_recording():
         np.testing.assert_allclose(out.numpy(), expect(X), rtol=1e-5, atol=1e-6)
     model[2].bias = nn.Parameter(np.full(1, 3.0, np.float32))
     np.testing.assert_allclose(model(x).detach().numpy(), expect(X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("change", ["del", "assign", "inplace"])
+def test_a_param_groups_params_changed_mid_loop_update_as_torch(change):
+    """The replayed step's optimizer checks cover the groups' parameter lists: a Parameter
+    dropped from a group (deleted in place, or the list reassigned) is no longer updated, and
+    one put in its place is, as in torch, with replay on and off."""
+    def run(lib, enabled=True):
+        graphc.autograd.reset()
+        replay.ENABLED = enabled
+        try:
+            graphc.manual_seed(0)
+            model = SimpleNet()
+            model.eval()
+            if lib is torch:
+                tm = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 1))
+                with torch.no_grad():
+                    for tp, p in zip(tm.parameters(), model.parameters()):
+                        tp.copy_(torch.from_numpy(p.detach().numpy()))
+                model, crit, x, y = tm, torch.nn.MSELoss(), torch.from_numpy(X), torch.from_numpy(Y)
+                new = torch.nn.Parameter(torch.zeros(20, 10))
+            else:
+                crit, x, y, new = nn.MSELoss(), X, Y, nn.Parameter(np.zeros((20, 10), np.float32))
+            opt = lib.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            for step in range(8):
+                if step == 4:
+                    group = opt.param_groups[0]
+                    if change == "del":
+                        del group["params"][0]
+                    elif change == "assign":
+                        group["params"] = list(group["params"][1:])
+                    else:
+                        group["params"][0] = new
+                opt.zero_grad()
+                loss = crit(model(x), y)
+                loss.backward()
+                opt.step()
+            return [p.detach().numpy().copy() for p in model.parameters()]
+        finally:
+            replay.ENABLED = True
+
+    want = run(torch)
+    for got in (run(graphc), run(graphc, enabled=False)):
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
