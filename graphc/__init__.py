@@ -52,6 +52,7 @@ _LAZY = {
     "load_safetensors": ("graphc.interop.safetensors", "load_safetensors"),
     "save_safetensors": ("graphc.interop.safetensors", "save_safetensors"),
     "warmup": ("graphc.kernel_warmup", "warmup"),
+    "profile": ("graphc.profiler", "profile"),
 }
 
 

@@ -246,7 +246,9 @@ def build(args) -> Any:
         opt = _run_user("creating the optimizer", _optimizer, args.optim, model)
         obj = _run_user(f"compiling the train step of {name}", compiler.compile_train_step, model, loss_fn, opt,
                         *inputs, target)
+        inputs = [*inputs, target]
     log.debug("built %s in %.1f ms", name, (time.perf_counter() - t0) * 1e3)
+    args.call_inputs = inputs  # what the compiled object is called with (graphc profile runs it)
     return obj
 
 
@@ -278,6 +280,18 @@ def cmd_inspect(args) -> int:
         out.append(f"== {last.name} ==\n{last.ir.rstrip()}")
         out.append("(more: --all-stages, --stage NAME, --diff A B, --report passes|saved|memory|fusion)")
     print("\n\n".join(out))
+    return 0
+
+
+def cmd_profile(args) -> int:
+    """Compile, then print graphc.profile's table of the plan's kernel calls."""
+    import graphc
+
+    obj = build(args)
+    if not hasattr(obj, "executables"):
+        raise CLIError("profile needs graphc.compiler (this build has only the pass pipeline)")
+    prof = _run_user("profiling", lambda: graphc.profile(obj, *args.call_inputs, steps=args.steps))
+    print(prof)
     return 0
 
 
@@ -432,6 +446,14 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--report", action="append", choices=(*REPORTS, "all"),
                       help="a report: passes, saved (values kept for backward), memory (buffer plan), fusion; repeatable")
     p.set_defaults(run=cmd_inspect)
+
+    p = sub.add_parser("profile", help="run a compiled model and print where its time goes, kernel by kernel",
+                       description="Compile a model (or its train step, --train) and run it on zeros of the example "
+                                   "shapes; print graphc.profile's table: each kernel call of the plan with its IR "
+                                   "members, phase and median time, then totals by phase and kind.")
+    _model_arguments(p)
+    p.add_argument("--steps", type=int, default=20, help="profiled calls (after 3 warm-up calls; default 20)")
+    p.set_defaults(run=cmd_profile)
 
     p = sub.add_parser("dump", help="write every stage as text, DOT and SVG, with an index.md",
                        description="Trace and compile a model and write NN_stage.{txt,dot,svg} per stage plus index.md.")

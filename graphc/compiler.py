@@ -161,6 +161,12 @@ class _Inspectable:
     def fusion_report(self) -> str:
         return self._report("fusion_report")
 
+    def profile(self, *inputs, steps: int = 20, warmup: int = 3):
+        """graphc.profile(self, *inputs, ...): each kernel call's median time (graphc/profiler.py)."""
+        from .profiler import profile
+
+        return profile(self, *inputs, steps=steps, warmup=warmup)
+
 
 # ------------------------------------------------------------------ compile
 

@@ -21,6 +21,11 @@ A kernel's non-zero status (it raised) returns 1 at once; the runner then runs t
 (`plan_full`, compiled only then) to raise the kernel's own error message.
 
 Anything else in the text raises Unsupported and the plan keeps numba's glue (codegen says why).
+
+`translate(..., profile=True)` is the same function instrumented for graphc.profile: a second
+symbol `graphc_glueprof_<key>(table, prof, in...)` that stores the cycle counter
+(`llvm.readcyclecounter`) into prof[0] on entry and into prof[k + 1] after call k; the plan's
+own glue is generated without it (instrumentation is never in the plan that trains).
 """
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ class Glue:
     ir: str
     symbol: str
     callees: list[Callee] = field(default_factory=list)
+    sites: list[int] = field(default_factory=list)  # per call, in order: the index of its line in the body
 
 
 @dataclass
@@ -75,18 +81,29 @@ _NP = {"float32": "f32", "float64": "f64", "int64": "i64", "int32": "i32", "bool
        "uint8": "u8", "int8": "i8"}
 
 
-def translate(body: list[str], params: list[str], scalars: set[str], resolve, inputs: dict) -> Glue:
+def translate(body: list[str], params: list[str], scalars: set[str], resolve, inputs: dict,
+              profile: bool = False) -> Glue:
     """The LLVM glue of a plan whose `plan(params..., table)` body is `body` (source lines, no
     `def`, shape check or return). `resolve(name)` says what a called global is: ("numba",
     "module:function") or ("llvm", symbol); `inputs` maps each array call input to (numpy dtype
-    name, shape)."""
+    name, shape). profile: the instrumented variant (the module docstring)."""
     from numba import types
 
     text = "\n".join(body)
     key = hashlib.sha256(text.encode()).hexdigest()[:24]
-    symbol = f"graphc_glue_{key}"
+    symbol = f"graphc_glue{'prof' if profile else ''}_{key}"
     out: list[str] = []  # the function body's instructions
+    sites: list[int] = []
     n = [0]
+
+    def tick(line_no: int) -> None:
+        """After a call: note its line; profiling: store the cycle counter in its prof slot."""
+        sites.append(line_no)
+        if profile:
+            c, p = tmp(), tmp()
+            out.append(f"  {c} = call i64 @llvm.readcyclecounter()")
+            out.append(f"  {p} = getelementptr i64, i64* %prof, i64 {len(sites)}")
+            out.append(f"  store i64 {c}, i64* {p}")
 
     def tmp() -> str:
         n[0] += 1
@@ -223,7 +240,7 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
         v = view_of(e)
         return types.Array(getattr(types, _ELEM[v.dtype][0]), len(v.shape), "C"), array_args(v)
 
-    for line in body:
+    for line_no, line in enumerate(body):
         st = line.strip()
         if not st or st.startswith("#"):
             continue
@@ -258,6 +275,7 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
                 raise Unsupported(f"{what} declared twice differently")
             s_, ok = tmp(), tmp()
             out.append(f"  {s_} = call i32 @{what}({', '.join(args)})")
+            tick(line_no)
             out.append(f"  {ok} = icmp eq i32 {s_}, 0")
             label = f"ok{n[0]}"
             out.append(f"  br i1 {ok}, label %{label}, label %fail")
@@ -275,6 +293,7 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
             if decls.setdefault(what, decl) != decl:
                 raise Unsupported(f"{what} called with {len(args)} arguments and with another count")
             out.append(f"  call void @{what}({', '.join(args)})")
+            tick(line_no)
             continue
         typed = [argument(a) for a in call.args]
         sig = tuple(t for t, _ in typed)
@@ -292,6 +311,7 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
             raise Unsupported(f"argument types of {what}: {flat} vs {want}")
         s_, a_, b_, ok = tmp(), tmp(), tmp(), tmp()
         out.append(f"  {s_} = call i32 @{callee.symbol}({fntypes[sig][0]} %ret, {fntypes[sig][1]} %exc, {', '.join(flat)})")
+        tick(line_no)
         out.append(f"  {a_} = icmp eq i32 {s_}, 0")
         out.append(f"  {b_} = icmp eq i32 {s_}, -2")  # numba's "returned None"
         out.append(f"  {ok} = or i1 {a_}, {b_}")
@@ -299,10 +319,14 @@ def translate(body: list[str], params: list[str], scalars: set[str], resolve, in
         out.append(f"  br i1 {ok}, label %{label}, label %fail")
         out.append(f"{label}:")
     exc_t = _function_type((types.none,))[1][:-1]  # excinfo**: allocate one excinfo*
-    head = [f"define i32 @{symbol}(i64* %table{''.join(f', i64 %in{k}' for k in range(len(params)))}) {{",
+    head = [f"define i32 @{symbol}(i64* %table{', i64* %prof' if profile else ''}"
+            f"{''.join(f', i64 %in{k}' for k in range(len(params)))}) {{",
             "entry:", "  %ret = alloca i8*", f"  %exc = alloca {exc_t}", f"  store {exc_t} null, {exc_t}* %exc"]
+    if profile:
+        decls["llvm.readcyclecounter"] = "declare i64 @llvm.readcyclecounter()"
+        head += ["  %c0 = call i64 @llvm.readcyclecounter()", "  store i64 %c0, i64* %prof"]
     ir_text = "\n".join(sorted(decls.values()) + [""] + head + out + ["  ret i32 0", "fail:", "  ret i32 1", "}", ""])
-    return Glue(ir_text, symbol, list(callees.values()))
+    return Glue(ir_text, symbol, list(callees.values()), sites)
 
 
 def _function_type(sig) -> list[str]:
@@ -321,7 +345,7 @@ _bound: dict[str, int] = {}  # callee symbol -> address, bound in this process
 def load(glue: Glue, plan_module, folder) -> str:
     """Bind the glue's callees to numba's code for them (compiled, or loaded from numba's cache),
     then load the glue's object code from `folder` (glue.ll, glue.o) or compile and store it
-    there. Returns "cached" or "compiled". Raises Unsupported if a callee returns a value (the
+    there (folder None: compile, store nothing). Returns "cached" or "compiled". Raises Unsupported if a callee returns a value (the
     glue calls every library kernel as returning nothing)."""
     from pathlib import Path
 
@@ -342,6 +366,12 @@ def load(glue: Glue, plan_module, folder) -> str:
         ll.add_symbol(c.symbol, addr)
     if glue.symbol in kernel_lib._in_engine:
         return "reused"
+    if folder is None:  # not stored (graphc.profile's instrumented glue)
+        tm, _ = kernel_lib._engine()
+        m = ll.parse_assembly(glue.ir)
+        m.verify()
+        kernel_lib._load_object(glue.symbol, tm.emit_object(m))
+        return "compiled"
     folder = Path(folder)
     ll_path, o_path = folder / "glue.ll", folder / "glue.o"
     if o_path.is_file() and ll_path.is_file() and ll_path.read_text() == glue.ir:
