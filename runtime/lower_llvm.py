@@ -417,27 +417,21 @@ def exp32(f: _Fn, x: V) -> V:
     return _select(f, _cmp(f, "ne", x, x), x, e)
 
 
-def _horner(f: _Fn, t: V, coefs) -> V:
-    """c0 + t * (c1 + t * (... + t * cn)), innermost first, as written in runtime/kernels.py."""
-    acc = f.c("f32", coefs[-1])
-    for c in reversed(coefs[:-1]):
-        acc = f.ins(f"fadd {f.c('f32', c)}, {_f(f, 'fmul', t, acc).ref}", "f32")
-    return acc
-
-
 def erf32(f: _Fn, x: V) -> V:
-    """runtime/kernels.erf32 op for op (musl's erff below 0.84375, Numerical Recipes' erfc above)."""
-    z = _f(f, "fmul", x, x)
-    num = _horner(f, z, (1.2837916613e-01, -3.2504209876e-01, -2.8481749818e-02, -5.7702702470e-03, -2.3763017452e-05))
-    den = _horner(f, z, (1.0, 3.9791721106e-01, 6.5022252500e-02, 5.0813062117e-03, 1.3249473704e-04, -3.9602282413e-06))
-    small = _f(f, "fadd", x, _f(f, "fmul", x, _f(f, "fdiv", num, den)))
-    a = f.call("llvm.fabs", "float", [x], "f32")
-    t = f.ins(f"fdiv {f.c('f32', 1.0)}, {_f(f, 'fadd', f.c('f32', 1.0), _f(f, 'fmul', f.c('f32', 0.5), a)).ref}", "f32")
-    poly = _horner(f, t, (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398,
-                          1.48851587, -0.82215223, 0.17087277))
-    big = f.ins(f"fsub {f.c('f32', 1.0)}, {_f(f, 'fmul', t, exp32(f, _f(f, 'fsub', poly, z))).ref}", "f32")
-    big = _select(f, _cmp(f, "lt", x, f.c("f32", 0.0)), f.ins(f"fneg {big}", "f32"), big)
-    return _select(f, _cmp(f, "lt", a, f.c("f32", 0.84375)), small, big)
+    """runtime/kernels.erf32 op for op (Eigen's rational erf on x clamped to [-4, 4])."""
+    xc = _select(f, _cmp(f, "gt", x, f.c("f32", -4.0)), x, f.c("f32", -4.0))  # max(x, -4)
+    xc = _select(f, _cmp(f, "lt", xc, f.c("f32", 4.0)), xc, f.c("f32", 4.0))  # min(., 4)
+    z = _f(f, "fmul", xc, xc)
+    coefs = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+             -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+    p = f.c("f32", coefs[0])
+    for c in coefs[1:]:
+        p = _f(f, "fadd", _f(f, "fmul", p, z), c)
+    q = f.c("f32", -1.45660718464996e-05)
+    for c in (-2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02):
+        q = _f(f, "fadd", _f(f, "fmul", q, z), c)
+    e = _f(f, "fdiv", _f(f, "fmul", p, xc), q)
+    return _select(f, _cmp(f, "ne", x, x), x, e)
 
 
 def lowerable(n: Node) -> bool:
