@@ -70,7 +70,9 @@ def graphc_step(workload):
     step = graphc.compile_train_step(model, nn.CrossEntropyLoss(), opt, x, y)
     exe = next(iter(step.executables.values()))
     calls = sum(len(c.kernels) for c in plan_calls(exe.source.text))  # every kernel call of the plan
-    info = {"kernels": calls, "nodes": len(exe.graph.nodes), "peak_bytes": exe.memory_plan.peak_bytes}
+    split = [n for n in exe.graph.nodes if n.attr.get("threads", 1) > 1]
+    info = {"kernels": calls, "nodes": len(exe.graph.nodes), "peak_bytes": exe.memory_plan.peak_bytes,
+            "threads": graphc.get_num_threads(), "split": len(split)}
     return (lambda: step(x, y)), info
 
 
@@ -98,7 +100,10 @@ def torch_step(workload, compiled=False):
     return step, info
 
 
-IMPLS = {"graphc": graphc_step, "torch eager": torch_step, "torch.compile": lambda w: torch_step(w, True)}
+IMPLS = {"graphc": graphc_step, "graphc 1 thread": graphc_step, "torch eager": torch_step,
+         "torch.compile": lambda w: torch_step(w, True)}
+# each worker's environment: "graphc 1 thread" splits no kernel (passes/parallel.py), the gain is the difference
+WORKER_ENV = {"graphc 1 thread": {"GRAPHC_THREADS": "1"}}
 
 
 def worker(impl: str, workload: str):
@@ -124,7 +129,7 @@ def run_workload(workload, rounds, steps):
     procs, infos = {}, {}
     for impl in IMPLS:
         p = subprocess.Popen([sys.executable, __file__, "--worker", impl, workload], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, cwd=HERE)
+                             stdout=subprocess.PIPE, text=True, cwd=HERE, env={**os.environ, **WORKER_ENV.get(impl, {})})
         infos[impl] = json.loads(p.stdout.readline())
         procs[impl] = p
     times = {impl: [] for impl in IMPLS}
@@ -248,7 +253,11 @@ def main(argv=None):
     ap.add_argument("--compile-only", action="store_true", help="only graphc's cold / new plan / cached times")
     ap.add_argument("--im2col-vs-direct", action="store_true")
     ap.add_argument("--worker", nargs=2)
+    ap.add_argument("--impls", default=None, help="comma-separated subset of: " + ", ".join(IMPLS))
     a = ap.parse_args(argv)
+    if a.impls:
+        for k in [k for k in IMPLS if k not in a.impls.split(",")]:
+            del IMPLS[k]
     if a.worker:
         return worker(*a.worker)
     if a.im2col_vs_direct:
@@ -270,15 +279,19 @@ def main(argv=None):
                 f"{label} {ct[label + ' CPU']:.2f} s" for label in ("cold", "new plan", "after warmup", "cached")))
             continue
         med, infos = run_workload(w, a.rounds, a.steps)
-        eager = med["torch eager"]
+        eager = med.get("torch eager", next(iter(med.values())))
         print(f"\n**{w}**: {WORKLOADS[w][0].__name__}, batch {BATCH}, float32, SGD momentum; median of {a.rounds} rounds x {a.steps} steps\n")
         print("| implementation | median ms/step | this / torch eager |")
         print("|---|---:|---:|")
         for impl, t in med.items():
             print(f"| {impl} | {t * 1e3:,.2f} | {t / eager:.2f}x |")
-        g = infos["graphc"]
-        print(f"\n- graphc train-step plan: {g['nodes']} nodes, {g['kernels']} kernel calls, peak {g['peak_bytes']:,} B")
-        print(f"- torch.compile: first step (compile) {infos['torch.compile']['compile_s']:.1f} s")
+        for impl in ("graphc", "graphc 1 thread"):
+            if impl in infos:
+                g = infos[impl]
+                print(f"\n- {impl} train-step plan: {g['nodes']} nodes, {g['kernels']} kernel calls, peak {g['peak_bytes']:,} B, "
+                      f"{g['split']} kernels split over up to {g['threads']} threads")
+        if "torch.compile" in infos:
+            print(f"- torch.compile: first step (compile) {infos['torch.compile']['compile_s']:.1f} s")
         if not a.no_compile:
             ct = compile_times(w)
             print(f"- graphc: process start to first step {ct['cold']:.2f} s cold (no caches), {ct['new plan']:.2f} s new "

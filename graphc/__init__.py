@@ -53,6 +53,8 @@ _LAZY = {
     "save_safetensors": ("graphc.interop.safetensors", "save_safetensors"),
     "warmup": ("graphc.kernel_warmup", "warmup"),
     "profile": ("graphc.profiler", "profile"),
+    "set_num_threads": ("graphc.passes.parallel", "set_num_threads"),  # threads kernels are split over
+    "get_num_threads": ("graphc.passes.parallel", "num_threads"),
 }
 
 

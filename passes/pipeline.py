@@ -185,6 +185,13 @@ def _kernel_stage(plans: CompiledPlans, plan: Graph, name: str, check: bool, dis
     new, snap = run_one(get_pass("kernels"), plan, unique_name(name, taken), taken, Checker(plan) if check else None)
     plans.stages.append(snap)
     plans.fusion_records.extend(snap.fusion_records)
+    if "parallel" not in disable:  # the thread split of the kernels (passes/parallel.py)
+        from . import parallel  # noqa: F401  (registers the pass)
+
+        taken.append(snap.name)
+        stage = unique_name(name.replace("kernels", "threads"), taken)
+        new, snap = run_one(get_pass("parallel"), new, stage, taken, Checker(new) if check else None)
+        plans.stages.append(snap)
     return new
 
 

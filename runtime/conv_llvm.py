@@ -43,13 +43,32 @@ def _from_double(f: Fn, v, dt: str):
 
 def _chunks(f: Fn, N: int, NB: int, body) -> None:
     """body(n0, nb) for each chunk of NB samples (n0 an i64 value or int; nb an int): a loop over
-    the full chunks, then the last, smaller one."""
+    the full chunks, then the last, smaller one. Split over threads (f.threads > 1): each thread
+    runs its share of the chunks (the same chunks, so the same GEMMs, as one thread runs)."""
     full, rest = divmod(N, max(NB, 1))  # NB = 0 only with N = 0: no chunk
+    if f.threads > 1:
+        total = full + (1 if rest else 0)
+        lo, hi = f.share(total)
+        b = f.b
+        if full:
+            end = b.select(b.icmp_unsigned("<", hi, f.c(full)), hi, f.c(full))
+            with f.loop(end, lo) as c:
+                body(f.mul(c, NB), NB)
+        if rest:
+            with f.when(b.and_(b.icmp_unsigned("==", hi, f.c(total)), b.icmp_unsigned("<", lo, hi))):
+                body(full * NB, rest)
+        return
     if full:
         with f.loop(full) as c:
             body(f.mul(c, NB) if not isinstance(c, ir.Constant) else int(c.constant) * NB, NB)
     if rest:
         body(full * NB, rest)
+
+
+def _mine(f: Fn, ptr, size: int):
+    """This thread's slice of a per-thread scratch (threads x size elements); the scratch itself
+    with one thread."""
+    return ptr if f.threads == 1 else f.at(ptr, f.b.mul(f.thread, f.c(size)))
 
 
 def _pad_interior(f: Fn, src, xp, C, H, W, Hp, Wp, pt, pl, sz) -> None:
@@ -84,16 +103,22 @@ def _bias_relu_row(f: Fn, tmp, t, out, o, count, bv, relu: bool, zero) -> None:
         f.store(v, out, f.add(o, q))
 
 
-def wide_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, has_bias, relu, NB) -> LlvmCall:
-    """conv_wide.conv2d_wide_forward for one node: arguments x, w, b (w when no bias), out, xp, col, tmp."""
+def wide_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, has_bias, relu, NB,
+                 threads: int = 1) -> LlvmCall:
+    """conv_wide.conv2d_wide_forward for one node: arguments x, w, b (w when no bias), out, xp, col, tmp.
+    threads > 1: the chunks of samples split over threads, xp, col and tmp one per thread
+    (bit-equal to one thread: every sample's GEMM is the same call)."""
     Hp, Wp, L = wide_geometry(OH, OW, KH, KW, dh, dw)
     Cg, COg = C // groups, CO // groups
     Kg = Cg * KH * KW
     padded = Hp != H or Wp != W
     sz = SIZE[dt]
     f = Fn([dt] * 7, f"conv2d wide forward x[{N},{C},{H},{W}] w[{CO},{Cg},{KH},{KW}] -> [{N},{CO},{OH},{OW}], "
-                     f"pad ({pt},{pl}) dilation ({dh},{dw}) groups {groups} bias {has_bias} relu {relu}, {NB} samples a GEMM")
+                     f"pad ({pt},{pl}) dilation ({dh},{dw}) groups {groups} bias {has_bias} relu {relu}, {NB} samples a GEMM"
+                     + _split_note(threads), threads, _tasks(threads, -(-N // max(NB, 1))))
     x, w, b, out, xp, col, tmp = f.args
+    nb_max = min(NB or N, N)
+    xp, col, tmp = _mine(f, xp, C * Hp * Wp), _mine(f, col, Kg * groups * nb_max * L), _mine(f, tmp, CO * nb_max * L)
     zero = _f(dt, 0.0)
     if padded:
         f.zero(xp, C * Hp * Wp, sz)
@@ -120,9 +145,13 @@ def wide_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, has
 
 
 def wide_backward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, relu, input_grad, bias_grad,
-                  NB) -> LlvmCall:
+                  NB, threads: int = 1) -> LlvmCall:
     """conv_wide.conv2d_wide_backward for one node: arguments gy, x, w, y, dx, dW, db, xp, col, gyw,
-    dwt, dcol (placeholders where numba's take them; dwt is not used: dW accumulates in the GEMM)."""
+    dwt, dcol (placeholders where numba's take them; dwt is not used: dW accumulates in the GEMM).
+    threads > 1: the chunks of samples split over threads, xp, col, gyw and dcol one per thread;
+    thread 0 accumulates dW and db in place, thread t > 0 in its partial sums in dwt
+    ([threads - 1] x (dW, db)), added to dW and db in thread order after the join (another
+    summation order than one thread's: equal within float rounding, not bit-equal)."""
     Hp, Wp, L = wide_geometry(OH, OW, KH, KW, dh, dw)
     Cg, COg = C // groups, CO // groups
     Kg = Cg * KH * KW
@@ -130,13 +159,21 @@ def wide_backward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, re
     sz = SIZE[dt]
     f = Fn([dt] * 12, f"conv2d wide backward gy[{N},{CO},{OH},{OW}] x[{N},{C},{H},{W}] w[{CO},{Cg},{KH},{KW}], "
                       f"pad ({pt},{pl}) dilation ({dh},{dw}) groups {groups} relu {relu} dx {input_grad} db {bias_grad}, "
-                      f"{NB} samples a GEMM")
-    gy, x, w, y, dx, dW, db, xp, col, gyw, _dwt, dcol = f.args
+                      f"{NB} samples a GEMM" + _split_note(threads), threads,
+           backward_tasks(threads, -(-N // max(NB, 1)), CO * Kg + CO, SIZE[dt]))
+    gy, x, w, y, dx, dW, db, xp, col, gyw, dwt, dcol = f.args
+    nb_max = min(NB or N, N)
+    xp, col, dcol = _mine(f, xp, C * Hp * Wp), _mine(f, col, Kg * groups * nb_max * L), _mine(f, dcol, Kg * groups * nb_max * L)
+    gyw = _mine(f, gyw, CO * nb_max * L)
+    if threads > 1:  # task 0 sums into dW and db, task t > 0 into its slice of dwt
+        part = f.at(dwt, f.b.mul(f.b.sub(f.task, f.c(1)), f.c(CO * Kg + CO)))
+        first = f.b.icmp_unsigned("==", f.task, f.c(0))
+        dW, db = f.b.select(first, dW, part), f.b.select(first, db, f.at(part, CO * Kg))
     zero = _f(dt, 0.0)
     f.zero(dW, CO * Kg, sz)
     if bias_grad:
         f.zero(db, CO, sz)
-    f.zero(gyw, CO * NB * L, sz)  # junk columns stay zero: every chunk writes only the valid ones
+    f.zero(gyw, CO * nb_max * L, sz)  # junk columns stay zero: every chunk writes only the valid ones
     if padded and not input_grad:
         f.zero(xp, C * Hp * Wp, sz)  # only the interior is rewritten below
     acc = ir.IRBuilder(f.entry).alloca(DOUBLE)
@@ -196,7 +233,44 @@ def wide_backward(dt, N, C, H, W, CO, KH, KW, OH, OW, pt, pl, dh, dw, groups, re
                                  f.at(xp, f.lin(pt * Wp + pl, (c, Hp * Wp), (ih, Wp))), W, sz)
 
     _chunks(f, N, NB, chunk)
+    if threads > 1:
+        with f.after_join() as a:
+            _add_partials(f, a[5], a[6] if bias_grad else None, a[10], CO * Kg, CO, f.tasks, dt)
     return LlvmCall("conv2d_wide_backward", f.text(), tuple([dt] * 12))
+
+
+def _split_note(threads: int) -> str:
+    return f", split over {threads} threads" if threads > 1 else ""
+
+
+TASKS_PER_THREAD = 4  # a split kernel's tasks: a worker the OS deschedules holds back one task, not a half
+PARTIAL_BYTES = 1 << 20  # the backward's partial dW+db sums (one per task but the first) stay under this
+
+
+def _tasks(threads: int, units: int) -> int:
+    """Tasks of a split kernel: TASKS_PER_THREAD per thread, at most one per unit (chunk, plane)."""
+    return max(1, min(units, TASKS_PER_THREAD * threads)) if threads > 1 else 1
+
+
+def backward_tasks(threads: int, chunks: int, partial: int, size: int) -> int:
+    """Tasks of a split conv2d_backward: as _tasks, fewer where the partial sums of dW and db
+    (`partial` elements of `size` bytes for each task but the first) would pass PARTIAL_BYTES,
+    but never fewer than the threads."""
+    t = _tasks(threads, chunks)
+    while t > threads and (t - 1) * partial * size > PARTIAL_BYTES:
+        t -= 1
+    return t
+
+
+def _add_partials(f: Fn, dW, db, dwt, nw: int, nb: int, tasks: int, dt: str) -> None:
+    """dW += dwt[t][:nw] and db += dwt[t][nw:nw + nb] for t = 1..tasks-1, in that order."""
+    for t in range(tasks - 1):
+        base = t * (nw + nb)
+        with f.loop(nw) as i:
+            f.store(f.b.fadd(f.load(dW, i), f.load(dwt, f.add(i, base))), dW, i)
+        if db is not None:
+            with f.loop(nb) as i:
+                f.store(f.b.fadd(f.load(db, i), f.load(dwt, f.add(i, base + nw))), db, i)
 
 
 
@@ -391,15 +465,17 @@ def _better(f: Fn, v, best):
     return b.and_(b.fcmp_unordered(">", v, best), b.fcmp_ordered("ord", best, best))
 
 
-def max_pool2d(dt, NC, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw) -> LlvmCall:
+def max_pool2d(dt, NC, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, threads: int = 1) -> LlvmCall:
     """max_pool2d_forward (max_pool2d_2x2's unrolled window for 2x2 windows without padding or
-    dilation): arguments x, y, idx (i64, the argmax as h * W + w)."""
+    dilation): arguments x, y, idx (i64, the argmax as h * W + w). threads > 1: the planes split
+    over threads (bit-equal: each plane's windows are the same)."""
     two = (KH, KW, dh, dw, pt, pl) == (2, 2, 1, 1, 0, 0)
     f = Fn([dt, dt, "i64"], f"max_pool2d x[{NC},{H},{W}] -> [{NC},{OH},{OW}] window ({KH},{KW}) stride ({sh},{sw}) "
-                            f"pad ({pt},{pl}) dilation ({dh},{dw})")
+                            f"pad ({pt},{pl}) dilation ({dh},{dw})" + _split_note(threads), threads, _tasks(threads, NC))
     x, y, idx = f.args
     b = f.b
-    with f.loop(NC) as q:
+    lo, hi = f.share(NC)
+    with f.loop(hi, lo) as q:
         with f.loop(OH) as oh:
             with f.loop(OW) as ow:
                 xo = f.lin(0, (q, H * W))
@@ -439,12 +515,18 @@ def _window_max(f: Fn, x, xo, oh, ow, H, W, KH, KW, sh, sw, pt, pl, dh, dw, dt):
     return best, arg
 
 
-def max_pool2d_scatter(dt, NC, HW, P) -> LlvmCall:
-    """kernels_conv.max_pool2d_scatter: dx = 0, then dx[q, idx[q, p]] += gy[q, p]. Arguments gy, idx, dx."""
-    f = Fn([dt, "i64", dt], f"max_pool2d backward [{NC},{P}] -> [{NC},{HW}]")
+def max_pool2d_scatter(dt, NC, HW, P, threads: int = 1) -> LlvmCall:
+    """kernels_conv.max_pool2d_scatter: dx = 0, then dx[q, idx[q, p]] += gy[q, p]. Arguments gy, idx, dx.
+    threads > 1: the planes split over threads (each index points into its own plane: bit-equal)."""
+    f = Fn([dt, "i64", dt], f"max_pool2d backward [{NC},{P}] -> [{NC},{HW}]" + _split_note(threads), threads,
+           _tasks(threads, NC))
     gy, idx, dx = f.args
-    f.zero(dx, NC * HW, SIZE[dt])
-    with f.loop(NC) as q:
+    lo, hi = f.share(NC)
+    if threads == 1:
+        f.zero(dx, NC * HW, SIZE[dt])
+    else:
+        f.zero(f.at(dx, f.b.mul(lo, f.c(HW))), f.b.mul(f.b.sub(hi, lo), f.c(HW)), SIZE[dt])
+    with f.loop(hi, lo) as q:
         with f.loop(P) as p:
             o = f.lin(0, (q, P), (p, 1))
             i = f.load(idx, o)

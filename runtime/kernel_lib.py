@@ -361,6 +361,10 @@ def _load_object(symbol: str, obj: bytes) -> int:
     """Add the object code to the process's engine (once per symbol) and register its symbol."""
     import llvmlite.binding as ll
 
+    if symbol != "graphc_parallel_for" and b"graphc_parallel_for" in obj:
+        from .threads import ensure_pool  # a kernel split over threads calls the pool by symbol
+
+        ensure_pool()
     _, engine = _engine()
     with _jit_lock:
         return _add_object(ll, engine, symbol, obj)

@@ -201,14 +201,26 @@ def _wide_chunk(node, x, w, y):
     return xp, TensorType((k * cols,), x.dtype), TensorType((w.shape[0] * cols,), x.dtype)
 
 
+def _threads(node) -> int:
+    """Threads the node's kernel is split over (passes/parallel.py); only the LLVM lowerings of
+    wide conv2d and max pooling split (numba's kernels run on one thread)."""
+    return node.attr.get("threads", 1) if use_llvm() else 1
+
+
+def _per_thread(t: TensorType, threads: int) -> TensorType:
+    """A scratch with one slice per thread."""
+    return t if threads == 1 else TensorType((threads * t.size,), t.dtype)
+
+
 def _conv_scratch(node, types):
     """im2col: one chunk's im2col matrix and GEMM result; direct: one sample's padded plane and
-    wide output rows; wide: the padded plane, one chunk's wide matrix and GEMM result."""
+    wide output rows; wide: the padded plane, one chunk's wide matrix and GEMM result (one of
+    each per thread when split)."""
     x, w, y = types[node.inputs[0]], types[node.inputs[1]], node.types[0]
     if node.attr["algo"] == "direct":
         return list(_wide(node, x, w, y))
     if node.attr["algo"] == "wide":
-        return list(_wide_chunk(node, x, w, y))
+        return [_per_thread(t, _threads(node)) for t in _wide_chunk(node, x, w, y)]
     return list(_im2col_types(node, x, w, y))
 
 
@@ -223,7 +235,7 @@ def _(s):
     if s.attrs["algo"] == "wide":
         if use_llvm():
             return (conv_llvm.wide_forward(x.type.dtype, *geo[:9], *geo[11:], len(s.i) == 3, s.attrs["relu"],
-                                           _chunk(s.node, x.shape[0])),
+                                           _chunk(s.node, x.shape[0]), _threads(s.node)),
                     [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, s.t[2].f])
         return conv2d_wide_forward, [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, s.t[2].f, *geo[:9], *geo[11:],
                                      len(s.i) == 3, s.attrs["relu"], _chunk(s.node, x.shape[0])]
@@ -243,8 +255,12 @@ def _conv_backward_scratch(node, types):
         xp, gw = _wide(node, x, w, gy)
         return [xp, gw, xp] if node.attr["input_grad"] else [xp, gw]
     if node.attr["algo"] == "wide":  # padded plane, wide matrix, gy's wide rows, one group's dW, dcol
-        xp, col, gyw = _wide_chunk(node, x, w, gy)
-        dwt = TensorType((w.size // node.attr["groups"],), x.dtype)
+        t = _threads(node)
+        xp, col, gyw = (_per_thread(v, t) for v in _wide_chunk(node, x, w, gy))
+        # split: dwt holds the partial dW and db of tasks 1.. (numba's kernel: one group's dW)
+        tasks = conv_llvm.backward_tasks(t, -(-x.shape[0] // _chunk(node, x.shape[0])), w.size + w.shape[0],
+                                         x.np_dtype.itemsize) if t > 1 else 1
+        dwt = TensorType((max(w.size // node.attr["groups"], (tasks - 1) * (w.size + w.shape[0])),), x.dtype)
         return [xp, col, gyw, dwt, col] if node.attr["input_grad"] else [xp, col, gyw, dwt]
     col, gyt = _im2col_types(node, x, w, gy)
     dwt = TensorType((w.size // node.attr["groups"],), x.dtype)
@@ -271,7 +287,7 @@ def _(s):
         dcol = s.t[4].f if a["input_grad"] else col
         if use_llvm():
             return (conv_llvm.wide_backward(x.type.dtype, *geo[:9], *geo[11:], a["relu"], a["input_grad"],
-                                            a["bias_grad"], _chunk(s.node, x.shape[0])),
+                                            a["bias_grad"], _chunk(s.node, x.shape[0]), _threads(s.node)),
                     [gy.f, x.f, w.f, y, dx, dw, db, xp, col, gyw, dwt, dcol])
         return conv2d_wide_backward, [gy.f, x.f, w.f, y, dx, dw, db, xp, col, gyw, dwt, dcol, *geo[:9], *geo[11:],
                                       a["relu"], a["input_grad"], a["bias_grad"], _chunk(s.node, x.shape[0])]
@@ -359,7 +375,8 @@ def _(s):
     oh, ow = y.shape[2:]
     (kh, kw), (sh, sw), (pt, _, pl, _), (dh, dw) = a["kernel_size"], a["stride"], a["padding"], a["dilation"]
     if use_llvm():
-        return conv_llvm.max_pool2d(x.type.dtype, n * c, h, w, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw), [x.f, y.f, idx.f]
+        return (conv_llvm.max_pool2d(x.type.dtype, n * c, h, w, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, _threads(s.node)),
+                [x.f, y.f, idx.f])
     if (kh, kw, dh, dw) == (2, 2, 1, 1) and not any(a["padding"]):
         return max_pool2d_2x2, [x.f, y.f, idx.f, n * c, h, w, oh, ow, sh, sw]
     return max_pool2d_forward, [x.f, y.f, idx.f, n * c, h, w, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw]
@@ -371,7 +388,7 @@ def _(s):
     n, c, oh, ow = gy.shape
     h, w = s.attrs["input_size"]
     if use_llvm():
-        return conv_llvm.max_pool2d_scatter(gy.type.dtype, n * c, h * w, oh * ow), [gy.f, idx.f, dx.f]
+        return conv_llvm.max_pool2d_scatter(gy.type.dtype, n * c, h * w, oh * ow, _threads(s.node)), [gy.f, idx.f, dx.f]
     return max_pool2d_scatter, [gy.f, idx.f, dx.f, n * c, h * w, oh * ow]
 
 

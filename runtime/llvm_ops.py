@@ -71,23 +71,84 @@ class Fn:
     """The function being built: `define void @kernel(<pointer per dtype>)`, one entry block for
     the BLAS argument slots, then the body the generator writes through `b`."""
 
-    def __init__(self, dtypes: list[str], comment: str):
-        self.dtypes, self.comment = list(dtypes), comment
+    def __init__(self, dtypes: list[str], comment: str, threads: int = 1, tasks: int = 0):
+        self.dtypes, self.comment, self.threads = list(dtypes), comment, threads
+        self.tasks = (tasks or threads) if threads > 1 else 1
         self.module = ir.Module()
         ty = ir.FunctionType(ir.VoidType(), [ELEM[d].as_pointer() for d in dtypes])
         self.fn = ir.Function(self.module, ty, "kernel")
         self.fn.attributes.add("nounwind")
         for k, a in enumerate(self.fn.args):
             a.name = f"a{k}"
-        self.entry = self.fn.append_basic_block("entry")
-        body = self.fn.append_basic_block("body")
-        self.b = ir.IRBuilder(body)
         self._slots: dict[tuple, ir.Value] = {}
         self._decls: dict[str, ir.Function] = {}
+        self._opened: list[tuple] = []  # (entry, body, builder) of each function, for text()
+        self._open(self.fn, list(self.fn.args))
+        # threads > 1: the task's index (its share of the work, `share`) and the id of the
+        # thread running it (< threads: its slice of per-thread scratch); arguments of the task
+        self.task: ir.Value = self.c(0)
+        self.thread: ir.Value = self.c(0)
+        if threads > 1:
+            self._launcher()
+
+    def _open(self, fn: ir.Function, args: list) -> None:
+        """Write into fn from now on: its entry block (allocas, BLAS argument slots) and a body."""
+        self.entry = fn.append_basic_block("entry")
+        body = fn.append_basic_block("body")
+        self.b = ir.IRBuilder(body)
+        self._args = args
+        self._opened.append((self.entry, body, self.b, args))
+
+    def _launcher(self) -> None:
+        """threads > 1: @kernel packs its arguments into a context array and calls
+        graphc_parallel_for(@kernel_task, ctx, tasks, threads) (runtime/threads.py); the
+        generator then writes @kernel_task(ctx, task, thread), one task's share, whose `args` are
+        loaded from ctx. `after_join()` writes code that runs once after every task is done."""
+        p8 = I8.as_pointer()
+        task_ty = ir.FunctionType(ir.VoidType(), [p8, I64, I64])
+        task = ir.Function(self.module, task_ty, "kernel_task")
+        task.linkage = "internal"
+        task.attributes.add("nounwind")
+        pool = self._intrinsic("graphc_parallel_for", ir.FunctionType(ir.VoidType(), [task_ty.as_pointer(), p8, I64, I64]))
+        k = len(self.dtypes)
+        ctx = ir.IRBuilder(self.entry).alloca(ir.ArrayType(p8, k))
+        for j, a in enumerate(self.fn.args):
+            self.b.store(self.b.bitcast(a, p8), self.b.gep(ctx, [self.c(0), self.c(j)], inbounds=True))
+        self.b.call(pool, [task, self.b.bitcast(ctx, p8), self.c(self.tasks), self.c(self.threads)])
+        self._main = self._opened[-1][:3] + (list(self.fn.args),)
+        self._open(task, [])
+        tb = ir.IRBuilder(self.entry)
+        tctx = tb.bitcast(task.args[0], p8.as_pointer())
+        self._args = [tb.bitcast(tb.load(tb.gep(tctx, [self.c(j)], inbounds=True)), ELEM[d].as_pointer())
+                      for j, d in enumerate(self.dtypes)]
+        self._opened[-1] = self._opened[-1][:3] + (self._args,)
+        self.task, self.thread = task.args[1], task.args[2]
+
+    @contextmanager
+    def after_join(self):
+        """Write code into @kernel after the parallel call returns (a reduction of per-thread
+        partial results); yields @kernel's own arguments."""
+        saved = (self.entry, self.b, self._args)
+        self.entry, _, self.b, self._args = self._main
+        try:
+            yield self._args
+        finally:
+            self.entry, self.b, self._args = saved
+
+    def share(self, n: int):
+        """This task's share [lo, hi) of range(n) (i64 values; ints with one thread): the first
+        n % tasks tasks take one more, so shares differ by at most one."""
+        if self.threads == 1:
+            return 0, n
+        q, r = divmod(n, self.tasks)
+        t = self.task
+        lo = self.b.add(self.b.mul(t, self.c(q)), self.b.select(self.b.icmp_unsigned("<", t, self.c(r)), t, self.c(r)))
+        hi = self.b.add(lo, self.b.select(self.b.icmp_unsigned("<", t, self.c(r)), self.c(q + 1), self.c(q)))
+        return lo, hi
 
     @property
     def args(self):
-        return self.fn.args
+        return self._args
 
     # ---- integers
     def c(self, v: int) -> ir.Constant:
@@ -156,7 +217,7 @@ class Fn:
 
     # ---- control flow
     @contextmanager
-    def loop(self, n, start: int = 0):
+    def loop(self, n, start=0):
         """for i in range(start, n): yields i (i64). n: an int (a loop of one iteration yields the
         constant start, without a loop) or an i64 value.
 
@@ -165,7 +226,7 @@ class Fn:
         it was vectorized instead, with gathers and scatters (the conv epilogue ran 3x slower),
         and the taps' copy loops became 150 copies (0.3 s of O3 for one conv backward, 50 ms
         without); kept as loops, the vectorizer takes the rows and interleaves them itself."""
-        if isinstance(n, int) and n - start == 1:
+        if isinstance(n, int) and isinstance(start, int) and n - start == 1:
             yield self.c(start)
             return
         b = self.b
@@ -177,7 +238,7 @@ class Fn:
         b.branch(head)
         b.position_at_end(head)
         i = b.phi(I64, "i")
-        i.add_incoming(self.c(start), pre)
+        i.add_incoming(self.i(start), pre)
         b.cbranch(b.icmp_signed("<", i, self.i(n)), body, done)
         b.position_at_end(body)
         yield i
@@ -195,7 +256,7 @@ class Fn:
 
     # ---- BLAS
     def _slot(self, ty, value):
-        key = (str(ty), str(value))
+        key = (id(self.entry), str(ty), str(value))
         if key not in self._slots:
             eb = ir.IRBuilder(self.entry)
             s = eb.alloca(ty)
@@ -219,8 +280,9 @@ class Fn:
 
     def text(self) -> str:
         """The function's text, named as lower_llvm's kernels are (@kernel, no module header)."""
-        ir.IRBuilder(self.entry).branch(self.fn.blocks[1])
-        self.b.ret_void()
+        for entry, body, b, _ in self._opened:
+            ir.IRBuilder(entry).branch(body)
+            b.ret_void()
         lines = [ln for ln in str(self.module).splitlines()
                  if not ln.startswith(("; ModuleID", "target triple", "target datalayout"))]
         text = "\n".join(lines).strip("\n").replace('@"kernel"(', "@kernel(")

@@ -365,7 +365,7 @@ def test_inspection_surface():
     x, y = data(labels=True)
     opt = graphc.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
     step = graphc.compile_train_step(m, nn.CrossEntropyLoss(), opt, x, y)
-    assert step.stages[0] == "traced" and step.stages[-2:] == ["train_step_plan", "kernels"]
+    assert step.stages[0] == "traced" and step.stages[-3:] == ["train_step_plan", "kernels", "threads"]
     assert "sgd_update" in step.ir("train_step_plan") and step.graph(-1) is step.plans.train_step
     exe = step.executables["train_step_plan"]
     assert exe.compile_info.status in ("compiled", "cached", "reused") and step.compile_info is exe.compile_info

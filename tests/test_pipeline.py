@@ -82,7 +82,7 @@ def test_inference_of_a_train_mode_trace_equals_the_eval_mode_model():
     model = SimpleNet()
     g = graphc.trace(model, np.zeros((8, 10), np.float32))
     plans = compile_pipeline(g, "inference")
-    assert plans.stage_names == ["traced", *_stage_names(INFERENCE_PIPELINE), "forward_plan", "kernels"]
+    assert plans.stage_names == ["traced", *_stage_names(INFERENCE_PIPELINE), "forward_plan", "kernels", "threads"]
     assert ops(plans.forward) == ["linear_relu", "linear"]
     assert plans.backward is None and plans.train_step is None and plans.ledger is None
     assert [i.name for i in plans.forward.inputs] == [i.name for i in g.inputs]  # seed stays: same signature
@@ -106,13 +106,13 @@ def test_training_simple_net_forward_and_backward_are_fused():
     g = graphc.trace(model, np.zeros((8, 10), np.float32))
     plans = compile_pipeline(g, "training")
     assert plans.stage_names == ["traced", *_stage_names(TRAINING_PIPELINE), "forward_plan", "backward_plan",
-                                 "forward_kernels", "backward_kernels"]
+                                 "forward_kernels", "forward_threads", "backward_kernels", "backward_threads"]
     assert len(set(plans.stage_names)) == len(plans.stage_names)
     assert "linear_relu" in ops(plans.forward) and "relu" not in ops(plans.forward)
     before_kernels = plans.stage("backward_plan").graph  # the kernel stage decomposes linear_backward
     fused_bwd = [n for n in before_kernels.nodes if n.op == "linear_backward" and n.attr["relu"]]
     assert len(fused_bwd) == 1 and "relu_backward" not in ops(before_kernels)
-    assert plans.ledger == plans.partition.ledger and plans.stage("backward_kernels").graph is plans.backward
+    assert plans.ledger == plans.partition.ledger and plans.stage("backward_threads").graph is plans.backward
     vals = values_for([g, grad_graph(g)], model)
     outs, grads = run_training(plans, vals)
     ref_outs, ref_grads = run_joint(grad_graph(g), vals)
@@ -153,10 +153,10 @@ def test_train_step_plan(spec):
     g = graphc.trace(model, np.zeros((8, 10), np.float32), np.zeros((8, 1), np.float32))
     plans = compile_pipeline(g, "train_step", optimizer=spec)
     names = plans.stage_names
-    assert names[0] == "traced" and names[-2:] == ["train_step_plan", "kernels"] and "build_train_step" in names
+    assert names[0] == "traced" and names[-3:] == ["train_step_plan", "kernels", "threads"] and "build_train_step" in names
     assert names.index("fuse_linear_relu") < names.index("build_train_step") < names.index("dce.2")
     step = plans.train_step
-    assert step is plans.stage("kernels").graph and plans.backward is None
+    assert step is plans.stage("threads").graph and plans.backward is None
     assert plans.forward is plans.stage(names[names.index("build_train_step") - 1]).graph
     assert "linear_relu" in ops(step) and "relu" not in ops(step)
     assert step.outputs[0].label == "loss"
@@ -185,7 +185,7 @@ def test_bad_mode_and_essential_stages():
 def test_custom_pass_list_and_disable():
     g = simple_net_graph()
     plans = compile_pipeline(g, "inference", passes=["remove_dropout", "dce"])
-    assert plans.stage_names == ["traced", "remove_dropout", "dce", "forward_plan", "kernels"]
+    assert plans.stage_names == ["traced", "remove_dropout", "dce", "forward_plan", "kernels", "threads"]
     assert ops(plans.forward) == ["linear", "relu", "linear"]
     plans = compile_pipeline(g, "training", disable=["fuse_linear_relu"])
     assert "fuse_linear_relu" not in plans.stage_names

@@ -101,6 +101,15 @@ _CONV = {"stride": PAIR, "padding": PAD4, "dilation": PAIR, "groups": Attr("int"
 # relu: a fused relu epilogue (passes/conv.py's fuse_conv_relu, as linear_relu for linear); its
 # backward then takes the output y and masks gy where y <= 0, so no relu / relu_backward kernels run.
 _RELU = {"relu": Attr("bool", False)}
+# threads: how many threads the kernel's loops are split over, a choice recorded on the node by
+# passes/parallel.py (the values are the same; conv2d_backward's dW and db are summed per thread
+# and added after, equal within float rounding). The reference interpreter ignores it.
+_THREADS = {"threads": Attr("int", 1)}
+
+
+def _threads_check(op: str, threads: int) -> None:
+    if threads < 1:
+        raise ShapeError(f"{op}: threads must be >= 1, got {threads}")
 
 
 def _algo_check(op: str, algo: str, stride, chunk: int = 0) -> None:
@@ -131,7 +140,7 @@ def _conv_rule(op: str, x: TensorType, w: TensorType, b: TensorType | None, stri
     return TensorType((x.shape[0], w.shape[0], oh, ow), x.dtype)
 
 
-def _conv_ref(x, w, b=None, *, stride, padding, dilation, groups, algo="im2col", chunk=0, relu=False):
+def _conv_ref(x, w, b=None, *, stride, padding, dilation, groups, algo="im2col", chunk=0, relu=False, threads=1):
     cols = windows(x, w.shape[2:], stride, padding, dilation)  # [N, C, kh, kw, OH, OW]
     n, c, kh, kw, oh, ow = cols.shape
     g, co = groups, w.shape[0]
@@ -145,11 +154,12 @@ def _conv_ref(x, w, b=None, *, stride, padding, dilation, groups, algo="im2col",
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
-@defop("conv2d", (2, 3), {**_CONV, **_RELU}, kind="gemm",
+@defop("conv2d", (2, 3), {**_CONV, **_RELU, **_THREADS}, kind="gemm",
        doc="2-D convolution (cross-correlation, as torch): x [N,C,H,W], w [O,C/groups,kh,kw], optional bias [O]; "
            "relu=true applies relu to the result (a fused epilogue)")
-def conv2d(t, stride, padding, dilation, groups, algo, chunk, relu):
+def conv2d(t, stride, padding, dilation, groups, algo, chunk, relu, threads):
     _algo_check("conv2d", algo, stride, chunk)
+    _threads_check("conv2d", threads)
     return _conv_rule("conv2d", t[0], t[1], t[2] if len(t) == 3 else None, stride, padding, dilation, groups)
 
 
@@ -162,7 +172,8 @@ def _(b, node, gys, needs):
     has_bias = len(node.inputs) == 3
     bias_grad = has_bias and needs[2]
     ins = [gy, x, w] + ([node.outputs[0]] if node.attr["relu"] else [])
-    outs = b.emit("conv2d_backward", ins, {**dict(node.attrs), "input_grad": needs[0], "bias_grad": bias_grad})
+    outs = b.emit("conv2d_backward", ins, {**dict(node.attrs), "input_grad": needs[0], "bias_grad": bias_grad,
+                                           "threads": 1})  # passes/parallel.py splits each kernel itself
     outs = list(outs) if isinstance(outs, tuple) else [outs]
     dx = outs.pop(0) if needs[0] else None
     dw = outs.pop(0)
@@ -170,12 +181,14 @@ def _(b, node, gys, needs):
     return [dx, dw if needs[1] else None] + ([db] if has_bias else [])
 
 
-@defop("conv2d_backward", (3, 4), {**_CONV, **_RELU, "input_grad": Attr("bool", True), "bias_grad": Attr("bool", True)},
+@defop("conv2d_backward", (3, 4), {**_CONV, **_RELU, **_THREADS, "input_grad": Attr("bool", True),
+                                   "bias_grad": Attr("bool", True)},
        tags=("backward",), kind="gemm",
        doc="gradients of conv2d in one op. Inputs (gy, x, w, and y with relu=true: gy is masked where y <= 0); "
            "outputs dx (if input_grad), dw, db (if bias_grad). The windows of x are rebuilt here rather than "
            "saved by the forward")
-def conv2d_backward(t, stride, padding, dilation, groups, algo, chunk, relu, input_grad, bias_grad):
+def conv2d_backward(t, stride, padding, dilation, groups, algo, chunk, relu, input_grad, bias_grad, threads):
+    _threads_check("conv2d_backward", threads)
     gy, x, w = t[:3]
     if (len(t) == 4) != relu:
         raise ShapeError(f"conv2d_backward: takes the forward's output y as a 4th input exactly when relu=true "
@@ -194,7 +207,7 @@ def conv2d_backward(t, stride, padding, dilation, groups, algo, chunk, relu, inp
 
 
 @conv2d_backward.ref
-def _(gy, x, w, y=None, *, stride, padding, dilation, groups, input_grad, bias_grad, algo="im2col", chunk=0,
+def _(gy, x, w, y=None, *, stride, padding, dilation, groups, input_grad, bias_grad, algo="im2col", chunk=0, threads=1,
       relu=False):
     if relu:
         gy = np.where(y > 0, gy, 0).astype(gy.dtype)
@@ -226,11 +239,12 @@ def _pool_pad_check(op: str, kernel, padding, dilation=(1, 1)) -> None:
         raise ShapeError(f"{op}: padding {list(padding)} should be at most half of the kernel size {list(kernel)}")
 
 
-@defop("max_pool2d", 1, {**_POOL, "dilation": PAIR}, kind="opaque",
+@defop("max_pool2d", 1, {**_POOL, **_THREADS, "dilation": PAIR}, kind="opaque",
        doc="max over each window (padding counts as -inf). Outputs y and the argmax as a flat index "
            "h * W + w into the input plane (torch's return_indices), which the backward scatters to")
-def max_pool2d(t, kernel_size, stride, padding, dilation):
+def max_pool2d(t, kernel_size, stride, padding, dilation, threads):
     x = t[0]
+    _threads_check("max_pool2d", threads)
     _pool_pad_check("max_pool2d", kernel_size, padding, dilation)
     oh, ow = _window_out("max_pool2d", x, kernel_size, stride, padding, dilation)
     y = x.with_shape((x.shape[0], x.shape[1], oh, ow))
@@ -238,7 +252,7 @@ def max_pool2d(t, kernel_size, stride, padding, dilation):
 
 
 @max_pool2d.ref
-def _(x, *, kernel_size, stride, padding, dilation):
+def _(x, *, kernel_size, stride, padding, dilation, threads=1):
     n, c, h, w = x.shape
     cols = windows(x, kernel_size, stride, padding, dilation, fill=-np.inf)
     kh, kw, oh, ow = cols.shape[2:]
@@ -266,17 +280,18 @@ def _(b, node, gys, needs):
     return [b.emit("max_pool2d_backward", [gys[0], node.outputs[1]], {"input_size": (h, w)})]
 
 
-@defop("max_pool2d_backward", 2, {"input_size": Attr("ints")}, tags=("backward",), kind="opaque",
+@defop("max_pool2d_backward", 2, {"input_size": Attr("ints"), **_THREADS}, tags=("backward",), kind="opaque",
        doc="gradient of max_pool2d: each gy element added at its window's argmax (the saved indices)")
-def max_pool2d_backward(t, input_size):
+def max_pool2d_backward(t, input_size, threads):
     gy, idx = t
+    _threads_check("max_pool2d_backward", threads)
     if idx.dtype != "i64" or idx.shape != gy.shape or gy.rank != 4:
         raise ShapeError(f"max_pool2d_backward: expected gy [N,C,OH,OW] and i64 indices of the same shape, got {gy}, {idx}")
     return gy.with_shape((*gy.shape[:2], *input_size))
 
 
 @max_pool2d_backward.ref
-def _(gy, idx, *, input_size):
+def _(gy, idx, *, input_size, threads=1):
     n, c = gy.shape[:2]
     dx = np.zeros((n * c, input_size[0] * input_size[1]), dtype=gy.dtype)
     rows = np.repeat(np.arange(n * c), idx[0, 0].size)

@@ -1,0 +1,145 @@
+"""The thread split of the kernel stage: which kernels run on several threads, and how.
+
+Runs on each plan after the kernel pass (passes/pipeline.py's kernel stage). For every kernel
+with a split lowering it writes `threads=k` on the node (printed in the IR, parsed back; the
+reference interpreter ignores it) and notes why; every other kernel is noted as left on one
+thread, with the reason. Codegen only lowers what the node says: runtime/conv_llvm.py's
+kernels then call the pool of runtime/threads.py (graphc_parallel_for).
+
+What splits, and along which dimension:
+- conv2d {algo="wide"}: the chunks of samples (the batch), each thread with its own padded
+  plane, wide matrix and GEMM rows (the memory plan's scratch grows by the thread count).
+  Bit-equal to one thread (each chunk's GEMM is the same call).
+- conv2d_backward {algo="wide"}: the chunks of samples; thread 0 sums dW and db in place, the
+  others in partial sums (scratch), added in thread order after the join: another summation
+  order than one thread's (float rounding; tests compare against torch with a tolerance).
+  The input gradient of each sample is its own (no reduction).
+- max_pool2d, max_pool2d_backward: the planes (N*C), bit-equal (each plane's windows and
+  scatter are its own).
+
+The cost model: a kernel is split when its estimated one-thread time is at least MIN_SPLIT_US,
+about 20 times the pool's fork/join (1-2 us measured on the 2-core machine with hot workers;
+README, "Threads"), and it has at least two units (chunks or planes) to share. The estimate:
+conv GEMM flops at CONV_FLOPS_PER_US plus the unrolled window copies, pools at
+POOL_ELEMS_PER_US input elements (rates measured on LeNet's kernels, one thread).
+"""
+from __future__ import annotations
+
+from graphc.ir import Graph
+from graphc.ir.graph import Node
+
+from .manager import PassContext, register_pass
+
+MIN_SPLIT_US = 30.0
+CONV_FLOPS_PER_US = 30_000.0  # LeNet's wide convs, forward and backward: 30-45 GFLOP/s one thread
+POOL_ELEMS_PER_US = 1_300.0  # LeNet's max pools and their scatters: 1.3-0.9 elements/ns one thread
+SPLIT_OPS = ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward")
+
+
+def _conv_units(n: Node, types) -> tuple[int, float]:
+    """(chunks of samples, estimated one-thread us) of a wide conv2d or conv2d_backward."""
+    x = types[n.inputs[0]] if n.op == "conv2d" else types[n.inputs[1]]
+    w = types[n.inputs[1]] if n.op == "conv2d" else types[n.inputs[2]]
+    y = n.types[0] if n.op == "conv2d" else types[n.inputs[0]]
+    batch = x.shape[0]
+    chunk = min(batch, n.attr["chunk"]) or batch
+    chunks = -(-batch // chunk)
+    flops = 2.0 * batch * w.size // n.attr["groups"] * (y.shape[2] * y.shape[3]) * n.attr["groups"]
+    if n.op == "conv2d_backward":
+        flops *= 2.0 if n.attr["input_grad"] else 1.0
+    copies = batch * x.shape[1] * w.shape[2] * w.shape[3] * y.shape[2] * y.shape[3]  # the unrolled windows
+    return chunks, (flops + 4.0 * copies) / CONV_FLOPS_PER_US
+
+
+def decide(n: Node, types, threads: int) -> tuple[int, str]:
+    """(threads, why) for one kernel node; 1 with the reason when it stays on one thread."""
+    if n.op in ("conv2d", "conv2d_backward"):
+        if n.attr["algo"] != "wide":
+            return 1, f"algo={n.attr['algo']} has no split lowering (only wide convs split)"
+        units, us = _conv_units(n, types)
+        what = f"{units} chunks of {n.attr['chunk'] or 'all'} samples"
+    else:
+        x = types[n.inputs[0]]
+        if n.op == "max_pool2d_backward":
+            x = n.types[0]
+        units = x.shape[0] * x.shape[1]
+        us = x.size / POOL_ELEMS_PER_US
+        what = f"{units} planes"
+    if threads == 1:
+        return 1, "one thread available (GRAPHC_THREADS / NUMBA_NUM_THREADS / CPUs)"
+    if units < 2:
+        return 1, f"nothing to share: {what}"
+    if us < MIN_SPLIT_US:
+        return 1, f"too small: ~{us:.0f} us on one thread < {MIN_SPLIT_US:.0f} us (fork/join ~1-2 us)"
+    k = min(threads, units)
+    how = "batch chunks" if n.op.startswith("conv") else "planes"
+    extra = ", dW/db partial sums per thread added after (summation order differs)" if n.op == "conv2d_backward" else ""
+    return k, f"~{us:.0f} us on one thread: {what} split over {k} threads by {how}{extra}"
+
+
+_override: int | None = None
+
+
+def num_threads() -> int:
+    """How many threads a kernel may be split over: set_num_threads's value, else GRAPHC_THREADS,
+    else NUMBA_NUM_THREADS, else the CPUs this process may run on (runtime/threads.py starts its
+    workers by the same rule, without the override: a plan asking for more threads than there
+    are workers runs the extra shares on the calling thread)."""
+    import os
+
+    if _override is not None:
+        return _override
+    for var in ("GRAPHC_THREADS", "NUMBA_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v:
+            try:
+                return max(1, int(v))
+            except ValueError:
+                raise ValueError(f"graphc: {var} must be an integer number of threads, got {v!r}") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_num_threads(n: int | None) -> None:
+    """Cap the threads kernels compiled from now on are split over (1: none is split); None goes
+    back to the environment's. Plans compiled before keep their split (it is part of their IR)."""
+    global _override
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"graphc: set_num_threads takes an int >= 1 (or None), got {n!r}")
+    _override = n
+
+
+@register_pass("parallel")
+def parallel(g: Graph, ctx: PassContext | None = None):
+    """Write `threads` on every kernel worth splitting (see the module docstring)."""
+    ctx = ctx or PassContext("parallel")
+    avail = num_threads()
+    types = g.types
+    nodes, changed, single = [], False, {}
+    for n in g.nodes:
+        if n.op in SPLITTABLE:
+            k, why = decide(n, types, avail)
+            ctx.note(f"%{n.outputs[0]} = {n.op}: threads={k}: {why}")
+            if k != n.attr.get("threads", 1):
+                n = n.replace(attrs=tuple(sorted({**n.attr, "threads": k}.items())))
+                changed = True
+        elif n.op not in ("reshape", "full"):
+            reason = _single_reason(n)
+            single.setdefault(reason, []).append(f"%{n.outputs[0]}")
+        nodes.append(n)
+    for reason, outs in single.items():
+        ctx.note(f"{len(outs)} nodes on one thread ({reason}): {', '.join(outs[:8])}{' ...' if len(outs) > 8 else ''}")
+    return (g.replace(nodes=tuple(nodes)), True) if changed else (g, False)
+
+
+SPLITTABLE = SPLIT_OPS
+
+
+def _single_reason(n: Node) -> str:
+    if n.op == "kernel":
+        impl = n.attr.get("impl")
+        return ("loop GEMMs, lower_small_gemm: no split lowering yet" if impl == "loops" else
+                f"fused {n.attr.get('kind')} loops / BLAS: no split lowering yet (BLAS threads itself)")
+    return f"{n.op}: no split lowering"

@@ -1,0 +1,173 @@
+"""Kernels split over threads: passes/parallel.py's choice on the IR, runtime/threads.py's pool,
+runtime/conv_llvm.py's split lowerings (wide conv2d forward/backward, max pooling).
+
+Forward convs and pools split bit-equal to one thread (the same chunks and planes, each on
+one thread); the backward's dW and db are summed per task and added after (float rounding:
+checked against one thread and torch with a tolerance, dx bit-equal)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import graphc
+import graphc.nn as nn
+from graphc.ir import parse
+from graphc.passes.manager import PassContext
+from graphc.passes.parallel import decide, parallel, set_num_threads
+from graphc.runtime.kernels import run_kernel
+
+LENET_STEP = """graph g {
+  input %x: f32[64,6,14,14]
+  param %w: f32[16,6,5,5]
+  param %b: f32[16]
+  input %gy: f32[64,16,5,5]
+  %y: f32[64,16,10,10] = conv2d(%x, %w, %b) {algo="wide", chunk=2, relu=true}
+  %p: f32[64,16,5,5], %i: i64[64,16,5,5] = max_pool2d(%y) {kernel_size=[2,2], stride=[2,2]}
+  %gp: f32[64,16,10,10] = max_pool2d_backward(%gy, %i) {input_size=[10,10]}
+  %dx: f32[64,6,14,14], %dw: f32[16,6,5,5], %db: f32[16] = conv2d_backward(%gp, %x, %w, %y) {algo="wide", chunk=2, relu=true}
+  %s: f32[2,3,4,4] = conv2d(%x2, %w2) {algo="wide", chunk=1}
+  return %p, %dx, %dw, %db, %s
+}"""
+
+
+def _graph():
+    text = LENET_STEP.replace("  input %gy", "  input %x2: f32[2,3,6,6]\n  param %w2: f32[3,3,3,3]\n  input %gy")
+    return parse(text)
+
+
+@pytest.fixture
+def threads():
+    yield set_num_threads
+    set_num_threads(None)
+
+
+def test_pass_splits_the_big_kernels_and_says_why_not_the_small(threads):
+    threads(2)
+    ctx = PassContext("parallel")
+    g, changed = parallel(_graph(), ctx)
+    assert changed
+    text = str(g)
+    assert 'conv2d(%x, %w, %b) {algo="wide", chunk=2, relu=true, threads=2}' in text
+    assert "max_pool2d(%y) {kernel_size=[2,2], stride=[2,2], threads=2}" in text
+    assert "max_pool2d_backward(%gy, %i) {input_size=[10,10], threads=2}" in text
+    assert 'conv2d_backward(%gp, %x, %w, %y) {algo="wide", chunk=2, relu=true, threads=2}' in text
+    assert 'conv2d(%x2, %w2) {algo="wide", chunk=1}' in text  # tiny: one thread
+    assert parse(text) == g  # printed and parsed back
+    notes = "\n".join(ctx.notes)
+    assert "%s = conv2d: threads=1: too small" in notes
+    assert "%dw = conv2d_backward" not in notes and "%dx = conv2d_backward: threads=2" in notes
+    assert "partial sums per thread" in notes and "split over 2 threads by batch chunks" in notes
+    threads(1)
+    ctx = PassContext("parallel")
+    g1, changed = parallel(_graph(), ctx)
+    assert not changed and "threads=" not in str(g1)
+    assert all("one thread available" in n for n in ctx.notes if "threads=1" in n)
+
+
+def test_bad_threads_attribute_and_setting_are_errors():
+    with pytest.raises(graphc.GraphcError, match="threads must be >= 1, got 0"):
+        parse(LENET_STEP.replace('chunk=2, relu=true}\n  %p', 'chunk=2, relu=true, threads=0}\n  %p')).verify()
+    with pytest.raises(ValueError, match="int >= 1"):
+        set_num_threads(0)
+
+
+@st.composite
+def wide_cases(draw):
+    n = draw(st.integers(1, 7))
+    groups = draw(st.sampled_from([1, 2]))
+    cin, cout = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 3))
+    k = draw(st.integers(1, 3))
+    pad = draw(st.integers(0, 1))
+    h, w = draw(st.integers(k, 7)), draw(st.integers(k, 7))
+    attrs = {"padding": (pad,) * 4, "groups": groups, "algo": "wide", "chunk": draw(st.integers(0, 3)),
+             "relu": draw(st.booleans()), "dilation": (1, draw(st.integers(1, 2)))}
+    if (w + 2 * pad - attrs["dilation"][1] * (k - 1)) < 1:
+        attrs["dilation"] = (1, 1)
+    return (n, cin, h, w), (cout, cin // groups, k, k), attrs, draw(st.sampled_from([2, 3, 4]))
+
+
+@settings(max_examples=20, deadline=None)
+@given(wide_cases(), st.sampled_from([np.float32, np.float64]))
+def test_split_kernels_equal_one_thread(case, dt):
+    """Forward conv, max pool and its scatter: bit-equal to one thread for any thread count (more
+    threads than chunks or planes included); the backward: dx bit-equal, dW and db within
+    rounding of one thread's sums."""
+    xs, ws, attrs, t = case
+    r = np.random.default_rng(3)
+    x, w, b = r.standard_normal(xs).astype(dt), r.standard_normal(ws).astype(dt), r.standard_normal(ws[0]).astype(dt)
+    (y1,) = run_kernel("conv2d", [x, w, b], attrs)
+    (yt,) = run_kernel("conv2d", [x, w, b], {**attrs, "threads": t})
+    np.testing.assert_array_equal(yt, y1)
+    gy = r.standard_normal(y1.shape).astype(dt)
+    ins = [gy, x, w] + ([y1] if attrs["relu"] else [])
+    for input_grad in (True, False):
+        a = {**attrs, "input_grad": input_grad}
+        one, split = run_kernel("conv2d_backward", ins, a), run_kernel("conv2d_backward", ins, {**a, "threads": t})
+        if input_grad:
+            np.testing.assert_array_equal(split[0], one[0])
+        tol = dict(rtol=1e-5, atol=1e-5) if dt == np.float32 else dict(rtol=1e-12, atol=1e-12)
+        for s, o in zip(split[input_grad:], one[input_grad:]):
+            np.testing.assert_allclose(s, o, **tol)
+    if y1.shape[2] >= 2 and y1.shape[3] >= 2:
+        pool = {"kernel_size": (2, 2), "stride": (2, 2)}
+        p1, i1 = run_kernel("max_pool2d", [y1], pool)
+        pt, it = run_kernel("max_pool2d", [y1], {**pool, "threads": t})
+        np.testing.assert_array_equal(pt, p1)
+        np.testing.assert_array_equal(it, i1)
+        g = r.standard_normal(p1.shape).astype(dt)
+        size = {"input_size": y1.shape[2:]}
+        np.testing.assert_array_equal(run_kernel("max_pool2d_backward", [g, i1], {**size, "threads": t})[0],
+                                      run_kernel("max_pool2d_backward", [g, i1], size)[0])
+
+
+def _lenet(nn_):
+    return nn_.Sequential(nn_.Conv2d(1, 6, 5, padding=2), nn_.ReLU(), nn_.MaxPool2d(2), nn_.Conv2d(6, 16, 5), nn_.ReLU(),
+                          nn_.MaxPool2d(2), nn_.Flatten(), nn_.Linear(400, 10))
+
+
+def test_lenet_train_steps_split_over_three_threads_match_torch(threads):
+    """Three SGD-momentum steps of a LeNet split over 3 threads (more than this machine may
+    have: the pool runs the extra tasks on the calling thread) against torch."""
+    threads(3)
+    graphc.manual_seed(0)
+    m = _lenet(nn)
+    t = _lenet(torch.nn)
+    t.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in m.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((16, 1, 28, 28)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 10, 16)
+    step = graphc.compile_train_step(m, nn.CrossEntropyLoss(), graphc.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+                                     x, y)
+    ir = step.ir("train_step_plan") if hasattr(step, "ir") else ""
+    opt = torch.optim.SGD(t.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        loss = float(step(x, y))
+        opt.zero_grad()
+        tl = torch.nn.functional.cross_entropy(t(torch.from_numpy(x)), torch.from_numpy(y))
+        tl.backward()
+        opt.step()
+        assert abs(loss - tl.item()) < 1e-4 * max(1.0, abs(tl.item()))
+    for k, v in m.state_dict().items():
+        np.testing.assert_allclose(np.array(v), t.state_dict()[k].numpy(), rtol=1e-3, atol=1e-5, err_msg=k)
+    exe = next(iter(step.executables.values()))
+    assert "threads=3" in exe.source.text, ir
+
+
+def test_graphc_threads_1_splits_nothing_and_runs():
+    """GRAPHC_THREADS=1 (a fresh process): no kernel is split, no pool thread starts."""
+    code = ("import numpy as np, threading, graphc, graphc.nn as nn\n"
+            "m = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))\n"
+            "x = np.ones((32, 1, 28, 28), np.float32)\n"
+            "cm = graphc.compile(m, x)\n"
+            "y = cm(x)\n"
+            "exe = next(iter(cm.executables.values()))\n"
+            "print('threads=' in exe.source.text, [t.name for t in threading.enumerate() if 'graphc' in t.name], graphc.get_num_threads())\n")
+    env = dict(os.environ, GRAPHC_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "False [] 1", out.stdout
