@@ -11,7 +11,9 @@ B is transposed, OpenBLAS's small "nt" path). Fitted to single GEMMs timed on th
 2-core AVX-512 machine (thread CPU time, 15 shapes from 64x20x10 to 128^3): it picks the faster
 in all but near-ties (within ~10%). Where half the vector lanes or fewer would be busy (1-8
 outputs) BLAS is taken (its gemv and small-N paths: the loop nest took 2-3x its time), and
-beyond LOOPS_MAX_MACS (the sizes measured) too.
+beyond LOOPS_MAX_MACS (the sizes measured) too, or 4x that for a transposed B, where BLAS stays
+slow longer. benchmarks/gemm_choice.py times both on shapes the rule was not fitted to and
+prints where it picks the slower one and what that costs.
 """
 from __future__ import annotations
 
@@ -20,11 +22,21 @@ import math
 from graphc.ir.graph import Node
 
 LOOPS_MAX_MACS = 1 << 18  # the sizes the model was fitted to; beyond, BLAS without asking
+# but for a transposed B (linear's forward, x @ w.T) and rows of C of 2 vectors or more, up to 4x
+# that: OpenBLAS's "nt" path stays at under half its rate there (benchmarks/gemm_choice.py: 100x128x64 loops 14.6 us, BLAS 26.5
+# us on 2 threads; at 2M multiply-adds, 128^3 and 256x128x64, the two tie)
+LOOPS_MAX_MACS_NT = 1 << 20
+PACK_MAX_BYTES = 64 << 10  # the loop nest packs B into a stack buffer: no larger than this
 VECTOR = {"f32": 16, "f64": 8}  # elements per vector, as runtime/lower_small_gemm.WIDTH (tested equal)
 GEMMS = ("matmul", "linear", "linear_relu")
 # the cost model, in ns, fitted to single GEMMs timed on this project's 2-core AVX-512 machine
-# (f32; f64 has half the elements per vector and BLAS half the rate):
-LOOP_BASE, LOOP_FMA, LOOP_PACK = 100.0, 0.2, 0.3  # loop nest: start, per vector FMA, per packed element
+# (f32; f64 has half the elements per vector and BLAS half the rate). LOOP_FMA is the core's
+# FMA throughput (benchmarks/roofline.py measures 2 vector FMAs per cycle at ~2.6-2.7 GHz:
+# 0.19 ns each); a packed element costs about a cycle (a load and a store). Packing by W x W
+# blocks in registers (runtime/lower_small_gemm._transpose_blocks) made linear's forward
+# 128x32x32 ~15% faster, but where the loop nest computes C^T (one output: x^T packed) the
+# packing still costs that much (64x1x20: loops ~0.9 us, BLAS ~0.7 us), so it is priced alike.
+LOOP_BASE, LOOP_FMA, LOOP_PACK = 100.0, 0.2, 0.3  # ns: start, per vector FMA, per packed element
 BLAS_BASE, BLAS_MACS_PER_NS, BLAS_NT_MACS_PER_NS = 450.0, 100.0, 45.0  # BLAS call: start, rate; "nt" rate
 
 
@@ -56,12 +68,18 @@ def choose(types, members: list[Node]) -> tuple[str, str]:
     fmas = vm * math.ceil(vn / w) * k
     packed = k * vn if vb[1] != 1 else 0
     shape = f"{m}x{n}x{k}"
-    if macs > LOOPS_MAX_MACS:
-        return "blas", f"{shape}: {macs} multiply-adds > {LOOPS_MAX_MACS}"
+    nt = b_st[1] != 1  # B's rows strided: BLAS's transposed-B ("nt") path, slower at these sizes
+    # (not with one vector per row of C: a broadcast load per FMA, half the FMA rate; 128x10x512
+    # took 27 us as loops, 24 us in BLAS)
+    cap = LOOPS_MAX_MACS_NT if nt and math.ceil(vn / w) >= 2 else LOOPS_MAX_MACS
+    if macs > cap:
+        return "blas", f"{shape}: {macs} multiply-adds > {cap}"
+    pack_bytes = k * math.ceil(vn / w) * w * (8 if dt == "f64" else 4) if packed else 0
+    if pack_bytes > PACK_MAX_BYTES:
+        return "blas", f"{shape}: B packed would take {pack_bytes} bytes of stack > {PACK_MAX_BYTES}"
     if 2 * vn <= math.ceil(vn / w) * w:  # N = 1..8 of 16: BLAS's gemv / small-N paths (0.3-0.5x BLAS's time)
         return "blas", f"{shape}: {vn} of {math.ceil(vn / w) * w} vector lanes busy (half or fewer)"
     loops = LOOP_BASE + LOOP_FMA * fmas + LOOP_PACK * packed
-    nt = b_st[1] != 1  # B's rows strided: BLAS's transposed-B ("nt") path, slower at these sizes
     rate = (BLAS_NT_MACS_PER_NS if nt else BLAS_MACS_PER_NS) * 4 / (8 if dt == "f64" else 4)
     blas = BLAS_BASE + macs / rate
     why = (f"{shape}: loops ~{loops:.0f} ns ({fmas} vector FMAs" + (f", {packed} elements packed" if packed else "")

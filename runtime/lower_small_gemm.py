@@ -148,26 +148,96 @@ def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, 
 
 
 def _pack(out: Lines, dt: str, k: int, n: int, npad: int, b: tuple) -> str:
-    """Copy B (k x n, any strides) into a zero-padded k x npad stack buffer; its pointer."""
+    """Copy B (k x n, any strides) into a zero-padded k x npad stack buffer; its pointer. When
+    B is a transposed row-major matrix (linear's weight: k unit-stride), its whole W x W blocks
+    are transposed in registers (_transpose_blocks), the rest element by element."""
     ty = _T[dt]
     buf = f"%{out.p}pack"
     out.allocas.append(f"  {buf} = alloca [{k * npad} x {ty}], align 64")
     if npad != n:
         out.decls["llvm.memset.p0.i64"] = "declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)"
         out.line(f"call void @llvm.memset.p0.i64(ptr align 64 {buf}, i8 0, i64 {k * npad * _SIZE[dt]}, i1 false)")
+    w = WIDTH[dt]
+    kf, nf = (k // w * w, n // w * w) if b[1] == 1 else (0, 0)
+    if kf and nf:
+        _transpose_blocks(out, dt, kf, nf, npad, b, buf)
+        if nf < n:
+            _pack_rect(out, dt, (0, kf), (nf, n), npad, b, buf)
+        if kf < k:
+            _pack_rect(out, dt, (kf, k), (0, n), npad, b, buf)
+    else:
+        _pack_rect(out, dt, (0, k), (0, n), npad, b, buf)
+    return buf
+
+
+def _transpose_blocks(out: Lines, dt: str, kf: int, nf: int, npad: int, b: tuple, buf: str) -> None:
+    """buf[k0 + r, j0:j0 + W] = B[k0 + r, j0:j0 + W] for every whole W x W block of B (k < kf,
+    j < nf) where B's k is unit-stride: W vector loads along k (B's columns j0..j0+W-1), the
+    block transposed by log2(W) rounds of two-vector shuffles (round h swaps the h x h
+    off-diagonal sub-blocks of each 2h x 2h block), W vector stores of buf's rows."""
+    ty, w = _T[dt], WIDTH[dt]
+    vt = f"<{w} x {ty}>"
+    pre, kh, jh, jl, done = (out.label(s) for s in ("tb_pre", "tb_k", "tb_j", "tb_jl", "tb_done"))
+    out.line(f"br label %{pre}")
+    out.block(pre)
+    out.line(f"br label %{kh}")
+    out.block(kh)  # k0 = 0, W, .. < kf
+    k0, kn = out.fresh("tk"), out.fresh("tkn")
+    out.line(f"{k0} = phi i64 [ 0, %{pre} ], [ {kn}, %{jl} ]")
+    out.line(f"br label %{jh}")
+    out.block(jh)  # j0 = 0, W, .. < nf
+    j0, jn = out.fresh("tj"), out.fresh("tjn")
+    out.line(f"{j0} = phi i64 [ 0, %{kh} ], [ {jn}, %{jh} ]")
+    src = out.ins(f"mul nuw nsw i64 {j0}, {b[2]}")
+    src = out.ins(f"add nuw nsw i64 {src}, {k0}")
+    dst = out.ins(f"mul nuw nsw i64 {k0}, {npad}")
+    dst = out.ins(f"add nuw nsw i64 {dst}, {j0}")
+    rows = []
+    for jj in range(w):  # row jj: B[k0:k0+W, j0+jj], contiguous
+        o = out.ins(f"add nuw nsw i64 {src}, {jj * b[2]}")
+        p = out.ins(f"getelementptr inbounds {ty}, ptr {b[0]}, i64 {o}")
+        rows.append(out.ins(f"load {vt}, ptr {p}, align {_SIZE[dt]}"))
+    h = w // 2
+    while h:
+        lo = "<" + ", ".join(f"i32 {j if not j & h else w + j - h}" for j in range(w)) + ">"
+        hi = "<" + ", ".join(f"i32 {j + h if not j & h else w + j}" for j in range(w)) + ">"
+        nxt = list(rows)
+        for i in range(w):
+            if not i & h:
+                nxt[i] = out.ins(f"shufflevector {vt} {rows[i]}, {vt} {rows[i + h]}, <{w} x i32> {lo}")
+                nxt[i + h] = out.ins(f"shufflevector {vt} {rows[i]}, {vt} {rows[i + h]}, <{w} x i32> {hi}")
+        rows = nxt
+        h //= 2
+    for kk in range(w):  # row kk of the transposed block: buf[k0 + kk, j0:j0+W]
+        o = out.ins(f"add nuw nsw i64 {dst}, {kk * npad}")
+        p = out.ins(f"getelementptr inbounds {ty}, ptr {buf}, i64 {o}")
+        out.line(f"store {vt} {rows[kk]}, ptr {p}, align {_SIZE[dt]}")
+    out.line(f"{jn} = add nuw nsw i64 {j0}, {w}")
+    e = out.ins(f"icmp eq i64 {jn}, {nf}")
+    out.line(f"br i1 {e}, label %{jl}, label %{jh}")
+    out.block(jl)
+    out.line(f"{kn} = add nuw nsw i64 {k0}, {w}")
+    e = out.ins(f"icmp eq i64 {kn}, {kf}")
+    out.line(f"br i1 {e}, label %{done}, label %{kh}")
+    out.block(done)
+
+
+def _pack_rect(out: Lines, dt: str, ks: tuple, js: tuple, npad: int, b: tuple, buf: str) -> None:
+    """buf[k, j] = B[k, j] element by element for ks[0] <= k < ks[1], js[0] <= j < js[1]."""
+    ty = _T[dt]
     pre, head, inner, latch, done = (out.label(s) for s in ("pk_pre", "pk_k", "pk_n", "pk_latch", "pk_done"))
     out.line(f"br label %{pre}")
     out.block(pre)
     out.line(f"br label %{head}")
     out.block(head)
     kk, kn = out.fresh("pk"), out.fresh("pkn")
-    out.line(f"{kk} = phi i64 [ 0, %{pre} ], [ {kn}, %{latch} ]")
+    out.line(f"{kk} = phi i64 [ {ks[0]}, %{pre} ], [ {kn}, %{latch} ]")
     src_row = out.ins(f"mul nuw nsw i64 {kk}, {b[1]}")
     dst_row = out.ins(f"mul nuw nsw i64 {kk}, {npad}")
     out.line(f"br label %{inner}")
     out.block(inner)
     jj, jn = out.fresh("pj"), out.fresh("pjn")
-    out.line(f"{jj} = phi i64 [ 0, %{head} ], [ {jn}, %{inner} ]")
+    out.line(f"{jj} = phi i64 [ {js[0]}, %{head} ], [ {jn}, %{inner} ]")
     so = out.ins(f"mul nuw nsw i64 {jj}, {b[2]}")
     so = out.ins(f"add nuw nsw i64 {src_row}, {so}")
     sp = out.ins(f"getelementptr inbounds {ty}, ptr {b[0]}, i64 {so}")
@@ -176,14 +246,13 @@ def _pack(out: Lines, dt: str, k: int, n: int, npad: int, b: tuple) -> str:
     dp = out.ins(f"getelementptr inbounds {ty}, ptr {buf}, i64 {do}")
     out.line(f"store {ty} {x}, ptr {dp}")
     out.line(f"{jn} = add nuw nsw i64 {jj}, 1")
-    e = out.ins(f"icmp eq i64 {jn}, {n}")
+    e = out.ins(f"icmp eq i64 {jn}, {js[1]}")
     out.line(f"br i1 {e}, label %{latch}, label %{inner}")
     out.block(latch)
     out.line(f"{kn} = add nuw nsw i64 {kk}, 1")
-    e = out.ins(f"icmp eq i64 {kn}, {k}")
+    e = out.ins(f"icmp eq i64 {kn}, {ks[1]}")
     out.line(f"br i1 {e}, label %{done}, label %{head}")
     out.block(done)
-    return buf
 
 
 def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta,
@@ -367,12 +436,25 @@ TILE_OPS = frozenset({"add", "sub", "mul", "div", "maximum", "minimum", "eq", "n
 _TILE_DTYPES = ("f32", "f64", "bool")
 
 
+def _column_sum(red, types, space, made: set) -> bool:
+    """Whether `red` is a trailing sum over the rows of the space (a bias gradient: dims [0],
+    [M, N] -> [N] or [1, N]) of a value the tile computed, in that value's float dtype: then the
+    tile adds each of its rows into the output in row order, the order (and the f32/f64
+    accumulator in the output) of the epilogue loop's reduction, so the sums are bit-equal."""
+    if red.op != "sum" or tuple(red.attr.get("dims", ())) != (0,) or red.inputs[0] not in made:
+        return False
+    src, out = types[red.inputs[0]], types[red.outputs[0]]
+    return (src.shape == space and out.dtype == src.dtype and out.dtype in WIDTH
+            and out.shape in ((space[1],), (1, space[1])))
+
+
 def _tile_plan(node, scalars: set[str]):
-    """(gemm, prologue, epilogue members, space) when the kernel's epilogue can run on each
-    register tile: every member after the GEMM elementwise over the GEMM's output space (TILE_OPS),
-    every operand it reads indexable per row of a tile (the space's shape, a row broadcast along
-    the columns, a column broadcast along the rows, one element), every output of the space's
-    shape; else None (the kernel keeps its epilogue loop after the GEMM)."""
+    """(gemm, prologue, epilogue members, space, column sum or None) when the kernel's epilogue
+    can run on each register tile: every member after the GEMM elementwise over the GEMM's output
+    space (TILE_OPS), but a last column sum (_column_sum), every operand it reads indexable per
+    row of a tile (the space's shape, a row broadcast along the columns, a column broadcast along
+    the rows, one element), every other output of the space's shape; else None (the kernel keeps
+    its epilogue loop after the GEMM)."""
     from .kernels import broadcast_strides
     from .lower import GEMMS
 
@@ -388,10 +470,14 @@ def _tile_plan(node, scalars: set[str]):
     prologue = {m.outputs[0]: m.inputs[0] for m in members[:at]}
     space = types[gemm.outputs[0]].shape
     dt = gemm.types[0].dtype
-    if len(space) != 2 or dt not in WIDTH or any(types[v].shape != space or types[v].dtype not in _TILE_DTYPES
-                                                 for v in node.outputs):
-        return None
     after = members[at + 1:]
+    made = {o for m in [gemm] + after for o in m.outputs}
+    red = after[-1] if after and len(space) == 2 and _column_sum(after[-1], types, space, made) else None
+    if red is not None:
+        after = after[:-1]
+    if len(space) != 2 or dt not in WIDTH or any(types[v].shape != space or types[v].dtype not in _TILE_DTYPES
+                                                 for v in node.outputs if red is None or v != red.outputs[0]):
+        return None
     made = {gemm.outputs[0]}
     reads = list(gemm.inputs[2:])
     for m in after:
@@ -410,9 +496,9 @@ def _tile_plan(node, scalars: set[str]):
             return None
         if t.size != 1 and broadcast_strides(t.shape, space)[1] not in (0, 1):
             return None
-    if any(v not in made for v in node.outputs):
+    if any(v not in made for v in node.outputs if red is None or v != red.outputs[0]):
         return None
-    return gemm, prologue, after, space
+    return gemm, prologue, after, space, red
 
 
 def tile_epilogue_ir(node, scalars: set[str]):
@@ -429,7 +515,7 @@ def tile_epilogue_ir(node, scalars: set[str]):
     plan = _tile_plan(node, scalars)
     if plan is None:
         return None
-    gemm, prologue, after, space = plan
+    gemm, prologue, after, space, red = plan
     types = node.body.types
     inputs = [i.name for i in node.body.inputs]
     outputs = list(node.outputs)
@@ -522,11 +608,29 @@ def tile_epilogue_ir(node, scalars: set[str]):
                 raise Unsupported(f"{m.op} gives {got.dtype}, the IR says {m.types[0].dtype}")
             local[m.outputs[0]] = got
         for v in outputs:
-            store(v, local[v], row, col, partial)
+            if red is None or v != red.outputs[0]:
+                store(v, local[v], row, col, partial)
+        if red is not None:  # the column sum: sums[col:col + w] += this row of the tile (rows in order)
+            vt = f"<{w} x {_T[dt]}>"
+            f.width = None
+            p = f.ins(f"getelementptr inbounds {_T[dt]}, ptr %gsums, i64 {col}", "ptr", "p")
+            f.width = w
+            old = f.ins(f"load {vt}, ptr {p.ref}, align 64", dt)
+            f.line(f"store {vt} {f.ins(f'fadd {old}, {local[red.inputs[0]].ref}', dt).ref}, ptr {p.ref}, align 64")
         f.width = None
 
     a, b, (m, nn, k) = _operands(gemm, types, prologue, ptr)
+    npad = -(-nn // w) * w
+    if red is not None:  # the column sum starts at zero, as the epilogue loop's reduction does, in a
+        # stack buffer of whole vectors (no alias of any output: LLVM keeps it in registers)
+        out.allocas.append(f"  %gsums = alloca [{npad} x {_T[dt]}], align 64")
+        out.decls["llvm.memset.p0.i64"] = "declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)"
+        out.decls["llvm.memcpy.p0.p0.i64"] = "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)"
+        out.line(f"call void @llvm.memset.p0.i64(ptr align 64 %gsums, i8 0, i64 {npad * _SIZE[dt]}, i1 false)")
     gemm_loops(out, dt, m, nn, k, a, b, ("%unused", nn, 1), epilogue=epilogue)
+    if red is not None:
+        out.line(f"call void @llvm.memcpy.p0.p0.i64(ptr {ptr[red.outputs[0]]}, ptr align 64 %gsums, "
+                 f"i64 {nn * _SIZE[dt]}, i1 false)")
     s = f.sections
     params = [f"i64 {ptr[v]}" if v in scalars else f"ptr {ptr[v]}" for v in inputs]
     params += [f"ptr {ptr[v]}" for v in outputs]

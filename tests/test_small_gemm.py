@@ -40,7 +40,7 @@ def _run_loops(dt, a, b, c0=None, scale=None, beta=0.0):
     return c
 
 
-@pytest.mark.parametrize("m,n,k", [(128, 32, 16), (7, 5, 3), (33, 17, 9), (1, 32, 64), (64, 1, 20), (6, 48, 1)])
+@pytest.mark.parametrize("m,n,k", [(128, 32, 16), (7, 5, 3), (33, 17, 9), (1, 32, 64), (64, 1, 20), (6, 48, 1), (5, 37, 35)])
 @pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_loop_nest_equals_numpy_over_layouts_tails_and_dtypes(m, n, k, ta, tb, dtype):
@@ -80,6 +80,8 @@ SMALL = """graph g {{
     (128, 512, 512, "blas"),  # M's hidden layer: too big
     (128, 32, 1, "blas"),  # one output: 1 of 16 lanes (seen as C^T: 128 lanes, but packing x^T costs more than it saves)
     (32, 64, 4, "blas"),  # 4 of 16 lanes
+    (100, 64, 128, "loops"),  # 819200 multiply-adds: beyond LOOPS_MAX_MACS, but x @ w.T is BLAS's slow "nt" path
+    (256, 64, 128, "blas"),  # 2M multiply-adds: beyond the "nt" cap too (BLAS on two threads ties there)
 ])
 def test_the_size_rule_as_the_ir_shows_it(b, i, o, impl):
     from graphc.passes.kernels import kernels
@@ -142,7 +144,8 @@ def test_an_mlp_with_loop_gemms_trains_like_torch(llvm, monkeypatch, tmp_path):
 def test_the_epilogue_on_register_tiles_is_bit_equal_to_the_two_pass_form(m, n, k, dt, monkeypatch):
     """A loop GEMM's elementwise epilogue (bias, ReLU, masks, dropout, row/column/one-element
     broadcasts, a bool output) runs on each register tile in one pass: bit-equal to the epilogue loop after the
-    GEMM (the same members in the same order per element); a trailing reduction keeps two passes."""
+    GEMM (the same members in the same order per element); a trailing column sum adds each tile's rows in
+    row order into its output, as the loop's reduction does: bit-equal too."""
     from graphc.ir import GraphBuilder, TensorType
     from graphc.ir.graph import kernel_node
     from graphc.runtime import lower_llvm, lower_small_gemm
@@ -171,15 +174,16 @@ def test_the_epilogue_on_register_tiles_is_bit_equal_to_the_two_pass_form(m, n, 
         g = b.build(outs)
         return kernel_node(list(g.nodes), names, outs, g.types, "gemm", impl="loops")
 
-    node = node_of(False)
-    text = lower_llvm.kernel_ir(node, {"seed"})[0]
-    assert "epilogue per tile" in text
-    one_pass = run_llvm(node, data, {"seed"})
-    monkeypatch.setattr(lower_small_gemm, "tile_epilogue_ir", lambda node, scalars: None)
-    assert "epilogue per tile" not in lower_llvm.kernel_ir(node, {"seed"})[0]
-    two_pass = run_llvm(node, data, {"seed"})
-    assert 0 < np.count_nonzero(two_pass[1]) < two_pass[1].size  # dropout dropped some, kept some
-    for a, b in zip(one_pass, two_pass):
-        _same(a, b)
-    monkeypatch.undo()
-    assert "epilogue per tile" not in lower_llvm.kernel_ir(node_of(True), {"seed"})[0]  # the bias-gradient sum's form
+    for reduce in (False, True):  # with a trailing column sum (the bias gradient's form): summed per tile too
+        node = node_of(reduce)
+        text = lower_llvm.kernel_ir(node, {"seed"})[0]
+        assert "epilogue per tile" in text
+        one_pass = run_llvm(node, data, {"seed"})
+        monkeypatch.setattr(lower_small_gemm, "tile_epilogue_ir", lambda node, scalars: None)
+        assert "epilogue per tile" not in lower_llvm.kernel_ir(node, {"seed"})[0]
+        two_pass = run_llvm(node, data, {"seed"})
+        monkeypatch.undo()
+        assert 0 < np.count_nonzero(two_pass[1]) < two_pass[1].size  # dropout dropped some, kept some
+        assert len(one_pass) == len(two_pass) == 8 + reduce
+        for a, b in zip(one_pass, two_pass):
+            _same(a, b)
