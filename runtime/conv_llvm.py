@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from llvmlite import ir
 
 from .conv_direct import wide_geometry
-from .llvm_ops import ELEM, FAST, I64, Fn, LlvmCall
+from .llvm_ops import ELEM, FAST, I32, I64, Fn, LlvmCall
 
 SIZE = {"f32": 4, "f64": 8, "i64": 8}
 DOUBLE = ir.DoubleType()
@@ -475,6 +475,11 @@ def max_pool2d(dt, NC, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, threads: in
     x, y, idx = f.args
     b = f.b
     lo, hi = f.share(NC)
+    if two and (sh, sw) == (2, 2) and OW >= 4:
+        with f.loop(hi, lo) as q:
+            with f.loop(OH) as oh:
+                _pool2x2_row(f, x, y, idx, q, oh, H, W, OH, OW, dt)
+        return LlvmCall("max_pool2d", f.text(), (dt, dt, "i64"))
     with f.loop(hi, lo) as q:
         with f.loop(OH) as oh:
             with f.loop(OW) as ow:
@@ -493,6 +498,80 @@ def max_pool2d(dt, NC, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, threads: in
                 f.store(best, y, o)
                 f.store(arg, idx, o)
     return LlvmCall("max_pool2d", f.text(), (dt, dt, "i64"))
+
+
+def _vec_spans(OW: int) -> list[tuple[int, int]]:
+    """(first output, lanes) of a row of OW outputs: vectors of 8, then of 4, then single lanes."""
+    spans, o = [], 0
+    for v in (8, 4):
+        while OW - o >= v:
+            spans.append((o, v))
+            o += v
+    return spans + [(k, 1) for k in range(o, OW)]
+
+
+def _lanes(f: Fn, ty, vals):
+    """A vector constant (or the scalar for one lane)."""
+    return ir.Constant(ty, vals[0]) if len(vals) == 1 else ir.Constant(ir.VectorType(ty, len(vals)), vals)
+
+
+def _vload(f: Fn, ptr, at, n: int):
+    """n consecutive elements at ptr[at] (a vector, or the scalar for n = 1)."""
+    p = f.at(ptr, at)
+    if n == 1:
+        return f.b.load(p)
+    return f.b.load(f.b.bitcast(p, ir.VectorType(p.type.pointee, n).as_pointer()), align=1)
+
+
+def _vstore(f: Fn, val, ptr, at, n: int) -> None:
+    p = f.at(ptr, at)
+    if n == 1:
+        f.b.store(val, p)
+    else:
+        f.b.store(val, f.b.bitcast(p, ir.VectorType(p.type.pointee, n).as_pointer()), align=1)
+
+
+def _deinterleave(f: Fn, v, n: int):
+    """(even lanes, odd lanes) of a 2n-lane vector (the scalar pair's loads for n = 1)."""
+    even = f.b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(0, 2 * n, 2))))
+    odd = f.b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(1, 2 * n, 2))))
+    return even, odd
+
+
+def _pool2x2_row(f: Fn, x, y, idx, q, oh, H, W, OH, OW, dt) -> None:
+    """One output row of a 2x2 stride-2 max pool, 8 or 4 windows at a time: each input row pair
+    loaded as vectors and split into even and odd columns, the window's four taps compared in
+    max_pool2d_2x2's order (p, p+1, p+W, p+W+1) with its rule (_better), as selects on lanes.
+    The same values and indices as the scalar loop, bit for bit."""
+    b = f.b
+    xo = f.lin(0, (q, H * W), (oh, 2 * W))  # the row pair's first element
+    o = f.lin(0, (q, OH * OW), (oh, OW))
+    p0 = f.lin(0, (oh, 2 * W))  # index of the row pair's first element in its plane
+    for ow0, n in _vec_spans(OW):
+        if n == 1:
+            r0a, r0b = f.load(x, f.add(xo, 2 * ow0)), f.load(x, f.add(xo, 2 * ow0 + 1))
+            r1a, r1b = f.load(x, f.add(xo, W + 2 * ow0)), f.load(x, f.add(xo, W + 2 * ow0 + 1))
+        else:
+            r0a, r0b = _deinterleave(f, _vload(f, x, f.add(xo, 2 * ow0), 2 * n), n)
+            r1a, r1b = _deinterleave(f, _vload(f, x, f.add(xo, W + 2 * ow0), 2 * n), n)
+        base = [2 * (ow0 + k) for k in range(n)]
+        pv = p0 if isinstance(p0, int) else (b.insert_element(ir.Constant(ir.VectorType(I64, n), None), p0, f.c(0))
+                                             if n > 1 else p0)
+        if n > 1 and not isinstance(p0, int):
+            pv = b.shuffle_vector(pv, pv, ir.Constant(ir.VectorType(I32, n), [0] * n))  # splat
+
+        def at(d):
+            offs = _lanes(f, I64, [v + d for v in base])
+            if isinstance(p0, int):
+                return _lanes(f, I64, [p0 + v + d for v in base])
+            return b.add(pv, offs)
+
+        best, arg = r0a, at(0)
+        for v, d in ((r0b, 1), (r1a, W), (r1b, W + 1)):
+            take = _better(f, v, best)
+            best, arg = b.select(take, v, best), b.select(take, at(d), arg)
+        _vstore(f, best, y, f.add(o, ow0), n)
+        _vstore(f, arg, idx, f.add(o, ow0), n)
 
 
 def _window_max(f: Fn, x, xo, oh, ow, H, W, KH, KW, sh, sw, pt, pl, dh, dw, dt):
@@ -515,13 +594,21 @@ def _window_max(f: Fn, x, xo, oh, ow, H, W, KH, KW, sh, sw, pt, pl, dh, dw, dt):
     return best, arg
 
 
-def max_pool2d_scatter(dt, NC, HW, P, threads: int = 1) -> LlvmCall:
+def max_pool2d_scatter(dt, NC, HW, P, threads: int = 1, tiles=None) -> LlvmCall:
     """kernels_conv.max_pool2d_scatter: dx = 0, then dx[q, idx[q, p]] += gy[q, p]. Arguments gy, idx, dx.
-    threads > 1: the planes split over threads (each index points into its own plane: bit-equal)."""
+    threads > 1: the planes split over threads (each index points into its own plane: bit-equal).
+    tiles = (H, W, OH, OW) when 2x2 windows of stride 2 tile the plane exactly (H = 2 OH,
+    W = 2 OW): each dx element is written once, 0 + gy where the index is its own, else 0
+    (_unpool2x2_row), with no memset and no scattered read-modify-write; the same bits."""
     f = Fn([dt, "i64", dt], f"max_pool2d backward [{NC},{P}] -> [{NC},{HW}]" + _split_note(threads), threads,
            _tasks(threads, NC))
     gy, idx, dx = f.args
     lo, hi = f.share(NC)
+    if tiles is not None and tiles[3] >= 4:
+        with f.loop(hi, lo) as q:
+            with f.loop(tiles[2]) as oh:
+                _unpool2x2_row(f, gy, idx, dx, q, oh, *tiles, dt)
+        return LlvmCall("max_pool2d_scatter", f.text(), (dt, "i64", dt))
     if threads == 1:
         f.zero(dx, NC * HW, SIZE[dt])
     else:
@@ -536,6 +623,46 @@ def max_pool2d_scatter(dt, NC, HW, P, threads: int = 1) -> LlvmCall:
                 at = f.at(dx, f.add(f.i(f.lin(0, (q, HW))), i))
                 f.b.store(f.b.fadd(f.b.load(at), f.load(gy, o)), at)
     return LlvmCall("max_pool2d_scatter", f.text(), (dt, "i64", dt))
+
+
+def _interleave(f: Fn, a, c, n: int):
+    """The 2n-lane vector a0 c0 a1 c1 ... of two n-lane vectors."""
+    mask = [k // 2 + (n if k % 2 else 0) for k in range(2 * n)]
+    return f.b.shuffle_vector(a, c, ir.Constant(ir.VectorType(I32, 2 * n), mask))
+
+
+def _unpool2x2_row(f: Fn, gy, idx, dx, q, oh, H, W, OH, OW, dt) -> None:
+    """One output row's windows of a tiling 2x2 stride-2 max pool's backward, 8 or 4 at a time:
+    tap d of window p gets 0 + g where idx = p + d, else 0 (0 + g as the scatter's dx = 0; dx +=
+    g computes: -0.0 stays 0.0), written as two interleaved input rows."""
+    b = f.b
+    o = f.lin(0, (q, OH * OW), (oh, OW))
+    xo = f.lin(0, (q, H * W), (oh, 2 * W))
+    p0 = f.lin(0, (oh, 2 * W))
+    for ow0, n in _vec_spans(OW):
+        g, ix = _vload(f, gy, f.add(o, ow0), n), _vload(f, idx, f.add(o, ow0), n)
+        zero = _lanes(f, ELEM[dt], [0.0] * n)
+        g = b.fadd(zero, g)
+        if n > 1 and not isinstance(p0, int):
+            pv = b.insert_element(ir.Constant(ir.VectorType(I64, n), None), p0, f.c(0))
+            pv = b.shuffle_vector(pv, pv, ir.Constant(ir.VectorType(I32, n), [0] * n))
+        else:
+            pv = p0
+
+        def tap(d):
+            offs = [2 * (ow0 + k) + d for k in range(n)]
+            at = _lanes(f, I64, [p0 + v for v in offs]) if isinstance(p0, int) else (
+                b.add(pv, _lanes(f, I64, offs)) if n > 1 else b.add(p0, f.c(offs[0])))
+            return b.select(b.icmp_signed("==", ix, at), g, zero)
+
+        for row, (d0, d1) in enumerate(((0, 1), (W, W + 1))):
+            a, c = tap(d0), tap(d1)
+            start = f.add(xo, row * W + 2 * ow0)
+            if n == 1:
+                f.store(a, dx, start)
+                f.store(c, dx, f.add(start, 1) if not isinstance(start, int) else start + 1)
+            else:
+                _vstore(f, _interleave(f, a, c, n), dx, start, 2 * n)
 
 
 def adaptive_pool(dt, NC, H, W, OH, OW, backward: bool) -> LlvmCall:

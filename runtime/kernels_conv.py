@@ -388,7 +388,10 @@ def _(s):
     n, c, oh, ow = gy.shape
     h, w = s.attrs["input_size"]
     if use_llvm():
-        return conv_llvm.max_pool2d_scatter(gy.type.dtype, n * c, h * w, oh * ow, _threads(s.node)), [gy.f, idx.f, dx.f]
+        # the backward of a tiling 2x2 stride-2 pool (LeNet's): the indices say which tap of each window
+        tiles = (h, w, oh, ow) if s.attrs["tiled"] else None
+        return (conv_llvm.max_pool2d_scatter(gy.type.dtype, n * c, h * w, oh * ow, _threads(s.node), tiles),
+                [gy.f, idx.f, dx.f])
     return max_pool2d_scatter, [gy.f, idx.f, dx.f, n * c, h * w, oh * ow]
 
 

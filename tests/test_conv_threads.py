@@ -171,3 +171,39 @@ def test_graphc_threads_1_splits_nothing_and_runs():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "False [] 1", out.stdout
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4, 6, 28, 28), (3, 2, 10, 10), (2, 3, 8, 12), (2, 2, 6, 6), (1, 1, 2, 2)])
+def test_2x2_pools_vectorized_equal_the_reference(shape, dt):
+    """2x2 stride-2 max pools run 8 or 4 windows a vector (conv_llvm._pool2x2_row), and the
+    backward of one that tiles its input writes dx once (tiled=true, _unpool2x2_row): values and
+    indices equal the reference with NaN, -inf and ties; dx equal to the scatter's bit for bit
+    (-0.0 gradients too); split or not."""
+    from graphc.ir import OPS
+
+    r = np.random.default_rng(7)
+    x = np.round(r.standard_normal(shape) * 2).astype(dt)
+    x.flat[::7], x.flat[3::11] = np.nan, -np.inf
+    a = {"kernel_size": (2, 2), "stride": (2, 2)}
+    ref = OPS["max_pool2d"].reference(x, **OPS["max_pool2d"].normalize_attrs(a))
+    for t in (1, 2):
+        y, i = run_kernel("max_pool2d", [x], {**a, "threads": t})
+        np.testing.assert_array_equal(y, ref[0])
+        np.testing.assert_array_equal(i, ref[1])
+        g = r.standard_normal(y.shape).astype(dt)
+        g.flat[::5] = -0.0
+        size = {"input_size": shape[2:], "threads": t}
+        want = run_kernel("max_pool2d_backward", [g, i], size)[0]
+        got = run_kernel("max_pool2d_backward", [g, i], {**size, "tiled": True})[0]
+        assert got.tobytes() == want.tobytes()
+
+
+def test_pool_vjp_marks_tiling_windows():
+    g = graphc.trace(nn.Sequential(nn.MaxPool2d(2), nn.Flatten()), np.zeros((2, 3, 8, 8), np.float32))
+    from graphc.passes.autodiff import grad_graph
+
+    text = str(grad_graph(g, wrt=["input"], seeds="inputs"))
+    assert "max_pool2d_backward" in text and "tiled=true" in text
+    g = graphc.trace(nn.Sequential(nn.MaxPool2d(2), nn.Flatten()), np.zeros((2, 3, 9, 8), np.float32))
+    assert "tiled" not in str(grad_graph(g, wrt=["input"], seeds="inputs"))  # row 8 is in no window

@@ -277,21 +277,33 @@ def _(b, node, gys, needs):
     if gys[1] is not None:
         raise ShapeError("max_pool2d: its indices output has no gradient")
     h, w = b.types[node.inputs[0]].shape[2:]
-    return [b.emit("max_pool2d_backward", [gys[0], node.outputs[1]], {"input_size": (h, w)})]
+    oh, ow = node.types[0].shape[2:]
+    a = node.attr
+    tiled = (tuple(a["kernel_size"]) == (2, 2) and tuple(a["stride"]) == (2, 2) and not any(a["padding"])
+             and tuple(a["dilation"]) == (1, 1) and (h, w) == (2 * oh, 2 * ow))
+    return [b.emit("max_pool2d_backward", [gys[0], node.outputs[1]], {"input_size": (h, w), "tiled": tiled})]
 
 
-@defop("max_pool2d_backward", 2, {"input_size": Attr("ints"), **_THREADS}, tags=("backward",), kind="opaque",
+# tiled: the forward's windows were 2x2 with stride 2, no padding, and covered the input exactly
+# (H = 2 OH, W = 2 OW), so each input element is in one window: the kernel then writes every dx
+# element once (its window's gradient where the index is its own, else 0) instead of zeroing dx
+# and scattering. Set by max_pool2d's VJP; the values are the same either way.
+@defop("max_pool2d_backward", 2, {"input_size": Attr("ints"), "tiled": Attr("bool", False), **_THREADS},
+       tags=("backward",), kind="opaque",
        doc="gradient of max_pool2d: each gy element added at its window's argmax (the saved indices)")
-def max_pool2d_backward(t, input_size, threads):
+def max_pool2d_backward(t, input_size, tiled, threads):
     gy, idx = t
     _threads_check("max_pool2d_backward", threads)
     if idx.dtype != "i64" or idx.shape != gy.shape or gy.rank != 4:
         raise ShapeError(f"max_pool2d_backward: expected gy [N,C,OH,OW] and i64 indices of the same shape, got {gy}, {idx}")
+    if tiled and tuple(input_size) != (2 * gy.shape[2], 2 * gy.shape[3]):
+        raise ShapeError(f"max_pool2d_backward: tiled=true needs input_size = 2 x gy's [{2 * gy.shape[2]}, "
+                         f"{2 * gy.shape[3]}], got {list(input_size)}")
     return gy.with_shape((*gy.shape[:2], *input_size))
 
 
 @max_pool2d_backward.ref
-def _(gy, idx, *, input_size, threads=1):
+def _(gy, idx, *, input_size, tiled=False, threads=1):
     n, c = gy.shape[:2]
     dx = np.zeros((n * c, input_size[0] * input_size[1]), dtype=gy.dtype)
     rows = np.repeat(np.arange(n * c), idx[0, 0].size)
