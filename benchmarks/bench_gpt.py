@@ -1,9 +1,11 @@
 """Workload T (issue 11): one full train step of the sample's GPT, side by side.
 
-    python benchmarks/bench_gpt.py [--steps 20] [--skip-torch-compile]
+    python benchmarks/bench_gpt.py [--steps 20] [--skip-torch-compile] [--shapes T,T2]
 
 GPT of samples/char_gpt.py (same model code for both: gpt_classes(torch) / gpt_classes(graphc)):
-vocabulary 96, context 32, width 64, 4 heads, 2 layers, batch 32, float32. One step = forward,
+T: vocabulary 96, context 32, width 64, 4 heads, 2 layers, batch 32, float32 (issue 11's
+workload); T2: the same model at context 64, width 128, 4 layers, batch 16 (a shape nothing was
+tuned for, to check that what helps T holds elsewhere). One step = forward,
 loss, backward, clip_grad_norm_(1.0), AdamW.step(), zero_grad. Prints median step times of
 PyTorch eager, torch.compile (and its compile time) and graphc (with its kernel count and the
 plans' peak bytes), and graphc's compile times in fresh processes: cold (no caches), new plan
@@ -36,12 +38,12 @@ WORKER = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {samples!r})
     from char_gpt import GPTConfig, gpt_classes, init_weights
-    impl, steps = {impl!r}, {steps}
+    impl, steps, (ctx, width, layers, batch) = {impl!r}, {steps}, {shape!r}
     t_start = time.perf_counter()
-    cfg = GPTConfig(block_size=32, vocab_size=96, n_layer=2, n_head=4, n_embd=64)
+    cfg = GPTConfig(block_size=ctx, vocab_size=96, n_layer=layers, n_head=4, n_embd=width)
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 96, (32, 32)).astype(np.int64)
-    y = rng.integers(0, 96, (32, 32)).astype(np.int64)
+    x = rng.integers(0, 96, (batch, ctx)).astype(np.int64)
+    y = rng.integers(0, 96, (batch, ctx)).astype(np.int64)
     info = {{}}
     if impl.startswith("graphc"):
         import graphc
@@ -109,8 +111,11 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def run(impl: str, steps: int, env=None) -> dict:
-    r = subprocess.run([sys.executable, "-c", WORKER.format(samples=SAMPLES, impl=impl, steps=steps)],
+SHAPES = {"T": (32, 64, 2, 32), "T2": (64, 128, 4, 16)}  # context, width, layers, batch
+
+
+def run(impl: str, steps: int, env=None, shape: str = "T") -> dict:
+    r = subprocess.run([sys.executable, "-c", WORKER.format(samples=SAMPLES, impl=impl, steps=steps, shape=SHAPES[shape])],
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["?"])[-1]}
@@ -122,27 +127,38 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--skip-torch-compile", action="store_true")
     ap.add_argument("--compile-only", action="store_true", help="only graphc's cold / new plan / cached compile times")
+    ap.add_argument("--shapes", default="T,T2", help="GPT shapes to time, of " + ", ".join(SHAPES) + " (default T,T2)")
     args = ap.parse_args(argv)
+    shapes = [x for x in args.shapes.split(",") if x]
     impls = ["torch eager"] + ([] if args.skip_torch_compile else ["torch.compile"]) + ["graphc", "graphc compile()"]
     if args.compile_only:
-        impls = ["graphc"]
-    results, starts = {}, {}
-    for impl in impls:
-        if impl == "graphc":  # each in a fresh process: cold (no caches), new plan, cached
-            with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as d2, tempfile.TemporaryDirectory() as k:
-                env = compile_env(d, k)
-                results[impl] = starts["cold"] = run(impl, 1 if args.compile_only else args.steps, env)
-                starts["new plan"] = run(impl, 1, dict(env, GRAPHC_CACHE_DIR=d2))
-                starts["after warmup"] = run(impl, 1, compile_env(tempfile.mkdtemp(), warmed_numba_cache()))
-                starts["cached"] = run(impl, 1, env)
-        else:
-            results[impl] = run(impl, args.steps)
-    g = results.get("graphc", {})
-    if args.compile_only:
-        return print_starts(starts)
+        impls, shapes = ["graphc"], ["T"]
+    starts = {}
+    for shape in shapes:
+        results = {}
+        for impl in impls:
+            if impl == "graphc" and shape == "T":  # each in a fresh process: cold (no caches), new plan, cached
+                with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as d2, tempfile.TemporaryDirectory() as k:
+                    env = compile_env(d, k)
+                    results[impl] = starts["cold"] = run(impl, 1 if args.compile_only else args.steps, env)
+                    starts["new plan"] = run(impl, 1, dict(env, GRAPHC_CACHE_DIR=d2))
+                    starts["after warmup"] = run(impl, 1, compile_env(tempfile.mkdtemp(), warmed_numba_cache()))
+                    starts["cached"] = run(impl, 1, env)
+            else:
+                results[impl] = run(impl, args.steps, shape=shape)
+        if args.compile_only:
+            return print_starts(starts)
+        print_results(shape, results, args.steps)
+    if starts:
+        print_starts(starts)
+    print("targets (T): graphc <= 0.6x torch eager, faster than torch.compile, cold compile <= 4 s")
+
+
+def print_results(shape: str, results: dict, steps: int) -> None:
+    ctx, width, layers, batch = SHAPES[shape]
     eager = results["torch eager"].get("median_s")
-    print(f"workload T: GPT vocab 96, ctx 32, width 64, 4 heads, 2 layers, batch 32, f32, AdamW + clip, "
-          f"{args.steps} timed steps; {os.cpu_count()} CPUs")
+    print(f"workload {shape}: GPT vocab 96, ctx {ctx}, width {width}, 4 heads, {layers} layers, batch {batch}, f32, "
+          f"AdamW + clip, {steps} timed steps; {os.cpu_count()} CPUs")
     print(f"{'implementation':<16}{'median step':>14}{'x torch eager':>15}{'compile':>11}")
     for impl, r in results.items():
         if "error" in r:
@@ -157,8 +173,6 @@ def main(argv=None):
             print(f"{impl} kernel calls (plan nodes but constants and view reshapes): "
                   + ", ".join(f"{k} {v}" for k, v in r["kernels"].items())
                   + "; peak bytes: " + ", ".join(f"{k} {v}" for k, v in r["peak_bytes"].items()))
-    print_starts(starts)
-    print("targets: graphc <= 0.6x torch eager, faster than torch.compile, cold compile <= 4 s")
 
 
 def print_starts(starts: dict) -> None:
