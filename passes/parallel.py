@@ -16,6 +16,10 @@ What splits, and along which dimension:
   The input gradient of each sample is its own (no reduction).
 - max_pool2d, max_pool2d_backward: the planes (N*C), bit-equal (each plane's windows and
   scatter are its own).
+- elementwise and rows kernels of the kernel stage (generated loops, not loop GEMMs): their
+  outermost loop (a rows kernel: over its rows), each task a range of it, a rows kernel's row
+  scratch one per thread (runtime/split_llvm.py). Bit-equal: every element's operations are
+  the same, each iteration writes only its own elements.
 
 The cost model: a kernel is split when its estimated one-thread time is at least MIN_SPLIT_US,
 about 20 times the pool's fork/join (1-2 us measured on the 2-core machine with hot workers;
@@ -51,9 +55,45 @@ def _conv_units(n: Node, types) -> tuple[int, float]:
     return chunks, (flops + 4.0 * copies) / CONV_FLOPS_PER_US
 
 
+# generated loop kernels (lower_llvm, split by runtime/split_llvm.py): one-thread elements per us,
+# measured on the GPT's (workload T): GELU's loop ~1,300, softmax and LayerNorm rows 250-800
+LOOP_ELEMS_PER_US = {"elementwise": 1_000.0, "rows": 400.0}
+
+
+def _loop_kernel(n: Node) -> bool:
+    return n.op == "kernel" and n.attr.get("kind") in LOOP_ELEMS_PER_US and n.attr.get("impl") != "loops"
+
+
+def _loop_units(n: Node) -> tuple[int, float, str]:
+    """(iterations of the outermost loop, estimated one-thread us, why not) of a loop kernel: the
+    split cuts its outermost loop, the first dim of the iteration space (a rows kernel: of its
+    rows) longer than one; every iteration must write only its own elements."""
+    from graphc.ir import OPS
+
+    body = n.body
+    if n.attr["kind"] == "rows":
+        space = next(body.types[m.inputs[0]].shape for m in body.nodes if OPS[m.op].kind == "reduce")
+        lead = space[:-1]
+    else:
+        shapes = {t.shape for t in n.types}
+        if len(shapes) != 1:
+            return 0, 0.0, "outputs of different shapes"
+        space = lead = next(iter(shapes))
+    size = 1
+    for d in space:
+        size *= d
+    units = next((d for d in lead if d > 1), 1)
+    return units, size / LOOP_ELEMS_PER_US[n.attr["kind"]], ""
+
+
 def decide(n: Node, types, threads: int) -> tuple[int, str]:
     """(threads, why) for one kernel node; 1 with the reason when it stays on one thread."""
-    if n.op in ("conv2d", "conv2d_backward"):
+    if _loop_kernel(n):
+        units, us, why = _loop_units(n)
+        if why:
+            return 1, why
+        what = f"{units} iterations of its outer loop"
+    elif n.op in ("conv2d", "conv2d_backward"):
         if n.attr["algo"] != "wide":
             return 1, f"algo={n.attr['algo']} has no split lowering (only wide convs split)"
         units, us = _conv_units(n, types)
@@ -72,7 +112,7 @@ def decide(n: Node, types, threads: int) -> tuple[int, str]:
     if us < MIN_SPLIT_US:
         return 1, f"too small: ~{us:.0f} us on one thread < {MIN_SPLIT_US:.0f} us (fork/join ~1-2 us)"
     k = min(threads, units)
-    how = "batch chunks" if n.op.startswith("conv") else "planes"
+    how = "batch chunks" if n.op.startswith("conv") else "its outer loop" if _loop_kernel(n) else "planes"
     extra = ", dW/db partial sums per thread added after (summation order differs)" if n.op == "conv2d_backward" else ""
     return k, f"~{us:.0f} us on one thread: {what} split over {k} threads by {how}{extra}"
 
@@ -119,7 +159,7 @@ def parallel(g: Graph, ctx: PassContext | None = None):
     types = g.types
     nodes, changed, single = [], False, {}
     for n in g.nodes:
-        if n.op in SPLITTABLE:
+        if n.op in SPLITTABLE or _loop_kernel(n):
             k, why = decide(n, types, avail)
             ctx.note(f"%{n.outputs[0]} = {n.op}: threads={k}: {why}")
             if k != n.attr.get("threads", 1):

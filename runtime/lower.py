@@ -293,8 +293,9 @@ _JIT = 'nogil=True, error_model="numpy"'
 def kernel_scratch(node: Node) -> list[TensorType]:
     """A GEMM kernel whose product stays inside and matches no output's type needs a buffer; a
     rows kernel, one row of each value that one pass computes and a later pass reads."""
-    if node.attr["kind"] == "rows":
-        return [TensorType((_rows_plan(node)[0][-1],), node.body.types[v].dtype) for v in _rows_plan(node)[2]]
+    if node.attr["kind"] == "rows":  # (split over threads: one row per thread, runtime/split_llvm.py)
+        rows = node.attr.get("threads", 1)
+        return [TensorType((rows * _rows_plan(node)[0][-1],), node.body.types[v].dtype) for v in _rows_plan(node)[2]]
     if node.attr["kind"] != "gemm" or node.body.nodes[0].op == "addmm":  # (addmm writes its output)
         return []
     g = next(m for m in node.body.nodes if m.op in GEMMS)

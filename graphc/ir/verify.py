@@ -133,9 +133,13 @@ def _verify_kernel(g: Graph, n, defined: dict, fail) -> None:
     if n.op != KERNEL or n.body is None:
         fail("only a kernel node has a body, and a kernel node needs one")
     kind = dict(n.attrs).get("kind")
-    if tuple(k for k, _ in n.attrs) not in (("kind",), ("impl", "kind")) or kind not in KERNEL_KINDS:
-        fail(f"kernel attributes must be {{kind=...}} (or {{impl=..., kind=...}}) with kind one of {KERNEL_KINDS}, "
-             f"got {dict(n.attrs)}")
+    keys = tuple(k for k, _ in n.attrs if k != "threads")  # threads=k: passes/parallel.py's split of a loop kernel
+    if keys not in (("kind",), ("impl", "kind")) or kind not in KERNEL_KINDS:
+        fail(f"kernel attributes must be {{kind=...}} (or {{impl=..., kind=...}}, and threads=k) with kind one of "
+             f"{KERNEL_KINDS}, got {dict(n.attrs)}")
+    threads = dict(n.attrs).get("threads", 1)
+    if type(threads) is not int or threads < 1 or (threads > 1 and kind not in ("elementwise", "rows")):
+        fail(f"threads={threads!r} needs an int >= 1, above 1 only on an elementwise or rows kernel (kind={kind!r})")
     impl = dict(n.attrs).get("impl")
     if impl is not None and (kind != "gemm" or impl not in GEMM_IMPLS):
         fail(f"impl={impl!r} needs kind=\"gemm\" and one of {GEMM_IMPLS}, got kind={kind!r}")

@@ -1,0 +1,79 @@
+"""A loop kernel of lower_llvm split over the thread pool: its outermost loop cut into tasks.
+
+passes/parallel.py writes `threads=k` on an elementwise or rows kernel worth splitting; lowering
+writes the kernel's one-thread function as always (lower_llvm.kernel_ir), then this rewrites it:
+
+    @kernel_body(args..., lo, hi)   the same function, its outermost loop running [lo, hi)
+    @kernel_task(ctx, task, thread) one task: the arguments from ctx (a rows kernel's per-row
+                                    scratch at this thread's slice), its share of the loop
+    @kernel(args...)                packs the arguments and calls graphc_parallel_for
+                                    (runtime/threads.py), which returns when every task is done
+
+Each iteration of the outermost loop writes only its own elements (an elementwise kernel's
+outputs all have the loop's shape; a rows kernel's rows are its own), so the split changes no
+operation of any element: the results are bit-equal to one thread's.
+"""
+from __future__ import annotations
+
+import re
+
+from .lower_llvm import Unsupported
+
+TASKS_PER_THREAD = 4  # as conv_llvm's: a descheduled worker holds back one task, not a half
+
+
+def split(ir: str, threads: int, scratch: dict[int, int]) -> tuple[str, int, int]:
+    """(the split kernel's IR, tasks, the outermost loop's trip count) of the one-thread `ir`
+    (`define void @kernel(...)`). scratch: argument index -> bytes of one thread's slice."""
+    head = re.search(r"^define void @kernel\((.*)\) #0 \{$", ir, re.M)
+    if head is None:
+        raise Unsupported("split: not a void @kernel function")
+    params = [p.strip() for p in head.group(1).split(",")] if head.group(1).strip() else []
+    end = ir.index("\n}\n", head.end()) + 3
+    body = ir[head.end():end]
+    phi = re.search(r"(%i(\d+)) = phi i64 \[ 0, (%[\w.]+) \]", body)
+    if phi is None:
+        raise Unsupported("split: no loop to split")
+    var = phi.group(1)
+    cmp = re.search(rf"{re.escape(var)}\.end = icmp eq i64 {re.escape(var)}\.next, (\d+)\n", body)
+    if cmp is None:
+        raise Unsupported(f"split: no bound of {var}")
+    n = int(cmp.group(1))
+    tasks = min(n, threads * TASKS_PER_THREAD)
+    if tasks < 2:
+        raise Unsupported("split: fewer than two iterations")
+    body = body.replace(phi.group(0), f"{var} = phi i64 [ %lo, {phi.group(3)} ]", 1)
+    body = body.replace(cmp.group(0), f"{var}.end = icmp eq i64 {var}.next, %hi\n", 1)
+
+    names = [p.split()[-1] for p in params]
+    kinds = [p.split()[0] for p in params]
+    k = len(params)
+    task = ["define internal void @kernel_task(ptr %ctx, i64 %task, i64 %thread) #0 {", "entry:"]
+    args = []
+    for j, (kind, name) in enumerate(zip(kinds, names)):
+        task += [f"  %c{j}.p = getelementptr inbounds i64, ptr %ctx, i64 {j}", f"  %c{j} = load i64, ptr %c{j}.p"]
+        v = f"%c{j}"
+        if j in scratch:
+            task += [f"  %c{j}.off = mul i64 %thread, {scratch[j]}", f"  %c{j}.at = add i64 %c{j}, %c{j}.off"]
+            v = f"%c{j}.at"
+        if kind == "ptr":
+            task.append(f"  %x{j} = inttoptr i64 {v} to ptr")
+            v = f"%x{j}"
+        args.append(f"{kind} {v}")
+    q, r = divmod(n, tasks)
+    task += [f"  %few = icmp ult i64 %task, {r}", "  %extra = select i1 %few, i64 %task, i64 " + str(r),
+             f"  %base = mul i64 %task, {q}", "  %lo = add i64 %base, %extra",
+             f"  %len = select i1 %few, i64 {q + 1}, i64 {q}", "  %hi = add i64 %lo, %len",
+             f"  call void @kernel_body({', '.join(args + ['i64 %lo', 'i64 %hi'])})", "  ret void", "}"]
+    launch = [f"define void @kernel({', '.join(params)}) #0 {{", "entry:", f"  %ctx = alloca [{k} x i64]"]
+    for j, (kind, name) in enumerate(zip(kinds, names)):
+        v = name
+        if kind == "ptr":
+            launch.append(f"  %i2p{j} = ptrtoint ptr {name} to i64")
+            v = f"%i2p{j}"
+        launch += [f"  %s{j}.p = getelementptr inbounds [{k} x i64], ptr %ctx, i64 0, i64 {j}", f"  store i64 {v}, ptr %s{j}.p"]
+    launch += [f"  call void @graphc_parallel_for(ptr @kernel_task, ptr %ctx, i64 {tasks}, i64 {threads})", "  ret void", "}"]
+    text = (ir[:head.start()] + f"define internal void @kernel_body({', '.join(params + ['i64 %lo', 'i64 %hi'])}) #0 {{"
+            + body + "\n" + "\n".join(task) + "\n\n" + "\n".join(launch) + "\n" + ir[end:]
+            + "\ndeclare void @graphc_parallel_for(ptr, ptr, i64, i64)\n")
+    return text, tasks, n

@@ -1,0 +1,107 @@
+"""Elementwise and rows kernels split over threads (passes/parallel.py's decision on the IR,
+runtime/split_llvm.py's lowering): bit-equal to one thread, printed and parsed back, small
+kernels left on one thread with the reason; the GPT's train step the same, split or not."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.ir import parse
+from graphc.passes.manager import PassContext
+from graphc.passes.parallel import parallel, set_num_threads
+from graphc.runtime import lower_llvm
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples"))
+from char_gpt import GPTConfig, gpt_classes, init_weights  # noqa: E402
+
+KERNELS = """graph g {
+  input %x: f32[40,24,64]
+  input %y: f32[64]
+  input %s: f32[2,8]
+  %e: f32[40,24,64], %o: f32[40,24,64] = kernel(%x, %y) {kind="elementwise"} {
+    %e: f32[40,24,64] = add(%x, %y)
+    %o: f32[40,24,64] = erf(%e)
+  }
+  %m: f32[40,24,1], %p: f32[40,24,64] = kernel(%x) {kind="rows"} {
+    %m: f32[40,24,1] = max(%x) {dims=[2], keepdim=true}
+    %d: f32[40,24,64] = sub(%x, %m)
+    %t: f32[40,24,64] = exp(%d)
+    %u: f32[40,24,1] = sum(%t) {dims=[2], keepdim=true}
+    %p: f32[40,24,64] = div(%t, %u)
+  }
+  %z: f32[2,8] = kernel(%s) {kind="elementwise"} {
+    %z: f32[2,8] = neg(%s)
+  }
+  return %o, %e, %m, %p, %z
+}"""
+
+
+@pytest.fixture
+def threads():
+    yield set_num_threads
+    set_num_threads(None)
+
+
+def test_loop_kernels_split_printed_and_parsed_back(threads):
+    threads(2)
+    ctx = PassContext("parallel")
+    g, changed = parallel(parse(KERNELS), ctx)
+    text = str(g)
+    assert changed and text.count("threads=2") == 2 and parse(text) == g
+    assert 'kernel(%s) {kind="elementwise"}' in text  # 16 elements: one thread
+    notes = "\n".join(ctx.notes)
+    assert "split over 2 threads by its outer loop" in notes and "%z = kernel: threads=1: too small" in notes
+    for n in g.nodes:
+        if n.attr.get("threads", 1) > 1:
+            ir = lower_llvm.kernel_ir(n, set())[0]
+            assert "@graphc_parallel_for(ptr @kernel_task" in ir and "define internal void @kernel_body" in ir
+
+
+def test_split_kernels_are_bit_equal_to_one_thread(threads):
+    from graphc.runtime.executor import Executable
+
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal((40, 24, 64)).astype(np.float32), rng.standard_normal(64).astype(np.float32),
+            rng.standard_normal((2, 8)).astype(np.float32)]
+    outs = {}
+    for k in (1, 2):
+        threads(k)
+        g, _ = parallel(parse(KERNELS), PassContext("parallel"))
+        exe = Executable(g)
+        exe(*args)
+        outs[k] = [o.copy() for o in exe.outputs]
+    for a, b in zip(outs[1], outs[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_threads_on_a_kernel_is_an_error():
+    bad = KERNELS.replace('kernel(%s) {kind="elementwise"}', 'kernel(%s) {kind="elementwise", threads=0}')
+    with pytest.raises(graphc.GraphcError, match="threads"):
+        parse(bad).verify()
+    bad = KERNELS.replace('kernel(%s) {kind="elementwise"}', 'kernel(%s) {kind="reduce", threads=2}')
+    with pytest.raises(graphc.GraphcError):
+        parse(bad).verify()
+
+
+def test_gpt_train_step_split_equals_one_thread(threads):
+    cfg = GPTConfig(block_size=32, vocab_size=96, n_layer=1, n_head=4, n_embd=64)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 96, (16, 32)), rng.integers(0, 96, (16, 32))
+    runs = {}
+    for k in (1, 2):
+        threads(k)
+        graphc.manual_seed(0)
+        model = gpt_classes(graphc)(cfg)
+        init_weights(model)
+        step = graphc.compile_train_step(model, None, graphc.optim.AdamW(model.parameters(), lr=1e-3), x, y,
+                                         clip_grad_norm=1.0)
+        split = [n for n in step.plans.train_step.nodes if n.attr.get("threads", 1) > 1]
+        assert bool(split) == (k == 2)
+        runs[k] = ([step(x, y) for _ in range(2)], {n: np.asarray(p).copy() for n, p in model.state_dict().items()})
+    assert runs[1][0] == runs[2][0]
+    for n in runs[1][1]:
+        np.testing.assert_array_equal(runs[1][1][n], runs[2][1][n], err_msg=n)
