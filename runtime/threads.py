@@ -13,8 +13,8 @@ the thread running it, below `width` (0 the caller, w worker w; workers w >= wid
 launch out), for per-thread scratch. The tasks are claimed by whichever thread comes first (the
 caller included; see pool_ir), so a worker descheduled on a busy machine delays at most the
 task it holds, and kernels cut their work into a few tasks per thread for that. Fork/join is a generation counter: the caller publishes the tasks
-and bumps `gen`; workers spin on it for a while (`SPIN` pause instructions, 100-200 us
-measured here), then sleep on it with futex(FUTEX_WAIT) (woken with a system call only when
+and bumps `gen`; workers poll it for a while (~1 ms: SPIN_CYCLES; 256 pauses, then
+sched_yield, which gives the core to any thread that wants it), then sleep on it with futex(FUTEX_WAIT) (woken with a system call only when
 some sleep, so a step's back-to-back kernels make none); the caller waits for `done` to reach
 n (pause, then sched_yield). So nothing burns a core for long between steps.
 
@@ -40,7 +40,12 @@ import time
 
 _state: dict = {}  # "addr": parallel_for address, "workers": started, "globals": ctypes ints
 _lock = threading.Lock()
-SPIN = 600  # a worker's polls before it sleeps: 256 with pause, then sched_yield (~100-300 us here)
+SPIN = 600  # a worker's polls before it sleeps where there is no cycle counter: 256 with pause, then sched_yield
+# x86: a worker polls for this many cycles of the time-stamp counter (~1 ms at 2-3 GHz) before it
+# sleeps: longer than the gaps between a step's split kernels (LeNet's linear layers: ~0.3 ms),
+# so a step's kernels find it awake (a futex wake-up cost 4-300 us here, and the workers' sleep
+# gives BLAS its threads back), short against a step's Python around it.
+SPIN_CYCLES = 2_500_000
 
 
 def num_threads() -> int:
@@ -67,10 +72,24 @@ def _relax() -> str:
     return ""
 
 
+def _x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def _cycles() -> str:
+    """The time-stamp counter (x86), or 0."""
+    return "call i64 @llvm.readcyclecounter()" if _x86() else "add i64 0, 0"
+
+
+def _more() -> str:
+    """Whether a worker keeps polling: under SPIN_CYCLES on x86, under SPIN polls elsewhere."""
+    return f"icmp ult i64 %dc, {SPIN_CYCLES}" if _x86() else "icmp ult i64 %k1, %lim"
+
+
 def _relax_decl() -> str:
     m = platform.machine().lower()
     if m in ("x86_64", "amd64", "i386", "i686"):
-        return "declare void @llvm.x86.sse2.pause()"
+        return "declare void @llvm.x86.sse2.pause()\ndeclare i64 @llvm.readcyclecounter()"
     if m in ("aarch64", "arm64"):
         return "declare void @llvm.aarch64.hint(i32)"
     return ""
@@ -155,6 +174,7 @@ entry:
 wait:
   %seen = phi i32 [%s0, %entry], [%g, %wout], [%seen, %slept]
   %lim = load i64, i64* @graphc_pool_spin
+  %c0 = {_cycles()}
   br label %spin
 spin:
   %k = phi i64 [0, %wait], [%k1, %again2]
@@ -172,7 +192,9 @@ yieldw:
   br label %again2
 again2:
   %k1 = add i64 %k, 1
-  %more = icmp ult i64 %k1, %lim
+  %c1 = {_cycles()}
+  %dc = sub i64 %c1, %c0
+  %more = {_more()}
   br i1 %more, label %spin, label %sleep
 sleep:
   %rb = cmpxchg i32* @graphc_pool_busy, i32 0, i32 1 acquire monotonic

@@ -207,3 +207,34 @@ def test_pool_vjp_marks_tiling_windows():
     assert "max_pool2d_backward" in text and "tiled=true" in text
     g = graphc.trace(nn.Sequential(nn.MaxPool2d(2), nn.Flatten()), np.zeros((2, 3, 9, 8), np.float32))
     assert "tiled" not in str(grad_graph(g, wrt=["input"], seeds="inputs"))  # row 8 is in no window
+
+
+def test_concurrent_launches_and_a_forked_child_run_correctly():
+    """Two Python threads running split kernels at once (one gets the pool, the other runs its
+    tasks in order), and a forked child (no workers there: its launches run inline)."""
+    import threading
+
+    r = np.random.default_rng(2)
+    x, w = r.standard_normal((16, 3, 12, 12)).astype(np.float32), r.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    a = {"algo": "wide", "chunk": 1, "threads": 2}
+    (want,) = run_kernel("conv2d", [x, w], {**a, "threads": 1})
+    bad = []
+
+    def go():
+        for _ in range(20):
+            (y,) = run_kernel("conv2d", [x, w], a)
+            if not np.array_equal(y, want):
+                bad.append(1)
+
+    ts = [threading.Thread(target=go) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not bad
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 when the split kernel is right
+        ok = np.array_equal(run_kernel("conv2d", [x, w], a)[0], want)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
