@@ -20,6 +20,8 @@ What splits, and along which dimension:
   outermost loop (a rows kernel: over its rows), each task a range of it, a rows kernel's row
   scratch one per thread (runtime/split_llvm.py). Bit-equal: every element's operations are
   the same, each iteration writes only its own elements.
+- strided_gemm kernels (attention's batched GEMMs): their batch of BLAS calls, each writing its
+  own slice of C (one BLAS thread inside the pool). Bit-equal.
 
 The cost model: a kernel is split when its estimated one-thread time is at least MIN_SPLIT_US,
 about 20 times the pool's fork/join (1-2 us measured on the 2-core machine with hot workers;
@@ -58,10 +60,12 @@ def _conv_units(n: Node, types) -> tuple[int, float]:
 # generated loop kernels (lower_llvm, split by runtime/split_llvm.py): one-thread elements per us,
 # measured on the GPT's (workload T): GELU's loop ~1,300, softmax and LayerNorm rows 250-800
 LOOP_ELEMS_PER_US = {"elementwise": 1_000.0, "rows": 400.0}
+STRIDED_FLOPS_PER_US = 30_000.0  # attention's batched [32,16] @ [16,32] BLAS calls: ~30 GFLOP/s one thread
 
 
 def _loop_kernel(n: Node) -> bool:
-    return n.op == "kernel" and n.attr.get("kind") in LOOP_ELEMS_PER_US and n.attr.get("impl") != "loops"
+    return (n.op == "kernel" and n.attr.get("kind") in (*LOOP_ELEMS_PER_US, "strided_gemm")
+            and n.attr.get("impl") != "loops")
 
 
 def _loop_units(n: Node) -> tuple[int, float, str]:
@@ -71,6 +75,13 @@ def _loop_units(n: Node) -> tuple[int, float, str]:
     from graphc.ir import OPS
 
     body = n.body
+    if n.attr["kind"] == "strided_gemm":  # its batch of GEMM calls
+        m = next(m for m in body.nodes if m.op == "matmul")
+        out, k = m.types[0], body.types[m.inputs[0]].shape[-1]
+        batch = 1
+        for d in out.shape[:-2]:
+            batch *= d
+        return batch, 2.0 * out.size * k / STRIDED_FLOPS_PER_US, ""
     if n.attr["kind"] == "rows":
         space = next(body.types[m.inputs[0]].shape for m in body.nodes if OPS[m.op].kind == "reduce")
         lead = space[:-1]
@@ -92,7 +103,7 @@ def decide(n: Node, types, threads: int) -> tuple[int, str]:
         units, us, why = _loop_units(n)
         if why:
             return 1, why
-        what = f"{units} iterations of its outer loop"
+        what = f"{units} {'GEMMs of its batch' if n.attr['kind'] == 'strided_gemm' else 'iterations of its outer loop'}"
     elif n.op in ("conv2d", "conv2d_backward"):
         if n.attr["algo"] != "wide":
             return 1, f"algo={n.attr['algo']} has no split lowering (only wide convs split)"

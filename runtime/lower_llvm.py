@@ -445,11 +445,12 @@ def lowerable(n: Node) -> bool:
 def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str], list[str]]:
     """(IR text of `define void @kernel(...)`, operand values in argument order, output values in
     argument order (+ "#scratch0"), argument types: "i64 scalar" or the array's dtype). Raises
-    Unsupported when the kernel holds something this lowering lacks. An elementwise or rows
-    kernel with `threads=k` (passes/parallel.py) is split over the pool (runtime/split_llvm.py)."""
+    Unsupported when the kernel holds something this lowering lacks. An elementwise, rows or
+    strided GEMM kernel with `threads=k` (passes/parallel.py) is split over the pool
+    (runtime/split_llvm.py)."""
     text, ins, outs, args = _kernel_ir(node, scalars)
     threads = node.attr.get("threads", 1)
-    if threads > 1 and node.attr["kind"] in ("elementwise", "rows"):
+    if threads > 1 and node.attr["kind"] in ("elementwise", "rows", "strided_gemm"):
         from .split_llvm import split
 
         row = _rows_plan(node)[0][-1] if node.attr["kind"] == "rows" else 0

@@ -1,6 +1,8 @@
-"""A loop kernel of lower_llvm split over the thread pool: its outermost loop cut into tasks.
+"""A loop kernel split over the thread pool: its outermost loop cut into tasks.
 
-passes/parallel.py writes `threads=k` on an elementwise or rows kernel worth splitting; lowering
+passes/parallel.py writes `threads=k` on an elementwise, rows or strided GEMM kernel worth
+splitting (a strided GEMM's loop is over its batch of BLAS calls, each writing its own slice of
+C; OpenBLAS runs at one thread inside the pool's tasks); lowering
 writes the kernel's one-thread function as always (lower_llvm.kernel_ir), then this rewrites it:
 
     @kernel_body(args..., lo, hi)   the same function, its outermost loop running [lo, hi)
@@ -32,18 +34,25 @@ def split(ir: str, threads: int, scratch: dict[int, int]) -> tuple[str, int, int
     end = ir.index("\n}\n", head.end()) + 3
     body = ir[head.end():end]
     phi = re.search(r"(%i(\d+)) = phi i64 \[ 0, (%[\w.]+) \]", body)
-    if phi is None:
+    if phi is not None:  # a loop nest of lower_llvm: its outermost loop
+        var = phi.group(1)
+        cmp = re.search(rf"{re.escape(var)}\.end = icmp eq i64 {re.escape(var)}\.next, (\d+)\n", body)
+        bound = f"{var}.end"
+    else:  # a strided GEMM's loop over its batch (runtime/lower_strided.py), each gemm writing its own C
+        phi = re.search(r"(%t) = phi i64 \[ 0, (%entry) \]", body)
+        var = phi and phi.group(1)
+        cmp = phi and re.search(r"%done = icmp eq i64 %t\.next, (\d+)\n", body)
+        bound = "%done"
+        if phi is not None and not re.search(r"store (float|double) 0\.0, ptr %beta", body):
+            raise Unsupported("split: a strided GEMM that accumulates into C")
+    if phi is None or cmp is None:
         raise Unsupported("split: no loop to split")
-    var = phi.group(1)
-    cmp = re.search(rf"{re.escape(var)}\.end = icmp eq i64 {re.escape(var)}\.next, (\d+)\n", body)
-    if cmp is None:
-        raise Unsupported(f"split: no bound of {var}")
     n = int(cmp.group(1))
     tasks = min(n, threads * TASKS_PER_THREAD)
     if tasks < 2:
         raise Unsupported("split: fewer than two iterations")
-    body = body.replace(phi.group(0), f"{var} = phi i64 [ %lo, {phi.group(3)} ]", 1)
-    body = body.replace(cmp.group(0), f"{var}.end = icmp eq i64 {var}.next, %hi\n", 1)
+    body = body.replace(phi.group(0), f"{var} = phi i64 [ %lo, {phi.groups()[-1]} ]", 1)
+    body = body.replace(cmp.group(0), f"{bound} = icmp eq i64 {var}.next, %hi\n", 1)
 
     names = [p.split()[-1] for p in params]
     kinds = [p.split()[0] for p in params]

@@ -1,4 +1,4 @@
-"""Elementwise and rows kernels split over threads (passes/parallel.py's decision on the IR,
+"""Elementwise, rows and strided GEMM kernels split over threads (passes/parallel.py's decision on the IR,
 runtime/split_llvm.py's lowering): bit-equal to one thread, printed and parsed back, small
 kernels left on one thread with the reason; the GPT's train step the same, split or not."""
 from __future__ import annotations
@@ -101,6 +101,8 @@ def test_gpt_train_step_split_equals_one_thread(threads):
                                          clip_grad_norm=1.0)
         split = [n for n in step.plans.train_step.nodes if n.attr.get("threads", 1) > 1]
         assert bool(split) == (k == 2)
+        if k == 2:  # GELU, LayerNorm/softmax/cross-entropy rows, attention's batched GEMMs
+            assert {n.attr["kind"] for n in split} == {"elementwise", "rows", "strided_gemm"}
         runs[k] = ([step(x, y) for _ in range(2)], {n: np.asarray(p).copy() for n, p in model.state_dict().items()})
     assert runs[1][0] == runs[2][0]
     for n in runs[1][1]:
