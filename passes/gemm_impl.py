@@ -37,6 +37,10 @@ GEMMS = ("matmul", "linear", "linear_relu")
 # 128x32x32 ~15% faster, but where the loop nest computes C^T (one output: x^T packed) the
 # packing still costs that much (64x1x20: loops ~0.9 us, BLAS ~0.7 us), so it is priced alike.
 LOOP_BASE, LOOP_FMA, LOOP_PACK = 100.0, 0.2, 0.3  # ns: start, per vector FMA, per packed element
+# one output (x @ w.T with w of one row: an MSE model's last layer): a dot product per row of x,
+# each summed across its vector's lanes at the end (~3.5 ns a row measured: 64x1x20 0.61 us,
+# 128x1x32 0.82 us); BLAS's gemv for it measured 0.72 and 1.11 us: its start and ~7 per ns
+DOT_ROW, BLAS_GEMV_MACS_PER_NS = 3.5, 7.0
 BLAS_BASE, BLAS_MACS_PER_NS, BLAS_NT_MACS_PER_NS = 450.0, 100.0, 45.0  # BLAS call: start, rate; "nt" rate
 
 
@@ -77,14 +81,29 @@ def choose(types, members: list[Node]) -> tuple[str, str]:
     pack_bytes = k * math.ceil(vn / w) * w * (8 if dt == "f64" else 4) if packed else 0
     if pack_bytes > PACK_MAX_BYTES:
         return "blas", f"{shape}: B packed would take {pack_bytes} bytes of stack > {PACK_MAX_BYTES}"
-    if 2 * vn <= math.ceil(vn / w) * w:  # N = 1..8 of 16: BLAS's gemv / small-N paths (0.3-0.5x BLAS's time)
+    dots = dots_form(dt, n, a_st, b_st) and gemm.op != "addmm"
+    if dots:  # one output, x @ w.T: a dot product along k per row (runtime/lower_small_gemm.gemm_dots)
+        loops = LOOP_BASE + m * (LOOP_FMA * math.ceil(k / w) + DOT_ROW)
+    elif 2 * vn <= math.ceil(vn / w) * w:  # N = 1..8 of 16: BLAS's gemv / small-N paths (0.3-0.5x BLAS's time)
         return "blas", f"{shape}: {vn} of {math.ceil(vn / w) * w} vector lanes busy (half or fewer)"
-    loops = LOOP_BASE + LOOP_FMA * fmas + LOOP_PACK * packed
+    else:
+        loops = LOOP_BASE + LOOP_FMA * fmas + LOOP_PACK * packed
     rate = (BLAS_NT_MACS_PER_NS if nt else BLAS_MACS_PER_NS) * 4 / (8 if dt == "f64" else 4)
     blas = BLAS_BASE + macs / rate
+    if dots:  # BLAS's call is a gemv (lower_llvm._blas, as numba's np.dot)
+        blas = BLAS_BASE + macs / (BLAS_GEMV_MACS_PER_NS * 4 / (8 if dt == "f64" else 4))
+        why = (f"{shape}: loops ~{loops:.0f} ns ({m} dot products along k, {math.ceil(k / w)} vector FMAs each) "
+               f"against BLAS ~{blas:.0f} ns ({macs} multiply-adds, gemv)")
+        return ("loops" if loops < blas else "blas"), why
     why = (f"{shape}: loops ~{loops:.0f} ns ({fmas} vector FMAs" + (f", {packed} elements packed" if packed else "")
            + f") against BLAS ~{blas:.0f} ns ({macs} multiply-adds{', transposed B' if nt else ''})")
     return ("loops" if loops < blas else "blas"), why
+
+
+def dots_form(dt: str, n: int, a_st: tuple, b_st: tuple) -> bool:
+    """runtime/lower_small_gemm.dots_form on the (row, column) strides of A (m x k) and B (k x n):
+    one output, both operands unit-stride along k (the same test, tested equal)."""
+    return dt in VECTOR and n == 1 and a_st[1] == 1 and b_st[0] == 1
 
 
 def lone_addmm(n: Node) -> bool:

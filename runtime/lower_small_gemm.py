@@ -147,6 +147,61 @@ def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, 
         block_rows(str(full * mr), m % mr)
 
 
+def dots_form(dt: str, n: int, a: tuple, b: tuple) -> bool:
+    """Whether C = A @ B is lowered as dot products along k (gemm_dots): one output (a row of C
+    would fill one lane of 16) and both operands unit-stride along k (linear's x @ w.T with w of
+    one row). passes/gemm_impl.py prices the same form by the same test (tested equal)."""
+    return dt in WIDTH and n == 1 and a[2] == 1 and b[1] == 1
+
+
+def gemm_dots(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, c: tuple) -> None:
+    """C[i, j] = dot(A[i, :], B[:, j]) for few outputs j (dots_form takes one): per row of A, its k in
+    vectors of W (the last through a mask) against each of the n rows of B^T, n accumulators,
+    each summed across its lanes at the end (a tree: another order than BLAS's, as any loop nest)."""
+    ty, w = _T[dt], WIDTH[dt]
+    vt = f"<{w} x {ty}>"
+    sfx = "f32" if dt == "f32" else "f64"
+    fma = f"llvm.fmuladd.v{w}{sfx}"
+    out.decls[fma] = f"declare {vt} @{fma}({vt}, {vt}, {vt})"
+    red = f"llvm.vector.reduce.fadd.v{w}{sfx}"
+    out.decls[red] = f"declare {ty} @{red}({ty}, {vt})"
+    tail = k % w
+    if tail:
+        ld = f"llvm.masked.load.v{w}{sfx}.p0"
+        out.decls[ld] = f"declare {vt} @{ld}(ptr, i32, <{w} x i1>, {vt})"
+        mask = "<" + ", ".join(f"i1 {'true' if j < tail else 'false'}" for j in range(w)) + ">"
+    chunks = [(k0, k0 + w > k) for k0 in range(0, k, w)]
+    pre, head, done = out.label("d_pre"), out.label("d_rows"), out.label("d_done")
+    out.line(f"br label %{pre}")
+    out.block(pre)
+    out.line(f"br label %{head}")
+    out.block(head)
+    i, inext = out.fresh("di"), out.fresh("din")
+    out.line(f"{i} = phi i64 [ 0, %{pre} ], [ {inext}, %{head} ]")
+    arow = out.ins(f"mul nuw nsw i64 {i}, {a[1]}")
+    acc = [f"{vt} zeroinitializer"] * n
+    for k0, partial in chunks:  # unrolled: k / W steps (k <= 2^18 / m; a few for the sizes taken)
+        o = out.ins(f"add nuw nsw i64 {arow}, {k0}")
+        p = out.ins(f"getelementptr inbounds {ty}, ptr {a[0]}, i64 {o}")
+        x = (out.ins(f"call {vt} @{ld}(ptr {p}, i32 {_SIZE[dt]}, <{w} x i1> {mask}, {vt} zeroinitializer)")
+             if partial else out.ins(f"load {vt}, ptr {p}, align {_SIZE[dt]}"))
+        for j in range(n):
+            q = out.ins(f"getelementptr inbounds {ty}, ptr {b[0]}, i64 {j * b[2] + k0}")
+            y = (out.ins(f"call {vt} @{ld}(ptr {q}, i32 {_SIZE[dt]}, <{w} x i1> {mask}, {vt} zeroinitializer)")
+                 if partial else out.ins(f"load {vt}, ptr {q}, align {_SIZE[dt]}"))
+            acc[j] = f"{vt} " + out.ins(f"call {vt} @{fma}({vt} {x}, {vt} {y}, {acc[j]})")
+    crow = out.ins(f"mul nuw nsw i64 {i}, {c[1]}")
+    for j in range(n):
+        v = out.ins(f"call reassoc {ty} @{red}({ty} {'-0.0' if dt == 'f32' else '-0.0'}, {acc[j]})")
+        o = out.ins(f"add nuw nsw i64 {crow}, {j * c[2]}")
+        p = out.ins(f"getelementptr inbounds {ty}, ptr {c[0]}, i64 {o}")
+        out.line(f"store {ty} {v}, ptr {p}")
+    out.line(f"{inext} = add nuw nsw i64 {i}, 1")
+    e = out.ins(f"icmp eq i64 {inext}, {m}")
+    out.line(f"br i1 {e}, label %{done}, label %{head}")
+    out.block(done)
+
+
 def _pack(out: Lines, dt: str, k: int, n: int, npad: int, b: tuple) -> str:
     """Copy B (k x n, any strides) into a zero-padded k x npad stack buffer; its pointer. When
     B is a transposed row-major matrix (linear's weight: k unit-stride), its whole W x W blocks
@@ -360,7 +415,10 @@ def lower_gemm(f, gemm, types, prologue: dict, ptr: dict, dst: str) -> None:
 
     a, b, (m, n, k) = _operands(gemm, types, prologue, ptr)
     out = Lines("g")
-    gemm_loops(out, dt, m, n, k, a, b, (dst, n, 1))
+    if dots_form(dt, n, a, b):
+        gemm_dots(out, dt, m, n, k, a, b, (dst, n, 1))
+    else:
+        gemm_loops(out, dt, m, n, k, a, b, (dst, n, 1))
     f.sections["alloca"] += out.allocas
     f.sections["gemm"] += out.body
     f.decls.update(out.decls)
@@ -470,6 +528,10 @@ def _tile_plan(node, scalars: set[str]):
     prologue = {m.outputs[0]: m.inputs[0] for m in members[:at]}
     space = types[gemm.outputs[0]].shape
     dt = gemm.types[0].dtype
+    if dt in WIDTH and len(space) == 2 and all(len(types[prologue.get(v, v)].shape) == 2 for v in gemm.inputs[:2]):
+        a, b, (_, n, _) = _operands(gemm, types, prologue, {v: "" for v in types})
+        if dots_form(dt, n, a, b):
+            return None  # dot products, no register tiles: the epilogue loop follows (lower_gemm)
     after = members[at + 1:]
     made = {o for m in [gemm] + after for o in m.outputs}
     red = after[-1] if after and len(space) == 2 and _column_sum(after[-1], types, space, made) else None

@@ -49,7 +49,8 @@ def test_simple_net_train_step_kernels():
     assert [[m.op for m in k.body.nodes] for k in ks] == [
         ["linear_relu", "dropout", "gt"], ["linear", "sub", "mul", "mean"], ["mse_loss_backward", "sum"],
         ["matmul", "mul", "mul", "where", "relu_backward", "sum"], ["addmm"], ["addmm"]]
-    assert [k.attr.get("impl") for k in ks] == ["loops", None, None, "loops", "loops", "loops"]
+    # (the one-output layer's GEMM: a dot product per row, lower_small_gemm.gemm_dots)
+    assert [k.attr.get("impl") for k in ks] == ["loops", "loops", None, "loops", "loops", "loops"]
     assert kernel_count(g) == 9  # 4 kernels, 2 addmm, 2 bias sgd_update, the step counter
     assert not any(n.op in ("dropout", "uniform") for k in ks[1:] for n in k.body.nodes)  # no second draw
     assert "kernel count" in step.passes_report() or "kernels" in step.passes_report()
@@ -202,7 +203,7 @@ GOLDEN_SIMPLE_NET = """\
     %2: f32[64,20] = dropout(%1, %seed) {p=0.5}
     %29: bool[64,20] = gt(%2, %28)
   }
-  %3: f32[64,1], %4: f32[] = kernel(%2, %linear2.weight, %linear2.bias, %target) {kind="gemm"} {
+  %3: f32[64,1], %4: f32[] = kernel(%2, %linear2.weight, %linear2.bias, %target) {impl="loops", kind="gemm"} {
     %3: f32[64,1] = linear(%2, %linear2.weight, %linear2.bias)
     %19: f32[64,1] = sub(%3, %target)
     %20: f32[64,1] = mul(%19, %19)

@@ -54,6 +54,33 @@ def test_loop_nest_equals_numpy_over_layouts_tails_and_dtypes(m, n, k, ta, tb, d
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.sqrt(k))
 
 
+@pytest.mark.parametrize("m,k", [(64, 20), (128, 32), (7, 35), (3, 16), (1, 5)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_output_as_dot_products_equals_numpy(m, k, dtype):
+    """x @ w.T with w of one row (an MSE model's last layer) is a dot product per row of x
+    (lower_small_gemm.gemm_dots): against numpy in float64, k whole vectors or a masked tail."""
+    from graphc.runtime.lower_small_gemm import dots_form, gemm_dots
+
+    rng = np.random.default_rng(m * 7 + k)
+    x, w = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((1, k)).astype(dtype)
+    dt = "f32" if dtype == np.float32 else "f64"
+    a, b = ("%A", k, 1), ("%B", 1, k)  # B = w.T: k x 1, unit-stride along k
+    assert dots_form(dt, 1, a, b) and gemm_impl.dots_form(dt, 1, a[1:], b[1:])
+    assert not dots_form(dt, 2, a, b) and not gemm_impl.dots_form(dt, 2, a[1:], b[1:])
+    assert not dots_form(dt, 1, ("%A", 1, m + 1), b) and not gemm_impl.dots_form(dt, 1, (1, m + 1), b[1:])
+    out = Lines("g")
+    gemm_dots(out, dt, m, 1, k, a, b, ("%C", 1, 1))
+    name = f"small_gemm_dots{next(_count)}"
+    text = "\n".join([f"define void @{name}(ptr %A, ptr %B, ptr %C) {{", "entry:", *out.allocas, *out.body,
+                      "  ret void", "}", *out.decls.values()]) + "\n"
+    obj, _ = kernel_lib.compile_ir(text)
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3)(kernel_lib._load_object(name, obj))
+    c = np.full((m, 1), 123, dtype)
+    fn(x.ctypes.data, w.ctypes.data, c.ctypes.data)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c, x.astype(np.float64) @ w.T.astype(np.float64), rtol=tol, atol=tol * np.sqrt(k))
+
+
 def test_loop_nest_with_addmm_contract():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((64, 20)).astype(np.float32).T, rng.standard_normal((64, 10)).astype(np.float32)
@@ -78,7 +105,7 @@ SMALL = """graph g {{
     (128, 32, 32, "loops"),  # 131072 multiply-adds, 32 of 32 lanes
     (64, 10, 20, "loops"),  # SimpleNet's first layer: 20 of 32 lanes
     (128, 512, 512, "blas"),  # M's hidden layer: too big
-    (128, 32, 1, "blas"),  # one output: 1 of 16 lanes (seen as C^T: 128 lanes, but packing x^T costs more than it saves)
+    (128, 32, 1, "loops"),  # one output: a dot product per row of x (gemm_dots), against BLAS's gemv
     (32, 64, 4, "blas"),  # 4 of 16 lanes
     (100, 64, 128, "loops"),  # 819200 multiply-adds: beyond LOOPS_MAX_MACS, but x @ w.T is BLAS's slow "nt" path
     (256, 64, 128, "blas"),  # 2M multiply-adds: beyond the "nt" cap too (BLAS on two threads ties there)
@@ -139,7 +166,7 @@ def test_an_mlp_with_loop_gemms_trains_like_torch(llvm, monkeypatch, tmp_path):
     assert_same_weights(model, t, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("m,n,k", [(7, 20, 5), (33, 32, 9), (6, 1, 4)])
+@pytest.mark.parametrize("m,n,k", [(7, 20, 5), (33, 32, 9), (6, 2, 4)])  # (one output: dot products, gemm_dots)
 @pytest.mark.parametrize("dt", ["f32", "f64"])
 def test_the_epilogue_on_register_tiles_is_bit_equal_to_the_two_pass_form(m, n, k, dt, monkeypatch):
     """A loop GEMM's elementwise epilogue (bias, ReLU, masks, dropout, row/column/one-element
