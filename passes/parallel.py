@@ -20,6 +20,9 @@ What splits, and along which dimension:
   outermost loop (a rows kernel: over its rows), each task a range of it, a rows kernel's row
   scratch one per thread (runtime/split_llvm.py). Bit-equal: every element's operations are
   the same, each iteration writes only its own elements.
+- reduce kernels whose reductions are sums into arrays (a GEMM's bias gradient beside GELU's
+  backward): their outer loop, task 0 summing into the output, the others into partials added
+  in task order after the join (another summation order: equal within rounding).
 - strided_gemm kernels (attention's batched GEMMs): their batch of BLAS calls, each writing its
   own slice of C (one BLAS thread inside the pool). Bit-equal.
 
@@ -57,9 +60,14 @@ def _conv_units(n: Node, types) -> tuple[int, float]:
     return chunks, (flops + 4.0 * copies) / CONV_FLOPS_PER_US
 
 
-# generated loop kernels (lower_llvm, split by runtime/split_llvm.py): one-thread elements per us,
-# measured on the GPT's (workload T): GELU's loop ~1,300, softmax and LayerNorm rows 250-800
-LOOP_ELEMS_PER_US = {"elementwise": 1_000.0, "rows": 400.0}
+# generated loop kernels (lower_llvm, split by runtime/split_llvm.py): their one-thread time is
+# estimated as elements x the members' weights (a transcendental or a division counts COSTLY, any
+# other op 1) at these rates of weighted element-ops per us, measured on the GPT's kernels
+# (workload T, one thread): GELU forward 15.7k and backward 13.9k, a lone sum 6.5k (memory
+# bound), LayerNorm rows 7.7k, softmax rows 4.8k
+LOOP_OPS_PER_US = {"elementwise": 10_000.0, "reduce": 10_000.0, "rows": 5_000.0}
+COSTLY = {"exp": 8, "erf": 8, "log": 8, "tanh": 8, "sigmoid": 8, "rsqrt": 8, "sqrt": 8, "pow": 8, "div": 8}
+LOOP_ELEMS_PER_US = LOOP_OPS_PER_US  # (the kinds that split as loops)
 STRIDED_FLOPS_PER_US = 30_000.0  # attention's batched [32,16] @ [16,32] BLAS calls: ~30 GFLOP/s one thread
 
 
@@ -82,7 +90,13 @@ def _loop_units(n: Node) -> tuple[int, float, str]:
         for d in out.shape[:-2]:
             batch *= d
         return batch, 2.0 * out.size * k / STRIDED_FLOPS_PER_US, ""
-    if n.attr["kind"] == "rows":
+    if n.attr["kind"] == "reduce":  # sums into outputs of more than one element, partials per task
+        reds = [m for m in body.nodes if OPS[m.op].kind == "reduce"]
+        inside = {i for m in body.nodes for i in m.inputs}
+        if any(m.op != "sum" or m.types[0].size <= 1 or m.outputs[0] in inside for m in reds):
+            return 0, 0.0, "a reduction other than a sum into an array (a mean, a max, a scalar) or read inside"
+        space = lead = body.types[reds[0].inputs[0]].shape
+    elif n.attr["kind"] == "rows":
         space = next(body.types[m.inputs[0]].shape for m in body.nodes if OPS[m.op].kind == "reduce")
         lead = space[:-1]
     else:
@@ -93,8 +107,9 @@ def _loop_units(n: Node) -> tuple[int, float, str]:
     size = 1
     for d in space:
         size *= d
+    weight = sum(COSTLY.get(m.op, 1) for m in body.nodes if m.op not in ("reshape", "broadcast_to"))
     units = next((d for d in lead if d > 1), 1)
-    return units, size / LOOP_ELEMS_PER_US[n.attr["kind"]], ""
+    return units, size * weight / LOOP_OPS_PER_US[n.attr["kind"]], ""
 
 
 def decide(n: Node, types, threads: int) -> tuple[int, str]:
@@ -124,7 +139,9 @@ def decide(n: Node, types, threads: int) -> tuple[int, str]:
         return 1, f"too small: ~{us:.0f} us on one thread < {MIN_SPLIT_US:.0f} us (fork/join ~1-2 us)"
     k = min(threads, units)
     how = "batch chunks" if n.op.startswith("conv") else "its outer loop" if _loop_kernel(n) else "planes"
-    extra = ", dW/db partial sums per thread added after (summation order differs)" if n.op == "conv2d_backward" else ""
+    extra = (", dW/db partial sums per thread added after (summation order differs)" if n.op == "conv2d_backward"
+             else ", its sums in partials per task added after (summation order differs)"
+             if n.attr.get("kind") == "reduce" else "")
     return k, f"~{us:.0f} us on one thread: {what} split over {k} threads by {how}{extra}"
 
 

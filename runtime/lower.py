@@ -293,6 +293,11 @@ _JIT = 'nogil=True, error_model="numpy"'
 def kernel_scratch(node: Node) -> list[TensorType]:
     """A GEMM kernel whose product stays inside and matches no output's type needs a buffer; a
     rows kernel, one row of each value that one pass computes and a later pass reads."""
+    if node.attr["kind"] == "reduce" and node.attr.get("threads", 1) > 1:  # partial sums of tasks 1.. (split_llvm)
+        from .split_llvm import TASKS_PER_THREAD, summed_outputs
+
+        tasks = node.attr["threads"] * TASKS_PER_THREAD
+        return [TensorType(((tasks - 1) * t.size,), t.dtype) for _, t in summed_outputs(node)]
     if node.attr["kind"] == "rows":  # (split over threads: one row per thread, runtime/split_llvm.py)
         rows = node.attr.get("threads", 1)
         return [TensorType((rows * _rows_plan(node)[0][-1],), node.body.types[v].dtype) for v in _rows_plan(node)[2]]

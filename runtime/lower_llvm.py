@@ -450,12 +450,18 @@ def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str],
     (runtime/split_llvm.py)."""
     text, ins, outs, args = _kernel_ir(node, scalars)
     threads = node.attr.get("threads", 1)
-    if threads > 1 and node.attr["kind"] in ("elementwise", "rows", "strided_gemm"):
-        from .split_llvm import split
+    if threads > 1 and node.attr["kind"] in ("elementwise", "rows", "strided_gemm", "reduce"):
+        from .split_llvm import split, summed_outputs
 
         row = _rows_plan(node)[0][-1] if node.attr["kind"] == "rows" else 0
         scratch = {len(ins) + j: row * _SIZE[args[len(ins) + j]] for j, v in enumerate(outs) if v.startswith("#scratch")}
-        text = split(text, threads, scratch)[0]
+        partials = []
+        if node.attr["kind"] == "reduce":  # partial sums: one more argument each (the kernel's scratch)
+            for j, (v, t) in enumerate(summed_outputs(node)):
+                partials.append((len(ins) + outs.index(v), t.size, t.dtype))
+            outs = outs + [f"#scratch{j}" for j in range(len(partials))]
+            args = args + [t for _, _, t in partials]
+        text = split(text, threads, scratch, partials)[0]
     return text, ins, outs, args
 
 
