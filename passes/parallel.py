@@ -7,10 +7,10 @@ thread, with the reason. Codegen only lowers what the node says: runtime/conv_ll
 kernels then call the pool of runtime/threads.py (graphc_parallel_for).
 
 What splits, and along which dimension:
-- conv2d {algo="wide"}: the chunks of samples (the batch), each thread with its own padded
-  plane, wide matrix and GEMM rows (the memory plan's scratch grows by the thread count).
-  Bit-equal to one thread (each chunk's GEMM is the same call).
-- conv2d_backward {algo="wide"}: the chunks of samples; thread 0 sums dW and db in place, the
+- conv2d {algo="wide" or "im2col"}: the chunks of samples (the batch), each thread with its
+  own padded plane, unrolled matrix and GEMM rows (the memory plan's scratch grows by the
+  thread count). Bit-equal to one thread (each chunk's GEMM is the same call).
+- conv2d_backward {algo="wide" or "im2col"}: the chunks of samples; task 0 sums dW and db in place, the
   others in partial sums (scratch), added in thread order after the join: another summation
   order than one thread's (float rounding; tests compare against torch with a tolerance).
   The input gradient of each sample is its own (no reduction).
@@ -46,7 +46,7 @@ SPLIT_OPS = ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward")
 
 
 def _conv_units(n: Node, types) -> tuple[int, float]:
-    """(chunks of samples, estimated one-thread us) of a wide conv2d or conv2d_backward."""
+    """(chunks of samples, estimated one-thread us) of a wide or im2col conv2d or conv2d_backward."""
     x = types[n.inputs[0]] if n.op == "conv2d" else types[n.inputs[1]]
     w = types[n.inputs[1]] if n.op == "conv2d" else types[n.inputs[2]]
     y = n.types[0] if n.op == "conv2d" else types[n.inputs[0]]
@@ -120,8 +120,8 @@ def decide(n: Node, types, threads: int) -> tuple[int, str]:
             return 1, why
         what = f"{units} {'GEMMs of its batch' if n.attr['kind'] == 'strided_gemm' else 'iterations of its outer loop'}"
     elif n.op in ("conv2d", "conv2d_backward"):
-        if n.attr["algo"] != "wide":
-            return 1, f"algo={n.attr['algo']} has no split lowering (only wide convs split)"
+        if n.attr["algo"] == "direct":
+            return 1, "algo=direct has no split lowering (only wide and im2col convs split)"
         units, us = _conv_units(n, types)
         what = f"{units} chunks of {n.attr['chunk'] or 'all'} samples"
     else:

@@ -376,15 +376,18 @@ def _col2im(f: Fn, dcol, BP, co, dx, xo, dt, C, H, W, KH, KW, OH, OW, sh, sw, pt
 
 
 def im2col_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, groups, has_bias, relu,
-                   NB) -> LlvmCall:
-    """kernels_conv.conv2d_forward for one node: arguments x, w, b (w when no bias), out, col, tmp."""
+                   NB, threads: int = 1) -> LlvmCall:
+    """kernels_conv.conv2d_forward for one node: arguments x, w, b (w when no bias), out, col, tmp.
+    threads > 1: as wide_forward (the chunks split, col and tmp one per thread; bit-equal)."""
     P = OH * OW
     Cg, COg = C // groups, CO // groups
     Kg = Cg * KH * KW
     f = Fn([dt] * 6, f"conv2d im2col forward x[{N},{C},{H},{W}] w[{CO},{Cg},{KH},{KW}] -> [{N},{CO},{OH},{OW}], "
                      f"stride ({sh},{sw}) pad ({pt},{pl}) dilation ({dh},{dw}) groups {groups} bias {has_bias} "
-                     f"relu {relu}, {NB} samples a GEMM")
+                     f"relu {relu}, {NB} samples a GEMM" + _split_note(threads), threads, _tasks(threads, -(-N // max(NB, 1))))
     x, w, b, out, col, tmp = f.args
+    nb_max = min(NB or N, N)
+    col, tmp = _mine(f, col, C * KH * KW * nb_max * P), _mine(f, tmp, CO * nb_max * P)
     zero = _f(dt, 0.0)
     geo = (C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw)
 
@@ -404,23 +407,33 @@ def im2col_forward(dt, N, C, H, W, CO, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, g
 
 
 def im2col_backward(dt, N, C, H, W, CO, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, groups, relu, input_grad,
-                    bias_grad, NB) -> LlvmCall:
+                    bias_grad, NB, threads: int = 1) -> LlvmCall:
     """kernels_conv.conv2d_backward_kernel for one node: arguments gy, x, w, y, dx, dW, db, col, gyt,
-    dwt, dcol (placeholders where numba's take them; dW accumulates in the GEMM, dwt is not used)."""
+    dwt, dcol (placeholders where numba's take them; dW accumulates in the GEMM, dwt is not used).
+    threads > 1: as wide_backward (the chunks split, col, gyt and dcol one per thread, dW and db
+    summed per task in dwt and added after the join; each chunk zeroes its own samples' dx)."""
     P = OH * OW
     Cg, COg = C // groups, CO // groups
     Kg = Cg * KH * KW
     f = Fn([dt] * 11, f"conv2d im2col backward gy[{N},{CO},{OH},{OW}] x[{N},{C},{H},{W}] w[{CO},{Cg},{KH},{KW}], "
                       f"stride ({sh},{sw}) pad ({pt},{pl}) dilation ({dh},{dw}) groups {groups} relu {relu} "
-                      f"dx {input_grad} db {bias_grad}, {NB} samples a GEMM")
-    gy, x, w, y, dx, dW, db, col, gyt, _dwt, dcol = f.args
+                      f"dx {input_grad} db {bias_grad}, {NB} samples a GEMM" + _split_note(threads), threads,
+           backward_tasks(threads, -(-N // max(NB, 1)), CO * Kg + CO, SIZE[dt]))
+    gy, x, w, y, dx, dW, db, col, gyt, dwt, dcol = f.args
+    nb_max = min(NB or N, N)
+    col, dcol = _mine(f, col, C * KH * KW * nb_max * P), _mine(f, dcol, C * KH * KW * nb_max * P)
+    gyt = _mine(f, gyt, CO * nb_max * P)
+    if threads > 1:  # task 0 sums into dW and db, task t > 0 into its slice of dwt
+        part = f.at(dwt, f.b.mul(f.b.sub(f.task, f.c(1)), f.c(CO * Kg + CO)))
+        first = f.b.icmp_unsigned("==", f.task, f.c(0))
+        dW, db = f.b.select(first, dW, part), f.b.select(first, db, f.at(part, CO * Kg))
     zero = _f(dt, 0.0)
     sz = SIZE[dt]
     geo = (C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw)
     f.zero(dW, CO * Kg, sz)
     if bias_grad:
         f.zero(db, CO, sz)
-    if input_grad:
+    if input_grad and threads == 1:
         f.zero(dx, N * C * H * W, sz)
     acc = ir.IRBuilder(f.entry).alloca(DOUBLE)
 
@@ -450,10 +463,15 @@ def im2col_backward(dt, N, C, H, W, CO, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, 
                 f.gemm(dt, "n", "t", BP, Kg, COg, gg, BP, f.at(w, f.lin(0, (g, COg * Kg))), Kg,
                        f.at(dcol, f.lin(0, (g, Kg * BP))), BP)
         if input_grad:
+            if threads > 1:  # this chunk's samples of dx (one thread zeroes all of dx first)
+                f.zero(f.at(dx, f.mul(n0, C * H * W) if not isinstance(n0, int) else n0 * C * H * W), nb * C * H * W, sz)
             with f.loop(nb) as k:
                 _col2im(f, dcol, BP, f.lin(0, (k, P)), dx, f.lin(0, (f.add(n0, k), C * H * W)), dt, *geo)
 
     _chunks(f, N, NB, chunk)
+    if threads > 1:
+        with f.after_join() as a:
+            _add_partials(f, a[5], a[6] if bias_grad else None, a[9], CO * Kg, CO, f.tasks, dt)
     return LlvmCall("conv2d_backward", f.text(), tuple([dt] * 11))
 
 # ------------------------------------------------------------------ pooling

@@ -203,7 +203,7 @@ def _wide_chunk(node, x, w, y):
 
 def _threads(node) -> int:
     """Threads the node's kernel is split over (passes/parallel.py); only the LLVM lowerings of
-    wide conv2d and max pooling split (numba's kernels run on one thread)."""
+    conv2d (wide, im2col) and max pooling split (numba's kernels run on one thread)."""
     return node.attr.get("threads", 1) if use_llvm() else 1
 
 
@@ -221,7 +221,7 @@ def _conv_scratch(node, types):
         return list(_wide(node, x, w, y))
     if node.attr["algo"] == "wide":
         return [_per_thread(t, _threads(node)) for t in _wide_chunk(node, x, w, y)]
-    return list(_im2col_types(node, x, w, y))
+    return [_per_thread(t, _threads(node)) for t in _im2col_types(node, x, w, y)]
 
 
 @kernel("conv2d", scratch=_conv_scratch)
@@ -240,7 +240,8 @@ def _(s):
         return conv2d_wide_forward, [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, s.t[2].f, *geo[:9], *geo[11:],
                                      len(s.i) == 3, s.attrs["relu"], _chunk(s.node, x.shape[0])]
     if use_llvm():
-        return (conv_llvm.im2col_forward(x.type.dtype, *geo, len(s.i) == 3, s.attrs["relu"], _chunk(s.node, x.shape[0])),
+        return (conv_llvm.im2col_forward(x.type.dtype, *geo, len(s.i) == 3, s.attrs["relu"], _chunk(s.node, x.shape[0]),
+                                         _threads(s.node)),
                 [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f])
     return conv2d_forward, [x.f, w.f, b, y.f, s.t[0].f, s.t[1].f, *geo, len(s.i) == 3, s.attrs["relu"],
                             _chunk(s.node, x.shape[0])]
@@ -258,13 +259,21 @@ def _conv_backward_scratch(node, types):
         t = _threads(node)
         xp, col, gyw = (_per_thread(v, t) for v in _wide_chunk(node, x, w, gy))
         # split: dwt holds the partial dW and db of tasks 1.. (numba's kernel: one group's dW)
-        tasks = conv_llvm.backward_tasks(t, -(-x.shape[0] // _chunk(node, x.shape[0])), w.size + w.shape[0],
-                                         x.np_dtype.itemsize) if t > 1 else 1
-        dwt = TensorType((max(w.size // node.attr["groups"], (tasks - 1) * (w.size + w.shape[0])),), x.dtype)
+        dwt = TensorType((max(w.size // node.attr["groups"], (_backward_tasks(node, x, w, t) - 1) * (w.size + w.shape[0])),),
+                         x.dtype)
         return [xp, col, gyw, dwt, col] if node.attr["input_grad"] else [xp, col, gyw, dwt]
-    col, gyt = _im2col_types(node, x, w, gy)
-    dwt = TensorType((w.size // node.attr["groups"],), x.dtype)
+    t = _threads(node)
+    col, gyt = (_per_thread(v, t) for v in _im2col_types(node, x, w, gy))
+    dwt = TensorType((max(w.size // node.attr["groups"], (_backward_tasks(node, x, w, t) - 1) * (w.size + w.shape[0])),),
+                     x.dtype)
     return [col, gyt, dwt, col] if node.attr["input_grad"] else [col, gyt, dwt]
+
+
+def _backward_tasks(node, x, w, t: int) -> int:
+    """Tasks of a split conv2d_backward (their partial dW and db sums are scratch)."""
+    if t == 1:
+        return 1
+    return conv_llvm.backward_tasks(t, -(-x.shape[0] // _chunk(node, x.shape[0])), w.size + w.shape[0], x.np_dtype.itemsize)
 
 
 @kernel("conv2d_backward", scratch=_conv_backward_scratch)
@@ -295,7 +304,7 @@ def _(s):
     dcol = s.t[3].f if a["input_grad"] else col
     if use_llvm():
         return (conv_llvm.im2col_backward(x.type.dtype, *geo, a["relu"], a["input_grad"], a["bias_grad"],
-                                          _chunk(s.node, x.shape[0])),
+                                          _chunk(s.node, x.shape[0]), _threads(s.node)),
                 [gy.f, x.f, w.f, y, dx, dw, db, col, gyt, dwt, dcol])
     return conv2d_backward_kernel, [gy.f, x.f, w.f, y, dx, dw, db, col, gyt, dwt, dcol, *geo, a["relu"],
                                     a["input_grad"], a["bias_grad"], _chunk(s.node, x.shape[0])]

@@ -85,10 +85,12 @@ def wide_cases(draw):
     k = draw(st.integers(1, 3))
     pad = draw(st.integers(0, 1))
     h, w = draw(st.integers(k, 7)), draw(st.integers(k, 7))
-    attrs = {"padding": (pad,) * 4, "groups": groups, "algo": "wide", "chunk": draw(st.integers(0, 3)),
-             "relu": draw(st.booleans()), "dilation": (1, draw(st.integers(1, 2)))}
+    attrs = {"padding": (pad,) * 4, "groups": groups, "algo": draw(st.sampled_from(["wide", "im2col"])),
+             "chunk": draw(st.integers(0, 3)), "relu": draw(st.booleans()), "dilation": (1, draw(st.integers(1, 2)))}
     if (w + 2 * pad - attrs["dilation"][1] * (k - 1)) < 1:
         attrs["dilation"] = (1, 1)
+    if attrs["algo"] == "im2col":
+        attrs["stride"] = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     return (n, cin, h, w), (cout, cin // groups, k, k), attrs, draw(st.sampled_from([2, 3, 4]))
 
 
