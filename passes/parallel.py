@@ -23,6 +23,9 @@ What splits, and along which dimension:
 - reduce kernels whose reductions are sums into arrays (a GEMM's bias gradient beside GELU's
   backward): their outer loop, task 0 summing into the output, the others into partials added
   in task order after the join (another summation order: equal within rounding).
+- gemm kernels through BLAS (a weight gradient with its epilogue): the BLAS call, each task one
+  gemm on a block of C's columns (or rows), one BLAS thread each; the epilogue loop stays on
+  one thread. The same values (each element the same dot).
 - strided_gemm kernels (attention's batched GEMMs): their batch of BLAS calls, each writing its
   own slice of C (one BLAS thread inside the pool). Bit-equal.
 
@@ -69,10 +72,12 @@ LOOP_OPS_PER_US = {"elementwise": 10_000.0, "reduce": 10_000.0, "rows": 5_000.0}
 COSTLY = {"exp": 8, "erf": 8, "log": 8, "tanh": 8, "sigmoid": 8, "rsqrt": 8, "sqrt": 8, "pow": 8, "div": 8}
 LOOP_ELEMS_PER_US = LOOP_OPS_PER_US  # (the kinds that split as loops)
 STRIDED_FLOPS_PER_US = 30_000.0  # attention's batched [32,16] @ [16,32] BLAS calls: ~30 GFLOP/s one thread
+GEMM_FLOPS_PER_US = 80_000.0  # a gemm kernel's BLAS call, T's weight gradients: 70-110 GFLOP/s one thread
+MIN_GEMM_SPLIT_US = 60.0  # halves of a GEMM lose some of BLAS's rate: only the larger ones
 
 
 def _loop_kernel(n: Node) -> bool:
-    return (n.op == "kernel" and n.attr.get("kind") in (*LOOP_ELEMS_PER_US, "strided_gemm")
+    return (n.op == "kernel" and n.attr.get("kind") in (*LOOP_ELEMS_PER_US, "strided_gemm", "gemm")
             and n.attr.get("impl") != "loops")
 
 
@@ -83,6 +88,15 @@ def _loop_units(n: Node) -> tuple[int, float, str]:
     from graphc.ir import OPS
 
     body = n.body
+    if n.attr["kind"] == "gemm":  # its BLAS call, cut into column (or row) blocks of C
+        m = next((m for m in body.nodes if OPS[m.op].kind == "gemm"), None)
+        if m is None or m.op not in ("matmul", "linear") or len(m.types[0].shape) != 2:
+            return 0, 0.0, "not a 2-D matmul or linear through BLAS"
+        out, k = m.types[0], body.types[m.inputs[0]].shape[-1]
+        us = 2.0 * out.size * k / GEMM_FLOPS_PER_US
+        if us < MIN_GEMM_SPLIT_US:
+            return 0, 0.0, f"too small: a ~{us:.0f} us GEMM < {MIN_GEMM_SPLIT_US:.0f} us"
+        return max(out.shape), us, ""
     if n.attr["kind"] == "strided_gemm":  # its batch of GEMM calls
         m = next(m for m in body.nodes if m.op == "matmul")
         out, k = m.types[0], body.types[m.inputs[0]].shape[-1]
@@ -118,7 +132,8 @@ def decide(n: Node, types, threads: int) -> tuple[int, str]:
         units, us, why = _loop_units(n)
         if why:
             return 1, why
-        what = f"{units} {'GEMMs of its batch' if n.attr['kind'] == 'strided_gemm' else 'iterations of its outer loop'}"
+        what = {"strided_gemm": f"{units} GEMMs of its batch", "gemm": f"its BLAS GEMM, C's {units} rows or columns"}.get(
+            n.attr["kind"], f"{units} iterations of its outer loop")
     elif n.op in ("conv2d", "conv2d_backward"):
         if n.attr["algo"] == "direct":
             return 1, "algo=direct has no split lowering (only wide and im2col convs split)"
@@ -138,7 +153,8 @@ def decide(n: Node, types, threads: int) -> tuple[int, str]:
     if us < MIN_SPLIT_US:
         return 1, f"too small: ~{us:.0f} us on one thread < {MIN_SPLIT_US:.0f} us (fork/join ~1-2 us)"
     k = min(threads, units)
-    how = "batch chunks" if n.op.startswith("conv") else "its outer loop" if _loop_kernel(n) else "planes"
+    how = ("batch chunks" if n.op.startswith("conv") else "blocks of C" if n.attr.get("kind") == "gemm"
+           else "its outer loop" if _loop_kernel(n) else "planes")
     extra = (", dW/db partial sums per thread added after (summation order differs)" if n.op == "conv2d_backward"
              else ", its sums in partials per task added after (summation order differs)"
              if n.attr.get("kind") == "reduce" else "")

@@ -462,6 +462,10 @@ def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str],
             outs = outs + [f"#scratch{j}" for j in range(len(partials))]
             args = args + [t for _, _, t in partials]
         text = split(text, threads, scratch, partials)[0]
+    elif threads > 1 and node.attr["kind"] == "gemm":
+        from .split_llvm import split_gemm
+
+        text = split_gemm(text, threads)
     return text, ins, outs, args
 
 

@@ -127,3 +127,65 @@ def split(ir: str, threads: int, scratch: dict[int, int], partials: list | None 
             + body + "\n" + "\n".join(task) + "\n\n" + "\n".join(launch) + "\n" + ir[end:]
             + "\ndeclare void @graphc_parallel_for(ptr, ptr, i64, i64)\n")
     return text, tasks, n
+
+
+GEMM_TASKS_PER_THREAD = 2  # halves of a GEMM pack and stream well; quarters of T's start to lose
+
+
+def split_gemm(ir: str, threads: int) -> str:
+    """A gemm kernel's BLAS call (lower_llvm._blas: `graphc_blas_sgemm` / `dgemm`, BLAS's
+    column-major C = op(A) op(B), m x n) run as tasks on the pool: each task one gemm on a share
+    of C's columns (n >= m) or rows, with the operand pointers offset by the trans flags and
+    leading dims (OpenBLAS at one thread inside the pool). The epilogue loop after it stays as
+    it is. Each element of C is the same dot over k: the same values."""
+    for kind, ty, size in (("s", "float", 4), ("d", "double", 8)):
+        call = f"call void @graphc_blas_{kind}gemm("
+        if call in ir:
+            break
+    else:
+        raise Unsupported("split_gemm: no BLAS gemm call")
+    tasks = threads * GEMM_TASKS_PER_THREAD
+    ir = ir.replace(call, "call void @gemm_split(", 1)
+    head, rest = ir.split("call void @gemm_split(", 1)
+    args, tail = rest.split(")", 1)
+    ir = f"{head}call void @gemm_split({args}, i64 {tasks}, i64 {threads}){tail}"
+    names = ["ta", "tb", "m", "n", "k", "alpha", "a", "lda", "b", "ldb", "beta", "c", "ldc"]
+    task = ["define internal void @gemm_task(ptr %ctx, i64 %task, i64 %thread) {", "entry:"]
+    for j, nm in enumerate(names):
+        task += [f"  %{nm}.p = getelementptr inbounds i64, ptr %ctx, i64 {j}", f"  %{nm}.i = load i64, ptr %{nm}.p",
+                 f"  %{nm} = inttoptr i64 %{nm}.i to ptr"]
+    for nm in ("m", "n", "lda", "ldb", "ldc"):
+        task += [f"  %{nm}.v32 = load i32, ptr %{nm}", f"  %{nm}.v = sext i32 %{nm}.v32 to i64"]
+    task += ["  %ta.c = load i8, ptr %ta", "  %tb.c = load i8, ptr %tb",
+             "  %ta.n = icmp eq i8 %ta.c, 110", "  %tb.n = icmp eq i8 %tb.c, 110",  # 'n': not transposed
+             "  %cols = icmp sge i64 %n.v, %m.v", "  %len = select i1 %cols, i64 %n.v, i64 %m.v",
+             f"  %q = sdiv i64 %len, {tasks}", f"  %r = srem i64 %len, {tasks}",
+             "  %few = icmp slt i64 %task, %r", "  %extra = select i1 %few, i64 %task, i64 %r",
+             "  %base = mul i64 %task, %q", "  %lo = add i64 %base, %extra",
+             "  %q1 = add i64 %q, 1", "  %cnt = select i1 %few, i64 %q1, i64 %q",
+             "  %empty = icmp eq i64 %cnt, 0", "  br i1 %empty, label %out, label %run", "run:",
+             "  %cnt32 = trunc i64 %cnt to i32", "  %mm = alloca i32", "  %nn = alloca i32",
+             "  %m.keep = select i1 %cols, i32 %m.v32, i32 %cnt32", "  %n.keep = select i1 %cols, i32 %cnt32, i32 %n.v32",
+             "  store i32 %m.keep, ptr %mm", "  store i32 %n.keep, ptr %nn",
+             # columns j of C: C + j ldc; of op(B): B + j ldb (n) or B + j (t). rows i of C: C + i;
+             # of op(A): A + i (n) or A + i lda (t)
+             "  %c.col = mul i64 %lo, %ldc.v", "  %c.off = select i1 %cols, i64 %c.col, i64 %lo",
+             "  %b.col = select i1 %tb.n, i64 %ldb.v, i64 1", "  %b.off0 = mul i64 %lo, %b.col",
+             "  %b.off = select i1 %cols, i64 %b.off0, i64 0",
+             "  %a.row = select i1 %ta.n, i64 1, i64 %lda.v", "  %a.off0 = mul i64 %lo, %a.row",
+             "  %a.off = select i1 %cols, i64 0, i64 %a.off0",
+             f"  %a2 = getelementptr inbounds {ty}, ptr %a, i64 %a.off",
+             f"  %b2 = getelementptr inbounds {ty}, ptr %b, i64 %b.off",
+             f"  %c2 = getelementptr inbounds {ty}, ptr %c, i64 %c.off",
+             f"  call void @graphc_blas_{kind}gemm(ptr %ta, ptr %tb, ptr %mm, ptr %nn, ptr %k, ptr %alpha, ptr %a2, "
+             "ptr %lda, ptr %b2, ptr %ldb, ptr %beta, ptr %c2, ptr %ldc)",
+             "  br label %out", "out:", "  ret void", "}"]
+    launch = ["define internal void @gemm_split(" + ", ".join(f"ptr %{nm}" for nm in names)
+              + ", i64 %tasks, i64 %threads) {", "entry:", f"  %ctx = alloca [{len(names)} x i64]"]
+    for j, nm in enumerate(names):
+        launch += [f"  %{nm}.i = ptrtoint ptr %{nm} to i64",
+                   f"  %{nm}.p = getelementptr inbounds [{len(names)} x i64], ptr %ctx, i64 0, i64 {j}",
+                   f"  store i64 %{nm}.i, ptr %{nm}.p"]
+    launch += ["  call void @graphc_parallel_for(ptr @gemm_task, ptr %ctx, i64 %tasks, i64 %threads)", "  ret void", "}"]
+    decl = "declare void @graphc_parallel_for(ptr, ptr, i64, i64)"
+    return ir + "\n" + "\n".join(task) + "\n\n" + "\n".join(launch) + "\n" + ("" if decl in ir else decl + "\n")

@@ -23,6 +23,8 @@ KERNELS = """graph g {
   input %x: f32[40,24,64]
   input %y: f32[64]
   input %s: f32[2,8]
+  input %a2: f32[256,1024]
+  input %b2: f32[1024,64]
   %e: f32[40,24,64], %o: f32[40,24,64] = kernel(%x, %y) {kind="elementwise"} {
     %e: f32[40,24,64] = add(%x, %y)
     %o: f32[40,24,64] = erf(%e)
@@ -42,7 +44,11 @@ KERNELS = """graph g {
     %q: f32[40,24,64] = exp(%r)
     %b: f32[64] = sum(%q) {dims=[0,1]}
   }
-  return %o, %e, %m, %p, %z, %q, %b
+  %g: f32[256,64], %h: f32[256,64] = kernel(%a2, %b2) {kind="gemm"} {
+    %g: f32[256,64] = matmul(%a2, %b2)
+    %h: f32[256,64] = exp(%g)
+  }
+  return %o, %e, %m, %p, %z, %g, %h, %q, %b
 }"""
 
 
@@ -57,14 +63,17 @@ def test_loop_kernels_split_printed_and_parsed_back(threads):
     ctx = PassContext("parallel")
     g, changed = parallel(parse(KERNELS), ctx)
     text = str(g)
-    assert changed and text.count("threads=2") == 3 and parse(text) == g
+    assert changed and text.count("threads=2") == 4 and parse(text) == g
     assert 'kernel(%s) {kind="elementwise"}' in text  # 16 elements: one thread
     notes = "\n".join(ctx.notes)
     assert "split over 2 threads by its outer loop" in notes and "%z = kernel: threads=1: too small" in notes
     for n in g.nodes:
         if n.attr.get("threads", 1) > 1:
             ir = lower_llvm.kernel_ir(n, set())[0]
-            assert "@graphc_parallel_for(ptr @kernel_task" in ir and "define internal void @kernel_body" in ir
+            if n.attr["kind"] == "gemm":  # its BLAS call in blocks of C
+                assert "@graphc_parallel_for(ptr @gemm_task" in ir and "call void @gemm_split(" in ir
+            else:
+                assert "@graphc_parallel_for(ptr @kernel_task" in ir and "define internal void @kernel_body" in ir
 
 
 def test_split_kernels_are_bit_equal_to_one_thread(threads):
@@ -72,7 +81,8 @@ def test_split_kernels_are_bit_equal_to_one_thread(threads):
 
     rng = np.random.default_rng(0)
     args = [rng.standard_normal((40, 24, 64)).astype(np.float32), rng.standard_normal(64).astype(np.float32),
-            rng.standard_normal((2, 8)).astype(np.float32)]
+            rng.standard_normal((2, 8)).astype(np.float32), rng.standard_normal((256, 1024)).astype(np.float32) / 32,
+            rng.standard_normal((1024, 64)).astype(np.float32)]
     outs = {}
     for k in (1, 2):
         threads(k)
@@ -80,8 +90,10 @@ def test_split_kernels_are_bit_equal_to_one_thread(threads):
         exe = Executable(g)
         exe(*args)
         outs[k] = [o.copy() for o in exe.outputs]
-    for a, b in zip(outs[1][:-1], outs[2][:-1]):
+    for a, b in zip(outs[1][:5], outs[2][:5]):
         np.testing.assert_array_equal(a, b)
+    for a, b in zip(outs[1][5:7], outs[2][5:7]):  # the GEMM in blocks of C: each element the same dot
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     # the reduce kernel's sum: partials per task added after the join (another order, same within rounding)
     np.testing.assert_allclose(outs[1][-1], outs[2][-1], rtol=1e-5)
     assert not np.array_equal(outs[1][-1], np.zeros(64))
@@ -91,7 +103,7 @@ def test_bad_threads_on_a_kernel_is_an_error():
     bad = KERNELS.replace('kernel(%s) {kind="elementwise"}', 'kernel(%s) {kind="elementwise", threads=0}')
     with pytest.raises(graphc.GraphcError, match="threads"):
         parse(bad).verify()
-    bad = KERNELS.replace('kernel(%s) {kind="elementwise"}', 'kernel(%s) {kind="gemm", threads=2}')
+    bad = KERNELS.replace('kernel(%a2, %b2) {kind="gemm"}', 'kernel(%a2, %b2) {impl="loops", kind="gemm", threads=2}')
     with pytest.raises(graphc.GraphcError):
         parse(bad).verify()
 
@@ -111,7 +123,7 @@ def test_gpt_train_step_split_equals_one_thread(threads):
         split = [n for n in step.plans.train_step.nodes if n.attr.get("threads", 1) > 1]
         assert bool(split) == (k == 2)
         if k == 2:  # GELU, LayerNorm/softmax/cross-entropy rows, attention's batched GEMMs
-            assert {n.attr["kind"] for n in split} == {"elementwise", "rows", "strided_gemm", "reduce"}
+            assert {n.attr["kind"] for n in split} == {"elementwise", "rows", "strided_gemm", "reduce", "gemm"}
         runs[k] = ([step(x, y) for _ in range(2)], {n: np.asarray(p).copy() for n, p in model.state_dict().items()})
     np.testing.assert_allclose(runs[1][0], runs[2][0], rtol=1e-6)  # (bias gradients: partial sums)
     for n in runs[1][1]:

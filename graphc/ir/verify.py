@@ -138,8 +138,9 @@ def _verify_kernel(g: Graph, n, defined: dict, fail) -> None:
         fail(f"kernel attributes must be {{kind=...}} (or {{impl=..., kind=...}}, and threads=k) with kind one of "
              f"{KERNEL_KINDS}, got {dict(n.attrs)}")
     threads = dict(n.attrs).get("threads", 1)
-    if type(threads) is not int or threads < 1 or (threads > 1 and kind not in ("elementwise", "rows", "strided_gemm", "reduce")):
-        fail(f"threads={threads!r} needs an int >= 1, above 1 only on an elementwise, rows, reduce or strided_gemm kernel "
+    if type(threads) is not int or threads < 1 or (threads > 1 and (kind not in ("elementwise", "rows", "strided_gemm", "reduce", "gemm")
+                                                     or dict(n.attrs).get("impl") == "loops")):
+        fail(f"threads={threads!r} needs an int >= 1, above 1 only on an elementwise, rows, reduce, gemm (through BLAS) or strided_gemm kernel "
              f"(kind={kind!r})")
     impl = dict(n.attrs).get("impl")
     if impl is not None and (kind != "gemm" or impl not in GEMM_IMPLS):
