@@ -142,6 +142,8 @@ def run_workload(workload, rounds, steps):
     for p in procs.values():
         p.stdin.close()
         p.wait()
+    for impl, ts in times.items():
+        infos[impl]["best"] = min(ts)
     return {impl: statistics.median(ts) for impl, ts in times.items()}, infos
 
 
@@ -281,10 +283,13 @@ def main(argv=None):
         med, infos = run_workload(w, a.rounds, a.steps)
         eager = med.get("torch eager", next(iter(med.values())))
         print(f"\n**{w}**: {WORKLOADS[w][0].__name__}, batch {BATCH}, float32, SGD momentum; median of {a.rounds} rounds x {a.steps} steps\n")
-        print("| implementation | median ms/step | this / torch eager |")
-        print("|---|---:|---:|")
+        best = infos.get("torch eager", {}).get("best")
+        print("| implementation | median ms/step | this / torch eager | best round ms/step | best / torch's best |")
+        print("|---|---:|---:|---:|---:|")
         for impl, t in med.items():
-            print(f"| {impl} | {t * 1e3:,.2f} | {t / eager:.2f}x |")
+            b = infos[impl]["best"]
+            print(f"| {impl} | {t * 1e3:,.2f} | {t / eager:.2f}x | {b * 1e3:,.2f} | "
+                  + (f"{b / best:.2f}x |" if best else "- |"))
         for impl in ("graphc", "graphc 1 thread"):
             if impl in infos:
                 g = infos[impl]
