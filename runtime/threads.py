@@ -366,7 +366,7 @@ def ensure_pool() -> int:
         libc = ctypes.CDLL(None)
         ll.add_symbol("graphc_syscall", ctypes.cast(libc.syscall, ctypes.c_void_p).value)
         ll.add_symbol("graphc_sched_yield", ctypes.cast(libc.sched_yield, ctypes.c_void_p).value)
-        obj, _ = kernel_lib.compile_ir(pool_ir())
+        obj = _pool_object(pool_ir())
         addr = kernel_lib._load_object("graphc_parallel_for", obj)
         _, engine = kernel_lib._engine()
         g = {name: ctypes.c_int64.from_address(engine.get_global_value_address(f"graphc_pool_{name}"))
@@ -386,6 +386,37 @@ def ensure_pool() -> int:
             g["workers"].value = g["ready"].value
             _state["workers"] = g["ready"].value
         return _state["workers"]
+
+
+def _pool_object(text: str) -> bytes:
+    """The pool's object code: from the kernel library's folder when stored there for this IR,
+    LLVM and CPU (`pool-<key>.o`, its sha256 appended and checked), else compiled (~40 ms) and
+    stored. Any problem with the folder: compiled, not stored."""
+    import hashlib
+    import json
+
+    from . import kernel_lib
+
+    key = hashlib.sha256((text + json.dumps(kernel_lib._llvm_versions(), sort_keys=True)).encode()).hexdigest()[:32]
+    try:
+        from .cache import trusted_root
+
+        path = trusted_root() / "kernels" / f"pool-{key}.o"
+        got = path.read_bytes() if path.exists() else b""
+        if len(got) > 32 and hashlib.sha256(got[:-32]).digest() == got[-32:]:
+            return got[:-32]
+    except OSError:
+        path = None
+    obj, _ = kernel_lib.compile_ir(text)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_bytes(obj + hashlib.sha256(obj).digest())
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return obj
 
 
 def _after_fork_in_child() -> None:

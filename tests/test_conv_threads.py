@@ -240,3 +240,15 @@ def test_concurrent_launches_and_a_forked_child_run_correctly():
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_pool_object_is_stored_checked_and_rebuilt(tmp_path, monkeypatch):
+    from graphc.runtime import threads as pool
+
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    text = pool.pool_ir()
+    obj = pool._pool_object(text)
+    (stored,) = (tmp_path / "kernels").glob("pool-*.o")
+    assert pool._pool_object(text) == obj
+    stored.write_bytes(b"damaged" * 10)  # the digest no longer matches: compiled again and stored
+    assert pool._pool_object(text) == obj and stored.read_bytes()[:-32] == obj
