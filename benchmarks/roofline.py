@@ -80,3 +80,113 @@ class FmaPeak:
             t.start()
         for t in ts:
             t.join()
+
+
+# ------------------------------------------------------------------ one core, thread CPU time
+# On a machine others share, wall times of 2-thread BLAS move 3-4x with their load; one core's
+# thread CPU time moves far less. `python benchmarks/roofline.py [L|M]` times, on one thread, the
+# FMA peak and the step's GEMMs (as bench_train_step.gemm_only calls them: x @ W.T, g.T @ a, g @ W)
+# through each BLAS, each in its own process, and prints each one's rate on one core and the step's
+# GEMM time on two cores if they scaled perfectly: a floor for a 2-thread step through that BLAS.
+
+def _gemm_calls(sizes, batch):
+    """(name, m, n, k, transposed A, transposed B) of the step's GEMMs, C[m, n] = op(A) @ op(B)."""
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    calls = [(f"forward {a}->{b}", batch, b, a, False, True) for a, b in pairs]
+    calls += [(f"weight grad {b}x{a}", b, a, batch, True, False) for a, b in pairs]
+    calls += [(f"input grad {b}->{a}", batch, a, b, False, False) for a, b in pairs[1:]]
+    return calls
+
+
+def _one_core(lib: str, sizes, batch, reps: int) -> dict:
+    import os
+    import time
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    out = {}
+    if lib == "FMA peak":
+        peak = FmaPeak(1)
+        flops = 2e9
+        peak.run(flops / 20)
+        best = min(_timed(lambda: peak.run(flops), time.thread_time) for _ in range(reps))
+        return {"FMA peak": (flops, best)}
+    if lib == "torch (MKL)":
+        import torch
+
+        torch.set_num_threads(1)
+        mm = lambda a, b, c: torch.mm(a, b, out=c)  # noqa: E731
+        wrap = torch.from_numpy
+    elif lib == "numpy's OpenBLAS":
+        mm = lambda a, b, c: np.matmul(a, b, out=c)  # noqa: E731
+        wrap = lambda x: x  # noqa: E731
+    else:  # graphc's: numba's np.dot on scipy's OpenBLAS
+        import numba
+
+        @numba.njit
+        def dot(a, b, c):
+            np.dot(a, b, c)
+
+        mm, wrap = dot, (lambda x: x)
+    assert os.environ.get("OPENBLAS_NUM_THREADS") == "1"
+    for name, m, n, k, ta, tb in _gemm_calls(sizes, batch):
+        a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
+        b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
+        c = np.empty((m, n), np.float32)
+        a, b, c = wrap(a), wrap(b), wrap(c)
+        a, b = (a.T if ta else a), (b.T if tb else b)
+        mm(a, b, c)
+        best = min(_timed(lambda: mm(a, b, c), time.thread_time) for _ in range(reps))
+        out[name] = (2.0 * m * n * k, best)
+    return out
+
+
+def _timed(fn, clock) -> float:
+    t0 = clock()
+    fn()
+    return clock() - t0
+
+
+def main(argv=None):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "--worker":
+        sizes, batch, reps = json.loads(args[2])
+        print(json.dumps(_one_core(args[1], sizes, batch, reps)))
+        return
+    shapes = {"M": ((784, 512, 512, 10), 128), "L": ((784, 2048, 2048, 10), 512)}
+    name = args[0] if args else "L"
+    sizes, batch = shapes[name]
+    reps = 7
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    libs = ["FMA peak", "graphc's BLAS (scipy's OpenBLAS)", "numpy's OpenBLAS", "torch (MKL)"]
+    res = {}
+    for lib in libs:
+        r = subprocess.run([sys.executable, __file__, "--worker", lib, json.dumps([sizes, batch, reps])],
+                           env=env, capture_output=True, text=True)
+        if r.returncode:
+            print(f"{lib}: failed: {r.stderr.strip().splitlines()[-1:]}")
+            continue
+        res[lib] = json.loads(r.stdout)
+    f = gemm_flops(sizes, batch)["total"]
+    print(f"# {name}: the step's GEMMs, {f / 1e9:.2f} GFLOP, one thread each, thread CPU time, best of {reps}")
+    flops, t = res["FMA peak"]["FMA peak"]
+    core = flops / t / 1e9
+    print(f"FMA peak, one core: {core:.1f} GFLOP/s; both cores: {2 * core:.1f} GFLOP/s -> the step's GEMMs take "
+          f">= {f / (2 * core) / 1e6:.1f} ms")
+    for lib in libs[1:]:
+        if lib not in res:
+            continue
+        total = sum(t for _, t in res[lib].values())
+        per = ", ".join(f"{k} {fl / t / 1e9:.0f}" for k, (fl, t) in res[lib].items())
+        print(f"{lib}: {f / total / 1e9:.1f} GFLOP/s on one core ({f / total / 1e9 / core:.0%} of its FMA peak; "
+              f"per GEMM: {per}); on two cores at that rate {total / 2 * 1e3:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
