@@ -23,7 +23,8 @@ What splits, and along which dimension:
 - reduce kernels whose reductions are sums into arrays (a GEMM's bias gradient beside GELU's
   backward): their outer loop, task 0 summing into the output, the others into partials added
   in task order after the join (another summation order: equal within rounding).
-- gemm kernels through BLAS (a weight gradient with its epilogue): the BLAS call, each task one
+- gemm kernels through BLAS (a weight gradient with its epilogue; a plain 2-D `linear` or
+  `matmul` node becomes a one-member gemm kernel for it): the BLAS call, each task one
   gemm on a block of C's columns (or rows), one BLAS thread each; the epilogue loop stays on
   one thread. The same values (each element the same dot).
 - strided_gemm kernels (attention's batched GEMMs): their batch of BLAS calls, each writing its
@@ -38,7 +39,7 @@ POOL_ELEMS_PER_US input elements (rates measured on LeNet's kernels, one thread)
 from __future__ import annotations
 
 from graphc.ir import Graph
-from graphc.ir.graph import Node
+from graphc.ir.graph import Node, kernel_node
 
 from .manager import PassContext, register_pass
 
@@ -203,6 +204,15 @@ def parallel(g: Graph, ctx: PassContext | None = None):
     types = g.types
     nodes, changed, single = [], False, {}
     for n in g.nodes:
+        if avail > 1 and _plain_gemm(n, types):  # a lone BLAS GEMM: a one-member gemm kernel, split
+            k, why = decide(kernel_node([n], list(dict.fromkeys(n.inputs)), list(n.outputs), types, "gemm"), types, avail)
+            if k > 1:
+                n = kernel_node([n], list(dict.fromkeys(n.inputs)), list(n.outputs), types, "gemm")
+                n = n.replace(attrs=tuple(sorted({**n.attr, "threads": k}.items())))
+                ctx.note(f"%{n.outputs[0]} = {n.body.nodes[0].op}: as a gemm kernel, threads={k}: {why}")
+                nodes.append(n)
+                changed = True
+                continue
         if n.op in SPLITTABLE or _loop_kernel(n):
             k, why = decide(n, types, avail)
             ctx.note(f"%{n.outputs[0]} = {n.op}: threads={k}: {why}")
@@ -219,6 +229,14 @@ def parallel(g: Graph, ctx: PassContext | None = None):
 
 
 SPLITTABLE = SPLIT_OPS
+
+
+def _plain_gemm(n: Node, types) -> bool:
+    """A plain 2-D `linear` or `matmul` node (one BLAS call: the forward's layers and the input
+    gradients): the pass makes it a one-member gemm kernel when splitting it pays, so that its
+    gemm runs on the pool (OpenBLAS stays at one thread while split kernels keep the pool awake)."""
+    return (n.op in ("linear", "matmul") and len(n.outputs) == 1 and n.types[0].dtype in ("f32", "f64")
+            and all(len(types[i].shape) in ((1,) if j == 2 else (2,)) for j, i in enumerate(n.inputs)))
 
 
 def _single_reason(n: Node) -> str:

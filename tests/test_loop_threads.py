@@ -128,3 +128,35 @@ def test_gpt_train_step_split_equals_one_thread(threads):
     np.testing.assert_allclose(runs[1][0], runs[2][0], rtol=1e-6)  # (bias gradients: partial sums)
     for n in runs[1][1]:
         np.testing.assert_allclose(runs[1][1][n], runs[2][1][n], rtol=1e-5, atol=1e-6, err_msg=n)
+
+
+def test_a_plain_gemm_becomes_a_split_gemm_kernel(threads):
+    from graphc.runtime.executor import Executable
+
+    text = """graph g {
+  input %x: f32[1024,64]
+  param %w: f32[256,64]
+  param %b: f32[256]
+  input %s: f32[4,64]
+  %y: f32[1024,256] = linear(%x, %w, %b)
+  %t: f32[4,256] = linear(%s, %w, %b)
+  return %y, %t
+}"""
+    rng = np.random.default_rng(0)
+    args = {"x": rng.standard_normal((1024, 64)).astype(np.float32), "w": rng.standard_normal((256, 64)).astype(np.float32),
+            "b": rng.standard_normal(256).astype(np.float32), "s": rng.standard_normal((4, 64)).astype(np.float32)}
+    outs = {}
+    for k in (1, 2):
+        threads(k)
+        ctx = PassContext("parallel")
+        g, changed = parallel(parse(text), ctx)
+        assert changed == (k == 2)
+        if k == 2:
+            kinds = [(n.op, n.attr.get("kind"), n.attr.get("threads")) for n in g.nodes]
+            assert kinds == [("kernel", "gemm", 2), ("linear", None, None)]  # the small one stays a plain node
+            assert "%y = linear: as a gemm kernel, threads=2" in "\n".join(ctx.notes) and parse(str(g)) == g
+        exe = Executable(g, bound={"w": args["w"], "b": args["b"]})
+        exe(args["x"], args["s"])
+        outs[k] = [o.copy() for o in exe.outputs]
+    for a, b in zip(outs[1], outs[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
