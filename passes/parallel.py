@@ -24,7 +24,9 @@ What splits, and along which dimension:
   backward): their outer loop, task 0 summing into the output, the others into partials added
   in task order after the join (another summation order: equal within rounding).
 - gemm kernels through BLAS (a weight gradient with its epilogue; a plain 2-D `linear` or
-  `matmul` node becomes a one-member gemm kernel for it): the BLAS call, each task one
+  `matmul` node becomes a one-member gemm kernel for it), only in a plan where other kernels
+  split (the pool keeps OpenBLAS at one thread while awake; otherwise OpenBLAS's own threads
+  serve the GEMMs): the BLAS call, each task one
   gemm on a block of C's columns (or rows), one BLAS thread each; the epilogue loop stays on
   one thread. The same values (each element the same dot).
 - strided_gemm kernels (attention's batched GEMMs): their batch of BLAS calls, each writing its
@@ -203,7 +205,17 @@ def parallel(g: Graph, ctx: PassContext | None = None):
     avail = num_threads()
     types = g.types
     nodes, changed, single = [], False, {}
+    # GEMMs split only in a plan whose other kernels use the pool: OpenBLAS stays at one thread
+    # while the pool is awake; in a plan without other split kernels its own threads serve them
+    pool = any(decide(n, types, avail)[0] > 1 for n in g.nodes
+               if n.op in SPLITTABLE or (_loop_kernel(n) and n.attr.get("kind") != "gemm"))
     for n in g.nodes:
+        if not pool and (_plain_gemm(n, types) or (_loop_kernel(n) and n.attr.get("kind") == "gemm")):
+            if n.op == "kernel":
+                ctx.note(f"%{n.outputs[0]} = kernel: threads=1: its GEMM is left to OpenBLAS's threads "
+                         "(no other kernel of this plan runs on the pool)")
+            nodes.append(n)
+            continue
         if avail > 1 and _plain_gemm(n, types):  # a lone BLAS GEMM: a one-member gemm kernel, split
             k, why = decide(kernel_node([n], list(dict.fromkeys(n.inputs)), list(n.outputs), types, "gemm"), types, avail)
             if k > 1:

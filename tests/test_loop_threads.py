@@ -140,7 +140,10 @@ def test_a_plain_gemm_becomes_a_split_gemm_kernel(threads):
   input %s: f32[4,64]
   %y: f32[1024,256] = linear(%x, %w, %b)
   %t: f32[4,256] = linear(%s, %w, %b)
-  return %y, %t
+  %o: f32[1024,256] = kernel(%y) {kind="elementwise"} {
+    %o: f32[1024,256] = erf(%y)
+  }
+  return %y, %t, %o
 }"""
     rng = np.random.default_rng(0)
     args = {"x": rng.standard_normal((1024, 64)).astype(np.float32), "w": rng.standard_normal((256, 64)).astype(np.float32),
@@ -153,10 +156,22 @@ def test_a_plain_gemm_becomes_a_split_gemm_kernel(threads):
         assert changed == (k == 2)
         if k == 2:
             kinds = [(n.op, n.attr.get("kind"), n.attr.get("threads")) for n in g.nodes]
-            assert kinds == [("kernel", "gemm", 2), ("linear", None, None)]  # the small one stays a plain node
+            assert kinds == [("kernel", "gemm", 2), ("linear", None, None), ("kernel", "elementwise", 2)]  # small: plain
             assert "%y = linear: as a gemm kernel, threads=2" in "\n".join(ctx.notes) and parse(str(g)) == g
         exe = Executable(g, bound={"w": args["w"], "b": args["b"]})
         exe(args["x"], args["s"])
         outs[k] = [o.copy() for o in exe.outputs]
     for a, b in zip(outs[1], outs[2]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_gemms_keep_openblas_threads_in_a_plan_without_other_splits(threads):
+    threads(2)
+    text = """graph g {
+  input %x: f32[1024,64]
+  param %w: f32[256,64]
+  %y: f32[1024,256] = linear(%x, %w)
+  return %y
+}"""
+    g, changed = parallel(parse(text), PassContext("parallel"))
+    assert not changed and g.nodes[0].op == "linear"
