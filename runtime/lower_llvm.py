@@ -345,8 +345,15 @@ def _dropout(f, a, n):  # x * (1/(1-p) if u >= p else 0)
     dt = _float_or(n, a[:1])
     if a[1].dtype != "i64":
         raise Unsupported(f"dropout seed of dtype {a[1].dtype}")
-    u = uniform1(f, stream_key(f, a[1], int(n.attr["stream"])))
-    keep = f.ins(f"fcmp oge {u}, {f.c('f64', float(n.attr['p'])).ref}", "bool")
+    # u = (z >> 11) * 2^-53 (uniform1) is exact, so u >= p <=> (z >> 11) >= ceil(p * 2^53) <=> z >=
+    # ceil(p * 2^53) << 11 (unsigned): the same keep bits without the shift, conversion and multiply
+    key = stream_key(f, a[1], int(n.attr["stream"]))
+    if f.width and not key.width:
+        key = splat(f, key)
+    z = splitmix64(f, f.ins(f"add {key}, {f.index.ref}", "i64"))
+    bound = math.ceil(float(n.attr["p"]) * 9007199254740992.0) << 11
+    keep = (f.ins(f"icmp uge {z}, {_k64(f, bound)}", "bool") if bound < 1 << 64 else
+            f.ins(f"icmp ult {z}, {_k64(f, 0)}", "bool"))  # p >= 1: none kept
     m = _select(f, keep, f.c(dt, 1.0 / (1.0 - n.attr["p"])), f.c(dt, 0.0))
     return f.ins(f"fmul {a[0]}, {m.ref}", dt)
 

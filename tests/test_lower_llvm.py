@@ -137,6 +137,24 @@ def test_dropout_masks_are_bit_equal_to_the_interpreter():
     _same(run_llvm(node, data)[0], interpret(g, data)[0])  # the seed read from an array, not an argument
 
 
+@pytest.mark.parametrize("p", [0.0, 1 / 3, 0.7, 1 - 2 ** -53])
+def test_dropout_keeps_by_an_integer_bound_equal_to_the_float_compare(p):
+    """lower_llvm._dropout keeps an element when splitmix64's z >= ceil(p * 2^53) << 11, which is
+    u = (z >> 11) * 2^-53 >= p exactly (u is exact): at the bound and either side of it, and
+    masks equal to the interpreter's for p that are not multiples of 2^-53."""
+    import math
+
+    t = math.ceil(p * 2.0 ** 53)
+    for k in (t - 1, t, t + 1):
+        if 0 <= k < 2 ** 53:
+            for low in (0, 2 ** 11 - 1):  # z's bits below the 53 that u keeps
+                z = (k << 11) | low
+                assert (z >= t << 11) == ((z >> 11) * 2.0 ** -53 >= p)
+    data = {"x": R.standard_normal((17, 40)).astype(np.float32), "seed": np.array(7, np.int64)}
+    node, g = _kernel(lambda b, x, seed: b.emit("dropout", [x, seed], {"p": p, "stream": 2}), data)
+    _same(run_llvm(node, data, {"seed"})[0], interpret(g, data)[0])
+
+
 def test_arange_and_integer_ops():
     def build(b, i, j):
         b.emit("arange", [], {"start": 3.0, "step": -2.0, "size": 12, "dtype": "i64"})
@@ -224,7 +242,7 @@ def test_ir_text_is_canonical_and_reads_as_the_kernel():
                      r"ptr %a1, ptr %b\d+, ptr %a0, ptr %b\d+, ptr %b1, ptr %o0, ptr %b\d+\)", ir)
     assert "store i8 116" in ir and "store i8 110" in ir  # 't' for the weight, 'n' for x
     assert "%i0 = phi i64 [ 0, %start ], [ %i0.next, %latch1 ]" in ir
-    assert "fcmp oge double" in ir and "%i1.end = icmp eq i64 %i1.next, 20" in ir
+    assert "icmp uge i64" in ir and "%i1.end = icmp eq i64 %i1.next, 20" in ir
     assert not re.search(r"linear1|%x\b|seed", ir)  # names nothing of the plan
     again, *_ = lower_llvm.kernel_ir(_kernel(build, {**data, "x": np.ones((64, 10), np.float32)}, kind="gemm")[0],
                                      {"seed"})
