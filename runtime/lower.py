@@ -290,11 +290,21 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
 _JIT = 'nogil=True, error_model="numpy"'
 
 
+def _llvm_lowers() -> bool:
+    """codegen.use_llvm(): generated kernels lower to LLVM IR (numba's lowering of a kernel
+    ignores its `threads`, and takes no partial sums)."""
+    import os
+
+    from numba.core import config
+
+    return not config.DISABLE_JIT and os.environ.get("GRAPHC_LLVM", "1") != "0"
+
+
 def kernel_scratch(node: Node) -> list[TensorType]:
     """A GEMM kernel whose product stays inside and matches no output's type needs a buffer; a
     rows kernel, one row of each value that one pass computes and a later pass reads."""
-    if node.attr["kind"] == "reduce" and node.attr.get("threads", 1) > 1:  # partial sums of tasks 1.. (split_llvm)
-        from .split_llvm import TASKS_PER_THREAD, summed_outputs
+    if node.attr["kind"] == "reduce" and node.attr.get("threads", 1) > 1 and _llvm_lowers():
+        from .split_llvm import TASKS_PER_THREAD, summed_outputs  # partial sums of tasks 1.. (split_llvm)
 
         tasks = node.attr["threads"] * TASKS_PER_THREAD
         return [TensorType(((tasks - 1) * t.size,), t.dtype) for _, t in summed_outputs(node)]
