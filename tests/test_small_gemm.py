@@ -166,6 +166,27 @@ def test_an_mlp_with_loop_gemms_trains_like_torch(llvm, monkeypatch, tmp_path):
     assert_same_weights(model, t, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("llvm", ["1", "0"])
+def test_a_wider_layer_and_one_output_as_loops_train_like_torch(llvm, monkeypatch, tmp_path):
+    """x @ W.T beyond LOOPS_MAX_MACS (100x128x64: the "nt" cap), its ReLU and bias on the tiles,
+    and a one-output layer as dot products (gemm_dots): torch agrees over three steps."""
+    import torch
+
+    monkeypatch.setenv("GRAPHC_LLVM", llvm)
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((100, 64)).astype(np.float32), rng.standard_normal((100, 1)).astype(np.float32)
+    graphc.manual_seed(0)
+    model = mlp((64, 128, 1))
+    t = copy_to_torch(model, torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 1)))
+    step = graphc.compile_train_step(model, nn.MSELoss(), graphc.optim.SGD(model.parameters(), lr=0.05), x, y)
+    kernels = [ln for ln in step.ir("kernels").splitlines() if "= kernel(" in ln]
+    assert 'impl="loops"' in kernels[0] and "f32[100,128]" in kernels[0]  # the 100x128x64 forward
+    assert 'impl="loops"' in kernels[1] and "f32[100,1]" in kernels[1]  # the one output, with the loss
+    train_like_torch(step, t, torch.optim.SGD(t.parameters(), lr=0.05), torch.nn.functional.mse_loss, x, y)
+    assert_same_weights(model, t, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("m,n,k", [(7, 20, 5), (33, 32, 9), (6, 2, 4)])  # (one output: dot products, gemm_dots)
 @pytest.mark.parametrize("dt", ["f32", "f64"])
 def test_the_epilogue_on_register_tiles_is_bit_equal_to_the_two_pass_form(m, n, k, dt, monkeypatch):
