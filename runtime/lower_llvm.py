@@ -468,7 +468,13 @@ def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str],
                 partials.append((len(ins) + outs.index(v), t.size, t.dtype))
             outs = outs + [f"#scratch{j}" for j in range(len(partials))]
             args = args + [t for _, _, t in partials]
-        text = split(text, threads, scratch, partials)[0]
+        try:
+            text = split(text, threads, scratch, partials)[0]
+        except Unsupported:  # no loop to cut (one iteration): one thread, taking the partials it was given
+            head = text.index("define void @kernel(")
+            close = text.index(") #0 {", head)
+            extra = "".join(f", ptr %part{j}" for j in range(len(partials)))
+            text = text[:close] + extra + text[close:]
     elif threads > 1 and node.attr["kind"] == "gemm":
         from .split_llvm import split_gemm
 

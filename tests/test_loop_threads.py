@@ -175,3 +175,26 @@ def test_gemms_keep_openblas_threads_in_a_plan_without_other_splits(threads):
 }"""
     g, changed = parallel(parse(text), PassContext("parallel"))
     assert not changed and g.nodes[0].op == "linear"
+
+
+def test_a_kernel_with_no_loop_to_cut_runs_on_one_thread():
+    """threads=2 written by hand on kernels whose loop has one iteration: lowered whole (the
+    reduce kernel still takes its partials' scratch), the same values."""
+    from graphc.runtime.executor import Executable
+
+    text = """graph g {
+  input %x: f32[1,64]
+  %q: f32[1,64], %b: f32[64] = kernel(%x) {kind="reduce", threads=2} {
+    %q: f32[1,64] = exp(%x)
+    %b: f32[64] = sum(%q) {dims=[0]}
+  }
+  %e: f32[1,64] = kernel(%x) {kind="elementwise", threads=2} {
+    %e: f32[1,64] = neg(%x)
+  }
+  return %q, %b, %e
+}"""
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    exe = Executable(parse(text))
+    exe(x)
+    np.testing.assert_allclose(exe.outputs[1], np.exp(x)[0], rtol=1e-6)
+    np.testing.assert_array_equal(exe.outputs[2], -x)
