@@ -26,7 +26,8 @@ What splits, and along which dimension:
 - gemm kernels through BLAS (a weight gradient with its epilogue; a plain 2-D `linear` or
   `matmul` node becomes a one-member gemm kernel for it), only in a plan where other kernels
   split (the pool keeps OpenBLAS at one thread while awake; otherwise OpenBLAS's own threads
-  serve the GEMMs): the BLAS call, each task one
+  serve the GEMMs): with an elementwise epilogue by rows of C, each task its rows' gemm and
+  then their epilogue; else the BLAS call, each task one
   gemm on a block of C's columns (or rows), one BLAS thread each; the epilogue loop stays on
   one thread. The same values (each element the same dot).
 - strided_gemm kernels (attention's batched GEMMs): their batch of BLAS calls, each writing its

@@ -476,9 +476,12 @@ def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str],
             extra = "".join(f", ptr %part{j}" for j in range(len(partials)))
             text = text[:close] + extra + text[close:]
     elif threads > 1 and node.attr["kind"] == "gemm":
-        from .split_llvm import split_gemm
+        from .split_llvm import split_gemm, split_gemm_rows
 
-        text = split_gemm(text, threads)
+        try:  # rows of C: each task its gemm rows, then its epilogue on them
+            text = split_gemm_rows(text, threads)
+        except Unsupported:  # an epilogue that reduces: the gemm in blocks, the epilogue after
+            text = split_gemm(text, threads)
     return text, ins, outs, args
 
 

@@ -33,7 +33,8 @@ def summed_outputs(node) -> list:
             if m.op == "sum" and m.outputs[0] in outs and m.types[0].size > 1]
 
 
-def split(ir: str, threads: int, scratch: dict[int, int], partials: list | None = None) -> tuple[str, int, int]:
+def split(ir: str, threads: int, scratch: dict[int, int], partials: list | None = None,
+          per_thread: int = TASKS_PER_THREAD) -> tuple[str, int, int]:
     """(the split kernel's IR, tasks, the outermost loop's trip count) of the one-thread `ir`
     (`define void @kernel(...)`). scratch: argument index -> bytes of one thread's slice.
     partials: (argument index of a summed output, its elements, its dtype) of a reduce kernel:
@@ -61,7 +62,7 @@ def split(ir: str, threads: int, scratch: dict[int, int], partials: list | None 
     if phi is None or cmp is None:
         raise Unsupported("split: no loop to split")
     n = int(cmp.group(1))
-    tasks = min(n, threads * TASKS_PER_THREAD)
+    tasks = min(n, threads * per_thread)
     if tasks < 2:
         raise Unsupported("split: fewer than two iterations")
     body = body.replace(phi.group(0), f"{var} = phi i64 [ %lo, {phi.groups()[-1]} ]", 1)
@@ -189,3 +190,41 @@ def split_gemm(ir: str, threads: int) -> str:
     launch += ["  call void @graphc_parallel_for(ptr @gemm_task, ptr %ctx, i64 %tasks, i64 %threads)", "  ret void", "}"]
     decl = "declare void @graphc_parallel_for(ptr, ptr, i64, i64)"
     return ir + "\n" + "\n".join(task) + "\n\n" + "\n".join(launch) + "\n" + ("" if decl in ir else decl + "\n")
+
+
+def split_gemm_rows(ir: str, threads: int) -> str:
+    """A gemm kernel whose epilogue is elementwise over C's rows (a linear's bias add: no
+    reduction in it) split by rows of C: each task runs the gemm for its rows (BLAS's columns
+    of C^T) and then the epilogue on them, while they are in its cache. Raises Unsupported when
+    the epilogue's outer loop is not over C's rows."""
+    if "fill:" in ir or "%acc" in ir:
+        raise Unsupported("split_gemm_rows: the epilogue reduces")
+    for kind, ty in (("s", "float"), ("d", "double")):
+        call = f"call void @graphc_blas_{kind}gemm("
+        if call in ir:
+            break
+    else:
+        raise Unsupported("split_gemm_rows: no BLAS gemm call")
+    start = ir.index(call)
+    args = ir[start + len(call):ir.index(")", start)].split(", ")
+    rows = re.search(rf"store i32 (\d+), ptr {re.escape(args[3].split()[-1])}\n", ir)
+    loop = re.search(r"%i(\d+)\.end = icmp eq i64 %i\1\.next, (\d+)\n", ir)
+    first = re.search(r"(%i\d+) = phi i64 \[ 0, ", ir)
+    if rows is None or first is None or loop is None:
+        raise Unsupported("split_gemm_rows: no rows loop")
+    outer = re.search(rf"{re.escape(first.group(1))}\.end = icmp eq i64 {re.escape(first.group(1))}\.next, (\d+)\n", ir)
+    if outer is None or outer.group(1) != rows.group(1):
+        raise Unsupported("split_gemm_rows: the epilogue's outer loop is not over C's rows")
+    ir = ir[:start] + f"call void @gemm_rows({', '.join(args)}, i64 %lo, i64 %hi)" + ir[ir.index(")", start) + 1:]
+    text = split(ir, threads, {}, None, GEMM_TASKS_PER_THREAD)[0]
+    names = ["ta", "tb", "m", "n", "k", "alpha", "a", "lda", "b", "ldb", "beta", "c", "ldc"]
+    body = ["define internal void @gemm_rows(" + ", ".join(f"ptr %{nm}" for nm in names) + ", i64 %lo, i64 %hi) {",
+            "entry:", "  %nn = alloca i32", "  %cnt = sub i64 %hi, %lo", "  %cnt32 = trunc i64 %cnt to i32",
+            "  store i32 %cnt32, ptr %nn", "  %ldb.v32 = load i32, ptr %ldb", "  %ldb.v = sext i32 %ldb.v32 to i64",
+            "  %ldc.v32 = load i32, ptr %ldc", "  %ldc.v = sext i32 %ldc.v32 to i64", "  %tb.c = load i8, ptr %tb",
+            "  %tb.n = icmp eq i8 %tb.c, 110", "  %b.col = select i1 %tb.n, i64 %ldb.v, i64 1",
+            "  %b.off = mul i64 %lo, %b.col", "  %c.off = mul i64 %lo, %ldc.v",
+            f"  %b2 = getelementptr inbounds {ty}, ptr %b, i64 %b.off", f"  %c2 = getelementptr inbounds {ty}, ptr %c, i64 %c.off",
+            f"  call void @graphc_blas_{kind}gemm(ptr %ta, ptr %tb, ptr %m, ptr %nn, ptr %k, ptr %alpha, ptr %a, ptr %lda, "
+            "ptr %b2, ptr %ldb, ptr %beta, ptr %c2, ptr %ldc)", "  ret void", "}"]
+    return text + "\n" + "\n".join(body) + "\n"

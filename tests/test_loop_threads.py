@@ -70,10 +70,36 @@ def test_loop_kernels_split_printed_and_parsed_back(threads):
     for n in g.nodes:
         if n.attr.get("threads", 1) > 1:
             ir = lower_llvm.kernel_ir(n, set())[0]
-            if n.attr["kind"] == "gemm":  # its BLAS call in blocks of C
-                assert "@graphc_parallel_for(ptr @gemm_task" in ir and "call void @gemm_split(" in ir
+            if n.attr["kind"] == "gemm":  # by rows of C: each task its gemm rows, then its epilogue on them
+                assert "call void @gemm_rows(" in ir and "define internal void @kernel_body" in ir
             else:
                 assert "@graphc_parallel_for(ptr @kernel_task" in ir and "define internal void @kernel_body" in ir
+
+
+def test_a_gemm_whose_epilogue_reduces_splits_its_call_only(threads):
+    threads(2)
+    text = """graph g {
+  input %a: f32[256,1024]
+  input %b: f32[1024,64]
+  %s: f32[256,64], %t: f32[] = kernel(%a, %b) {kind="gemm", threads=2} {
+    %s: f32[256,64] = matmul(%a, %b)
+    %q: f32[256,64] = mul(%s, %s)
+    %t: f32[] = sum(%q) {dims=[0,1]}
+  }
+  return %s, %t
+}"""
+    from graphc.runtime.executor import Executable
+
+    g = parse(text)
+    ir = lower_llvm.kernel_ir(g.nodes[0], set())[0]
+    assert "call void @gemm_split(" in ir and "@gemm_rows" not in ir
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((256, 1024)).astype(np.float32) / 32, rng.standard_normal((1024, 64)).astype(np.float32)
+    exe = Executable(g)
+    exe(a, b)
+    want = a.astype(np.float64) @ b
+    np.testing.assert_allclose(exe.outputs[0], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(exe.outputs[1], (want ** 2).sum(), rtol=1e-4)
 
 
 def test_split_kernels_are_bit_equal_to_one_thread(threads):
