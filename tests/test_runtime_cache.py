@@ -57,7 +57,7 @@ def test_compile_then_load(cache_dir):
 
 
 def test_second_process_loads_from_cache(cache_dir):
-    build()
+    first = build()
     code = textwrap.dedent(f"""
         import numpy as np
         from graphc.ir import parse
@@ -66,11 +66,13 @@ def test_second_process_loads_from_cache(cache_dir):
         exe(np.ones((4, 3), np.float32))
         assert abs(float(exe.outputs[1][0, 0]) - 3.0) < 1e-6
         print(exe.compile_info.status, sum(exe.module.plan.stats.cache_misses.values()))
+        print(exe.compile_info.key, exe.compile_info.reason)
     """)
     r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, GRAPHC_CACHE_DIR=str(cache_dir)),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["cached", "0"], r.stdout
+    status, key_why = r.stdout.split("\n", 1)
+    assert status.split() == ["cached", "0"], f"this process's key {first.compile_info.key}; the second's: {key_why}"
 
 
 @pytest.mark.parametrize("damage", ["numba data", "numba index", "manifest", "plan source", "missing file"])
