@@ -137,7 +137,10 @@ def run_workload(workload, rounds, steps):
         for impl, p in procs.items():
             p.stdin.write(f"run {steps}\n")
             p.stdin.flush()
-            times[impl].append(json.loads(p.stdout.readline()))
+            line = p.stdout.readline()
+            if not line:  # the worker died: say which, and how
+                raise RuntimeError(f"bench_cnn: the {impl!r} worker ended (exit status {p.wait()})")
+            times[impl].append(json.loads(line))
             time.sleep(0.05)
     for p in procs.values():
         p.stdin.close()

@@ -110,8 +110,12 @@ def pool_ir() -> str:
     and the next unclaimed task (16 bits each); the caller and every awake worker take tasks
     with compare-and-swap until none is left, so a worker the OS has not scheduled yet costs
     nothing (the caller runs its tasks). A task's work and buffers depend on its index only,
-    so which thread runs it never changes the result. A claim succeeds only on the ticket it
-    read, so a late worker can never run a task of a launch it has not seen published."""
+    so which thread runs it never changes the result. Every claim reads the ticket first and
+    the task, context and width after it (published before the ticket), and succeeds only on
+    the ticket it read: a launch whose tasks are not all claimed cannot have ended, so what it
+    read is that launch's. After running a task a thread starts over from the ticket (the
+    caller may have returned and launched again meanwhile: a worker that claimed on the new
+    ticket with the old task's context crashed under load, 1 in ~6 benchmark runs)."""
     relax, nr = _relax(), _futex_nr()
     claim = """
   %{p}tk0 = load atomic i64, i64* @graphc_pool_ticket acquire, align 8
@@ -121,7 +125,7 @@ def pool_ir() -> str:
   %{p}in = icmp ult i64 {me}, %{p}width
   br i1 %{p}in, label %{p}try, label %{p}out
 {p}try:
-  %{p}tk = phi i64 [%{p}tk0, %{p}claim], [%{p}tk2, %{p}lost], [%{p}tk3, %{p}ran]
+  %{p}tk = phi i64 [%{p}tk0, %{p}claim], [%{p}tk2, %{p}lost]
   %{p}next = and i64 %{p}tk, 65535
   %{p}n1 = lshr i64 %{p}tk, 16
   %{p}n = and i64 %{p}n1, 65535
@@ -141,10 +145,9 @@ def pool_ir() -> str:
 {p}run:
   call void %{p}fn(i8* %{p}ctx, i64 %{p}next, i64 {me})
   %{p}d = atomicrmw add i64* @graphc_pool_done, i64 1 release
-  %{p}tk3 = load atomic i64, i64* @graphc_pool_ticket acquire, align 8
-  br label %{p}ran
-{p}ran:
-  br label %{p}try
+  ; back to the ticket, then the task and its context: once this task is done the caller may
+  ; have returned and launched again, and a claim on the new ticket must run the new task
+  br label %{p}claim
 """
     return f"""
 @graphc_pool_gen = global i32 0, align 64

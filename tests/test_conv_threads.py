@@ -252,3 +252,65 @@ def test_pool_object_is_stored_checked_and_rebuilt(tmp_path, monkeypatch):
     assert pool._pool_object(text) == obj
     stored.write_bytes(b"damaged" * 10)  # the digest no longer matches: compiled again and stored
     assert pool._pool_object(text) == obj and stored.read_bytes()[:-32] == obj
+
+
+def test_back_to_back_launches_of_different_tasks_never_mix():
+    """Two task kinds launched alternately, each with its own context, 100,000 times: every task
+    runs exactly once with its own launch's context (a worker that claimed on a new ticket with
+    the previous task's context ran the wrong function on a dead stack frame)."""
+    import ctypes
+
+    from graphc.runtime import kernel_lib
+    from graphc.runtime.threads import ensure_pool
+
+    ensure_pool()
+    ir = """
+declare void @graphc_parallel_for(void (i8*, i64, i64)*, i8*, i64, i64)
+define internal void @task_a(i8* %ctx, i64 %t, i64 %th) {
+  %p = bitcast i8* %ctx to i64**
+  %a = load i64*, i64** %p
+  %q = getelementptr i64, i64* %a, i64 %t
+  %v = atomicrmw add i64* %q, i64 1 seq_cst
+  ret void
+}
+define internal void @task_b(i8* %ctx, i64 %t, i64 %th) {
+  %p = bitcast i8* %ctx to i64*
+  %k = load i64, i64* %p
+  %p1 = getelementptr i64, i64* %p, i64 1
+  %bp = bitcast i64* %p1 to i64**
+  %b = load i64*, i64** %bp
+  %i = add i64 %t, %k
+  %q = getelementptr i64, i64* %b, i64 %i
+  %v = atomicrmw add i64* %q, i64 1 seq_cst
+  ret void
+}
+define void @mix_launches(i64* %a, i64* %b, i64 %reps) {
+entry:
+  %ca = alloca i64*
+  %cb = alloca [2 x i64]
+  store i64* %a, i64** %ca
+  %k0 = getelementptr [2 x i64], [2 x i64]* %cb, i64 0, i64 0
+  store i64 4, i64* %k0
+  %k1 = getelementptr [2 x i64], [2 x i64]* %cb, i64 0, i64 1
+  %bi = ptrtoint i64* %b to i64
+  store i64 %bi, i64* %k1
+  %xa = bitcast i64** %ca to i8*
+  %xb = bitcast [2 x i64]* %cb to i8*
+  br label %loop
+loop:
+  %r = phi i64 [0, %entry], [%r1, %loop]
+  call void @graphc_parallel_for(void (i8*, i64, i64)* @task_a, i8* %xa, i64 3, i64 2)
+  call void @graphc_parallel_for(void (i8*, i64, i64)* @task_b, i8* %xb, i64 2, i64 2)
+  %r1 = add i64 %r, 1
+  %c = icmp ult i64 %r1, %reps
+  br i1 %c, label %loop, label %out
+out:
+  ret void
+}
+"""
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+        kernel_lib._load_object("mix_launches", kernel_lib.compile_ir(ir)[0]))
+    a, b = np.zeros(8, np.int64), np.zeros(8, np.int64)
+    fn(a.ctypes.data, b.ctypes.data, 100_000)
+    assert list(a) == [100_000] * 3 + [0] * 5
+    assert list(b) == [0] * 4 + [100_000] * 2 + [0] * 2
