@@ -63,6 +63,12 @@ class Lines:
     def block(self, label: str) -> None:
         self.body.append(f"{label}:")
 
+    def latch(self, nxt: str, var: str, step, end, done: str, head: str) -> None:
+        """A counted loop's back edge: nxt = var + step, then to `done` at `end`, else to `head`."""
+        self.line(f"{nxt} = add nuw nsw i64 {var}, {step}")
+        e = self.ins(f"icmp eq i64 {nxt}, {end}")
+        self.line(f"br i1 {e}, label %{done}, label %{head}")
+
 
 def plan_orientation(m: int, n: int, a: tuple, b: tuple, c: tuple):
     """(m, n, a, b, c) with C's vector dimension last: swapped to C^T = B^T A^T when C's columns
@@ -196,9 +202,7 @@ def gemm_dots(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, c
         o = out.ins(f"add nuw nsw i64 {crow}, {j * c[2]}")
         p = out.ins(f"getelementptr inbounds {ty}, ptr {c[0]}, i64 {o}")
         out.line(f"store {ty} {v}, ptr {p}")
-    out.line(f"{inext} = add nuw nsw i64 {i}, 1")
-    e = out.ins(f"icmp eq i64 {inext}, {m}")
-    out.line(f"br i1 {e}, label %{done}, label %{head}")
+    out.latch(inext, i, 1, m, done, head)
     out.block(done)
 
 
@@ -267,13 +271,9 @@ def _transpose_blocks(out: Lines, dt: str, kf: int, nf: int, npad: int, b: tuple
         o = out.ins(f"add nuw nsw i64 {dst}, {kk * npad}")
         p = out.ins(f"getelementptr inbounds {ty}, ptr {buf}, i64 {o}")
         out.line(f"store {vt} {rows[kk]}, ptr {p}, align {_SIZE[dt]}")
-    out.line(f"{jn} = add nuw nsw i64 {j0}, {w}")
-    e = out.ins(f"icmp eq i64 {jn}, {nf}")
-    out.line(f"br i1 {e}, label %{jl}, label %{jh}")
+    out.latch(jn, j0, w, nf, jl, jh)
     out.block(jl)
-    out.line(f"{kn} = add nuw nsw i64 {k0}, {w}")
-    e = out.ins(f"icmp eq i64 {kn}, {kf}")
-    out.line(f"br i1 {e}, label %{done}, label %{kh}")
+    out.latch(kn, k0, w, kf, done, kh)
     out.block(done)
 
 
@@ -300,13 +300,9 @@ def _pack_rect(out: Lines, dt: str, ks: tuple, js: tuple, npad: int, b: tuple, b
     do = out.ins(f"add nuw nsw i64 {dst_row}, {jj}")
     dp = out.ins(f"getelementptr inbounds {ty}, ptr {buf}, i64 {do}")
     out.line(f"store {ty} {x}, ptr {dp}")
-    out.line(f"{jn} = add nuw nsw i64 {jj}, 1")
-    e = out.ins(f"icmp eq i64 {jn}, {js[1]}")
-    out.line(f"br i1 {e}, label %{latch}, label %{inner}")
+    out.latch(jn, jj, 1, js[1], latch, inner)
     out.block(latch)
-    out.line(f"{kn} = add nuw nsw i64 {kk}, 1")
-    e = out.ins(f"icmp eq i64 {kn}, {ks[1]}")
-    out.line(f"br i1 {e}, label %{done}, label %{head}")
+    out.latch(kn, kk, 1, ks[1], done, head)
     out.block(done)
 
 
@@ -352,9 +348,7 @@ def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n
         xs = out.ins(f"shufflevector {vt} {x1}, {vt} poison, <{w} x i32> zeroinitializer")
         for j in cols:
             out.line(f"{nxt[r, j]} = call {vt} @{fma}({vt} {xs}, {vt} {bv[j]}, {vt} {acc[r, j]})")
-    out.line(f"{kn} = add nuw nsw i64 {kk}, 1")
-    e = out.ins(f"icmp eq i64 {kn}, {k}")
-    out.line(f"br i1 {e}, label %{done}, label %{head}")
+    out.latch(kn, kk, 1, k, done, head)
     out.block(done)
     sfx = "f32" if dt == "f32" else "f64"
     for r in range(rows):

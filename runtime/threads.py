@@ -62,18 +62,26 @@ def num_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _arch() -> str:
+    """"x86", "arm" or "" (another CPU: no spin hint, a poll count instead of the cycle counter)."""
+    m = platform.machine().lower()
+    return "x86" if m in ("x86_64", "amd64", "i386", "i686") else "arm" if m in ("aarch64", "arm64") else ""
+
+
+# per CPU: the spin-wait hint as an intrinsic call, and the declarations the pool's IR needs for it
+_HINT = {"x86": ("call void @llvm.x86.sse2.pause()",
+                 "declare void @llvm.x86.sse2.pause()\ndeclare i64 @llvm.readcyclecounter()"),
+         "arm": ("call void @llvm.aarch64.hint(i32 1)", "declare void @llvm.aarch64.hint(i32)"),
+         "": ("", "")}
+
+
 def _relax() -> str:
     """The spin-wait hint of this CPU (pause on x86, yield on Arm), as an intrinsic call."""
-    m = platform.machine().lower()
-    if m in ("x86_64", "amd64", "i386", "i686"):
-        return "call void @llvm.x86.sse2.pause()"
-    if m in ("aarch64", "arm64"):
-        return "call void @llvm.aarch64.hint(i32 1)"
-    return ""
+    return _HINT[_arch()][0]
 
 
 def _x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return _arch() == "x86"
 
 
 def _cycles() -> str:
@@ -87,12 +95,7 @@ def _more() -> str:
 
 
 def _relax_decl() -> str:
-    m = platform.machine().lower()
-    if m in ("x86_64", "amd64", "i386", "i686"):
-        return "declare void @llvm.x86.sse2.pause()\ndeclare i64 @llvm.readcyclecounter()"
-    if m in ("aarch64", "arm64"):
-        return "declare void @llvm.aarch64.hint(i32)"
-    return ""
+    return _HINT[_arch()][1]
 
 
 def futex_ok() -> bool:

@@ -24,3 +24,12 @@ def cache_dir(tmp_path, monkeypatch):
     d = tmp_path / "graphc-cache"
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(d))
     return d
+
+
+@pytest.fixture
+def threads():
+    """graphc.set_num_threads for this test (the threads kernels are split over), reset after."""
+    from graphc.passes.parallel import set_num_threads
+
+    yield set_num_threads
+    set_num_threads(None)

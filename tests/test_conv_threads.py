@@ -41,12 +41,6 @@ def _graph():
     return parse(text)
 
 
-@pytest.fixture
-def threads():
-    yield set_num_threads
-    set_num_threads(None)
-
-
 def test_pass_splits_the_big_kernels_and_says_why_not_the_small(threads):
     threads(2)
     ctx = PassContext("parallel")

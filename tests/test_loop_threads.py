@@ -13,7 +13,7 @@ import pytest
 import graphc
 from graphc.ir import parse
 from graphc.passes.manager import PassContext
-from graphc.passes.parallel import parallel, set_num_threads
+from graphc.passes.parallel import parallel
 from graphc.runtime import lower_llvm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples"))
@@ -50,12 +50,6 @@ KERNELS = """graph g {
   }
   return %o, %e, %m, %p, %z, %g, %h, %q, %b
 }"""
-
-
-@pytest.fixture
-def threads():
-    yield set_num_threads
-    set_num_threads(None)
 
 
 def test_loop_kernels_split_printed_and_parsed_back(threads):
