@@ -171,9 +171,8 @@ _override: int | None = None
 
 def num_threads() -> int:
     """How many threads a kernel may be split over: set_num_threads's value, else GRAPHC_THREADS,
-    else NUMBA_NUM_THREADS, else the CPUs this process may run on (runtime/threads.py starts its
-    workers by the same rule, without the override: a plan asking for more threads than there
-    are workers runs the extra shares on the calling thread)."""
+    else NUMBA_NUM_THREADS, else the CPUs this process may run on. The one place that reads
+    them: the runtime starts the workers a loaded plan's widest `threads=k` asks for."""
     import os
 
     if _override is not None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from graphc.ir import Graph, GraphcError, ShapeError, TensorType, interpret
 
-from . import cache, glue_llvm
+from . import cache, glue_llvm, threads
 from .codegen import GLUE_FAILED, PlanSource, generate, is_scalar_input
 from .memory import ALIGN, MemoryPlan, plan_memory, update_targets
 
@@ -81,6 +81,9 @@ class Executable:
                 self.module, self.compile_info = cache.load_or_build(self.source.text, self.name, self._signature(),
                                                                         self.source.kernels)
             self.compile_info.codegen_seconds = codegen_s
+            width = max((n.attr.get("threads", 1) for n in graph.nodes), default=1)
+            if width > 1:  # the workers its widest split kernel asks for (the IR's `threads`)
+                threads.ensure_pool(width)
             if self.source.glue is None:
                 self.compile_info.glue = f"numba ({self.source.glue_fallback})"
             elif not self.compile_info.glue:  # loaded earlier in this process

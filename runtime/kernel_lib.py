@@ -364,7 +364,7 @@ def _load_object(symbol: str, obj: bytes) -> int:
     if symbol != "graphc_parallel_for" and b"graphc_parallel_for" in obj:
         from .threads import ensure_pool  # a kernel split over threads calls the pool by symbol
 
-        ensure_pool()
+        ensure_pool()  # loaded only: the workers come with the plan (its `threads`)
     _, engine = _engine()
     with _jit_lock:
         return _add_object(ll, engine, symbol, obj)

@@ -1021,6 +1021,10 @@ def run_kernel(op: str, inputs: list, attrs: dict | None = None) -> tuple[np.nda
     site = Site(node, [operand(b.types[n], x) for n, x in zip(names, arrays)],
                 [operand(t, x) for t, x in zip(node.types, outs)],
                 [operand(TensorType(x.shape, node.types[0].dtype), x) for x in scratch])
+    if node.attr.get("threads", 1) > 1:  # the workers the node's `threads` asks for, as a plan does
+        from .threads import ensure_pool
+
+        ensure_pool(node.attr["threads"])
     for fn, args in calls(KERNELS[op].call(site)):
         fn(*args)
     del out

@@ -24,10 +24,11 @@ After fork() the child has no workers: the pool marks itself stopped and runs ta
 until `ensure_pool` starts new ones. Without Linux futexes (another OS) the pool starts no
 workers: every kernel runs its tasks in order, the same results.
 
-Threads: the pool starts num_threads() - 1 workers (GRAPHC_THREADS, else NUMBA_NUM_THREADS,
-else the CPUs this process may run on) when the first split kernel is loaded. How many shares a
-kernel has is its node's `threads` (passes/parallel.py, by the same rule or
-graphc.set_num_threads); shares beyond the workers run on the calling thread.
+Threads: the runtime serves what the IR says. A plan, when loaded, asks for the workers its
+widest kernel's `threads=k` needs (k - 1: the caller is a thread too); the pool starts them on
+first need and grows when a later plan asks for more. Only passes/parallel.py reads the
+environment (GRAPHC_THREADS, graphc.set_num_threads, the CPUs) to write `threads`. A kernel
+loaded without a plan (run_kernel) asks for its node's `threads`.
 """
 from __future__ import annotations
 
@@ -46,20 +47,6 @@ SPIN = 600  # a worker's polls before it sleeps where there is no cycle counter:
 # so a step's kernels find it awake (a futex wake-up cost 4-300 us here, and the workers' sleep
 # gives BLAS its threads back), short against a step's Python around it.
 SPIN_CYCLES = 2_500_000
-
-
-def num_threads() -> int:
-    """The pool's size (workers + the calling thread): GRAPHC_THREADS, else NUMBA_NUM_THREADS,
-    else the CPUs this process may run on, the rule passes/parallel.py splits kernels by (which
-    the runtime may not import)."""
-    for var in ("GRAPHC_THREADS", "NUMBA_NUM_THREADS"):
-        v = os.environ.get(var, "").strip()
-        if v.isdigit():
-            return max(1, int(v))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _arch() -> str:
@@ -348,50 +335,57 @@ def _blas_decls() -> str:
             "define internal void @graphc_blas_set_threads(i32 %n) {\n  ret void\n}")
 
 
-def ensure_pool() -> int:
-    """Load the pool into the kernel library's engine (once per process) and start its workers;
-    returns the number of workers (0: tasks run on the calling thread)."""
-    if "addr" in _state and _state.get("pid") == os.getpid():
+def ensure_pool(threads: int = 1) -> int:
+    """Load the pool into the kernel library's engine (once per process) and make sure it has the
+    workers a kernel split over `threads` needs (threads - 1: the caller takes shares too; 1: load
+    only); returns the number of workers (0: tasks run on the calling thread). A forked child
+    starts none: its parent's workers do not exist there, and it runs its tasks inline."""
+    want = max(0, threads - 1)
+    if "addr" in _state and (_state["workers"] >= want or _state.get("forked")):
         return _state["workers"]
     with _lock:
-        if "addr" in _state and _state.get("pid") == os.getpid():
-            return _state["workers"]
-        if "addr" in _state:  # a forked child: the parent's workers do not exist here
-            _state["workers"] = 0
-            _state["pid"] = os.getpid()
-            return 0
-        import llvmlite.binding as ll
-
-        from . import kernel_lib
-
-        kernel_lib._engine()  # scipy's BLAS is loaded with it
-        ob = _state["openblas"] = _openblas()
-        if ob is not None:
-            ll.add_symbol("graphc_blas_get_threads", ctypes.cast(ob.scipy_openblas_get_num_threads, ctypes.c_void_p).value)
-            ll.add_symbol("graphc_blas_set_threads", ctypes.cast(ob.scipy_openblas_set_num_threads, ctypes.c_void_p).value)
-        libc = ctypes.CDLL(None)
-        ll.add_symbol("graphc_syscall", ctypes.cast(libc.syscall, ctypes.c_void_p).value)
-        ll.add_symbol("graphc_sched_yield", ctypes.cast(libc.sched_yield, ctypes.c_void_p).value)
-        obj = _pool_object(pool_ir())
-        addr = kernel_lib._load_object("graphc_parallel_for", obj)
-        _, engine = kernel_lib._engine()
-        g = {name: ctypes.c_int64.from_address(engine.get_global_value_address(f"graphc_pool_{name}"))
-             for name in ("workers", "ready")}
-        g["busy"] = ctypes.c_int32.from_address(engine.get_global_value_address("graphc_pool_busy"))
-        _state.update(addr=addr, globals=g, pid=os.getpid(), workers=0)
-        want = num_threads() - 1 if futex_ok() else 0
-        if want > 0:
-            worker = ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.get_function_address("graphc_pool_worker"))
-            _state["worker_fn"] = worker  # keep the ctypes thunk alive
-            for w in range(1, want + 1):  # ctypes drops the GIL for the call: the thread lives in the loop
-                threading.Thread(target=worker, args=(w,), name=f"graphc-pool-{w}", daemon=True).start()
-            t0 = time.perf_counter()
-            while g["ready"].value < want and time.perf_counter() - t0 < 5.0:
-                time.sleep(0.0005)
-            # every worker has read the generation it waits past: only now may a launch count on them
-            g["workers"].value = g["ready"].value
-            _state["workers"] = g["ready"].value
+        if "addr" not in _state:
+            _load()
+        if want > _state["workers"] and not _state.get("forked") and futex_ok():
+            _start_workers(want)
         return _state["workers"]
+
+
+def _load() -> None:
+    """Compile (or load) the pool's object code into the engine and bind its globals."""
+    import llvmlite.binding as ll
+
+    from . import kernel_lib
+
+    kernel_lib._engine()  # scipy's BLAS is loaded with it
+    ob = _state["openblas"] = _openblas()
+    if ob is not None:
+        ll.add_symbol("graphc_blas_get_threads", ctypes.cast(ob.scipy_openblas_get_num_threads, ctypes.c_void_p).value)
+        ll.add_symbol("graphc_blas_set_threads", ctypes.cast(ob.scipy_openblas_set_num_threads, ctypes.c_void_p).value)
+    libc = ctypes.CDLL(None)
+    ll.add_symbol("graphc_syscall", ctypes.cast(libc.syscall, ctypes.c_void_p).value)
+    ll.add_symbol("graphc_sched_yield", ctypes.cast(libc.sched_yield, ctypes.c_void_p).value)
+    obj = _pool_object(pool_ir())
+    addr = kernel_lib._load_object("graphc_parallel_for", obj)
+    _, engine = kernel_lib._engine()
+    g = {name: ctypes.c_int64.from_address(engine.get_global_value_address(f"graphc_pool_{name}"))
+         for name in ("workers", "ready")}
+    g["busy"] = ctypes.c_int32.from_address(engine.get_global_value_address("graphc_pool_busy"))
+    g["worker_fn"] = ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.get_function_address("graphc_pool_worker"))
+    _state.update(addr=addr, globals=g, workers=0)
+
+
+def _start_workers(want: int) -> None:
+    """Start workers up to `want` in all and wait until each has read the generation it waits
+    past: only then may a launch count on them (graphc_pool_workers)."""
+    g = _state["globals"]
+    for w in range(_state["workers"] + 1, want + 1):  # ctypes drops the GIL: the thread lives in the loop
+        threading.Thread(target=g["worker_fn"], args=(w,), name=f"graphc-pool-{w}", daemon=True).start()
+    t0 = time.perf_counter()
+    while g["ready"].value < want and time.perf_counter() - t0 < 5.0:
+        time.sleep(0.0005)
+    g["workers"].value = g["ready"].value
+    _state["workers"] = g["ready"].value
 
 
 def _pool_object(text: str) -> bytes:
@@ -430,7 +424,7 @@ def _after_fork_in_child() -> None:
         _state["globals"]["workers"].value = 0  # no workers here: launches run inline
         _state["globals"]["busy"].value = 0  # a launch in another thread of the parent never ends here
         _state["workers"] = 0
-        _state["pid"] = os.getpid()
+        _state["forked"] = True
 
 
 if hasattr(os, "register_at_fork"):
@@ -438,5 +432,5 @@ if hasattr(os, "register_at_fork"):
 
 
 def pool_workers() -> int:
-    """Workers started in this process (0 before the first threaded kernel is loaded)."""
-    return _state.get("workers", 0) if _state.get("pid") == os.getpid() else 0
+    """Workers started in this process (0 before a plan with a split kernel is loaded)."""
+    return _state.get("workers", 0)

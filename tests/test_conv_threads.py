@@ -308,3 +308,23 @@ out:
     fn(a.ctypes.data, b.ctypes.data, 100_000)
     assert list(a) == [100_000] * 3 + [0] * 5
     assert list(b) == [0] * 4 + [100_000] * 2 + [0] * 2
+
+
+def test_the_pool_starts_the_workers_the_plans_threads_ask_for():
+    """Only the pass reads the environment: the runtime starts the workers a loaded plan's widest
+    `threads=k` asks for (k - 1), none for a plan that splits nothing, and grows for a wider plan
+    (a fresh process: the pool is per process)."""
+    code = ("import numpy as np, graphc, graphc.nn as nn\n"
+            "from graphc.runtime.threads import pool_workers\n"
+            "x = np.ones((32, 1, 28, 28), np.float32)\n"
+            "def load(k, c):\n"
+            "    graphc.set_num_threads(k)\n"
+            "    cm = graphc.compile(nn.Sequential(nn.Conv2d(1, c, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)), x)\n"
+            "    cm(x)\n"
+            "    exe = next(iter(cm.executables.values()))\n"
+            "    return max((n.attr.get('threads', 1) for n in exe.graph.nodes), default=1), pool_workers()\n"
+            "print(load(1, 4), load(3, 5))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GRAPHC_THREADS", "NUMBA_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(1, 0) (3, 2)", out.stdout
