@@ -86,7 +86,7 @@ class _Specialisation:
 
 
 def _explain_bad_ids(id_checks, by_name: dict, error: Exception) -> Exception:
-    """A plan stopped (a gather's index out of range): if an Embedding's ids input holds an id out of
+    """A plan stopped (an index_select or gather index out of range): if an Embedding's ids input holds an id out of
     range, the error eager mode gives (the layer, the id, its position) and the source line; else `error`."""
     from .nn.transformer_functional import ids_out_of_range
 

@@ -16,9 +16,11 @@ gather/scatter/concat and copies; library: any other node's own kernel), its pha
 phase: forward, backward, optimizer), the median microseconds over the steps, its share of the
 step, and its IR members (output and op of each node the kernel computes, as the plan's text
 lists them above the call). Totals follow by phase and by kind, and the step's median wall time
-beside the sum of the kernels' medians (the difference is the call's own overhead: Python and
-the argument check; through ctypes, the instrumented call costs a few microseconds more than
-the plan's own). A kernel's time includes the few glue instructions before it.
+beside the sum of the kernels' medians; "outside kernels" is the step's median wall time less the
+median of each step's summed kernel time (the call's own overhead: Python and the argument
+check; through ctypes, the instrumented call costs a few microseconds more than the plan's own;
+the sum of per-call medians runs below a typical step's total on a busy machine, so it is not
+what is subtracted). A kernel's time includes the few glue instructions before it.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import numpy as np
 from .ir import GraphcError
 
 GEMM_OPS = {"linear", "matmul", "addmm", "bmm", "mm", "conv2d"}  # and their fused forms (linear_relu, conv2d_...)
-MOVEMENT_OPS = {"gather", "scatter_add", "concat", "broadcast_to", "copy", "transpose", "permute", "slice", "pad",
+MOVEMENT_OPS = {"gather", "scatter_add", "concat", "broadcast_to", "copy", "transpose", "permute", "slice", "pad", "index_add",
                 "index_select", "stack", "expand", "embedding"}
 KINDS = ("GEMM", "fused loop", "movement", "library")
 
@@ -51,10 +53,18 @@ class Profile:
     rows: list[Row]
     step_us: float  # median wall time of one step (the Python call included)
     steps: int
+    # median over the steps of each step's kernel time (its calls summed): what "outside kernels"
+    # subtracts, since the sum of per-call medians runs below a typical step's sum on a noisy machine
+    kernels_per_step_us: float | None = None
 
     @property
     def kernel_us(self) -> float:
         return sum(r.us for r in self.rows)
+
+    @property
+    def outside_us(self) -> float:
+        """The step's median wall time less its median kernel time: the call's own overhead."""
+        return self.step_us - (self.kernel_us if self.kernels_per_step_us is None else self.kernels_per_step_us)
 
     def total(self, by: str) -> dict[str, float]:
         """Median microseconds summed by "phase" or "kind" (in a stable order)."""
@@ -71,7 +81,7 @@ class Profile:
         plans = sorted({r.plan for r in self.rows})
         lines = [f"graphc profile of {', '.join(plans)}: {self.steps} steps, median step {_t(self.step_us)}; "
                  f"kernels {_t(self.kernel_us)} ({len(self.rows)} calls), "
-                 f"outside kernels {_t(self.step_us - self.kernel_us)}",
+                 f"outside kernels {_t(self.outside_us)}",
                  f"{'#':>4}  {'call':<14}{'kind':<12}{'phase':<10}{'us':>9}{'%':>7}  members"]
         for k, r in enumerate(self.rows):
             lines.append(f"{k:>4}  {r.call:<14}{r.kind:<12}{r.phase:<10}{r.us:>9.1f}{100 * r.share:>6.1f}%  "
@@ -165,6 +175,7 @@ def profile(compiled, *inputs, steps: int = 20, warmup: int = 3) -> Profile:
     us_per_tick = (t1 - t0) * 1e6 / max(c1 - c0, 1)
     step_us = float(np.median(walls)) * 1e6
     rows = []
+    per_step = sum(i.ticks().sum(axis=1) for i in inst if i.samples)
     for i in inst:
         ticks = np.median(i.ticks(), axis=0) if i.samples else np.zeros(len(i.calls))
         nodes = i.exe.graph.nodes
@@ -174,4 +185,5 @@ def profile(compiled, *inputs, steps: int = 20, warmup: int = 3) -> Profile:
                             _members(node), float(t) * us_per_tick))
     for r in rows:
         r.share = r.us / step_us
-    return Profile(rows, step_us, steps)
+    kernels_step = float(np.median(per_step)) * us_per_tick if np.ndim(per_step) else None
+    return Profile(rows, step_us, steps, kernels_step)

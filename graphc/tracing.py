@@ -111,7 +111,7 @@ class Tracer:
         self._seed: Proxy | None = None
         self._streams = 0
         # (input name, num_embeddings, layer, source line) for each Embedding reading a graph input:
-        # a compiled forward whose gather stops on a bad id explains it from these (graph meta "id_checks")
+        # a compiled forward whose index_select stops on a bad id explains it from these (graph meta "id_checks")
         self.id_checks: list[tuple[str, int, str, str | None]] = []
 
     def check_ids(self, ids: "Proxy", n: int, layer: str) -> None:

@@ -53,6 +53,7 @@ from graphc.ir.text import format_node
 
 from . import gemm_impl
 from .manager import PassContext, register_pass
+from .one_hot import one_hot_scatters
 from .pad_concat import pads_as_concat
 from .strided_gemm import strided_gemms, views_per_reader
 from .update_gemm import fuse_update_gemm
@@ -609,6 +610,7 @@ def kernels(g: Graph, ctx: PassContext | None = None):
     decomposed = dropout_mask_from_output(decompose_for_kernels(g, ctx), ctx)
     decomposed = sum_to_as_sum(sum_through_reshape(row_forms(fuse_update_gemm(decomposed, ctx), ctx), ctx), ctx)
     decomposed = pads_as_concat(decomposed, ctx)  # the gradient of a split: one concat, not padded sums
+    decomposed = one_hot_scatters(decomposed, ctx)  # cross-entropy's gradient: a one-hot where, not a scatter
     decomposed = views_per_reader(decomposed, ctx)  # a head split read by two batched matmuls: a view each
     changed = decomposed is not g
     g = decomposed

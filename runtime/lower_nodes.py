@@ -41,6 +41,8 @@ MOVE = ("transpose", "slice", "concat", "pad", "reshape")
 # library kernel raises it (the LLVM glue returns at once; the numba glue raises here)
 ERRORS = {"gather": "index out of range in gather / scatter_add",
           "scatter_add": "index out of range in gather / scatter_add",
+          "index_select": "index out of range in gather / scatter_add",
+          "index_add": "index out of range in gather / scatter_add",
           "cross_entropy": "class label out of range for the number of classes",
           "cross_entropy_backward": "class label out of range for the number of classes"}
 
@@ -71,6 +73,8 @@ def node_ir(n: Node, types: dict, scalars: set[str], scratch: list | None = None
         return _move_ir(n, types)
     if n.op in ("gather", "scatter_add"):
         return _indexing_ir(n, types)
+    if n.op in ("index_select", "index_add"):
+        return _rows_ir(n, types)
     inputs = list(dict.fromkeys(n.inputs))
     sub = {v: types[v] for v in inputs}
     sub.update(zip(n.outputs, n.types))
@@ -287,6 +291,62 @@ def _indexing_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[
     else:
         lines += [f"  %s.p = getelementptr inbounds {ty}, ptr %a2, i64 %p", f"  %v = load {ty}, ptr %s.p",
                   f"  %d.p = getelementptr inbounds {ty}, ptr %o0, i64 %at", f"  %old = load {ty}, ptr %d.p",
+                  f"  %new = {add} {ty} %old, %v", f"  store {ty} %new, ptr %d.p"]
+    lines += ["  %i.next = add nuw nsw i64 %i, 1", f"  %i.end = icmp eq i64 %i.next, {inner}",
+              "  br i1 %i.end, label %row.done, label %elems", "row.done:",
+              "  %q.next = add nuw nsw i64 %q, 1", f"  %q.end = icmp eq i64 %q.next, {outer * m}",
+              "  br i1 %q.end, label %done, label %rows", "done:", "  ret i32 0", "fail:", "  ret i32 1", "}", "",
+              f"attributes #0 = {{ {ATTRIBUTES} }}"]
+    inputs = list(n.inputs)
+    return no_unroll("\n".join(lines) + "\n"), inputs, list(n.outputs), [types[v].dtype for v in inputs] + [dt]
+
+
+def _rows_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]:
+    """primitive_kernels.index_select / index_add (x seen as [outer, n, inner], a 1-D index of m
+    ids, the output or source as [outer, m, inner]), in their order: every id checked first (one
+    outside [0, n) returns 1 before anything is written, where the library kernel raises), then
+    per (o, j) one contiguous row of `inner` elements copied (index_select) or added (index_add)
+    at row index[j]: an inner loop LLVM vectorizes, the id read once per row."""
+    x, index = types[n.inputs[0]], types[n.inputs[1]]
+    dim, dt = n.attr["dim"], x.dtype
+    if dt not in ("f32", "f64", "i64") or index.dtype != "i64" or n.types[0].dtype != dt:
+        raise Unsupported(f"{n.op} of {dt} by {index.dtype}")
+    outer, size, m, inner = math.prod(x.shape[:dim]), x.shape[dim], index.shape[0], math.prod(x.shape[dim + 1:])
+    ty = _MEM[dt]
+    select = n.op == "index_select"
+    params = ["ptr %a0", "ptr %a1"] + ([] if select else ["ptr %a2"]) + ["ptr %o0"]
+    lines = [f"; graphc node {n.op} {{dim={dim}}}: x as [{outer}, {size}, {inner}], {m} ids",
+             f"define i32 @kernel({', '.join(params)}) #0 {{", "entry:", "  br label %check", "check:",
+             "  %c.j = phi i64 [ 0, %entry ], [ %c.next, %check.ok ]",
+             "  %c.p = getelementptr inbounds i64, ptr %a1, i64 %c.j", "  %c.k = load i64, ptr %c.p",
+             f"  %c.bad = icmp uge i64 %c.k, {size}",  # negative ids are huge unsigned
+             "  br i1 %c.bad, label %fail, label %check.ok", "check.ok:",
+             "  %c.next = add nuw nsw i64 %c.j, 1", f"  %c.end = icmp eq i64 %c.next, {m}",
+             "  br i1 %c.end, label %checked, label %check", "checked:"]
+    prev = "checked"
+    if not select:  # out = x first, unless the update is in place
+        lines += ["  %same = icmp eq ptr %a0, %o0", "  br i1 %same, label %copied, label %copy", "copy:",
+                  "  %y.q = phi i64 [ 0, %checked ], [ %y.next, %copy ]",
+                  f"  %y.pa = getelementptr inbounds {ty}, ptr %a0, i64 %y.q", f"  %y.x = load {ty}, ptr %y.pa",
+                  f"  %y.po = getelementptr inbounds {ty}, ptr %o0, i64 %y.q", f"  store {ty} %y.x, ptr %y.po",
+                  "  %y.next = add nuw nsw i64 %y.q, 1", f"  %y.end = icmp eq i64 %y.next, {x.size}",
+                  "  br i1 %y.end, label %copied, label %copy", "copied:"]
+        prev = "copied"
+    lines += ["  br label %rows", "rows:",  # q = o*m + j; then i
+              f"  %q = phi i64 [ 0, %{prev} ], [ %q.next, %row.done ]",
+              f"  %o = udiv i64 %q, {m}", f"  %j = urem i64 %q, {m}", f"  %o.n = mul nuw nsw i64 %o, {size}",
+              "  %k.p = getelementptr inbounds i64, ptr %a1, i64 %j", "  %k = load i64, ptr %k.p",
+              "  %r = add nsw i64 %o.n, %k", f"  %at = mul nsw i64 %r, {inner}",
+              f"  %p0 = mul nuw nsw i64 %q, {inner}", "  br label %elems", "elems:",
+              "  %i = phi i64 [ 0, %rows ], [ %i.next, %elems ]",
+              "  %p = add nuw nsw i64 %p0, %i", "  %a = add nsw i64 %at, %i"]
+    if select:
+        lines += [f"  %s.p = getelementptr inbounds {ty}, ptr %a0, i64 %a", f"  %v = load {ty}, ptr %s.p",
+                  f"  %d.p = getelementptr inbounds {ty}, ptr %o0, i64 %p", f"  store {ty} %v, ptr %d.p"]
+    else:
+        add = "fadd" if dt in ("f32", "f64") else "add"
+        lines += [f"  %s.p = getelementptr inbounds {ty}, ptr %a2, i64 %p", f"  %v = load {ty}, ptr %s.p",
+                  f"  %d.p = getelementptr inbounds {ty}, ptr %o0, i64 %a", f"  %old = load {ty}, ptr %d.p",
                   f"  %new = {add} {ty} %old, %v", f"  store {ty} %new, ptr %d.p"]
     lines += ["  %i.next = add nuw nsw i64 %i, 1", f"  %i.end = icmp eq i64 %i.next, {inner}",
               "  br i1 %i.end, label %row.done, label %elems", "row.done:",

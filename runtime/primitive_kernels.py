@@ -273,6 +273,41 @@ kernel("scatter_add", inplace=True)(lambda s: (scatter_add, [s.i[0].f, s.i[1].f,
                                                              *_split(s.i[0].shape, s.i[1].shape, s.attrs["dim"])]))
 
 
+@njit(**JIT)
+def index_select(x, index, out, outer, n, m, inner):
+    """out[o, j, :] = x[o, index[j], :]: one id read per row, the row copied whole."""
+    for j in range(m):
+        _check_index(index[j], n)
+    for o in range(outer):
+        for j in range(m):
+            src, dst = (o * n + index[j]) * inner, (o * m + j) * inner
+            for i in range(inner):
+                out[dst + i] = x[src + i]
+
+
+@njit(**JIT)
+def index_add(x, index, src, out, outer, n, m, inner):
+    """out = x, then out[o, index[j], :] += src[o, j, :] (in order of j, as np.add.at)."""
+    for j in range(m):
+        _check_index(index[j], n)
+    if x.ctypes.data != out.ctypes.data:
+        for p in range(out.size):
+            out[p] = x[p]
+    for o in range(outer):
+        for j in range(m):
+            at, p = (o * n + index[j]) * inner, (o * m + j) * inner
+            for i in range(inner):
+                out[at + i] += src[p + i]
+
+
+def _rows(s):  # (outer, n, m, inner) of x seen as [outer, n, inner] and its 1-D index of m ids
+    return _split(s.i[0].shape, (0,) * s.attrs["dim"] + tuple(s.i[1].shape), s.attrs["dim"])
+
+
+kernel("index_select")(lambda s: (index_select, [s.i[0].f, s.i[1].f, s.o[0].f, *_rows(s)]))
+kernel("index_add", inplace=True)(lambda s: (index_add, [s.i[0].f, s.i[1].f, s.i[2].f, s.o[0].f, *_rows(s)]))
+
+
 # ------------------------------------------------------------------ batched matmul
 
 

@@ -103,6 +103,12 @@ SPECS.update({
                  {"widths": (1, 2, 0, 3), "value": 0.5})],
     "gather": [Spec([("f", (4, 3)), ("index", (6, 3), 4)], lambda t, a: t[0].gather(a["dim"], t[1]), {"dim": 0}),
                Spec([("f", (2, 5, 3)), ("index", (2, 2, 3), 5)], lambda t, a: t[0].gather(a["dim"], t[1]), {"dim": 1})],
+    "index_select": [Spec([("f", (4, 3)), ("index", (6,), 4)], lambda t, a: t[0].index_select(a["dim"], t[1]), {"dim": 0}),
+                     Spec([("f", (2, 5, 3)), ("index", (7,), 5)], lambda t, a: t[0].index_select(a["dim"], t[1]), {"dim": 1})],
+    "index_add": [Spec([("f", (4, 3)), ("index", (6,), 4), ("f", (6, 3))],
+                       lambda t, a: t[0].index_add(a["dim"], t[1], t[2]), {"dim": 0}),
+                  Spec([("f", (2, 5, 3)), ("index", (4,), 5), ("f", (2, 4, 3))],
+                       lambda t, a: t[0].index_add(a["dim"], t[1], t[2]), {"dim": 1})],
     "scatter_add": [Spec([("f", (4, 3)), ("index", (6, 3), 4), ("f", (6, 3))],
                          lambda t, a: t[0].scatter_add(a["dim"], t[1], t[2]), {"dim": 0})],
 })

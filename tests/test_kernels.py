@@ -571,3 +571,37 @@ def test_a_train_steps_backward_recompute_stays_out_of_the_forward_loop():
     ks = [k for k in _kernel_nodes(g) if k.attr["kind"] == "elementwise" and k.body.nodes[0].phase == "forward"]
     assert ks and all(m.phase == "forward" for k in ks for m in k.body.nodes)
     assert any(m.op == "exp" and m.phase == "backward" for k in _kernel_nodes(g) for m in k.body.nodes)
+
+
+def _one_hot_grad(b, n=12, c=7, grad_of=True, gather=False, rows=1):
+    """scatter_add(zeros [n, c], labels [n, rows], g, dim=1) read by a log_softmax backward's rows."""
+    p = b.add_input("p", TensorType((n, c)))
+    labels = b.add_input("labels", TensorType((n, rows), "i64"))
+    gy = b.add_input("gy", TensorType((n, rows)))
+    zeros = b.emit("full", [], {"shape": (n, c), "value": 0.0})
+    s = b.emit("scatter_add", [zeros, labels, gy], {"dim": 1}, grad_of=p if grad_of else None)
+    out = [b.emit("sub", [s, b.emit("mul", [p, b.emit("sum", [s], {"dims": (1,), "keepdim": True})])])]
+    return out + ([b.emit("gather", [p, labels], {"dim": 1})] if gather else [])
+
+
+@pytest.mark.parametrize("kw", [{}, {"grad_of": False, "gather": True}])
+def test_a_gradients_one_hot_scatter_add_is_a_where_in_its_readers_rows_kernel(kw):
+    g = _graph(lambda b: _one_hot_grad(b, **kw))
+    new, ctx = _run_kernels(g)
+    assert not any(n.op == "scatter_add" for n in members(new))
+    rows = [n for n in _kernel_nodes(new) if n.attr["kind"] == "rows"]
+    assert len(rows) == 1 and {"eq", "where", "sum", "sub"} <= {m.op for m in rows[0].body.nodes}
+    assert any("one element per row" in note for note in ctx.notes)
+    args = [R.standard_normal((12, 7)).astype(np.float32), R.integers(0, 7, (12, 1)),
+            R.standard_normal((12, 1)).astype(np.float32)]
+    want = interpret(g, args)
+    for got in (interpret(new, args), _jit(new, args)):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [{"grad_of": False}, {"rows": 2}])
+def test_a_scatter_add_that_is_not_a_checked_one_hot_stays(kw):
+    """Unchecked ids (no gradient, no gather of them) or two ids per row: scatter_add stays."""
+    new, ctx = _run_kernels(_graph(lambda b: _one_hot_grad(b, **kw)))
+    assert any(n.op == "scatter_add" for n in members(new))

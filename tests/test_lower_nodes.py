@@ -99,6 +99,10 @@ CASES = [
     ("scatter_add", lambda: [_f((6, 5), edges=False), R.integers(0, 6, (9, 5)), _f((9, 5), edges=False)], {"dim": 0}),
     ("scatter_add", lambda: [_f((4, 7, 3), np.float64), R.integers(0, 7, (4, 2, 3)), _f((4, 2, 3), np.float64)],
      {"dim": 1}),
+    ("index_select", lambda: [_f((6, 5)), R.integers(0, 6, 9)], {"dim": 0}),  # an Embedding's rows
+    ("index_select", lambda: [_f((4, 7, 3), np.float64), R.integers(0, 7, 5)], {"dim": 1}),
+    ("index_add", lambda: [_f((6, 5), edges=False), R.integers(0, 6, 9), _f((9, 5), edges=False)], {"dim": 0}),
+    ("index_add", lambda: [_f((4, 7, 3), np.float64), R.integers(0, 7, 5), _f((4, 5, 3), np.float64)], {"dim": 1}),
     ("cross_entropy", lambda: [_f((64, 10), edges=False), R.integers(0, 10, 64)], None),
     ("cross_entropy", lambda: [_f((9, 1000), np.float64, edges=False), R.integers(0, 1000, 9)], {"reduction": "sum"}),
     ("cross_entropy", lambda: [_f((1000, 9), edges=False) * 30, R.integers(0, 9, 1000)], None),  # blocks + a tail
@@ -155,7 +159,9 @@ def test_what_stays_a_library_kernel(op, inputs, attrs):
 def test_an_index_out_of_range_returns_a_status_where_the_library_raises(bad):
     index = np.zeros((3, 2), np.int64)
     index[1, 1] = bad
-    for op, inputs in (("gather", [_f((6, 2)), index]), ("scatter_add", [_f((6, 2)), index, _f((3, 2))])):
+    ids = index[:, 1].copy()
+    for op, inputs in (("gather", [_f((6, 2)), index]), ("scatter_add", [_f((6, 2)), index, _f((3, 2))]),
+                       ("index_select", [_f((6, 2)), ids]), ("index_add", [_f((6, 2)), ids, _f((3, 2))])):
         with pytest.raises(ValueError, match="index out of range"):
             run_kernel(op, inputs, {"dim": 0})
         with pytest.raises(ValueError, match="index out of range"):
@@ -181,7 +187,7 @@ def test_every_param_of_a_dtype_shares_one_update_function():
 
 def test_the_gpt_plans_call_no_generic_library_kernel(cache_dir):
     """The GPT's plain nodes (bias gradients, the loss's sums, head split copies, GEMMs, the causal
-    mask, the embedding's gather and scatter_add) are LLVM functions: the plans import no library kernel."""
+    mask, the embedding's index_select and index_add) are LLVM functions: the plans import no library kernel."""
     import os
     import sys
 

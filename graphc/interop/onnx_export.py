@@ -307,6 +307,7 @@ ONNX_OPS: dict[str, Callable] = {
     "concat": lambda c, n: c.add("Concat", n.inputs, n.outputs, n, axis=n.attr["dim"]),
     "pad": _pad,
     "gather": lambda c, n: c.add("GatherElements", n.inputs, n.outputs, n, axis=n.attr["dim"]),
+    "index_select": lambda c, n: c.add("Gather", n.inputs, n.outputs, n, axis=n.attr["dim"]),
     "conv2d": _conv2d,
     "max_pool2d": _max_pool2d,
     "avg_pool2d": _avg_pool2d,

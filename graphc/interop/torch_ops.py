@@ -194,6 +194,10 @@ def _gather(x, dim, index, *, sparse_grad=False):
     return dispatch("gather", [x, index], {"dim": int(dim) % _rank(x)})
 
 
+def _index_select(x, dim, index):
+    return dispatch("index_select", [x, index], {"dim": int(dim) % _rank(x)})
+
+
 def _cpu_only(fn):
     """torch.ones(..., device="cpu", layout=..., pin_memory=False): graphc runs on the CPU."""
     def call(*args, device=None, layout=None, pin_memory=False, out=None, **kwargs):
@@ -365,6 +369,7 @@ FUNCTIONS = {
     "torch.concat": TM.cat,
     "torch.stack": TM.stack,
     "torch.gather": _gather,
+    "torch.index_select": _index_select,
     "torch.tril": _bool_via_f32(TM.tril),
     "torch.triu": _bool_via_f32(TM.triu),
     "torch.ones": _cpu_only(_bool_via_f32(TM.ones)),
@@ -424,6 +429,7 @@ METHODS.update({
     "ne": _compare("ne"),
     "bmm": operator.matmul,
     "gather": _gather,
+    "index_select": _index_select,
 })
 
 # torch.nn layer (fx leaves it as one call_module) -> a graphc layer with the same settings;

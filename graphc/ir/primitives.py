@@ -2,7 +2,7 @@
 
 Elementwise math (sqrt, rsqrt, erf, pow with a constant exponent, maximum, minimum),
 comparisons and `where`, `cast`, the `max` reduction, movement (`slice`, `concat`, `pad`),
-indexing (`gather`, `scatter_add`) and the counter-based random `uniform`. The older
+indexing (`gather`, `scatter_add`, `index_select`, `index_add`) and the counter-based random `uniform`. The older
 primitives (add, sub, mul, div, neg, exp, log, tanh, sum, mean, reshape, transpose,
 broadcast_to, matmul, full) stay in ops.py. Each entry: shape/dtype rule, numpy reference and
 VJP side by side, and its fusion kind. Names and attributes follow torch / numpy.
@@ -397,6 +397,68 @@ def _(b, node, gys, needs):
     _, index, _ = node.inputs
     return [gys[0] if needs[0] else None, None,
             b.emit("gather", [gys[0], index], {"dim": node.attr["dim"]}) if needs[2] else None]
+
+
+def _rows_rule(op: str, x: TensorType, index: TensorType, dim: int) -> None:
+    _check_dim(op, x, dim)
+    if index.dtype != "i64" or index.rank != 1:
+        raise ShapeError(f"{op}: index must be a 1-D i64 tensor, got {index}")
+
+
+def _selecting(index, dim: int, rank: int) -> tuple:
+    return (slice(None),) * dim + (index,) + (slice(None),) * (rank - dim - 1)
+
+
+@defop("index_select", 2, {"dim": Attr("int")}, kind="injective",
+       doc="out[..., j, ...] = x[..., index[j], ...] along dim (torch.index_select; index is 1-D): an "
+           "Embedding's rows, weight[ids] = index_select(weight, ids, dim=0). Each id is read once per "
+           "row it picks, not once per element as a gather through a broadcast index would")
+def index_select(t, dim):
+    x, index = t
+    _rows_rule("index_select", x, index, dim)
+    return x.with_shape(x.shape[:dim] + index.shape + x.shape[dim + 1:])
+
+
+@index_select.ref
+def _(x, index, dim):
+    _check_index("index_select", index, x.shape[dim])
+    return np.take(x, index, axis=dim)
+
+
+@index_select.grad
+def _(b, node, gys, needs):
+    x, index = node.inputs
+    zeros = b.emit("full", [], {"shape": b.types[x].shape, "value": 0.0, "dtype": b.types[x].dtype})
+    return [b.emit("index_add", [zeros, index, gys[0]], {"dim": node.attr["dim"]}), None]
+
+
+@defop("index_add", 3, {"dim": Attr("int")}, kind="opaque",
+       doc="out = x, then out[..., index[j], ...] += src[..., j, ...] along dim (torch.index_add with "
+           "alpha=1; index is 1-D): an Embedding's weight gradient, rows of the output gradient added "
+           "into the rows their ids picked")
+def index_add(t, dim):
+    x, index, src = t
+    _rows_rule("index_add", x, index, dim)
+    _same_dtype("index_add", x, src)
+    want = x.shape[:dim] + index.shape + x.shape[dim + 1:]
+    if src.shape != want:
+        raise ShapeError(f"index_add: src {src} must have shape {list(want)} (x's with dim {dim} of index's length)")
+    return x
+
+
+@index_add.ref
+def _(x, index, src, dim):
+    _check_index("index_add", index, x.shape[dim])
+    out = x.copy()
+    np.add.at(out, _selecting(index, dim, x.ndim), src)
+    return out
+
+
+@index_add.grad
+def _(b, node, gys, needs):
+    _, index, _ = node.inputs
+    return [gys[0] if needs[0] else None, None,
+            b.emit("index_select", [gys[0], index], {"dim": node.attr["dim"]}) if needs[2] else None]
 
 
 # ------------------------------------------------------------------ randomness

@@ -24,9 +24,10 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
               sparse=False, *, _layer: str = "embedding"):
     """weight[input]: rows of weight [num_embeddings, dim] picked by integer ids of any shape.
 
-    One gather along dim 0 (its VJP is a scatter_add into the weight's gradient). Ids must be
+    One index_select of the weight's rows by the flattened ids (each id read once per row; its
+    VJP is an index_add of the output gradient's rows into the weight's gradient). Ids must be
     int64; an id outside [0, num_embeddings) is an error naming the layer, the id and where it is
-    (eagerly before the gather; compiled, when the gather kernel stops, for ids that are graph
+    (eagerly before the lookup; compiled, when the lookup kernel stops, for ids that are graph
     inputs: the tracer records them in the graph's meta "id_checks"). With
     padding_idx, positions holding it output zeros and send no gradient to that row (torch
     keeps that row at zero, so outputs agree unless the row is overwritten by hand)."""
@@ -47,8 +48,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
         input = ids.astype(np.int64, copy=False)
     s = tuple(_shape(input))
     rows = int(np.prod(s, dtype=np.int64))
-    index = dispatch("broadcast_to", [reshape(input, (rows, 1))], {"shape": (rows, d)})
-    out = dispatch("gather", [weight, index], {"dim": 0})
+    out = dispatch("index_select", [weight, reshape(input, (rows,))], {"dim": 0})
     if padding_idx is not None:
         p = int(padding_idx) % n if -n <= int(padding_idx) < n else None
         if p is None:
@@ -60,7 +60,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
 
 def ids_out_of_range(ids: np.ndarray, n: int, layer: str) -> str | None:
     """The error for the first id outside [0, n), naming the layer, the id and its position (or None).
-    Eager calls check before the gather; a compiled forward checks here when its gather kernel stops."""
+    Eager calls check before the lookup; a compiled forward checks here when its index_select kernel stops."""
     bad = np.argwhere((ids < 0) | (ids >= n))
     if not len(bad):
         return None
