@@ -166,6 +166,26 @@ def decide(n: Node, types, threads: int) -> tuple[int, str]:
     return k, f"~{us:.0f} us on one thread: {what} split over {k} threads by {how}{extra}"
 
 
+VECTOR_BITS = 512  # one AVX-512 register (on a CPU with narrower vectors LLVM splits each in two or four)
+
+
+def vector_width(n: Node) -> tuple[int, str]:
+    """(w, why): the lanes a rows kernel's loops over a row run in (runtime/lower_rows.py), 1 for
+    any other node. A rows kernel's rows are short (attention's 32, LayerNorm's 64): as scalar
+    loops of a constant trip count LLVM unrolled them completely and left them scalar (the
+    softmax at ~4.4 ns an element); explicit vectors of one register's elements of the row's
+    dtype keep the row vectorized, its reductions' LANES accumulators one vector, with the same
+    operations per element in the same order (bit-equal)."""
+    if n.op != "kernel" or n.attr.get("kind") != "rows":
+        return 1, ""
+    body = n.body
+    dts = {body.types[m.inputs[0]].dtype for m in body.nodes if m.op in ("sum", "mean", "max")}
+    if len(dts) != 1 or next(iter(dts)) not in ("f32", "f64"):
+        return 1, f"row reductions of {sorted(dts)}: scalar loops"
+    w = VECTOR_BITS // (32 if dts == {"f32"} else 64)
+    return w, f"rows of {next(iter(dts))} in vectors of {w} lanes (one {VECTOR_BITS}-bit register), the row reductions' accumulators one vector"
+
+
 _override: int | None = None
 
 
@@ -226,6 +246,11 @@ def parallel(g: Graph, ctx: PassContext | None = None):
                 nodes.append(n)
                 changed = True
                 continue
+        w, vwhy = vector_width(n)
+        if w != n.attr.get("vector", 1):
+            n = n.replace(attrs=tuple(sorted({**n.attr, "vector": w}.items())))
+            ctx.note(f"%{n.outputs[0]} = kernel: vector={w}: {vwhy}")
+            changed = True
         if n.op in SPLITTABLE or _loop_kernel(n):
             k, why = decide(n, types, avail)
             ctx.note(f"%{n.outputs[0]} = {n.op}: threads={k}: {why}")

@@ -126,10 +126,22 @@ class _Fn:
         self.decls[name] = text
         return name
 
+    def ty(self, dtype: str) -> str:
+        """The LLVM type of a value of dtype: a vector of `width` lanes while lowering vectors."""
+        return f"<{self.width} x {_VAL[dtype]}>" if self.width else _VAL[dtype]
+
     def call(self, fn: str, ret: str, args: list[V], dtype: str) -> V:
-        """A call of an LLVM intrinsic (`llvm.sqrt`, ...: overloaded on the type) or a libm function."""
+        """A call of an LLVM intrinsic (`llvm.sqrt`, ...: overloaded on the type, `.v16f32` on a
+        vector) or a libm function (scalars only: a vector lowering of a member calling one is
+        Unsupported, its kernel keeps the scalar loops)."""
         tys = ", ".join(a.ty for a in args)
-        name = f"{fn}.{'f32' if ret == 'float' else 'f64'}" if fn.startswith("llvm.") else fn
+        elem = "f32" if ret.endswith("float") or ret.endswith("float>") else "f64"
+        if fn.startswith("llvm."):
+            name = f"{fn}.{f'v{self.width}' if self.width else ''}{elem}"
+        elif self.width:
+            raise Unsupported(f"{fn} on vectors")
+        else:
+            name = fn
         self.declare(name, f"declare {ret} @{name}({tys})")
         return self.ins(f"call {ret} @{name}({', '.join(str(a) for a in args)})", dtype)
 
@@ -195,7 +207,7 @@ def _extremum(kind: str):
 
 def _neg(f, a, n):
     dt = _float_or(n, a, FLOATS + ("i64",))
-    return f.ins(f"fneg {a[0]}", dt) if dt in FLOATS else f.ins(f"sub i64 0, {a[0].ref}", dt)
+    return f.ins(f"fneg {a[0]}", dt) if dt in FLOATS else f.ins(f"sub {f.c(dt, 0)}, {a[0].ref}", dt)
 
 
 def _intrinsic(name: str):
@@ -214,7 +226,7 @@ def _libm(f32: str, f64: str):
 
 def _exp(f, a, n):
     dt = _float_or(n, a)
-    return exp32(f, a[0]) if dt == "f32" else f.call("llvm.exp", "double", a, dt)
+    return exp32(f, a[0]) if dt == "f32" else f.call("llvm.exp", a[0].ty, a, dt)
 
 
 def _erf(f, a, n):
@@ -244,14 +256,14 @@ def _sigmoid(f, a, n):
     dt = _float_or(n, a)
     v = a[0]
     e = f.call("llvm.exp", v.ty, [f.ins(f"fneg {f.call('llvm.fabs', v.ty, [v], dt)}", dt)], dt)
-    ed = f.ins(f"fpext {e} to double", "f64") if dt == "f32" else e
+    ed = f.ins(f"fpext {e} to {f.ty('f64')}", "f64") if dt == "f32" else e
     one = f.c("f64", 1.0)
     d = f.ins(f"fadd {one}, {ed.ref}", "f64")
     pos = f.ins(f"fdiv {one}, {d.ref}", "f64")
     neg = f.ins(f"fdiv {ed}, {d.ref}", "f64")
-    vd = f.ins(f"fpext {v} to double", "f64") if dt == "f32" else v
+    vd = f.ins(f"fpext {v} to {f.ty('f64')}", "f64") if dt == "f32" else v
     r = _select(f, _cmp(f, "ge", vd, f.c("f64", 0.0)), pos, neg)
-    return f.ins(f"fptrunc {r} to float", dt) if dt == "f32" else r
+    return f.ins(f"fptrunc {r} to {f.ty('f32')}", dt) if dt == "f32" else r
 
 
 def convert(f: _Fn, x: V, dt: str) -> V:
@@ -261,7 +273,7 @@ def convert(f: _Fn, x: V, dt: str) -> V:
         return x
     if dt == "bool":
         return _cmp(f, "ne", x, f.c(s, 0))
-    to = _VAL[dt]
+    to = f.ty(dt)
     if s == "bool":
         return f.ins(f"{'uitofp' if dt in FLOATS else 'zext'} {x} to {to}", dt)
     if s in FLOATS and dt in FLOATS:
@@ -297,7 +309,7 @@ def _mse_loss_backward(f, a, n):  # (input - target) * (gy * 2/N)
     dt = _float_or(n, a)
     size = TensorType(n.types[0].shape).size
     d = f.ins(f"fsub {a[1]}, {a[2].ref}", dt)
-    s = f.ins(f"fmul {a[0]}, {const(dt, 2.0 / (size if n.attr['reduction'] == 'mean' else 1))}", dt)
+    s = f.ins(f"fmul {a[0]}, {f.c(dt, 2.0 / (size if n.attr['reduction'] == 'mean' else 1)).ref}", dt)
     return f.ins(f"fmul {d}, {s.ref}", dt)
 
 
@@ -368,6 +380,8 @@ def _arange(f, a, n):
     """As the reference: i64 in integers; floats computed in double, then cast."""
     at = n.attr
     i = f.index
+    if f.width:
+        raise Unsupported("arange on vectors")
     if at["dtype"] == "i64":
         step = f.ins(f"mul i64 {int(at['step'])}, {i.ref}", "i64")
         return f.ins(f"add i64 {int(at['start'])}, {step.ref}", "i64")
@@ -398,7 +412,7 @@ EXPR = {
 
 
 def _f(f: _Fn, op: str, a: V, b) -> V:
-    return f.ins(f"{op} {a}, {b.ref if isinstance(b, V) else fconst('f32', b)}", "f32")
+    return f.ins(f"{op} {a}, {b.ref if isinstance(b, V) else f.c('f32', b).ref}", "f32")
 
 
 def exp32(f: _Fn, x: V) -> V:
@@ -406,19 +420,20 @@ def exp32(f: _Fn, x: V) -> V:
     lo, hi = -87.33654, 88.72283
     xc = _select(f, _cmp(f, "gt", x, f.c("f32", lo)), x, f.c("f32", lo))  # max(x, lo)
     xc = _select(f, _cmp(f, "lt", xc, f.c("f32", hi)), xc, f.c("f32", hi))  # min(., hi)
-    n = f.call("llvm.floor", "float", [_f(f, "fadd", _f(f, "fmul", xc, 1.44269504088896341), 0.5)], "f32")
+    n = f.call("llvm.floor", f.ty("f32"), [_f(f, "fadd", _f(f, "fmul", xc, 1.44269504088896341), 0.5)], "f32")
     r = _f(f, "fsub", _f(f, "fsub", xc, _f(f, "fmul", n, 0.693359375)), _f(f, "fmul", n, -2.12194440e-4))
     p = f.c("f32", 1.9875691500e-4)
     for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
         p = _f(f, "fadd", _f(f, "fmul", p, r), c)
     p = _f(f, "fadd", _f(f, "fadd", _f(f, "fmul", p, _f(f, "fmul", r, r)), r), 1.0)
-    k = f.ins(f"fptosi {n} to i32", "i32")
-    h = f.ins(f"ashr i32 {k.ref}, 1", "i32")
-    b1 = f.ins(f"shl i32 {f.ins(f'add i32 {h.ref}, 127', 'i32').ref}, 23", "i32")
-    kh = f.ins(f"sub i32 {k.ref}, {h.ref}", "i32")
-    b2 = f.ins(f"shl i32 {f.ins(f'add i32 {kh.ref}, 127', 'i32').ref}, 23", "i32")
-    e = _f(f, "fmul", _f(f, "fmul", p, f.ins(f"bitcast i32 {b1.ref} to float", "f32")),
-           f.ins(f"bitcast i32 {b2.ref} to float", "f32"))
+    k = f.ins(f"fptosi {n} to {f.ty('i32')}", "i32")
+    h = f.ins(f"ashr {k}, {f.c('i32', 1).ref}", "i32")
+    bias, shift = f.c("i32", 127).ref, f.c("i32", 23).ref
+    b1 = f.ins(f"shl {f.ins(f'add {h}, {bias}', 'i32')}, {shift}", "i32")
+    kh = f.ins(f"sub {k}, {h.ref}", "i32")
+    b2 = f.ins(f"shl {f.ins(f'add {kh}, {bias}', 'i32')}, {shift}", "i32")
+    e = _f(f, "fmul", _f(f, "fmul", p, f.ins(f"bitcast {b1} to {f.ty('f32')}", "f32")),
+           f.ins(f"bitcast {b2} to {f.ty('f32')}", "f32"))
     e = _select(f, _cmp(f, "lt", x, f.c("f32", lo)), f.c("f32", 0.0), e)
     e = _select(f, _cmp(f, "gt", x, f.c("f32", hi)), f.c("f32", math.inf), e)
     return _select(f, _cmp(f, "ne", x, x), x, e)
@@ -489,6 +504,13 @@ def _kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str]
     body = node.body
     kind = node.attr["kind"]
     if kind == "rows":
+        if node.attr.get("vector", 1) > 1:  # passes/parallel.py's choice: explicit vectors (runtime/lower_rows.py)
+            from .lower_rows import rows_vector_ir
+
+            try:
+                return rows_vector_ir(node, scalars, node.attr["vector"])
+            except Unsupported:  # a member without a vector form: the scalar loops
+                pass
         return rows_ir(node, scalars)
     if kind == "strided_gemm":
         from .lower_strided import strided_gemm_ir

@@ -133,7 +133,7 @@ def _verify_kernel(g: Graph, n, defined: dict, fail) -> None:
     if n.op != KERNEL or n.body is None:
         fail("only a kernel node has a body, and a kernel node needs one")
     kind = dict(n.attrs).get("kind")
-    keys = tuple(k for k, _ in n.attrs if k != "threads")  # threads=k: passes/parallel.py's split of a loop kernel
+    keys = tuple(k for k, _ in n.attrs if k not in ("threads", "vector"))  # threads=k, vector=w: passes/parallel.py's
     if keys not in (("kind",), ("impl", "kind")) or kind not in KERNEL_KINDS:
         fail(f"kernel attributes must be {{kind=...}} (or {{impl=..., kind=...}}, and threads=k) with kind one of "
              f"{KERNEL_KINDS}, got {dict(n.attrs)}")
@@ -142,6 +142,9 @@ def _verify_kernel(g: Graph, n, defined: dict, fail) -> None:
                                                      or dict(n.attrs).get("impl") == "loops")):
         fail(f"threads={threads!r} needs an int >= 1, above 1 only on an elementwise, rows, reduce, gemm (through BLAS) or strided_gemm kernel "
              f"(kind={kind!r})")
+    vector = dict(n.attrs).get("vector", 1)
+    if type(vector) is not int or vector < 1 or (vector > 1 and kind != "rows"):
+        fail(f"vector={vector!r} needs an int >= 1, above 1 only on a rows kernel (kind={kind!r})")
     impl = dict(n.attrs).get("impl")
     if impl is not None and (kind != "gemm" or impl not in GEMM_IMPLS):
         fail(f"impl={impl!r} needs kind=\"gemm\" and one of {GEMM_IMPLS}, got kind={kind!r}")
