@@ -72,8 +72,9 @@ def _conv_units(n: Node, types) -> tuple[int, float]:
 # estimated as elements x the members' weights (a transcendental or a division counts COSTLY, any
 # other op 1) at these rates of weighted element-ops per us, measured on the GPT's kernels
 # (workload T, one thread): GELU forward 15.7k and backward 13.9k, a lone sum 6.5k (memory
-# bound), LayerNorm rows 7.7k, softmax rows 4.8k
-LOOP_OPS_PER_US = {"elementwise": 10_000.0, "reduce": 10_000.0, "rows": 5_000.0}
+# bound); rows kernels in vectors, whole rows 4 at a time (vector=16, interleave=4): softmax rows
+# 21k, log-softmax 22k, LayerNorm 64k (as scalar loops they were 4.8k and 7.7k)
+LOOP_OPS_PER_US = {"elementwise": 10_000.0, "reduce": 10_000.0, "rows": 15_000.0}
 COSTLY = {"exp": 8, "erf": 8, "log": 8, "tanh": 8, "sigmoid": 8, "rsqrt": 8, "sqrt": 8, "pow": 8, "div": 8}
 LOOP_ELEMS_PER_US = LOOP_OPS_PER_US  # (the kinds that split as loops)
 STRIDED_FLOPS_PER_US = 30_000.0  # attention's batched [32,16] @ [16,32] BLAS calls: ~30 GFLOP/s one thread
@@ -169,21 +170,41 @@ def decide(n: Node, types, threads: int) -> tuple[int, str]:
 VECTOR_BITS = 512  # one AVX-512 register (on a CPU with narrower vectors LLVM splits each in two or four)
 
 
-def vector_width(n: Node) -> tuple[int, str]:
-    """(w, why): the lanes a rows kernel's loops over a row run in (runtime/lower_rows.py), 1 for
-    any other node. A rows kernel's rows are short (attention's 32, LayerNorm's 64): as scalar
-    loops of a constant trip count LLVM unrolled them completely and left them scalar (the
-    softmax at ~4.4 ns an element); explicit vectors of one register's elements of the row's
-    dtype keep the row vectorized, its reductions' LANES accumulators one vector, with the same
-    operations per element in the same order (bit-equal)."""
+ROW_VECTORS = 8  # a row of at most this many vectors is lowered whole, in registers (interleave=r)
+INTERLEAVE = 4  # rows at a time then: T's softmax rows 168 -> 129 us, LayerNorm 22 -> 16.5 us (one thread)
+
+
+def vector_width(n: Node) -> tuple[int, int | None, str]:
+    """(w, r, why) of a rows kernel (runtime/lower_rows.py), (1, None, "") for any other node.
+
+    vector=w: the lanes its loops over a row run in. A rows kernel's rows are short (attention's
+    32, LayerNorm's 64): as scalar loops of a constant trip count LLVM unrolled them completely
+    and left them scalar (the softmax at ~4.4 ns an element); explicit vectors of one register's
+    elements keep the row vectorized, its reductions' LANES accumulators one vector, with the
+    same operations per element in the same order (bit-equal).
+
+    interleave=r (rows of at most ROW_VECTORS vectors): each row whole in registers (no loop in
+    it, no scratch row between its passes), r rows at a time, each step done for the r rows side
+    by side: a short row is a chain of dependent steps (max, exp, sum, div), which the rows
+    beside it overlap. r = INTERLEAVE, or the largest power of two below it dividing the rows'
+    innermost dim."""
     if n.op != "kernel" or n.attr.get("kind") != "rows":
-        return 1, ""
+        return 1, None, ""
     body = n.body
-    dts = {body.types[m.inputs[0]].dtype for m in body.nodes if m.op in ("sum", "mean", "max")}
+    reds = [m for m in body.nodes if m.op in ("sum", "mean", "max")]
+    dts = {body.types[m.inputs[0]].dtype for m in reds}
     if len(dts) != 1 or next(iter(dts)) not in ("f32", "f64"):
-        return 1, f"row reductions of {sorted(dts)}: scalar loops"
+        return 1, None, f"row reductions of {sorted(dts)}: scalar loops"
     w = VECTOR_BITS // (32 if dts == {"f32"} else 64)
-    return w, f"rows of {next(iter(dts))} in vectors of {w} lanes (one {VECTOR_BITS}-bit register), the row reductions' accumulators one vector"
+    why = f"rows of {next(iter(dts))} in vectors of {w} lanes (one {VECTOR_BITS}-bit register), the row reductions' accumulators one vector"
+    space = body.types[reds[0].inputs[0]].shape
+    if -(-space[-1] // w) > ROW_VECTORS:
+        return w, None, why + f"; rows of {space[-1]} (> {ROW_VECTORS} vectors): loops over the row"
+    inner = next((d for d in reversed(space[:-1]) if d > 1), 1)
+    r = INTERLEAVE
+    while r > 1 and inner % r:
+        r //= 2
+    return w, r, why + f"; rows of {space[-1]} whole in registers, {r} at a time (the innermost of their dims: {inner})"
 
 
 _override: int | None = None
@@ -246,10 +267,11 @@ def parallel(g: Graph, ctx: PassContext | None = None):
                 nodes.append(n)
                 changed = True
                 continue
-        w, vwhy = vector_width(n)
-        if w != n.attr.get("vector", 1):
-            n = n.replace(attrs=tuple(sorted({**n.attr, "vector": w}.items())))
-            ctx.note(f"%{n.outputs[0]} = kernel: vector={w}: {vwhy}")
+        w, r, vwhy = vector_width(n)
+        if (w, r) != (n.attr.get("vector", 1), n.attr.get("interleave")):
+            attrs = {k: v for k, v in n.attr.items() if k != "interleave"}
+            n = n.replace(attrs=tuple(sorted({**attrs, "vector": w, **({"interleave": r} if r else {})}.items())))
+            ctx.note(f"%{n.outputs[0]} = kernel: vector={w}{f', interleave={r}' if r else ''}: {vwhy}")
             changed = True
         if n.op in SPLITTABLE or _loop_kernel(n):
             k, why = decide(n, types, avail)

@@ -505,8 +505,13 @@ def _kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str]
     kind = node.attr["kind"]
     if kind == "rows":
         if node.attr.get("vector", 1) > 1:  # passes/parallel.py's choice: explicit vectors (runtime/lower_rows.py)
-            from .lower_rows import rows_vector_ir
+            from .lower_rows import rows_block_ir, rows_vector_ir
 
+            if "interleave" in node.attr:  # short rows whole in registers, `interleave` of them at a time
+                try:
+                    return rows_block_ir(node, scalars, node.attr["vector"], node.attr["interleave"])
+                except Unsupported:
+                    pass
             try:
                 return rows_vector_ir(node, scalars, node.attr["vector"])
             except Unsupported:  # a member without a vector form: the scalar loops

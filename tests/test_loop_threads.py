@@ -59,6 +59,9 @@ def test_loop_kernels_split_printed_and_parsed_back(threads):
     text = str(g)
     assert changed and text.count("threads=2") == 4 and parse(text) == g
     assert 'kernel(%s) {kind="elementwise"}' in text  # 16 elements: one thread
+    # the rows kernel's vectors: 16 lanes of f32, rows of 64 (4 vectors) whole, 4 at a time (24 rows)
+    assert 'kernel(%x) {interleave=4, kind="rows", threads=2, vector=16}' in text
+    assert "%m = kernel: vector=16, interleave=4: rows of f32 in vectors of 16 lanes" in "\n".join(ctx.notes)
     notes = "\n".join(ctx.notes)
     assert "split over 2 threads by its outer loop" in notes and "%z = kernel: threads=1: too small" in notes
     for n in g.nodes:

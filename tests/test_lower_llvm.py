@@ -18,6 +18,7 @@ from graphc.runtime import cache, kernel_lib, lower_llvm
 from graphc.runtime.codegen import is_scalar_input
 from graphc.runtime.kernel_lib import LlvmKernel
 from graphc.passes.kernels import kernels
+from graphc.passes.parallel import vector_width
 from graphc.runtime.lower import HELPERS, kernel_function, kernel_scratch
 
 R = np.random.default_rng(7)
@@ -395,20 +396,23 @@ def _kernel_stage(case, dt):
     return kernels(b.build(outs).verify())[0]
 
 
-def _with_vector(n, w: int):
-    """The rows kernel n with vector=w (passes/parallel.py's choice; 1: rows_ir's scalar loops)."""
-    attrs = {k: v for k, v in n.attr.items() if k != "vector"}
-    return n.replace(attrs=tuple(sorted({**attrs, **({"vector": w} if w > 1 else {})}.items())))
+def _with_vector(n, w: int, r: int | None = None):
+    """The rows kernel n with vector=w and interleave=r (passes/parallel.py's choices; w = 1:
+    rows_ir's scalar loops; r None: vector loops over the row)."""
+    attrs = {k: v for k, v in n.attr.items() if k not in ("vector", "interleave")}
+    new = {**({"vector": w} if w > 1 else {}), **({"interleave": r} if r else {})}
+    return n.replace(attrs=tuple(sorted({**attrs, **new}.items())))
 
 
-@pytest.mark.parametrize("vector", [False, True])
+@pytest.mark.parametrize("vector", [False, "loops", "interleave"])
 @pytest.mark.parametrize("dt", ["f32", "f64"])
 @pytest.mark.parametrize("case", sorted(ROWS))
 def test_rows_kernels_llvm_equal_numba_bit_for_bit_and_the_interpreter(case, dt, vector):
     """Each rows kernel of softmax, log_softmax, LayerNorm, attention (forward and backward), the
     loss and a dropout of softmax rows: the LLVM lowering's outputs equal numba's bit for bit (rows of 40/32/16/24: LANES
     accumulators; of 7: one), as scalar loops and in vectors of one AVX-512 register (vector=16
-    in f32, 8 in f64: runtime/lower_rows.py), and the interpreter's within rounding."""
+    in f32, 8 in f64: runtime/lower_rows.py), as loops over the row or whole rows in registers
+    (interleave=r, the pass's r), and the interpreter's within rounding."""
     new = _kernel_stage(case, dt)
     args = {}
     for i in new.inputs:
@@ -424,8 +428,10 @@ def test_rows_kernels_llvm_equal_numba_bit_for_bit_and_the_interpreter(case, dt,
     scalars = {i.name for i in new.inputs if is_scalar_input(i)}  # rng seeds: i64 arguments
     w = {"f32": 16, "f64": 8}[dt] if vector else 1
     for n in rows:
-        n = _with_vector(n, w)
-        assert lower_llvm.kernel_ir(n, scalars)[0].startswith("; graphc kernel {kind=rows" + (f", vector={w}}}" if vector else "}"))
+        r = vector_width(n)[1] if vector == "interleave" else None
+        n = _with_vector(n, w, r)
+        head = "{kind=rows}" if not vector else f"{{kind=rows, vector={w}}}" if r is None else f"{{interleave={r}, kind=rows, vector={w}}}"
+        assert lower_llvm.kernel_ir(n, scalars)[0].startswith("; graphc kernel " + head)
         data = {v: env[v] for v in n.inputs}
         with np.errstate(all="ignore"):
             got, ref = run_llvm(n, data, scalars), run_numba(n, data, scalars)
@@ -440,30 +446,50 @@ def test_vector_rows_equal_the_scalar_rows_for_every_row_length(dt):
     """Rows of 1 (no rows kernel), 3, 17 (one accumulator; a partial vector), 32, 33, 96 and 1000 (LANES
     accumulators over whole vectors and a masked last one): a masked, scaled softmax with its
     backward and a LayerNorm-style mean/variance, in vectors (vector=16 / 8) bit-equal to the
-    scalar loops (rows_ir, bit-equal to numba's above), and to the interpreter within rounding."""
+    scalar loops (rows_ir, bit-equal to numba's above), as loops over the row and (rows of at
+    most 16 vectors) whole rows in registers, 4 at a time; and to the interpreter within
+    rounding."""
     w = {"f32": 16, "f64": 8}[dt]
     for n in (1, 3, 17, 32, 33, 96, 1000):
         b = GraphBuilder("sweep")
         t = lambda shape, d=dt: TensorType(shape, d)  # noqa: E731
-        x, gy, c, s = b.add_input("x", t((3, n))), b.add_input("gy", t((3, n))), b.add_input("c", t((3, n), "bool")), \
+        x, gy, c, s = b.add_input("x", t((4, n))), b.add_input("gy", t((4, n))), b.add_input("c", t((4, n), "bool")), \
             b.add_input("s", t((n,)), "param")
         z = b.emit("where", [c, b.emit("mul", [x, s]), b.emit("full", [], {"shape": (), "value": -1e4, "dtype": dt})])
         sm = b.emit("softmax_backward", [gy, b.emit("softmax", [z], {"dim": 1})], {"dim": 1})
         d = b.emit("sub", [x, b.emit("mean", [x], {"dims": (1,), "keepdim": True})])
         var = b.emit("mean", [b.emit("mul", [d, d])], {"dims": (1,), "keepdim": True})
         g = kernels(b.build([sm, b.emit("add", [sm, b.emit("mul", [d, b.emit("rsqrt", [var])])])]).verify())[0]
-        data = {"x": R.standard_normal((3, n)).astype(DT[dt]), "gy": R.standard_normal((3, n)).astype(DT[dt]),
-                "c": R.uniform(size=(3, n)) > 0.2, "s": R.uniform(0.5, 2, n).astype(DT[dt])}
+        data = {"x": R.standard_normal((4, n)).astype(DT[dt]), "gy": R.standard_normal((4, n)).astype(DT[dt]),
+                "c": R.uniform(size=(4, n)) > 0.2, "s": R.uniform(0.5, 2, n).astype(DT[dt])}
         _, env = interpret(g, data, return_env=True)
         rows = [k for k in g.nodes if k.op == "kernel" and k.attr["kind"] == "rows"]
         assert rows or n == 1  # (rows of one element: no reduction left, the kernel pass makes no rows kernel)
         for k in rows:
-            assert f"vector={w}" in lower_llvm.kernel_ir(_with_vector(k, w), set())[0].split("\n")[0]
             arrays = {v: env[v] for v in k.inputs}
-            for a, ref, v in zip(run_llvm(_with_vector(k, w), arrays), run_llvm(_with_vector(k, 1), arrays), k.outputs):
-                _same(a, ref)
-                tol = 1e-5 if dt == "f32" else 1e-12
-                np.testing.assert_allclose(a, env[v], rtol=tol, atol=tol, err_msg=f"rows of {n}, %{v}")
+            ref = run_llvm(_with_vector(k, 1), arrays)
+            for r in (None, 4):
+                head = lower_llvm.kernel_ir(_with_vector(k, w, r), set())[0].split("\n")[0]
+                assert f"vector={w}" in head and (f"interleave={r}" in head) == (r is not None and -(-n // w) <= 16)
+                for a, b_, v in zip(run_llvm(_with_vector(k, w, r), arrays), ref, k.outputs):
+                    _same(a, b_)
+                    tol = 1e-5 if dt == "f32" else 1e-12
+                    np.testing.assert_allclose(a, env[v], rtol=tol, atol=tol, err_msg=f"rows of {n}, %{v}")
+
+
+def test_bad_vector_or_interleave_on_a_kernel_is_an_error():
+    """vector=w only on a rows kernel, interleave=r only beside it: the verifier says which."""
+    text = """graph g {
+  input %x: f32[4,8]
+  %m: f32[4,1] = kernel(%x) {interleave=2, kind="rows"} {
+    %m: f32[4,1] = max(%x) {dims=[1], keepdim=true}
+  }
+  return %m
+}"""
+    with pytest.raises(graphc.VerifyError, match="interleave=2 needs an int >= 1 on a rows kernel with vector=w"):
+        graphc.ir.parse(text).verify()
+    with pytest.raises(graphc.VerifyError, match="vector=16 needs an int >= 1, above 1 only on a rows kernel"):
+        graphc.ir.parse(text.replace('{interleave=2, kind="rows"}', '{kind="elementwise", vector=16}')).verify()
 
 
 def test_rows_reductions_of_mixed_dtypes_stay_with_numba():

@@ -133,7 +133,7 @@ def _verify_kernel(g: Graph, n, defined: dict, fail) -> None:
     if n.op != KERNEL or n.body is None:
         fail("only a kernel node has a body, and a kernel node needs one")
     kind = dict(n.attrs).get("kind")
-    keys = tuple(k for k, _ in n.attrs if k not in ("threads", "vector"))  # threads=k, vector=w: passes/parallel.py's
+    keys = tuple(k for k, _ in n.attrs if k not in ("threads", "vector", "interleave"))  # passes/parallel.py's
     if keys not in (("kind",), ("impl", "kind")) or kind not in KERNEL_KINDS:
         fail(f"kernel attributes must be {{kind=...}} (or {{impl=..., kind=...}}, and threads=k) with kind one of "
              f"{KERNEL_KINDS}, got {dict(n.attrs)}")
@@ -145,6 +145,9 @@ def _verify_kernel(g: Graph, n, defined: dict, fail) -> None:
     vector = dict(n.attrs).get("vector", 1)
     if type(vector) is not int or vector < 1 or (vector > 1 and kind != "rows"):
         fail(f"vector={vector!r} needs an int >= 1, above 1 only on a rows kernel (kind={kind!r})")
+    inter = dict(n.attrs).get("interleave")
+    if inter is not None and (type(inter) is not int or inter < 1 or kind != "rows" or vector == 1):
+        fail(f"interleave={inter!r} needs an int >= 1 on a rows kernel with vector=w (kind={kind!r}, vector={vector})")
     impl = dict(n.attrs).get("impl")
     if impl is not None and (kind != "gemm" or impl not in GEMM_IMPLS):
         fail(f"impl={impl!r} needs kind=\"gemm\" and one of {GEMM_IMPLS}, got kind={kind!r}")
