@@ -134,6 +134,9 @@ class _Views:
             return (f"table[{self.slot[value]}]", 0) if value in self.slot else None
         if s.kind in ("alias", "inplace"):
             return self._where(s.target)
+        if s.kind == "piece":  # a strided slice of a concat's buffer
+            base, off = self._buffer_where(s.buffer)
+            return base, off + s.view[0]
         return self._buffer_where(s.buffer)
 
     def _buffer_where(self, bid: int) -> tuple[str, int]:
@@ -179,6 +182,9 @@ class _Views:
                 return Code(n)
             return self._emit(f"{n}_f", f"{n}_f = {n}.reshape({max(s.type.size, 1)})")
         name = n if s.kind == "input" and s.type.rank == 1 else f"{n}_f"
+        if s.kind == "piece":  # its elements spread over this extent of the concat's buffer
+            extent = 1 + sum((d - 1) * st for d, st in zip(s.type.shape, s.view[1]))
+            return self._view(name, where, (extent,), s.type.dtype)
         return self._view(name, where, (max(s.type.size, 1),), s.type.dtype)
 
     def shaped(self, value: str) -> Code:
@@ -296,20 +302,24 @@ def generate(g: Graph, mp: MemoryPlan, bound: set[str], header: str = "", no_glu
         owner += [k - 1] * (len(body) - len(owner))
         if n.op == "full" and mp.slots[n.out].kind == "const":
             continue  # filled once when the buffers are allocated
+        if n.op == "concat" and n.out in mp.concats_in_place:
+            body.append(f"    # {format_node(n)}: nothing to move, its producers wrote the pieces (memory plan)")
+            continue
         if n.body is not None:  # a kernel of the kernel stage: its generated loop nest
             node_scalars = {v for v in n.inputs if v in scalars}
             why = "GRAPHC_LLVM=0" if not llvm else ""
             lowered = None
+            pieces = {o: mp.slots[o].view[1] for o in n.outputs if mp.slots[o].kind == "piece"}
             if llvm:
                 try:
-                    lowered = lower_llvm.kernel_ir(n, node_scalars)
+                    lowered = lower_llvm.kernel_ir(n, node_scalars, pieces)
                 except lower_llvm.Unsupported as e:  # this kernel keeps numba's lowering
                     why = str(e)
             if lowered is not None:
                 ir, ins, outs, dtypes = lowered
                 fn = llvm_function(ir, dtypes)
             else:
-                src, ins, outs = kernel_function(_KERNEL, n, node_scalars, names)
+                src, ins, outs = kernel_function(_KERNEL, n, node_scalars, names, pieces)
                 dtypes = ["i64 scalar" if v in scalars else g.types[v].dtype for v in ins]
                 dtypes += [g.types[v].dtype for v in outs if not v.startswith("#")]
                 dtypes += [sl.type.dtype for sl in mp.scratch.get(k, ())]

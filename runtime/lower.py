@@ -153,12 +153,14 @@ def lowerable(n: Node) -> bool:
 # ------------------------------------------------------------------ one kernel -> one function
 
 
-def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[str, list[str], list[str]]:
+def kernel_function(name: str, node: Node, scalars: set[str], ident, out_strides: dict | None = None
+                    ) -> tuple[str, list[str], list[str]]:
     """(source of `def name(...)`, operand values in argument order, output values in argument
     order). Operands travel as flat views, except scalars (rng seeds) as ints; outputs flat.
     The source names nothing of the plan (arguments a0.., o0..; locals t0.. in member order), so
     two kernels of the same structure and shapes (a model's repeated layers) get the same source
-    and codegen emits and compiles it once. (`ident` is kept for callers; names stay canonical.)"""
+    and codegen emits and compiles it once. (`ident` is kept for callers; names stay canonical.)
+    `out_strides`: {output: element strides} of outputs the memory plan stores as strided pieces.)"""
     body = node.body
     kind = node.attr["kind"]
     if kind == "rows":
@@ -166,7 +168,7 @@ def kernel_function(name: str, node: Node, scalars: set[str], ident) -> tuple[st
     if kind == "strided_gemm":
         from .lower_strided import strided_gemm_function
 
-        return strided_gemm_function(name, node)
+        return strided_gemm_function(name, node, (out_strides or {}).get(node.outputs[0]))  # a concat's piece
     if body.nodes[0].op == "addmm":  # a gemm kernel {impl="loops"} of the SGD update's GEMM
         from .lower_small_gemm import addmm_function
 

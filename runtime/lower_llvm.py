@@ -464,13 +464,14 @@ def lowerable(n: Node) -> bool:
 # ------------------------------------------------------------------ one kernel -> one function
 
 
-def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str], list[str]]:
+def kernel_ir(node: Node, scalars: set[str], out_strides: dict | None = None) -> tuple[str, list[str], list[str], list[str]]:
     """(IR text of `define void @kernel(...)`, operand values in argument order, output values in
     argument order (+ "#scratch0"), argument types: "i64 scalar" or the array's dtype). Raises
     Unsupported when the kernel holds something this lowering lacks. An elementwise, rows or
     strided GEMM kernel with `threads=k` (passes/parallel.py) is split over the pool
-    (runtime/split_llvm.py)."""
-    text, ins, outs, args = _kernel_ir(node, scalars)
+    (runtime/split_llvm.py). `out_strides`: {output: element strides} of outputs the memory plan
+    stores as strided pieces of a concat's buffer (a strided GEMM writes through them)."""
+    text, ins, outs, args = _kernel_ir(node, scalars, out_strides)
     threads = node.attr.get("threads", 1)
     if threads > 1 and node.attr["kind"] in ("elementwise", "rows", "strided_gemm", "reduce"):
         from .split_llvm import split, summed_outputs
@@ -500,7 +501,7 @@ def kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str],
     return text, ins, outs, args
 
 
-def _kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str], list[str]]:
+def _kernel_ir(node: Node, scalars: set[str], out_strides: dict | None = None) -> tuple[str, list[str], list[str], list[str]]:
     body = node.body
     kind = node.attr["kind"]
     if kind == "rows":
@@ -520,7 +521,7 @@ def _kernel_ir(node: Node, scalars: set[str]) -> tuple[str, list[str], list[str]
     if kind == "strided_gemm":
         from .lower_strided import strided_gemm_ir
 
-        return strided_gemm_ir(node)
+        return strided_gemm_ir(node, (out_strides or {}).get(node.outputs[0]))
     if kind not in ("elementwise", "gemm", "reduce"):
         raise Unsupported(f"kernel kind {kind}")
     if node.attr.get("impl") == "loops" and body.nodes[0].op == "addmm":  # the SGD update's GEMM as loops

@@ -79,10 +79,26 @@ def _sum(terms, const=0) -> str:
     return " + ".join(([str(const)] if const else []) + parts) or "0"
 
 
-def _plan(node: Node):
+def writes_through(node: Node, strides) -> bool:
+    """Whether this strided_gemm kernel can write its output stored at element `strides` (a slice
+    of a concat's buffer, runtime/memory.py): each product matrix still one BLAS layout."""
+    try:
+        _plan(node, tuple(strides))
+    except _NoLayout:
+        return False
+    return True
+
+
+class _NoLayout(Exception):
+    pass
+
+
+def _plan(node: Node, out_strides: tuple | None = None):
     """What both lowerings need: kernel inputs, the output value, the batch shape, (m, n, k), and
     for A, B and C (root argument, constant element offset, per-batch-dim strides, transposed,
-    leading dim); when C's matrices are stored transposed, C^T = B^T A^T is computed instead."""
+    leading dim); when C's matrices are stored transposed, C^T = B^T A^T is computed instead.
+    `out_strides`: the output's element strides where the memory plan stores it inside a larger
+    buffer (a concat's piece), else contiguous."""
     body = node.body
     types_ = body.types
     gemm = next(m for m in body.nodes if m.op == "matmul")
@@ -91,10 +107,12 @@ def _plan(node: Node):
     prod = gemm.outputs[0]
     shape = types_[prod].shape
     after = [m for m in body.nodes if m.op == "transpose" and m.inputs[0] == prod]
-    out, cst = ((after[0].outputs[0], written_as(after[0].attr["perm"], after[0].types[0].shape)) if after
-                else (prod, contiguous(shape)[2]))
+    out, cst = ((after[0].outputs[0], written_as(after[0].attr["perm"], after[0].types[0].shape, out_strides)) if after
+                else (prod, out_strides or contiguous(shape)[2]))
     batch, (m_, n_), k_ = shape[:-2], shape[-2:], sha[-1]
     la, lb, lc = blas_layout(m_, k_, sta[-2:]), blas_layout(k_, n_, stb[-2:]), blas_layout(m_, n_, cst[-2:])
+    if lc is None:
+        raise _NoLayout(f"output strides {list(cst)}")
     inputs = [i.name for i in body.inputs]
     A = (inputs.index(ra), oa, _batch_strides(sha, sta, batch), int(la[0]), la[1])
     B = (inputs.index(rb), ob, _batch_strides(shb, stb, batch), int(lb[0]), lb[1])
@@ -105,9 +123,9 @@ def _plan(node: Node):
     return inputs, out, batch, (m_, n_, k_), A, B, C
 
 
-def strided_gemm_function(name: str, node: Node) -> tuple[str, list[str], list[str]]:
+def strided_gemm_function(name: str, node: Node, out_strides: tuple | None = None) -> tuple[str, list[str], list[str]]:
     """numba's lowering (GRAPHC_LLVM=0): the batch loops around `gemm_view`."""
-    inputs, out, batch, (m_, n_, k_), A, B, C = _plan(node)
+    inputs, out, batch, (m_, n_, k_), A, B, C = _plan(node, out_strides)
     bi = [f"b{d}" for d in range(len(batch))]
     pa, pb, pc = _sum(zip(bi, A[2]), A[1]), _sum(zip(bi, B[2]), B[1]), _sum(zip(bi, C[1]))
     call = (f"gemm_view(a{A[0]}, {pa}, {A[4]}, {A[3]}, a{B[0]}, {pb}, {B[4]}, {B[3]}, "
@@ -121,11 +139,11 @@ def strided_gemm_function(name: str, node: Node) -> tuple[str, list[str], list[s
     return "\n".join(src) + "\n", inputs, [out]
 
 
-def strided_gemm_ir(node: Node) -> tuple[str, list[str], list[str], list[str]]:
+def strided_gemm_ir(node: Node, out_strides: tuple | None = None) -> tuple[str, list[str], list[str], list[str]]:
     """LLVM IR (runtime/lower_llvm.py's convention: pointer arguments, the kernel library's BLAS
     symbols): one loop over the flattened batch, each batch index split by constant divisions,
     calling Fortran gemm with C^T = B^T A^T (column-major terms) as `gemm_view` does."""
-    inputs, out, batch, (m_, n_, k_), A, B, C = _plan(node)
+    inputs, out, batch, (m_, n_, k_), A, B, C = _plan(node, out_strides)
     dt = node.body.types[out].dtype
     ty, kind = ("float", "s") if dt == "f32" else ("double", "d")
     total = 1

@@ -23,7 +23,8 @@ UPDATE = "update:"
 @dataclass
 class Slot:
     """Where one value lives. kind: input | buffer | const | alias (view of `target`, a reshape) |
-    inplace (written into input `target`'s own buffer)."""
+    inplace (written into input `target`'s own buffer) | piece (a strided view inside concat
+    output `target`'s buffer, at `view` = (element offset, element strides))."""
 
     value: str
     type: TensorType
@@ -32,6 +33,7 @@ class Slot:
     target: str | None = None
     start: int = 0  # lifetime in node indices (len(nodes) = the end of the plan)
     end: int = 0
+    view: tuple[int, tuple[int, ...]] | None = None  # a piece: (element offset, strides) in target's buffer
 
 
 @dataclass
@@ -69,6 +71,7 @@ class MemoryPlan:
     output_copies: list[tuple[str, int]]  # (graph input, buffer): outputs that are inputs, copied at the end
     update_copies: list[tuple[str, str]]  # (value, input): updates computed aside, copied back at the end
     arena_bytes: dict[str, int]
+    concats_in_place: frozenset[str] = frozenset()  # concat outputs whose pieces their producers wrote
 
     @property
     def peak_bytes(self) -> int:
@@ -100,8 +103,12 @@ class MemoryPlan:
         widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]) - 1)]
         for r in rows:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
-        views = [s for s in self.slots.values() if s.kind in ("alias", "inplace")]
+        views = [s for s in self.slots.values() if s.kind in ("alias", "inplace", "piece")]
         for s in views:
+            if s.kind == "piece":
+                lines.append(f"  %{s.value}: written by its kernel into %{s.target} at element {s.view[0]}, "
+                             f"strides {list(s.view[1])} (the concat moves nothing)")
+                continue
             how = "reshape view of" if s.kind == "alias" else "written in place into"
             lines.append(f"  %{s.value}: {how} %{s.target}")
         for v, b in self.output_copies:
@@ -162,6 +169,13 @@ def plan_memory(g: Graph) -> MemoryPlan:
 
     inplace = _safe_updates(g, updates, root, last)
     update_copies = [(v, x) for v, x in updates.items() if v not in inplace]
+    pieces = _concat_pieces(g, root, output_values | set(inplace), set(inplace))  # piece root -> (concat output, view)
+    first_piece: dict[str, int] = {}
+    for k, n in enumerate(g.nodes):
+        for o in n.outputs:
+            if o in pieces:
+                first_piece.setdefault(pieces[o][0], k)
+    concat_buffer: dict[str, int] = {}
 
     buffers: list[Buffer] = []
     free: dict[tuple[str, int], list[int]] = {}
@@ -188,9 +202,22 @@ def plan_memory(g: Graph) -> MemoryPlan:
         releases.setdefault(stop, []).append(bid)
         return bid
 
+    def concat_buffer_of(c: str, k: int) -> int:
+        """The buffer of concat output c, taken when its first piece is made (at node k)."""
+        if c not in concat_buffer:
+            t, stop = g.types[c], last.get(c, k)
+            concat_buffer[c] = (new_buffer(t, "output", c, k, end) if c in output_values else take(t, c, k, stop))
+        return concat_buffer[c]
+
     for k, n in enumerate(g.nodes):
         for o, t in zip(n.outputs, n.types):
-            if o in inplace:
+            if o in pieces:
+                c, view = pieces[o]
+                slots[o] = Slot(o, t, "piece", concat_buffer_of(c, k), target=c, start=k, end=last.get(o, k), view=view)
+            elif o in first_piece:
+                stop = end if o in output_values else last.get(o, k)
+                slots[o] = Slot(o, t, "buffer", concat_buffer_of(o, k), start=first_piece[o], end=stop)
+            elif o in inplace:
                 slots[o] = Slot(o, t, "inplace", target=inplace[o], start=k, end=last.get(o, k))
             elif root[o] != o:
                 slots[o] = Slot(o, t, "alias", target=n.inputs[0], start=k, end=last.get(root[o], k))
@@ -226,7 +253,45 @@ def plan_memory(g: Graph) -> MemoryPlan:
     for b in buffers:
         b.offset = arena.get(b.dtype, 0)
         arena[b.dtype] = b.offset + _align(b.nbytes)
-    return MemoryPlan(g.name, n_nodes, slots, buffers, scratch, output_copies, update_copies, arena)
+    return MemoryPlan(g.name, n_nodes, slots, buffers, scratch, output_copies, update_copies, arena,
+                      frozenset(first_piece))
+
+
+def _concat_pieces(g: Graph, root: dict[str, str], taken: set[str], inplace: set[str]) -> dict[str, tuple[str, tuple]]:
+    """{piece root: (concat output, (element offset, strides))} for each plain `concat` whose every
+    piece is (a reshape view of) the output of a kernel that can write it through those strides,
+    read by nothing but that concat and reshape views of it, no plan output; `taken`: values
+    with storage decided elsewhere (outputs, in-place updates), `inplace` the updates written into
+    their inputs (a concat among them keeps its copy)."""
+    from graphc.ir.strides import _reshape, contiguous
+
+    from .lower_strided import writes_through
+
+    readers: dict[str, list] = {}
+    for n in g.nodes:
+        for i in n.inputs:
+            readers.setdefault(root[i], []).append(n)
+    producer = {o: n for n in g.nodes for o in n.outputs}
+    found: dict[str, tuple[str, tuple]] = {}
+    for n in g.nodes:
+        if n.op != "concat" or n.body is not None or n.out in inplace or len(set(n.inputs)) != len(n.inputs):
+            continue
+        dim, st = n.attr["dim"], contiguous(n.types[0].shape)[2]
+        mine, at = {}, 0
+        for v in n.inputs:
+            r, t = root[v], g.types[v]
+            p = producer.get(r)
+            ok = (p is not None and p.body is not None and p.attr.get("kind") == "strided_gemm" and len(p.outputs) == 1
+                  and r not in taken and r not in mine and t.size > 0
+                  and all(u is n or (u.op == "reshape" and root[u.out] == r) for u in readers.get(r, ())))
+            view = _reshape((at * st[dim], t.shape, st), g.types[r].shape) if ok else None
+            if view is None or not writes_through(p, view[2]):
+                break
+            mine[r] = (n.out, (view[0], view[2]))
+            at += t.shape[dim]
+        else:
+            found.update(mine)
+    return found
 
 
 def _may_share(n, x: str, root: dict[str, str]) -> bool:

@@ -66,7 +66,7 @@ def _attention(b, dt="f32", bt=(2, 3), h=2, d=4):
 def _graph(build, **kw):
     b = GraphBuilder("t")
     out = build(b, **kw)
-    return b.build([out]).verify()
+    return b.build(out if isinstance(out, list) else [out]).verify()
 
 
 @pytest.mark.parametrize("dt,llvm", [("f32", "1"), ("f64", "1"), ("f32", "0")])
@@ -151,3 +151,44 @@ def test_a_transpose_left_as_a_copy_is_recorded():
     ctx = PassContext("kernels")
     kernels(_graph(build), ctx)
     assert any(not r.fused and "transpose+matmul" == r.pattern and "read by 2 nodes" in r.reason for r in ctx.fusion_records)
+
+
+def _heads_concat(b, dt="f32", shared=False, square=False):
+    """Three batched matmuls, each merging heads ([B, h, T, d] -> [B, T, h*d]), concatenated along
+    the last dim (attention's dq, dk, dv into the gradient of c_attn's output)."""
+    B, T, h, d = 2, 3, 2, 4
+    a = b.add_input("a", TensorType((B, h, T, T), dt))
+    v = b.add_input("v", TensorType((B, h, T, d), dt))
+    at = b.emit("transpose", [a], {"perm": (0, 1, 3, 2)})
+    merged = [b.emit("reshape", [b.emit("transpose", [b.emit("matmul", [x, v])], {"perm": (0, 2, 1, 3)})],
+                     {"shape": (B, T, h * d)}) for x in (a, at, a)]
+    cat = b.emit("concat", merged, {"dim": 2})
+    out = b.emit("mul", [cat, cat]) if square else cat
+    return [out, merged[0]] if shared else [out]
+
+
+@pytest.mark.parametrize("llvm,square", [("1", False), ("1", True), ("0", True)])
+def test_a_concat_of_strided_gemm_products_is_written_in_place_by_them(llvm, square, monkeypatch):
+    monkeypatch.setenv("GRAPHC_LLVM", llvm)
+    g = _graph(_heads_concat, square=square)
+    new, _ = kernels(g, PassContext("kernels"))
+    exe = Executable(new, mode="jit")
+    mp = exe.memory_plan
+    assert len(mp.concats_in_place) == 1 and "the concat moves nothing" in str(mp)
+    pieces = [s for s in mp.slots.values() if s.kind == "piece"]
+    assert [s.view for s in pieces] == [(0, (72, 24, 4, 1)), (8, (72, 24, 4, 1)), (16, (72, 24, 4, 1))]
+    assert "nothing to move, its producers wrote the pieces" in exe.source.text
+    args = [R.standard_normal(i.type.shape).astype(np.float32) for i in g.inputs]
+    exe.run(*args)
+    np.testing.assert_allclose(np.array(exe.outputs[0]), interpret(g, args)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_concat_whose_piece_is_read_elsewhere_copies():
+    g = _graph(_heads_concat, shared=True)
+    new, _ = kernels(g, PassContext("kernels"))
+    exe = Executable(new, mode="jit")
+    assert not exe.memory_plan.concats_in_place
+    args = [R.standard_normal(i.type.shape).astype(np.float32) for i in g.inputs]
+    exe.run(*args)
+    for got, want in zip(exe.outputs, interpret(g, args)):
+        np.testing.assert_allclose(np.array(got), want, rtol=1e-5, atol=1e-6)

@@ -92,10 +92,10 @@ def blas_layout(rows: int, cols: int, strides) -> tuple[bool, int] | None:
     return None
 
 
-def written_as(perm, out_shape) -> tuple[int, ...]:
-    """Strides of a value p such that transpose(p, perm) is the contiguous `out_shape`: p's dim
-    perm[j] steps like the output's dim j."""
-    st = contiguous(out_shape)[2]
+def written_as(perm, out_shape, out_strides=None) -> tuple[int, ...]:
+    """Strides of a value p such that transpose(p, perm) is the contiguous `out_shape` (or is
+    stored at `out_strides`): p's dim perm[j] steps like the output's dim j."""
+    st = contiguous(out_shape)[2] if out_strides is None else tuple(out_strides)
     inv = [0] * len(st)
     for j, p in enumerate(perm):
         inv[p] = st[j]
