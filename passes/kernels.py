@@ -55,6 +55,7 @@ from . import gemm_impl
 from .manager import PassContext, register_pass
 from .one_hot import one_hot_scatters
 from .pad_concat import pads_as_concat
+from .remat import recompute_for_backward
 from .strided_gemm import strided_gemms, views_per_reader
 from .update_gemm import fuse_update_gemm
 
@@ -540,13 +541,17 @@ def _why_not(s: Grouping, grp: Group, n: Node, kind: str) -> str | None:
         return grp.closed
     if len(grp.members) >= MAX_MEMBERS:
         return f"size limit: a kernel holds at most {MAX_MEMBERS} nodes"
-    if n.phase == "backward" and grp.kind == "elementwise" and g.nodes[grp.first].phase == "forward":
+    if n.phase == "backward" and g.nodes[grp.first].phase == "forward" and (
+            grp.kind == "elementwise" or (grp.kind == "rows" and n.grad_of is None and n.types[0].shape == grp.space)):
         # a train step's backward recompute (GELU's exp(-x^2)) in the forward's loop would be one
         # more value written there and kept until the backward reads it; in the backward's own
         # kernel it is computed from the saved values that kernel reads anyway. (A GEMM's epilogue
         # still takes them: SimpleNet's relu mask `gt` is one byte an element, and the epilogue
         # is the loop that has the activation in registers.)
-        return "a backward node does not join a forward elementwise loop (its value would be stored until the backward)"
+        # (the same for a forward rows kernel and a full-shape recompute of a forward value for the
+        # backward, which has no grad_of: LayerNorm's x_hat, passes/remat.py; gradient terms, like
+        # softmax's exp for cross-entropy's backward, still join: their rows kernels group so)
+        return f"a backward node does not join a forward {grp.kind} loop (its value would be stored until the backward)"
     if kind in ("injective", "opaque"):
         return f"{n.op} is {kind}: it runs as a kernel of its own"
     if kind == "gemm":
@@ -611,6 +616,7 @@ def kernels(g: Graph, ctx: PassContext | None = None):
     decomposed = sum_to_as_sum(sum_through_reshape(row_forms(fuse_update_gemm(decomposed, ctx), ctx), ctx), ctx)
     decomposed = pads_as_concat(decomposed, ctx)  # the gradient of a split: one concat, not padded sums
     decomposed = one_hot_scatters(decomposed, ctx)  # cross-entropy's gradient: a one-hot where, not a scatter
+    decomposed = recompute_for_backward(decomposed, ctx)  # LayerNorm's x_hat: not written for the backward
     decomposed = views_per_reader(decomposed, ctx)  # a head split read by two batched matmuls: a view each
     changed = decomposed is not g
     g = decomposed

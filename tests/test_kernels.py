@@ -605,3 +605,20 @@ def test_a_scatter_add_that_is_not_a_checked_one_hot_stays(kw):
     """Unchecked ids (no gradient, no gather of them) or two ids per row: scatter_add stays."""
     new, ctx = _run_kernels(_graph(lambda b: _one_hot_grad(b, **kw)))
     assert any(n.op == "scatter_add" for n in members(new))
+
+
+def test_a_train_steps_layer_norm_x_hat_is_recomputed_by_the_backward_not_written():
+    """x_hat = (x - mean) * rstd: the backward reads x - mean and rstd anyway, so it recomputes x_hat
+    (passes/remat.py) in its weight gradient's kernel; the forward's rows kernel keeps it in registers."""
+    model = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.Linear(16, 1))
+    x, y = R.random((4, 8, 6), np.float32), R.random((4, 8, 1), np.float32)
+    step = _train_step(model, nn.MSELoss(), x, y, mode="interpret")
+    g = _stage(step)
+    copies = [m for k in _kernel_nodes(g) for m in k.body.nodes if m.phase == "backward" and m.grad_of is None]
+    assert [m.op for m in copies] == ["mul"]
+    fwd = [k for k in _kernel_nodes(g) if k.attr["kind"] == "rows" and k.body.nodes[0].phase == "forward"]
+    assert len(fwd) == 1 and copies[0].inputs[0] in fwd[0].outputs and copies[0].outputs[0] not in fwd[0].outputs
+    xhat = next(m for m in fwd[0].body.nodes if m.op == "mul" and m.inputs == copies[0].inputs)
+    assert xhat.outputs[0] not in fwd[0].outputs  # (it was, before: written for the backward)
+    _, ctx = _run_kernels(step.graph("train_step_plan"))
+    assert any("recomputed as" in note for note in ctx.notes)
