@@ -9,8 +9,9 @@ averaged gradients'). Every optimizer update reads its gradient scaled by one co
 
 so a compiled step with `compile_train_step(..., clip_grad_norm=max_norm)` does what the eager
 loop `loss.backward(); clip_grad_norm_(params, max_norm); opt.step()` does, in the same plan: the
-squares are summed by generated reduce kernels, the scaling is an elementwise node per gradient,
-no eager pass over the .grad arrays and no Python between backward and update. max_norm is part
+squares are summed by generated reduce kernels, the scaling is an elementwise node per gradient
+(an Adam update takes the coefficient as its grad_scale operand instead: one pass less over each
+gradient), no eager pass over the .grad arrays and no Python between backward and update. max_norm is part
 of the compiled structure (a constant of the plan), as torch's argument is of each call.
 """
 from __future__ import annotations
@@ -56,14 +57,19 @@ def clip_gradients(g: Graph, max_norm: float, ctx=None) -> Graph:
     coef = b.emit("minimum", [b.emit("div", [const(max_norm), norm], loc=loc), const(1.0)], loc=loc)
     by_dtype: dict[str, str] = {"f64": coef}
     clipped: dict[str, str] = {}
+    scaled_inside = {g.nodes[k].inputs[1] for k in updates if g.nodes[k].op == "adam_update"}
     for v in grads:
         dt = g.types[v].dtype
         if dt not in by_dtype:
             by_dtype[dt] = b.emit("cast", [coef], {"dtype": dt}, loc=loc)
-        clipped[v] = b.emit("mul", [v, by_dtype[dt]], loc=loc)
+        if v not in scaled_inside or any(g.nodes[k].inputs[1] == v and g.nodes[k].op != "adam_update" for k in updates):
+            clipped[v] = b.emit("mul", [v, by_dtype[dt]], loc=loc)
     for k in updates:
         n = g.nodes[k]
-        b.add_node(n.replace(inputs=(n.inputs[0], clipped[n.inputs[1]], *n.inputs[2:])))
+        if n.op == "adam_update":  # takes the coefficient as its grad_scale: no pass writes g * coef
+            b.add_node(n.replace(inputs=(*n.inputs, by_dtype[g.types[n.inputs[1]].dtype])))
+        else:
+            b.add_node(n.replace(inputs=(n.inputs[0], clipped[n.inputs[1]], *n.inputs[2:])))
     if ctx is not None:
         ctx.note(f"{len(grads)} gradients scaled by min({max_norm:g} / (their total 2-norm + {EPS:g}), 1) before the updates")
     return b.build(list(g.outputs), dict(g.meta, clip_grad_norm=max_norm)).verify()

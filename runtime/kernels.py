@@ -673,9 +673,10 @@ def sgd_momentum(p, g, buf, step, p_out, buf_out, lr, momentum, dampening, weigh
 
 
 @njit(**JIT)
-def adam(p, g, m, v, step, p_out, m_out, v_out, lr, beta1, beta2, eps, weight_decay, decoupled):
+def adam(p, g, m, v, step, p_out, m_out, v_out, lr, beta1, beta2, eps, weight_decay, decoupled, scale):
     """One Adam step (amsgrad=False) in one in-place pass over param and moments; decoupled
-    (None or True): AdamW's p *= 1 - lr * weight_decay instead of g += weight_decay * p.
+    (None or True): AdamW's p *= 1 - lr * weight_decay instead of g += weight_decay * p; scale
+    (None or a 1-element array of the param's dtype): the gradient is g * scale[0].
     torch updates exp_avg with lerp, whose formula switches at weight 0.5 (beta1 > 0.5: the
     usual case); beta1 is a runtime value, so the switch is a loop-invariant branch."""
     _into(p, p_out)
@@ -692,6 +693,8 @@ def adam(p, g, m, v, step, p_out, m_out, v_out, lr, beta1, beta2, eps, weight_de
     for i in range(p_out.size):
         pi = p_out[i]
         gi = g[i]
+        if scale is not None:
+            gi = gi * scale[0]
         if weight_decay is not None:
             if decoupled is not None:
                 pi = pi * dt(1.0 - lr * weight_decay)
@@ -994,7 +997,8 @@ def _(s):
 def _(s):
     a = s.attrs
     return adam, [*(x.f for x in s.i[:5]), *(o.f for o in s.o), *(x.s for x in s.i[5:9]),
-                  s.i[9].s if a["weight_decay"] else None, _or_none(a["weight_decay"] and a["decoupled"])]
+                  s.i[9].s if a["weight_decay"] else None, _or_none(a["weight_decay"] and a["decoupled"]),
+                  s.i[10].f if len(s.i) == 11 else None]
 
 
 del _op

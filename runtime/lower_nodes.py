@@ -595,8 +595,9 @@ def _sgd_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]
 
 
 def _adam_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]:
-    """kernels.adam: inputs p, g, m, v, step, lr, beta1, beta2, eps, weight_decay (f64[]); outputs
-    p, m, v (in place or copied first); the bias corrections in double, as numba computes them."""
+    """kernels.adam: inputs p, g, m, v, step, lr, beta1, beta2, eps, weight_decay (f64[]), then an
+    optional grad scale (the param's dtype); outputs p, m, v (in place or copied first); the bias
+    corrections in double, as numba computes them."""
     p = types[n.inputs[0]]
     dt, size = p.dtype, V("i64", "%n", True)  # the size is an argument: one function for every param
     if dt not in ("f32", "f64"):
@@ -622,8 +623,12 @@ def _adam_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]
         decay = (_narrow(b, b.op("fsub", one, b.op("fmul", hyper["lr"], hyper["wd"])), dt) if a["decoupled"]
                  else _narrow(b, hyper["wd"], dt))
 
+    scale = b.at("%a10", dt, 0) if len(n.inputs) == 11 else None  # clip_grad_norm's coefficient
+
     def step(i: V):
         pi, gi = b.at("%o0", dt, i), b.at("%a1", dt, i)
+        if scale is not None:
+            gi = b.op("fmul", gi, scale)
         if a["weight_decay"]:
             if a["decoupled"]:
                 pi = b.op("fmul", pi, decay)

@@ -123,10 +123,12 @@ CASES = [
                             (False, True, np.float64, True), (True, True, np.float64, False))],
     *[("adam_update", (lambda dt=dt, step=step, b1=b1: [_f((45,), dt, edges=False), _f((45,), dt, edges=False),
                                                         _f((45,), dt, edges=False), np.abs(_f((45,), dt, edges=False)),
-                                                        np.array(step, np.int64), *_h(1e-3, b1, 0.999, 1e-8, 0.1)]),
+                                                        np.array(step, np.int64), *_h(1e-3, b1, 0.999, 1e-8, 0.1)]
+                                                       + ([np.array(0.37, dt)] if clip else [])),
        {"weight_decay": wd, "decoupled": dec})
-      for dt, step, b1, wd, dec in ((np.float32, 0, 0.9, True, True), (np.float32, 4, 0.3, True, False),
-                                    (np.float64, 2, 0.9, False, False), (np.float32, 7, 0.9, False, False))],
+      for dt, step, b1, wd, dec, clip in ((np.float32, 0, 0.9, True, True, False), (np.float32, 4, 0.3, True, False, False),
+                                          (np.float64, 2, 0.9, False, False, False), (np.float32, 7, 0.9, False, False, False),
+                                          (np.float32, 3, 0.9, True, True, True), (np.float64, 1, 0.9, False, False, True))],
 ]
 
 

@@ -147,7 +147,9 @@ def cases(dt):
                         ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(7),
                           *h(0.01, 0.3, 0.999, 1e-8, 0.1)], {"weight_decay": True}),
                         ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(2),
-                          *h(0.01, 0.9, 0.99, 1e-6, 0.1)], {"weight_decay": True, "decoupled": True})],
+                          *h(0.01, 0.9, 0.99, 1e-6, 0.1)], {"weight_decay": True, "decoupled": True}),
+                        ([x, f(5, 7, dtype=dt), f(5, 7, dtype=dt), f(5, 7, dtype=dt, lo=0, hi=1), step(2),  # clipped
+                          *h(0.01, 0.9, 0.99, 1e-6, 0.1), np.array(0.37, dt)], {"weight_decay": True, "decoupled": True})],
         # a world of one here; tests/test_distributed.py runs it across two ranks
         "all_reduce": [([world(), x, f(3, dtype=dt), f(2, 1, 4, dtype=dt)], {"ranks": 1}),
                        ([world(), x], {"ranks": 1, "op": "sum"})],

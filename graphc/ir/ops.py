@@ -767,10 +767,12 @@ def _(p, g, lr, momentum_, dampening, weight_decay_, buf=None, step=None, *, mom
     return (p - lr * d_p).astype(p.dtype), buf.astype(p.dtype)
 
 
-@defop("adam_update", 10, kind="opaque", tags=("optimizer",), attrs={"weight_decay": Attr("bool", False), "decoupled": Attr("bool", False)},
+@defop("adam_update", (10, 11), kind="opaque", tags=("optimizer",), attrs={"weight_decay": Attr("bool", False), "decoupled": Attr("bool", False)},
        doc="torch.optim.Adam / AdamW (amsgrad=False) for one param. Inputs (p, g, exp_avg, exp_avg_sq, step, lr, "
-           "beta1, beta2, eps, weight_decay); outputs p', exp_avg', exp_avg_sq'. Bias correction uses t = step + 1. "
-           "weight_decay=true: the term exists (added to g; decoupled=true: p *= 1 - lr*weight_decay first, AdamW)")
+           "beta1, beta2, eps, weight_decay), then an optional grad_scale (a scalar of the param's dtype: g * grad_scale "
+           "is the gradient, clip_grad_norm's coefficient, so no pass writes the scaled gradient); outputs p', exp_avg', "
+           "exp_avg_sq'. Bias correction uses t = step + 1. weight_decay=true: the term exists (added to g; "
+           "decoupled=true: p *= 1 - lr*weight_decay first, AdamW)")
 def adam_update(t, weight_decay, decoupled):
     p = t[0]
     _float("adam_update", p, "param")
@@ -778,11 +780,15 @@ def adam_update(t, weight_decay, decoupled):
         _check_update_operand("adam_update", p, what, x)
     _check_step("adam_update", t[4])
     _check_scalars("adam_update", ADAM_SCALARS, t[5:10])
+    if len(t) == 11 and t[10] != TensorType((), p.dtype):
+        raise ShapeError(f"adam_update: grad_scale must be a scalar of the param's dtype {p.dtype}[], got {t[10]}")
     return p, p, p
 
 
 @adam_update.ref
-def _(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay_, *, weight_decay, decoupled):
+def _(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay_, grad_scale=None, *, weight_decay, decoupled):
+    if grad_scale is not None:
+        g = g * grad_scale  # in the param's dtype, as the mul node it replaces
     lr, beta1, beta2, eps, wd = (float(x) for x in (lr, beta1, beta2, eps, weight_decay_))
     if weight_decay and decoupled:
         p = p * (1 - lr * wd)
