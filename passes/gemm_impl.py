@@ -10,10 +10,13 @@ linear's weight); a BLAS call costs a start plus the multiply-adds at BLAS's rat
 B is transposed, OpenBLAS's small "nt" path). Fitted to single GEMMs timed on this project's
 2-core AVX-512 machine (thread CPU time, 15 shapes from 64x20x10 to 128^3): it picks the faster
 in all but near-ties (within ~10%). Where half the vector lanes or fewer would be busy (1-8
-outputs) BLAS is taken (its gemv and small-N paths: the loop nest took 2-3x its time), and
-beyond LOOPS_MAX_MACS (the sizes measured) too, or 4x that for a transposed B, where BLAS stays
-slow longer. benchmarks/gemm_choice.py times both on shapes the rule was not fitted to and
-prints where it picks the slower one and what that costs.
+outputs) BLAS is taken (its gemv and small-N paths: the loop nest took 2-3x its time). Beyond
+LOOPS_MAX_MACS (the sizes that model was fitted to; 4x that for a transposed B, where BLAS stays
+slow longer) BLAS is priced at its large-GEMM rate (BLAS_LARGE_MACS_PER_NS, one thread: both
+lowerings split alike over threads, passes/parallel.py), against the loop nest's k in blocks:
+a transformer's long-k weight gradients (256x64x1024) run ~1.4x faster as loops. A B packed on
+the stack stays within PACK_MAX_BYTES. benchmarks/gemm_choice.py times both on shapes the rule
+was not fitted to and prints where it picks the slower one and what that costs.
 """
 from __future__ import annotations
 
@@ -29,6 +32,10 @@ LOOPS_MAX_MACS_NT = 1 << 20
 PACK_MAX_BYTES = 64 << 10  # the loop nest packs B into a stack buffer: no larger than this
 VECTOR = {"f32": 16, "f64": 8}  # elements per vector, as runtime/lower_small_gemm.WIDTH (tested equal)
 GEMMS = ("matmul", "linear", "linear_relu")
+# the epilogue ops a loop nest runs on its register tiles (runtime/lower_small_gemm.TILE_OPS, tested
+# equal): a split by rows of C (passes/parallel.gemm_split) takes only these
+TILE_OPS = frozenset({"add", "sub", "mul", "div", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "where",
+                      "neg", "relu", "relu_backward", "sigmoid_backward", "tanh_backward", "broadcast_to", "dropout"})
 # the cost model, in ns, fitted to single GEMMs timed on this project's 2-core AVX-512 machine
 # (f32; f64 has half the elements per vector and BLAS half the rate). LOOP_FMA is the core's
 # FMA throughput (benchmarks/roofline.py measures 2 vector FMAs per cycle at ~2.6-2.7 GHz:
@@ -42,6 +49,11 @@ LOOP_BASE, LOOP_FMA, LOOP_PACK = 100.0, 0.2, 0.3  # ns: start, per vector FMA, p
 # 128x1x32 0.82 us); BLAS's gemv for it measured 0.72 and 1.11 us: its start and ~7 per ns
 DOT_ROW, BLAS_GEMV_MACS_PER_NS = 3.5, 7.0
 BLAS_BASE, BLAS_MACS_PER_NS, BLAS_NT_MACS_PER_NS = 450.0, 100.0, 45.0  # BLAS call: start, rate; "nt" rate
+# beyond the caps (the weight gradients of a transformer's MLP: 256x64x1024; its forward layers:
+# 1024x256x64): OpenBLAS on one thread, timed alone (benchmarks/gemm_choice.py, thread CPU time):
+# 53 (tn) to 63 (nt) multiply-adds per ns; the loop nest with k in blocks (lower_small_gemm.KC)
+# keeps ~0.2 ns per vector FMA there (150-165 GFLOP/s f32 at whole vectors)
+BLAS_LARGE_MACS_PER_NS = 60.0
 
 
 def choose(types, members: list[Node]) -> tuple[str, str]:
@@ -76,19 +88,21 @@ def choose(types, members: list[Node]) -> tuple[str, str]:
     # (not with one vector per row of C: a broadcast load per FMA, half the FMA rate; 128x10x512
     # took 27 us as loops, 24 us in BLAS)
     cap = LOOPS_MAX_MACS_NT if nt and math.ceil(vn / w) >= 2 else LOOPS_MAX_MACS
-    if macs > cap:
-        return "blas", f"{shape}: {macs} multiply-adds > {cap}"
+    large = macs > cap  # beyond the sizes the small-GEMM model was fitted to: BLAS at its large-GEMM rate
     pack_bytes = k * math.ceil(vn / w) * w * (8 if dt == "f64" else 4) if packed else 0
     if pack_bytes > PACK_MAX_BYTES:
         return "blas", f"{shape}: B packed would take {pack_bytes} bytes of stack > {PACK_MAX_BYTES}"
     dots = dots_form(dt, n, a_st, b_st) and gemm.op != "addmm"
+    if large and (dots or gemm.op == "addmm"):
+        return "blas", f"{shape}: {macs} multiply-adds > {cap}" + (" (dot products)" if dots else " (addmm)")
     if dots:  # one output, x @ w.T: a dot product along k per row (runtime/lower_small_gemm.gemm_dots)
         loops = LOOP_BASE + m * (LOOP_FMA * math.ceil(k / w) + DOT_ROW)
     elif 2 * vn <= math.ceil(vn / w) * w:  # N = 1..8 of 16: BLAS's gemv / small-N paths (0.3-0.5x BLAS's time)
         return "blas", f"{shape}: {vn} of {math.ceil(vn / w) * w} vector lanes busy (half or fewer)"
     else:
         loops = LOOP_BASE + LOOP_FMA * fmas + LOOP_PACK * packed
-    rate = (BLAS_NT_MACS_PER_NS if nt else BLAS_MACS_PER_NS) * 4 / (8 if dt == "f64" else 4)
+    rate = (BLAS_LARGE_MACS_PER_NS if large else BLAS_NT_MACS_PER_NS if nt else BLAS_MACS_PER_NS) * 4 / (
+        8 if dt == "f64" else 4)
     blas = BLAS_BASE + macs / rate
     if dots:  # BLAS's call is a gemv (lower_llvm._blas, as numba's np.dot)
         blas = BLAS_BASE + macs / (BLAS_GEMV_MACS_PER_NS * 4 / (8 if dt == "f64" else 4))
@@ -96,7 +110,8 @@ def choose(types, members: list[Node]) -> tuple[str, str]:
                f"against BLAS ~{blas:.0f} ns ({macs} multiply-adds, gemv)")
         return ("loops" if loops < blas else "blas"), why
     why = (f"{shape}: loops ~{loops:.0f} ns ({fmas} vector FMAs" + (f", {packed} elements packed" if packed else "")
-           + f") against BLAS ~{blas:.0f} ns ({macs} multiply-adds{', transposed B' if nt else ''})")
+           + f") against BLAS ~{blas:.0f} ns ({macs} multiply-adds{', transposed B' if nt and not large else ''}"
+           + (f" > {cap}: its large-GEMM rate" if large else "") + ")")
     return ("loops" if loops < blas else "blas"), why
 
 

@@ -26,10 +26,13 @@ What splits, and along which dimension:
 - gemm kernels through BLAS (a weight gradient with its epilogue; a plain 2-D `linear` or
   `matmul` node becomes a one-member gemm kernel for it), only in a plan where other kernels
   split (the pool keeps OpenBLAS at one thread while awake; otherwise OpenBLAS's own threads
-  serve the GEMMs): with an elementwise epilogue by rows of C, each task its rows' gemm and
-  then their epilogue; else the BLAS call, each task one
-  gemm on a block of C's columns (or rows), one BLAS thread each; the epilogue loop stays on
-  one thread. The same values (each element the same dot).
+  serve the GEMMs), and gemm kernels as loop nests {impl="loops"} (no threads but the pool's:
+  such a kernel worth splitting makes the plan use it). The node's `split` (gemm_split) says
+  how: "rows" with an elementwise epilogue, each task its rows of C (a loop nest: its register
+  blocks of rows, the epilogue on each tile), their GEMM and then their epilogue; else
+  "gemm_rows" / "gemm_cols", the GEMM alone in blocks of C's rows or columns (BLAS: one call
+  each, one BLAS thread), the epilogue loop after the join on one thread. The same values
+  (each element the same dot, in the same order).
 - strided_gemm kernels (attention's batched GEMMs): their batch of BLAS calls, each writing its
   own slice of C (one BLAS thread inside the pool). Bit-equal.
 
@@ -84,7 +87,42 @@ MIN_GEMM_SPLIT_US = 60.0  # halves of a GEMM lose some of BLAS's rate: only the 
 
 def _loop_kernel(n: Node) -> bool:
     return (n.op == "kernel" and n.attr.get("kind") in (*LOOP_ELEMS_PER_US, "strided_gemm", "gemm")
-            and n.attr.get("impl") != "loops")
+            and (n.attr.get("impl") != "loops" or n.body.nodes[0].op != "addmm"))
+
+
+def _loops(n: Node) -> bool:
+    return n.attr.get("impl") == "loops"
+
+
+def gemm_split(n: Node) -> tuple[str, str]:
+    """(split, why) of a gemm kernel that runs on several threads (graphc/ir/graph.GEMM_SPLITS):
+    "rows" when its epilogue is elementwise (no reduction) and C has rows to share: each task its
+    rows' GEMM, then their epilogue while they are in its cache (a loop nest: on each register
+    tile, so only ops that lower on vectors, passes/gemm_impl.TILE_OPS); else the GEMM alone,
+    the epilogue after the join on one thread: by rows of C for a loop nest (its register blocks
+    of rows), by C's longer side for BLAS (each task one BLAS call on its block)."""
+    from graphc.ir import OPS
+
+    from .gemm_impl import TILE_OPS
+
+    body = n.body
+    gemm = next(m for m in body.nodes if OPS[m.op].kind == "gemm")
+    after = body.nodes[body.nodes.index(gemm) + 1:]
+    m_, n_ = gemm.types[0].shape
+    reduces = [m.op for m in after if OPS[m.op].kind == "reduce"]
+    loops = n.attr.get("impl") == "loops"
+    if reduces:
+        why = f"its epilogue reduces ({', '.join(dict.fromkeys(reduces))}): the GEMM split, the epilogue after the join"
+    elif m_ < 2:
+        why = "C has one row: the GEMM split by columns, the epilogue after the join"
+    elif loops and any(m.op not in TILE_OPS for m in after):
+        why = (f"its epilogue has {', '.join(sorted({m.op for m in after if m.op not in TILE_OPS}))}, which the "
+               "register tiles do not lower: the GEMM split, the epilogue after the join")
+    else:
+        return "rows", "rows of C, each task its GEMM rows and then their epilogue"
+    if loops:
+        return "gemm_rows", why + " (register blocks of C's rows)"
+    return ("gemm_cols", why + " (C's columns)") if n_ > m_ else ("gemm_rows", why + " (C's rows)")
 
 
 def _loop_units(n: Node) -> tuple[int, float, str]:
@@ -96,8 +134,10 @@ def _loop_units(n: Node) -> tuple[int, float, str]:
     body = n.body
     if n.attr["kind"] == "gemm":  # its BLAS call, cut into column (or row) blocks of C
         m = next((m for m in body.nodes if OPS[m.op].kind == "gemm"), None)
-        if m is None or m.op not in ("matmul", "linear") or len(m.types[0].shape) != 2:
-            return 0, 0.0, "not a 2-D matmul or linear through BLAS"
+        if m is None or m.op not in ("matmul", "linear", "linear_relu") or len(m.types[0].shape) != 2:
+            return 0, 0.0, "not a 2-D matmul or linear"
+        if n.attr.get("impl") == "loops" and 1 in m.types[0].shape:
+            return 0, 0.0, "a loop nest of dot products (one column of C): no split lowering"
         out, k = m.types[0], body.types[m.inputs[0]].shape[-1]
         us = 2.0 * out.size * k / GEMM_FLOPS_PER_US
         if us < MIN_GEMM_SPLIT_US:
@@ -249,10 +289,11 @@ def parallel(g: Graph, ctx: PassContext | None = None):
     nodes, changed, single = [], False, {}
     # GEMMs split only in a plan whose other kernels use the pool: OpenBLAS stays at one thread
     # while the pool is awake; in a plan without other split kernels its own threads serve them
+    # (a loop-nest GEMM has no threads but the pool's: it counts as another kernel)
     pool = any(decide(n, types, avail)[0] > 1 for n in g.nodes
-               if n.op in SPLITTABLE or (_loop_kernel(n) and n.attr.get("kind") != "gemm"))
+               if n.op in SPLITTABLE or (_loop_kernel(n) and (n.attr.get("kind") != "gemm" or _loops(n))))
     for n in g.nodes:
-        if not pool and (_plain_gemm(n, types) or (_loop_kernel(n) and n.attr.get("kind") == "gemm")):
+        if not pool and (_plain_gemm(n, types) or (_loop_kernel(n) and n.attr.get("kind") == "gemm" and not _loops(n))):
             if n.op == "kernel":
                 ctx.note(f"%{n.outputs[0]} = kernel: threads=1: its GEMM is left to OpenBLAS's threads "
                          "(no other kernel of this plan runs on the pool)")
@@ -262,7 +303,7 @@ def parallel(g: Graph, ctx: PassContext | None = None):
             k, why = decide(kernel_node([n], list(dict.fromkeys(n.inputs)), list(n.outputs), types, "gemm"), types, avail)
             if k > 1:
                 n = kernel_node([n], list(dict.fromkeys(n.inputs)), list(n.outputs), types, "gemm")
-                n = n.replace(attrs=tuple(sorted({**n.attr, "threads": k}.items())))
+                n = n.replace(attrs=tuple(sorted({**n.attr, "threads": k, "split": gemm_split(n)[0]}.items())))
                 ctx.note(f"%{n.outputs[0]} = {n.body.nodes[0].op}: as a gemm kernel, threads={k}: {why}")
                 nodes.append(n)
                 changed = True
@@ -275,9 +316,15 @@ def parallel(g: Graph, ctx: PassContext | None = None):
             changed = True
         if n.op in SPLITTABLE or _loop_kernel(n):
             k, why = decide(n, types, avail)
+            attrs = {key: v for key, v in n.attr.items() if key != "split"}
+            if k != attrs.get("threads", 1):
+                attrs["threads"] = k
+            if k > 1 and n.attr.get("kind") == "gemm":  # which of C's dimensions the tasks share (gemm_split)
+                attrs["split"], how = gemm_split(n)
+                why += f"; split=\"{attrs['split']}\": {how}"
             ctx.note(f"%{n.outputs[0]} = {n.op}: threads={k}: {why}")
-            if k != n.attr.get("threads", 1):
-                n = n.replace(attrs=tuple(sorted({**n.attr, "threads": k}.items())))
+            if attrs != n.attr:
+                n = n.replace(attrs=tuple(sorted(attrs.items())))
                 changed = True
         elif n.op not in ("reshape", "full"):
             reason = _single_reason(n)
@@ -302,6 +349,6 @@ def _plain_gemm(n: Node, types) -> bool:
 def _single_reason(n: Node) -> str:
     if n.op == "kernel":
         impl = n.attr.get("impl")
-        return ("loop GEMMs, lower_small_gemm: no split lowering yet" if impl == "loops" else
+        return ("loop GEMMs: an addmm's loop nest has no split lowering yet" if impl == "loops" else
                 f"fused {n.attr.get('kind')} loops / BLAS: no split lowering yet (BLAS threads itself)")
     return f"{n.op}: no split lowering"

@@ -467,10 +467,11 @@ def lowerable(n: Node) -> bool:
 def kernel_ir(node: Node, scalars: set[str], out_strides: dict | None = None) -> tuple[str, list[str], list[str], list[str]]:
     """(IR text of `define void @kernel(...)`, operand values in argument order, output values in
     argument order (+ "#scratch0"), argument types: "i64 scalar" or the array's dtype). Raises
-    Unsupported when the kernel holds something this lowering lacks. An elementwise, rows or
-    strided GEMM kernel with `threads=k` (passes/parallel.py) is split over the pool
-    (runtime/split_llvm.py). `out_strides`: {output: element strides} of outputs the memory plan
-    stores as strided pieces of a concat's buffer (a strided GEMM writes through them)."""
+    Unsupported when the kernel holds something this lowering lacks. An elementwise, rows,
+    reduce, gemm or strided GEMM kernel with `threads=k` (passes/parallel.py) is split over the
+    pool (runtime/split_llvm.py; a gemm kernel as its `split` says). `out_strides`: {output:
+    element strides} of outputs the memory plan stores as strided pieces of a concat's buffer (a
+    strided GEMM writes through them)."""
     text, ins, outs, args = _kernel_ir(node, scalars, out_strides)
     threads = node.attr.get("threads", 1)
     if threads > 1 and node.attr["kind"] in ("elementwise", "rows", "strided_gemm", "reduce"):
@@ -491,13 +492,14 @@ def kernel_ir(node: Node, scalars: set[str], out_strides: dict | None = None) ->
             close = text.index(") #0 {", head)
             extra = "".join(f", ptr %part{j}" for j in range(len(partials)))
             text = text[:close] + extra + text[close:]
-    elif threads > 1 and node.attr["kind"] == "gemm":
+    elif threads > 1 and node.attr["kind"] == "gemm" and node.attr.get("impl") != "loops":  # (loops: split above)
         from .split_llvm import split_gemm, split_gemm_rows
 
-        try:  # rows of C: each task its gemm rows, then its epilogue on them
+        how = node.attr["split"]  # passes/parallel.gemm_split
+        if how == "rows":  # rows of C: each task its gemm rows, then its epilogue on them
             text = split_gemm_rows(text, threads)
-        except Unsupported:  # an epilogue that reduces: the gemm in blocks, the epilogue after
-            text = split_gemm(text, threads)
+        else:  # the gemm in blocks of C's rows or columns, the epilogue after the join
+            text = split_gemm(text, threads, how == "gemm_cols")
     return text, ins, outs, args
 
 
@@ -607,7 +609,10 @@ def _kernel_ir(node: Node, scalars: set[str], out_strides: dict | None = None) -
         if node.attr.get("impl") == "loops":  # the kernel pass chose a loop nest (passes/gemm_impl.py)
             from .lower_small_gemm import lower_gemm
 
-            lower_gemm(f, gemm, types, prologue, ptr, gemm_dst)
+            threads = node.attr.get("threads", 1)
+            if threads > 1 and node.attr.get("split") != "gemm_rows":
+                raise Unsupported(f"impl=loops, threads={threads}: split={node.attr.get('split')!r} here")
+            lower_gemm(f, gemm, types, prologue, ptr, gemm_dst, threads)
         else:
             _blas(f, gemm, types, prologue, ptr, gemm_dst)
 

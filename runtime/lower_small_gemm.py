@@ -25,8 +25,9 @@ last bits (another summation order), as any two BLAS builds do; tests compare wi
 """
 from __future__ import annotations
 
-ACCUMULATORS = 12  # vector accumulators per register block: enough to hide FMA latency on two ports
-NB = 2  # vectors of C's row per register block
+ACCUMULATORS = 24  # vector accumulators per register block (of AVX-512's 32 registers; the rest: B's vectors)
+NB = 4  # vectors of C's row per register block
+KC = 256  # k in blocks of about this many: B's rows of a block stay in L1 across the register blocks
 WIDTH = {"f32": 16, "f64": 8}  # elements per vector: one AVX-512 register
 _T = {"f32": "float", "f64": "double"}
 _SIZE = {"f32": 4, "f64": 8}
@@ -78,14 +79,32 @@ def plan_orientation(m: int, n: int, a: tuple, b: tuple, c: tuple):
     return m, n, a, b, c
 
 
+def tiles(dt: str, m: int, n: int, a: tuple, b: tuple, c: tuple) -> tuple[int, int]:
+    """(rows per register block, register blocks of rows) of gemm_loops on these operands: the
+    units a thread split shares out (runtime/split_llvm.split_loop_gemm)."""
+    m, n, _, _, _ = plan_orientation(m, n, a, b, c)
+    mr = _rows_per_block(dt, n)
+    return mr, -(-m // mr)
+
+
+def _rows_per_block(dt: str, n: int) -> int:
+    nv = -(-n // WIDTH[dt])
+    return max(1, min(8, ACCUMULATORS // min(nv, NB)))
+
+
 def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, c: tuple,
-               scale: str | None = None, c0: tuple | None = None, beta: float = 0.0, epilogue=None) -> None:
+               scale: str | None = None, c0: tuple | None = None, beta: float = 0.0, epilogue=None,
+               span: tuple[str, str] | None = None, cbuf: str | None = None) -> None:
     """Append the loop nest computing C = op(A) @ op(B) (or beta * C0 + scale * op(A) @ op(B)
     when scale, an LLVM `double` operand, is given) to `out`. a, b, c, c0: (pointer, row
     stride, column stride) in elements; c must have a unit stride in one dimension.
     epilogue(row, col, value, partial), when given, is called for each vector of C (row: an i64
     operand, col: C's first column in it, partial: whether it is the masked last one) in place
-    of C's store: it emits what the kernel does with those elements (tile_epilogue_ir)."""
+    of C's store: it emits what the kernel does with those elements (tile_epilogue_ir).
+    span: (lo, hi) i64 operands: only register blocks of rows lo <= t < hi (tiles(); a task of
+    a thread split), else all. k longer than KC runs in blocks of about KC (B's rows of a block
+    stay in L1 across the register blocks), the sums kept in C between blocks (in cbuf, a
+    row-major M x N buffer, when an epilogue takes C's place; not with scale)."""
     if epilogue is not None and c[2] != 1:
         raise ValueError("gemm_loops: an epilogue needs C's rows unit-stride")
     m, n, a, b, c = plan_orientation(m, n, a, b, c)
@@ -119,38 +138,89 @@ def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, 
         s1 = out.ins(f"insertelement {vt} poison, {ty} {sf}, i64 0")
         svec = out.ins(f"shufflevector {vt} {s1}, {vt} poison, <{w} x i32> zeroinitializer")
 
-    mr = max(1, min(8, ACCUMULATORS // min(nv, NB)))  # rows of A per register block
+    mr = _rows_per_block(dt, n)  # rows of A per register block
+    nkb = -(-k // KC) if scale is None else 1
+    kc = -(-k // nkb)
+    cmem = None
+    if nkb > 1:
+        cmem = c if epilogue is None else (cbuf, n, 1)
+        if cmem[0] is None:
+            raise ValueError("gemm_loops: k in blocks with an epilogue needs cbuf")
 
-    def block_rows(i0: str, rows: int) -> None:
-        """C[i0:i0+rows, :] in column blocks of NB vectors; i0 an i64 operand."""
+    def block_rows(i0: str, rows: int, k0, klen: int, first: bool, last: bool) -> None:
+        """C[i0:i0+rows, cols]; i0 an i64 operand."""
+        if True:
+            _micro(out, dt, i0, rows, cols, (k0, klen), a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0,
+                   beta, tail_load, epilogue if last else None, None if first else cmem, cmem if not last else None)
+
+    full, tail = divmod(m, mr)
+
+    def all_rows(k0, klen: int, first: bool, last: bool) -> None:
+        """For each column block of NB vectors (its rows of B stay in L1), the register blocks of rows."""
+        nonlocal cols
         for j0 in range(0, nv, NB):
             cols = list(range(j0, min(nv, j0 + NB)))
-            _micro(out, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta,
-                   tail_load, epilogue)
+            block_cols(k0, klen, first, last)
 
-    full = m // mr
-    if full:
-        head = out.label("rows")
-        pre = out.label("rows_pre")
+    cols: list = []
+
+    def block_cols(k0, klen: int, first: bool, last: bool) -> None:
+        lo, hi = span if span is not None else ("0", str(full + (tail > 0)))
+        if full:
+            pre, head, latch, after = (out.label(x) for x in ("rows_pre", "rows", "rows_latch", "rows_done"))
+            if span is None:
+                hf = str(full)
+                out.line(f"br label %{pre}")
+            else:  # full blocks lo <= t < min(hi, full), when any
+                over = out.ins(f"icmp ugt i64 {hi}, {full}")
+                hf = out.ins(f"select i1 {over}, i64 {full}, i64 {hi}")
+                some = out.ins(f"icmp ult i64 {lo}, {hf}")
+                out.line(f"br i1 {some}, label %{pre}, label %{after}")
+            out.block(pre)
+            out.line(f"br label %{head}")
+            out.block(head)
+            ib, nxt = out.fresh("ib"), out.fresh("ibn")
+            out.line(f"{ib} = phi i64 [ {lo}, %{pre} ], [ {nxt}, %{latch} ]")
+            i0 = out.ins(f"mul nuw nsw i64 {ib}, {mr}")
+            block_rows(i0, mr, k0, klen, first, last)
+            out.line(f"br label %{latch}")
+            out.block(latch)
+            out.latch(nxt, ib, 1, hf, after, head)
+            out.block(after)
+        if tail:
+            if span is None:
+                block_rows(str(full * mr), tail, k0, klen, first, last)
+            else:  # the last, partial block: in the task whose span reaches it
+                yes, done = out.label("tail"), out.label("tail_done")
+                has = out.ins(f"icmp ugt i64 {hi}, {full}")
+                out.line(f"br i1 {has}, label %{yes}, label %{done}")
+                out.block(yes)
+                block_rows(str(full * mr), tail, k0, klen, first, last)
+                out.line(f"br label %{done}")
+                out.block(done)
+
+    if nkb == 1:
+        all_rows("0", k, True, True)
+        return
+    all_rows("0", kc, True, False)
+    if nkb > 2:  # the middle blocks: a loop over them
+        pre, head, after = out.label("kb_pre"), out.label("kb"), out.label("kb_done")
         out.line(f"br label %{pre}")
         out.block(pre)
         out.line(f"br label %{head}")
         out.block(head)
-        ib = out.fresh("ib")
-        nxt = out.fresh("ibn")
-        latch = out.label("rows_latch")
-        out.line(f"{ib} = phi i64 [ 0, %{pre} ], [ {nxt}, %{latch} ]")
-        i0 = out.ins(f"mul nuw nsw i64 {ib}, {mr}")
-        block_rows(i0, mr)
+        kb, kn = out.fresh("kb"), out.fresh("kbn")
+        out.line(f"{kb} = phi i64 [ 1, %{pre} ], [ {kn}, %{{latch}} ]")
+        at = len(out.body) - 1
+        k0 = out.ins(f"mul nuw nsw i64 {kb}, {kc}")
+        all_rows(k0, kc, False, False)
+        latch = out.label("kb_latch")
         out.line(f"br label %{latch}")
         out.block(latch)
-        out.line(f"{nxt} = add nuw nsw i64 {ib}, 1")
-        done = out.ins(f"icmp eq i64 {nxt}, {full}")
-        after = out.label("rows_done")
-        out.line(f"br i1 {done}, label %{after}, label %{head}")
+        out.body[at] = out.body[at].replace("{latch}", latch)
+        out.latch(kn, kb, 1, nkb - 1, after, head)
         out.block(after)
-    if m % mr:
-        block_rows(str(full * mr), m % mr)
+    all_rows(str((nkb - 1) * kc), k - (nkb - 1) * kc, False, True)
 
 
 def dots_form(dt: str, n: int, a: tuple, b: tuple) -> bool:
@@ -306,19 +376,44 @@ def _pack_rect(out: Lines, dt: str, ks: tuple, js: tuple, npad: int, b: tuple, b
     out.block(done)
 
 
-def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta,
-           tail_load, epilogue=None):
-    """One register block: rows x len(cols) accumulators over the k loop, then the stores."""
+def _micro(out: Lines, dt, i0, rows, cols, ks, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta,
+           tail_load, epilogue=None, init=None, keep=None):
+    """One register block: rows x len(cols) accumulators over k0 <= k < k0 + klen (ks), starting
+    at zero or, with init (pointer, row stride, 1), at the sums stored there by the block of k
+    before; then the stores (or epilogue), or with keep the sums stored there as they are."""
     ty = _T[dt]
     nv = -(-n // w)
+    k0, klen = ks
+    sfx = "f32" if dt == "f32" else "f64"
+
+    def vec_at(base: tuple, ir_: str, j: int, partial: bool, value: str | None = None):
+        row = out.ins(f"mul nuw nsw i64 {ir_}, {base[1]}")
+        o = out.ins(f"add nuw nsw i64 {row}, {j * w}")
+        p = out.ins(f"getelementptr inbounds {ty}, ptr {base[0]}, i64 {o}")
+        if value is None:
+            return (out.ins(f"call {vt} @llvm.masked.load.v{w}{sfx}.p0(ptr {p}, i32 {_SIZE[dt]}, <{w} x i1> {mask}, {vt} zeroinitializer)")
+                    if partial else out.ins(f"load {vt}, ptr {p}, align {_SIZE[dt]}"))
+        if partial:
+            out.line(f"call void @llvm.masked.store.v{w}{sfx}.p0({vt} {value}, ptr {p}, i32 {_SIZE[dt]}, <{w} x i1> {mask})")
+        else:
+            out.line(f"store {vt} {value}, ptr {p}, align {_SIZE[dt]}")
+
     pre, head, done = out.label("k_pre"), out.label("k"), out.label("k_done")
     out.line(f"br label %{pre}")
     out.block(pre)
-    # row bases of A (i0 + r) * sa_m
+    start = {}
+    for r in range(rows):
+        ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
+        for j in cols:
+            start[r, j] = vec_at(init, ir_, j, bool(mask_tail and j == nv - 1)) if init is not None else "zeroinitializer"
+    # row bases of A (i0 + r) * sa_m + k0 * sa_k, of B k0 * ldb
+    ka = out.ins(f"mul nuw nsw i64 {k0}, {a[2]}")
     abase = []
     for r in range(rows):
-        ir = out.ins(f"add nuw nsw i64 {i0}, {r}")
-        abase.append(out.ins(f"mul nuw nsw i64 {ir}, {a[1]}"))
+        ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
+        ra = out.ins(f"mul nuw nsw i64 {ir_}, {a[1]}")
+        abase.append(out.ins(f"add nuw nsw i64 {ra}, {ka}"))
+    kbb = out.ins(f"mul nuw nsw i64 {k0}, {ldb}")
     out.line(f"br label %{head}")
     out.block(head)
     kk, kn = out.fresh("k"), out.fresh("kn")
@@ -328,14 +423,14 @@ def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n
     for r in range(rows):
         for j in cols:
             acc[r, j], nxt[r, j] = out.fresh("acc"), out.fresh("accn")
-            out.line(f"{acc[r, j]} = phi {vt} [ zeroinitializer, %{pre} ], [ {nxt[r, j]}, %{head} ]")
+            out.line(f"{acc[r, j]} = phi {vt} [ {start[r, j]}, %{pre} ], [ {nxt[r, j]}, %{head} ]")
     brow = out.ins(f"mul nuw nsw i64 {kk}, {ldb}")
+    brow = out.ins(f"add nuw nsw i64 {brow}, {kbb}")
     bv = {}
     for j in cols:
         o = out.ins(f"add nuw nsw i64 {brow}, {j * w}")
         p = out.ins(f"getelementptr inbounds {ty}, ptr {bp}, i64 {o}")
         if tail_load and j == nv - 1:
-            sfx = "f32" if dt == "f32" else "f64"
             bv[j] = out.ins(f"call {vt} @llvm.masked.load.v{w}{sfx}.p0(ptr {p}, i32 {_SIZE[dt]}, <{w} x i1> {mask}, {vt} zeroinitializer)")
         else:
             bv[j] = out.ins(f"load {vt}, ptr {p}, align {_SIZE[dt]}")
@@ -348,37 +443,30 @@ def _micro(out: Lines, dt, i0, rows, cols, k, a, bp, ldb, c, fma, zero, vt, w, n
         xs = out.ins(f"shufflevector {vt} {x1}, {vt} poison, <{w} x i32> zeroinitializer")
         for j in cols:
             out.line(f"{nxt[r, j]} = call {vt} @{fma}({vt} {xs}, {vt} {bv[j]}, {vt} {acc[r, j]})")
-    out.latch(kn, kk, 1, k, done, head)
+    out.latch(kn, kk, 1, klen, done, head)
     out.block(done)
-    sfx = "f32" if dt == "f32" else "f64"
     for r in range(rows):
-        ir = out.ins(f"add nuw nsw i64 {i0}, {r}")
-        crow = out.ins(f"mul nuw nsw i64 {ir}, {c[1]}")
-        c0row = out.ins(f"mul nuw nsw i64 {ir}, {c0[1]}") if c0 is not None else None
+        ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
+        if keep is not None:  # the sums so far, for the next block of k
+            for j in cols:
+                vec_at(keep, ir_, j, bool(mask_tail and j == nv - 1), nxt[r, j])
+            continue
         for j in cols:
             v = nxt[r, j]
-            partial = mask_tail and j == nv - 1
+            partial = bool(mask_tail and j == nv - 1)
             if svec is not None:
                 v = out.ins(f"fmul {vt} {v}, {svec}")
                 if c0 is not None and beta != 0.0:
-                    o = out.ins(f"add nuw nsw i64 {c0row}, {j * w}")
-                    p = out.ins(f"getelementptr inbounds {ty}, ptr {c0[0]}, i64 {o}")
-                    old = (out.ins(f"call {vt} @llvm.masked.load.v{w}{sfx}.p0(ptr {p}, i32 {_SIZE[dt]}, <{w} x i1> {mask}, {vt} zeroinitializer)")
-                           if partial else out.ins(f"load {vt}, ptr {p}, align {_SIZE[dt]}"))
+                    old = vec_at(c0, ir_, j, partial)
                     if beta != 1.0:
                         from .lower_llvm import fconst
                         bvv = "<" + ", ".join(f"{ty} {fconst(dt, beta)}" for _ in range(w)) + ">"
                         old = out.ins(f"fmul {vt} {old}, {bvv}")
                     v = out.ins(f"fadd {vt} {old}, {v}")
             if epilogue is not None:
-                epilogue(ir, j * w, v, bool(partial))
+                epilogue(ir_, j * w, v, partial)
                 continue
-            o = out.ins(f"add nuw nsw i64 {crow}, {j * w}")
-            p = out.ins(f"getelementptr inbounds {ty}, ptr {c[0]}, i64 {o}")
-            if partial:
-                out.line(f"call void @llvm.masked.store.v{w}{sfx}.p0({vt} {v}, ptr {p}, i32 {_SIZE[dt]}, <{w} x i1> {mask})")
-            else:
-                out.line(f"store {vt} {v}, ptr {p}, align {_SIZE[dt]}")
+            vec_at(c, ir_, j, partial, v)
 
 
 def _operands(gemm, types, prologue: dict, ptr: dict):
@@ -397,20 +485,38 @@ def _operands(gemm, types, prologue: dict, ptr: dict):
     return a, b, (m, n, k)
 
 
-def lower_gemm(f, gemm, types, prologue: dict, ptr: dict, dst: str) -> None:
+def lower_gemm(f, gemm, types, prologue: dict, ptr: dict, dst: str, threads: int = 1) -> None:
     """The GEMM of a kernel {impl="loops"} (runtime/lower_llvm.kernel_ir's `_blas`, as loops):
     dst (C, row-major) = op(A) @ op(B); an operand behind a prologue transpose, and linear's
-    weight, is read through swapped strides."""
+    weight, is read through swapped strides. threads > 1 (the node's split="gemm_rows"): the
+    loop nest in a function of its own, its register blocks of rows cut into tasks on the pool
+    (runtime/split_llvm.tasks_ir); the kernel calls it where the GEMM was, the epilogue after."""
+    from .lower_llvm import Unsupported
+
     dt = gemm.types[0].dtype
     if dt not in WIDTH:
-        from .lower_llvm import Unsupported
-
         raise Unsupported(f"{gemm.op} on {dt}")
 
     a, b, (m, n, k) = _operands(gemm, types, prologue, ptr)
     out = Lines("g")
     if dots_form(dt, n, a, b):
+        if threads > 1:
+            raise Unsupported("a split of dot products")
         gemm_dots(out, dt, m, n, k, a, b, (dst, n, 1))
+    elif threads > 1:
+        from .lower_llvm import ATTRIBUTES
+        from .split_llvm import tasks_ir
+
+        gemm_loops(out, dt, m, n, k, a, b, (dst, n, 1), span=("%lo", "%hi"))
+        params = [f"ptr {p}" for p in dict.fromkeys((a[0], b[0], dst))]
+        body = "\n".join([f"define internal void @gemm_body({', '.join(params + ['i64 %lo', 'i64 %hi'])}) #0 {{",
+                          "entry:", *out.allocas, *out.body, "  ret void", "}", ""])
+        launch, _ = tasks_ir("gemm", "gemm_launch", params, tiles(dt, m, n, a, b, (dst, n, 1))[1], threads)
+        f.sections["gemm"].append(f"  call void @gemm_launch({', '.join(params)})")
+        f.decls.update(out.decls)
+        f.decls["~gemm_split"] = body + "\n" + launch  # (the module's end: after the declarations)
+        f.decls["graphc_parallel_for"] = "declare void @graphc_parallel_for(ptr, ptr, i64, i64)"
+        return
     else:
         gemm_loops(out, dt, m, n, k, a, b, (dst, n, 1))
     f.sections["alloca"] += out.allocas
@@ -568,10 +674,17 @@ def tile_epilogue_ir(node, scalars: set[str]):
     from .kernels import broadcast_strides
     from .lower_llvm import ATTRIBUTES, EXPR, V, Unsupported, _Fn, _MEM, _relu, splat
 
+    threads = node.attr.get("threads", 1)
+    if threads > 1 and node.attr.get("split") != "rows":
+        return None  # the GEMM alone is split (split="gemm_rows"): the two-pass form
     plan = _tile_plan(node, scalars)
     if plan is None:
+        if threads > 1:
+            raise Unsupported("split=\"rows\": an epilogue that cannot run on the register tiles")
         return None
     gemm, prologue, after, space, red = plan
+    if threads > 1 and red is not None:
+        raise Unsupported("split=\"rows\" with a column sum")
     types = node.body.types
     inputs = [i.name for i in node.body.inputs]
     outputs = list(node.outputs)
@@ -676,6 +789,8 @@ def tile_epilogue_ir(node, scalars: set[str]):
         f.width = None
 
     a, b, (m, nn, k) = _operands(gemm, types, prologue, ptr)
+    if k > KC and gemm.outputs[0] not in outputs:
+        return None  # k in blocks keeps C's sums in memory between them: the two-pass form's buffer
     npad = -(-nn // w) * w
     if red is not None:  # the column sum starts at zero, as the epilogue loop's reduction does, in a
         # stack buffer of whole vectors (no alias of any output: LLVM keeps it in registers)
@@ -683,7 +798,9 @@ def tile_epilogue_ir(node, scalars: set[str]):
         out.decls["llvm.memset.p0.i64"] = "declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)"
         out.decls["llvm.memcpy.p0.p0.i64"] = "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)"
         out.line(f"call void @llvm.memset.p0.i64(ptr align 64 %gsums, i8 0, i64 {npad * _SIZE[dt]}, i1 false)")
-    gemm_loops(out, dt, m, nn, k, a, b, ("%unused", nn, 1), epilogue=epilogue)
+    span = ("%lo", "%hi") if threads > 1 else None
+    gemm_loops(out, dt, m, nn, k, a, b, ("%unused", nn, 1), epilogue=epilogue, cbuf=ptr.get(gemm.outputs[0]),
+               span=span)
     if red is not None:
         out.line(f"call void @llvm.memcpy.p0.p0.i64(ptr {ptr[red.outputs[0]]}, ptr align 64 %gsums, "
                  f"i64 {nn * _SIZE[dt]}, i1 false)")
@@ -692,8 +809,17 @@ def tile_epilogue_ir(node, scalars: set[str]):
     params += [f"ptr {ptr[v]}" for v in outputs]
     decls = {**out.decls, **f.decls}
     ops = [mm.op for mm in node.body.nodes]
+    head = f"define void @kernel({', '.join(params)}) #0 {{"
+    launch = ""
+    if span is not None:  # the whole kernel, per register block of rows, cut into tasks on the pool
+        from .split_llvm import tasks_ir
+
+        head = f"define internal void @kernel_body({', '.join(params + ['i64 %lo', 'i64 %hi'])}) #0 {{"
+        launch = tasks_ir("kernel", "kernel", params, tiles(dt, m, nn, a, b, ("%unused", nn, 1))[1], threads)[0]
+        decls["graphc_parallel_for"] = "declare void @graphc_parallel_for(ptr, ptr, i64, i64)"
     text = "\n".join([f"; graphc kernel {{impl=loops, kind=gemm}}: {', '.join(ops)}; epilogue per tile of {list(space)}",
-                      f"define void @kernel({', '.join(params)}) #0 {{", "entry:", *out.allocas, *s["alloca"],
-                      *s["hoist"], *s["gemm"], "  ret void", "}", "", *[decls[d] for d in sorted(decls)], "", f"attributes #0 = {{ {ATTRIBUTES} }}"]) + "\n"
+                      head, "entry:", *out.allocas, *s["alloca"],
+                      *s["hoist"], *s["gemm"], "  ret void", "}", "", launch, *[decls[d] for d in sorted(decls)], "",
+                      f"attributes #0 = {{ {ATTRIBUTES} }}"]) + "\n"
     args = ["i64 scalar" if v in scalars else types[v].dtype for v in inputs]
     return text, inputs, outputs, args + [types[v].dtype for v in outputs]

@@ -133,12 +133,13 @@ def split(ir: str, threads: int, scratch: dict[int, int], partials: list | None 
 GEMM_TASKS_PER_THREAD = 2  # halves of a GEMM pack and stream well; quarters of T's start to lose
 
 
-def split_gemm(ir: str, threads: int) -> str:
+def split_gemm(ir: str, threads: int, cols: bool) -> str:
     """A gemm kernel's BLAS call (lower_llvm._blas: `graphc_blas_sgemm` / `dgemm`, BLAS's
     column-major C = op(A) op(B), m x n) run as tasks on the pool: each task one gemm on a share
-    of C's columns (n >= m) or rows, with the operand pointers offset by the trans flags and
-    leading dims (OpenBLAS at one thread inside the pool). The epilogue loop after it stays as
-    it is. Each element of C is the same dot over k: the same values."""
+    of C's columns (cols: the node's split="gemm_cols") or rows ("gemm_rows"), in the graph's
+    row-major terms, with the operand pointers offset by the trans flags and leading dims
+    (OpenBLAS at one thread inside the pool). The epilogue loop after it stays as it is. Each
+    element of C is the same dot over k: the same values."""
     for kind, ty, size in (("s", "float", 4), ("d", "double", 8)):
         call = f"call void @graphc_blas_{kind}gemm("
         if call in ir:
@@ -159,7 +160,8 @@ def split_gemm(ir: str, threads: int) -> str:
         task += [f"  %{nm}.v32 = load i32, ptr %{nm}", f"  %{nm}.v = sext i32 %{nm}.v32 to i64"]
     task += ["  %ta.c = load i8, ptr %ta", "  %tb.c = load i8, ptr %tb",
              "  %ta.n = icmp eq i8 %ta.c, 110", "  %tb.n = icmp eq i8 %tb.c, 110",  # 'n': not transposed
-             "  %cols = icmp sge i64 %n.v, %m.v", "  %len = select i1 %cols, i64 %n.v, i64 %m.v",
+             f"  %cols = or i1 {'false' if cols else 'true'}, false",  # BLAS's columns of C^T: the graph's rows
+             "  %len = select i1 %cols, i64 %n.v, i64 %m.v",
              f"  %q = sdiv i64 %len, {tasks}", f"  %r = srem i64 %len, {tasks}",
              "  %few = icmp slt i64 %task, %r", "  %extra = select i1 %few, i64 %task, i64 %r",
              "  %base = mul i64 %task, %q", "  %lo = add i64 %base, %extra",
@@ -228,3 +230,43 @@ def split_gemm_rows(ir: str, threads: int) -> str:
             f"  call void @graphc_blas_{kind}gemm(ptr %ta, ptr %tb, ptr %m, ptr %nn, ptr %k, ptr %alpha, ptr %a, ptr %lda, "
             "ptr %b2, ptr %ldb, ptr %beta, ptr %c2, ptr %ldc)", "  ret void", "}"]
     return text + "\n" + "\n".join(body) + "\n"
+
+
+LOOP_GEMM_TASKS_PER_THREAD = 2  # as BLAS's halves: a descheduled worker holds back a quarter
+
+
+def tasks_ir(prefix: str, launcher: str, params: list[str], units: int, threads: int,
+             per_thread: int = LOOP_GEMM_TASKS_PER_THREAD) -> tuple[str, int]:
+    """(IR, tasks) of a function `@{launcher}(params)` that runs `@{prefix}_body(params, i64 lo,
+    i64 hi)` over units 0 <= u < units cut into tasks on the pool: `@{prefix}_task` takes its
+    arguments from the launcher's stack (as split()'s) and its share [lo, hi), each task at least
+    one unit. params: "ptr %name" / "i64 %name" as the body declares them."""
+    tasks = max(1, min(units, threads * per_thread))
+    kinds = [p.split()[0] for p in params]
+    names = [p.split()[-1] for p in params]
+    k = len(params)
+    task = [f"define internal void @{prefix}_task(ptr %ctx, i64 %task, i64 %thread) #0 {{", "entry:"]
+    args = []
+    for j, kind in enumerate(kinds):
+        task += [f"  %c{j}.p = getelementptr inbounds i64, ptr %ctx, i64 {j}", f"  %c{j} = load i64, ptr %c{j}.p"]
+        v = f"%c{j}"
+        if kind == "ptr":
+            task.append(f"  %x{j} = inttoptr i64 %c{j} to ptr")
+            v = f"%x{j}"
+        args.append(f"{kind} {v}")
+    q, r = divmod(units, tasks)
+    task += [f"  %few = icmp ult i64 %task, {r}", f"  %extra = select i1 %few, i64 %task, i64 {r}",
+             f"  %base = mul i64 %task, {q}", "  %lo = add i64 %base, %extra",
+             f"  %len = select i1 %few, i64 {q + 1}, i64 {q}", "  %hi = add i64 %lo, %len",
+             f"  call void @{prefix}_body({', '.join(args + ['i64 %lo', 'i64 %hi'])})", "  ret void", "}"]
+    launch = [f"define {'internal ' if launcher != 'kernel' else ''}void @{launcher}({', '.join(params)}) #0 {{",
+              "entry:", f"  %ctx = alloca [{k} x i64]"]
+    for j, (kind, name) in enumerate(zip(kinds, names)):
+        v = name
+        if kind == "ptr":
+            launch.append(f"  %i2p{j} = ptrtoint ptr {name} to i64")
+            v = f"%i2p{j}"
+        launch += [f"  %s{j}.p = getelementptr inbounds [{k} x i64], ptr %ctx, i64 0, i64 {j}", f"  store i64 {v}, ptr %s{j}.p"]
+    launch += [f"  call void @graphc_parallel_for(ptr @{prefix}_task, ptr %ctx, i64 {tasks}, i64 {threads})",
+               "  ret void", "}"]
+    return "\n".join(task) + "\n\n" + "\n".join(launch) + "\n", tasks

@@ -78,7 +78,7 @@ def test_a_gemm_whose_epilogue_reduces_splits_its_call_only(threads):
     text = """graph g {
   input %a: f32[256,1024]
   input %b: f32[1024,64]
-  %s: f32[256,64], %t: f32[] = kernel(%a, %b) {kind="gemm", threads=2} {
+  %s: f32[256,64], %t: f32[] = kernel(%a, %b) {kind="gemm", split="gemm_rows", threads=2} {
     %s: f32[256,64] = matmul(%a, %b)
     %q: f32[256,64] = mul(%s, %s)
     %t: f32[] = sum(%q) {dims=[0,1]}

@@ -15,6 +15,10 @@ from .types import TensorType
 KERNEL = "kernel"  # the op name of a kernel-stage node with a body (not an op-table entry)
 KERNEL_KINDS = ("elementwise", "gemm", "reduce", "rows", "strided_gemm")
 GEMM_IMPLS = ("blas", "loops")  # a gemm kernel's {impl=...}: a BLAS call, or a generated loop nest
+# a gemm kernel split over threads (passes/parallel.py): what its tasks share out. "rows": rows of C,
+# each task its rows' GEMM and then their epilogue; "gemm_rows" / "gemm_cols": rows / columns of C
+# for the GEMM only, the epilogue after the join on one thread
+GEMM_SPLITS = ("rows", "gemm_rows", "gemm_cols")
 
 # What a graph input is for; the runtime and the pictures treat the kinds differently.
 # "hyper": an optimizer hyperparameter (lr, betas, ...), a runtime f64[] read from param_groups at each step.

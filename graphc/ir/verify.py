@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from .errors import ShapeError, VerifyError
-from .graph import GEMM_IMPLS, KERNEL, KERNEL_KINDS, Graph
+from .graph import GEMM_IMPLS, GEMM_SPLITS, KERNEL, KERNEL_KINDS, Graph
 from .opdef import OPS
 
 _NAME = re.compile(r"[\w.]+")  # what the text form can print and read back
@@ -133,14 +133,13 @@ def _verify_kernel(g: Graph, n, defined: dict, fail) -> None:
     if n.op != KERNEL or n.body is None:
         fail("only a kernel node has a body, and a kernel node needs one")
     kind = dict(n.attrs).get("kind")
-    keys = tuple(k for k, _ in n.attrs if k not in ("threads", "vector", "interleave"))  # passes/parallel.py's
+    keys = tuple(k for k, _ in n.attrs if k not in ("threads", "vector", "interleave", "split"))  # passes/parallel.py's
     if keys not in (("kind",), ("impl", "kind")) or kind not in KERNEL_KINDS:
         fail(f"kernel attributes must be {{kind=...}} (or {{impl=..., kind=...}}, and threads=k) with kind one of "
              f"{KERNEL_KINDS}, got {dict(n.attrs)}")
     threads = dict(n.attrs).get("threads", 1)
-    if type(threads) is not int or threads < 1 or (threads > 1 and (kind not in ("elementwise", "rows", "strided_gemm", "reduce", "gemm")
-                                                     or dict(n.attrs).get("impl") == "loops")):
-        fail(f"threads={threads!r} needs an int >= 1, above 1 only on an elementwise, rows, reduce, gemm (through BLAS) or strided_gemm kernel "
+    if type(threads) is not int or threads < 1 or (threads > 1 and kind not in ("elementwise", "rows", "strided_gemm", "reduce", "gemm")):
+        fail(f"threads={threads!r} needs an int >= 1, above 1 only on an elementwise, rows, reduce, gemm or strided_gemm kernel "
              f"(kind={kind!r})")
     vector = dict(n.attrs).get("vector", 1)
     if type(vector) is not int or vector < 1 or (vector > 1 and kind != "rows"):
@@ -148,6 +147,10 @@ def _verify_kernel(g: Graph, n, defined: dict, fail) -> None:
     inter = dict(n.attrs).get("interleave")
     if inter is not None and (type(inter) is not int or inter < 1 or kind != "rows" or vector == 1):
         fail(f"interleave={inter!r} needs an int >= 1 on a rows kernel with vector=w (kind={kind!r}, vector={vector})")
+    split = dict(n.attrs).get("split")
+    if (split is not None or (kind == "gemm" and threads > 1)) and (kind != "gemm" or threads < 2 or split not in GEMM_SPLITS):
+        fail(f"a gemm kernel with threads > 1 needs split= one of {GEMM_SPLITS} (and only it), got split={split!r}, "
+             f"threads={threads!r}, kind={kind!r}")
     impl = dict(n.attrs).get("impl")
     if impl is not None and (kind != "gemm" or impl not in GEMM_IMPLS):
         fail(f"impl={impl!r} needs kind=\"gemm\" and one of {GEMM_IMPLS}, got kind={kind!r}")
