@@ -9,8 +9,10 @@ loses against the faster one (its regret), in total and at worst.
 
     python benchmarks/gemm_choice.py [--random 24] [--seed 0]
 
-Times are wall time per call (BLAS may run on two threads), the fastest of several batches, less an empty call's (ctypes'
-own cost); a machine shared with other jobs makes them noisy, so near-ties can read either way.
+Times are wall time per call (BLAS may run on two threads, the loop nest on one: set
+OPENBLAS_NUM_THREADS=1 to compare one thread each, as a split plan runs them), the fastest of
+several batches, less an empty call's (ctypes' own cost); a machine shared with other jobs makes
+them noisy, so near-ties can read either way.
 """
 from __future__ import annotations
 
@@ -33,6 +35,11 @@ WORKLOAD_GEMMS = {
     "E (untuned)": [(48, 40, 24, "nt"), (48, 40, 40, "nt"), (48, 40, 40, "nn"), (40, 40, 48, "tn"), (40, 24, 48, "tn"),
                     (48, 6, 40, "nt")],
     "F (untuned)": [(100, 128, 64, "nt"), (128, 64, 100, "tn"), (100, 128, 3, "nn"), (3, 128, 100, "tn")],
+    # issue 11's workload T (GPT, width 64, batch x context 1024): its forward layers, input and weight
+    # gradients (the long-k ones: k = 1024), the head's forward and weight gradient
+    "T": [(1024, 192, 64, "nt"), (1024, 256, 64, "nt"), (1024, 64, 256, "nt"), (1024, 64, 256, "nn"),
+          (1024, 96, 64, "nt"), (256, 64, 1024, "tn"), (64, 256, 1024, "tn"), (192, 64, 1024, "tn"),
+          (64, 64, 1024, "tn"), (96, 64, 1024, "tn")],
 }
 
 
