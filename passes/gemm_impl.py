@@ -125,3 +125,49 @@ def lone_addmm(n: Node) -> bool:
     """An addmm (a weight-gradient GEMM with its SGD update, passes/update_gemm.py) with no
     kernel of its own: the kernel pass asks `choose` about it as a gemm kernel of one member."""
     return n.op == "addmm" and n.body is None and n.attr["beta"] in (0.0, 1.0)
+
+
+# a strided_gemm kernel's batch of small products (attention's [T, hd] @ [hd, T] per head): a
+# loop nest per product costs its FMAs, its packing and a few address computations (LOOP_STEP),
+# a BLAS call per product its start (BLAS_BASE) every time: T's [32, 16] @ [16, 32], 128 of them,
+# took ~95 us as BLAS calls (~0.7 us each, one thread)
+LOOP_STEP = 30.0
+
+
+def choose_strided(types, members: list[Node]) -> tuple[str, str]:
+    """("loops" | "blas", the reason) for a strided_gemm kernel's members (the operands' view
+    chains, the batched matmul, a transpose of its product): the same prices as `choose`, per
+    product of the batch."""
+    from graphc.ir.strides import chain_view
+
+    gemm = next(m for m in members if m.op == "matmul")
+    dt = gemm.types[0].dtype
+    if dt not in VECTOR:
+        return "blas", f"{dt} GEMM"
+    made = {m.outputs[0]: m for m in members[:members.index(gemm)]}
+
+    def view(v):
+        ops = []
+        while v in made:
+            ops.insert(0, (made[v].op, made[v].attr))
+            v = made[v].inputs[0]
+        return chain_view(types[v].shape, ops)
+
+    (_, sha, _), (_, _, stb) = view(gemm.inputs[0]), view(gemm.inputs[1])
+    shape = gemm.types[0].shape
+    m, n, k = shape[-2], shape[-1], sha[-1]
+    batch = math.prod(shape[:-2])
+    w = VECTOR[dt]
+    vn = math.ceil(n / w)
+    if 2 * n <= vn * w:
+        return "blas", f"{batch} x {m}x{n}x{k}: {n} of {vn * w} vector lanes busy (half or fewer)"
+    packed = k * n if stb[-1] != 1 and n > 1 else 0  # B's rows strided: packed per product
+    if k * vn * w * (8 if dt == "f64" else 4) > PACK_MAX_BYTES and packed:
+        return "blas", f"{batch} x {m}x{n}x{k}: B packed would exceed {PACK_MAX_BYTES} bytes of stack"
+    macs = m * n * k
+    loops = batch * (LOOP_STEP + LOOP_FMA * m * vn * k + LOOP_PACK * packed)
+    rate = BLAS_MACS_PER_NS * 4 / (8 if dt == "f64" else 4)
+    blas = batch * (BLAS_BASE + macs / rate)
+    why = (f"{batch} x {m}x{n}x{k}: loops ~{loops:.0f} ns ({m * vn * k} vector FMAs a product"
+           + (f", {packed} elements packed" if packed else "") + f") against BLAS ~{blas:.0f} ns ({batch} calls)")
+    return ("loops" if loops < blas else "blas"), why

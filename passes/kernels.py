@@ -633,8 +633,9 @@ def kernels(g: Graph, ctx: PassContext | None = None):
     types = g.types
     for gi, grp in enumerate(groups):
         members = [g.nodes[k] for k in grp.members]
-        impl, why = gemm_impl.choose(types, members) if grp.kind == "gemm" else (None, "")
-        if grp.kind == "gemm":
+        impl, why = (gemm_impl.choose(types, members) if grp.kind == "gemm" else
+                     gemm_impl.choose_strided(types, members) if grp.kind == "strided_gemm" else (None, ""))
+        if grp.kind in ("gemm", "strided_gemm"):
             ctx.note(f"{_short(next(m for m in members if m.op in GEMMS))}: impl={impl} ({why})")
         if len(grp.members) < 2 and not lone_reduction(g, grp) and impl != "loops":
             continue  # (a lone GEMM run by loops is a kernel of one member: the IR says how it runs)

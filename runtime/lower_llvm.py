@@ -474,7 +474,7 @@ def kernel_ir(node: Node, scalars: set[str], out_strides: dict | None = None) ->
     strided GEMM writes through them)."""
     text, ins, outs, args = _kernel_ir(node, scalars, out_strides)
     threads = node.attr.get("threads", 1)
-    if threads > 1 and node.attr["kind"] in ("elementwise", "rows", "strided_gemm", "reduce"):
+    if threads > 1 and node.attr["kind"] in ("elementwise", "rows", "strided_gemm", "reduce") and node.attr.get("impl") != "loops":
         from .split_llvm import split, summed_outputs
 
         row = _rows_plan(node)[0][-1] if node.attr["kind"] == "rows" else 0
@@ -520,6 +520,10 @@ def _kernel_ir(node: Node, scalars: set[str], out_strides: dict | None = None) -
             except Unsupported:  # a member without a vector form: the scalar loops
                 pass
         return rows_ir(node, scalars)
+    if kind == "strided_gemm" and node.attr.get("impl") == "loops":  # (split over threads there)
+        from .lower_strided import strided_loops_ir
+
+        return strided_loops_ir(node, (out_strides or {}).get(node.outputs[0]))
     if kind == "strided_gemm":
         from .lower_strided import strided_gemm_ir
 

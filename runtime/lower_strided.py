@@ -188,3 +188,68 @@ def strided_gemm_ir(node: Node, out_strides: tuple | None = None) -> tuple[str, 
 
 
 _JIT = 'nogil=True, error_model="numpy"'
+
+
+def strided_loops_ir(node: Node, out_strides: tuple | None = None) -> tuple[str, list[str], list[str], list[str]]:
+    """A strided_gemm kernel {impl="loops"} (passes/gemm_impl.choose_strided): the same loop over
+    the flattened batch and the same operand views as strided_gemm_ir, each product a loop nest
+    (runtime/lower_small_gemm.gemm_loops: its shapes and strides constants) instead of a BLAS
+    call, whose start costs more than attention's [32, 16] @ [16, 32] products themselves. With
+    threads=k the batch is cut into tasks on the pool (each product its own slice of C)."""
+    from .lower_llvm import ATTRIBUTES
+    from .lower_small_gemm import Lines, gemm_loops
+    from .split_llvm import tasks_ir
+
+    inputs, out, batch, (m_, n_, k_), A, B, C = _plan(node, out_strides)
+    dt = node.body.types[out].dtype
+    ty = "float" if dt == "f32" else "double"
+    total = 1
+    for d in batch:
+        total *= d
+    inner = [1] * len(batch)
+    for d in range(len(batch) - 2, -1, -1):
+        inner[d] = inner[d + 1] * batch[d + 1]
+    threads = node.attr.get("threads", 1)
+    lo, hi = ("%lo", "%hi") if threads > 1 else ("0", str(total))
+    g = Lines("g")
+    g.line("br label %bt_pre")
+    g.block("bt_pre")
+    g.line("br label %bt")
+    g.block("bt")
+    g.line(f"%t = phi i64 [ {lo}, %bt_pre ], [ %t.next, %bt_latch ]")
+    for d in range(len(batch)):
+        g.line(f"%q{d}.0 = udiv i64 %t, {inner[d]}")
+        g.line(f"%q{d} = urem i64 %q{d}.0, {batch[d]}")
+
+    def pointer(tag, p, base, strides):
+        acc = str(base)
+        for d, s in enumerate(strides):
+            if s:
+                g.line(f"%{tag}{d}.m = mul i64 %q{d}, {s}")
+                g.line(f"%{tag}{d}.s = add i64 {acc}, %{tag}{d}.m")
+                acc = f"%{tag}{d}.s"
+        g.line(f"%{tag} = getelementptr inbounds {ty}, ptr {p}, i64 {acc}")
+        return f"%{tag}"
+
+    def view(op, p):  # (pointer, row stride, column stride) of a row-major or transposed matrix
+        return (p, op[4], 1) if not op[3] else (p, 1, op[4])
+
+    pa, pb = pointer("pA", f"%a{A[0]}", A[1], A[2]), pointer("pB", f"%a{B[0]}", B[1], B[2])
+    pc = pointer("pC", "%o0", 0, C[1])
+    gemm_loops(g, dt, m_, n_, k_, view(A, pa), view(B, pb), (pc, C[2], 1))
+    g.line("br label %bt_latch")
+    g.block("bt_latch")
+    g.latch("%t.next", "%t", 1, hi, "bt_done", "bt")
+    g.block("bt_done")
+    params = [f"ptr %a{j}" for j in range(len(inputs))] + ["ptr %o0"]
+    name = "kernel_body" if threads > 1 else "kernel"
+    head = f"define {'internal ' if threads > 1 else ''}void @{name}({', '.join(params + (['i64 %lo', 'i64 %hi'] if threads > 1 else []))}) #0 {{"
+    launch = tasks_ir("kernel", "kernel", params, total, threads)[0] if threads > 1 else ""
+    decls = dict(g.decls)
+    if threads > 1:
+        decls["graphc_parallel_for"] = "declare void @graphc_parallel_for(ptr, ptr, i64, i64)"
+    text = "\n".join([f"; graphc kernel {{impl=loops, kind=strided_gemm}}: batched gemm [{m_}, {k_}] @ [{k_}, {n_}] "
+                      f"over batch {list(batch)}, loop nests", head, "entry:", *g.allocas, *g.body, "  ret void", "}", "",
+                      launch, *[decls[d] for d in sorted(decls)], "", f"attributes #0 = {{ {ATTRIBUTES} }}"]) + "\n"
+    dtypes = [node.body.types[v].dtype for v in inputs] + [dt]
+    return text, inputs, [out], dtypes

@@ -129,3 +129,32 @@ def test_the_rule_beyond_the_small_sizes(m, n, k, layout, impl):
     _, _, g = kernel(m, n, k, layout, None)
     got, why = gemm_impl.choose(g.types, list(g.nodes))
     assert got == impl, why
+
+
+@pytest.mark.parametrize("dt", ["f32", "f64"])
+@pytest.mark.parametrize("bt,h,d", [((2, 7), 3, 5), ((3, 16), 2, 16), ((2, 33), 2, 24)])
+def test_strided_gemms_as_loop_nests_equal_blas_and_the_interpreter(dt, bt, h, d):
+    """Attention's batched products as loop nests (impl="loops" on a strided_gemm kernel), on one
+    thread and split over the batch (threads=2): the reference's values, and BLAS's within rounding."""
+    from graphc.ir import interpret
+    from graphc.passes.kernels import kernels
+    from graphc.passes.manager import PassContext
+    from graphc.runtime.executor import Executable
+    from test_strided_gemm import _attention, _graph
+
+    g = _graph(_attention, dt=dt, bt=bt, h=h, d=d)
+    new, _ = kernels(g, PassContext("kernels"))
+    args = [np.random.default_rng(1).standard_normal(i.type.shape).astype(i.type.np_dtype) for i in g.inputs]
+    want = interpret(g, args)[0]
+    tol = 1e-5 if dt == "f32" else 1e-12
+    for attrs in ({"impl": "loops"}, {"impl": "loops", "threads": 2}, {}):
+        nodes = tuple(n.replace(attrs=tuple(sorted({"kind": "strided_gemm", **attrs}.items())))
+                      if n.op == "kernel" and n.attr["kind"] == "strided_gemm" else n for n in new.nodes)
+        v = new.replace(nodes=nodes).verify()
+        if attrs:
+            irs = [lower_llvm.kernel_ir(n, set())[0] for n in v.nodes if n.op == "kernel"]
+            assert all("impl=loops, kind=strided_gemm" in ir for ir in irs)
+            assert all(("define internal void @kernel_body" in ir) == ("threads" in attrs) for ir in irs)
+        exe = Executable(v, mode="jit")
+        exe.run(*args)
+        np.testing.assert_allclose(np.array(exe.outputs[0]), want, rtol=tol, atol=tol)

@@ -152,8 +152,8 @@ def _verify_kernel(g: Graph, n, defined: dict, fail) -> None:
         fail(f"a gemm kernel with threads > 1 needs split= one of {GEMM_SPLITS} (and only it), got split={split!r}, "
              f"threads={threads!r}, kind={kind!r}")
     impl = dict(n.attrs).get("impl")
-    if impl is not None and (kind != "gemm" or impl not in GEMM_IMPLS):
-        fail(f"impl={impl!r} needs kind=\"gemm\" and one of {GEMM_IMPLS}, got kind={kind!r}")
+    if impl is not None and (kind not in ("gemm", "strided_gemm") or impl not in GEMM_IMPLS):
+        fail(f"impl={impl!r} needs kind=\"gemm\" or \"strided_gemm\" and one of {GEMM_IMPLS}, got kind={kind!r}")
     for i in n.inputs:
         if i not in defined:
             fail(f"operand %{i} is not defined before this kernel")
