@@ -54,6 +54,10 @@ BLAS_BASE, BLAS_MACS_PER_NS, BLAS_NT_MACS_PER_NS = 450.0, 100.0, 45.0  # BLAS ca
 # 53 (tn) to 63 (nt) multiply-adds per ns; the loop nest with k in blocks (lower_small_gemm.KC)
 # keeps ~0.2 ns per vector FMA there (150-165 GFLOP/s f32 at whole vectors)
 BLAS_LARGE_MACS_PER_NS = 60.0
+# and no further than T2's largest (512x128x1024: loops 926 us, BLAS 1,098 us, one thread): L's
+# 512x2048x2048 ran 1.5x slower as loops (B's rows 8 KB apart share L1 sets; BLAS packs them), its
+# 2048x784x512 1.2x, and its train step 1.23x slower (interleaved A/B, load ~2)
+LOOPS_LARGE_MAX_MACS = 1 << 26
 
 
 def choose(types, members: list[Node]) -> tuple[str, str]:
@@ -89,6 +93,8 @@ def choose(types, members: list[Node]) -> tuple[str, str]:
     # took 27 us as loops, 24 us in BLAS)
     cap = LOOPS_MAX_MACS_NT if nt and math.ceil(vn / w) >= 2 else LOOPS_MAX_MACS
     large = macs > cap  # beyond the sizes the small-GEMM model was fitted to: BLAS at its large-GEMM rate
+    if macs > LOOPS_LARGE_MAX_MACS:
+        return "blas", f"{shape}: {macs} multiply-adds > {LOOPS_LARGE_MAX_MACS} (BLAS's packing pays)"
     pack_bytes = k * math.ceil(vn / w) * w * (8 if dt == "f64" else 4) if packed else 0
     if pack_bytes > PACK_MAX_BYTES:
         return "blas", f"{shape}: B packed would take {pack_bytes} bytes of stack > {PACK_MAX_BYTES}"

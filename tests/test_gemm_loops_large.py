@@ -118,6 +118,8 @@ def test_the_split_rule_and_the_tile_lowering_agree_on_the_ops():
     (1024, 256, 64, "nt", "loops"),  # T's MLP forward: B packed (64 KB)
     (1024, 512, 128, "nt", "blas"),  # B packed would take 256 KB of stack
     (1024, 10, 256, "nn", "blas"),  # 10 of 16 lanes busy: the loop nest's rate falls below BLAS's
+    (512, 128, 1024, "tn", "loops"),  # T2's largest weight gradient: 2^26 multiply-adds
+    (512, 2048, 2048, "nn", "blas"),  # L's input gradient: BLAS's packing pays
 ])
 def test_the_rule_beyond_the_small_sizes(m, n, k, layout, impl):
     import sys
