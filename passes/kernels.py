@@ -563,6 +563,11 @@ def _why_not(s: Grouping, grp: Group, n: Node, kind: str) -> str | None:
     if kind == "reduce":
         if grp.kind not in ("elementwise", "gemm"):
             return f"a reduction fuses with elementwise producers or a GEMM epilogue only (this kernel is a {grp.kind})"
+        if grp.kind == "gemm" and n.op == "max" and row_reduction(g, n):
+            # (the epilogue loop compares and stores per element, ~1.5 ns each: T's head, [1024, 96],
+            # 258 us with it against 92 without; the rows kernel after it takes the max in vectors,
+            # 189 -> 229 us: one thread, interleaved, load ~2)
+            return "a row max of a GEMM's product runs in the rows kernel that reads it, in vectors"
         if n.op == "sum_to" or g.types[n.inputs[0]].shape != grp.space:
             return "different iteration space (the reduction's operand is not the kernel's shape)"
     elif n.types[0].shape != grp.space:
