@@ -653,6 +653,13 @@ def _kernel_ir(node: Node, scalars: set[str], out_strides: dict | None = None) -
     return text, inputs, outputs + (["#scratch0"] if gemm_dst == "%s0" else []), args
 
 
+# A reduction into an array of at most this many bytes accumulates in a stack buffer (alloca),
+# copied to its output after the loop: the same adds in the same order, but LLVM knows the buffer
+# aliases no operand or output, so the vectorized loop needs no runtime overlap checks (they ran
+# once per row of a bias gradient's [32, 32, 64] sum, as many instructions as the row's adds).
+REDUCE_BUFFER = 16 * 1024
+
+
 def _reduction(f: _Fn, red: Node, types, space, local, read, idx, offset, load, store, ptr) -> None:
     r_out, r_in, dims = red.outputs[0], red.inputs[0], red.attr["dims"]
     src = local[r_in] if r_in in local else read(r_in)
@@ -674,6 +681,10 @@ def _reduction(f: _Fn, red: Node, types, space, local, read, idx, offset, load, 
         store(o, rt.dtype, V("i64", "0", True), convert(f, total, rt.dtype))
         return
     init = -math.inf if rt.is_float else -(1 << 63)
+    out = o
+    if rt.size * _SIZE[rt.dtype] <= REDUCE_BUFFER:  # accumulate in a stack buffer, copied to o after
+        f.line(f"%rbuf = alloca [{rt.size} x {_MEM[rt.dtype]}], align 64", "alloca")
+        o = "%rbuf"
     _fill(f, "init", o, rt, const(rt.dtype, 0 if red.op != "max" else init))
     keep = tuple(1 if d in dims else n for d, n in enumerate(space))
     at = offset([0 if d in dims else s for d, s in enumerate(c_strides(keep))])
@@ -683,6 +694,10 @@ def _reduction(f: _Fn, red: Node, types, space, local, read, idx, offset, load, 
     else:
         new = f.ins(f"{'fadd' if rt.is_float else 'add'} {old}, {src.ref}", rt.dtype)
     store(o, rt.dtype, at, new)
+    if o != out:
+        f.declare("llvm.memcpy.p0.p0.i64", "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)")
+        f.line(f"call void @llvm.memcpy.p0.p0.i64(ptr {out}, ptr align 64 %rbuf, i64 {rt.size * _SIZE[rt.dtype]}, i1 false)", "post")
+        o = out
     if red.op == "mean":  # o[q] = o[q] / count for every q, after the loop
         ty, c = _MEM[rt.dtype], const(rt.dtype, count)
         f.sections["post"] += [
