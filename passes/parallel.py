@@ -111,6 +111,10 @@ def gemm_split(n: Node) -> tuple[str, str]:
     m_, n_ = gemm.types[0].shape
     reduces = [m.op for m in after if OPS[m.op].kind == "reduce"]
     loops = n.attr.get("impl") == "loops"
+    if (loops and reduces == ["sum"] and after[-1].op == "sum" and after[-1].types[0].size == 1
+            and all(m.op in TILE_OPS for m in after[:-1])):  # clip_grad_norm's sum of the squares
+        return "rows", ("rows of C, each task its GEMM rows and their epilogue on the register tiles, its sum "
+                        "into one element in partials added after the join (summation order differs)")
     if reduces:
         why = f"its epilogue reduces ({', '.join(dict.fromkeys(reduces))}): the GEMM split, the epilogue after the join"
     elif m_ < 2:

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 ACCUMULATORS = 24  # vector accumulators per register block (of AVX-512's 32 registers; the rest: B's vectors)
 NB = 4  # vectors of C's row per register block
-KC = 256  # k in blocks of about this many: B's rows of a block stay in L1 across the register blocks
+K_UNROLL = 2  # the k loop of a register block: 24 FMAs a step already; LLVM unrolled it whole (compile time)
+UNROLL_MD = 5000  # metadata ids of the loop nests' loops (lower_llvm's are 100.., lower_nodes' 0..)
+KC = 64  # k in blocks of about this many: B's rows of a block stay in L1 across the register blocks
 WIDTH = {"f32": 16, "f64": 8}  # elements per vector: one AVX-512 register
 _T = {"f32": "float", "f64": "double"}
 _SIZE = {"f32": 4, "f64": 8}
@@ -64,11 +66,20 @@ class Lines:
     def block(self, label: str) -> None:
         self.body.append(f"{label}:")
 
-    def latch(self, nxt: str, var: str, step, end, done: str, head: str) -> None:
-        """A counted loop's back edge: nxt = var + step, then to `done` at `end`, else to `head`."""
+    def latch(self, nxt: str, var: str, step, end, done: str, head: str, unroll: int | None = None) -> None:
+        """A counted loop's back edge: nxt = var + step, then to `done` at `end`, else to `head`.
+        unroll: LLVM may unroll the loop at most this many times (loop metadata; 1: not at all)."""
         self.line(f"{nxt} = add nuw nsw i64 {var}, {step}")
         e = self.ins(f"icmp eq i64 {nxt}, {end}")
-        self.line(f"br i1 {e}, label %{done}, label %{head}")
+        md = ""
+        if unroll is not None:
+            self.n += 1
+            ident = UNROLL_MD + self.n
+            what = '!"llvm.loop.unroll.disable"' if unroll == 1 else f'!"llvm.loop.unroll.count", i32 {unroll}'
+            self.decls[f"!{ident}"] = f"!{ident} = distinct !{{!{ident}, !{ident + 1}}}\n!{ident + 1} = !{{{what}}}"
+            self.n += 1
+            md = f", !llvm.loop !{ident}"
+        self.line(f"br i1 {e}, label %{done}, label %{head}{md}")
 
 
 def plan_orientation(m: int, n: int, a: tuple, b: tuple, c: tuple):
@@ -83,11 +94,13 @@ def tiles(dt: str, m: int, n: int, a: tuple, b: tuple, c: tuple) -> tuple[int, i
     """(rows per register block, register blocks of rows) of gemm_loops on these operands: the
     units a thread split shares out (runtime/split_llvm.split_loop_gemm)."""
     m, n, _, _, _ = plan_orientation(m, n, a, b, c)
-    mr = _rows_per_block(dt, n)
+    mr = _rows_per_block(dt, m, n)
     return mr, -(-m // mr)
 
 
-def _rows_per_block(dt: str, n: int) -> int:
+def _rows_per_block(dt: str, m: int, n: int) -> int:
+    """Rows of A per register block: as many as the accumulators allow (fewer, 4 x 4 vectors for
+    T's 1024-row GEMMs with no partial block, ran 10-30% slower than 6 x 4 and a partial block)."""
     nv = -(-n // WIDTH[dt])
     return max(1, min(8, ACCUMULATORS // min(nv, NB)))
 
@@ -138,7 +151,7 @@ def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, 
         s1 = out.ins(f"insertelement {vt} poison, {ty} {sf}, i64 0")
         svec = out.ins(f"shufflevector {vt} {s1}, {vt} poison, <{w} x i32> zeroinitializer")
 
-    mr = _rows_per_block(dt, n)  # rows of A per register block
+    mr = _rows_per_block(dt, m, n)  # rows of A per register block
     nkb = -(-k // KC) if scale is None else 1
     kc = -(-k // nkb)
     cmem = None
@@ -151,18 +164,39 @@ def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, 
         """C[i0:i0+rows, cols]; i0 an i64 operand."""
         if True:
             _micro(out, dt, i0, rows, cols, (k0, klen), a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0,
-                   beta, tail_load, epilogue if last else None, None if first else cmem, cmem if not last else None)
+                   beta, tail_load, epilogue, cmem, first, last, jcol)
 
     full, tail = divmod(m, mr)
 
     def all_rows(k0, klen: int, first: bool, last: bool) -> None:
         """For each column block of NB vectors (its rows of B stay in L1), the register blocks of rows."""
-        nonlocal cols
-        for j0 in range(0, nv, NB):
-            cols = list(range(j0, min(nv, j0 + NB)))
+        nonlocal cols, jcol
+        blocks = [list(range(j0, min(nv, j0 + NB))) for j0 in range(0, nv, NB)]
+        whole = [b for b in blocks if len(b) == NB and (nv - 1 not in b or not (mask_tail or tail_load))]
+        if len(whole) >= 2:  # the whole blocks alike: a loop over them (one copy of the nest: compile time)
+            pre, head, after = out.label("jb_pre"), out.label("jb"), out.label("jb_done")
+            out.line(f"br label %{pre}")
+            out.block(pre)
+            out.line(f"br label %{head}")
+            out.block(head)
+            jb, jn = out.fresh("jb"), out.fresh("jbn")
+            out.line(f"{jb} = phi i64 [ 0, %{pre} ], [ {jn}, %{{latch}} ]")
+            at = len(out.body) - 1
+            cols, jcol = list(range(NB)), out.ins(f"mul nuw nsw i64 {jb}, {NB * w}")
+            block_cols(k0, klen, first, last)
+            latch = out.label("jb_latch")
+            out.line(f"br label %{latch}")
+            out.block(latch)
+            out.body[at] = out.body[at].replace("{latch}", latch)
+            out.latch(jn, jb, 1, len(whole), after, head)
+            out.block(after)
+            blocks = blocks[len(whole):]
+        for b in blocks:
+            cols, jcol = b, None
             block_cols(k0, klen, first, last)
 
     cols: list = []
+    jcol = None
 
     def block_cols(k0, klen: int, first: bool, last: bool) -> None:
         lo, hi = span if span is not None else ("0", str(full + (tail > 0)))
@@ -202,25 +236,27 @@ def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, 
     if nkb == 1:
         all_rows("0", k, True, True)
         return
-    all_rows("0", kc, True, False)
-    if nkb > 2:  # the middle blocks: a loop over them
-        pre, head, after = out.label("kb_pre"), out.label("kb"), out.label("kb_done")
-        out.line(f"br label %{pre}")
-        out.block(pre)
-        out.line(f"br label %{head}")
-        out.block(head)
-        kb, kn = out.fresh("kb"), out.fresh("kbn")
-        out.line(f"{kb} = phi i64 [ 1, %{pre} ], [ {kn}, %{{latch}} ]")
-        at = len(out.body) - 1
-        k0 = out.ins(f"mul nuw nsw i64 {kb}, {kc}")
-        all_rows(k0, kc, False, False)
-        latch = out.label("kb_latch")
-        out.line(f"br label %{latch}")
-        out.block(latch)
-        out.body[at] = out.body[at].replace("{latch}", latch)
-        out.latch(kn, kb, 1, nkb - 1, after, head)
-        out.block(after)
-    all_rows(str((nkb - 1) * kc), k - (nkb - 1) * kc, False, True)
+    # every block of k in one loop (one copy of the loop nest: compile time): the first starts its
+    # sums at zero, the others at C's; the last runs the epilogue, the others store the sums
+    pre, head, after = out.label("kb_pre"), out.label("kb"), out.label("kb_done")
+    out.line(f"br label %{pre}")
+    out.block(pre)
+    out.line(f"br label %{head}")
+    out.block(head)
+    kb, kn = out.fresh("kb"), out.fresh("kbn")
+    out.line(f"{kb} = phi i64 [ 0, %{pre} ], [ {kn}, %{{latch}} ]")
+    at = len(out.body) - 1
+    k0 = out.ins(f"mul nuw nsw i64 {kb}, {kc}")
+    first = out.ins(f"icmp eq i64 {kb}, 0")
+    last = out.ins(f"icmp eq i64 {kb}, {nkb - 1}")
+    klen = out.ins(f"select i1 {last}, i64 {k - (nkb - 1) * kc}, i64 {kc}")
+    all_rows(k0, klen, first, last)
+    latch = out.label("kb_latch")
+    out.line(f"br label %{latch}")
+    out.block(latch)
+    out.body[at] = out.body[at].replace("{latch}", latch)
+    out.latch(kn, kb, 1, nkb, after, head)
+    out.block(after)
 
 
 def dots_form(dt: str, n: int, a: tuple, b: tuple) -> bool:
@@ -377,10 +413,17 @@ def _pack_rect(out: Lines, dt: str, ks: tuple, js: tuple, npad: int, b: tuple, b
 
 
 def _micro(out: Lines, dt, i0, rows, cols, ks, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta,
-           tail_load, epilogue=None, init=None, keep=None):
+           tail_load, epilogue=None, cmem=None, first=True, last=True, jcol=None):
     """One register block: rows x len(cols) accumulators over k0 <= k < k0 + klen (ks), starting
-    at zero or, with init (pointer, row stride, 1), at the sums stored there by the block of k
-    before; then the stores (or epilogue), or with keep the sums stored there as they are."""
+    at zero when `first` (True or an i1 operand), else at the sums a block of k before stored in
+    cmem (pointer, row stride, 1); then, when `last`, the stores (or epilogue), else the sums
+    stored in cmem as they are. jcol: an i64 operand, the first column of a block of whole
+    vectors (cols then 0..NB-1 from it), else None (cols: C's vectors)."""
+    init = None if first is True else cmem
+
+    def colof(j: int):
+        return j * w if jcol is None else out.ins(f"add nuw nsw i64 {jcol}, {j * w}")
+    keep = None if last is True else cmem
     ty = _T[dt]
     nv = -(-n // w)
     k0, klen = ks
@@ -388,7 +431,7 @@ def _micro(out: Lines, dt, i0, rows, cols, ks, a, bp, ldb, c, fma, zero, vt, w, 
 
     def vec_at(base: tuple, ir_: str, j: int, partial: bool, value: str | None = None):
         row = out.ins(f"mul nuw nsw i64 {ir_}, {base[1]}")
-        o = out.ins(f"add nuw nsw i64 {row}, {j * w}")
+        o = out.ins(f"add nuw nsw i64 {row}, {colof(j)}")
         p = out.ins(f"getelementptr inbounds {ty}, ptr {base[0]}, i64 {o}")
         if value is None:
             return (out.ins(f"call {vt} @llvm.masked.load.v{w}{sfx}.p0(ptr {p}, i32 {_SIZE[dt]}, <{w} x i1> {mask}, {vt} zeroinitializer)")
@@ -406,6 +449,8 @@ def _micro(out: Lines, dt, i0, rows, cols, ks, a, bp, ldb, c, fma, zero, vt, w, 
         ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
         for j in cols:
             start[r, j] = vec_at(init, ir_, j, bool(mask_tail and j == nv - 1)) if init is not None else "zeroinitializer"
+            if init is not None and first is not False:  # the first block of k: zero (C not yet written)
+                start[r, j] = out.ins(f"select i1 {first}, {vt} zeroinitializer, {vt} {start[r, j]}")
     # row bases of A (i0 + r) * sa_m + k0 * sa_k, of B k0 * ldb
     ka = out.ins(f"mul nuw nsw i64 {k0}, {a[2]}")
     abase = []
@@ -428,7 +473,7 @@ def _micro(out: Lines, dt, i0, rows, cols, ks, a, bp, ldb, c, fma, zero, vt, w, 
     brow = out.ins(f"add nuw nsw i64 {brow}, {kbb}")
     bv = {}
     for j in cols:
-        o = out.ins(f"add nuw nsw i64 {brow}, {j * w}")
+        o = out.ins(f"add nuw nsw i64 {brow}, {colof(j)}")
         p = out.ins(f"getelementptr inbounds {ty}, ptr {bp}, i64 {o}")
         if tail_load and j == nv - 1:
             bv[j] = out.ins(f"call {vt} @llvm.masked.load.v{w}{sfx}.p0(ptr {p}, i32 {_SIZE[dt]}, <{w} x i1> {mask}, {vt} zeroinitializer)")
@@ -443,14 +488,29 @@ def _micro(out: Lines, dt, i0, rows, cols, ks, a, bp, ldb, c, fma, zero, vt, w, 
         xs = out.ins(f"shufflevector {vt} {x1}, {vt} poison, <{w} x i32> zeroinitializer")
         for j in cols:
             out.line(f"{nxt[r, j]} = call {vt} @{fma}({vt} {xs}, {vt} {bv[j]}, {vt} {acc[r, j]})")
-    out.latch(kn, kk, 1, klen, done, head)
+    out.latch(kn, kk, 1, klen, done, head, K_UNROLL)
     out.block(done)
-    for r in range(rows):
-        ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
-        if keep is not None:  # the sums so far, for the next block of k
+    if keep is not None:  # not the last block of k (an i1 operand: maybe): the sums so far, for the next
+        fin, kept, skip = out.label("k_fin"), out.label("k_keep"), out.label("k_fin_done")
+        out.line(f"br i1 {last}, label %{fin}, label %{kept}")
+        out.block(kept)
+        for r in range(rows):
+            ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
             for j in cols:
                 vec_at(keep, ir_, j, bool(mask_tail and j == nv - 1), nxt[r, j])
-            continue
+        out.line(f"br label %{skip}")
+        out.block(fin)
+    _finish(out, dt, i0, rows, cols, nxt, c, vt, w, nv, mask_tail, svec, c0, beta, epilogue, vec_at, colof)
+    if keep is not None:
+        out.line(f"br label %{skip}")
+        out.block(skip)
+
+
+def _finish(out, dt, i0, rows, cols, nxt, c, vt, w, nv, mask_tail, svec, c0, beta, epilogue, vec_at, colof):
+    """A register block's sums to C (scaled, added to beta * C0) or through the epilogue."""
+    ty = _T[dt]
+    for r in range(rows):
+        ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
         for j in cols:
             v = nxt[r, j]
             partial = bool(mask_tail and j == nv - 1)
@@ -464,7 +524,7 @@ def _micro(out: Lines, dt, i0, rows, cols, ks, a, bp, ldb, c, fma, zero, vt, w, 
                         old = out.ins(f"fmul {vt} {old}, {bvv}")
                     v = out.ins(f"fadd {vt} {old}, {v}")
             if epilogue is not None:
-                epilogue(ir_, j * w, v, partial)
+                epilogue(ir_, colof(j), v, partial)
                 continue
             vec_at(c, ir_, j, partial, v)
 
@@ -606,6 +666,24 @@ def _column_sum(red, types, space, made: set) -> bool:
             and out.shape in ((space[1],), (1, space[1])))
 
 
+def types_full(node, red) -> bool:
+    """Whether the tile plan's reduction `red` is a sum into one element (_full_sum)."""
+    return node.body.types[red.outputs[0]].size == 1
+
+
+def _full_sum(red, types, made: set) -> bool:
+    """Whether `red` is a trailing sum of a value the tile computed over all of it into one
+    element (clip_grad_norm's sum of a weight gradient's squares): then each tile adds its
+    vectors into a vector of f64 partial sums (a task's own), summed across lanes (and tasks, in
+    task order) at the end: another order than the epilogue loop's one f64 accumulator, equal
+    within rounding."""
+    if red.op != "sum" or red.inputs[0] not in made:
+        return False
+    src, out = types[red.inputs[0]], types[red.outputs[0]]
+    return (out.size == 1 and len(src.shape) == 2 and tuple(red.attr.get("dims", ())) == (0, 1)
+            and out.dtype == src.dtype and out.dtype in WIDTH)
+
+
 def _tile_plan(node, scalars: set[str]):
     """(gemm, prologue, epilogue members, space, column sum or None) when the kernel's epilogue
     can run on each register tile: every member after the GEMM elementwise over the GEMM's output
@@ -634,7 +712,8 @@ def _tile_plan(node, scalars: set[str]):
             return None  # dot products, no register tiles: the epilogue loop follows (lower_gemm)
     after = members[at + 1:]
     made = {o for m in [gemm] + after for o in m.outputs}
-    red = after[-1] if after and len(space) == 2 and _column_sum(after[-1], types, space, made) else None
+    red = after[-1] if after and len(space) == 2 and (_column_sum(after[-1], types, space, made)
+                                                      or _full_sum(after[-1], types, made)) else None
     if red is not None:
         after = after[:-1]
     if len(space) != 2 or dt not in WIDTH or any(types[v].shape != space or types[v].dtype not in _TILE_DTYPES
@@ -683,7 +762,8 @@ def tile_epilogue_ir(node, scalars: set[str]):
             raise Unsupported("split=\"rows\": an epilogue that cannot run on the register tiles")
         return None
     gemm, prologue, after, space, red = plan
-    if threads > 1 and red is not None:
+    whole = red is not None and types_full(node, red)  # a sum of everything into one element
+    if threads > 1 and red is not None and not whole:
         raise Unsupported("split=\"rows\" with a column sum")
     types = node.body.types
     inputs = [i.name for i in node.body.inputs]
@@ -705,9 +785,14 @@ def tile_epilogue_ir(node, scalars: set[str]):
     def address(p: str, mdt: str, at: str) -> str:
         return f.ins(f"getelementptr inbounds {_MEM[mdt]}, ptr {p}, i64 {at}", "ptr", "p").ref
 
-    def offset(row: str, col: int, st) -> str:
+    def offset(row: str, col, st) -> str:  # (col: an int, or an i64 operand in a loop over column blocks)
         o = f.ins(f"mul nuw nsw i64 {row}, {st[0]}", "i64").ref if st[0] else "0"
-        return f.ins(f"add nuw nsw i64 {o}, {col * st[1]}", "i64").ref if col * st[1] else o
+        if isinstance(col, int):
+            return f.ins(f"add nuw nsw i64 {o}, {col * st[1]}", "i64").ref if col * st[1] else o
+        if not st[1]:
+            return o
+        c = col if st[1] == 1 else f.ins(f"mul nuw nsw i64 {col}, {st[1]}", "i64").ref
+        return f.ins(f"add nuw nsw i64 {o}, {c}", "i64").ref
 
     def read(v: str, row: str, col: int, partial: bool) -> V:
         if v in scalars:  # a dropout seed
@@ -750,7 +835,7 @@ def tile_epilogue_ir(node, scalars: set[str]):
         else:
             f.line(f"store <{w} x {mt}> {ref}, ptr {p}, align {_SIZE.get(t.dtype, 1)}")
 
-    def epilogue(row: str, col: int, acc: str, partial: bool) -> None:
+    def epilogue(row: str, col, acc: str, partial: bool) -> None:
         """kernel_ir's epilogue loop body, on one vector of the tile (the same members in order)."""
         f.width = None
         at = f.ins(f"mul nuw nsw i64 {row}, {n}", "i64")
@@ -779,7 +864,17 @@ def tile_epilogue_ir(node, scalars: set[str]):
         for v in outputs:
             if red is None or v != red.outputs[0]:
                 store(v, local[v], row, col, partial)
-        if red is not None:  # the column sum: sums[col:col + w] += this row of the tile (rows in order)
+        if whole:  # the sum of everything: this vector into the f64 partial sums (masked lanes: 0)
+            vt, dv = f"<{w} x {_T[dt]}>", f"<{w} x double>"
+            x = local[red.inputs[0]].ref
+            f.width = None
+            if partial:
+                x = f.ins(f"select <{w} x i1> {mask}, {vt} {x}, {vt} zeroinitializer", dt).ref
+            if dt == "f32":
+                x = f.ins(f"fpext {vt} {x} to {dv}", "f64").ref
+            old = f.ins(f"load {dv}, ptr %gsq, align 64", "f64")
+            f.line(f"store {dv} {f.ins(f'fadd {dv} {old.ref}, {x}', 'f64').ref}, ptr %gsq, align 64")
+        elif red is not None:  # the column sum: sums[col:col + w] += this row of the tile (rows in order)
             vt = f"<{w} x {_T[dt]}>"
             f.width = None
             p = f.ins(f"getelementptr inbounds {_T[dt]}, ptr %gsums, i64 {col}", "ptr", "p")
@@ -792,7 +887,10 @@ def tile_epilogue_ir(node, scalars: set[str]):
     if k > KC and gemm.outputs[0] not in outputs:
         return None  # k in blocks keeps C's sums in memory between them: the two-pass form's buffer
     npad = -(-nn // w) * w
-    if red is not None:  # the column sum starts at zero, as the epilogue loop's reduction does, in a
+    if whole:
+        out.allocas.append(f"  %gsq = alloca <{w} x double>, align 64")
+        out.line(f"store <{w} x double> zeroinitializer, ptr %gsq, align 64")
+    elif red is not None:  # the column sum starts at zero, as the epilogue loop's reduction does, in a
         # stack buffer of whole vectors (no alias of any output: LLVM keeps it in registers)
         out.allocas.append(f"  %gsums = alloca [{npad} x {_T[dt]}], align 64")
         out.decls["llvm.memset.p0.i64"] = "declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)"
@@ -801,7 +899,17 @@ def tile_epilogue_ir(node, scalars: set[str]):
     span = ("%lo", "%hi") if threads > 1 else None
     gemm_loops(out, dt, m, nn, k, a, b, ("%unused", nn, 1), epilogue=epilogue, cbuf=ptr.get(gemm.outputs[0]),
                span=span)
-    if red is not None:
+    if whole:  # the lanes summed (a tree: reassoc), then to the output, or to this task's slot
+        rf = "llvm.vector.reduce.fadd.v{}f64".format(w)
+        out.decls[rf] = f"declare double @{rf}(double, <{w} x double>)"
+        acc = out.ins(f"load <{w} x double>, ptr %gsq, align 64")
+        tot = out.ins(f"call reassoc double @{rf}(double -0.0, <{w} x double> {acc})")
+        if threads > 1:
+            out.line(f"store double {tot}, ptr %gslot")
+        else:
+            val = out.ins(f"fptrunc double {tot} to float") if dt == "f32" else tot
+            out.line(f"store {_T[dt]} {val}, ptr {ptr[red.outputs[0]]}")
+    elif red is not None:
         out.line(f"call void @llvm.memcpy.p0.p0.i64(ptr {ptr[red.outputs[0]]}, ptr align 64 %gsums, "
                  f"i64 {nn * _SIZE[dt]}, i1 false)")
     s = f.sections
@@ -814,8 +922,10 @@ def tile_epilogue_ir(node, scalars: set[str]):
     if span is not None:  # the whole kernel, per register block of rows, cut into tasks on the pool
         from .split_llvm import tasks_ir
 
-        head = f"define internal void @kernel_body({', '.join(params + ['i64 %lo', 'i64 %hi'])}) #0 {{"
-        launch = tasks_ir("kernel", "kernel", params, tiles(dt, m, nn, a, b, ("%unused", nn, 1))[1], threads)[0]
+        extra = ["ptr %gslot"] if whole else []
+        head = f"define internal void @kernel_body({', '.join(params + ['i64 %lo', 'i64 %hi'] + extra)}) #0 {{"
+        launch = tasks_ir("kernel", "kernel", params, tiles(dt, m, nn, a, b, ("%unused", nn, 1))[1], threads,
+                          partial=(ptr[red.outputs[0]], dt) if whole else None)[0]
         decls["graphc_parallel_for"] = "declare void @graphc_parallel_for(ptr, ptr, i64, i64)"
     text = "\n".join([f"; graphc kernel {{impl=loops, kind=gemm}}: {', '.join(ops)}; epilogue per tile of {list(space)}",
                       head, "entry:", *out.allocas, *s["alloca"],

@@ -236,12 +236,16 @@ LOOP_GEMM_TASKS_PER_THREAD = 2  # as BLAS's halves: a descheduled worker holds b
 
 
 def tasks_ir(prefix: str, launcher: str, params: list[str], units: int, threads: int,
-             per_thread: int = LOOP_GEMM_TASKS_PER_THREAD) -> tuple[str, int]:
+             per_thread: int = LOOP_GEMM_TASKS_PER_THREAD, partial: tuple[str, str] | None = None) -> tuple[str, int]:
     """(IR, tasks) of a function `@{launcher}(params)` that runs `@{prefix}_body(params, i64 lo,
     i64 hi)` over units 0 <= u < units cut into tasks on the pool: `@{prefix}_task` takes its
     arguments from the launcher's stack (as split()'s) and its share [lo, hi), each task at least
-    one unit. params: "ptr %name" / "i64 %name" as the body declares them."""
+    one unit. params: "ptr %name" / "i64 %name" as the body declares them. partial: (output
+    pointer, dtype) of a sum each task leaves in a double slot of the launcher's (a last body
+    argument); after the join the slots are added in task order and stored there."""
     tasks = max(1, min(units, threads * per_thread))
+    if partial is not None:
+        params = params + ["ptr %slots"]
     kinds = [p.split()[0] for p in params]
     names = [p.split()[-1] for p in params]
     k = len(params)
@@ -255,18 +259,36 @@ def tasks_ir(prefix: str, launcher: str, params: list[str], units: int, threads:
             v = f"%x{j}"
         args.append(f"{kind} {v}")
     q, r = divmod(units, tasks)
+    slot = []
+    if partial is not None:  # this task's slot
+        task.append(f"  %slot = getelementptr inbounds double, ptr {args[-1].split()[-1]}, i64 %task")
+        args, slot = args[:-1], ["ptr %slot"]
     task += [f"  %few = icmp ult i64 %task, {r}", f"  %extra = select i1 %few, i64 %task, i64 {r}",
              f"  %base = mul i64 %task, {q}", "  %lo = add i64 %base, %extra",
              f"  %len = select i1 %few, i64 {q + 1}, i64 {q}", "  %hi = add i64 %lo, %len",
-             f"  call void @{prefix}_body({', '.join(args + ['i64 %lo', 'i64 %hi'])})", "  ret void", "}"]
-    launch = [f"define {'internal ' if launcher != 'kernel' else ''}void @{launcher}({', '.join(params)}) #0 {{",
+             f"  call void @{prefix}_body({', '.join(args + ['i64 %lo', 'i64 %hi'] + slot)})", "  ret void", "}"]
+    outer = params[:-1] if partial is not None else params
+    launch = [f"define {'internal ' if launcher != 'kernel' else ''}void @{launcher}({', '.join(outer)}) #0 {{",
               "entry:", f"  %ctx = alloca [{k} x i64]"]
+    if partial is not None:
+        launch.append(f"  %slots = alloca [{tasks} x double], align 64")
     for j, (kind, name) in enumerate(zip(kinds, names)):
         v = name
         if kind == "ptr":
             launch.append(f"  %i2p{j} = ptrtoint ptr {name} to i64")
             v = f"%i2p{j}"
         launch += [f"  %s{j}.p = getelementptr inbounds [{k} x i64], ptr %ctx, i64 0, i64 {j}", f"  store i64 {v}, ptr %s{j}.p"]
-    launch += [f"  call void @graphc_parallel_for(ptr @{prefix}_task, ptr %ctx, i64 {tasks}, i64 {threads})",
-               "  ret void", "}"]
+    launch.append(f"  call void @graphc_parallel_for(ptr @{prefix}_task, ptr %ctx, i64 {tasks}, i64 {threads})")
+    if partial is not None:  # the tasks' sums in task order, then to the output's dtype
+        acc = "-0.0"
+        for t in range(tasks):
+            launch += [f"  %sp{t} = getelementptr inbounds double, ptr %slots, i64 {t}", f"  %sv{t} = load double, ptr %sp{t}",
+                       f"  %sa{t} = fadd double {acc}, %sv{t}"]
+            acc = f"%sa{t}"
+        out, dt = partial
+        if dt == "f32":
+            launch.append(f"  %stot = fptrunc double {acc} to float")
+            acc = "%stot"
+        launch.append(f"  store {'float' if dt == 'f32' else 'double'} {acc}, ptr {out}")
+    launch += ["  ret void", "}"]
     return "\n".join(task) + "\n\n" + "\n".join(launch) + "\n", tasks

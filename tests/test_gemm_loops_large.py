@@ -37,7 +37,7 @@ def _run_span(dt, a, b, spans):
     return c
 
 
-@pytest.mark.parametrize("m,n,k", [(13, 37, 150), (20, 64, 97), (7, 40, 64)])  # 3, 2, 1 blocks of k (KC = 48)
+@pytest.mark.parametrize("m,n,k", [(13, 37, 150), (20, 64, 97), (7, 40, 64), (9, 150, 50)])  # 3, 2, 1, 2 blocks of k (KC = 48)
 @pytest.mark.parametrize("ta,tb", [(True, False), (False, True)])  # a weight gradient g.T @ x; linear's x @ w.T
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_k_in_blocks_and_task_ranges_equal_numpy(m, n, k, ta, tb, dtype, monkeypatch):
@@ -90,23 +90,29 @@ def test_split_loop_gemm_kernels_equal_one_thread_and_numpy(m, n, k, dt, monkeyp
     rng = np.random.default_rng(m)
     args = [rng.standard_normal(s).astype(t) for s in ((k, m), (k, n), (m, k), (n, k), (n,))]
     outs = {}
-    for split1, split2 in (("", ""), (', split="gemm_rows", threads=2', ', split="rows", threads=2')):
+    for split1, split2 in (("", ""), (', split="gemm_rows", threads=2', ', split="rows", threads=2'),
+                           (', split="rows", threads=2', ', split="rows", threads=2')):
         g = parse(GRAPH.format(dt=dt, m=m, n=n, k=k, split1=split1, split2=split2))
-        if split1:
-            irs = [lower_llvm.kernel_ir(nd, set())[0] for nd in g.nodes]
+        irs = [lower_llvm.kernel_ir(nd, set())[0] for nd in g.nodes]
+        if "gemm_rows" in split1:
             assert "call void @gemm_launch(" in irs[0] and "define internal void @gemm_body" in irs[0]
+        else:  # the sum of the squares on the register tiles (per task: partials added after the join)
+            assert "epilogue per tile" in irs[0] and ("ptr %slots" in irs[0]) == bool(split1)
+        if split2:
             assert "define internal void @kernel_body" in irs[1] and "epilogue per tile" in irs[1]
         exe = Executable(g)
         exe(*args)
-        outs[bool(split1)] = [o.copy() for o in exe.outputs]
+        outs[split1] = [o.copy() for o in exe.outputs]
     a, b, x, w, bias = (v.astype(np.float64) for v in args)
     want = a.T @ b
     tol = 1e-4 if dt == "f32" else 1e-11
-    np.testing.assert_allclose(outs[True][0], want, rtol=tol, atol=tol)
-    np.testing.assert_allclose(outs[True][1], (want ** 2).sum(), rtol=tol)
-    np.testing.assert_allclose(outs[True][2], np.maximum(x @ w.T + bias, 0), rtol=tol, atol=tol)
-    for one, two in zip(outs[False], outs[True]):
-        np.testing.assert_array_equal(one, two)
+    for got in outs.values():
+        np.testing.assert_allclose(got[0], want, rtol=tol, atol=tol)
+        np.testing.assert_allclose(got[1], (want ** 2).sum(), rtol=tol)
+        np.testing.assert_allclose(got[2], np.maximum(x @ w.T + bias, 0), rtol=tol, atol=tol)
+    for got in outs.values():  # each element of C the same dot in the same order (the sums: other orders)
+        np.testing.assert_array_equal(got[0], outs[""][0])
+        np.testing.assert_array_equal(got[2], outs[""][2])
 
 
 def test_the_split_rule_and_the_tile_lowering_agree_on_the_ops():
