@@ -160,11 +160,10 @@ def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, 
         if cmem[0] is None:
             raise ValueError("gemm_loops: k in blocks with an epilogue needs cbuf")
 
-    def block_rows(i0: str, rows: int, k0, klen: int, first: bool, last: bool) -> None:
-        """C[i0:i0+rows, cols]; i0 an i64 operand."""
-        if True:
-            _micro(out, dt, i0, rows, cols, (k0, klen), a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0,
-                   beta, tail_load, epilogue, cmem, first, last, jcol)
+    def block_rows(i0: str, rows: int, k0, klen: int, first: bool, last: bool, rows_max: int | None = None) -> None:
+        """C[i0:i0+rows, cols]; i0 an i64 operand (rows_max: rows from it on are not C's)."""
+        _micro(out, dt, i0, rows, cols, (k0, klen), a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0,
+               beta, tail_load, epilogue, cmem, first, last, jcol, rows_max)
 
     full, tail = divmod(m, mr)
 
@@ -200,6 +199,21 @@ def gemm_loops(out: Lines, dt: str, m: int, n: int, k: int, a: tuple, b: tuple, 
 
     def block_cols(k0, klen: int, first: bool, last: bool) -> None:
         lo, hi = span if span is not None else ("0", str(full + (tail > 0)))
+        if full and tail:  # the partial block through the same nest, its missing rows not stored
+            pre, head, latch, after = (out.label(x) for x in ("rows_pre", "rows", "rows_latch", "rows_done"))
+            out.line(f"br label %{pre}")
+            out.block(pre)
+            out.line(f"br label %{head}")
+            out.block(head)
+            ib, nxt = out.fresh("ib"), out.fresh("ibn")
+            out.line(f"{ib} = phi i64 [ {lo}, %{pre} ], [ {nxt}, %{latch} ]")
+            i0 = out.ins(f"mul nuw nsw i64 {ib}, {mr}")
+            block_rows(i0, mr, k0, klen, first, last, m)
+            out.line(f"br label %{latch}")
+            out.block(latch)
+            out.latch(nxt, ib, 1, hi, after, head)
+            out.block(after)
+            return
         if full:
             pre, head, latch, after = (out.label(x) for x in ("rows_pre", "rows", "rows_latch", "rows_done"))
             if span is None:
@@ -413,12 +427,14 @@ def _pack_rect(out: Lines, dt: str, ks: tuple, js: tuple, npad: int, b: tuple, b
 
 
 def _micro(out: Lines, dt, i0, rows, cols, ks, a, bp, ldb, c, fma, zero, vt, w, n, mask_tail, mask, svec, c0, beta,
-           tail_load, epilogue=None, cmem=None, first=True, last=True, jcol=None):
+           tail_load, epilogue=None, cmem=None, first=True, last=True, jcol=None, rows_max=None):
     """One register block: rows x len(cols) accumulators over k0 <= k < k0 + klen (ks), starting
     at zero when `first` (True or an i1 operand), else at the sums a block of k before stored in
     cmem (pointer, row stride, 1); then, when `last`, the stores (or epilogue), else the sums
     stored in cmem as they are. jcol: an i64 operand, the first column of a block of whole
-    vectors (cols then 0..NB-1 from it), else None (cols: C's vectors)."""
+    vectors (cols then 0..NB-1 from it), else None (cols: C's vectors). rows_max: C's rows (a
+    block reaching past them reads A's and C's last row for the missing ones and stores none of
+    them), else None (every row of the block is C's)."""
     init = None if first is True else cmem
 
     def colof(j: int):
@@ -441,12 +457,31 @@ def _micro(out: Lines, dt, i0, rows, cols, ks, a, bp, ldb, c, fma, zero, vt, w, 
         else:
             out.line(f"store {vt} {value}, ptr {p}, align {_SIZE[dt]}")
 
+    def row_of(r: int) -> str:  # row i0 + r, or C's last one for a row past them (read, never stored)
+        ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
+        if rows_max is None or r == 0:
+            return ir_
+        ok = out.ins(f"icmp ult i64 {ir_}, {rows_max}")
+        return out.ins(f"select i1 {ok}, i64 {ir_}, i64 {rows_max - 1}")
+
+    def guarded(r: int, body) -> None:  # body() for row i0 + r when it is one of C's
+        if rows_max is None or r == 0:
+            body()
+            return
+        yes, no = out.label("row"), out.label("row_done")
+        ok = out.ins(f"icmp ult i64 {out.ins(f'add nuw nsw i64 {i0}, {r}')}, {rows_max}")
+        out.line(f"br i1 {ok}, label %{yes}, label %{no}")
+        out.block(yes)
+        body()
+        out.line(f"br label %{no}")
+        out.block(no)
+
     pre, head, done = out.label("k_pre"), out.label("k"), out.label("k_done")
     out.line(f"br label %{pre}")
     out.block(pre)
     start = {}
     for r in range(rows):
-        ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
+        ir_ = row_of(r)
         for j in cols:
             start[r, j] = vec_at(init, ir_, j, bool(mask_tail and j == nv - 1)) if init is not None else "zeroinitializer"
             if init is not None and first is not False:  # the first block of k: zero (C not yet written)
@@ -455,7 +490,7 @@ def _micro(out: Lines, dt, i0, rows, cols, ks, a, bp, ldb, c, fma, zero, vt, w, 
     ka = out.ins(f"mul nuw nsw i64 {k0}, {a[2]}")
     abase = []
     for r in range(rows):
-        ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
+        ir_ = row_of(r)
         ra = out.ins(f"mul nuw nsw i64 {ir_}, {a[1]}")
         abase.append(out.ins(f"add nuw nsw i64 {ra}, {ka}"))
     kbb = out.ins(f"mul nuw nsw i64 {k0}, {ldb}")
@@ -495,21 +530,29 @@ def _micro(out: Lines, dt, i0, rows, cols, ks, a, bp, ldb, c, fma, zero, vt, w, 
         out.line(f"br i1 {last}, label %{fin}, label %{kept}")
         out.block(kept)
         for r in range(rows):
-            ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
-            for j in cols:
-                vec_at(keep, ir_, j, bool(mask_tail and j == nv - 1), nxt[r, j])
+            def keep_row(r=r):
+                ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
+                for j in cols:
+                    vec_at(keep, ir_, j, bool(mask_tail and j == nv - 1), nxt[r, j])
+            guarded(r, keep_row)
         out.line(f"br label %{skip}")
         out.block(fin)
-    _finish(out, dt, i0, rows, cols, nxt, c, vt, w, nv, mask_tail, svec, c0, beta, epilogue, vec_at, colof)
+    _finish(out, dt, i0, rows, cols, nxt, c, vt, w, nv, mask_tail, svec, c0, beta, epilogue, vec_at, colof, guarded)
     if keep is not None:
         out.line(f"br label %{skip}")
         out.block(skip)
 
 
-def _finish(out, dt, i0, rows, cols, nxt, c, vt, w, nv, mask_tail, svec, c0, beta, epilogue, vec_at, colof):
+def _finish(out, dt, i0, rows, cols, nxt, c, vt, w, nv, mask_tail, svec, c0, beta, epilogue, vec_at, colof, guarded):
     """A register block's sums to C (scaled, added to beta * C0) or through the epilogue."""
-    ty = _T[dt]
     for r in range(rows):
+        guarded(r, lambda r=r: _finish_row(out, dt, i0, r, cols, nxt, c, vt, w, nv, mask_tail, svec, c0, beta, epilogue,
+                                           vec_at, colof))
+
+
+def _finish_row(out, dt, i0, r, cols, nxt, c, vt, w, nv, mask_tail, svec, c0, beta, epilogue, vec_at, colof):
+    ty = _T[dt]
+    if True:
         ir_ = out.ins(f"add nuw nsw i64 {i0}, {r}")
         for j in cols:
             v = nxt[r, j]
