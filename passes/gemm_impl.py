@@ -177,3 +177,11 @@ def choose_strided(types, members: list[Node]) -> tuple[str, str]:
     why = (f"{batch} x {m}x{n}x{k}: loops ~{loops:.0f} ns ({m * vn * k} vector FMAs a product"
            + (f", {packed} elements packed" if packed else "") + f") against BLAS ~{blas:.0f} ns ({batch} calls)")
     return ("loops" if loops < blas else "blas"), why
+
+
+def beyond_small(types, members: list[Node]) -> bool:
+    """Whether a gemm kernel's GEMM is beyond the small-GEMM caps (`choose` priced BLAS there at
+    its one-thread rate): passes/parallel.py gives such a loop nest back to BLAS in a plan that
+    does not use the pool, where OpenBLAS runs on its own threads."""
+    impl, why = choose(types, members)
+    return "large-GEMM rate" in why

@@ -47,6 +47,7 @@ from __future__ import annotations
 from graphc.ir import Graph
 from graphc.ir.graph import Node, kernel_node
 
+from . import gemm_impl
 from .manager import PassContext, register_pass
 
 MIN_SPLIT_US = 30.0
@@ -293,10 +294,21 @@ def parallel(g: Graph, ctx: PassContext | None = None):
     nodes, changed, single = [], False, {}
     # GEMMs split only in a plan whose other kernels use the pool: OpenBLAS stays at one thread
     # while the pool is awake; in a plan without other split kernels its own threads serve them
-    # (a loop-nest GEMM has no threads but the pool's: it counts as another kernel)
+    # (a GEMM, BLAS call or loop nest, does not wake the pool by itself: while the pool is awake
+    # OpenBLAS runs on one thread, and L's 2048-wide BLAS GEMMs split on it ran its step 1.29x
+    # slower than on OpenBLAS's own threads)
     pool = any(decide(n, types, avail)[0] > 1 for n in g.nodes
-               if n.op in SPLITTABLE or (_loop_kernel(n) and (n.attr.get("kind") != "gemm" or _loops(n))))
+               if n.op in SPLITTABLE or (_loop_kernel(n) and n.attr.get("kind") != "gemm"))
     for n in g.nodes:
+        if not pool and avail > 1 and n.op == "kernel" and n.attr.get("kind") == "gemm" and _loops(n) and \
+                gemm_impl.beyond_small(types, list(n.body.nodes)):
+            # priced against BLAS on one thread (a split plan's); here OpenBLAS has its threads
+            n = n.replace(attrs=tuple((key, v) for key, v in n.attr.items() if key != "impl"))
+            ctx.note(f"%{n.outputs[0]} = kernel: impl=blas, threads=1: no other kernel of this plan runs on the "
+                     "pool, so OpenBLAS's threads serve its GEMM (the loop nest was priced against BLAS on one thread)")
+            nodes.append(n)
+            changed = True
+            continue
         if not pool and (_plain_gemm(n, types) or (_loop_kernel(n) and n.attr.get("kind") == "gemm" and not _loops(n))):
             if n.op == "kernel":
                 ctx.note(f"%{n.outputs[0]} = kernel: threads=1: its GEMM is left to OpenBLAS's threads "

@@ -166,3 +166,31 @@ def test_strided_gemms_as_loop_nests_equal_blas_and_the_interpreter(dt, bt, h, d
         exe = Executable(v, mode="jit")
         exe.run(*args)
         np.testing.assert_allclose(np.array(exe.outputs[0]), want, rtol=tol, atol=tol)
+
+
+def test_a_large_loop_gemm_goes_back_to_blas_in_a_plan_without_the_pool(threads):
+    """Beyond the small sizes the loop nest was priced against BLAS on one thread; in a plan
+    where nothing else splits, OpenBLAS keeps its own threads, so the parallel pass gives the
+    GEMM back to BLAS (a note says so); with a split kernel beside it, it stays a split loop nest."""
+    from graphc.passes.kernels import kernels
+    from graphc.passes.manager import PassContext
+    from graphc.passes.parallel import parallel
+
+    threads(2)
+    lone = """graph g {
+  input %a: f32[1024,256]
+  input %b: f32[1024,64]
+  %at: f32[256,1024] = transpose(%a) {perm=[1,0]}
+  %c: f32[256,64] = matmul(%at, %b)
+  return %c
+}"""
+    busy = lone.replace("  return %c", "  %x: f32[1024,256] = erf(%a)\n  %y: f32[1024,256] = exp(%x)\n  return %c, %y")
+    for text, loops in ((lone, False), (busy, True)):
+        g, _ = kernels(parse(text).verify(), PassContext("kernels"))
+        assert 'impl="loops"' in str(g)
+        ctx = PassContext("parallel")
+        out, _ = parallel(g, ctx)
+        gemm = next(n for n in out.nodes if n.op == "kernel" and n.attr["kind"] == "gemm")
+        assert (gemm.attr.get("impl") == "loops") == loops and (gemm.attr.get("threads", 1) > 1) == loops
+        assert loops or any("impl=blas, threads=1" in note for note in ctx.notes)
+        assert parse(str(out)).verify() == out
