@@ -622,3 +622,30 @@ def test_a_train_steps_layer_norm_x_hat_is_recomputed_by_the_backward_not_writte
     assert xhat.outputs[0] not in fwd[0].outputs  # (it was, before: written for the backward)
     _, ctx = _run_kernels(step.graph("train_step_plan"))
     assert any("recomputed as" in note for note in ctx.notes)
+
+
+@pytest.mark.parametrize("batch,width", [(8, 16), (512, 64)])
+def test_a_train_steps_gelu_writes_neither_scaled_copy_of_the_gemm_product(batch, width):
+    """GELU(x) = x/2 * (1 + erf(x/sqrt(2))) of a linear's product x: x/sqrt(2) and x/2 are cheap
+    products of x, which is in memory anyway (a GEMM's output), so the backward recomputes them
+    from x (passes/remat.py) and no forward kernel writes them, whether GELU is the GEMM's
+    epilogue (8x16) or a loop of its own (512x64); the GELU output, a GEMM's operand, is read
+    where it is, not recomputed; the step trains as torch does."""
+    graphc.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, width), nn.GELU(), nn.Linear(width, 1))
+    x, y = R.random((batch, 6), np.float32), R.random((batch, 1), np.float32)
+    step = _train_step(model, nn.MSELoss(), x, y, mode="interpret")
+    g = _stage(step)
+    body = [m for k in _kernel_nodes(g) for m in k.body.nodes] + [m for m in g.nodes if m.op != "kernel"]
+    (x_,) = [m.outputs[0] for m in body if m.op == "linear" and m.types[0].shape == (batch, width)]
+    scaled = {m.outputs[0] for m in body if m.phase == "forward" and m.op == "mul" and m.inputs[0] == x_}
+    assert len(scaled) == 2  # x / sqrt(2) and x / 2
+    fwd_out = {o for k in _kernel_nodes(g) if k.body.nodes[0].phase == "forward" for o in k.outputs}
+    assert not scaled & fwd_out
+    _, ctx = _run_kernels(step.graph("train_step_plan"))
+    assert sum("from operands in memory anyway" in note for note in ctx.notes) == 2, ctx.notes
+    t = torch.nn.Sequential(torch.nn.Linear(6, width), torch.nn.GELU(), torch.nn.Linear(width, 1))
+    copy_to_torch(model, t)
+    step = _train_step(model, nn.MSELoss(), x, y)
+    train_like_torch(step, t, torch.optim.SGD(t.parameters(), lr=0.05), torch.nn.functional.mse_loss, x, y)
+    assert_same_weights(model, t, rtol=1e-4, atol=1e-5)
