@@ -215,7 +215,8 @@ def decide(n: Node, types, threads: int) -> tuple[int, str]:
 VECTOR_BITS = 512  # one AVX-512 register (on a CPU with narrower vectors LLVM splits each in two or four)
 
 
-ROW_VECTORS = 8  # a row of at most this many vectors is lowered whole, in registers (interleave=r)
+ROW_VECTORS = 4  # a row of at most this many vectors is lowered whole, in registers (interleave=r); longer
+# rows cost more compile than they save: the log-softmax of 96 (6 vectors) took 225 ms of LLVM for ~6 us a step
 INTERLEAVE = 4  # rows at a time then: T's softmax rows 168 -> 129 us, LayerNorm 22 -> 16.5 us (one thread)
 
 
