@@ -108,11 +108,16 @@ def prepare(root: Path, kernels: list) -> dict[str, int]:
 
     counts = {"compiled": 0, "cached": 0, "reused": 0, "llvm": 0, "numba": 0}
     lib = root / "kernels"
+    by_child = _compile_beside(lib, kernels)
     for k in kernels:
         key = k.key
         if isinstance(k, LlvmKernel):
             counts["llvm"] += 1
-            counts[_prepare_llvm(lib, k)] += 1
+            how = _prepare_llvm(lib, k)
+            if key in by_child:  # compiled just now, in this process or beside it
+                by_child.discard(key)
+                how = "compiled"
+            counts[how] += 1
             continue
         counts["numba"] += 1
         if key in _ready:
@@ -382,6 +387,75 @@ def _add_object(ll, engine, symbol: str, obj: bytes) -> int:
     return _in_engine[symbol]
 
 
+PARALLEL_MIN = 8  # LLVM kernels to compile before a second process shares them (a fork: ~5 ms)
+
+
+def _compile_beside(lib: Path, kernels: list) -> set[str]:
+    """Compile every other new LLVM kernel in a forked child while this process compiles the
+    rest (llvmlite holds one lock for all of LLVM, so threads would take turns); the child
+    stores its objects in the library, where the loop in `prepare` loads them. Returns the keys
+    compiled (by either process). Why: a GPT's 58 kernels took ~2.3 s of LLVM one after the other, most of
+    its cold start; the same object code either way. Only with two CPUs or more for this
+    process, PARALLEL_MIN new kernels and nothing that makes a fork unsafe (_fork_safe); a
+    child that fails leaves its kernels to this process."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no fork here either
+        return set()
+    todo, seen = [], set()
+    for k in kernels:
+        if isinstance(k, LlvmKernel) and k.key not in _ready and k.key not in seen and not (lib / k.key).exists():
+            seen.add(k.key)
+            todo.append(k)
+    if cpus < 2 or len(todo) < PARALLEL_MIN or not hasattr(os, "fork") or not _fork_safe():
+        return set()
+    _engine()  # the target machine and the BLAS symbols exist before the fork, in both processes
+    theirs, mine = todo[1::2], todo[0::2]
+    pid = os.fork()
+    if pid == 0:  # the child: compile and store its share, then leave without running any cleanup
+        code = 0
+        try:
+            for k in theirs:
+                _store_llvm(lib, k)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    try:
+        for k in mine:
+            _ready.setdefault(k.key, _load_object(k.symbol, _store_llvm(lib, k)))
+    finally:
+        _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        log.warning("kernel library: the process compiling beside this one failed; compiling its kernels here")
+    return {k.key for k in mine} | {k.key for k in theirs if (lib / k.key).exists()}
+
+
+def _fork_safe() -> bool:
+    """Whether a forked child can compile: called from the main thread with no other Python
+    thread but the pool's workers (another thread could hold llvmlite's lock, or logging's, at
+    the fork), and not under MPI (whose transports may not survive a fork)."""
+    main = threading.main_thread()
+    return (threading.current_thread() is main and "mpi4py.MPI" not in sys.modules
+            and all(t is main or t.name.startswith("graphc-pool-") for t in threading.enumerate()))
+
+
+def _store_llvm(lib: Path, k: LlvmKernel) -> bytes:
+    """Compile one LLVM kernel and store it in the library (kernel.ll, kernel.o, manifest);
+    returns its object code."""
+    t0 = time.perf_counter()
+    obj, _ = compile_ir(k.text)
+    tmp = lib / f".tmp-{k.key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    (tmp / "kernel.ll").write_text(k.text)
+    (tmp / "kernel.o").write_bytes(obj)
+    _write_llvm_manifest(tmp, k.key, time.perf_counter() - t0)
+    try:
+        os.rename(tmp, lib / k.key)
+    except OSError:  # another process stored it first: the same code
+        shutil.rmtree(tmp, ignore_errors=True)
+    return obj
+
+
 def _prepare_llvm(lib: Path, k: LlvmKernel) -> str:
     """Load (or compile and store) one LLVM kernel; "reused", "cached" or "compiled"."""
     key = k.key
@@ -396,18 +470,7 @@ def _prepare_llvm(lib: Path, k: LlvmKernel) -> str:
             return "cached"
         log.warning("kernel library entry %s is unusable (%s); rebuilding", d, problem)
         shutil.rmtree(d, ignore_errors=True)
-    t0 = time.perf_counter()
-    obj, _ = compile_ir(text)
-    tmp = lib / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    (tmp / "kernel.ll").write_text(text)
-    (tmp / "kernel.o").write_bytes(obj)
-    _write_llvm_manifest(tmp, key, time.perf_counter() - t0)
-    try:
-        os.rename(tmp, d)
-    except OSError:  # another process stored it first: the same code
-        shutil.rmtree(tmp, ignore_errors=True)
-    _ready[key] = _load_object(k.symbol, obj)
+    _ready[key] = _load_object(k.symbol, _store_llvm(lib, k))
     return "compiled"
 
 

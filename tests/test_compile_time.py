@@ -198,3 +198,31 @@ def test_library_kernels_compile_once_per_dtype_not_once_per_shape(cache_dir, mo
         if after_first is None:
             after_first = sigs
     assert f32_sigs() == after_first  # new shapes and another bias flag: nothing compiled again
+
+
+def test_new_llvm_kernels_compile_in_two_processes_to_the_same_code(tmp_path, monkeypatch):
+    """A plan's new LLVM kernels are compiled half in a forked child (kernel_lib._compile_beside),
+    half here: each is counted compiled, stored with the object code a compile here gives, and
+    runs (a kernel that stores its own constant)."""
+    import ctypes
+    import uuid
+
+    from graphc.runtime.kernel_lib import LlvmKernel
+
+    monkeypatch.setattr(kernel_lib, "PARALLEL_MIN", 2)
+    monkeypatch.setattr(kernel_lib.os, "sched_getaffinity", lambda pid: {0, 1})  # as on two CPUs
+    forks, fork = [], os.fork
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or fork())
+    salt = uuid.uuid4().int % 1000  # kernels new to this process
+    consts = [salt + j + 0.5 for j in range(6)]
+    ks = [LlvmKernel(f"define void @kernel(ptr %p) {{\n  store float {c:.1f}, ptr %p\n  ret void\n}}\n", ["f32"])
+          for c in consts]
+    counts = kernel_lib.prepare(tmp_path, ks)
+    assert counts["compiled"] == 6 and counts["llvm"] == 6 and counts["cached"] == counts["reused"] == 0, counts
+    for k, c in zip(ks, consts):
+        assert (tmp_path / "kernels" / k.key / "kernel.o").read_bytes() == kernel_lib.compile_ir(k.text)[0]
+        out = np.zeros(1, np.float32)
+        ctypes.CFUNCTYPE(None, ctypes.c_void_p)(kernel_lib._ready[k.key])(out.ctypes.data)
+        assert out[0] == np.float32(c)
+    assert forks == [1]
+    assert kernel_lib.prepare(tmp_path, ks)["reused"] == 6
