@@ -266,15 +266,9 @@ def _indexing_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[
     lines = [f"; graphc node {n.op} {{dim={dim}}}: x as [{outer}, {size}, {inner}], index as [{outer}, {m}, {inner}]",
              f"define i32 @kernel({', '.join(params)}) #0 {{", "entry:"]
     prev = "entry"
-    if not gather:  # out = x first, unless the update is in place
-        lines += ["  %same = icmp eq ptr %a0, %o0", "  br i1 %same, label %copied, label %copy", "copy:",
-                  "  %c.q = phi i64 [ 0, %entry ], [ %c.next, %copy ]",
-                  f"  %c.pa = getelementptr inbounds {ty}, ptr %a0, i64 %c.q", f"  %c.x = load {ty}, ptr %c.pa",
-                  f"  %c.po = getelementptr inbounds {ty}, ptr %o0, i64 %c.q", f"  store {ty} %c.x, ptr %c.po",
-                  "  %c.next = add nuw nsw i64 %c.q, 1", f"  %c.end = icmp eq i64 %c.next, {x.size}",
-                  "  br i1 %c.end, label %copied, label %copy", "copied:"]
+    if not gather:
+        lines += _copy_x_to_out(ty, x.size, "entry", "c")
         prev = "copied"
-    add = "fadd" if dt in ("f32", "f64") else "add"
     lines += ["  br label %rows", "rows:",  # q = o*m + j; then i
               f"  %q = phi i64 [ 0, %{prev} ], [ %q.next, %row.done ]",
               f"  %o = udiv i64 %q, {m}", f"  %o.n = mul nuw nsw i64 %o, {size}",
@@ -285,20 +279,43 @@ def _indexing_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[
               f"  %bad = icmp uge i64 %k, {size}",  # negative ids are huge unsigned
               "  br i1 %bad, label %fail, label %ok", "ok:",
               "  %r = add nsw i64 %o.n, %k", f"  %r.i = mul nsw i64 %r, {inner}", "  %at = add nsw i64 %r.i, %i"]
-    if gather:
-        lines += [f"  %s.p = getelementptr inbounds {ty}, ptr %a0, i64 %at", f"  %v = load {ty}, ptr %s.p",
-                  f"  %d.p = getelementptr inbounds {ty}, ptr %o0, i64 %p", f"  store {ty} %v, ptr %d.p"]
-    else:
-        lines += [f"  %s.p = getelementptr inbounds {ty}, ptr %a2, i64 %p", f"  %v = load {ty}, ptr %s.p",
-                  f"  %d.p = getelementptr inbounds {ty}, ptr %o0, i64 %at", f"  %old = load {ty}, ptr %d.p",
-                  f"  %new = {add} {ty} %old, %v", f"  store {ty} %new, ptr %d.p"]
-    lines += ["  %i.next = add nuw nsw i64 %i, 1", f"  %i.end = icmp eq i64 %i.next, {inner}",
-              "  br i1 %i.end, label %row.done, label %elems", "row.done:",
-              "  %q.next = add nuw nsw i64 %q, 1", f"  %q.end = icmp eq i64 %q.next, {outer * m}",
-              "  br i1 %q.end, label %done, label %rows", "done:", "  ret i32 0", "fail:", "  ret i32 1", "}", "",
-              f"attributes #0 = {{ {ATTRIBUTES} }}"]
+    lines += _move_element(ty, gather, "%at") + _rows_tail(inner, outer * m)
     inputs = list(n.inputs)
     return no_unroll("\n".join(lines) + "\n"), inputs, list(n.outputs), [types[v].dtype for v in inputs] + [dt]
+
+
+def _copy_x_to_out(ty: str, size: int, after: str, p: str) -> list[str]:
+    """An update kernel's out = x (operand a0 into o0, `size` elements) first, unless the update
+    is in place (the same pointer); its values named %p.*, entered from block `after`, ending in
+    block `copied`."""
+    return ["  %same = icmp eq ptr %a0, %o0", "  br i1 %same, label %copied, label %copy", "copy:",
+            f"  %{p}.q = phi i64 [ 0, %{after} ], [ %{p}.next, %copy ]",
+            f"  %{p}.pa = getelementptr inbounds {ty}, ptr %a0, i64 %{p}.q", f"  %{p}.x = load {ty}, ptr %{p}.pa",
+            f"  %{p}.po = getelementptr inbounds {ty}, ptr %o0, i64 %{p}.q", f"  store {ty} %{p}.x, ptr %{p}.po",
+            f"  %{p}.next = add nuw nsw i64 %{p}.q, 1", f"  %{p}.end = icmp eq i64 %{p}.next, {size}",
+            f"  br i1 %{p}.end, label %copied, label %copy", "copied:"]
+
+
+def _move_element(ty: str, read: bool, at: str) -> list[str]:
+    """One element of an indexing kernel: read x at `at` into out at %p (gather, index_select), or
+    add the source's element %p into out at `at` (scatter_add, index_add)."""
+    if read:
+        return [f"  %s.p = getelementptr inbounds {ty}, ptr %a0, i64 {at}", f"  %v = load {ty}, ptr %s.p",
+                f"  %d.p = getelementptr inbounds {ty}, ptr %o0, i64 %p", f"  store {ty} %v, ptr %d.p"]
+    add = "add" if ty == "i64" else "fadd"
+    return [f"  %s.p = getelementptr inbounds {ty}, ptr %a2, i64 %p", f"  %v = load {ty}, ptr %s.p",
+            f"  %d.p = getelementptr inbounds {ty}, ptr %o0, i64 {at}", f"  %old = load {ty}, ptr %d.p",
+            f"  %new = {add} {ty} %old, %v", f"  store {ty} %new, ptr %d.p"]
+
+
+def _rows_tail(inner: int, rows: int) -> list[str]:
+    """The latches of an indexing kernel's element loop (%i over `inner`) and row loop (%q over
+    `rows`), its exits (0 done, 1 an index out of range) and attributes."""
+    return ["  %i.next = add nuw nsw i64 %i, 1", f"  %i.end = icmp eq i64 %i.next, {inner}",
+            "  br i1 %i.end, label %row.done, label %elems", "row.done:",
+            "  %q.next = add nuw nsw i64 %q, 1", f"  %q.end = icmp eq i64 %q.next, {rows}",
+            "  br i1 %q.end, label %done, label %rows", "done:", "  ret i32 0", "fail:", "  ret i32 1", "}", "",
+            f"attributes #0 = {{ {ATTRIBUTES} }}"]
 
 
 def _rows_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]:
@@ -324,13 +341,8 @@ def _rows_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]
              "  %c.next = add nuw nsw i64 %c.j, 1", f"  %c.end = icmp eq i64 %c.next, {m}",
              "  br i1 %c.end, label %checked, label %check", "checked:"]
     prev = "checked"
-    if not select:  # out = x first, unless the update is in place
-        lines += ["  %same = icmp eq ptr %a0, %o0", "  br i1 %same, label %copied, label %copy", "copy:",
-                  "  %y.q = phi i64 [ 0, %checked ], [ %y.next, %copy ]",
-                  f"  %y.pa = getelementptr inbounds {ty}, ptr %a0, i64 %y.q", f"  %y.x = load {ty}, ptr %y.pa",
-                  f"  %y.po = getelementptr inbounds {ty}, ptr %o0, i64 %y.q", f"  store {ty} %y.x, ptr %y.po",
-                  "  %y.next = add nuw nsw i64 %y.q, 1", f"  %y.end = icmp eq i64 %y.next, {x.size}",
-                  "  br i1 %y.end, label %copied, label %copy", "copied:"]
+    if not select:
+        lines += _copy_x_to_out(ty, x.size, "checked", "y")
         prev = "copied"
     lines += ["  br label %rows", "rows:",  # q = o*m + j; then i
               f"  %q = phi i64 [ 0, %{prev} ], [ %q.next, %row.done ]",
@@ -340,19 +352,7 @@ def _rows_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]
               f"  %p0 = mul nuw nsw i64 %q, {inner}", "  br label %elems", "elems:",
               "  %i = phi i64 [ 0, %rows ], [ %i.next, %elems ]",
               "  %p = add nuw nsw i64 %p0, %i", "  %a = add nsw i64 %at, %i"]
-    if select:
-        lines += [f"  %s.p = getelementptr inbounds {ty}, ptr %a0, i64 %a", f"  %v = load {ty}, ptr %s.p",
-                  f"  %d.p = getelementptr inbounds {ty}, ptr %o0, i64 %p", f"  store {ty} %v, ptr %d.p"]
-    else:
-        add = "fadd" if dt in ("f32", "f64") else "add"
-        lines += [f"  %s.p = getelementptr inbounds {ty}, ptr %a2, i64 %p", f"  %v = load {ty}, ptr %s.p",
-                  f"  %d.p = getelementptr inbounds {ty}, ptr %o0, i64 %a", f"  %old = load {ty}, ptr %d.p",
-                  f"  %new = {add} {ty} %old, %v", f"  store {ty} %new, ptr %d.p"]
-    lines += ["  %i.next = add nuw nsw i64 %i, 1", f"  %i.end = icmp eq i64 %i.next, {inner}",
-              "  br i1 %i.end, label %row.done, label %elems", "row.done:",
-              "  %q.next = add nuw nsw i64 %q, 1", f"  %q.end = icmp eq i64 %q.next, {outer * m}",
-              "  br i1 %q.end, label %done, label %rows", "done:", "  ret i32 0", "fail:", "  ret i32 1", "}", "",
-              f"attributes #0 = {{ {ATTRIBUTES} }}"]
+    lines += _move_element(ty, select, "%a") + _rows_tail(inner, outer * m)
     inputs = list(n.inputs)
     return no_unroll("\n".join(lines) + "\n"), inputs, list(n.outputs), [types[v].dtype for v in inputs] + [dt]
 
@@ -560,7 +560,6 @@ def _sgd_ir(n: Node, types: dict) -> tuple[str, list[str], list[str], list[str]]
     a = n.attr
     mom = a["momentum"]
     b = _Build()
-    ty = _VAL[dt]
 
     def scalar(k: int) -> V:  # dt(x) of the k-th input, an f64[]
         return _narrow(b, b.at(f"%a{k}", "f64", 0), dt)

@@ -6,6 +6,8 @@ as the pass did.
 """
 from __future__ import annotations
 
+import math
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -13,6 +15,14 @@ from numba.extending import intrinsic
 
 from graphc.ir import Node
 from graphc.ir.strides import blas_layout, chain_view, contiguous, written_as
+
+
+def _batch_extent(batch) -> tuple[int, list[int]]:
+    """The batch's number of products and each batch dimension's stride in products (row-major)."""
+    inner = [1] * len(batch)
+    for d in range(len(batch) - 2, -1, -1):
+        inner[d] = inner[d + 1] * batch[d + 1]
+    return math.prod(batch), inner
 
 
 @intrinsic
@@ -146,12 +156,7 @@ def strided_gemm_ir(node: Node, out_strides: tuple | None = None) -> tuple[str, 
     inputs, out, batch, (m_, n_, k_), A, B, C = _plan(node, out_strides)
     dt = node.body.types[out].dtype
     ty, kind = ("float", "s") if dt == "f32" else ("double", "d")
-    total = 1
-    for d in batch:
-        total *= d
-    inner = [1] * len(batch)
-    for d in range(len(batch) - 2, -1, -1):
-        inner[d] = inner[d + 1] * batch[d + 1]
+    total, inner = _batch_extent(batch)
     lines = [f"; graphc kernel {{kind=strided_gemm}}: batched gemm [{m_}, {k_}] @ [{k_}, {n_}] over batch {list(batch)}",
              f"define void @kernel({', '.join(f'ptr %a{j}' for j in range(len(inputs)))}, ptr %o0) #0 {{", "entry:"]
     slots = {"ta": ("i8", ord("t" if B[3] else "n")), "tb": ("i8", ord("t" if A[3] else "n")),
@@ -203,12 +208,7 @@ def strided_loops_ir(node: Node, out_strides: tuple | None = None) -> tuple[str,
     inputs, out, batch, (m_, n_, k_), A, B, C = _plan(node, out_strides)
     dt = node.body.types[out].dtype
     ty = "float" if dt == "f32" else "double"
-    total = 1
-    for d in batch:
-        total *= d
-    inner = [1] * len(batch)
-    for d in range(len(batch) - 2, -1, -1):
-        inner[d] = inner[d + 1] * batch[d + 1]
+    total, inner = _batch_extent(batch)
     threads = node.attr.get("threads", 1)
     lo, hi = ("%lo", "%hi") if threads > 1 else ("0", str(total))
     g = Lines("g")

@@ -33,6 +33,24 @@ def summed_outputs(node) -> list:
             if m.op == "sum" and m.outputs[0] in outs and m.types[0].size > 1]
 
 
+
+def _task_args(kinds: list[str], scratch: dict[int, int]) -> tuple[list[str], list[str]]:
+    """(lines, arguments) of a task function that loads its body's arguments from the launch's
+    context array (%ctx, one i64 each: "ptr" ones as addresses); argument j in `scratch` is offset
+    by %thread times its per-thread bytes (each thread its own scratch)."""
+    lines, args = [], []
+    for j, kind in enumerate(kinds):
+        lines += [f"  %c{j}.p = getelementptr inbounds i64, ptr %ctx, i64 {j}", f"  %c{j} = load i64, ptr %c{j}.p"]
+        v = f"%c{j}"
+        if j in scratch:
+            lines += [f"  %c{j}.off = mul i64 %thread, {scratch[j]}", f"  %c{j}.at = add i64 %c{j}, %c{j}.off"]
+            v = f"%c{j}.at"
+        if kind == "ptr":
+            lines.append(f"  %x{j} = inttoptr i64 {v} to ptr")
+            v = f"%x{j}"
+        args.append(f"{kind} {v}")
+    return lines, args
+
 def split(ir: str, threads: int, scratch: dict[int, int], partials: list | None = None,
           per_thread: int = TASKS_PER_THREAD) -> tuple[str, int, int]:
     """(the split kernel's IR, tasks, the outermost loop's trip count) of the one-thread `ir`
@@ -76,17 +94,8 @@ def split(ir: str, threads: int, scratch: dict[int, int], partials: list | None 
     k = len(params)
     nbody = len(body_params)
     task = ["define internal void @kernel_task(ptr %ctx, i64 %task, i64 %thread) #0 {", "entry:"]
-    args = []
-    for j, (kind, name) in enumerate(zip(kinds, names)):
-        task += [f"  %c{j}.p = getelementptr inbounds i64, ptr %ctx, i64 {j}", f"  %c{j} = load i64, ptr %c{j}.p"]
-        v = f"%c{j}"
-        if j in scratch:
-            task += [f"  %c{j}.off = mul i64 %thread, {scratch[j]}", f"  %c{j}.at = add i64 %c{j}, %c{j}.off"]
-            v = f"%c{j}.at"
-        if kind == "ptr":
-            task.append(f"  %x{j} = inttoptr i64 {v} to ptr")
-            v = f"%x{j}"
-        args.append(f"{kind} {v}")
+    unpack, args = _task_args(kinds, scratch)
+    task += unpack
     for j, (at, size, dt) in enumerate(partials):  # task t > 0: its slice of the partial sums
         e = {"f32": 4, "f64": 8, "i64": 8}[dt]
         task += [f"  %pt{j}.t = sub i64 %task, 1", f"  %pt{j}.off = mul i64 %pt{j}.t, {size * e}",
@@ -250,14 +259,8 @@ def tasks_ir(prefix: str, launcher: str, params: list[str], units: int, threads:
     names = [p.split()[-1] for p in params]
     k = len(params)
     task = [f"define internal void @{prefix}_task(ptr %ctx, i64 %task, i64 %thread) #0 {{", "entry:"]
-    args = []
-    for j, kind in enumerate(kinds):
-        task += [f"  %c{j}.p = getelementptr inbounds i64, ptr %ctx, i64 {j}", f"  %c{j} = load i64, ptr %c{j}.p"]
-        v = f"%c{j}"
-        if kind == "ptr":
-            task.append(f"  %x{j} = inttoptr i64 %c{j} to ptr")
-            v = f"%x{j}"
-        args.append(f"{kind} {v}")
+    unpack, args = _task_args(kinds, {})
+    task += unpack
     q, r = divmod(units, tasks)
     slot = []
     if partial is not None:  # this task's slot
